@@ -1,0 +1,319 @@
+//! Order-independent, exact accumulation of weighted f32 vectors: the maths under every strategy.
+//!
+//! A federated round folds updates in as they arrive, and arrival order is up to the network.
+//! Plain float sums depend on that order, so two runs of the same seed would drift apart. Here
+//! every term `w·x` (exact in f64, since x is an f32 and w < 2^31) is rounded once to a fixed grid
+//! of 2^-40 and added as a two-limb integer. Integer addition is associative, so the total is the
+//! same bits whatever the order, and it is turned back into floats once, at the end.
+//!
+//! The price is 16 bytes of accumulator per parameter and a range: the round's total
+//! Σ w·max|x| must stay below 2^62, which [`ExactSum::fold`] checks before touching anything.
+
+use thiserror::Error;
+
+/// Fractional bits of the fixed-point grid: terms are rounded to multiples of 2^-40.
+const FRAC_BITS: i32 = 40;
+/// The high limb counts units of 2^12; the low limb units of 2^-40.
+const HI_BITS: i32 = 12;
+/// Bound on Σ w·max|x| over a round, so the high limb never overflows.
+const RANGE_LIMIT: f64 = 4_611_686_018_427_387_904.0; // 2^62
+/// Low-limb carries are due before 2^11 more terms could overflow it.
+const CARRY_EVERY: u32 = 1024;
+/// Largest weight one update may carry.
+pub const MAX_WEIGHT: u64 = 1 << 31;
+
+/// Why a vector could not be folded in.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum AggregateError {
+    /// The vector's length differs from the accumulator's.
+    #[error("update has {got} values, expected {expected}")]
+    WrongLength {
+        /// Values received.
+        got: usize,
+        /// Values expected.
+        expected: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("update value at index {index} is not finite")]
+    NonFinite {
+        /// First offending index.
+        index: usize,
+    },
+    /// The weight is zero or above [`MAX_WEIGHT`].
+    #[error("update weight {0} is outside 1..={MAX_WEIGHT}")]
+    BadWeight(u64),
+    /// Folding this update could exceed the exact range of the accumulator.
+    #[error("update magnitude {0:e} would exceed the aggregation range")]
+    OutOfRange(f64),
+}
+
+/// Checks that `values` has `expected` finite entries and returns the largest magnitude.
+pub fn validate(values: &[f32], expected: usize) -> Result<f32, AggregateError> {
+    if values.len() != expected {
+        return Err(AggregateError::WrongLength {
+            got: values.len(),
+            expected,
+        });
+    }
+    let mut max_abs = 0.0f32;
+    for (index, v) in values.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(AggregateError::NonFinite { index });
+        }
+        max_abs = max_abs.max(v.abs());
+    }
+    Ok(max_abs)
+}
+
+/// An exact, order-independent running sum of weighted vectors; memory O(len), never O(updates).
+#[derive(Debug, Clone)]
+pub struct ExactSum {
+    hi: Vec<i64>,
+    lo: Vec<i64>,
+    total_weight: u64,
+    folded: u32,
+    since_carry: u32,
+    magnitude: f64,
+}
+
+impl ExactSum {
+    /// An empty sum of vectors of `len` values.
+    pub fn new(len: usize) -> Self {
+        Self {
+            hi: vec![0; len],
+            lo: vec![0; len],
+            total_weight: 0,
+            folded: 0,
+            since_carry: 0,
+            magnitude: 0.0,
+        }
+    }
+
+    /// Number of values per vector.
+    pub fn len(&self) -> usize {
+        self.hi.len()
+    }
+
+    /// True for a zero-length accumulator.
+    pub fn is_empty(&self) -> bool {
+        self.hi.is_empty()
+    }
+
+    /// Sum of the weights folded in so far.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Number of vectors folded in so far.
+    pub fn count(&self) -> u32 {
+        self.folded
+    }
+
+    /// Adds `weight · values`, after validating both; on error nothing changes.
+    pub fn fold(&mut self, weight: u64, values: &[f32]) -> Result<(), AggregateError> {
+        let max_abs = validate(values, self.len())?;
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(AggregateError::BadWeight(weight));
+        }
+        let magnitude = weight as f64 * f64::from(max_abs);
+        if self.magnitude + magnitude >= RANGE_LIMIT {
+            return Err(AggregateError::OutOfRange(magnitude));
+        }
+        self.magnitude += magnitude;
+        self.fold_unchecked(weight as f64, values);
+        self.total_weight += weight;
+        self.folded += 1;
+        self.since_carry += 1;
+        if self.since_carry >= CARRY_EVERY {
+            self.carry();
+        }
+        Ok(())
+    }
+
+    /// The hot loop, split over two threads for large vectors (aggregation is memory-bound).
+    fn fold_unchecked(&mut self, weight: f64, values: &[f32]) {
+        const PARALLEL_FROM: usize = 1 << 18;
+        if values.len() < PARALLEL_FROM {
+            fold_slice(&mut self.hi, &mut self.lo, weight, values);
+            return;
+        }
+        let mid = values.len() / 2;
+        let (hi_a, hi_b) = self.hi.split_at_mut(mid);
+        let (lo_a, lo_b) = self.lo.split_at_mut(mid);
+        let (va, vb) = values.split_at(mid);
+        std::thread::scope(|s| {
+            s.spawn(|| fold_slice(hi_b, lo_b, weight, vb));
+            fold_slice(hi_a, lo_a, weight, va);
+        });
+    }
+
+    /// Moves whole high-limb units out of the low limb, keeping it far from overflow.
+    fn carry(&mut self) {
+        const UNIT: i64 = 1 << (FRAC_BITS + HI_BITS);
+        for (h, l) in self.hi.iter_mut().zip(self.lo.iter_mut()) {
+            let c = l.div_euclid(UNIT);
+            *h += c;
+            *l -= c * UNIT;
+        }
+        self.since_carry = 0;
+    }
+
+    /// The weighted mean Σ w·x / Σ w, rounded to f32; `None` if nothing was folded in.
+    pub fn mean(&self) -> Option<Vec<f32>> {
+        (self.total_weight > 0).then(|| self.scaled(self.total_weight as f64))
+    }
+
+    /// The plain sum Σ w·x, rounded to f32.
+    pub fn sum(&self) -> Vec<f32> {
+        self.scaled(1.0)
+    }
+
+    /// The exact total Σ w·x, rounded once to f64 per value (k-means divides it by counts).
+    pub fn sum_f64(&self) -> Vec<f64> {
+        let grid = (-FRAC_BITS as f64).exp2();
+        self.hi
+            .iter()
+            .zip(&self.lo)
+            .map(|(&h, &l)| (((i128::from(h) << (FRAC_BITS + HI_BITS)) + i128::from(l)) as f64) * grid)
+            .collect()
+    }
+
+    /// Σ w·x divided by `divisor`, from the exact total: one rounding to f64, one division.
+    fn scaled(&self, divisor: f64) -> Vec<f32> {
+        self.sum_f64()
+            .into_iter()
+            .map(|total| (total / divisor) as f32)
+            .collect()
+    }
+}
+
+/// Splits each term onto the two limbs. `(t + C) - C` rounds t to the grid of C's last bit,
+/// which IEEE arithmetic (no fast-math in Rust) performs exactly and identically everywhere.
+fn fold_slice(hi: &mut [i64], lo: &mut [i64], weight: f64, values: &[f32]) {
+    let c_hi = 1.5 * (HI_BITS as f64 + 52.0).exp2();
+    let c_lo = 1.5 * (52.0 - FRAC_BITS as f64).exp2();
+    let to_hi_units = (-HI_BITS as f64).exp2();
+    let to_lo_units = (FRAC_BITS as f64).exp2();
+    for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(values) {
+        let t = weight * f64::from(x);
+        let t_hi = (t + c_hi) - c_hi;
+        let t_lo = ((t - t_hi) + c_lo) - c_lo;
+        *h += (t_hi * to_hi_units) as i64;
+        *l += (t_lo * to_lo_units) as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn weighted_mean_of_hand_made_vectors() {
+        let mut s = ExactSum::new(3);
+        s.fold(1, &[1.0, 2.0, -3.0]).unwrap();
+        s.fold(3, &[5.0, 2.0, 1.0]).unwrap();
+        assert_eq!(s.mean().unwrap(), vec![4.0, 2.0, 0.0]);
+        assert_eq!(s.total_weight(), 4);
+        assert_eq!(s.sum(), vec![16.0, 8.0, 0.0]);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut s = ExactSum::new(2);
+        s.fold(2, &[1.0, 1.0]).unwrap();
+        let before = s.mean();
+        assert!(matches!(s.fold(1, &[1.0]), Err(AggregateError::WrongLength { .. })));
+        assert!(matches!(s.fold(1, &[f32::NAN, 0.0]), Err(AggregateError::NonFinite { index: 0 })));
+        assert!(matches!(s.fold(1, &[0.0, f32::INFINITY]), Err(AggregateError::NonFinite { index: 1 })));
+        assert!(matches!(s.fold(0, &[0.0, 0.0]), Err(AggregateError::BadWeight(0))));
+        assert!(matches!(s.fold(1 << 31, &[3e38, 0.0]), Err(AggregateError::OutOfRange(_))));
+        assert_eq!(s.mean(), before);
+        assert_eq!(s.count(), 1);
+    }
+
+    #[test]
+    fn empty_sum_has_no_mean() {
+        assert!(ExactSum::new(4).mean().is_none());
+    }
+
+    #[test]
+    fn large_vectors_take_the_parallel_path_exactly() {
+        let n = 300_000;
+        let a: Vec<f32> = (0..n).map(|i| (i as f32).sin()).collect();
+        let mut s = ExactSum::new(n);
+        for _ in 0..3 {
+            s.fold(7, &a).unwrap();
+        }
+        assert_eq!(bits(&s.mean().unwrap()), bits(&a));
+    }
+
+    #[test]
+    fn carries_keep_long_sums_exact() {
+        let mut s = ExactSum::new(2);
+        for _ in 0..5000 {
+            s.fold(1000, &[1999.999, -0.3333]).unwrap();
+        }
+        assert_eq!(bits(&s.mean().unwrap()), bits(&[1999.999, -0.3333]));
+    }
+
+    proptest! {
+        #[test]
+        fn averaging_copies_returns_the_model(
+            model in proptest::collection::vec(-1e6f32..1e6, 1..64),
+            weights in proptest::collection::vec(1u64..100_000, 1..40),
+        ) {
+            let mut s = ExactSum::new(model.len());
+            for w in &weights {
+                s.fold(*w, &model).unwrap();
+            }
+            prop_assert_eq!(bits(&s.mean().unwrap()), bits(&model));
+        }
+
+        #[test]
+        fn order_does_not_change_a_single_bit(
+            rows in proptest::collection::vec(
+                (1u64..1000, proptest::collection::vec(-1e3f32..1e3, 8)), 2..30),
+            rotate in 0usize..30,
+        ) {
+            let mut a = ExactSum::new(8);
+            for (w, v) in &rows {
+                a.fold(*w, v).unwrap();
+            }
+            let mut shuffled = rows.clone();
+            shuffled.reverse();
+            let k = rotate % shuffled.len();
+            shuffled.rotate_left(k);
+            let mut b = ExactSum::new(8);
+            for (w, v) in &shuffled {
+                b.fold(*w, v).unwrap();
+            }
+            prop_assert_eq!(bits(&a.mean().unwrap()), bits(&b.mean().unwrap()));
+        }
+
+        #[test]
+        fn mean_matches_f64_reference(
+            rows in proptest::collection::vec(
+                (1u64..1000, proptest::collection::vec(-10f32..10.0, 4)), 1..20),
+        ) {
+            let mut s = ExactSum::new(4);
+            let mut num = [0f64; 4];
+            let mut den = 0f64;
+            for (w, v) in &rows {
+                s.fold(*w, v).unwrap();
+                den += *w as f64;
+                for (n, x) in num.iter_mut().zip(v) {
+                    *n += *w as f64 * f64::from(*x);
+                }
+            }
+            for (m, n) in s.mean().unwrap().iter().zip(num) {
+                let r = (n / den) as f32;
+                prop_assert!((m - r).abs() <= 1e-6 * r.abs().max(1.0), "{m} vs {r}");
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The run configuration: everything that decides what a run computes.
+//!
+//! It is hashed into the run id, so a checkpoint or an update from a run with another config is
+//! recognised as foreign. Operational knobs that do not change the result (listen address,
+//! poll timeouts, limits) live in [`crate::Limits`] instead.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Which algorithm the run uses, with its own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum StrategyConfig {
+    /// Federated averaging (McMahan et al. 2017).
+    FedAvg,
+    /// Federated gradient averaging with a server optimiser.
+    FedSgd {
+        /// The server's optimiser.
+        optimizer: crate::strategy::ServerOptimizer,
+    },
+    /// Federated k-means: k-FED seeding, then Lloyd rounds.
+    FedKMeans {
+        /// Number of global clusters.
+        k: usize,
+        /// Clusters of each client's local k-means in the seeding round.
+        local_k: usize,
+        /// Stop once no centroid moves more than this (Euclidean).
+        tol: f64,
+    },
+}
+
+/// How many clients a round asks, and how many it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionConfig {
+    /// Clients asked per round; `None` means use `fraction`.
+    pub clients_per_round: Option<usize>,
+    /// Fraction of the available clients asked per round, when `clients_per_round` is unset.
+    pub fraction: f64,
+    /// Quorum: fewest updates a round may aggregate.
+    pub min_clients: usize,
+    /// Ask this many times more clients than needed and close when enough answered (≥ 1).
+    pub over_select: f64,
+    /// Clients that must have joined before the first round starts.
+    pub min_available: usize,
+}
+
+/// Local training settings sent with every FedAvg task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitSettings {
+    /// Local epochs.
+    pub epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// Client learning rate.
+    pub lr: f64,
+}
+
+/// Gradient settings sent with every FedSGD task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradientSettings {
+    /// Mini-batches per gradient; 0 means the whole local partition.
+    pub batches: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+}
+
+/// Everything that determines a run's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Seed of every random choice in the run.
+    pub seed: u64,
+    /// Rounds to run.
+    pub rounds: u32,
+    /// The algorithm.
+    pub strategy: StrategyConfig,
+    /// Model kind, e.g. "mlp" or "mlp:256,128" (ignored by k-means).
+    pub model: String,
+    /// Dataset source string, for the record and the run id.
+    pub dataset: String,
+    /// Partition scheme string, for the record and the run id.
+    pub partition: String,
+    /// Client selection rules.
+    pub selection: SelectionConfig,
+    /// Local training settings (FedAvg).
+    pub fit: FitSettings,
+    /// Gradient settings (FedSGD).
+    pub gradient: GradientSettings,
+    /// Round deadline in milliseconds.
+    pub round_timeout_ms: u64,
+    /// Failed attempts (below quorum) allowed per round before the run stops.
+    pub max_retries: u32,
+}
+
+impl RunConfig {
+    /// SHA-256 of the canonical JSON form: two configs with the same hash compute the same run.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+
+    /// The run id: a short prefix of the config hash.
+    pub fn run_id(&self) -> String {
+        self.hash()[..16].to_string()
+    }
+
+    /// The round deadline.
+    pub fn round_timeout(&self) -> Duration {
+        Duration::from_millis(self.round_timeout_ms)
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            rounds: 20,
+            strategy: StrategyConfig::FedAvg,
+            model: "mlp".into(),
+            dataset: "digits".into(),
+            partition: "iid".into(),
+            selection: SelectionConfig {
+                clients_per_round: None,
+                fraction: 1.0,
+                min_clients: 1,
+                over_select: 1.0,
+                min_available: 1,
+            },
+            fit: FitSettings {
+                epochs: 1,
+                batch_size: 32,
+                lr: 0.05,
+            },
+            gradient: GradientSettings {
+                batches: 0,
+                batch_size: 256,
+            },
+            round_timeout_ms: 60_000,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Operational limits: they protect the coordinator but do not change what a run computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Longest a Pull is held open before answering Wait.
+    pub poll_timeout: Duration,
+    /// Largest payload chunk accepted, in bytes (at most 1 MiB).
+    pub max_chunk_bytes: usize,
+    /// Largest update accepted, in f32 values.
+    pub max_update_values: usize,
+    /// Most clients that may be registered at once.
+    pub max_clients: usize,
+    /// Largest example count one update may claim.
+    pub max_examples: u64,
+    /// A client silent for longer is not offered work until it pulls again.
+    pub liveness: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            poll_timeout: Duration::from_secs(10),
+            max_chunk_bytes: shoal_proto::MAX_CHUNK_BYTES,
+            max_update_values: 256 << 20,
+            max_clients: 1_000_000,
+            max_examples: 1 << 31,
+            liveness: Duration::from_secs(120),
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The coordinator's shared state and the requests clients make of it.
+//!
+//! [`Coordinator`] is a cheap handle: the gRPC service calls its request methods, and the round
+//! driver ([`crate::driver`]) opens and closes rounds on it. All mutable state sits behind one
+//! short-held mutex; the expensive part of an update (folding it in) runs on a blocking thread
+//! against the round's own accumulator, so heartbeats never wait behind arithmetic.
+
+use crate::config::{Limits, RunConfig};
+use crate::error::{CoordinatorError, Result};
+use crate::registry::{Registry, check_client_id};
+use crate::results::ClientUpdate;
+use crate::round::{OpenRound, SharedAccumulator, fold, lock};
+use shoal_datasets::rng::{client_key, derive_seed};
+use shoal_models::ModelSpec;
+use shoal_proto::v1::{
+    Fence, Finished, JoinReply, PullReply, Task, UpdateHeader, Wait, pull_reply::Reply,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, watch};
+
+/// Stream tag for per-client task seeds in the run's RNG tree.
+const TASK_STREAM: u64 = 0x7a5c;
+
+/// Where the run is.
+#[derive(Debug)]
+pub enum Phase {
+    /// Between rounds, or waiting for clients.
+    Idle,
+    /// A round is open.
+    Open(OpenRound),
+    /// The run ended; pulls answer Finished with this reason.
+    Finished(String),
+}
+
+/// Mutable coordinator state, behind one mutex.
+#[derive(Debug)]
+pub struct State {
+    /// Joined clients.
+    pub registry: Registry,
+    /// Where the run is.
+    pub phase: Phase,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) run_id: String,
+    pub(crate) epoch: u64,
+    pub(crate) config: RunConfig,
+    pub(crate) limits: Limits,
+    pub(crate) spec: ModelSpec,
+    pub(crate) state: Mutex<State>,
+    /// Bumped whenever a round opens or the run ends: wakes long-polling clients.
+    pub(crate) changed: watch::Sender<u64>,
+    /// Signalled when an update lands or a client joins: wakes the round driver.
+    pub(crate) progress: Notify,
+}
+
+/// Handle to a running coordinator; clones share the same state.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Coordinator {
+    /// A coordinator for `config`, training models shaped by `spec`.
+    pub fn new(config: RunConfig, limits: Limits, spec: ModelSpec) -> Self {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let (changed, _) = watch::channel(0);
+        Self {
+            shared: Arc::new(Shared {
+                run_id: config.run_id(),
+                epoch,
+                config,
+                limits,
+                spec,
+                state: Mutex::new(State {
+                    registry: Registry::default(),
+                    phase: Phase::Idle,
+                }),
+                changed,
+                progress: Notify::new(),
+            }),
+        }
+    }
+
+    /// The run id every fence carries.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// This incarnation's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// The run configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.shared.config
+    }
+
+    /// Registered clients.
+    pub fn registered(&self) -> usize {
+        lock(&self.shared.state).registry.len()
+    }
+
+    /// Registers a client (or a reconnect under the same id).
+    pub fn join(&self, client_id: &str, num_examples: u64) -> Result<JoinReply> {
+        let limits = &self.shared.limits;
+        lock(&self.shared.state).registry.join(
+            client_id,
+            num_examples,
+            limits.max_clients,
+            Instant::now(),
+        )?;
+        self.shared.progress.notify_one();
+        Ok(JoinReply {
+            run_id: self.shared.run_id.clone(),
+            epoch: self.shared.epoch,
+            poll_timeout_ms: limits.poll_timeout.as_millis() as u32,
+            max_chunk_bytes: limits.max_chunk_bytes as u32,
+        })
+    }
+
+    /// Removes a client.
+    pub fn leave(&self, client_id: &str) -> Result<()> {
+        lock(&self.shared.state).registry.leave(client_id)
+    }
+
+    /// Long-poll for work: returns a task as soon as the client has one, Finished once the run
+    /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat.
+    pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
+        let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
+        let mut changed = self.shared.changed.subscribe();
+        loop {
+            if let Some(reply) = self.try_pull(client_id)? {
+                return Ok(PullReply { reply: Some(reply) });
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(CoordinatorError::ShuttingDown),
+                Err(_) => {
+                    return Ok(PullReply {
+                        reply: Some(Reply::Wait(Wait { retry_after_ms: 0 })),
+                    });
+                }
+            }
+        }
+    }
+
+    fn try_pull(&self, client_id: &str) -> Result<Option<Reply>> {
+        let mut state = lock(&self.shared.state);
+        state.registry.touch(client_id, Instant::now())?;
+        match &mut state.phase {
+            Phase::Finished(reason) => Ok(Some(Reply::Finished(Finished {
+                reason: reason.clone(),
+            }))),
+            Phase::Open(round)
+                if round.selected.contains(client_id) && !round.tasked.contains(client_id) =>
+            {
+                round.tasked.insert(client_id.to_owned());
+                let mut task: Task = round.task.clone();
+                task.seed = derive_seed(
+                    self.shared.config.seed,
+                    &[TASK_STREAM, u64::from(round.fence.round), client_key(client_id)],
+                );
+                Ok(Some(Reply::Task(task)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The global state a task refers to; refused for a closed round or an unselected client.
+    pub fn global_for(&self, client_id: &str, fence: &Fence) -> Result<Arc<Vec<f32>>> {
+        let state = lock(&self.shared.state);
+        if !state.registry.contains(client_id) {
+            return Err(CoordinatorError::UnknownClient(client_id.to_owned()));
+        }
+        match &state.phase {
+            Phase::Open(round) if round.fence == *fence => {
+                if round.selected.contains(client_id) {
+                    Ok(round.global.clone())
+                } else {
+                    Err(CoordinatorError::NotSelected(client_id.to_owned()))
+                }
+            }
+            phase => Err(stale(fence, phase)),
+        }
+    }
+
+    /// Checks an update's header before its payload is received; on success the client's slot
+    /// in the round is held until the returned admission is delivered or dropped.
+    pub fn admit(&self, header: &UpdateHeader) -> Result<Admission> {
+        check_client_id(&header.client_id)?;
+        let fence = header
+            .fence
+            .clone()
+            .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
+        if header.num_examples == 0 || header.num_examples > self.shared.limits.max_examples {
+            return Err(crate::aggregate::AggregateError::BadWeight(header.num_examples).into());
+        }
+        let mut state = lock(&self.shared.state);
+        state.registry.touch(&header.client_id, Instant::now())?;
+        match &mut state.phase {
+            Phase::Open(round) => {
+                round.admit(&header.client_id, &fence, header.payload_len, header.counts.len())?;
+                round.in_flight.insert(header.client_id.clone());
+                Ok(Admission {
+                    coordinator: self.clone(),
+                    client_id: header.client_id.clone(),
+                    fence,
+                    accumulator: round.accumulator.clone(),
+                    max_values: self.shared.limits.max_update_values,
+                    max_chunk_bytes: self.shared.limits.max_chunk_bytes,
+                    settled: false,
+                })
+            }
+            phase => Err(stale(&fence, phase)),
+        }
+    }
+}
+
+fn stale(fence: &Fence, phase: &Phase) -> CoordinatorError {
+    let open = match phase {
+        Phase::Open(round) => round.fence.to_string(),
+        _ => "none".into(),
+    };
+    CoordinatorError::StaleFence {
+        got: fence.to_string(),
+        open,
+    }
+}
+
+/// A client's reserved slot in the open round, between header and folded payload.
+#[derive(Debug)]
+pub struct Admission {
+    coordinator: Coordinator,
+    client_id: String,
+    fence: Fence,
+    accumulator: SharedAccumulator,
+    /// Largest payload accepted, in values.
+    pub max_values: usize,
+    /// Largest chunk accepted, in bytes.
+    pub max_chunk_bytes: usize,
+    settled: bool,
+}
+
+impl Admission {
+    /// Folds the received update in (on a blocking thread) and records the delivery; returns
+    /// the number of updates accepted in the round so far.
+    pub async fn deliver(mut self, update: ClientUpdate) -> Result<u32> {
+        let accumulator = self.accumulator.clone();
+        let fence = self.fence.clone();
+        let folded = tokio::task::spawn_blocking(move || fold(&accumulator, update, &fence))
+            .await
+            .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
+        self.settle(folded.is_ok());
+        folded.map(|n| n as u32)
+    }
+
+    fn settle(&mut self, delivered: bool) {
+        self.settled = true;
+        let shared = &self.coordinator.shared;
+        let mut state = lock(&shared.state);
+        if let Phase::Open(round) = &mut state.phase
+            && round.fence == self.fence
+        {
+            round.in_flight.remove(&self.client_id);
+            if delivered {
+                round.delivered.insert(self.client_id.clone());
+                if round.complete() {
+                    shared.progress.notify_one();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(false);
+        }
+    }
+}

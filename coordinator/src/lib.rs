@@ -1,0 +1,26 @@
+//! The Shoal coordinator: the gRPC service, the round engine, the strategies and their maths.
+//!
+//! Layers, each in its own module: [`service`] (transport) → [`engine`] (requests against shared
+//! state) and [`driver`] (the round loop) → [`round`], [`results`], [`selection`] (round rules)
+//! → [`strategy`] (algorithms) → [`aggregate`] (pure maths).
+
+pub mod aggregate;
+pub mod config;
+pub mod driver;
+pub mod engine;
+mod error;
+pub mod metrics;
+pub mod registry;
+pub mod results;
+pub mod round;
+pub mod selection;
+pub mod server;
+pub mod service;
+pub mod strategy;
+
+pub use config::{Limits, RunConfig, StrategyConfig};
+pub use driver::{Resume, RunOutcome};
+pub use engine::Coordinator;
+pub use error::{CoordinatorError, Result};
+pub use metrics::{RoundRecord, RunSummary};
+pub use server::serve;

@@ -1,0 +1,121 @@
+//! The registry of clients: who joined, how much data they hold, and when they were last heard.
+//!
+//! A client's pulls double as its heartbeat; one whose pulls stop for longer than the liveness
+//! window is no longer offered work, but keeps its id and comes back by pulling again.
+
+use crate::error::{CoordinatorError, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// What the coordinator knows about one client.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    /// Examples the client says it holds.
+    pub num_examples: u64,
+    /// Last join or pull.
+    pub last_seen: Instant,
+}
+
+/// Live clients by stable id; a `BTreeMap` so listings come sorted, independent of join order.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clients: BTreeMap<String, ClientRecord>,
+}
+
+/// Checks that a client id is usable: 1 to 128 printable ASCII characters.
+pub fn check_client_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok { Ok(()) } else { Err(CoordinatorError::BadClientId) }
+}
+
+impl Registry {
+    /// Registers `id`, or refreshes it if it was already known (a reconnect).
+    pub fn join(&mut self, id: &str, num_examples: u64, max_clients: usize, now: Instant) -> Result<()> {
+        check_client_id(id)?;
+        if !self.clients.contains_key(id) && self.clients.len() >= max_clients {
+            return Err(CoordinatorError::TooManyClients(max_clients));
+        }
+        self.clients.insert(
+            id.to_owned(),
+            ClientRecord {
+                num_examples,
+                last_seen: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a heartbeat; unknown ids are refused.
+    pub fn touch(&mut self, id: &str, now: Instant) -> Result<()> {
+        match self.clients.get_mut(id) {
+            Some(record) => {
+                record.last_seen = now;
+                Ok(())
+            }
+            None => Err(CoordinatorError::UnknownClient(id.to_owned())),
+        }
+    }
+
+    /// True if `id` has joined and not left.
+    pub fn contains(&self, id: &str) -> bool {
+        self.clients.contains_key(id)
+    }
+
+    /// Forgets a client that left.
+    pub fn leave(&mut self, id: &str) -> Result<()> {
+        self.clients
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| CoordinatorError::UnknownClient(id.to_owned()))
+    }
+
+    /// Sorted ids of clients heard from within `liveness`.
+    pub fn available(&self, now: Instant, liveness: Duration) -> Vec<String> {
+        self.clients
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.last_seen) <= liveness)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True when no client is registered.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_touches_and_expires() {
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        r.join("b", 10, 10, t0).unwrap();
+        r.join("a", 10, 10, t0).unwrap();
+        assert_eq!(r.available(t0, Duration::from_secs(1)), vec!["a", "b"]);
+        let later = t0 + Duration::from_secs(5);
+        r.touch("b", later).unwrap();
+        assert_eq!(r.available(later, Duration::from_secs(1)), vec!["b"]);
+        assert!(matches!(r.touch("zz", later), Err(CoordinatorError::UnknownClient(_))));
+        r.leave("b").unwrap();
+        assert!(!r.contains("b"));
+    }
+
+    #[test]
+    fn refuses_bad_ids_and_overflow() {
+        let now = Instant::now();
+        let mut r = Registry::default();
+        assert!(r.join("", 1, 10, now).is_err());
+        assert!(r.join("has space", 1, 10, now).is_err());
+        r.join("a", 1, 1, now).unwrap();
+        r.join("a", 2, 1, now).unwrap();
+        assert!(matches!(r.join("b", 1, 1, now), Err(CoordinatorError::TooManyClients(1))));
+    }
+}

@@ -1,0 +1,192 @@
+//! Collecting one round's updates: what the engine hands a strategy when the round closes.
+
+use crate::aggregate::{AggregateError, ExactSum, validate};
+use crate::strategy::{FoldMode, TaskPlan};
+use std::collections::BTreeMap;
+
+/// One client's contribution to a round, after transport decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientUpdate {
+    /// Stable id of the client.
+    pub client_id: String,
+    /// Weight of the update: the examples it was computed on.
+    pub weight: u64,
+    /// Parameters, gradient, centroid sums or local centres, as the task asked.
+    pub payload: Vec<f32>,
+    /// Integer side data (k-means counts).
+    pub counts: Vec<u64>,
+    /// Metrics the client reported (loss, accuracy, inertia...).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What the coordinator keeps of every contributor: its weight and reported metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientReport {
+    /// Weight of its update.
+    pub weight: u64,
+    /// Metrics it reported.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Folds updates in as they arrive; memory O(model) in [`FoldMode::WeightedSum`].
+#[derive(Debug)]
+pub struct RoundAccumulator {
+    update_len: usize,
+    counts_len: usize,
+    sum: Option<ExactSum>,
+    counts: Vec<u64>,
+    collected: BTreeMap<String, ClientUpdate>,
+    reports: BTreeMap<String, ClientReport>,
+}
+
+impl RoundAccumulator {
+    /// An empty accumulator for a round planned as `plan`.
+    pub fn new(plan: &TaskPlan) -> Self {
+        Self {
+            update_len: plan.update_len,
+            counts_len: plan.counts_len,
+            sum: (plan.fold == FoldMode::WeightedSum).then(|| ExactSum::new(plan.update_len)),
+            counts: vec![0; plan.counts_len],
+            collected: BTreeMap::new(),
+            reports: BTreeMap::new(),
+        }
+    }
+
+    /// Updates accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Folds in one update; on error nothing changes.
+    pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
+        if update.counts.len() != self.counts_len {
+            return Err(AggregateError::WrongLength {
+                got: update.counts.len(),
+                expected: self.counts_len,
+            });
+        }
+        let mut counts = self.counts.clone();
+        for (total, c) in counts.iter_mut().zip(&update.counts) {
+            *total = total
+                .checked_add(*c)
+                .ok_or(AggregateError::OutOfRange(*c as f64))?;
+        }
+        match &mut self.sum {
+            Some(sum) => sum.fold(update.weight, &update.payload)?,
+            None => {
+                validate(&update.payload, self.update_len)?;
+            }
+        }
+        self.counts = counts;
+        self.reports.insert(
+            update.client_id.clone(),
+            ClientReport {
+                weight: update.weight,
+                metrics: update.metrics.clone(),
+            },
+        );
+        if self.sum.is_none() {
+            self.collected.insert(update.client_id.clone(), update);
+        }
+        Ok(())
+    }
+
+    /// Closes the round's collection.
+    pub fn finish(self) -> RoundResults {
+        RoundResults {
+            sum: self.sum,
+            counts: self.counts,
+            collected: self.collected.into_values().collect(),
+            reports: self.reports,
+        }
+    }
+}
+
+/// Everything a closed round produced, in an order that does not depend on arrival.
+#[derive(Debug)]
+pub struct RoundResults {
+    /// The exact weighted sum ([`FoldMode::WeightedSum`] only).
+    pub sum: Option<ExactSum>,
+    /// Element-wise total of the clients' counts.
+    pub counts: Vec<u64>,
+    /// Every update, sorted by client id ([`FoldMode::Collect`] only).
+    pub collected: Vec<ClientUpdate>,
+    /// Weight and metrics of every contributor, by client id.
+    pub reports: BTreeMap<String, ClientReport>,
+}
+
+impl RoundResults {
+    /// Number of contributing clients.
+    pub fn contributors(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Total weight of the contributions.
+    pub fn total_weight(&self) -> u64 {
+        self.reports.values().map(|r| r.weight).sum()
+    }
+
+    /// Weight-averaged client metric `key`, over the clients that reported it.
+    pub fn weighted_metric(&self, key: &str) -> Option<f64> {
+        let (num, den) = self
+            .reports
+            .values()
+            .filter_map(|r| r.metrics.get(key).map(|v| (v * r.weight as f64, r.weight as f64)))
+            .fold((0.0, 0.0), |(n, d), (a, b)| (n + a, d + b));
+        (den > 0.0).then(|| num / den)
+    }
+
+    /// Sum of client metric `key` over the clients that reported it (e.g. inertia).
+    pub fn summed_metric(&self, key: &str) -> Option<f64> {
+        let mut any = false;
+        let total = self
+            .reports
+            .values()
+            .filter_map(|r| r.metrics.get(key))
+            .inspect(|_| any = true)
+            .sum();
+        any.then_some(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::v1::TaskKind;
+
+    fn update(id: &str, weight: u64, payload: Vec<f32>, counts: Vec<u64>) -> ClientUpdate {
+        ClientUpdate {
+            client_id: id.into(),
+            weight,
+            payload,
+            counts,
+            metrics: BTreeMap::from([("loss".to_string(), weight as f64)]),
+        }
+    }
+
+    #[test]
+    fn sums_counts_and_weights_metrics() {
+        let plan = TaskPlan { kind: TaskKind::Fit, update_len: 2, counts_len: 1, fold: FoldMode::WeightedSum };
+        let mut acc = RoundAccumulator::new(&plan);
+        acc.accept(update("b", 3, vec![1.0, 1.0], vec![5])).unwrap();
+        acc.accept(update("a", 1, vec![5.0, 1.0], vec![2])).unwrap();
+        assert!(acc.accept(update("c", 1, vec![f32::NAN, 1.0], vec![2])).is_err());
+        assert!(acc.accept(update("d", 1, vec![1.0, 1.0], vec![2, 2])).is_err());
+        let r = acc.finish();
+        assert_eq!(r.contributors(), 2);
+        assert_eq!(r.counts, vec![7]);
+        assert_eq!(r.sum.as_ref().unwrap().mean().unwrap(), vec![2.0, 1.0]);
+        assert_eq!(r.weighted_metric("loss"), Some((9.0 + 1.0) / 4.0));
+        assert_eq!(r.summed_metric("loss"), Some(4.0));
+    }
+
+    #[test]
+    fn collect_mode_keeps_updates_in_client_order() {
+        let plan = TaskPlan { kind: TaskKind::KmeansInit, update_len: 1, counts_len: 0, fold: FoldMode::Collect };
+        let mut acc = RoundAccumulator::new(&plan);
+        acc.accept(update("z", 1, vec![1.0], vec![])).unwrap();
+        acc.accept(update("a", 1, vec![2.0], vec![])).unwrap();
+        let ids: Vec<_> = acc.finish().collected.into_iter().map(|u| u.client_id).collect();
+        assert_eq!(ids, vec!["a", "z"]);
+    }
+}

@@ -1,0 +1,97 @@
+//! The round in flight: who was asked, who has a task, who delivered, and the running aggregate.
+//!
+//! Every check an update must pass before it touches the aggregate lives here, so the gRPC
+//! handlers stay thin and the rules of DESIGN.md ("Round rules") read in one place.
+
+use crate::error::{CoordinatorError, Result};
+use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::strategy::TaskPlan;
+use shoal_proto::v1::{Fence, Task};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::time::Instant;
+
+/// The accumulator of a round, shared by concurrent folds; `None` once the round closed.
+pub type SharedAccumulator = Arc<Mutex<Option<RoundAccumulator>>>;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// State of the one open round.
+#[derive(Debug)]
+pub struct OpenRound {
+    /// Run, incarnation and round every message of this round must carry.
+    pub fence: Fence,
+    /// What the round asks.
+    pub plan: TaskPlan,
+    /// The task every selected client receives, less its per-client seed.
+    pub task: Task,
+    /// The global state clients download.
+    pub global: Arc<Vec<f32>>,
+    /// Clients asked.
+    pub selected: BTreeSet<String>,
+    /// Clients that received their task.
+    pub tasked: HashSet<String>,
+    /// Clients whose update is being received or folded.
+    pub in_flight: HashSet<String>,
+    /// Clients whose update was accepted.
+    pub delivered: HashSet<String>,
+    /// Accepted updates after which the round closes early.
+    pub wanted: usize,
+    /// When the round closes at the latest.
+    pub deadline: Instant,
+    /// The running aggregate.
+    pub accumulator: SharedAccumulator,
+}
+
+impl OpenRound {
+    /// Refuses an update header unless it is for this round, from a selected client that has
+    /// not delivered yet, and matches the plan's shape.
+    pub fn admit(&self, client_id: &str, fence: &Fence, payload_len: u64, counts_len: usize) -> Result<()> {
+        if *fence != self.fence {
+            return Err(CoordinatorError::StaleFence {
+                got: fence.to_string(),
+                open: self.fence.to_string(),
+            });
+        }
+        if !self.selected.contains(client_id) {
+            return Err(CoordinatorError::NotSelected(client_id.to_owned()));
+        }
+        if self.delivered.contains(client_id) || self.in_flight.contains(client_id) {
+            return Err(CoordinatorError::Duplicate(client_id.to_owned()));
+        }
+        if payload_len != self.plan.update_len as u64 || counts_len != self.plan.counts_len {
+            return Err(CoordinatorError::InvalidUpdate(
+                crate::aggregate::AggregateError::WrongLength {
+                    got: usize::try_from(payload_len).unwrap_or(usize::MAX),
+                    expected: self.plan.update_len,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// True once enough updates arrived to close early.
+    pub fn complete(&self) -> bool {
+        self.delivered.len() >= self.wanted
+    }
+}
+
+/// Folds one admitted update into a round's accumulator (blocking: call off the runtime).
+/// Fails with a stale-fence error if the round closed meanwhile.
+pub fn fold(accumulator: &SharedAccumulator, update: ClientUpdate, fence: &Fence) -> Result<usize> {
+    let mut guard = lock(accumulator);
+    let acc = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
+        got: fence.to_string(),
+        open: "none (round closed)".into(),
+    })?;
+    acc.accept(update)?;
+    Ok(acc.accepted())
+}
+
+/// Closes the accumulator: waits for folds in progress, then takes the results.
+pub fn close(accumulator: &SharedAccumulator) -> Option<RoundResults> {
+    lock(accumulator).take().map(RoundAccumulator::finish)
+}

@@ -1,0 +1,145 @@
+//! Clustering quality against ground-truth labels: normalised mutual information (arithmetic
+//! normalisation, as scikit-learn's default) and the adjusted Rand index (Hubert & Arabie
+//! 1985).
+//!
+//! The federated path only knows per-cluster label counts, so both measures are defined on a
+//! contingency table (`rows` clusters x `cols` classes, row-major); the label-vector forms
+//! build that table and call them. Empty rows and columns are ignored. Degenerate cases follow
+//! scikit-learn: when both sides have a single group, or both are empty, the score is 1;
+//! label vectors of different lengths (or a table of the wrong size) give NaN.
+
+use std::collections::BTreeMap;
+
+/// Normalised mutual information of two labelings of the same points, in `[0, 1]`.
+pub fn nmi(a: &[u32], b: &[u32]) -> f64 {
+    match contingency(a, b) {
+        Some((table, rows, cols)) => nmi_from_contingency(&table, rows, cols),
+        None => f64::NAN,
+    }
+}
+
+/// Adjusted Rand index of two labelings of the same points (1 for identical partitions,
+/// about 0 for independent ones, possibly negative).
+pub fn ari(a: &[u32], b: &[u32]) -> f64 {
+    match contingency(a, b) {
+        Some((table, rows, cols)) => ari_from_contingency(&table, rows, cols),
+        None => f64::NAN,
+    }
+}
+
+/// NMI from a contingency table (`table[r * cols + c]` = points in group `r` of the first
+/// labeling and group `c` of the second).
+pub fn nmi_from_contingency(table: &[u64], rows: usize, cols: usize) -> f64 {
+    let Some(m) = Margins::of(table, rows, cols) else {
+        return f64::NAN;
+    };
+    if m.n == 0.0 || m.groups() == (1, 1) {
+        return 1.0;
+    }
+    let mut mi = 0.0;
+    for (r, &a) in m.rows.iter().enumerate() {
+        for (c, &b) in m.cols.iter().enumerate() {
+            let nij = table[r * cols + c] as f64;
+            if nij > 0.0 {
+                mi += nij / m.n * (m.n * nij / (a * b)).ln();
+            }
+        }
+    }
+    let mi = mi.max(0.0);
+    if mi == 0.0 {
+        return 0.0;
+    }
+    let normaliser = (entropy(&m.rows, m.n) + entropy(&m.cols, m.n)) / 2.0;
+    (mi / normaliser).min(1.0)
+}
+
+/// ARI from a contingency table (same layout as [`nmi_from_contingency`]).
+pub fn ari_from_contingency(table: &[u64], rows: usize, cols: usize) -> f64 {
+    let Some(m) = Margins::of(table, rows, cols) else {
+        return f64::NAN;
+    };
+    let groups = m.groups();
+    if m.n == 0.0 || groups == (1, 1) || (groups.0 == groups.1 && groups.0 as f64 == m.n) {
+        return 1.0;
+    }
+    let pairs = |x: f64| x * (x - 1.0) / 2.0;
+    let index: f64 = table.iter().map(|&x| pairs(x as f64)).sum();
+    let row_pairs: f64 = m.rows.iter().map(|&x| pairs(x)).sum();
+    let col_pairs: f64 = m.cols.iter().map(|&x| pairs(x)).sum();
+    let expected = row_pairs * col_pairs / pairs(m.n);
+    let max = (row_pairs + col_pairs) / 2.0;
+    if max == expected {
+        return 1.0;
+    }
+    (index - expected) / (max - expected)
+}
+
+/// Row and column sums of a contingency table.
+struct Margins {
+    rows: Vec<f64>,
+    cols: Vec<f64>,
+    n: f64,
+}
+
+impl Margins {
+    /// `None` when the table does not have `rows * cols` cells.
+    fn of(table: &[u64], rows: usize, cols: usize) -> Option<Margins> {
+        if Some(table.len()) != rows.checked_mul(cols) {
+            return None;
+        }
+        let mut m = Margins {
+            rows: vec![0.0; rows],
+            cols: vec![0.0; cols],
+            n: 0.0,
+        };
+        for r in 0..rows {
+            for c in 0..cols {
+                let x = table[r * cols + c] as f64;
+                m.rows[r] += x;
+                m.cols[c] += x;
+                m.n += x;
+            }
+        }
+        Some(m)
+    }
+
+    /// Numbers of non-empty rows and columns.
+    fn groups(&self) -> (usize, usize) {
+        let count = |sums: &[f64]| sums.iter().filter(|&&s| s > 0.0).count();
+        (count(&self.rows), count(&self.cols))
+    }
+}
+
+/// Entropy (nats) of the distribution `counts / n`, ignoring empty groups.
+fn entropy(counts: &[f64], n: f64) -> f64 {
+    counts
+        .iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| {
+            let p = x / n;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+/// Contingency table of two label vectors, groups in increasing label order; `None` when the
+/// lengths differ.
+fn contingency(a: &[u32], b: &[u32]) -> Option<(Vec<u64>, usize, usize)> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let index = |labels: &[u32]| -> BTreeMap<u32, usize> {
+        let mut map: BTreeMap<u32, usize> = labels.iter().map(|&l| (l, 0)).collect();
+        for (i, slot) in map.values_mut().enumerate() {
+            *slot = i;
+        }
+        map
+    };
+    let (ia, ib) = (index(a), index(b));
+    let (rows, cols) = (ia.len(), ib.len());
+    let mut table = vec![0u64; rows * cols];
+    for (x, y) in a.iter().zip(b) {
+        table[ia[x] * cols + ib[y]] += 1;
+    }
+    Some((table, rows, cols))
+}

@@ -1,0 +1,36 @@
+//! Shoal's models: the burn classifiers every client trains, the flat parameter layout the
+//! federation exchanges, and the pure-Rust k-means steps used for federated clustering.
+//!
+//! Everything crosses crate boundaries as plain data: a [`ModelSpec`] says which model,
+//! a `Vec<f32>` laid out by its [`Manifest`] holds the parameters, and a
+//! [`shoal_datasets::Dataset`] holds the examples. The functions here build the burn model
+//! once per call, run synchronously on the CPU (ndarray backend) and return plain data again;
+//! callers on an async runtime should run them on a blocking thread.
+//!
+//! * [`init_params`]: a seeded, bit-reproducible starting point.
+//! * [`train_local`]: plain SGD epochs on local data ([`TrainConfig`], [`TrainReport`]).
+//! * [`evaluate`]: loss and accuracy ([`EvalReport`]).
+//! * [`gradient`]: exact or mini-batch gradients ([`GradReport`]).
+//! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
+
+mod batch;
+mod error;
+mod eval;
+mod grad;
+pub mod kmeans;
+mod manifest;
+mod net;
+mod params;
+mod spec;
+mod train;
+
+#[cfg(test)]
+mod test_util;
+
+pub use error::{ModelError, Result};
+pub use eval::{EVAL_BATCH_SIZE, EvalReport, evaluate};
+pub use grad::{GradReport, gradient};
+pub use manifest::{Manifest, ParamEntry};
+pub use params::init_params;
+pub use spec::{CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, MAX_PARAMS, ModelKind, ModelSpec};
+pub use train::{TrainConfig, TrainReport, train_local};

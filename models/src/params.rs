@@ -1,0 +1,155 @@
+//! Moving parameters between burn modules and flat `f32` vectors, and seeded initialisation.
+//!
+//! [`flatten`] walks the model with a [`ModuleVisitor`], [`load`] rebuilds every parameter
+//! with a [`ModuleMapper`] from its slice of the vector, keeping the parameter's id, device
+//! and gradient requirement so the loaded model stays trainable. Both follow the
+//! [`Manifest`] order, and the round trip is bit-exact.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::Rng;
+use shoal_datasets::rng::rng_for;
+
+use crate::error::{ModelError, Result};
+use crate::manifest::{Manifest, ParamEntry};
+use crate::net::Net;
+use crate::spec::ModelSpec;
+
+/// Stream tag of the initialisation RNG (`rng_for(seed, &[INIT_STREAM, entry_index])`).
+const INIT_STREAM: u64 = 0x1417;
+
+/// A fresh parameter vector for `spec`, deterministic in `seed` alone.
+///
+/// Follows burn's default scheme for `Linear` and `Conv2d` (Kaiming-uniform with gain
+/// `1/sqrt(3)`): every weight and bias value is drawn uniformly from `[-b, b)` with
+/// `b = 1/sqrt(fan_in)`, where `fan_in` is the layer's input width (linear) or
+/// `in_channels * kh * kw` (convolution). Entry `i` of the manifest draws from
+/// `rng_for(seed, &[0x1417, i])` as `b * (2u - 1)` with `u` a uniform `f64` in `[0, 1)`, so
+/// the vector is bit-identical on every run and machine.
+pub fn init_params(spec: &ModelSpec, seed: u64) -> Result<Vec<f32>> {
+    let manifest = spec.manifest()?;
+    let mut params = Vec::with_capacity(manifest.total());
+    for (index, entry) in manifest.entries.iter().enumerate() {
+        let bound = 1.0 / (fan_in(&manifest, entry)? as f64).sqrt();
+        let mut rng = rng_for(seed, &[INIT_STREAM, index as u64]);
+        params.extend((0..entry.len).map(|_| {
+            let u: f64 = rng.random();
+            (bound * (2.0 * u - 1.0)) as f32
+        }));
+    }
+    Ok(params)
+}
+
+/// The fan-in of a parameter: from its own shape for weights, from the sibling weight for
+/// biases.
+fn fan_in(manifest: &Manifest, entry: &ParamEntry) -> Result<usize> {
+    let from_weight = |shape: &[usize]| match shape {
+        [d_input, _] => Some(*d_input),
+        [_, rest @ ..] if rest.len() == 3 => Some(rest.iter().product()),
+        _ => None,
+    };
+    let weight = match entry.name.strip_suffix(".bias") {
+        Some(layer) => manifest.entry(&format!("{layer}.weight")),
+        None => Some(entry),
+    };
+    weight
+        .and_then(|w| from_weight(&w.shape))
+        .filter(|&f| f > 0)
+        .ok_or_else(|| ModelError::InvalidSpec(format!("no fan-in for parameter {}", entry.name)))
+}
+
+/// Every float parameter of `net`, flattened in manifest order.
+pub(crate) fn flatten(net: &Net) -> Result<Vec<f32>> {
+    let mut collector = ValueCollector {
+        values: Vec::new(),
+        error: None,
+    };
+    net.visit(&mut collector);
+    match collector.error {
+        Some(err) => Err(err),
+        None => Ok(collector.values),
+    }
+}
+
+/// Reads a float tensor back into a `Vec<f32>`.
+pub(crate) fn tensor_values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor
+        .try_into_data()
+        .map_err(|e| ModelError::Backend(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Backend(format!("{e:?}")))
+}
+
+/// `net` with every parameter replaced by its slice of `params` (created on `device`).
+///
+/// `params` must already be checked against the manifest of `net` (length).
+pub(crate) fn load(net: Net, params: &[f32], device: &Device) -> Result<Net> {
+    let mut loader = Loader {
+        params,
+        offset: 0,
+        device,
+        error: None,
+    };
+    let net = net.map(&mut loader);
+    if let Some(err) = loader.error {
+        return Err(err);
+    }
+    if loader.offset != params.len() {
+        return Err(ModelError::ParamLength {
+            expected: loader.offset,
+            got: params.len(),
+        });
+    }
+    Ok(net)
+}
+
+/// Builds the model for `spec` on `device` with `params` loaded, after checking `params`
+/// (length and finiteness) against the manifest.
+pub(crate) fn build_loaded(spec: &ModelSpec, params: &[f32], device: &Device) -> Result<Net> {
+    let net = Net::build(spec, device)?;
+    Manifest::of(&net).check_params(params)?;
+    load(net, params, device)
+}
+
+struct ValueCollector {
+    values: Vec<f32>,
+    error: Option<ModelError>,
+}
+
+impl ModuleVisitor for ValueCollector {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        match tensor_values(param.val()) {
+            Ok(values) => self.values.extend_from_slice(&values),
+            Err(err) => self.error = Some(err),
+        }
+    }
+}
+
+struct Loader<'a> {
+    params: &'a [f32],
+    offset: usize,
+    device: &'a Device,
+    error: Option<ModelError>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let shape = param.lazy_shape();
+        let len = shape.num_elements();
+        let end = self.offset + len;
+        let Some(values) = self.params.get(self.offset..end) else {
+            self.error.get_or_insert(ModelError::ParamLength {
+                expected: end,
+                got: self.params.len(),
+            });
+            return param;
+        };
+        self.offset = end;
+        let tensor = Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape), self.device);
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}

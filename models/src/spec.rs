@@ -1,0 +1,205 @@
+//! What model to build: the architecture ([`ModelKind`]) and the sizes it is built for
+//! ([`ModelSpec`]).
+//!
+//! Kinds have a short text form used on command lines and in configuration files:
+//! `logreg`, `mlp` (one hidden layer of 128), `mlp:256,128` (hidden widths) and `cnn`
+//! (the McMahan et al. 2017 MNIST CNN).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use shoal_datasets::Dataset;
+
+use crate::error::{ModelError, Result};
+
+/// Hidden width used by a bare `"mlp"`.
+pub const DEFAULT_MLP_HIDDEN: usize = 128;
+
+/// Largest number of parameters a spec may describe (guards against absurd sizes sent by peers).
+pub const MAX_PARAMS: usize = 200_000_000;
+
+/// Side length of the square single-channel image the CNN expects.
+pub const CNN_IMAGE_SIDE: usize = 28;
+
+/// The architecture of a classifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ModelKind {
+    /// Multinomial logistic regression: one linear layer from features to class logits.
+    LogReg,
+    /// Multi-layer perceptron with ReLU between layers.
+    Mlp {
+        /// Widths of the hidden layers, input to output; never empty.
+        hidden: Vec<usize>,
+    },
+    /// The "CNN" of McMahan et al. 2017 for 28x28 single-channel images: two 5x5 convolutions
+    /// (32 and 64 channels, "same" padding) each followed by ReLU and 2x2 max-pooling, a
+    /// 512-unit fully connected ReLU layer and a linear output layer.
+    Cnn,
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelKind::LogReg => f.write_str("logreg"),
+            ModelKind::Cnn => f.write_str("cnn"),
+            ModelKind::Mlp { hidden } => {
+                let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
+                write!(f, "mlp:{}", widths.join(","))
+            }
+        }
+    }
+}
+
+impl FromStr for ModelKind {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let refuse = |reason: &str| ModelError::InvalidKind {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = s.trim().to_ascii_lowercase();
+        let (name, args) = match text.split_once(':') {
+            Some((name, args)) => (name.trim(), Some(args.trim())),
+            None => (text.as_str(), None),
+        };
+        match (name, args) {
+            ("logreg", None) => Ok(ModelKind::LogReg),
+            ("cnn", None) => Ok(ModelKind::Cnn),
+            ("mlp", None) => Ok(ModelKind::Mlp {
+                hidden: vec![DEFAULT_MLP_HIDDEN],
+            }),
+            ("mlp", Some(args)) => {
+                if args.is_empty() {
+                    return Err(refuse("expected hidden widths after \"mlp:\", e.g. mlp:256,128"));
+                }
+                let hidden = args
+                    .split(',')
+                    .map(|w| match w.trim().parse::<usize>() {
+                        Ok(0) => Err(refuse("hidden widths must be positive")),
+                        Ok(width) => Ok(width),
+                        Err(_) => Err(refuse(&format!("{:?} is not a layer width", w.trim()))),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(ModelKind::Mlp { hidden })
+            }
+            ("logreg" | "cnn", Some(_)) => Err(refuse("this model kind takes no arguments")),
+            _ => Err(refuse("expected one of logreg, mlp, mlp:<w1,w2,..>, cnn")),
+        }
+    }
+}
+
+impl TryFrom<String> for ModelKind {
+    type Error = ModelError;
+
+    fn try_from(value: String) -> Result<Self> {
+        value.parse()
+    }
+}
+
+impl From<ModelKind> for String {
+    fn from(kind: ModelKind) -> String {
+        kind.to_string()
+    }
+}
+
+/// A model architecture together with the input and output sizes it is built for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The architecture.
+    pub kind: ModelKind,
+    /// Number of input features per example.
+    pub num_features: usize,
+    /// Number of classes (output logits).
+    pub num_classes: usize,
+    /// `(height, width)` when the features are a single-channel image, row-major.
+    pub image_shape: Option<(usize, usize)>,
+}
+
+impl ModelSpec {
+    /// A spec sized for `data`: its feature count, class count and image shape.
+    pub fn for_dataset(kind: ModelKind, data: &Dataset) -> Self {
+        ModelSpec {
+            kind,
+            num_features: data.num_features,
+            num_classes: data.num_classes,
+            image_shape: data.image_shape,
+        }
+    }
+
+    /// Checks that the spec describes a model that can be built.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(ModelError::InvalidSpec(msg));
+        if self.num_features == 0 {
+            return invalid("num_features must be positive".into());
+        }
+        if self.num_classes < 2 {
+            return invalid(format!("need at least 2 classes, got {}", self.num_classes));
+        }
+        if let Some((h, w)) = self.image_shape
+            && h.checked_mul(w) != Some(self.num_features)
+        {
+            return invalid(format!(
+                "image shape {h}x{w} does not match {} features",
+                self.num_features
+            ));
+        }
+        match &self.kind {
+            ModelKind::Mlp { hidden } if hidden.is_empty() || hidden.contains(&0) => {
+                invalid("mlp hidden widths must be non-empty and positive".into())
+            }
+            ModelKind::Cnn
+                if self.image_shape != Some((CNN_IMAGE_SIDE, CNN_IMAGE_SIDE))
+                    || self.num_features != CNN_IMAGE_SIDE * CNN_IMAGE_SIDE =>
+            {
+                invalid(format!(
+                    "cnn needs 28x28 single-channel images (784 features), got {} features \
+                     with image shape {:?}",
+                    self.num_features, self.image_shape
+                ))
+            }
+            _ => {
+                let total = self.analytic_param_count()?;
+                if total > MAX_PARAMS {
+                    return invalid(format!("{total} parameters exceed the limit of {MAX_PARAMS}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Layer widths of the fully connected stack: features, hidden..., classes.
+    pub(crate) fn dense_widths(&self) -> Vec<usize> {
+        let mut widths = vec![self.num_features];
+        if let ModelKind::Mlp { hidden } = &self.kind {
+            widths.extend(hidden.iter().copied());
+        }
+        widths.push(self.num_classes);
+        widths
+    }
+
+    /// Parameter count from the architecture alone, with overflow checks; used to refuse
+    /// oversized specs before anything is allocated.
+    fn analytic_param_count(&self) -> Result<usize> {
+        let overflow = || ModelError::InvalidSpec("parameter count overflows".into());
+        let dense = |widths: &[usize]| -> Result<usize> {
+            widths.windows(2).try_fold(0usize, |acc, pair| {
+                pair[0]
+                    .checked_add(1)
+                    .and_then(|fan_in| fan_in.checked_mul(pair[1]))
+                    .and_then(|layer| acc.checked_add(layer))
+                    .ok_or_else(overflow)
+            })
+        };
+        match self.kind {
+            ModelKind::Cnn => {
+                let convs = (25 + 1) * 32 + (32 * 25 + 1) * 64;
+                let fc = dense(&[64 * 7 * 7, 512, self.num_classes])?;
+                fc.checked_add(convs).ok_or_else(overflow)
+            }
+            _ => dense(&self.dense_widths()),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Moving f32 payloads as little-endian bytes in bounded chunks.
+//!
+//! gRPC caps a message at 4 MiB by default; splitting payloads into chunks of at most
+//! [`MAX_CHUNK_BYTES`] lets models of any size travel while each message stays small, and lets
+//! the receiver refuse an oversize payload before allocating it.
+
+use crate::error::{ProtoError, Result};
+use crate::v1::Chunk;
+use bytes::Bytes;
+
+/// Hard upper bound on one chunk: 1 MiB.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// Chunk size senders use unless told otherwise.
+pub const DEFAULT_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
+
+/// Splits `values` into chunks of at most `chunk_bytes` bytes (rounded down to whole values).
+pub fn encode_chunks(values: &[f32], chunk_bytes: usize) -> impl Iterator<Item = Chunk> + '_ {
+    let per_chunk = (chunk_bytes.clamp(4, MAX_CHUNK_BYTES) / 4).max(1);
+    values
+        .chunks(per_chunk)
+        .enumerate()
+        .map(move |(i, part)| Chunk {
+            offset: (i * per_chunk) as u64,
+            data: Bytes::from(encode_f32(part)),
+        })
+}
+
+/// Little-endian bytes of `values`.
+pub fn encode_f32(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes little-endian f32 bytes, appending to `out`.
+pub fn decode_f32(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    if bytes.len() % 4 != 0 {
+        return Err(ProtoError::Misaligned(bytes.len()));
+    }
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+    Ok(())
+}
+
+/// Reassembles a payload of a declared length from chunks that must arrive in order, without
+/// gaps, overlaps or excess, refusing anything larger than the receiver's limit up front.
+#[derive(Debug)]
+pub struct ChunkAssembler {
+    declared: usize,
+    max_chunk_bytes: usize,
+    values: Vec<f32>,
+}
+
+impl ChunkAssembler {
+    /// Starts a payload of `declared` values; `max_values` and `max_chunk_bytes` are the
+    /// receiver's limits.
+    pub fn new(declared: u64, max_values: usize, max_chunk_bytes: usize) -> Result<Self> {
+        let declared_usize = usize::try_from(declared).unwrap_or(usize::MAX);
+        if declared_usize > max_values {
+            return Err(ProtoError::TooLarge {
+                declared,
+                limit: max_values,
+            });
+        }
+        Ok(Self {
+            declared: declared_usize,
+            max_chunk_bytes,
+            values: Vec::with_capacity(declared_usize),
+        })
+    }
+
+    /// Adds the next chunk.
+    pub fn push(&mut self, chunk: &Chunk) -> Result<()> {
+        let len = chunk.data.len();
+        if len > self.max_chunk_bytes {
+            return Err(ProtoError::ChunkTooLarge {
+                got: len,
+                limit: self.max_chunk_bytes,
+            });
+        }
+        let expected = self.values.len() as u64;
+        if chunk.offset != expected {
+            return Err(ProtoError::OutOfOrder {
+                got: chunk.offset,
+                expected,
+            });
+        }
+        if self.values.len() + len / 4 > self.declared {
+            return Err(ProtoError::Overflow {
+                declared: self.declared,
+            });
+        }
+        decode_f32(&chunk.data, &mut self.values)
+    }
+
+    /// Values received so far.
+    pub fn received(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The complete payload, or an error if values are missing.
+    pub fn finish(self) -> Result<Vec<f32>> {
+        if self.values.len() != self.declared {
+            return Err(ProtoError::Truncated {
+                got: self.values.len(),
+                declared: self.declared,
+            });
+        }
+        Ok(self.values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assemble(values: &[f32], chunk_bytes: usize) -> Result<Vec<f32>> {
+        let mut asm = ChunkAssembler::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES)?;
+        for c in encode_chunks(values, chunk_bytes) {
+            asm.push(&c)?;
+        }
+        asm.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_bit_exactly(values in proptest::collection::vec(any::<f32>(), 0..2000), chunk in 4usize..512) {
+            let back = assemble(&values, chunk).unwrap();
+            let a: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+            let b: Vec<u32> = back.iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn chunks_never_exceed_one_mebibyte() {
+        let values = vec![1.0f32; 600_000];
+        let chunks: Vec<Chunk> = encode_chunks(&values, usize::MAX).collect();
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.data.len() <= MAX_CHUNK_BYTES));
+    }
+
+    #[test]
+    fn refuses_out_of_order_duplicate_and_overflow() {
+        let values = [1.0f32, 2.0, 3.0, 4.0];
+        let chunks: Vec<Chunk> = encode_chunks(&values, 8).collect();
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        assert!(matches!(asm.push(&chunks[1]), Err(ProtoError::OutOfOrder { .. })));
+        asm.push(&chunks[0]).unwrap();
+        assert!(matches!(asm.push(&chunks[0]), Err(ProtoError::OutOfOrder { .. })));
+        asm.push(&chunks[1]).unwrap();
+        let extra = Chunk { offset: 4, data: Bytes::from(encode_f32(&[5.0])) };
+        assert!(matches!(asm.push(&extra), Err(ProtoError::Overflow { .. })));
+    }
+
+    #[test]
+    fn refuses_truncation_misalignment_and_oversize() {
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        asm.push(&Chunk { offset: 0, data: Bytes::from(encode_f32(&[1.0])) }).unwrap();
+        assert!(matches!(asm.finish(), Err(ProtoError::Truncated { got: 1, declared: 4 })));
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let bad = Chunk { offset: 0, data: Bytes::from_static(&[0, 0, 0]) };
+        assert!(matches!(asm.push(&bad), Err(ProtoError::Misaligned(3))));
+        assert!(matches!(ChunkAssembler::new(101, 100, MAX_CHUNK_BYTES), Err(ProtoError::TooLarge { .. })));
+        let mut asm = ChunkAssembler::new(1_000_000, 1_000_000, 16).unwrap();
+        let big = Chunk { offset: 0, data: Bytes::from(encode_f32(&[0.0; 5])) };
+        assert!(matches!(asm.push(&big), Err(ProtoError::ChunkTooLarge { .. })));
+    }
+}

@@ -1,0 +1,18 @@
+//! The Shoal wire contract: the generated gRPC code for `proto/shoal.proto` and the few helpers
+//! every peer needs to speak it (payload chunking, fences).
+//!
+//! Nothing here knows about models or strategies; both the coordinator and the client build on
+//! these types and convert them at their edges.
+
+pub mod chunk;
+mod error;
+pub mod fence;
+
+pub use chunk::{ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, decode_f32, encode_chunks};
+pub use error::{ProtoError, Result};
+
+/// Generated protobuf messages and the tonic client/server for `shoal.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
