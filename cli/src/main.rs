@@ -1,1 +1,65 @@
-fn main() {}
+//! `shoal`: one command line for the whole system — a one-process demo (`run`), a coordinator,
+//! an edge client, and a fleet of simulated clients.
+
+mod commands;
+mod data;
+mod host;
+mod options;
+mod report;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Federated learning: a crash-safe coordinator and edge clients that keep their data.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+struct Cli {
+    /// Log filter for stderr, e.g. info or shoal_coordinator=debug (RUST_LOG also works).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train end to end in one process: a coordinator on loopback and a simulated fleet.
+    Run(commands::run::RunCmd),
+    /// Serve a run to clients that dial in.
+    Coordinator(commands::coordinator::CoordinatorCmd),
+    /// Run one edge client on local data.
+    Client(commands::client::ClientCmd),
+    /// Run many simulated clients in this process against a coordinator.
+    Simulate(commands::simulate::SimulateCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(cmd) => cmd.execute().await,
+            Command::Coordinator(cmd) => cmd.execute().await,
+            Command::Client(cmd) => cmd.execute().await,
+            Command::Simulate(cmd) => cmd.execute().await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,14 @@
-//! placeholder
+//! The Shoal client side: an edge client that trains on data that never leaves it, and a fleet
+//! that runs many simulated clients in one process.
+
+mod backoff;
+pub mod cache;
+pub mod connection;
+pub mod edge;
+mod error;
+pub mod fleet;
+pub mod work;
+
+pub use edge::{ClientOptions, ClientStats, EdgeClient};
+pub use error::{ClientError, Result};
+pub use fleet::{FleetConfig, FleetReport, run_fleet};

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 
-use crate::batch::{Batch, Tally, check_data};
+use crate::batch::{Batch, check_data};
 use crate::error::{ModelError, Result};
+use crate::loss::Tally;
 use crate::net::{Net, inference_device};
 use crate::params::{build_loaded, tensor_values};
 use crate::spec::ModelSpec;
@@ -56,4 +57,52 @@ pub(crate) fn evaluate_net(net: &Net, data: &Dataset) -> Result<EvalReport> {
         accuracy: tally.accuracy(),
         examples: tally.examples,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::init_params;
+    use crate::spec::ModelKind;
+    use crate::test_util::{digits_head, digits_spec, mlp_spec};
+
+    #[test]
+    fn zero_parameters_give_uniform_predictions() {
+        let spec = digits_spec(ModelKind::LogReg);
+        let data = digits_head(1500);
+        let report = evaluate(&spec, &[0.0; 650], &data).unwrap();
+        assert_eq!(report.examples, 1500);
+        assert!((report.loss - 10f64.ln()).abs() < 1e-9, "{report:?}");
+        // All logits tie, so every prediction is class 0.
+        let zeros = data.labels.iter().filter(|&&l| l == 0).count();
+        assert_eq!(report.accuracy, zeros as f64 / 1500.0);
+    }
+
+    #[test]
+    fn batching_does_not_change_the_result() {
+        let spec = mlp_spec();
+        let data = digits_head(EVAL_BATCH_SIZE + 100);
+        let params = init_params(&spec, 3).unwrap();
+        let whole = evaluate(&spec, &params, &data).unwrap();
+        let head = evaluate(&spec, &params, &digits_head(EVAL_BATCH_SIZE)).unwrap();
+        let idx: Vec<usize> = (EVAL_BATCH_SIZE..EVAL_BATCH_SIZE + 100).collect();
+        let tail = evaluate(&spec, &params, &data.subset(&idx).unwrap()).unwrap();
+        let n = whole.examples as f64;
+        let combined = (head.loss * EVAL_BATCH_SIZE as f64 + tail.loss * 100.0) / n;
+        assert!((whole.loss - combined).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let spec = mlp_spec();
+        let data = digits_head(10);
+        let mut params = init_params(&spec, 3).unwrap();
+        assert!(evaluate(&spec, &params[..10], &data).is_err());
+        assert!(evaluate(&spec, &params, &data.subset(&[]).unwrap()).is_err());
+        params[0] = f32::NAN;
+        assert!(matches!(
+            evaluate(&spec, &params, &data),
+            Err(ModelError::NonFiniteParams { index: 0 })
+        ));
+    }
 }

@@ -2,14 +2,15 @@
 //! exact over the whole dataset, or averaged over seeded mini-batches.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
-use crate::batch::{Batch, Tally, check_data, cross_entropy};
+use crate::batch::{Batch, check_data};
 use crate::error::{ModelError, Result};
+use crate::loss::{Tally, cross_entropy_backward};
 use crate::net::{Net, training_device};
 use crate::params::{build_loaded, tensor_values};
 use crate::spec::ModelSpec;
@@ -62,7 +63,7 @@ pub fn gradient(
         while start < n {
             let end = (start + batch_size).min(n);
             let batch = Batch::range(data, start, end, &device);
-            acc.add(&net, batch, (end - start) as f64 / n as f64)?;
+            acc.add(&net, batch, (end - start) as f64 / n as f64, &device)?;
             start = end;
         }
     } else {
@@ -78,7 +79,7 @@ pub fn gradient(
             }
             let batch = Batch::gather(data, &order[pos..pos + take], &device);
             pos += take;
-            acc.add(&net, batch, 1.0 / batches as f64)?;
+            acc.add(&net, batch, 1.0 / batches as f64, &device)?;
         }
     }
 
@@ -104,11 +105,10 @@ struct Accumulator {
 
 impl Accumulator {
     /// Adds `weight` times the gradient and mean loss of `batch`.
-    fn add(&mut self, net: &Net, batch: Batch, weight: f64) -> Result<()> {
+    fn add(&mut self, net: &Net, batch: Batch, weight: f64, device: &Device) -> Result<()> {
         let logits: Tensor<2> = net.forward(batch.inputs);
         let mut tally = Tally::default();
-        tally.add(&tensor_values(logits.clone().inner())?, &batch.labels);
-        let grads = cross_entropy(logits, batch.targets).backward();
+        let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, device)?;
         let mut collector = GradCollector {
             grads: &grads,
             sum: &mut self.sum,
@@ -159,5 +159,111 @@ impl ModuleVisitor for GradCollector<'_> {
             },
             Err(err) => self.error = Some(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::evaluate;
+    use crate::params::init_params;
+    use crate::spec::ModelKind;
+    use crate::test_util::{digits_head, digits_spec, mlp_spec};
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn full_gradient_does_not_depend_on_batch_size() {
+        let spec = mlp_spec();
+        let data = digits_head(500);
+        let params = init_params(&spec, 1).unwrap();
+        let (reference, report) = gradient(&spec, &params, &data, 0, 500, 0).unwrap();
+        assert_eq!(report.examples, 500);
+        let eval = evaluate(&spec, &params, &data).unwrap();
+        assert!((report.loss - eval.loss).abs() < 1e-9);
+        for batch_size in [1, 7, 64, 499, 10_000] {
+            let (g, r) = gradient(&spec, &params, &data, 0, batch_size, 0).unwrap();
+            assert!(max_diff(&g, &reference) < 1e-6, "batch size {batch_size}");
+            assert!((r.loss - report.loss).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn full_gradient_matches_finite_differences() {
+        let spec = digits_spec(ModelKind::LogReg);
+        let data = digits_head(200);
+        let params = init_params(&spec, 2).unwrap();
+        let (g, _) = gradient(&spec, &params, &data, 0, 64, 0).unwrap();
+        let eps = 1e-2f32;
+        // Weights of several features and classes, and two biases.
+        for i in [0, 5 * 10 + 3, 20 * 10 + 7, 36 * 10, 63 * 10 + 9, 640, 649] {
+            let at = |delta: f32| {
+                let mut p = params.clone();
+                p[i] += delta;
+                evaluate(&spec, &p, &data).unwrap().loss
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * f64::from(eps));
+            let analytic = f64::from(g[i]);
+            assert!(
+                (numeric - analytic).abs() < 1e-4 + 1e-3 * analytic.abs(),
+                "coordinate {i}: numeric {numeric}, analytic {analytic}"
+            );
+        }
+    }
+
+    #[test]
+    fn shard_gradients_average_to_the_full_gradient() {
+        let spec = mlp_spec();
+        let data = digits_head(300);
+        let params = init_params(&spec, 3).unwrap();
+        let (full, _) = gradient(&spec, &params, &data, 0, 128, 0).unwrap();
+        let mut combined = vec![0.0f64; full.len()];
+        let bounds = [0, 17, 150, 300];
+        for pair in bounds.windows(2) {
+            let idx: Vec<usize> = (pair[0]..pair[1]).collect();
+            let (g, _) = gradient(&spec, &params, &data.subset(&idx).unwrap(), 0, 50, 0).unwrap();
+            let w = idx.len() as f64 / 300.0;
+            for (c, x) in combined.iter_mut().zip(g) {
+                *c += w * f64::from(x);
+            }
+        }
+        let combined: Vec<f32> = combined.into_iter().map(|x| x as f32).collect();
+        assert!(max_diff(&combined, &full) < 1e-6);
+    }
+
+    #[test]
+    fn minibatch_gradients_are_seeded() {
+        let spec = mlp_spec();
+        let data = digits_head(100);
+        let params = init_params(&spec, 4).unwrap();
+        let (a, ra) = gradient(&spec, &params, &data, 3, 16, 9).unwrap();
+        let (b, _) = gradient(&spec, &params, &data, 3, 16, 9).unwrap();
+        let (c, _) = gradient(&spec, &params, &data, 3, 16, 10).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(ra.examples, 48);
+        // Batches as large as the data are the whole data: the exact gradient.
+        let (full, _) = gradient(&spec, &params, &data, 0, 100, 0).unwrap();
+        let (big, rb) = gradient(&spec, &params, &data, 2, 1000, 1).unwrap();
+        assert_eq!(rb.examples, 200);
+        assert!(max_diff(&big, &full) < 1e-6);
+        // Seven batches of 30 from 100 examples span three passes.
+        assert_eq!(gradient(&spec, &params, &data, 7, 30, 1).unwrap().1.examples, 210);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let spec = mlp_spec();
+        let data = digits_head(10);
+        let params = init_params(&spec, 4).unwrap();
+        assert!(gradient(&spec, &params, &data, 0, 0, 0).is_err());
+        assert!(gradient(&spec, &params[1..], &data, 0, 8, 0).is_err());
+        assert!(gradient(&spec, &params, &data.subset(&[]).unwrap(), 1, 8, 0).is_err());
+        let mut nan = params.clone();
+        nan[100] = f32::NAN;
+        assert!(gradient(&spec, &nan, &data, 0, 8, 0).is_err());
     }
 }

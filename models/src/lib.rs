@@ -18,9 +18,11 @@ mod error;
 mod eval;
 mod grad;
 pub mod kmeans;
+mod loss;
 mod manifest;
 mod net;
 mod params;
+mod sgd;
 mod spec;
 mod train;
 

@@ -153,3 +153,96 @@ impl ModuleMapper for Loader<'_> {
         param.transform_for_load(tensor, id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{inference_device, training_device};
+    use crate::spec::ModelKind;
+    use crate::test_util::{cnn_spec, digits_head, digits_spec, mlp_spec, tiny_images};
+    use crate::train::{TrainConfig, train_local};
+
+    #[test]
+    fn init_is_deterministic_per_seed_and_differs_across_seeds() {
+        let spec = mlp_spec();
+        let a = init_params(&spec, 11).unwrap();
+        let b = init_params(&spec, 11).unwrap();
+        let c = init_params(&spec, 12).unwrap();
+        assert_eq!(a.len(), 9_610);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert_ne!(bits(&a), bits(&c));
+    }
+
+    #[test]
+    fn init_follows_burns_kaiming_uniform_bounds() {
+        let spec = cnn_spec();
+        let manifest = spec.manifest().unwrap();
+        let params = init_params(&spec, 3).unwrap();
+        for (entry, fan_in) in manifest.entries.iter().zip([25, 25, 800, 800, 3136, 3136, 512, 512]) {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let values = &params[entry.offset..entry.offset + entry.len];
+            let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(max <= bound, "{}: {max} > {bound}", entry.name);
+            // Uniform draws come close to the bound and are not all equal.
+            assert!(max > 0.8 * bound, "{}: {max} vs {bound}", entry.name);
+        }
+    }
+
+    fn assert_round_trip(spec: &ModelSpec) {
+        let params = init_params(spec, 5).unwrap();
+        for device in [inference_device(), training_device()] {
+            let net = build_loaded(spec, &params, &device).unwrap();
+            let back = flatten(&net).unwrap();
+            assert_eq!(back.len(), params.len());
+            assert!(
+                back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} round trip is not bit-exact",
+                spec.kind
+            );
+        }
+    }
+
+    #[test]
+    fn flatten_load_round_trips_every_kind_exactly() {
+        assert_round_trip(&digits_spec(ModelKind::LogReg));
+        assert_round_trip(&mlp_spec());
+        assert_round_trip(&digits_spec(ModelKind::Mlp { hidden: vec![32, 16, 8] }));
+        assert_round_trip(&cnn_spec());
+    }
+
+    #[test]
+    fn loaded_models_stay_trainable() {
+        let cfg = TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            lr: 0.05,
+            seed: 1,
+        };
+        let digits = digits_head(64);
+        let images = tiny_images(8);
+        for (spec, data) in [
+            (digits_spec(ModelKind::LogReg), &digits),
+            (mlp_spec(), &digits),
+            (cnn_spec(), &images),
+        ] {
+            let params = init_params(&spec, 9).unwrap();
+            let (trained, report) = train_local(&spec, &params, data, &cfg).unwrap();
+            assert_eq!(trained.len(), params.len());
+            assert!(report.loss.is_finite());
+            // Every parameter tensor received an update.
+            for entry in spec.manifest().unwrap().entries {
+                let range = entry.offset..entry.offset + entry.len;
+                assert_ne!(&trained[range.clone()], &params[range], "{} {}", spec.kind, entry.name);
+            }
+        }
+    }
+
+    #[test]
+    fn load_refuses_a_short_vector() {
+        let spec = mlp_spec();
+        let net = Net::build(&spec, &inference_device()).unwrap();
+        let err = load(net, &[0.0; 100], &inference_device()).unwrap_err();
+        assert!(matches!(err, ModelError::ParamLength { .. }));
+    }
+}

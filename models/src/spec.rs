@@ -182,7 +182,7 @@ impl ModelSpec {
 
     /// Parameter count from the architecture alone, with overflow checks; used to refuse
     /// oversized specs before anything is allocated.
-    fn analytic_param_count(&self) -> Result<usize> {
+    pub(crate) fn analytic_param_count(&self) -> Result<usize> {
         let overflow = || ModelError::InvalidSpec("parameter count overflows".into());
         let dense = |widths: &[usize]| -> Result<usize> {
             widths.windows(2).try_fold(0usize, |acc, pair| {
@@ -201,5 +201,80 @@ impl ModelSpec {
             }
             _ => dense(&self.dense_widths()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_display_round_trip() {
+        let cases = [
+            ("logreg", ModelKind::LogReg),
+            ("cnn", ModelKind::Cnn),
+            ("mlp", ModelKind::Mlp { hidden: vec![128] }),
+            ("mlp:256,128", ModelKind::Mlp { hidden: vec![256, 128] }),
+            (" MLP: 32 , 16 ", ModelKind::Mlp { hidden: vec![32, 16] }),
+        ];
+        for (text, kind) in cases {
+            let parsed: ModelKind = text.parse().unwrap();
+            assert_eq!(parsed, kind, "{text}");
+            assert_eq!(parsed.to_string().parse::<ModelKind>().unwrap(), kind);
+        }
+        assert_eq!(ModelKind::Mlp { hidden: vec![256, 128] }.to_string(), "mlp:256,128");
+    }
+
+    #[test]
+    fn bad_kinds_are_refused_with_a_reason() {
+        for text in ["", "mlp:", "mlp:0", "mlp:12,x", "mlp:-3", "cnn:3", "logreg:1", "resnet"] {
+            let err = text.parse::<ModelKind>().unwrap_err();
+            assert!(matches!(err, ModelError::InvalidKind { .. }), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn kinds_serialise_as_their_text_form() {
+        let spec = ModelSpec {
+            kind: ModelKind::Mlp { hidden: vec![64, 32] },
+            num_features: 64,
+            num_classes: 10,
+            image_shape: None,
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"mlp:64,32\""), "{json}");
+        assert_eq!(serde_json::from_str::<ModelSpec>(&json).unwrap(), spec);
+        assert!(serde_json::from_str::<ModelKind>("\"mlp:0\"").is_err());
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        let ok = ModelSpec {
+            kind: ModelKind::LogReg,
+            num_features: 64,
+            num_classes: 10,
+            image_shape: Some((8, 8)),
+        };
+        assert!(ok.validate().is_ok());
+        let bad = [
+            ModelSpec { num_features: 0, ..ok.clone() },
+            ModelSpec { num_classes: 1, ..ok.clone() },
+            ModelSpec { image_shape: Some((7, 8)), ..ok.clone() },
+            ModelSpec { kind: ModelKind::Cnn, ..ok.clone() },
+            ModelSpec { kind: ModelKind::Mlp { hidden: vec![] }, ..ok.clone() },
+            ModelSpec { kind: ModelKind::Mlp { hidden: vec![1 << 40] }, ..ok.clone() },
+            ModelSpec { kind: ModelKind::Mlp { hidden: vec![usize::MAX] }, ..ok.clone() },
+        ];
+        for spec in bad {
+            assert!(matches!(spec.validate(), Err(ModelError::InvalidSpec(_))), "{spec:?}");
+        }
+        let cnn = ModelSpec {
+            kind: ModelKind::Cnn,
+            num_features: 784,
+            num_classes: 10,
+            image_shape: Some((28, 28)),
+        };
+        assert!(cnn.validate().is_ok());
+        assert!(ModelSpec { image_shape: None, ..cnn }.validate().is_err());
     }
 }

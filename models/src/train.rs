@@ -1,18 +1,19 @@
 //! Local training: plain mini-batch SGD on cross-entropy, starting from a flat parameter
 //! vector and returning the updated one.
 
-use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
-use crate::batch::{Batch, Tally, check_data, cross_entropy};
+use crate::batch::{Batch, check_data};
 use crate::error::{ModelError, Result};
 use crate::eval::evaluate;
+use crate::loss::{Tally, cross_entropy_backward};
 use crate::net::training_device;
-use crate::params::{build_loaded, flatten, tensor_values};
+use crate::params::{build_loaded, flatten};
+use crate::sgd::sgd_step;
 use crate::spec::ModelSpec;
 
 /// How to train locally.
@@ -93,7 +94,6 @@ pub fn train_local(
 
     let device = training_device();
     let mut net = build_loaded(spec, params, &device)?;
-    let mut optim = SgdConfig::new().init();
     let mut steps = 0;
     let mut last = Tally::default();
     for epoch in 0..cfg.epochs {
@@ -103,10 +103,8 @@ pub fn train_local(
         for chunk in order.chunks(cfg.batch_size) {
             let batch = Batch::gather(data, chunk, &device);
             let logits: Tensor<2> = net.forward(batch.inputs);
-            tally.add(&tensor_values(logits.clone().inner())?, &batch.labels);
-            let loss = cross_entropy(logits, batch.targets);
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(cfg.lr, net, grads);
+            let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
+            net = sgd_step(net, grads, cfg.lr);
             steps += 1;
         }
         if !tally.loss_sum.is_finite() {
@@ -128,4 +126,124 @@ pub fn train_local(
         steps,
     };
     Ok((trained, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::init_params;
+    use crate::spec::ModelKind;
+    use crate::test_util::{digits_head, digits_spec, digits_split, mlp_spec};
+
+    fn cfg(epochs: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch_size: 32,
+            lr: 0.1,
+            seed: 4,
+        }
+    }
+
+    #[test]
+    fn training_reduces_the_loss() {
+        let data = digits_head(300);
+        for spec in [digits_spec(ModelKind::LogReg), mlp_spec()] {
+            let params = init_params(&spec, 1).unwrap();
+            let before = evaluate(&spec, &params, &data).unwrap();
+            let (trained, report) = train_local(&spec, &params, &data, &cfg(3)).unwrap();
+            let after = evaluate(&spec, &trained, &data).unwrap();
+            assert!(after.loss < 0.8 * before.loss, "{}: {before:?} -> {after:?}", spec.kind);
+            assert!(report.loss < before.loss);
+            assert_eq!(report.examples, 300);
+            assert_eq!(report.steps, 3 * 10);
+        }
+    }
+
+    #[test]
+    fn mlp_learns_digits() {
+        let (train, test) = digits_split();
+        let spec = mlp_spec();
+        let params = init_params(&spec, 7).unwrap();
+        let (trained, report) = train_local(&spec, &params, &train, &cfg(10)).unwrap();
+        let eval = evaluate(&spec, &trained, &test).unwrap();
+        assert!(eval.accuracy > 0.9, "test {eval:?}, train {report:?}");
+        assert!(report.accuracy > 0.9, "{report:?}");
+    }
+
+    #[test]
+    fn training_is_deterministic_in_the_seed() {
+        let data = digits_head(100);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let run = |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg(2) }).unwrap();
+        let (a, ra) = run(1);
+        let (b, rb) = run(1);
+        let (c, _) = run(2);
+        assert_eq!(a, b);
+        assert_eq!(ra, rb);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn zero_epochs_return_the_input_and_an_evaluation() {
+        let data = digits_head(50);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let (out, report) = train_local(&spec, &params, &data, &cfg(0)).unwrap();
+        assert_eq!(out, params);
+        let eval = evaluate(&spec, &params, &data).unwrap();
+        assert_eq!((report.loss, report.accuracy, report.steps), (eval.loss, eval.accuracy, 0));
+    }
+
+    #[test]
+    fn partial_last_batches_are_trained_on() {
+        let data = digits_head(33);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let (_, report) = train_local(&spec, &params, &data, &TrainConfig { batch_size: 16, ..cfg(2) }).unwrap();
+        assert_eq!(report.steps, 2 * 3);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let data = digits_head(20);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let train = |spec: &ModelSpec, params: &[f32], data: &Dataset, cfg: &TrainConfig| {
+            train_local(spec, params, data, cfg).unwrap_err()
+        };
+        assert!(matches!(train(&spec, &params[1..], &data, &cfg(1)), ModelError::ParamLength { .. }));
+        let mut nan = params.clone();
+        nan[3] = f32::NAN;
+        assert!(matches!(train(&spec, &nan, &data, &cfg(1)), ModelError::NonFiniteParams { index: 3 }));
+        let logreg = ModelSpec {
+            num_features: 10,
+            image_shape: None,
+            ..digits_spec(ModelKind::LogReg)
+        };
+        let p = init_params(&logreg, 1).unwrap();
+        assert!(matches!(train(&logreg, &p, &data, &cfg(1)), ModelError::DataMismatch(_)));
+        let mut bad_label = data.clone();
+        bad_label.labels[0] = 10;
+        assert!(matches!(train(&spec, &params, &bad_label, &cfg(1)), ModelError::DataMismatch(_)));
+        let mut ragged = data.clone();
+        ragged.features.pop();
+        assert!(matches!(train(&spec, &params, &ragged, &cfg(1)), ModelError::DataMismatch(_)));
+        let empty = data.subset(&[]).unwrap();
+        assert!(matches!(train(&spec, &params, &empty, &cfg(1)), ModelError::EmptyData));
+        let zero_batch = TrainConfig { batch_size: 0, ..cfg(1) };
+        assert!(matches!(train(&spec, &params, &data, &zero_batch), ModelError::InvalidConfig(_)));
+        let nan_lr = TrainConfig { lr: f64::NAN, ..cfg(1) };
+        assert!(matches!(train(&spec, &params, &data, &nan_lr), ModelError::InvalidConfig(_)));
+    }
+
+    #[test]
+    fn divergence_is_reported() {
+        let data = digits_head(64);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let wild = TrainConfig { lr: 1e30, ..cfg(3) };
+        let err = train_local(&spec, &params, &data, &wild).unwrap_err();
+        assert!(matches!(err, ModelError::Diverged { .. }), "{err}");
+    }
 }

@@ -167,3 +167,78 @@ pub fn inertia(centroids: &[f32], k: usize, points: &[f32], dim: usize) -> f64 {
         .map(|p| nearest(p, centroids, dim).1)
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kmeans::sq_dist;
+
+    fn data() -> Dataset {
+        let features = vec![0.0, 0.0, 1.0, 0.0, 10.0, 10.0, 11.0, 10.0, 5.0, 5.0, -3.0, 2.0];
+        Dataset::new(features, vec![0, 0, 1, 1, 2, 0], 2, 3, None).unwrap()
+    }
+
+    #[test]
+    fn lloyd_stats_match_a_naive_computation() {
+        let data = data();
+        let centroids = [0.0, 0.0, 10.0, 10.0, 100.0, 100.0];
+        let stats = lloyd_stats(&centroids, 3, &data).unwrap();
+        let (mut sums, mut counts, mut labels, mut total) =
+            (vec![0.0f32; 6], vec![0u64; 3], vec![0u64; 9], 0.0);
+        for i in 0..data.len() {
+            let p = data.row(i);
+            let d: Vec<f64> = (0..3).map(|j| sq_dist(p, &centroids[2 * j..2 * j + 2])).collect();
+            let j = (0..3).fold(0, |b, j| if d[j] < d[b] { j } else { b });
+            counts[j] += 1;
+            labels[j * 3 + data.labels[i] as usize] += 1;
+            sums[2 * j] += p[0];
+            sums[2 * j + 1] += p[1];
+            total += d[j];
+        }
+        assert_eq!(stats.counts, counts);
+        assert_eq!(stats.sums, sums);
+        assert_eq!(stats.label_counts, labels);
+        assert!((stats.inertia - total).abs() < 1e-9);
+        assert_eq!(stats.counts, vec![3, 3, 0]);
+        // (5, 5) is equidistant from both centres: the lower index wins.
+        assert_eq!(stats.label_counts[..3], [2, 1, 0]);
+        assert!((inertia(&centroids, 3, &data.features, 2) - total).abs() < 1e-9);
+    }
+
+    #[test]
+    fn lloyd_stats_refuse_bad_input() {
+        let data = data();
+        assert!(lloyd_stats(&[], 0, &data).is_err());
+        assert!(lloyd_stats(&[0.0; 3], 1, &data).is_err());
+        assert!(lloyd_stats(&[0.0; 4], 1, &data).is_err());
+        assert!(lloyd_stats(&[0.0, f32::NAN], 1, &data).is_err());
+        let mut bad = data.clone();
+        bad.labels[0] = 3;
+        assert!(lloyd_stats(&[0.0; 2], 1, &bad).is_err());
+        let empty = data.subset(&[]).unwrap();
+        let stats = lloyd_stats(&[0.0; 2], 1, &empty).unwrap();
+        assert_eq!((stats.counts, stats.inertia), (vec![0], 0.0));
+    }
+
+    #[test]
+    fn lloyd_uses_weights_and_keeps_empty_clusters() {
+        let points = [0.0, 4.0, 100.0];
+        let (c, w, inertia) = lloyd(&points, &[3.0, 1.0, 0.0], 1, &[1.0, 50.0], 10, 0.0).unwrap();
+        // The zero-weight point is ignored, so the second centroid keeps its place.
+        assert_eq!(c, vec![1.0, 50.0]);
+        assert_eq!(w, vec![4.0, 0.0]);
+        assert!((inertia - (3.0 * 1.0 + 9.0)).abs() < 1e-12);
+        assert!(lloyd(&points, &[1.0; 2], 1, &[0.0], 10, 0.0).is_err());
+        assert!(lloyd(&points, &[1.0; 3], 1, &[], 10, 0.0).is_err());
+        assert!(lloyd(&points, &[1.0; 3], 1, &[0.0], 10, -1.0).is_err());
+    }
+
+    #[test]
+    fn lloyd_converges_on_two_groups() {
+        let points = [0.0, 0.0, 1.0, 1.0, 9.0, 9.0, 10.0, 10.0];
+        let (c, w, inertia) = lloyd(&points, &[1.0; 4], 2, &[0.0, 0.0, 1.0, 1.0], 20, 0.0).unwrap();
+        assert_eq!(c, vec![0.5, 0.5, 9.5, 9.5]);
+        assert_eq!(w, vec![2.0, 2.0]);
+        assert!((inertia - 2.0).abs() < 1e-12);
+    }
+}

@@ -45,3 +45,52 @@ pub fn local_kmeans(data: &Dataset, local_k: usize, seed: u64) -> Result<(Vec<f3
     }
     Ok((kept, counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kmeans::{ari, lloyd_stats, nmi};
+    use shoal_datasets::{BlobsConfig, blobs};
+
+    fn separated_blobs() -> Dataset {
+        blobs(&BlobsConfig {
+            samples: 400,
+            features: 3,
+            centers: 4,
+            cluster_std: 0.5,
+            center_box: 20.0,
+            seed: 5,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn local_kmeans_finds_well_separated_blobs() {
+        let data = separated_blobs();
+        let (centres, counts) = local_kmeans(&data, 4, 1).unwrap();
+        assert_eq!(centres.len(), 4 * 3);
+        assert_eq!(counts.iter().sum::<u64>(), 400);
+        let stats = lloyd_stats(&centres, 4, &data).unwrap();
+        assert_eq!(stats.counts, counts);
+        let assigned: Vec<u32> = (0..data.len())
+            .map(|i| crate::kmeans::nearest(data.row(i), &centres, 3).0 as u32)
+            .collect();
+        assert!((nmi(&assigned, &data.labels) - 1.0).abs() < 1e-12);
+        assert!((ari(&assigned, &data.labels) - 1.0).abs() < 1e-12);
+        let table_ari = crate::kmeans::ari_from_contingency(&stats.label_counts, 4, 4);
+        assert!((table_ari - 1.0).abs() < 1e-12);
+        assert_eq!(local_kmeans(&data, 4, 1).unwrap(), (centres, counts));
+    }
+
+    #[test]
+    fn local_k_is_clamped_and_empty_centres_dropped() {
+        let data = Dataset::new(vec![0.0, 0.0, 5.0, 5.0, 5.0, 5.0], vec![0, 1, 1], 2, 2, None).unwrap();
+        let (centres, counts) = local_kmeans(&data, 10, 0).unwrap();
+        assert_eq!(counts.iter().sum::<u64>(), 3);
+        assert_eq!(centres.len(), counts.len() * 2);
+        assert!(counts.len() <= 3 && counts.iter().all(|&c| c > 0));
+        let empty = data.subset(&[]).unwrap();
+        assert_eq!(local_kmeans(&empty, 3, 0).unwrap(), (vec![], vec![]));
+        assert!(local_kmeans(&data, 0, 0).is_err());
+    }
+}

@@ -143,3 +143,69 @@ fn contingency(a: &[u32], b: &[u32]) -> Option<(Vec<u64>, usize, usize)> {
     }
     Some((table, rows, cols))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn identical_and_relabelled_partitions_score_one() {
+        let a = [0, 0, 1, 1, 2, 2, 2];
+        let b = [5, 5, 9, 9, 1, 1, 1];
+        assert!(close(nmi(&a, &a), 1.0));
+        assert!(close(ari(&a, &a), 1.0));
+        assert!(close(nmi(&a, &b), 1.0));
+        assert!(close(ari(&a, &b), 1.0));
+    }
+
+    #[test]
+    fn known_small_examples() {
+        // Values from scikit-learn's normalized_mutual_info_score / adjusted_rand_score.
+        assert!(close(nmi(&[0, 0, 1, 1], &[0, 0, 1, 2]), 0.8));
+        assert!(close(ari(&[0, 0, 1, 1], &[0, 0, 1, 2]), 4.0 / 7.0));
+        assert!(close(nmi(&[0, 0, 1, 1], &[0, 1, 0, 1]), 0.0));
+        assert!(close(ari(&[0, 0, 1, 1], &[0, 1, 0, 1]), -0.5));
+        // Degenerate cases.
+        assert!(close(nmi(&[3, 3, 3], &[1, 1, 1]), 1.0));
+        assert!(close(ari(&[3, 3, 3], &[1, 1, 1]), 1.0));
+        assert!(close(nmi(&[0, 1, 2], &[2, 0, 1]), 1.0));
+        assert!(close(ari(&[0, 1, 2], &[2, 0, 1]), 1.0));
+        assert!(close(nmi(&[0, 0, 0], &[0, 1, 2]), 0.0));
+        assert!(close(ari(&[0, 0, 0], &[0, 1, 2]), 0.0));
+        assert!(close(nmi(&[], &[]), 1.0));
+        assert!(nmi(&[0, 1], &[0]).is_nan());
+        assert!(ari(&[0, 1], &[0]).is_nan());
+        assert!(nmi_from_contingency(&[1, 2, 3], 2, 2).is_nan());
+    }
+
+    #[test]
+    fn empty_rows_and_columns_are_ignored() {
+        // Clusters x classes with an empty cluster and an empty class.
+        let table = [2, 0, 0, 0, 0, 0, 0, 1, 1];
+        let plain = [2, 0, 0, 1, 1, 0];
+        let (a, b) = (nmi_from_contingency(&table, 3, 3), nmi_from_contingency(&plain, 2, 3));
+        assert!(close(a, b));
+        assert!(close(ari_from_contingency(&table, 3, 3), ari_from_contingency(&plain, 2, 3)));
+    }
+
+    proptest! {
+        #[test]
+        fn contingency_forms_equal_label_forms(pairs in prop::collection::vec((0u32..4, 0u32..5), 1..60)) {
+            let (a, b): (Vec<u32>, Vec<u32>) = pairs.into_iter().unzip();
+            let mut table = vec![0u64; 4 * 5];
+            for (x, y) in a.iter().zip(&b) {
+                table[*x as usize * 5 + *y as usize] += 1;
+            }
+            prop_assert!((nmi(&a, &b) - nmi_from_contingency(&table, 4, 5)).abs() < 1e-12);
+            prop_assert!((ari(&a, &b) - ari_from_contingency(&table, 4, 5)).abs() < 1e-12);
+            let n = nmi(&a, &b);
+            prop_assert!((0.0..=1.0).contains(&n));
+            prop_assert!(ari(&a, &b) <= 1.0 + 1e-12);
+        }
+    }
+}

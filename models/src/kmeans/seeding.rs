@@ -102,3 +102,68 @@ fn draw(rng: &mut ChaCha8Rng, scores: &[f64]) -> usize {
     }
     last_positive
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kmeans_pp_picks_distinct_data_points_deterministically() {
+        let points = [0.0, 0.1, 5.0, 5.1, 10.0, 10.1];
+        let a = kmeans_pp(&points, &[1.0; 6], 1, 3, 4).unwrap();
+        assert_eq!(a, kmeans_pp(&points, &[1.0; 6], 1, 3, 4).unwrap());
+        assert!(a.iter().all(|c| points.contains(c)));
+        // Far-apart groups: every group gets a centre for most seeds.
+        let spread = (0..20)
+            .filter(|&seed| {
+                let c = kmeans_pp(&points, &[1.0; 6], 1, 3, seed).unwrap();
+                let mut groups: Vec<i32> = c.iter().map(|x| (x / 5.0) as i32).collect();
+                groups.sort();
+                groups == [0, 1, 2]
+            })
+            .count();
+        assert!(spread >= 18, "{spread}");
+    }
+
+    #[test]
+    fn kmeans_pp_respects_weights_and_duplicates() {
+        // Only the weighted point can be drawn first, and a zero weight is never drawn.
+        let points = [1.0, 2.0, 3.0];
+        for seed in 0..10 {
+            assert_eq!(kmeans_pp(&points, &[0.0, 1.0, 0.0], 1, 1, seed).unwrap(), vec![2.0]);
+        }
+        // Fewer distinct points than k: centres repeat rather than fail.
+        let same = kmeans_pp(&[7.0, 7.0, 7.0], &[1.0; 3], 1, 3, 0).unwrap();
+        assert_eq!(same, vec![7.0; 3]);
+        assert!(kmeans_pp(&points, &[1.0; 3], 1, 4, 0).is_err());
+        assert!(kmeans_pp(&points, &[1.0; 3], 1, 0, 0).is_err());
+        assert!(kmeans_pp(&points, &[0.0; 3], 1, 1, 0).is_err());
+        assert!(kmeans_pp(&points, &[1.0; 2], 1, 1, 0).is_err());
+        assert!(kmeans_pp(&points, &[1.0, f64::NAN, 1.0], 1, 1, 0).is_err());
+        assert!(kmeans_pp(&points, &[1.0; 3], 2, 1, 0).is_err());
+    }
+
+    #[test]
+    fn farthest_first_takes_the_farthest_point_with_ties_to_the_lowest_index() {
+        let points = [0.0, 5.0, -5.0, 1.0];
+        let mut saw_first_zero = false;
+        for seed in 0..32 {
+            let c = farthest_first(&points, 1, 3, seed).unwrap();
+            if c[0] == 0.0 {
+                // 5 and -5 tie at distance 25 from 0: index 1 wins, then -5 is farthest.
+                assert_eq!(c, vec![0.0, 5.0, -5.0]);
+                saw_first_zero = true;
+            }
+            if c[0] == 5.0 {
+                assert_eq!(c[1], -5.0);
+            }
+        }
+        assert!(saw_first_zero);
+        assert_eq!(
+            farthest_first(&points, 1, 4, 3).unwrap(),
+            farthest_first(&points, 1, 4, 3).unwrap()
+        );
+        assert!(farthest_first(&points, 1, 5, 0).is_err());
+        assert!(farthest_first(&points, 0, 1, 0).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod client;
+pub mod coordinator;
+pub mod run;
+pub mod simulate;

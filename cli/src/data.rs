@@ -1,0 +1,52 @@
+//! Turning a [`DataPlan`] into datasets: the held-out set the coordinator evaluates on, and the
+//! per-client partitions a fleet trains on. Both sides derive the same split from the same seed.
+
+use crate::options::{DataPlan, Plan};
+use anyhow::{Context, Result, bail};
+use shoal_coordinator::StrategyConfig;
+use shoal_datasets::{Dataset, Split, partition};
+use shoal_models::{ModelKind, ModelSpec};
+
+/// Loads the dataset and splits off the held-out set.
+pub fn load(plan: &DataPlan) -> Result<Split> {
+    shoal_datasets::load(&plan.source, plan.test_fraction, plan.seed)
+        .with_context(|| format!("loading dataset {}", plan.source))
+}
+
+/// The id of simulated client `index`.
+pub fn client_id(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{index:05}")
+}
+
+/// Splits the training set among `plan.clients` clients; returns each client's id and data.
+pub fn partitions(plan: &DataPlan, train: &Dataset, prefix: &str) -> Result<Vec<(String, Dataset)>> {
+    let parts = partition(&train.labels, train.num_classes, plan.clients, &plan.partition, plan.seed)
+        .with_context(|| format!("partitioning {} examples among {} clients", train.len(), plan.clients))?;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, idx)| Ok((client_id(prefix, i), train.subset(idx)?)))
+        .collect()
+}
+
+/// Fixes the data-dependent parts of the run (k defaults to the number of classes) and returns
+/// the model spec the coordinator announces.
+pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
+    if let StrategyConfig::FedKMeans { k, local_k, .. } = &mut plan.run.strategy {
+        if *k == 0 {
+            *k = train.num_classes;
+        }
+        if *local_k == 0 {
+            *local_k = *k;
+        }
+        if *k > train.len() {
+            bail!("k = {k} is larger than the {} training examples", train.len());
+        }
+    }
+    let kind: ModelKind = plan.run.model.parse()?;
+    let spec = ModelSpec::for_dataset(kind, train);
+    if !matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
+        spec.validate().with_context(|| format!("model {} on dataset {}", plan.run.model, plan.data.source))?;
+    }
+    Ok(spec)
+}

@@ -1,0 +1,102 @@
+//! A fleet: many simulated clients in one process, each with its own partition, sharing a
+//! small pool of HTTP/2 channels, one cache of the round's global state, and a CPU budget.
+
+use crate::cache::GlobalCache;
+use crate::connection::{channel, fleet_client};
+use crate::edge::{ClientOptions, ClientStats, EdgeClient};
+use crate::error::{ClientError, Result};
+use shoal_datasets::Dataset;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, watch};
+use tracing::warn;
+
+/// How a fleet connects and behaves.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Coordinator URL, e.g. "http://127.0.0.1:7070".
+    pub url: String,
+    /// HTTP/2 channels shared by all clients.
+    pub channels: usize,
+    /// Local work running at once (defaults to the number of cores).
+    pub concurrency: usize,
+    /// Per-client behaviour.
+    pub options: ClientOptions,
+}
+
+impl FleetConfig {
+    /// Defaults for `url`: 4 channels, one worker per core.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            channels: 4,
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            options: ClientOptions::default(),
+        }
+    }
+}
+
+/// What the whole fleet did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetReport {
+    /// Clients that ran to the end.
+    pub finished: usize,
+    /// Clients that stopped on an error.
+    pub failed: usize,
+    /// Sum of the clients' statistics.
+    pub totals: ClientStats,
+}
+
+/// Runs one client per `(id, data)` until the run finishes or `shutdown` resolves.
+pub async fn run_fleet(
+    config: FleetConfig,
+    clients: Vec<(String, Dataset)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<FleetReport> {
+    let channels = (0..config.channels.max(1))
+        .map(|_| channel(&config.url))
+        .collect::<Result<Vec<_>>>()?;
+    let cache = GlobalCache::default();
+    let cpu = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (id, data)) in clients.into_iter().enumerate() {
+        let client = EdgeClient::new(
+            id,
+            Arc::new(data),
+            fleet_client(channels[i % channels.len()].clone()),
+            cache.clone(),
+            cpu.clone(),
+            config.options.clone(),
+        );
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let id = client.id().to_owned();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            (id, client.run(stopped).await)
+        });
+    }
+    let mut report = FleetReport::default();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, outcome) = joined.map_err(|e| ClientError::Worker(e.to_string()))?;
+        match outcome {
+            Ok(stats) => {
+                report.finished += 1;
+                report.totals.accepted += stats.accepted;
+                report.totals.refused += stats.refused;
+                report.totals.reconnects += stats.reconnects;
+            }
+            Err(err) => {
+                report.failed += 1;
+                warn!(client = %id, error = %err, "client stopped");
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,137 @@
+//! Carrying out a task on local data: training, gradients, k-means steps. Pure and synchronous;
+//! callers run it on a blocking thread so the pull loop (the heartbeat) never stalls.
+
+use crate::error::{ClientError, Result};
+use shoal_datasets::Dataset;
+use shoal_models::{ModelKind, ModelSpec, TrainConfig, gradient, kmeans, train_local};
+use shoal_proto::v1::{Task, TaskKind};
+use std::collections::BTreeMap;
+
+/// What a client sends back for one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    /// Weight: examples the update was computed on.
+    pub num_examples: u64,
+    /// Parameters, gradient, centroid sums or local centres.
+    pub payload: Vec<f32>,
+    /// Integer side data (k-means counts).
+    pub counts: Vec<u64>,
+    /// Metrics to report.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The model a task names, checked against the local data.
+pub fn model_spec(task: &Task, data: &Dataset) -> Result<ModelSpec> {
+    let wire = task.model.as_ref().ok_or_else(|| ClientError::BadTask("task has no model".into()))?;
+    let kind: ModelKind = wire.kind.parse().map_err(|e| ClientError::BadTask(format!("{e}")))?;
+    if wire.num_features as usize != data.num_features {
+        return Err(ClientError::BadTask(format!(
+            "task expects {} features, local data has {}",
+            wire.num_features, data.num_features
+        )));
+    }
+    let image_shape = (wire.image_rows > 0 && wire.image_cols > 0)
+        .then_some((wire.image_rows as usize, wire.image_cols as usize));
+    Ok(ModelSpec {
+        kind,
+        num_features: wire.num_features as usize,
+        num_classes: wire.num_classes as usize,
+        image_shape,
+    })
+}
+
+/// Runs `task` on `data` starting from `global`.
+pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+    if data.is_empty() {
+        return Err(ClientError::BadTask("no local data".into()));
+    }
+    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+    match kind {
+        TaskKind::Fit => fit(task, global, data),
+        TaskKind::Gradient => grad(task, global, data),
+        TaskKind::KmeansInit => kmeans_init(task, data),
+        TaskKind::KmeansStep => kmeans_step(task, global, data),
+        TaskKind::Unspecified => Err(ClientError::BadTask(format!("unknown task kind {}", task.kind))),
+    }
+}
+
+fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+    let spec = model_spec(task, data)?;
+    let cfg = task.fit.clone().unwrap_or_default();
+    let train = TrainConfig {
+        epochs: cfg.epochs as usize,
+        batch_size: cfg.batch_size as usize,
+        lr: cfg.lr,
+        seed: task.seed,
+    };
+    let (params, report) = train_local(&spec, global, data, &train)?;
+    Ok(LocalUpdate {
+        num_examples: data.len() as u64,
+        payload: params,
+        counts: Vec::new(),
+        metrics: BTreeMap::from([
+            ("loss".to_string(), report.loss),
+            ("accuracy".to_string(), report.accuracy),
+        ]),
+    })
+}
+
+fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+    let spec = model_spec(task, data)?;
+    let cfg = task.gradient.clone().unwrap_or_default();
+    let (g, report) = gradient(&spec, global, data, cfg.batches as usize, cfg.batch_size as usize, task.seed)?;
+    Ok(LocalUpdate {
+        num_examples: report.examples as u64,
+        payload: g,
+        counts: Vec::new(),
+        metrics: BTreeMap::from([("loss".to_string(), report.loss)]),
+    })
+}
+
+fn kmeans_config(task: &Task, data: &Dataset) -> Result<(usize, usize)> {
+    let cfg = task.kmeans.clone().ok_or_else(|| ClientError::BadTask("k-means task without config".into()))?;
+    if cfg.dim as usize != data.num_features || cfg.k == 0 {
+        return Err(ClientError::BadTask(format!(
+            "k-means task for k={} dim={}, local data has {} features",
+            cfg.k, cfg.dim, data.num_features
+        )));
+    }
+    Ok((cfg.k as usize, cfg.local_k as usize))
+}
+
+/// k-FED round 0: local centres and their counts, padded to `local_k` rows (padding rows
+/// carry count 0 and are ignored by the coordinator), so every update has the planned shape.
+fn kmeans_init(task: &Task, data: &Dataset) -> Result<LocalUpdate> {
+    let (_, local_k) = kmeans_config(task, data)?;
+    let dim = data.num_features;
+    let (mut centres, mut counts) = kmeans::local_kmeans(data, local_k, task.seed)?;
+    centres.resize(local_k * dim, 0.0);
+    counts.resize(local_k, 0);
+    Ok(LocalUpdate {
+        num_examples: data.len() as u64,
+        payload: centres,
+        counts,
+        metrics: BTreeMap::new(),
+    })
+}
+
+/// A Lloyd step: per-centroid sums, then counts and per-centroid label counts.
+fn kmeans_step(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+    let (k, _) = kmeans_config(task, data)?;
+    let stats = kmeans::lloyd_stats(global, k, data)?;
+    let mut counts = stats.counts;
+    let classes = task.model.as_ref().map_or(0, |m| m.num_classes as usize);
+    if stats.label_counts.len() != k * classes {
+        return Err(ClientError::BadTask(format!(
+            "task expects {classes} classes, local data has {}",
+            data.num_classes
+        )));
+    }
+    counts.extend(stats.label_counts);
+    Ok(LocalUpdate {
+        num_examples: data.len() as u64,
+        payload: stats.sums,
+        counts,
+        metrics: BTreeMap::from([("inertia".to_string(), stats.inertia)]),
+    })
+}
