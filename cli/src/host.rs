@@ -87,7 +87,7 @@ pub async fn host(
     let _ = server.await;
     let outcome = outcome?;
     write_outputs(outputs.metrics_out.as_deref(), outputs.summary_out.as_deref(), &outcome.records, &outcome.summary)?;
-    println!("{}", summary_text(&outcome.summary));
+    print_line(&summary_text(&outcome.summary));
     Ok(outcome)
 }
 
@@ -116,7 +116,7 @@ fn say(bar: &ProgressBar, quiet: bool, line: &str) {
         return;
     }
     if bar.is_hidden() {
-        println!("{line}");
+        print_line(line);
     } else {
         bar.println(line);
     }
@@ -127,4 +127,10 @@ pub async fn ctrl_c() {
     if tokio::signal::ctrl_c().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Prints to stdout, ignoring a closed pipe (e.g. `shoal run | head`).
+fn print_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }

@@ -87,11 +87,11 @@ run_options! {
     max_retries: u32,
     /// Seed of every random choice [default: 0].
     seed: u64,
-    /// Local epochs (FedAvg) [default: 1].
+    /// Local epochs (FedAvg) [default: 5].
     epochs: u32,
     /// Local mini-batch size [default: 32].
     batch_size: u32,
-    /// Local learning rate (FedAvg) [default: 0.05].
+    /// Local learning rate (FedAvg) [default: 0.1].
     lr: f64,
     /// Mini-batches per gradient, 0 = whole partition (FedSGD) [default: 0].
     grad_batches: u32,
@@ -169,7 +169,7 @@ impl RunOptions {
         if !(timeout.is_finite() && timeout > 0.0) {
             bail!("--round-timeout must be a positive number of seconds, got {timeout}");
         }
-        let lr = o.lr.unwrap_or(0.05);
+        let lr = o.lr.unwrap_or(0.1);
         if !(lr.is_finite() && lr > 0.0) {
             bail!("--lr must be positive, got {lr}");
         }
@@ -196,7 +196,7 @@ impl RunOptions {
                 min_available: clients,
             },
             fit: FitSettings {
-                epochs: o.epochs.unwrap_or(1),
+                epochs: o.epochs.unwrap_or(5),
                 batch_size,
                 lr,
             },

@@ -25,7 +25,11 @@ pub(crate) fn check_data(spec: &ModelSpec, data: &Dataset) -> Result<()> {
             data.num_features
         ));
     }
-    if let Some(bad) = data.labels.iter().find(|&&l| l as usize >= spec.num_classes) {
+    if let Some(bad) = data
+        .labels
+        .iter()
+        .find(|&&l| l as usize >= spec.num_classes)
+    {
         return mismatch(format!(
             "label {bad} out of range for {} classes",
             spec.num_classes

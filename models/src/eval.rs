@@ -10,7 +10,8 @@ use crate::net::{Net, inference_device};
 use crate::params::{build_loaded, tensor_values};
 use crate::spec::ModelSpec;
 
-/// Examples per forward pass during evaluation.
+/// Examples per forward pass during evaluation of dense models (logreg, MLP); the CNN uses
+/// smaller chunks (see [`ModelSpec::max_chunk`]).
 pub const EVAL_BATCH_SIZE: usize = 1024;
 
 /// Loss and accuracy of a model on a dataset.
@@ -25,7 +26,7 @@ pub struct EvalReport {
 }
 
 /// Evaluates `params` on every example of `data` with the plain (non-autodiff) CPU backend,
-/// in batches of [`EVAL_BATCH_SIZE`].
+/// in chunks of [`ModelSpec::max_chunk`] examples.
 ///
 /// Errors on a parameter vector of the wrong length or with non-finite values, on a dataset
 /// that does not fit `spec`, and on an empty dataset.
@@ -36,17 +37,17 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Eval
     }
     let device = inference_device();
     let net = build_loaded(spec, params, &device)?;
-    evaluate_net(&net, data)
+    evaluate_net(&net, data, spec.max_chunk())
 }
 
 /// Evaluates a model loaded on the inference device over `data`.
-pub(crate) fn evaluate_net(net: &Net, data: &Dataset) -> Result<EvalReport> {
+fn evaluate_net(net: &Net, data: &Dataset, chunk: usize) -> Result<EvalReport> {
     let device = inference_device();
     let n = data.labels.len();
     let mut tally = Tally::default();
     let mut start = 0;
     while start < n {
-        let end = (start + EVAL_BATCH_SIZE).min(n);
+        let end = (start + chunk.max(1)).min(n);
         let batch = Batch::range(data, start, end, &device);
         let logits = tensor_values(net.forward(batch.inputs))?;
         tally.add(&logits, &batch.labels);

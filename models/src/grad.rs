@@ -28,8 +28,9 @@ pub struct GradReport {
 /// The gradient of the mean cross-entropy at `params`, flattened in manifest order.
 ///
 /// * `batches == 0`: the exact full-data gradient. The data is processed in contiguous chunks
-///   of `batch_size`, each chunk's mean-loss gradient weighted by `chunk_len / n` and summed in
-///   `f64`, so the result does not depend on `batch_size` beyond rounding.
+///   of `batch_size` (at most [`ModelSpec::max_chunk`]), each chunk's mean-loss gradient
+///   weighted by `chunk_len / n` and summed in `f64`, so the result does not depend on
+///   `batch_size` beyond rounding.
 /// * `batches > 0`: the mean of the gradients of `batches` mini-batches of `batch_size`
 ///   (the whole dataset when it is smaller). Batches are consecutive slices of a permutation
 ///   drawn from `rng_for(seed, &[pass])`; when fewer than `batch_size` examples remain the next
@@ -43,7 +44,9 @@ pub fn gradient(
     seed: u64,
 ) -> Result<(Vec<f32>, GradReport)> {
     if batch_size == 0 {
-        return Err(ModelError::InvalidConfig("batch_size must be positive".into()));
+        return Err(ModelError::InvalidConfig(
+            "batch_size must be positive".into(),
+        ));
     }
     check_data(spec, data)?;
     let n = data.labels.len();
@@ -59,9 +62,10 @@ pub fn gradient(
     };
 
     if batches == 0 {
+        let chunk = batch_size.min(spec.max_chunk());
         let mut start = 0;
         while start < n {
-            let end = (start + batch_size).min(n);
+            let end = (start + chunk).min(n);
             let batch = Batch::range(data, start, end, &device);
             acc.add(&net, batch, (end - start) as f64 / n as f64, &device)?;
             start = end;
@@ -172,7 +176,10 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -251,7 +258,13 @@ mod tests {
         assert_eq!(rb.examples, 200);
         assert!(max_diff(&big, &full) < 1e-6);
         // Seven batches of 30 from 100 examples span three passes.
-        assert_eq!(gradient(&spec, &params, &data, 7, 30, 1).unwrap().1.examples, 210);
+        assert_eq!(
+            gradient(&spec, &params, &data, 7, 30, 1)
+                .unwrap()
+                .1
+                .examples,
+            210
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
 
 mod batch;
+mod conv;
 mod error;
 mod eval;
 mod grad;

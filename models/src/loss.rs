@@ -143,12 +143,21 @@ mod tests {
         let idx: Vec<usize> = (0..40).collect();
 
         let batch = Batch::gather(&data, &idx, &device);
-        let ours = cross_entropy_backward(net.forward(batch.inputs), &batch.labels, &mut Tally::default(), &device).unwrap();
+        let ours = cross_entropy_backward(
+            net.forward(batch.inputs),
+            &batch.labels,
+            &mut Tally::default(),
+            &device,
+        )
+        .unwrap();
 
         let batch = Batch::gather(&data, &idx, &device);
         let targets: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
         let targets: Tensor<2, Int> = Tensor::from_data(TensorData::new(targets, [40, 1]), &device);
-        let loss = log_softmax(net.forward(batch.inputs), 1).gather(1, targets).mean().neg();
+        let loss = log_softmax(net.forward(batch.inputs), 1)
+            .gather(1, targets)
+            .mean()
+            .neg();
         let burns = loss.backward();
 
         let mut a = Grads(&ours, Vec::new());
@@ -156,7 +165,11 @@ mod tests {
         let mut b = Grads(&burns, Vec::new());
         net.visit(&mut b);
         assert_eq!(a.1.len(), params.len());
-        let max_diff = a.1.iter().zip(&b.1).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let max_diff =
+            a.1.iter()
+                .zip(&b.1)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
         assert!(max_diff < 1e-6, "max difference {max_diff}");
     }
 }

@@ -143,19 +143,31 @@ mod tests {
 
     fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
         let manifest = spec.manifest().unwrap();
-        manifest.entries.into_iter().map(|e| (e.name, e.shape)).collect()
+        manifest
+            .entries
+            .into_iter()
+            .map(|e| (e.name, e.shape))
+            .collect()
     }
 
     #[test]
     fn totals_match_the_architectures() {
         assert_eq!(mlp_spec().num_params().unwrap(), 9_610);
         assert_eq!(digits_spec(ModelKind::LogReg).num_params().unwrap(), 650);
-        let deep = digits_spec(ModelKind::Mlp { hidden: vec![256, 128] });
-        assert_eq!(deep.num_params().unwrap(), 64 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10);
+        let deep = digits_spec(ModelKind::Mlp {
+            hidden: vec![256, 128],
+        });
+        assert_eq!(
+            deep.num_params().unwrap(),
+            64 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+        );
         // McMahan et al. 2017 CNN: 832 + 51,264 + 1,606,144 + 5,130.
         assert_eq!(cnn_spec().num_params().unwrap(), 1_663_370);
         for spec in [mlp_spec(), deep, cnn_spec(), digits_spec(ModelKind::LogReg)] {
-            assert_eq!(spec.num_params().unwrap(), spec.analytic_param_count().unwrap());
+            assert_eq!(
+                spec.num_params().unwrap(),
+                spec.analytic_param_count().unwrap()
+            );
         }
     }
 
@@ -168,17 +180,29 @@ mod tests {
             ("layers.1.bias", vec![10]),
         ];
         let got = layout(&mlp_spec());
-        let expected: Vec<_> = expected.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
+        let expected: Vec<_> = expected
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
         assert_eq!(got, expected);
 
         let names: Vec<String> = layout(&cnn_spec()).into_iter().map(|(n, _)| n).collect();
         let cnn_names = [
-            "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
-            "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+            "conv1.weight",
+            "conv1.bias",
+            "conv2.weight",
+            "conv2.bias",
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
         ];
         assert_eq!(names, cnn_names);
         let manifest = cnn_spec().manifest().unwrap();
-        assert_eq!(manifest.entry("conv2.weight").unwrap().shape, vec![64, 32, 5, 5]);
+        assert_eq!(
+            manifest.entry("conv2.weight").unwrap().shape,
+            vec![64, 32, 5, 5]
+        );
         assert_eq!(manifest.entry("fc1.weight").unwrap().shape, vec![3136, 512]);
 
         let mut offset = 0;
@@ -204,7 +228,10 @@ mod tests {
         assert!(manifest.check_params(&params).is_ok());
         assert!(matches!(
             manifest.check_params(&params[..649]),
-            Err(ModelError::ParamLength { expected: 650, got: 649 })
+            Err(ModelError::ParamLength {
+                expected: 650,
+                got: 649
+            })
         ));
         params[17] = f32::INFINITY;
         assert!(matches!(

@@ -11,6 +11,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::conv::conv2d_same;
 use crate::error::Result;
 use crate::spec::{CNN_IMAGE_SIDE, ModelKind, ModelSpec};
 
@@ -30,6 +31,9 @@ pub(crate) fn training_device() -> Device {
 ///
 /// The enum layer is invisible in parameter names: [`crate::manifest`] skips enum variants when
 /// building paths, so names read `layers.0.weight` or `conv1.weight`.
+// The CNN variant is larger, but a `Net` is built once per call and only moved, never copied
+// in bulk, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub(crate) enum Net {
     /// Logistic regression and MLPs: a stack of linear layers.
@@ -92,7 +96,8 @@ impl DenseNet {
     }
 }
 
-/// conv5x5(32) relu pool2, conv5x5(64) relu pool2, fc 512 relu, fc classes.
+/// conv5x5(32) relu pool2, conv5x5(64) relu pool2, fc 512 relu, fc classes. The
+/// convolutions keep burn's `Conv2d` parameters but run through [`conv2d_same`].
 #[derive(Module, Debug)]
 pub(crate) struct CnnNet {
     conv1: Conv2d,
@@ -128,8 +133,8 @@ impl CnnNet {
     fn forward(&self, input: Tensor<2>) -> Tensor<2> {
         let [batch, _] = input.dims();
         let x = input.reshape([batch, 1, CNN_IMAGE_SIDE, CNN_IMAGE_SIDE]);
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = self.pool.forward(relu(conv2d_same(x, &self.conv1)));
+        let x = self.pool.forward(relu(conv2d_same(x, &self.conv2)));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(self.fc1.forward(x));
         self.fc2.forward(x)

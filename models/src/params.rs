@@ -179,7 +179,11 @@ mod tests {
         let spec = cnn_spec();
         let manifest = spec.manifest().unwrap();
         let params = init_params(&spec, 3).unwrap();
-        for (entry, fan_in) in manifest.entries.iter().zip([25, 25, 800, 800, 3136, 3136, 512, 512]) {
+        for (entry, fan_in) in manifest
+            .entries
+            .iter()
+            .zip([25, 25, 800, 800, 3136, 3136, 512, 512])
+        {
             let bound = 1.0 / (fan_in as f32).sqrt();
             let values = &params[entry.offset..entry.offset + entry.len];
             let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -196,7 +200,9 @@ mod tests {
             let back = flatten(&net).unwrap();
             assert_eq!(back.len(), params.len());
             assert!(
-                back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()),
+                back.iter()
+                    .zip(&params)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} round trip is not bit-exact",
                 spec.kind
             );
@@ -207,7 +213,9 @@ mod tests {
     fn flatten_load_round_trips_every_kind_exactly() {
         assert_round_trip(&digits_spec(ModelKind::LogReg));
         assert_round_trip(&mlp_spec());
-        assert_round_trip(&digits_spec(ModelKind::Mlp { hidden: vec![32, 16, 8] }));
+        assert_round_trip(&digits_spec(ModelKind::Mlp {
+            hidden: vec![32, 16, 8],
+        }));
         assert_round_trip(&cnn_spec());
     }
 
@@ -233,7 +241,13 @@ mod tests {
             // Every parameter tensor received an update.
             for entry in spec.manifest().unwrap().entries {
                 let range = entry.offset..entry.offset + entry.len;
-                assert_ne!(&trained[range.clone()], &params[range], "{} {}", spec.kind, entry.name);
+                assert_ne!(
+                    &trained[range.clone()],
+                    &params[range],
+                    "{} {}",
+                    spec.kind,
+                    entry.name
+                );
             }
         }
     }

@@ -21,7 +21,8 @@ use crate::spec::ModelSpec;
 pub struct TrainConfig {
     /// Passes over the local data; 0 leaves the parameters unchanged.
     pub epochs: usize,
-    /// Examples per SGD step; the last, partial batch of an epoch is used too.
+    /// Examples per SGD step; the last, partial batch of an epoch is used too. Memory grows
+    /// with it (the CNN needs about 0.6 MB per example in a batch).
     pub batch_size: usize,
     /// SGD learning rate (no momentum, no weight decay).
     pub lr: f64,
@@ -34,7 +35,9 @@ impl TrainConfig {
     /// learning rate.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
-            return Err(ModelError::InvalidConfig("batch_size must be positive".into()));
+            return Err(ModelError::InvalidConfig(
+                "batch_size must be positive".into(),
+            ));
         }
         if !self.lr.is_finite() || self.lr < 0.0 {
             return Err(ModelError::InvalidConfig(format!(
@@ -125,6 +128,14 @@ pub fn train_local(
         examples: n,
         steps,
     };
+    tracing::debug!(
+        kind = %spec.kind,
+        examples = n,
+        epochs = cfg.epochs,
+        steps,
+        loss = report.loss,
+        "local training finished"
+    );
     Ok((trained, report))
 }
 
@@ -150,12 +161,16 @@ mod tests {
         for spec in [digits_spec(ModelKind::LogReg), mlp_spec()] {
             let params = init_params(&spec, 1).unwrap();
             let before = evaluate(&spec, &params, &data).unwrap();
-            let (trained, report) = train_local(&spec, &params, &data, &cfg(3)).unwrap();
+            let (trained, report) = train_local(&spec, &params, &data, &cfg(5)).unwrap();
             let after = evaluate(&spec, &trained, &data).unwrap();
-            assert!(after.loss < 0.8 * before.loss, "{}: {before:?} -> {after:?}", spec.kind);
+            assert!(
+                after.loss < 0.75 * before.loss,
+                "{}: {before:?} -> {after:?}",
+                spec.kind
+            );
             assert!(report.loss < before.loss);
             assert_eq!(report.examples, 300);
-            assert_eq!(report.steps, 3 * 10);
+            assert_eq!(report.steps, 5 * 10);
         }
     }
 
@@ -175,13 +190,29 @@ mod tests {
         let data = digits_head(100);
         let spec = mlp_spec();
         let params = init_params(&spec, 1).unwrap();
-        let run = |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg(2) }).unwrap();
+        let run =
+            |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg(2) }).unwrap();
         let (a, ra) = run(1);
         let (b, rb) = run(1);
         let (c, _) = run(2);
         assert_eq!(a, b);
         assert_eq!(ra, rb);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn concurrent_runs_match_sequential_ones() {
+        let data = digits_head(200);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let run =
+            |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg(2) }).unwrap();
+        let sequential = [run(1), run(2)];
+        let concurrent = std::thread::scope(|s| {
+            let handles = [s.spawn(|| run(1)), s.spawn(|| run(2))];
+            handles.map(|h| h.join().unwrap())
+        });
+        assert_eq!(sequential, concurrent);
     }
 
     #[test]
@@ -192,7 +223,10 @@ mod tests {
         let (out, report) = train_local(&spec, &params, &data, &cfg(0)).unwrap();
         assert_eq!(out, params);
         let eval = evaluate(&spec, &params, &data).unwrap();
-        assert_eq!((report.loss, report.accuracy, report.steps), (eval.loss, eval.accuracy, 0));
+        assert_eq!(
+            (report.loss, report.accuracy, report.steps),
+            (eval.loss, eval.accuracy, 0)
+        );
     }
 
     #[test]
@@ -200,7 +234,16 @@ mod tests {
         let data = digits_head(33);
         let spec = mlp_spec();
         let params = init_params(&spec, 1).unwrap();
-        let (_, report) = train_local(&spec, &params, &data, &TrainConfig { batch_size: 16, ..cfg(2) }).unwrap();
+        let (_, report) = train_local(
+            &spec,
+            &params,
+            &data,
+            &TrainConfig {
+                batch_size: 16,
+                ..cfg(2)
+            },
+        )
+        .unwrap();
         assert_eq!(report.steps, 2 * 3);
     }
 
@@ -212,29 +255,59 @@ mod tests {
         let train = |spec: &ModelSpec, params: &[f32], data: &Dataset, cfg: &TrainConfig| {
             train_local(spec, params, data, cfg).unwrap_err()
         };
-        assert!(matches!(train(&spec, &params[1..], &data, &cfg(1)), ModelError::ParamLength { .. }));
+        assert!(matches!(
+            train(&spec, &params[1..], &data, &cfg(1)),
+            ModelError::ParamLength { .. }
+        ));
         let mut nan = params.clone();
         nan[3] = f32::NAN;
-        assert!(matches!(train(&spec, &nan, &data, &cfg(1)), ModelError::NonFiniteParams { index: 3 }));
+        assert!(matches!(
+            train(&spec, &nan, &data, &cfg(1)),
+            ModelError::NonFiniteParams { index: 3 }
+        ));
         let logreg = ModelSpec {
             num_features: 10,
             image_shape: None,
             ..digits_spec(ModelKind::LogReg)
         };
         let p = init_params(&logreg, 1).unwrap();
-        assert!(matches!(train(&logreg, &p, &data, &cfg(1)), ModelError::DataMismatch(_)));
+        assert!(matches!(
+            train(&logreg, &p, &data, &cfg(1)),
+            ModelError::DataMismatch(_)
+        ));
         let mut bad_label = data.clone();
         bad_label.labels[0] = 10;
-        assert!(matches!(train(&spec, &params, &bad_label, &cfg(1)), ModelError::DataMismatch(_)));
+        assert!(matches!(
+            train(&spec, &params, &bad_label, &cfg(1)),
+            ModelError::DataMismatch(_)
+        ));
         let mut ragged = data.clone();
         ragged.features.pop();
-        assert!(matches!(train(&spec, &params, &ragged, &cfg(1)), ModelError::DataMismatch(_)));
+        assert!(matches!(
+            train(&spec, &params, &ragged, &cfg(1)),
+            ModelError::DataMismatch(_)
+        ));
         let empty = data.subset(&[]).unwrap();
-        assert!(matches!(train(&spec, &params, &empty, &cfg(1)), ModelError::EmptyData));
-        let zero_batch = TrainConfig { batch_size: 0, ..cfg(1) };
-        assert!(matches!(train(&spec, &params, &data, &zero_batch), ModelError::InvalidConfig(_)));
-        let nan_lr = TrainConfig { lr: f64::NAN, ..cfg(1) };
-        assert!(matches!(train(&spec, &params, &data, &nan_lr), ModelError::InvalidConfig(_)));
+        assert!(matches!(
+            train(&spec, &params, &empty, &cfg(1)),
+            ModelError::EmptyData
+        ));
+        let zero_batch = TrainConfig {
+            batch_size: 0,
+            ..cfg(1)
+        };
+        assert!(matches!(
+            train(&spec, &params, &data, &zero_batch),
+            ModelError::InvalidConfig(_)
+        ));
+        let nan_lr = TrainConfig {
+            lr: f64::NAN,
+            ..cfg(1)
+        };
+        assert!(matches!(
+            train(&spec, &params, &data, &nan_lr),
+            ModelError::InvalidConfig(_)
+        ));
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct TaskPlan {
 pub type Metrics = BTreeMap<String, f64>;
 
 /// One federated algorithm.
-pub trait Strategy: Send {
+pub trait Strategy: Send + Sync {
     /// Short name used in logs, configs and checkpoints.
     fn name(&self) -> &'static str;
 
@@ -93,8 +93,9 @@ pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> 
 /// Stream tag for model initialisation in the run's RNG tree.
 const INIT_STREAM: u64 = 0x1417;
 
-/// Seed of the initial global state, derived from the run seed.
-pub(crate) fn init_stream(seed: u64) -> u64 {
+/// Seed of the initial global state, derived from the run seed (public so tests and tools can
+/// rebuild the initial model).
+pub fn init_stream(seed: u64) -> u64 {
     shoal_datasets::rng::derive_seed(seed, &[INIT_STREAM])
 }
 

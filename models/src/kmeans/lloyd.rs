@@ -92,7 +92,9 @@ pub fn lloyd(
     let k = check_matrix("initial centroids", init, dim)?;
     check_weights(weights, n)?;
     if k == 0 {
-        return Err(ModelError::KMeans("need at least one initial centroid".into()));
+        return Err(ModelError::KMeans(
+            "need at least one initial centroid".into(),
+        ));
     }
     if !tol.is_finite() || tol < 0.0 {
         return Err(ModelError::KMeans(format!(
@@ -158,7 +160,10 @@ fn assign(points: &[f32], weights: &[f64], dim: usize, centroids: &[f32]) -> Ass
 /// Returns NaN when the shapes are inconsistent (`k == 0`, `dim == 0` or lengths that do not
 /// match) and 0 for no points.
 pub fn inertia(centroids: &[f32], k: usize, points: &[f32], dim: usize) -> f64 {
-    if k == 0 || dim == 0 || Some(centroids.len()) != k.checked_mul(dim) || points.len() % dim != 0
+    if k == 0
+        || dim == 0
+        || Some(centroids.len()) != k.checked_mul(dim)
+        || !points.len().is_multiple_of(dim)
     {
         return f64::NAN;
     }
@@ -174,7 +179,9 @@ mod tests {
     use crate::kmeans::sq_dist;
 
     fn data() -> Dataset {
-        let features = vec![0.0, 0.0, 1.0, 0.0, 10.0, 10.0, 11.0, 10.0, 5.0, 5.0, -3.0, 2.0];
+        let features = vec![
+            0.0, 0.0, 1.0, 0.0, 10.0, 10.0, 11.0, 10.0, 5.0, 5.0, -3.0, 2.0,
+        ];
         Dataset::new(features, vec![0, 0, 1, 1, 2, 0], 2, 3, None).unwrap()
     }
 
@@ -187,7 +194,9 @@ mod tests {
             (vec![0.0f32; 6], vec![0u64; 3], vec![0u64; 9], 0.0);
         for i in 0..data.len() {
             let p = data.row(i);
-            let d: Vec<f64> = (0..3).map(|j| sq_dist(p, &centroids[2 * j..2 * j + 2])).collect();
+            let d: Vec<f64> = (0..3)
+                .map(|j| sq_dist(p, &centroids[2 * j..2 * j + 2]))
+                .collect();
             let j = (0..3).fold(0, |b, j| if d[j] < d[b] { j } else { b });
             counts[j] += 1;
             labels[j * 3 + data.labels[i] as usize] += 1;
@@ -199,9 +208,9 @@ mod tests {
         assert_eq!(stats.sums, sums);
         assert_eq!(stats.label_counts, labels);
         assert!((stats.inertia - total).abs() < 1e-9);
-        assert_eq!(stats.counts, vec![3, 3, 0]);
-        // (5, 5) is equidistant from both centres: the lower index wins.
-        assert_eq!(stats.label_counts[..3], [2, 1, 0]);
+        assert_eq!(stats.counts, vec![4, 2, 0]);
+        // (5, 5), label 2, is equidistant from both centres: the lower index wins.
+        assert_eq!(stats.label_counts[..3], [3, 0, 1]);
         assert!((inertia(&centroids, 3, &data.features, 2) - total).abs() < 1e-9);
     }
 

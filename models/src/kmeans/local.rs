@@ -34,7 +34,14 @@ pub fn local_kmeans(data: &Dataset, local_k: usize, seed: u64) -> Result<(Vec<f3
     let k = local_k.min(n);
     let weights = vec![1.0; n];
     let init = kmeans_pp(&data.features, &weights, dim, k, seed)?;
-    let (centres, sizes, _) = lloyd(&data.features, &weights, dim, &init, LOCAL_KMEANS_ITERS, 0.0)?;
+    let (centres, sizes, _) = lloyd(
+        &data.features,
+        &weights,
+        dim,
+        &init,
+        LOCAL_KMEANS_ITERS,
+        0.0,
+    )?;
     let mut kept = Vec::with_capacity(centres.len());
     let mut counts = Vec::with_capacity(sizes.len());
     for (centre, &size) in centres.chunks_exact(dim).zip(&sizes) {
@@ -84,7 +91,14 @@ mod tests {
 
     #[test]
     fn local_k_is_clamped_and_empty_centres_dropped() {
-        let data = Dataset::new(vec![0.0, 0.0, 5.0, 5.0, 5.0, 5.0], vec![0, 1, 1], 2, 2, None).unwrap();
+        let data = Dataset::new(
+            vec![0.0, 0.0, 5.0, 5.0, 5.0, 5.0],
+            vec![0, 1, 1],
+            2,
+            2,
+            None,
+        )
+        .unwrap();
         let (centres, counts) = local_kmeans(&data, 10, 0).unwrap();
         assert_eq!(counts.iter().sum::<u64>(), 3);
         assert_eq!(centres.len(), counts.len() * 2);

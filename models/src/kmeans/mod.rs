@@ -52,14 +52,16 @@ pub(crate) fn check_matrix(what: &str, values: &[f32], dim: usize) -> Result<usi
     if dim == 0 {
         return Err(ModelError::KMeans("dimension must be positive".into()));
     }
-    if values.len() % dim != 0 {
+    if !values.len().is_multiple_of(dim) {
         return Err(ModelError::KMeans(format!(
             "{what} hold {} values, not a multiple of dimension {dim}",
             values.len()
         )));
     }
     if values.iter().any(|v| !v.is_finite()) {
-        return Err(ModelError::KMeans(format!("{what} contain non-finite values")));
+        return Err(ModelError::KMeans(format!(
+            "{what} contain non-finite values"
+        )));
     }
     Ok(values.len() / dim)
 }

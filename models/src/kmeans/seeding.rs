@@ -22,7 +22,13 @@ const FARTHEST_FIRST_STREAM: u64 = 0x6666;
 /// to weight alone, so centres may repeat. Randomness comes from
 /// `rng_for(seed, &[0x6b70])`. Errors when `k == 0`, `k > n`, no weight is positive, or on
 /// malformed input.
-pub fn kmeans_pp(points: &[f32], weights: &[f64], dim: usize, k: usize, seed: u64) -> Result<Vec<f32>> {
+pub fn kmeans_pp(
+    points: &[f32],
+    weights: &[f64],
+    dim: usize,
+    k: usize,
+    seed: u64,
+) -> Result<Vec<f32>> {
     let n = check_matrix("points", points, dim)?;
     check_weights(weights, n)?;
     check_k(k, n)?;
@@ -130,7 +136,10 @@ mod tests {
         // Only the weighted point can be drawn first, and a zero weight is never drawn.
         let points = [1.0, 2.0, 3.0];
         for seed in 0..10 {
-            assert_eq!(kmeans_pp(&points, &[0.0, 1.0, 0.0], 1, 1, seed).unwrap(), vec![2.0]);
+            assert_eq!(
+                kmeans_pp(&points, &[0.0, 1.0, 0.0], 1, 1, seed).unwrap(),
+                vec![2.0]
+            );
         }
         // Fewer distinct points than k: centres repeat rather than fail.
         let same = kmeans_pp(&[7.0, 7.0, 7.0], &[1.0; 3], 1, 3, 0).unwrap();

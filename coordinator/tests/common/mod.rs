@@ -1,0 +1,158 @@
+//! Shared helpers: a real coordinator on 127.0.0.1:0 and its data.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use shoal_coordinator::config::SelectionConfig;
+use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, RunOutcome, serve, strategy};
+use shoal_datasets::{Dataset, DatasetSource, Partition, Split, load, partition};
+use shoal_models::{ModelKind, ModelSpec};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A coordinator serving on loopback with its round driver running.
+pub struct Running {
+    pub url: String,
+    pub coordinator: Coordinator,
+    pub run: JoinHandle<shoal_coordinator::Result<RunOutcome>>,
+    stop_server: Option<oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// Waits for the run to end, then stops the server.
+    pub async fn finish(mut self) -> shoal_coordinator::Result<RunOutcome> {
+        let outcome = self.run.await.expect("driver task");
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        outcome
+    }
+}
+
+/// Digits split 80/20 with seed 0.
+pub fn digits() -> Split {
+    load(&DatasetSource::Digits, 0.2, 0).unwrap()
+}
+
+/// The training set split among `n` clients, with ids client-00000...
+pub fn clients(train: &Dataset, n: usize, scheme: &Partition, seed: u64) -> Vec<(String, Dataset)> {
+    partition(&train.labels, train.num_classes, n, scheme, seed)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, idx)| (format!("client-{i:05}"), train.subset(idx).unwrap()))
+        .collect()
+}
+
+/// A run config for `clients` clients, everyone every round.
+pub fn config(clients: usize, rounds: u32) -> RunConfig {
+    RunConfig {
+        rounds,
+        selection: SelectionConfig {
+            clients_per_round: None,
+            fraction: 1.0,
+            min_clients: 1,
+            over_select: 1.0,
+            min_available: clients,
+        },
+        ..RunConfig::default()
+    }
+}
+
+/// The model spec for `kind` on `data`.
+pub fn spec(kind: &str, data: &Dataset) -> ModelSpec {
+    ModelSpec::for_dataset(kind.parse::<ModelKind>().unwrap(), data)
+}
+
+/// Starts a coordinator for `config` on 127.0.0.1:0.
+pub async fn start(config: RunConfig, spec: ModelSpec, test: Dataset, limits: Limits) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let strategy = strategy::build(&config, &spec).unwrap();
+    let coordinator = Coordinator::new(config, limits, spec);
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(listener, coordinator.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let driver = coordinator.clone();
+    let run = tokio::spawn(async move {
+        driver
+            .run(strategy, Arc::new(test), Resume::default(), None, std::future::pending())
+            .await
+    });
+    Running {
+        url,
+        coordinator,
+        run,
+        stop_server: Some(stop_server),
+    }
+}
+
+use shoal_proto::v1::fleet_client::FleetClient;
+use shoal_proto::v1::{
+    Fence, FetchRequest, JoinRequest, PullRequest, PushReply, Task, UpdateHeader, UpdatePart,
+    pull_reply::Reply, update_part::Part,
+};
+use tonic::transport::Channel;
+
+/// A raw protocol client, to send exactly what a test wants.
+pub async fn raw(url: &str) -> FleetClient<Channel> {
+    FleetClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_decoding_message_size(2 << 20)
+        .max_encoding_message_size(2 << 20)
+}
+
+pub async fn join(c: &mut FleetClient<Channel>, id: &str, examples: u64) {
+    c.join(JoinRequest { client_id: id.into(), num_examples: examples }).await.unwrap();
+}
+
+/// Pulls until a task arrives.
+pub async fn task(c: &mut FleetClient<Channel>, id: &str) -> Task {
+    loop {
+        let reply = c.pull(PullRequest { client_id: id.into() }).await.unwrap().into_inner();
+        match reply.reply.unwrap() {
+            Reply::Task(t) => return t,
+            Reply::Wait(_) => continue,
+            Reply::Finished(f) => panic!("run finished: {}", f.reason),
+        }
+    }
+}
+
+pub async fn fetch(c: &mut FleetClient<Channel>, id: &str, fence: &Fence, len: u64) -> Result<Vec<f32>, tonic::Status> {
+    let mut stream = c
+        .fetch_global(FetchRequest { client_id: id.into(), fence: Some(fence.clone()) })
+        .await?
+        .into_inner();
+    let mut asm = shoal_proto::ChunkAssembler::new(len, usize::MAX, shoal_proto::MAX_CHUNK_BYTES).unwrap();
+    while let Some(chunk) = stream.message().await? {
+        asm.push(&chunk).unwrap();
+    }
+    Ok(asm.finish().unwrap())
+}
+
+pub fn header(id: &str, fence: &Fence, examples: u64, len: usize) -> UpdateHeader {
+    UpdateHeader {
+        client_id: id.into(),
+        fence: Some(fence.clone()),
+        num_examples: examples,
+        payload_len: len as u64,
+        counts: vec![],
+        metrics: Default::default(),
+    }
+}
+
+/// Pushes `header` then `values` in 1 MiB chunks.
+pub async fn push(c: &mut FleetClient<Channel>, header: UpdateHeader, values: &[f32]) -> Result<PushReply, tonic::Status> {
+    let mut parts = vec![UpdatePart { part: Some(Part::Header(header)) }];
+    parts.extend(
+        shoal_proto::encode_chunks(values, shoal_proto::MAX_CHUNK_BYTES)
+            .map(|c| UpdatePart { part: Some(Part::Chunk(c)) }),
+    );
+    push_parts(c, parts).await
+}
+
+pub async fn push_parts(c: &mut FleetClient<Channel>, parts: Vec<UpdatePart>) -> Result<PushReply, tonic::Status> {
+    c.push_update(futures::stream::iter(parts)).await.map(|r| r.into_inner())
+}
