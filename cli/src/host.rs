@@ -82,21 +82,13 @@ pub async fn host(
     let outcome = coordinator.run(strategy, test, Resume::default(), Some(tx), shutdown).await;
     let _ = printer.await;
     bar.finish_and_clear();
-    linger(&coordinator).await;
+    coordinator.drain(Duration::from_secs(3)).await;
     let _ = stop_server.send(());
     let _ = server.await;
     let outcome = outcome?;
     write_outputs(outputs.metrics_out.as_deref(), outputs.summary_out.as_deref(), &outcome.records, &outcome.summary)?;
     print_line(&summary_text(&outcome.summary));
     Ok(outcome)
-}
-
-/// Gives connected clients a moment to hear that the run finished and leave.
-async fn linger(coordinator: &Coordinator) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while coordinator.registered() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn progress_bar(rounds: u32, quiet: bool) -> ProgressBar {

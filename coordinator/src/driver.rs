@@ -198,7 +198,7 @@ impl Coordinator {
             fence: Some(fence.clone()),
             kind: plan.kind as i32,
             model: Some(WireSpec {
-                kind: config.model.clone(),
+                kind: spec.kind.to_string(),
                 num_features: spec.num_features as u32,
                 num_classes: spec.num_classes as u32,
                 image_rows: rows as u32,

@@ -107,6 +107,15 @@ impl Coordinator {
         lock(&self.shared.state).registry.len()
     }
 
+    /// After the run ended, waits (up to `timeout`) for connected clients to hear so and leave,
+    /// so stopping the server does not strand them in reconnect loops.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.registered() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Registers a client (or a reconnect under the same id).
     pub fn join(&self, client_id: &str, num_examples: u64) -> Result<JoinReply> {
         let limits = &self.shared.limits;

@@ -33,6 +33,8 @@ async fn ten_clients_reach_ninety_percent_on_digits_within_ten_rounds() {
 async fn a_fleet_of_a_thousand_clients_completes_rounds() {
     let split = common::digits();
     let mut config = common::config(1000, 2);
+    config.round_timeout_ms = 5_000;
+    config.max_retries = 0;
     config.fit.epochs = 1;
     let spec = common::spec("logreg", &split.train);
     let clients = common::clients(&split.train, 1000, &Partition::Iid, 0);

@@ -22,6 +22,7 @@ impl Running {
     /// Waits for the run to end, then stops the server.
     pub async fn finish(mut self) -> shoal_coordinator::Result<RunOutcome> {
         let outcome = self.run.await.expect("driver task");
+        self.coordinator.drain(std::time::Duration::from_secs(5)).await;
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -66,6 +67,10 @@ pub fn spec(kind: &str, data: &Dataset) -> ModelSpec {
 
 /// Starts a coordinator for `config` on 127.0.0.1:0.
 pub async fn start(config: RunConfig, spec: ModelSpec, test: Dataset, limits: Limits) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let strategy = strategy::build(&config, &spec).unwrap();
