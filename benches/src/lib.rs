@@ -1,1 +1,16 @@
-//! placeholder
+//! Benchmarks of Shoal: the measuring kit shared by the criterion bench and the bench binaries.
+//!
+//! * [`bandwidth`]: STREAM-style copy and triad kernels, the memory-bandwidth yardstick.
+//! * [`updates`]: synthetic client updates and the fold loop that aggregation is timed on.
+//! * [`memory`]: resident and peak memory from `/proc/self/status`.
+//! * [`simulation`]: a coordinator and a fleet in one process, over real gRPC on loopback.
+//! * [`stats`] and [`flags`]: small summaries and `--name value` flags for the binaries.
+//!
+//! `benches/README.md` lists every benchmark, its command and the numbers measured.
+
+pub mod bandwidth;
+pub mod flags;
+pub mod memory;
+pub mod simulation;
+pub mod stats;
+pub mod updates;

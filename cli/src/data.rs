@@ -19,9 +19,25 @@ pub fn client_id(prefix: &str, index: usize) -> String {
 }
 
 /// Splits the training set among `plan.clients` clients; returns each client's id and data.
-pub fn partitions(plan: &DataPlan, train: &Dataset, prefix: &str) -> Result<Vec<(String, Dataset)>> {
-    let parts = partition(&train.labels, train.num_classes, plan.clients, &plan.partition, plan.seed)
-        .with_context(|| format!("partitioning {} examples among {} clients", train.len(), plan.clients))?;
+pub fn partitions(
+    plan: &DataPlan,
+    train: &Dataset,
+    prefix: &str,
+) -> Result<Vec<(String, Dataset)>> {
+    let parts = partition(
+        &train.labels,
+        train.num_classes,
+        plan.clients,
+        &plan.partition,
+        plan.seed,
+    )
+    .with_context(|| {
+        format!(
+            "partitioning {} examples among {} clients",
+            train.len(),
+            plan.clients
+        )
+    })?;
     parts
         .iter()
         .enumerate()
@@ -40,13 +56,17 @@ pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
             *local_k = *k;
         }
         if *k > train.len() {
-            bail!("k = {k} is larger than the {} training examples", train.len());
+            bail!(
+                "k = {k} is larger than the {} training examples",
+                train.len()
+            );
         }
     }
     let kind: ModelKind = plan.run.model.parse()?;
     let spec = ModelSpec::for_dataset(kind, train);
     if !matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
-        spec.validate().with_context(|| format!("model {} on dataset {}", plan.run.model, plan.data.source))?;
+        spec.validate()
+            .with_context(|| format!("model {} on dataset {}", plan.run.model, plan.data.source))?;
     }
     Ok(spec)
 }

@@ -45,7 +45,11 @@ pub fn prepare(plan: &mut Plan, limits: Limits) -> Result<Prepared> {
     let split = load(&plan.data)?;
     let spec = finish_plan(plan, &split.train)?;
     let coordinator = Coordinator::new(plan.run.clone(), limits, spec.clone());
-    Ok(Prepared { coordinator, split, spec })
+    Ok(Prepared {
+        coordinator,
+        split,
+        spec,
+    })
 }
 
 /// Serves `coordinator` on `listener` and drives the run to its end, printing the table and
@@ -79,14 +83,21 @@ pub async fn host(
             }
         })
     };
-    let outcome = coordinator.run(strategy, test, Resume::default(), Some(tx), shutdown).await;
+    let outcome = coordinator
+        .run(strategy, test, Resume::default(), Some(tx), shutdown)
+        .await;
     let _ = printer.await;
     bar.finish_and_clear();
     coordinator.drain(Duration::from_secs(3)).await;
     let _ = stop_server.send(());
     let _ = server.await;
     let outcome = outcome?;
-    write_outputs(outputs.metrics_out.as_deref(), outputs.summary_out.as_deref(), &outcome.records, &outcome.summary)?;
+    write_outputs(
+        outputs.metrics_out.as_deref(),
+        outputs.summary_out.as_deref(),
+        &outcome.records,
+        &outcome.summary,
+    )?;
     print_line(&summary_text(&outcome.summary));
     Ok(outcome)
 }

@@ -7,7 +7,7 @@
 use crate::connection::Fleet;
 use crate::error::Result;
 use futures::StreamExt;
-use shoal_proto::v1::{FetchRequest, Fence};
+use shoal_proto::v1::{Fence, FetchRequest};
 use shoal_proto::{ChunkAssembler, MAX_CHUNK_BYTES};
 use std::sync::Arc;
 use tokio::sync::{Mutex, OnceCell};
@@ -23,7 +23,13 @@ pub struct GlobalCache {
 impl GlobalCache {
     /// The global state for `fence`, fetched by `client_id` over `fleet` unless another client
     /// already has it (or is fetching it right now).
-    pub async fn get(&self, fleet: &mut Fleet, client_id: &str, fence: &Fence, len: u64) -> Result<Arc<Vec<f32>>> {
+    pub async fn get(
+        &self,
+        fleet: &mut Fleet,
+        client_id: &str,
+        fence: &Fence,
+        len: u64,
+    ) -> Result<Arc<Vec<f32>>> {
         if len == 0 {
             return Ok(Arc::new(Vec::new()));
         }
@@ -46,7 +52,12 @@ impl GlobalCache {
 }
 
 /// Streams the global state for `fence` and checks it has exactly `len` values.
-pub async fn fetch(fleet: &mut Fleet, client_id: &str, fence: &Fence, len: u64) -> Result<Arc<Vec<f32>>> {
+pub async fn fetch(
+    fleet: &mut Fleet,
+    client_id: &str,
+    fence: &Fence,
+    len: u64,
+) -> Result<Arc<Vec<f32>>> {
     let request = FetchRequest {
         client_id: client_id.to_owned(),
         fence: Some(fence.clone()),

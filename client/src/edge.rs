@@ -74,8 +74,23 @@ pub struct EdgeClient {
 impl EdgeClient {
     /// A client `id` with local `data`, talking over `fleet`; `cache` and `cpu` may be shared
     /// with other clients in the same process.
-    pub fn new(id: String, data: Arc<Dataset>, fleet: Fleet, cache: GlobalCache, cpu: Arc<Semaphore>, options: ClientOptions) -> Self {
-        Self { id, data, fleet, cache, cpu, options, chunk_bytes: DEFAULT_CHUNK_BYTES }
+    pub fn new(
+        id: String,
+        data: Arc<Dataset>,
+        fleet: Fleet,
+        cache: GlobalCache,
+        cpu: Arc<Semaphore>,
+        options: ClientOptions,
+    ) -> Self {
+        Self {
+            id,
+            data,
+            fleet,
+            cache,
+            cpu,
+            options,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+        }
     }
 
     /// The client's stable id.
@@ -116,7 +131,12 @@ impl EdgeClient {
                         Reply::Wait(_) => {}
                         Reply::Finished(f) => {
                             info!(client = %self.id, reason = %f.reason, "run finished");
-                            let _ = self.fleet.leave(LeaveRequest { client_id: self.id.clone() }).await;
+                            let _ = self
+                                .fleet
+                                .leave(LeaveRequest {
+                                    client_id: self.id.clone(),
+                                })
+                                .await;
                             return Ok(stats);
                         }
                     }
@@ -148,7 +168,10 @@ impl EdgeClient {
     async fn join(&mut self) -> Result<()> {
         let reply = self
             .fleet
-            .join(JoinRequest { client_id: self.id.clone(), num_examples: self.data.len() as u64 })
+            .join(JoinRequest {
+                client_id: self.id.clone(),
+                num_examples: self.data.len() as u64,
+            })
             .await?
             .into_inner();
         if reply.max_chunk_bytes > 0 {
@@ -158,8 +181,16 @@ impl EdgeClient {
     }
 
     async fn pull(&mut self) -> Result<Reply> {
-        let reply = self.fleet.pull(PullRequest { client_id: self.id.clone() }).await?.into_inner();
-        reply.reply.ok_or_else(|| ClientError::BadTask("empty pull reply".into()))
+        let reply = self
+            .fleet
+            .pull(PullRequest {
+                client_id: self.id.clone(),
+            })
+            .await?
+            .into_inner();
+        reply
+            .reply
+            .ok_or_else(|| ClientError::BadTask("empty pull reply".into()))
     }
 
     /// Fetches, works, pushes. Failures are logged and counted; the loop goes on.
@@ -181,8 +212,16 @@ impl EdgeClient {
     }
 
     async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {
-        let global = self.cache.get(&mut self.fleet, &self.id, fence, task.global_len).await?;
-        let _permit = self.cpu.clone().acquire_owned().await.map_err(|e| ClientError::Worker(e.to_string()))?;
+        let global = self
+            .cache
+            .get(&mut self.fleet, &self.id, fence, task.global_len)
+            .await?;
+        let _permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ClientError::Worker(e.to_string()))?;
         let data = self.data.clone();
         tokio::task::spawn_blocking(move || run_task(&task, &global, &data))
             .await
@@ -198,10 +237,13 @@ impl EdgeClient {
             counts: update.counts,
             metrics: update.metrics.into_iter().collect(),
         };
-        let mut parts = vec![UpdatePart { part: Some(Part::Header(header)) }];
+        let mut parts = vec![UpdatePart {
+            part: Some(Part::Header(header)),
+        }];
         parts.extend(
-            encode_chunks(&update.payload, self.chunk_bytes)
-                .map(|c| UpdatePart { part: Some(Part::Chunk(c)) }),
+            encode_chunks(&update.payload, self.chunk_bytes).map(|c| UpdatePart {
+                part: Some(Part::Chunk(c)),
+            }),
         );
         self.fleet.push_update(futures::stream::iter(parts)).await?;
         Ok(())
@@ -212,7 +254,10 @@ impl EdgeClient {
 fn retryable(err: &ClientError) -> bool {
     match err {
         ClientError::Transport(_) => true,
-        ClientError::Refused(s) => matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded),
+        ClientError::Refused(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
         _ => false,
     }
 }

@@ -22,8 +22,14 @@ pub struct LocalUpdate {
 
 /// The model a task names, checked against the local data.
 pub fn model_spec(task: &Task, data: &Dataset) -> Result<ModelSpec> {
-    let wire = task.model.as_ref().ok_or_else(|| ClientError::BadTask("task has no model".into()))?;
-    let kind: ModelKind = wire.kind.parse().map_err(|e| ClientError::BadTask(format!("{e}")))?;
+    let wire = task
+        .model
+        .as_ref()
+        .ok_or_else(|| ClientError::BadTask("task has no model".into()))?;
+    let kind: ModelKind = wire
+        .kind
+        .parse()
+        .map_err(|e| ClientError::BadTask(format!("{e}")))?;
     if wire.num_features as usize != data.num_features {
         return Err(ClientError::BadTask(format!(
             "task expects {} features, local data has {}",
@@ -51,7 +57,10 @@ pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpda
         TaskKind::Gradient => grad(task, global, data),
         TaskKind::KmeansInit => kmeans_init(task, data),
         TaskKind::KmeansStep => kmeans_step(task, global, data),
-        TaskKind::Unspecified => Err(ClientError::BadTask(format!("unknown task kind {}", task.kind))),
+        TaskKind::Unspecified => Err(ClientError::BadTask(format!(
+            "unknown task kind {}",
+            task.kind
+        ))),
     }
 }
 
@@ -79,7 +88,14 @@ fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
 fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     let spec = model_spec(task, data)?;
     let cfg = task.gradient.clone().unwrap_or_default();
-    let (g, report) = gradient(&spec, global, data, cfg.batches as usize, cfg.batch_size as usize, task.seed)?;
+    let (g, report) = gradient(
+        &spec,
+        global,
+        data,
+        cfg.batches as usize,
+        cfg.batch_size as usize,
+        task.seed,
+    )?;
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
         payload: g,
@@ -89,7 +105,10 @@ fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
 }
 
 fn kmeans_config(task: &Task, data: &Dataset) -> Result<(usize, usize)> {
-    let cfg = task.kmeans.clone().ok_or_else(|| ClientError::BadTask("k-means task without config".into()))?;
+    let cfg = task
+        .kmeans
+        .clone()
+        .ok_or_else(|| ClientError::BadTask("k-means task without config".into()))?;
     if cfg.dim as usize != data.num_features || cfg.k == 0 {
         return Err(ClientError::BadTask(format!(
             "k-means task for k={} dim={}, local data has {} features",

@@ -42,6 +42,16 @@ pub enum AggregateError {
     /// The weight is zero or above [`MAX_WEIGHT`].
     #[error("update weight {0} is outside 1..={MAX_WEIGHT}")]
     BadWeight(u64),
+    /// Counts that must add up to the update's weight do not.
+    #[error("counts {range:?} sum to {sum}, but the update claims {weight} examples")]
+    CountsMismatch {
+        /// Which counts.
+        range: std::ops::Range<usize>,
+        /// Their sum.
+        sum: u64,
+        /// The update's weight.
+        weight: u64,
+    },
     /// Folding this update could exceed the exact range of the accumulator.
     #[error("update magnitude {0:e} would exceed the aggregation range")]
     OutOfRange(f64),
@@ -174,7 +184,9 @@ impl ExactSum {
         self.hi
             .iter()
             .zip(&self.lo)
-            .map(|(&h, &l)| (((i128::from(h) << (FRAC_BITS + HI_BITS)) + i128::from(l)) as f64) * grid)
+            .map(|(&h, &l)| {
+                (((i128::from(h) << (FRAC_BITS + HI_BITS)) + i128::from(l)) as f64) * grid
+            })
             .collect()
     }
 
@@ -227,11 +239,26 @@ mod tests {
         let mut s = ExactSum::new(2);
         s.fold(2, &[1.0, 1.0]).unwrap();
         let before = s.mean();
-        assert!(matches!(s.fold(1, &[1.0]), Err(AggregateError::WrongLength { .. })));
-        assert!(matches!(s.fold(1, &[f32::NAN, 0.0]), Err(AggregateError::NonFinite { index: 0 })));
-        assert!(matches!(s.fold(1, &[0.0, f32::INFINITY]), Err(AggregateError::NonFinite { index: 1 })));
-        assert!(matches!(s.fold(0, &[0.0, 0.0]), Err(AggregateError::BadWeight(0))));
-        assert!(matches!(s.fold(1 << 31, &[3e38, 0.0]), Err(AggregateError::OutOfRange(_))));
+        assert!(matches!(
+            s.fold(1, &[1.0]),
+            Err(AggregateError::WrongLength { .. })
+        ));
+        assert!(matches!(
+            s.fold(1, &[f32::NAN, 0.0]),
+            Err(AggregateError::NonFinite { index: 0 })
+        ));
+        assert!(matches!(
+            s.fold(1, &[0.0, f32::INFINITY]),
+            Err(AggregateError::NonFinite { index: 1 })
+        ));
+        assert!(matches!(
+            s.fold(0, &[0.0, 0.0]),
+            Err(AggregateError::BadWeight(0))
+        ));
+        assert!(matches!(
+            s.fold(1 << 31, &[3e38, 0.0]),
+            Err(AggregateError::OutOfRange(_))
+        ));
         assert_eq!(s.mean(), before);
         assert_eq!(s.count(), 1);
     }

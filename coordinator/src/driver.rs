@@ -98,7 +98,13 @@ impl Coordinator {
                 values,
                 seconds: round_started.elapsed().as_secs_f64(),
             };
-            info!(round, clients, accuracy = record.get("accuracy"), loss = record.get("loss"), "round aggregated");
+            info!(
+                round,
+                clients,
+                accuracy = record.get("accuracy"),
+                loss = record.get("loss"),
+                "round aggregated"
+            );
             if let Some(tx) = &observer {
                 let _ = tx.send(record.clone());
             }
@@ -129,11 +135,17 @@ impl Coordinator {
 
     /// Runs attempts of `round` until one reaches quorum; returns its results, the number of
     /// clients asked, and the attempts used.
-    async fn collect_round(&self, strategy: &dyn Strategy, round: u32) -> Result<(RoundResults, usize, u32)> {
+    async fn collect_round(
+        &self,
+        strategy: &dyn Strategy,
+        round: u32,
+    ) -> Result<(RoundResults, usize, u32)> {
         let config = &self.shared.config;
         let quorum = config.selection.min_clients.max(1);
         for attempt in 0..=config.max_retries {
-            let available = self.wait_for_clients(quorum.max(config.selection.min_available)).await;
+            let available = self
+                .wait_for_clients(quorum.max(config.selection.min_available))
+                .await;
             let sel = &config.selection;
             let (wanted, asked) = round_size(
                 available.len(),
@@ -145,7 +157,14 @@ impl Coordinator {
             let selected = select(&available, asked, config.seed, round, attempt);
             let plan = strategy.plan(round);
             let accumulator = Arc::new(Mutex::new(Some(RoundAccumulator::new(&plan))));
-            self.open(round, plan, strategy.global(), &selected, wanted, accumulator.clone());
+            self.open(
+                round,
+                plan,
+                strategy.global(),
+                &selected,
+                wanted,
+                accumulator.clone(),
+            );
             self.wait_for_updates().await;
             let results = {
                 let mut state = lock(&self.shared.state);
@@ -153,11 +172,18 @@ impl Coordinator {
                 drop(state);
                 close(&accumulator)
             };
-            let results = results.ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
+            let results =
+                results.ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
             if results.contributors() >= quorum {
                 return Ok((results, selected.len(), attempt + 1));
             }
-            warn!(round, attempt, got = results.contributors(), quorum, "round below quorum; retrying with a fresh selection");
+            warn!(
+                round,
+                attempt,
+                got = results.contributors(),
+                quorum,
+                "round below quorum; retrying with a fresh selection"
+            );
         }
         Err(CoordinatorError::QuorumLost {
             round,
@@ -180,7 +206,15 @@ impl Coordinator {
         }
     }
 
-    fn open(&self, round: u32, plan: TaskPlan, global: &[f32], selected: &[String], wanted: usize, accumulator: crate::round::SharedAccumulator) {
+    fn open(
+        &self,
+        round: u32,
+        plan: TaskPlan,
+        global: &[f32],
+        selected: &[String],
+        wanted: usize,
+        accumulator: crate::round::SharedAccumulator,
+    ) {
         let shared = &self.shared;
         let config = &shared.config;
         let fence = shoal_proto::v1::Fence::at(&shared.run_id, shared.epoch, round);

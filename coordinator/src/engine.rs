@@ -174,7 +174,11 @@ impl Coordinator {
                 let mut task: Task = round.task.clone();
                 task.seed = derive_seed(
                     self.shared.config.seed,
-                    &[TASK_STREAM, u64::from(round.fence.round), client_key(client_id)],
+                    &[
+                        TASK_STREAM,
+                        u64::from(round.fence.round),
+                        client_key(client_id),
+                    ],
                 );
                 Ok(Some(Reply::Task(task)))
             }
@@ -215,7 +219,12 @@ impl Coordinator {
         state.registry.touch(&header.client_id, Instant::now())?;
         match &mut state.phase {
             Phase::Open(round) => {
-                round.admit(&header.client_id, &fence, header.payload_len, header.counts.len())?;
+                round.admit(
+                    &header.client_id,
+                    &fence,
+                    header.payload_len,
+                    header.counts.len(),
+                )?;
                 round.in_flight.insert(header.client_id.clone());
                 Ok(Admission {
                     coordinator: self.clone(),

@@ -25,12 +25,22 @@ pub struct Registry {
 /// Checks that a client id is usable: 1 to 128 printable ASCII characters.
 pub fn check_client_id(id: &str) -> Result<()> {
     let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
-    if ok { Ok(()) } else { Err(CoordinatorError::BadClientId) }
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordinatorError::BadClientId)
+    }
 }
 
 impl Registry {
     /// Registers `id`, or refreshes it if it was already known (a reconnect).
-    pub fn join(&mut self, id: &str, num_examples: u64, max_clients: usize, now: Instant) -> Result<()> {
+    pub fn join(
+        &mut self,
+        id: &str,
+        num_examples: u64,
+        max_clients: usize,
+        now: Instant,
+    ) -> Result<()> {
         check_client_id(id)?;
         if !self.clients.contains_key(id) && self.clients.len() >= max_clients {
             return Err(CoordinatorError::TooManyClients(max_clients));
@@ -103,7 +113,10 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         r.touch("b", later).unwrap();
         assert_eq!(r.available(later, Duration::from_secs(1)), vec!["b"]);
-        assert!(matches!(r.touch("zz", later), Err(CoordinatorError::UnknownClient(_))));
+        assert!(matches!(
+            r.touch("zz", later),
+            Err(CoordinatorError::UnknownClient(_))
+        ));
         r.leave("b").unwrap();
         assert!(!r.contains("b"));
     }
@@ -116,6 +129,9 @@ mod tests {
         assert!(r.join("has space", 1, 10, now).is_err());
         r.join("a", 1, 1, now).unwrap();
         r.join("a", 2, 1, now).unwrap();
-        assert!(matches!(r.join("b", 1, 1, now), Err(CoordinatorError::TooManyClients(1))));
+        assert!(matches!(
+            r.join("b", 1, 1, now),
+            Err(CoordinatorError::TooManyClients(1))
+        ));
     }
 }

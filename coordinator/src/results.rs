@@ -28,11 +28,13 @@ pub struct ClientReport {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// Folds updates in as they arrive; memory O(model) in [`FoldMode::WeightedSum`].
+/// Folds updates in as they arrive; memory O(model) unless the plan says [`FoldMode::Collect`].
 #[derive(Debug)]
 pub struct RoundAccumulator {
+    weighted: bool,
     update_len: usize,
     counts_len: usize,
+    counts_sum_to_weight: Vec<std::ops::Range<usize>>,
     sum: Option<ExactSum>,
     counts: Vec<u64>,
     collected: BTreeMap<String, ClientUpdate>,
@@ -43,9 +45,11 @@ impl RoundAccumulator {
     /// An empty accumulator for a round planned as `plan`.
     pub fn new(plan: &TaskPlan) -> Self {
         Self {
+            weighted: plan.fold == FoldMode::WeightedSum,
             update_len: plan.update_len,
             counts_len: plan.counts_len,
-            sum: (plan.fold == FoldMode::WeightedSum).then(|| ExactSum::new(plan.update_len)),
+            counts_sum_to_weight: plan.counts_sum_to_weight.clone(),
+            sum: (plan.fold != FoldMode::Collect).then(|| ExactSum::new(plan.update_len)),
             counts: vec![0; plan.counts_len],
             collected: BTreeMap::new(),
             reports: BTreeMap::new(),
@@ -65,6 +69,18 @@ impl RoundAccumulator {
                 expected: self.counts_len,
             });
         }
+        for range in &self.counts_sum_to_weight {
+            let sum = update.counts[range.clone()]
+                .iter()
+                .try_fold(0u64, |a, c| a.checked_add(*c));
+            if sum != Some(update.weight) {
+                return Err(AggregateError::CountsMismatch {
+                    range: range.clone(),
+                    sum: sum.unwrap_or(u64::MAX),
+                    weight: update.weight,
+                });
+            }
+        }
         let mut counts = self.counts.clone();
         for (total, c) in counts.iter_mut().zip(&update.counts) {
             *total = total
@@ -72,7 +88,10 @@ impl RoundAccumulator {
                 .ok_or(AggregateError::OutOfRange(*c as f64))?;
         }
         match &mut self.sum {
-            Some(sum) => sum.fold(update.weight, &update.payload)?,
+            Some(sum) => sum.fold(
+                if self.weighted { update.weight } else { 1 },
+                &update.payload,
+            )?,
             None => {
                 validate(&update.payload, self.update_len)?;
             }
@@ -105,7 +124,7 @@ impl RoundAccumulator {
 /// Everything a closed round produced, in an order that does not depend on arrival.
 #[derive(Debug)]
 pub struct RoundResults {
-    /// The exact weighted sum ([`FoldMode::WeightedSum`] only).
+    /// The exact (weighted) sum; `None` in [`FoldMode::Collect`].
     pub sum: Option<ExactSum>,
     /// Element-wise total of the clients' counts.
     pub counts: Vec<u64>,
@@ -131,7 +150,11 @@ impl RoundResults {
         let (num, den) = self
             .reports
             .values()
-            .filter_map(|r| r.metrics.get(key).map(|v| (v * r.weight as f64, r.weight as f64)))
+            .filter_map(|r| {
+                r.metrics
+                    .get(key)
+                    .map(|v| (v * r.weight as f64, r.weight as f64))
+            })
             .fold((0.0, 0.0), |(n, d), (a, b)| (n + a, d + b));
         (den > 0.0).then(|| num / den)
     }
@@ -166,12 +189,24 @@ mod tests {
 
     #[test]
     fn sums_counts_and_weights_metrics() {
-        let plan = TaskPlan { kind: TaskKind::Fit, update_len: 2, counts_len: 1, fold: FoldMode::WeightedSum };
+        let plan = TaskPlan {
+            kind: TaskKind::Fit,
+            update_len: 2,
+            counts_len: 1,
+            fold: FoldMode::WeightedSum,
+            counts_sum_to_weight: vec![],
+        };
         let mut acc = RoundAccumulator::new(&plan);
         acc.accept(update("b", 3, vec![1.0, 1.0], vec![5])).unwrap();
         acc.accept(update("a", 1, vec![5.0, 1.0], vec![2])).unwrap();
-        assert!(acc.accept(update("c", 1, vec![f32::NAN, 1.0], vec![2])).is_err());
-        assert!(acc.accept(update("d", 1, vec![1.0, 1.0], vec![2, 2])).is_err());
+        assert!(
+            acc.accept(update("c", 1, vec![f32::NAN, 1.0], vec![2]))
+                .is_err()
+        );
+        assert!(
+            acc.accept(update("d", 1, vec![1.0, 1.0], vec![2, 2]))
+                .is_err()
+        );
         let r = acc.finish();
         assert_eq!(r.contributors(), 2);
         assert_eq!(r.counts, vec![7]);
@@ -182,11 +217,22 @@ mod tests {
 
     #[test]
     fn collect_mode_keeps_updates_in_client_order() {
-        let plan = TaskPlan { kind: TaskKind::KmeansInit, update_len: 1, counts_len: 0, fold: FoldMode::Collect };
+        let plan = TaskPlan {
+            kind: TaskKind::KmeansInit,
+            update_len: 1,
+            counts_len: 0,
+            fold: FoldMode::Collect,
+            counts_sum_to_weight: vec![],
+        };
         let mut acc = RoundAccumulator::new(&plan);
         acc.accept(update("z", 1, vec![1.0], vec![])).unwrap();
         acc.accept(update("a", 1, vec![2.0], vec![])).unwrap();
-        let ids: Vec<_> = acc.finish().collected.into_iter().map(|u| u.client_id).collect();
+        let ids: Vec<_> = acc
+            .finish()
+            .collected
+            .into_iter()
+            .map(|u| u.client_id)
+            .collect();
         assert_eq!(ids, vec!["a", "z"]);
     }
 }

@@ -49,7 +49,13 @@ pub struct OpenRound {
 impl OpenRound {
     /// Refuses an update header unless it is for this round, from a selected client that has
     /// not delivered yet, and matches the plan's shape.
-    pub fn admit(&self, client_id: &str, fence: &Fence, payload_len: u64, counts_len: usize) -> Result<()> {
+    pub fn admit(
+        &self,
+        client_id: &str,
+        fence: &Fence,
+        payload_len: u64,
+        counts_len: usize,
+    ) -> Result<()> {
         if *fence != self.fence {
             return Err(CoordinatorError::StaleFence {
                 got: fence.to_string(),

@@ -8,11 +8,20 @@ const SELECTION_STREAM: u64 = 0x5e1e_c710;
 
 /// Picks `count` of `available` (which must be sorted, so the result does not depend on join
 /// order) for attempt `attempt` of `round`; returns them sorted. Takes all when count ≥ len.
-pub fn select(available: &[String], count: usize, seed: u64, round: u32, attempt: u32) -> Vec<String> {
+pub fn select(
+    available: &[String],
+    count: usize,
+    seed: u64,
+    round: u32,
+    attempt: u32,
+) -> Vec<String> {
     if count >= available.len() {
         return available.to_vec();
     }
-    let mut rng = rng_for(seed, &[SELECTION_STREAM, u64::from(round), u64::from(attempt)]);
+    let mut rng = rng_for(
+        seed,
+        &[SELECTION_STREAM, u64::from(round), u64::from(attempt)],
+    );
     let mut picked: Vec<String> = sample(&mut rng, available.len(), count)
         .into_iter()
         .map(|i| available[i].clone())

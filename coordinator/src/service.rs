@@ -7,8 +7,8 @@ use crate::results::ClientUpdate;
 use futures::{Stream, StreamExt};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
-    Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PullReply,
-    PullRequest, PushReply, UpdatePart, update_part::Part,
+    Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PullReply, PullRequest,
+    PushReply, UpdatePart, update_part::Part,
 };
 use shoal_proto::{ChunkAssembler, encode_chunks};
 use std::pin::Pin;
@@ -40,13 +40,20 @@ fn refuse(err: CoordinatorError) -> Status {
 impl Fleet for FleetService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let req = request.into_inner();
-        let reply = self.coordinator.join(&req.client_id, req.num_examples).map_err(refuse)?;
+        let reply = self
+            .coordinator
+            .join(&req.client_id, req.num_examples)
+            .map_err(refuse)?;
         Ok(Response::new(reply))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
         let req = request.into_inner();
-        let reply = self.coordinator.pull(&req.client_id).await.map_err(refuse)?;
+        let reply = self
+            .coordinator
+            .pull(&req.client_id)
+            .await
+            .map_err(refuse)?;
         Ok(Response::new(reply))
     }
 
@@ -60,9 +67,14 @@ impl Fleet for FleetService {
         let fence = req
             .fence
             .ok_or_else(|| refuse(CoordinatorError::Malformed("fetch has no fence".into())))?;
-        let global = self.coordinator.global_for(&req.client_id, &fence).map_err(refuse)?;
+        let global = self
+            .coordinator
+            .global_for(&req.client_id, &fence)
+            .map_err(refuse)?;
         let chunks: Vec<Chunk> = encode_chunks(&global, shoal_proto::DEFAULT_CHUNK_BYTES).collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)))))
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
     }
 
     async fn push_update(
@@ -71,19 +83,28 @@ impl Fleet for FleetService {
     ) -> Result<Response<PushReply>, Status> {
         let mut parts = request.into_inner();
         let header = match parts.next().await {
-            Some(Ok(UpdatePart { part: Some(Part::Header(h)) })) => h,
+            Some(Ok(UpdatePart {
+                part: Some(Part::Header(h)),
+            })) => h,
             Some(Ok(_)) => {
                 return Err(refuse(CoordinatorError::Malformed(
                     "an update must start with its header".into(),
                 )));
             }
             Some(Err(status)) => return Err(status),
-            None => return Err(refuse(CoordinatorError::Malformed("empty update stream".into()))),
+            None => {
+                return Err(refuse(CoordinatorError::Malformed(
+                    "empty update stream".into(),
+                )));
+            }
         };
         let admission = self.coordinator.admit(&header).map_err(refuse)?;
-        let mut payload =
-            ChunkAssembler::new(header.payload_len, admission.max_values, admission.max_chunk_bytes)
-                .map_err(|e| refuse(e.into()))?;
+        let mut payload = ChunkAssembler::new(
+            header.payload_len,
+            admission.max_values,
+            admission.max_chunk_bytes,
+        )
+        .map_err(|e| refuse(e.into()))?;
         while let Some(part) = parts.next().await {
             match part?.part {
                 Some(Part::Chunk(chunk)) => payload.push(&chunk).map_err(|e| refuse(e.into()))?,

@@ -22,7 +22,10 @@ async fn ten_clients_reach_ninety_percent_on_digits_within_ten_rounds() {
     let outcome = running.finish().await.unwrap();
     let report = fleet.await.unwrap().unwrap();
     assert_eq!(report.finished, 10);
-    assert_eq!(report.totals.accepted, 100, "every client delivers every round");
+    assert_eq!(
+        report.totals.accepted, 100,
+        "every client delivers every round"
+    );
     assert_eq!(outcome.summary.rounds_completed, 10);
     let accuracy = outcome.summary.final_accuracy.unwrap();
     assert!(accuracy >= 0.90, "accuracy {accuracy} after 10 rounds");
@@ -39,12 +42,20 @@ async fn a_fleet_of_a_thousand_clients_completes_rounds() {
     let spec = common::spec("logreg", &split.train);
     let clients = common::clients(&split.train, 1000, &Partition::Iid, 0);
     let running = common::start(config, spec, split.test, Limits::default()).await;
-    let report = run_fleet(FleetConfig::new(running.url.clone()), clients, std::future::pending())
-        .await
-        .unwrap();
+    let report = run_fleet(
+        FleetConfig::new(running.url.clone()),
+        clients,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     let outcome = running.finish().await.unwrap();
     assert_eq!(outcome.summary.rounds_completed, 2);
-    assert!(outcome.records.iter().all(|r| r.clients == 1000), "{:?}", outcome.records);
+    assert!(
+        outcome.records.iter().all(|r| r.clients == 1000),
+        "{:?}",
+        outcome.records
+    );
     assert_eq!(report.finished, 1000);
     assert_eq!(report.totals.accepted, 2000);
 }
@@ -58,7 +69,11 @@ async fn same_seed_same_bits() {
         let spec = common::spec("mlp", &split.train);
         let clients = common::clients(&split.train, 5, &Partition::Dirichlet { alpha: 0.5 }, 0);
         let running = common::start(config, spec, split.test, Limits::default()).await;
-        let fleet = tokio::spawn(run_fleet(FleetConfig::new(running.url.clone()), clients, std::future::pending()));
+        let fleet = tokio::spawn(run_fleet(
+            FleetConfig::new(running.url.clone()),
+            clients,
+            std::future::pending(),
+        ));
         let outcome = running.finish().await.unwrap();
         fleet.await.unwrap().unwrap();
         hashes.push(outcome.summary.model_sha256);

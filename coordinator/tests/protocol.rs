@@ -19,7 +19,11 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn assert_refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, words: &str) {
     let status = result.expect_err("must be refused");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(words), "{:?} lacks {words:?}", status.message());
+    assert!(
+        status.message().contains(words),
+        "{:?} lacks {words:?}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +32,11 @@ async fn a_model_over_16_mib_goes_down_and_up_intact() {
     let spec = common::spec("mlp:65536", &split.train);
     let config = common::config(1, 2);
     let expected = init_params(&spec, init_stream(config.seed)).unwrap();
-    assert!(expected.len() * 4 > 16 << 20, "{} bytes", expected.len() * 4);
+    assert!(
+        expected.len() * 4 > 16 << 20,
+        "{} bytes",
+        expected.len() * 4
+    );
     let running = common::start(config, spec, split.test, Limits::default()).await;
     let mut c = raw(&running.url).await;
     join(&mut c, "big", 5).await;
@@ -38,15 +46,25 @@ async fn a_model_over_16_mib_goes_down_and_up_intact() {
     let down = fetch(&mut c, "big", &fence, t.global_len).await.unwrap();
     assert_eq!(bits(&down), bits(&expected), "download intact");
 
-    let up: Vec<f32> = (0..expected.len()).map(|i| ((i % 4093) as f32 - 2000.0) * 0.25).collect();
-    push(&mut c, header("big", &fence, 7, up.len()), &up).await.unwrap();
+    let up: Vec<f32> = (0..expected.len())
+        .map(|i| ((i % 4093) as f32 - 2000.0) * 0.25)
+        .collect();
+    push(&mut c, header("big", &fence, 7, up.len()), &up)
+        .await
+        .unwrap();
 
     let t2 = task(&mut c, "big").await;
     let fence2 = t2.fence.clone().unwrap();
     assert_eq!(fence2.round, 2);
     let back = fetch(&mut c, "big", &fence2, t2.global_len).await.unwrap();
-    assert_eq!(bits(&back), bits(&up), "upload intact: the mean of one update is the update");
-    push(&mut c, header("big", &fence2, 7, up.len()), &up).await.unwrap();
+    assert_eq!(
+        bits(&back),
+        bits(&up),
+        "upload intact: the mean of one update is the update"
+    );
+    push(&mut c, header("big", &fence2, 7, up.len()), &up)
+        .await
+        .unwrap();
     assert_eq!(running.finish().await.unwrap().summary.rounds_completed, 2);
 }
 
@@ -68,46 +86,120 @@ async fn bad_updates_are_refused_and_change_nothing() {
     let good_a = vec![1.0f32; n];
 
     // Someone who never joined.
-    assert_refused(push(&mut a, header("zz", &fence, 10, n), &good_a).await, Code::NotFound, "unknown client");
+    assert_refused(
+        push(&mut a, header("zz", &fence, 10, n), &good_a).await,
+        Code::NotFound,
+        "unknown client",
+    );
     // A client that joined after the round was opened was not selected.
     join(&mut a, "late", 10).await;
-    assert_refused(push(&mut a, header("late", &fence, 10, n), &good_a).await, Code::PermissionDenied, "not selected");
-    a.leave(LeaveRequest { client_id: "late".into() }).await.unwrap();
+    assert_refused(
+        push(&mut a, header("late", &fence, 10, n), &good_a).await,
+        Code::PermissionDenied,
+        "not selected",
+    );
+    a.leave(LeaveRequest {
+        client_id: "late".into(),
+    })
+    .await
+    .unwrap();
     // A round that is not open, another run, another incarnation.
     for wrong in [
-        Fence { round: 2, ..fence.clone() },
-        Fence { run_id: "other".into(), ..fence.clone() },
-        Fence { epoch: fence.epoch - 1, ..fence.clone() },
+        Fence {
+            round: 2,
+            ..fence.clone()
+        },
+        Fence {
+            run_id: "other".into(),
+            ..fence.clone()
+        },
+        Fence {
+            epoch: fence.epoch - 1,
+            ..fence.clone()
+        },
     ] {
-        assert_refused(push(&mut a, header("a", &wrong, 10, n), &good_a).await, Code::FailedPrecondition, "fence");
-        assert_refused(fetch(&mut a, "a", &wrong, t.global_len).await, Code::FailedPrecondition, "fence");
+        assert_refused(
+            push(&mut a, header("a", &wrong, 10, n), &good_a).await,
+            Code::FailedPrecondition,
+            "fence",
+        );
+        assert_refused(
+            fetch(&mut a, "a", &wrong, t.global_len).await,
+            Code::FailedPrecondition,
+            "fence",
+        );
     }
     // Wrong parameter count, declared or actual.
-    assert_refused(push(&mut a, header("a", &fence, 10, n - 1), &good_a[1..]).await, Code::InvalidArgument, "650");
-    assert_refused(push(&mut a, header("a", &fence, 10, n), &good_a[1..]).await, Code::InvalidArgument, "truncated");
+    assert_refused(
+        push(&mut a, header("a", &fence, 10, n - 1), &good_a[1..]).await,
+        Code::InvalidArgument,
+        "650",
+    );
+    assert_refused(
+        push(&mut a, header("a", &fence, 10, n), &good_a[1..]).await,
+        Code::InvalidArgument,
+        "truncated",
+    );
     // Non-finite values.
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut v = good_a.clone();
         v[5] = bad;
-        assert_refused(push(&mut a, header("a", &fence, 10, n), &v).await, Code::InvalidArgument, "not finite");
+        assert_refused(
+            push(&mut a, header("a", &fence, 10, n), &v).await,
+            Code::InvalidArgument,
+            "not finite",
+        );
     }
     // Zero weight, a stream without header, chunks out of order, an oversize chunk.
-    assert_refused(push(&mut a, header("a", &fence, 0, n), &good_a).await, Code::InvalidArgument, "weight");
+    assert_refused(
+        push(&mut a, header("a", &fence, 0, n), &good_a).await,
+        Code::InvalidArgument,
+        "weight",
+    );
     let chunk = |offset: u64, len: usize| UpdatePart {
-        part: Some(Part::Chunk(Chunk { offset, data: Bytes::from(vec![0u8; len * 4]) })),
+        part: Some(Part::Chunk(Chunk {
+            offset,
+            data: Bytes::from(vec![0u8; len * 4]),
+        })),
     };
-    assert_refused(push_parts(&mut a, vec![chunk(0, n)]).await, Code::InvalidArgument, "header");
-    let head = || UpdatePart { part: Some(Part::Header(header("a", &fence, 10, n))) };
-    assert_refused(push_parts(&mut a, vec![head(), chunk(10, 10)]).await, Code::InvalidArgument, "out of order");
-    assert_refused(push_parts(&mut a, vec![head(), chunk(0, 10), chunk(0, 10)]).await, Code::InvalidArgument, "out of order");
-    assert_refused(push_parts(&mut a, vec![head(), chunk(0, n + 1)]).await, Code::InvalidArgument, "overflows");
+    assert_refused(
+        push_parts(&mut a, vec![chunk(0, n)]).await,
+        Code::InvalidArgument,
+        "header",
+    );
+    let head = || UpdatePart {
+        part: Some(Part::Header(header("a", &fence, 10, n))),
+    };
+    assert_refused(
+        push_parts(&mut a, vec![head(), chunk(10, 10)]).await,
+        Code::InvalidArgument,
+        "out of order",
+    );
+    assert_refused(
+        push_parts(&mut a, vec![head(), chunk(0, 10), chunk(0, 10)]).await,
+        Code::InvalidArgument,
+        "out of order",
+    );
+    assert_refused(
+        push_parts(&mut a, vec![head(), chunk(0, n + 1)]).await,
+        Code::InvalidArgument,
+        "overflows",
+    );
 
     // The good updates, once each.
-    push(&mut a, header("a", &fence, 10, n), &good_a).await.unwrap();
-    assert_refused(push(&mut a, header("a", &fence, 10, n), &good_a).await, Code::AlreadyExists, "already delivered");
+    push(&mut a, header("a", &fence, 10, n), &good_a)
+        .await
+        .unwrap();
+    assert_refused(
+        push(&mut a, header("a", &fence, 10, n), &good_a).await,
+        Code::AlreadyExists,
+        "already delivered",
+    );
     let t_b = task(&mut b, "b").await;
     assert_eq!(t_b.fence.as_ref(), Some(&fence));
-    push(&mut b, header("b", &fence, 30, n), &vec![3.0f32; n]).await.unwrap();
+    push(&mut b, header("b", &fence, 30, n), &vec![3.0f32; n])
+        .await
+        .unwrap();
 
     // Round 2's global is exactly the weighted mean of the two good updates.
     let t2 = task(&mut a, "a").await;
@@ -115,11 +207,19 @@ async fn bad_updates_are_refused_and_change_nothing() {
     let global = fetch(&mut a, "a", &fence2, t2.global_len).await.unwrap();
     assert!(global.iter().all(|v| *v == 2.5), "{:?}", &global[..4]);
     // The late round-1 update is now refused as stale.
-    assert_refused(push(&mut b, header("b", &fence, 30, n), &vec![3.0f32; n]).await, Code::FailedPrecondition, "fence");
+    assert_refused(
+        push(&mut b, header("b", &fence, 30, n), &vec![3.0f32; n]).await,
+        Code::FailedPrecondition,
+        "fence",
+    );
 
-    push(&mut a, header("a", &fence2, 10, n), &good_a).await.unwrap();
+    push(&mut a, header("a", &fence2, 10, n), &good_a)
+        .await
+        .unwrap();
     task(&mut b, "b").await;
-    push(&mut b, header("b", &fence2, 30, n), &good_a).await.unwrap();
+    push(&mut b, header("b", &fence2, 30, n), &good_a)
+        .await
+        .unwrap();
     let outcome = running.finish().await.unwrap();
     assert_eq!(outcome.records[0].clients, 2);
     assert_eq!(outcome.records[0].examples, 40);

@@ -151,25 +151,56 @@ mod tests {
         let values = [1.0f32, 2.0, 3.0, 4.0];
         let chunks: Vec<Chunk> = encode_chunks(&values, 8).collect();
         let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
-        assert!(matches!(asm.push(&chunks[1]), Err(ProtoError::OutOfOrder { .. })));
+        assert!(matches!(
+            asm.push(&chunks[1]),
+            Err(ProtoError::OutOfOrder { .. })
+        ));
         asm.push(&chunks[0]).unwrap();
-        assert!(matches!(asm.push(&chunks[0]), Err(ProtoError::OutOfOrder { .. })));
+        assert!(matches!(
+            asm.push(&chunks[0]),
+            Err(ProtoError::OutOfOrder { .. })
+        ));
         asm.push(&chunks[1]).unwrap();
-        let extra = Chunk { offset: 4, data: Bytes::from(encode_f32(&[5.0])) };
+        let extra = Chunk {
+            offset: 4,
+            data: Bytes::from(encode_f32(&[5.0])),
+        };
         assert!(matches!(asm.push(&extra), Err(ProtoError::Overflow { .. })));
     }
 
     #[test]
     fn refuses_truncation_misalignment_and_oversize() {
         let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
-        asm.push(&Chunk { offset: 0, data: Bytes::from(encode_f32(&[1.0])) }).unwrap();
-        assert!(matches!(asm.finish(), Err(ProtoError::Truncated { got: 1, declared: 4 })));
+        asm.push(&Chunk {
+            offset: 0,
+            data: Bytes::from(encode_f32(&[1.0])),
+        })
+        .unwrap();
+        assert!(matches!(
+            asm.finish(),
+            Err(ProtoError::Truncated {
+                got: 1,
+                declared: 4
+            })
+        ));
         let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
-        let bad = Chunk { offset: 0, data: Bytes::from_static(&[0, 0, 0]) };
+        let bad = Chunk {
+            offset: 0,
+            data: Bytes::from_static(&[0, 0, 0]),
+        };
         assert!(matches!(asm.push(&bad), Err(ProtoError::Misaligned(3))));
-        assert!(matches!(ChunkAssembler::new(101, 100, MAX_CHUNK_BYTES), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            ChunkAssembler::new(101, 100, MAX_CHUNK_BYTES),
+            Err(ProtoError::TooLarge { .. })
+        ));
         let mut asm = ChunkAssembler::new(1_000_000, 1_000_000, 16).unwrap();
-        let big = Chunk { offset: 0, data: Bytes::from(encode_f32(&[0.0; 5])) };
-        assert!(matches!(asm.push(&big), Err(ProtoError::ChunkTooLarge { .. })));
+        let big = Chunk {
+            offset: 0,
+            data: Bytes::from(encode_f32(&[0.0; 5])),
+        };
+        assert!(matches!(
+            asm.push(&big),
+            Err(ProtoError::ChunkTooLarge { .. })
+        ));
     }
 }

@@ -16,6 +16,10 @@ impl Fence {
 
 impl std::fmt::Display for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "run {} epoch {} round {}", self.run_id, self.epoch, self.round)
+        write!(
+            f,
+            "run {} epoch {} round {}",
+            self.run_id, self.epoch, self.round
+        )
     }
 }

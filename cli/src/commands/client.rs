@@ -44,18 +44,37 @@ impl ClientCmd {
             }
             None => {
                 if self.index >= plan.data.clients {
-                    bail!("--index {} is out of range for --clients {}", self.index, plan.data.clients);
+                    bail!(
+                        "--index {} is out of range for --clients {}",
+                        self.index,
+                        plan.data.clients
+                    );
                 }
                 let split = load(&plan.data)?;
-                partitions(&plan.data, &split.train, "client")?.swap_remove(self.index).1
+                partitions(&plan.data, &split.train, "client")?
+                    .swap_remove(self.index)
+                    .1
             }
         };
         let id = self.id.unwrap_or_else(|| client_id("client", self.index));
         let fleet = fleet_client(channel(&self.coordinator)?);
-        let options = ClientOptions { seed: plan.run.seed, ..ClientOptions::default() };
-        let client = EdgeClient::new(id.clone(), Arc::new(data), fleet, GlobalCache::default(), Arc::new(Semaphore::new(1)), options);
+        let options = ClientOptions {
+            seed: plan.run.seed,
+            ..ClientOptions::default()
+        };
+        let client = EdgeClient::new(
+            id.clone(),
+            Arc::new(data),
+            fleet,
+            GlobalCache::default(),
+            Arc::new(Semaphore::new(1)),
+            options,
+        );
         let stats = client.run(ctrl_c()).await?;
-        eprintln!("client {id}: {} updates accepted, {} refused", stats.accepted, stats.refused);
+        eprintln!(
+            "client {id}: {} updates accepted, {} refused",
+            stats.accepted, stats.refused
+        );
         Ok(())
     }
 }

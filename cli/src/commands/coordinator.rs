@@ -33,7 +33,10 @@ impl CoordinatorCmd {
     /// Serves the run until it ends or Ctrl-C.
     pub async fn execute(self) -> Result<()> {
         let mut plan = self.options.resolve()?;
-        for (name, v) in [("--poll-timeout", self.poll_timeout), ("--liveness", self.liveness)] {
+        for (name, v) in [
+            ("--poll-timeout", self.poll_timeout),
+            ("--liveness", self.liveness),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 anyhow::bail!("{name} must be a positive number of seconds, got {v}");
             }
@@ -44,15 +47,30 @@ impl CoordinatorCmd {
             max_update_values: self.max_update_values,
             ..Limits::default()
         };
-        let Prepared { coordinator, split, spec } = prepare(&mut plan, limits)?;
-        let listener = TcpListener::bind(&self.listen).await.with_context(|| format!("binding {}", self.listen))?;
+        let Prepared {
+            coordinator,
+            split,
+            spec,
+        } = prepare(&mut plan, limits)?;
+        let listener = TcpListener::bind(&self.listen)
+            .await
+            .with_context(|| format!("binding {}", self.listen))?;
         eprintln!(
             "coordinator listening on {} (run {}, waiting for {} clients)",
             listener.local_addr()?,
             coordinator.run_id(),
             plan.run.selection.min_available
         );
-        host(&plan, coordinator, spec, split.test, listener, &self.outputs, ctrl_c()).await?;
+        host(
+            &plan,
+            coordinator,
+            spec,
+            split.test,
+            listener,
+            &self.outputs,
+            ctrl_c(),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -26,19 +26,37 @@ impl RunCmd {
     /// Runs the demo.
     pub async fn execute(self) -> Result<()> {
         let mut plan = self.options.resolve()?;
-        let Prepared { coordinator, split, spec } = prepare(&mut plan, Limits::default())?;
+        let Prepared {
+            coordinator,
+            split,
+            spec,
+        } = prepare(&mut plan, Limits::default())?;
         let clients = partitions(&plan.data, &split.train, "client")?;
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port")?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut fleet = FleetConfig::new(url);
         fleet.channels = self.channels.max(1);
         fleet.options.seed = plan.run.seed;
         let fleet = tokio::spawn(run_fleet(fleet, clients, ctrl_c()));
-        let hosted = host(&plan, coordinator, spec, split.test, listener, &self.outputs, ctrl_c()).await;
+        let hosted = host(
+            &plan,
+            coordinator,
+            spec,
+            split.test,
+            listener,
+            &self.outputs,
+            ctrl_c(),
+        )
+        .await;
         let report = fleet.await.context("fleet task")??;
         hosted?;
         if report.failed > 0 {
-            eprintln!("warning: {} simulated clients stopped on errors", report.failed);
+            eprintln!(
+                "warning: {} simulated clients stopped on errors",
+                report.failed
+            );
         }
         Ok(())
     }

@@ -40,7 +40,10 @@ impl SimulateCmd {
             report.totals.accepted, report.totals.refused, report.totals.reconnects
         );
         if report.failed > 0 {
-            bail!("{} of {n} simulated clients stopped on errors", report.failed);
+            bail!(
+                "{} of {n} simulated clients stopped on errors",
+                report.failed
+            );
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! Each selected client trains the global model locally for a few epochs and returns its new
 //! parameters; the next global model is their mean weighted by example counts.
 
-use super::{FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes};
+use super::{
+    FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
+};
 use crate::error::{CoordinatorError, Result};
 use crate::results::RoundResults;
 use shoal_datasets::Dataset;
@@ -37,6 +39,7 @@ impl Strategy for FedAvg {
             update_len: self.params.len(),
             counts_len: 0,
             fold: FoldMode::WeightedSum,
+            counts_sum_to_weight: Vec::new(),
         }
     }
 

@@ -6,7 +6,9 @@
 //! gradients and every client taking part, a round is one step of centralised gradient descent
 //! on the union of the clients' data.
 
-use super::{FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes};
+use super::{
+    FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
+};
 use crate::error::{CoordinatorError, Result};
 use crate::results::RoundResults;
 use serde::{Deserialize, Serialize};
@@ -91,7 +93,12 @@ fn step(optimizer: &ServerOptimizer, params: &mut [f32], grad: &[f32], state: &m
                 *p = (f64::from(*p) - lr * velocity) as f32;
             }
         }
-        ServerOptimizer::Adam { lr, beta1, beta2, eps } => {
+        ServerOptimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => {
             let t = state.steps as i32;
             let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
             for (((p, g), m), v) in params
@@ -122,6 +129,7 @@ impl Strategy for FedSgd {
             update_len: self.params.len(),
             counts_len: 0,
             fold: FoldMode::WeightedSum,
+            counts_sum_to_weight: Vec::new(),
         }
     }
 
@@ -134,7 +142,11 @@ impl Strategy for FedSgd {
             .sum
             .and_then(|s| s.mean())
             .ok_or_else(|| CoordinatorError::Strategy("fedsgd: no gradients to average".into()))?;
-        let norm = grad.iter().map(|g| f64::from(*g).powi(2)).sum::<f64>().sqrt();
+        let norm = grad
+            .iter()
+            .map(|g| f64::from(*g).powi(2))
+            .sum::<f64>()
+            .sqrt();
         step(&self.optimizer, &mut self.params, &grad, &mut self.state);
         Ok(Metrics::from([("grad_norm".to_string(), norm)]))
     }
@@ -154,7 +166,9 @@ impl Strategy for FedSgd {
         let snap: Snapshot = from_bytes(bytes)?;
         let n = self.params.len();
         if snap.params.len() != n || snap.state.first.len() != n || snap.state.second.len() != n {
-            return Err(CoordinatorError::Checkpoint("fedsgd state does not fit the model".into()));
+            return Err(CoordinatorError::Checkpoint(
+                "fedsgd state does not fit the model".into(),
+            ));
         }
         self.params = snap.params;
         self.state = snap.state;
@@ -169,16 +183,35 @@ mod tests {
     #[test]
     fn sgd_without_momentum_is_gradient_descent() {
         let mut p = vec![1.0f32, -2.0];
-        let mut s = OptimizerState { steps: 0, first: vec![0.0; 2], second: vec![0.0; 2] };
-        step(&ServerOptimizer::Sgd { lr: 0.5, momentum: 0.0 }, &mut p, &[2.0, -4.0], &mut s);
+        let mut s = OptimizerState {
+            steps: 0,
+            first: vec![0.0; 2],
+            second: vec![0.0; 2],
+        };
+        step(
+            &ServerOptimizer::Sgd {
+                lr: 0.5,
+                momentum: 0.0,
+            },
+            &mut p,
+            &[2.0, -4.0],
+            &mut s,
+        );
         assert_eq!(p, vec![0.0, 0.0]);
     }
 
     #[test]
     fn momentum_accumulates_velocity() {
         let mut p = vec![0.0f32];
-        let mut s = OptimizerState { steps: 0, first: vec![0.0], second: vec![0.0] };
-        let opt = ServerOptimizer::Sgd { lr: 1.0, momentum: 0.5 };
+        let mut s = OptimizerState {
+            steps: 0,
+            first: vec![0.0],
+            second: vec![0.0],
+        };
+        let opt = ServerOptimizer::Sgd {
+            lr: 1.0,
+            momentum: 0.5,
+        };
         step(&opt, &mut p, &[1.0], &mut s);
         step(&opt, &mut p, &[1.0], &mut s);
         assert_eq!(p, vec![-2.5]);
@@ -187,9 +220,21 @@ mod tests {
     #[test]
     fn adam_first_step_moves_by_lr() {
         let mut p = vec![0.0f32, 0.0];
-        let mut s = OptimizerState { steps: 0, first: vec![0.0; 2], second: vec![0.0; 2] };
-        let opt = ServerOptimizer::Adam { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+        let mut s = OptimizerState {
+            steps: 0,
+            first: vec![0.0; 2],
+            second: vec![0.0; 2],
+        };
+        let opt = ServerOptimizer::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
         step(&opt, &mut p, &[3.0, -0.01], &mut s);
-        assert!((p[0] + 0.1).abs() < 1e-6 && (p[1] - 0.1).abs() < 1e-5, "{p:?}");
+        assert!(
+            (p[0] + 0.1).abs() < 1e-6 && (p[1] - 0.1).abs() < 1e-5,
+            "{p:?}"
+        );
     }
 }

@@ -7,11 +7,11 @@
 //! [`Strategy::aggregate`] once per closed round with every outcome, failures included.
 
 mod fedavg;
-// mod fedkmeans;
+mod fedkmeans;
 mod fedsgd;
 
 pub use fedavg::FedAvg;
-// pub use fedkmeans::FedKMeans;
+pub use fedkmeans::{FedKMeans, next_centroids};
 pub use fedsgd::{FedSgd, ServerOptimizer};
 
 use crate::config::{RunConfig, StrategyConfig};
@@ -25,8 +25,11 @@ use std::collections::BTreeMap;
 /// How the engine combines the updates of one round before the strategy sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FoldMode {
-    /// Fold into an exact weighted sum as updates arrive: memory O(model), any number of clients.
+    /// Fold `weight · payload` into an exact sum as updates arrive: memory O(model), any number
+    /// of clients (FedAvg, FedSGD).
     WeightedSum,
+    /// Fold the payloads unweighted into an exact sum (k-means per-centroid sums).
+    Sum,
     /// Keep every update (small payloads only, e.g. k-FED's local centres).
     Collect,
 }
@@ -42,6 +45,9 @@ pub struct TaskPlan {
     pub counts_len: usize,
     /// How updates are combined.
     pub fold: FoldMode,
+    /// Ranges of the counts that must each sum to the update's weight (e.g. k-means cluster
+    /// sizes add up to the client's examples), checked before anything is folded.
+    pub counts_sum_to_weight: Vec<std::ops::Range<usize>>,
 }
 
 /// Evaluation of a global state on held-out data; keys like "loss", "accuracy", "inertia".
@@ -84,9 +90,14 @@ pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> 
         StrategyConfig::FedSgd { optimizer } => {
             Box::new(FedSgd::new(spec.clone(), config.seed, optimizer.clone())?)
         }
-        StrategyConfig::FedKMeans { .. } => {
-            return Err(crate::error::CoordinatorError::Config("fedkmeans pending".into()));
-        }
+        StrategyConfig::FedKMeans { k, local_k, tol } => Box::new(FedKMeans::new(
+            spec.num_features,
+            spec.num_classes,
+            *k,
+            *local_k,
+            *tol,
+            config.seed,
+        )?),
     })
 }
 
@@ -110,16 +121,21 @@ pub(crate) fn eval_metrics(spec: &ModelSpec, params: &[f32], test: &Dataset) -> 
 
 /// Strategy state as bytes (serde + bincode), for checkpoints.
 pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| crate::error::CoordinatorError::Checkpoint(format!("encode strategy state: {e}")))
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| {
+        crate::error::CoordinatorError::Checkpoint(format!("encode strategy state: {e}"))
+    })
 }
 
 /// Inverse of [`to_bytes`]; refuses trailing bytes.
 pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}")))?;
+        .map_err(|e| {
+            crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}"))
+        })?;
     if used != bytes.len() {
-        return Err(crate::error::CoordinatorError::Checkpoint("trailing bytes in strategy state".into()));
+        return Err(crate::error::CoordinatorError::Checkpoint(
+            "trailing bytes in strategy state".into(),
+        ));
     }
     Ok(value)
 }

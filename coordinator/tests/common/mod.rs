@@ -22,7 +22,9 @@ impl Running {
     /// Waits for the run to end, then stops the server.
     pub async fn finish(mut self) -> shoal_coordinator::Result<RunOutcome> {
         let outcome = self.run.await.expect("driver task");
-        self.coordinator.drain(std::time::Duration::from_secs(5)).await;
+        self.coordinator
+            .drain(std::time::Duration::from_secs(5))
+            .await;
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -82,7 +84,13 @@ pub async fn start(config: RunConfig, spec: ModelSpec, test: Dataset, limits: Li
     let driver = coordinator.clone();
     let run = tokio::spawn(async move {
         driver
-            .run(strategy, Arc::new(test), Resume::default(), None, std::future::pending())
+            .run(
+                strategy,
+                Arc::new(test),
+                Resume::default(),
+                None,
+                std::future::pending(),
+            )
             .await
     });
     Running {
@@ -110,13 +118,24 @@ pub async fn raw(url: &str) -> FleetClient<Channel> {
 }
 
 pub async fn join(c: &mut FleetClient<Channel>, id: &str, examples: u64) {
-    c.join(JoinRequest { client_id: id.into(), num_examples: examples }).await.unwrap();
+    c.join(JoinRequest {
+        client_id: id.into(),
+        num_examples: examples,
+    })
+    .await
+    .unwrap();
 }
 
 /// Pulls until a task arrives.
 pub async fn task(c: &mut FleetClient<Channel>, id: &str) -> Task {
     loop {
-        let reply = c.pull(PullRequest { client_id: id.into() }).await.unwrap().into_inner();
+        let reply = c
+            .pull(PullRequest {
+                client_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         match reply.reply.unwrap() {
             Reply::Task(t) => return t,
             Reply::Wait(_) => continue,
@@ -125,12 +144,21 @@ pub async fn task(c: &mut FleetClient<Channel>, id: &str) -> Task {
     }
 }
 
-pub async fn fetch(c: &mut FleetClient<Channel>, id: &str, fence: &Fence, len: u64) -> Result<Vec<f32>, tonic::Status> {
+pub async fn fetch(
+    c: &mut FleetClient<Channel>,
+    id: &str,
+    fence: &Fence,
+    len: u64,
+) -> Result<Vec<f32>, tonic::Status> {
     let mut stream = c
-        .fetch_global(FetchRequest { client_id: id.into(), fence: Some(fence.clone()) })
+        .fetch_global(FetchRequest {
+            client_id: id.into(),
+            fence: Some(fence.clone()),
+        })
         .await?
         .into_inner();
-    let mut asm = shoal_proto::ChunkAssembler::new(len, usize::MAX, shoal_proto::MAX_CHUNK_BYTES).unwrap();
+    let mut asm =
+        shoal_proto::ChunkAssembler::new(len, usize::MAX, shoal_proto::MAX_CHUNK_BYTES).unwrap();
     while let Some(chunk) = stream.message().await? {
         asm.push(&chunk).unwrap();
     }
@@ -149,15 +177,27 @@ pub fn header(id: &str, fence: &Fence, examples: u64, len: usize) -> UpdateHeade
 }
 
 /// Pushes `header` then `values` in 1 MiB chunks.
-pub async fn push(c: &mut FleetClient<Channel>, header: UpdateHeader, values: &[f32]) -> Result<PushReply, tonic::Status> {
-    let mut parts = vec![UpdatePart { part: Some(Part::Header(header)) }];
+pub async fn push(
+    c: &mut FleetClient<Channel>,
+    header: UpdateHeader,
+    values: &[f32],
+) -> Result<PushReply, tonic::Status> {
+    let mut parts = vec![UpdatePart {
+        part: Some(Part::Header(header)),
+    }];
     parts.extend(
-        shoal_proto::encode_chunks(values, shoal_proto::MAX_CHUNK_BYTES)
-            .map(|c| UpdatePart { part: Some(Part::Chunk(c)) }),
+        shoal_proto::encode_chunks(values, shoal_proto::MAX_CHUNK_BYTES).map(|c| UpdatePart {
+            part: Some(Part::Chunk(c)),
+        }),
     );
     push_parts(c, parts).await
 }
 
-pub async fn push_parts(c: &mut FleetClient<Channel>, parts: Vec<UpdatePart>) -> Result<PushReply, tonic::Status> {
-    c.push_update(futures::stream::iter(parts)).await.map(|r| r.into_inner())
+pub async fn push_parts(
+    c: &mut FleetClient<Channel>,
+    parts: Vec<UpdatePart>,
+) -> Result<PushReply, tonic::Status> {
+    c.push_update(futures::stream::iter(parts))
+        .await
+        .map(|r| r.into_inner())
 }

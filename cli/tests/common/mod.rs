@@ -1,0 +1,199 @@
+//! Running the real `shoal` binary from tests: every child has a deadline, its output is read
+//! on background threads so a full pipe never stalls it, and it is killed if the test fails
+//! before the child ends.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest any single `shoal` process in these tests may take. Runs here take well under a
+/// second; the margin is for a loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often a deadline-bounded wait checks whether the child has exited.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A `shoal` command with a clean environment: no `RUST_LOG` (it would override `--log`)
+/// and no standard input.
+pub fn shoal() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.env_remove("RUST_LOG").stdin(Stdio::null());
+    cmd
+}
+
+/// A `shoal` command with `args`.
+pub fn shoal_with(args: &[&str]) -> Command {
+    let mut cmd = shoal();
+    cmd.args(args);
+    cmd
+}
+
+/// A path as a `&str` for a command line (temp paths are always UTF-8 here).
+pub fn arg(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// How a finished process ended and what it printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// What was run, for messages.
+    pub what: String,
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Everything printed on stdout.
+    pub stdout: String,
+    /// Everything printed on stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Panics with the child's output unless it exited 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "{} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A running `shoal` process; killed when dropped, so a failing test leaves nothing behind.
+pub struct Running {
+    what: String,
+    child: Child,
+    stderr_lines: Receiver<String>,
+    stderr_seen: Vec<String>,
+    stdout: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `cmd` with stdout and stderr captured.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let err = child.stderr.take().expect("stderr is piped");
+        let (tx, stderr_lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            what,
+            child,
+            stderr_lines,
+            stderr_seen: Vec::new(),
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Reads stderr until a line contains `needle` and returns that line; panics with what was
+    /// read if the process closes stderr first or `limit` passes.
+    pub fn wait_for_stderr(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no stderr line with {needle:?} within {limit:?}; got:\n{}",
+                        self.what,
+                        self.stderr_seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    panic!(
+                        "{} ended ({status}) without printing {needle:?}; stderr:\n{}",
+                        self.what,
+                        self.stderr_seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit, killing it (and failing the test) after `limit`.
+    pub fn finish(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let stderr = self.drain_stderr();
+                    panic!(
+                        "{} still running after {limit:?}; killed it. stderr:\n{stderr}",
+                        self.what
+                    );
+                }
+                Err(e) => panic!("waiting for {}: {e}", self.what),
+            }
+        };
+        let stdout = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let stderr = self.drain_stderr();
+        Finished {
+            what: self.what.clone(),
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Everything printed on stderr so far, waiting for the reader to reach the end of the
+    /// stream (the process has exited, or is killed, when this is called).
+    fn drain_stderr(&mut self) -> String {
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_seen.push(line);
+        }
+        self.stderr_seen.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to the end within [`DEADLINE`].
+pub fn finish(cmd: &mut Command) -> Finished {
+    Running::spawn(cmd).finish(DEADLINE)
+}

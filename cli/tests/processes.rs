@@ -1,0 +1,342 @@
+//! Process-level tests of the real `shoal` binary: a coordinator and a fleet in separate
+//! processes finish a run, runs are reproducible from their seed, flags override the config
+//! file, and the spread-out run computes exactly the model of the one-process demo.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::{DEADLINE, Finished, Running, arg, finish, shoal, shoal_with};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a coordinator may take to load its data and start listening.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Reads a `--summary-out` file.
+fn summary(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
+}
+
+fn rounds_completed(s: &Value) -> u64 {
+    s["rounds_completed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rounds_completed in {s}"))
+}
+
+/// The summary's model hash, checked to be a SHA-256 in hex.
+fn model_sha256(s: &Value) -> String {
+    let sha = s["model_sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no model_sha256 in {s}"));
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "model_sha256 {sha:?} is not 64 hex digits"
+    );
+    sha.to_owned()
+}
+
+/// Starts `shoal coordinator --listen 127.0.0.1:0 ARGS` and returns it with the URL clients
+/// should dial, taken from the address it prints on stderr.
+fn start_coordinator(args: &[&str]) -> (Running, String) {
+    let mut cmd = shoal_with(&["coordinator", "--listen", "127.0.0.1:0"]);
+    cmd.args(args);
+    let mut coordinator = Running::spawn(&mut cmd);
+    let line = coordinator.wait_for_stderr("coordinator listening on ", STARTUP);
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
+    assert_ne!(
+        addr.port(),
+        0,
+        "the coordinator must print the port it actually bound: {line:?}"
+    );
+    (coordinator, format!("http://{addr}"))
+}
+
+/// `shoal run ARGS --summary-out DIR/NAME --quiet`, which must succeed; returns the summary.
+fn one_process_run(dir: &Path, name: &str, args: &[&str]) -> Value {
+    let out = dir.join(name);
+    let mut cmd = shoal_with(&["run", "--quiet", "--summary-out", arg(&out)]);
+    cmd.args(args);
+    finish(&mut cmd).assert_success();
+    summary(&out)
+}
+
+#[test]
+fn coordinator_and_simulate_processes_finish_a_two_round_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary_path, metrics_path) = (
+        dir.path().join("summary.json"),
+        dir.path().join("metrics.csv"),
+    );
+    let (coordinator, url) = start_coordinator(&[
+        "--rounds",
+        "2",
+        "--clients",
+        "3",
+        "--summary-out",
+        arg(&summary_path),
+        "--metrics-out",
+        arg(&metrics_path),
+    ]);
+
+    let fleet = finish(&mut shoal_with(&[
+        "simulate",
+        "--coordinator",
+        &url,
+        "--clients",
+        "3",
+    ]));
+    fleet.assert_success();
+    assert!(
+        fleet
+            .stderr
+            .contains("3 simulated clients: 6 updates accepted, 0 refused"),
+        "3 clients x 2 rounds should give 6 accepted updates:\n{}",
+        fleet.stderr
+    );
+    let hosted: Finished = coordinator.finish(DEADLINE);
+    hosted.assert_success();
+
+    let s = summary(&summary_path);
+    assert_eq!(rounds_completed(&s), 2, "{s}");
+    let accuracy = s["final_accuracy"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no final_accuracy in {s}"));
+    assert!(
+        (0.0..=1.0).contains(&accuracy),
+        "final_accuracy {accuracy} outside [0, 1]"
+    );
+    let sha = model_sha256(&s);
+    assert!(
+        hosted.stdout.contains(&format!("model sha256 {sha}")),
+        "stdout lacks the model hash:\n{}",
+        hosted.stdout
+    );
+
+    let metrics = std::fs::read_to_string(&metrics_path).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines.len(), 3, "want a header and 2 rows:\n{metrics}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header.first(), Some(&"round"), "{metrics}");
+    let accuracy_col = header
+        .iter()
+        .position(|c| *c == "accuracy")
+        .expect("accuracy column");
+    for (i, row) in lines[1..].iter().enumerate() {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(
+            cells.len(),
+            header.len(),
+            "row {row:?} does not match the header"
+        );
+        assert_eq!(
+            cells[0],
+            (i + 1).to_string(),
+            "rounds are numbered from 1: {metrics}"
+        );
+        let acc: f64 = cells[accuracy_col]
+            .parse()
+            .unwrap_or_else(|e| panic!("accuracy in {row:?}: {e}"));
+        assert!((0.0..=1.0).contains(&acc), "{row:?}");
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_model_and_another_seed_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = one_process_run(dir.path(), "a.json", &["--rounds", "3"]);
+    let again = one_process_run(dir.path(), "b.json", &["--rounds", "3"]);
+    let other = one_process_run(dir.path(), "c.json", &["--rounds", "3", "--seed", "1"]);
+    for s in [&first, &again, &other] {
+        assert_eq!(rounds_completed(s), 3, "{s}");
+    }
+    assert_eq!(
+        model_sha256(&first),
+        model_sha256(&again),
+        "same seed, different models"
+    );
+    assert_ne!(
+        model_sha256(&first),
+        model_sha256(&other),
+        "seeds 0 and 1 gave the same model"
+    );
+}
+
+#[test]
+fn a_flag_overrides_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, "rounds = 2\nclients = 4\nseed = 7\n").unwrap();
+    let from_file = one_process_run(dir.path(), "file.json", &["--config", arg(&config)]);
+    assert_eq!(
+        rounds_completed(&from_file),
+        2,
+        "the file's rounds = 2 was not used: {from_file}"
+    );
+    let overridden = one_process_run(
+        dir.path(),
+        "flag.json",
+        &["--config", arg(&config), "--rounds", "3"],
+    );
+    assert_eq!(
+        rounds_completed(&overridden),
+        3,
+        "--rounds 3 must win over rounds = 2: {overridden}"
+    );
+}
+
+#[test]
+fn coordinator_and_simulate_compute_the_model_of_the_one_process_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--rounds", "3", "--clients", "4", "--seed", "5"];
+    let demo = one_process_run(dir.path(), "run.json", &common);
+
+    let spread_path = dir.path().join("spread.json");
+    let mut args = common.to_vec();
+    args.extend(["--quiet", "--summary-out", arg(&spread_path)]);
+    let (coordinator, url) = start_coordinator(&args);
+    finish(&mut shoal_with(&[
+        "simulate",
+        "--coordinator",
+        &url,
+        "--clients",
+        "4",
+        "--seed",
+        "5",
+    ]))
+    .assert_success();
+    coordinator.finish(DEADLINE).assert_success();
+    let spread = summary(&spread_path);
+
+    assert_eq!(rounds_completed(&spread), 3, "{spread}");
+    assert_eq!(
+        demo["run_id"], spread["run_id"],
+        "same options must give the same run id"
+    );
+    assert_eq!(
+        model_sha256(&demo),
+        model_sha256(&spread),
+        "one-process and spread-out runs differ"
+    );
+    assert_eq!(demo["final_accuracy"], spread["final_accuracy"]);
+}
+
+#[test]
+fn separate_client_processes_compute_the_model_of_the_one_process_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--rounds", "2", "--clients", "2", "--seed", "3"];
+    let demo = one_process_run(dir.path(), "run.json", &common);
+
+    let spread_path = dir.path().join("spread.json");
+    let mut args = common.to_vec();
+    args.extend(["--quiet", "--summary-out", arg(&spread_path)]);
+    let (coordinator, url) = start_coordinator(&args);
+    let clients: Vec<Running> = (0..2)
+        .map(|i| {
+            let index = i.to_string();
+            let mut cmd = shoal_with(&["client", "--coordinator", &url, "--index", &index]);
+            cmd.args(common);
+            Running::spawn(&mut cmd)
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let done = client.finish(DEADLINE);
+        done.assert_success();
+        let expected = format!("client client-{i:05}: 2 updates accepted");
+        assert!(
+            done.stderr.contains(&expected),
+            "{expected:?} not in:\n{}",
+            done.stderr
+        );
+    }
+    coordinator.finish(DEADLINE).assert_success();
+    let spread = summary(&spread_path);
+    assert_eq!(rounds_completed(&spread), 2, "{spread}");
+    assert_eq!(
+        model_sha256(&demo),
+        model_sha256(&spread),
+        "one-process run and client processes differ"
+    );
+}
+
+/// Writes a gzipped IDX file: `dims` big-endian sizes after the magic, then `body`.
+fn write_idx_gz(path: &Path, magic: u32, dims: &[u32], body: &[u8]) {
+    use std::io::Write;
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(body);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    std::fs::write(path, gz.finish().unwrap()).unwrap();
+}
+
+#[test]
+fn a_small_fashion_mnist_copy_in_a_directory_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    for (prefix, count) in [("train", 40u32), ("t10k", 10)] {
+        let pixels: Vec<u8> = (0..count * 784)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+        write_idx_gz(
+            &dir.path().join(format!("{prefix}-images-idx3-ubyte.gz")),
+            0x803,
+            &[count, 28, 28],
+            &pixels,
+        );
+        write_idx_gz(
+            &dir.path().join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            0x801,
+            &[count],
+            &labels,
+        );
+    }
+    let dataset = format!("fashion-mnist:{}", arg(dir.path()));
+    let s = one_process_run(
+        dir.path(),
+        "s.json",
+        &[
+            "--dataset",
+            &dataset,
+            "--model",
+            "logreg",
+            "--clients",
+            "2",
+            "--rounds",
+            "1",
+        ],
+    );
+    assert_eq!(rounds_completed(&s), 1, "{s}");
+    assert_eq!(
+        s["num_params"].as_u64(),
+        Some(784 * 10 + 10),
+        "logreg on 28x28 images, 10 classes: {s}"
+    );
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let help = finish(shoal().arg("--help"));
+    help.assert_success();
+    for sub in ["run", "coordinator", "client", "simulate"] {
+        assert!(
+            help.stdout.contains(sub),
+            "--help lacks {sub}:\n{}",
+            help.stdout
+        );
+    }
+}
