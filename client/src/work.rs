@@ -66,7 +66,7 @@ pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpda
 
 fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     let spec = model_spec(task, data)?;
-    let cfg = task.fit.clone().unwrap_or_default();
+    let cfg = task.fit.unwrap_or_default();
     let train = TrainConfig {
         epochs: cfg.epochs as usize,
         batch_size: cfg.batch_size as usize,
@@ -87,7 +87,7 @@ fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
 
 fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     let spec = model_spec(task, data)?;
-    let cfg = task.gradient.clone().unwrap_or_default();
+    let cfg = task.gradient.unwrap_or_default();
     let (g, report) = gradient(
         &spec,
         global,
@@ -107,7 +107,6 @@ fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
 fn kmeans_config(task: &Task, data: &Dataset) -> Result<(usize, usize)> {
     let cfg = task
         .kmeans
-        .clone()
         .ok_or_else(|| ClientError::BadTask("k-means task without config".into()))?;
     if cfg.dim as usize != data.num_features || cfg.k == 0 {
         return Err(ClientError::BadTask(format!(

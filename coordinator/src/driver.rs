@@ -266,7 +266,7 @@ impl Coordinator {
             deadline: tokio::time::Instant::now() + config.round_timeout(),
             accumulator,
         };
-        lock(&shared.state).phase = Phase::Open(open);
+        lock(&shared.state).phase = Phase::Open(Box::new(open));
         shared.changed.send_modify(|v| *v += 1);
     }
 

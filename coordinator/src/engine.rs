@@ -28,7 +28,7 @@ pub enum Phase {
     /// Between rounds, or waiting for clients.
     Idle,
     /// A round is open.
-    Open(OpenRound),
+    Open(Box<OpenRound>),
     /// The run ended; pulls answer Finished with this reason.
     Finished(String),
 }

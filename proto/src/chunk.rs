@@ -36,7 +36,7 @@ pub fn encode_f32(values: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian f32 bytes, appending to `out`.
 pub fn decode_f32(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(ProtoError::Misaligned(bytes.len()));
     }
     out.extend(

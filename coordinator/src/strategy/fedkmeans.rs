@@ -190,7 +190,7 @@ impl Strategy for FedKMeans {
                 counts_sum_to_weight: if self.classes > 0 {
                     vec![0..self.k, self.k..self.k + self.k * self.classes]
                 } else {
-                    vec![0..self.k]
+                    std::iter::once(0..self.k).collect()
                 },
             }
         } else {
@@ -199,7 +199,7 @@ impl Strategy for FedKMeans {
                 update_len: self.local_k * self.dim,
                 counts_len: self.local_k,
                 fold: FoldMode::Collect,
-                counts_sum_to_weight: vec![0..self.local_k],
+                counts_sum_to_weight: std::iter::once(0..self.local_k).collect(),
             }
         }
     }
