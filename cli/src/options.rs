@@ -40,7 +40,7 @@ macro_rules! run_options {
             /// TOML file with any of these options (keys as the flags, with underscores).
             #[arg(long, value_name = "FILE")]
             pub config: Option<PathBuf>,
-            $( $(#[$doc])* #[arg(long)] pub $name: Option<$ty>, )*
+            $( $(#[$doc])* #[arg(long, allow_negative_numbers = true)] pub $name: Option<$ty>, )*
         }
 
         /// The same options as read from a TOML file.
@@ -150,6 +150,10 @@ impl RunOptions {
         };
         let source: DatasetSource = o.dataset.as_deref().unwrap_or("digits").parse()?;
         let partition: Partition = o.partition.as_deref().unwrap_or("iid").parse()?;
+        let rounds = o.rounds.unwrap_or(20);
+        if rounds == 0 {
+            bail!("--rounds must be at least 1");
+        }
         let clients = o.clients.unwrap_or(10);
         if clients == 0 {
             bail!("--clients must be at least 1");
@@ -184,7 +188,7 @@ impl RunOptions {
         let min_clients = o.min_clients.unwrap_or(1).max(1);
         let run = RunConfig {
             seed: o.seed.unwrap_or(0),
-            rounds: o.rounds.unwrap_or(20),
+            rounds,
             strategy,
             model,
             dataset: source.to_string(),

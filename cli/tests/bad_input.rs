@@ -83,13 +83,9 @@ fn fraction_above_one() {
 fn negative_learning_rate() {
     let err = rejects(&["run", "--lr=-1"]);
     mentions(&err, &["--lr must be positive", "-1"]);
-    // Written with a space, clap takes "-1" for a flag; still a clean usage error.
-    let err = rejects(&["run", "--lr", "-1"]);
-    mentions(&err, &["'-1'"]);
 }
 
 #[test]
-#[ignore = "bug: clap reads the -1 of `--lr -1` as a flag, so the message never names --lr (options.rs run_options! needs allow_negative_numbers)"]
 fn negative_learning_rate_after_a_space_names_the_flag() {
     let err = rejects(&["run", "--lr", "-1"]);
     mentions(&err, &["--lr", "positive"]);
@@ -235,7 +231,6 @@ fn coordinator_address_that_is_not_a_uri() {
 }
 
 #[test]
-#[ignore = "bug: a URL without http(s):// is accepted and the clients retry it forever (client/src/connection.rs channel() must check the scheme)"]
 fn coordinator_address_without_a_scheme() {
     for sub in ["simulate", "client"] {
         let mut cmd = shoal_with(&[sub, "--coordinator", "not-a-url", "--clients", "2"]);
@@ -262,7 +257,6 @@ fn coordinator_cannot_bind() {
 }
 
 #[test]
-#[ignore = "bug: --rounds 0 is accepted; the run ends at once, the server stops, and `shoal run` waits forever for its fleet (options.rs resolve() should reject 0)"]
 fn zero_rounds_ends_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("s.json");

@@ -14,7 +14,15 @@ pub type Fleet = FleetClient<Channel>;
 /// redials after a failure, which is what a client that outlives coordinator restarts needs.
 pub fn channel(url: &str) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ClientError::BadAddress(url.to_owned(), e.to_string()))?
+        .map_err(|e| ClientError::BadAddress(url.to_owned(), e.to_string()))?;
+    let uri = endpoint.uri();
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(ClientError::BadAddress(
+            url.to_owned(),
+            "expected http://HOST:PORT".into(),
+        ));
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))

@@ -79,7 +79,7 @@ fn main() {
     let quick = Flags::from_env().has("quick");
     println!(
         "memory bandwidth (STREAM-counted, {} MiB arrays, median of 15)",
-        STREAM_LEN * 8 >> 20
+        (STREAM_LEN * 8) >> 20
     );
     let mut arrays = StreamArrays::new(STREAM_LEN);
     let (copy_bytes, triad_bytes) = (arrays.copy_bytes(), arrays.triad_bytes());
