@@ -2,6 +2,7 @@
 //!
 //! * [`bandwidth`]: STREAM-style copy and triad kernels, the memory-bandwidth yardstick.
 //! * [`updates`]: synthetic client updates and the fold loop that aggregation is timed on.
+//! * [`fold_kernels`]: a what-if prototype of faster exact folding, for comparison only.
 //! * [`memory`]: resident and peak memory from `/proc/self/status`.
 //! * [`simulation`]: a coordinator and a fleet in one process, over real gRPC on loopback.
 //! * [`stats`] and [`flags`]: small summaries and `--name value` flags for the binaries.
@@ -10,6 +11,7 @@
 
 pub mod bandwidth;
 pub mod flags;
+pub mod fold_kernels;
 pub mod memory;
 pub mod simulation;
 pub mod stats;

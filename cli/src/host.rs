@@ -6,9 +6,11 @@ use crate::options::Plan;
 use crate::report::{summary_text, table_header, table_row, write_outputs};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal_coordinator::{Coordinator, Limits, Resume, RunOutcome, StrategyConfig, serve, strategy};
-use shoal_datasets::{Dataset, Split};
-use shoal_models::ModelSpec;
+use shoal_coordinator::strategy::{self, Strategy};
+use shoal_coordinator::{
+    CheckpointStore, Coordinator, Limits, Resume, RunOutcome, StrategyConfig, recover, serve,
+};
+use shoal_datasets::Split;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,25 +32,67 @@ pub struct Outputs {
     pub quiet: bool,
 }
 
+/// Crash safety: where checkpoints go, and whether a foreign one may be resumed.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Durability {
+    /// Checkpoint every round (and log accepted updates) in DIR; restarted on the same DIR, the
+    /// coordinator resumes the run by itself.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Resume a checkpoint even though it was written under a different run config.
+    #[arg(long)]
+    pub allow_config_change: bool,
+}
+
 /// A coordinator ready to serve, with the data it was prepared from.
 pub struct Prepared {
     /// The coordinator.
     pub coordinator: Coordinator,
     /// The dataset split (the fleet trains on `train`, the coordinator evaluates on `test`).
     pub split: Split,
-    /// The model every client trains.
-    pub spec: ModelSpec,
+    /// Where the run resumes.
+    pub resume: Resume,
+    /// The strategy, restored from a checkpoint if there was one.
+    pub strategy: Box<dyn Strategy>,
 }
 
-/// Loads data, fixes the plan, and builds the coordinator.
-pub fn prepare(plan: &mut Plan, limits: Limits) -> Result<Prepared> {
+/// Loads data, fixes the plan, builds the strategy and the coordinator, and recovers from the
+/// checkpoint directory if one is given.
+pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Result<Prepared> {
     let split = load(&plan.data)?;
     let spec = finish_plan(plan, &split.train)?;
-    let coordinator = Coordinator::new(plan.run.clone(), limits, spec.clone());
+    let mut strategy = strategy::build(&plan.run, &spec)?;
+    let (coordinator, resume) = match &durability.checkpoint_dir {
+        Some(dir) => {
+            let store = CheckpointStore::open(dir)?;
+            let resume = recover(
+                &store,
+                &plan.run,
+                strategy.as_mut(),
+                durability.allow_config_change,
+            )?;
+            if resume.completed > 0 {
+                eprintln!(
+                    "resuming after round {} from {}",
+                    resume.completed,
+                    dir.display()
+                );
+            }
+            (
+                Coordinator::with_checkpoints(plan.run.clone(), limits, spec.clone(), store),
+                resume,
+            )
+        }
+        None => (
+            Coordinator::new(plan.run.clone(), limits, spec.clone()),
+            Resume::default(),
+        ),
+    };
     Ok(Prepared {
         coordinator,
         split,
-        spec,
+        resume,
+        strategy,
     })
 }
 
@@ -56,15 +100,19 @@ pub fn prepare(plan: &mut Plan, limits: Limits) -> Result<Prepared> {
 /// writing the outputs; the server stops once clients have heard the run is over.
 pub async fn host(
     plan: &Plan,
-    coordinator: Coordinator,
-    spec: ModelSpec,
-    test: Dataset,
+    prepared: Prepared,
     listener: TcpListener,
     outputs: &Outputs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunOutcome> {
-    let strategy = strategy::build(&plan.run, &spec)?;
-    let test = Arc::new(test);
+    let Prepared {
+        coordinator,
+        split,
+        resume,
+        strategy,
+        ..
+    } = prepared;
+    let test = Arc::new(split.test);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, coordinator.clone(), async move {
         let _ = server_stopped.await;
@@ -72,6 +120,7 @@ pub async fn host(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let clustering = matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. });
     let bar = progress_bar(plan.run.rounds, outputs.quiet);
+    bar.set_position(u64::from(resume.completed));
     let printer = {
         let bar = bar.clone();
         let quiet = outputs.quiet;
@@ -84,7 +133,7 @@ pub async fn host(
         })
     };
     let outcome = coordinator
-        .run(strategy, test, Resume::default(), Some(tx), shutdown)
+        .run(strategy, test, resume, Some(tx), shutdown)
         .await;
     let _ = printer.await;
     bar.finish_and_clear();

@@ -1,11 +1,15 @@
 //! One edge client: join, then pull tasks (the pull loop is the heartbeat), work on local data
 //! off the runtime, push the update; leave when the run ends. Lost connections are retried with
-//! jittered backoff under the same client id.
+//! jittered backoff under the same client id, and an update whose push broke is kept and
+//! delivered after the reconnect ([`crate::forward`]). A simulated fleet can also inject seeded
+//! faults ([`crate::faults`]).
 
 use crate::backoff::Backoff;
 use crate::cache::GlobalCache;
 use crate::connection::Fleet;
 use crate::error::{ClientError, Result};
+use crate::faults::{Fault, Faults, fault_for};
+use crate::forward::{Disposition, KeptUpdate, disposition, retryable};
 use crate::work::{LocalUpdate, run_task};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
@@ -15,6 +19,7 @@ use shoal_proto::v1::{
 };
 use shoal_proto::{DEFAULT_CHUNK_BYTES, encode_chunks};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -51,12 +56,47 @@ impl Default for ClientOptions {
 /// What a client did over a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Updates the coordinator accepted.
+    /// Updates the coordinator accepted (redelivered ones included).
     pub accepted: u32,
     /// Updates it refused (late, stale round...).
     pub refused: u32,
     /// Times the client reconnected.
     pub reconnects: u32,
+    /// Kept updates delivered after a reconnect (store-and-forward).
+    pub redelivered: u32,
+    /// Kept updates dropped after a reconnect because their round was over for this client.
+    pub dropped_stale: u32,
+    /// Simulated dropouts: tasks taken and never answered.
+    pub dropouts: u32,
+    /// Simulated stragglers: pushes held back.
+    pub straggles: u32,
+    /// Simulated crashes: tasks dropped, then silence, then a fresh join.
+    pub crashes: u32,
+}
+
+impl ClientStats {
+    /// Adds `other` into `self`, for fleet totals.
+    pub fn add(&mut self, other: &ClientStats) {
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.reconnects += other.reconnects;
+        self.redelivered += other.redelivered;
+        self.dropped_stale += other.dropped_stale;
+        self.dropouts += other.dropouts;
+        self.straggles += other.straggles;
+        self.crashes += other.crashes;
+    }
+}
+
+/// What the pull loop does after a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Pull the next task.
+    Pull,
+    /// Join again first (after a simulated crash).
+    Rejoin,
+    /// Shutdown resolved during a simulated delay.
+    Stop,
 }
 
 /// An edge client holding its local partition.
@@ -69,6 +109,9 @@ pub struct EdgeClient {
     cpu: Arc<Semaphore>,
     options: ClientOptions,
     chunk_bytes: usize,
+    faults: Faults,
+    /// The round of the last task, and how many tasks of that round came before it.
+    last_task: Option<(u32, u32)>,
 }
 
 impl EdgeClient {
@@ -90,7 +133,16 @@ impl EdgeClient {
             cpu,
             options,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            faults: Faults::default(),
+            last_task: None,
         }
+    }
+
+    /// The same client, suffering `faults` (simulation only), drawn from the seed in its
+    /// options.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The client's stable id.
@@ -106,42 +158,43 @@ impl EdgeClient {
         let rng = rng_for(self.options.seed, &[BACKOFF_STREAM, client_key(&self.id)]);
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_cap, rng);
         let mut joined = false;
+        let mut kept: Option<KeptUpdate> = None;
         let mut unreachable_since: Option<Instant> = None;
         loop {
-            let step = async {
-                if !joined {
-                    self.join().await?;
-                }
-                self.pull().await.map(Some)
-            };
             let outcome = tokio::select! {
-                r = step => r,
+                r = self.step(joined, &mut kept, &mut stats) => r,
                 () = &mut shutdown => {
-                    let _ = self.fleet.leave(LeaveRequest { client_id: self.id.clone() }).await;
+                    self.leave().await;
                     return Ok(stats);
                 }
             };
-            match outcome {
-                Ok(Some(reply)) => {
+            let next = match outcome {
+                Ok(reply) => {
                     joined = true;
                     unreachable_since = None;
                     backoff.reset();
                     match reply {
-                        Reply::Task(task) => self.handle(task, &mut stats).await,
-                        Reply::Wait(_) => {}
+                        Reply::Task(task) => {
+                            self.handle(task, &mut kept, &mut stats, &mut shutdown)
+                                .await
+                        }
+                        Reply::Wait(_) => Ok(Next::Pull),
                         Reply::Finished(f) => {
                             info!(client = %self.id, reason = %f.reason, "run finished");
-                            let _ = self
-                                .fleet
-                                .leave(LeaveRequest {
-                                    client_id: self.id.clone(),
-                                })
-                                .await;
+                            self.leave().await;
                             return Ok(stats);
                         }
                     }
                 }
-                Ok(None) => {}
+                Err(err) => Err(err),
+            };
+            match next {
+                Ok(Next::Pull) => {}
+                Ok(Next::Rejoin) => joined = false,
+                Ok(Next::Stop) => {
+                    self.leave().await;
+                    return Ok(stats);
+                }
                 Err(ClientError::Refused(status)) if status.code() == Code::NotFound => {
                     // The coordinator does not know us (it restarted): join again.
                     joined = false;
@@ -163,6 +216,63 @@ impl EdgeClient {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// One turn of the loop: join if needed, deliver a kept update if there is one, then pull.
+    async fn step(
+        &mut self,
+        joined: bool,
+        kept: &mut Option<KeptUpdate>,
+        stats: &mut ClientStats,
+    ) -> Result<Reply> {
+        if !joined {
+            self.join().await?;
+        }
+        if let Some(update) = kept.take() {
+            self.redeliver(update, kept, stats).await?;
+        }
+        self.pull().await
+    }
+
+    /// Tries a kept update once more: on another broken push it is kept again (and the error
+    /// returned, to reconnect); on a refusal it is dropped.
+    async fn redeliver(
+        &mut self,
+        update: KeptUpdate,
+        kept: &mut Option<KeptUpdate>,
+        stats: &mut ClientStats,
+    ) -> Result<()> {
+        let result = self.push(&update.fence, &update.update).await;
+        let fence = &update.fence;
+        match disposition(&result) {
+            Disposition::Delivered => {
+                stats.accepted += 1;
+                stats.redelivered += 1;
+                info!(client = %self.id, %fence, "kept update delivered after reconnecting");
+            }
+            Disposition::Keep => {
+                *kept = Some(update);
+                return result;
+            }
+            Disposition::Stale => {
+                stats.dropped_stale += 1;
+                info!(client = %self.id, %fence, error = ?result.err(), "kept update dropped: its round is over");
+            }
+            Disposition::Refused => {
+                stats.refused += 1;
+                warn!(client = %self.id, %fence, error = ?result.err(), "kept update refused");
+            }
+        }
+        Ok(())
+    }
+
+    async fn leave(&mut self) {
+        let _ = self
+            .fleet
+            .leave(LeaveRequest {
+                client_id: self.id.clone(),
+            })
+            .await;
     }
 
     async fn join(&mut self) -> Result<()> {
@@ -193,22 +303,82 @@ impl EdgeClient {
             .ok_or_else(|| ClientError::BadTask("empty pull reply".into()))
     }
 
-    /// Fetches, works, pushes. Failures are logged and counted; the loop goes on.
-    async fn handle(&mut self, task: Task, stats: &mut ClientStats) {
+    /// Fetches, works, pushes, with any simulated fault of this round. Failures of the work or
+    /// refusals are logged and counted; a broken push keeps the update in `kept` and returns
+    /// the error so the loop reconnects.
+    async fn handle<F: Future<Output = ()>>(
+        &mut self,
+        task: Task,
+        kept: &mut Option<KeptUpdate>,
+        stats: &mut ClientStats,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Result<Next> {
         let Some(fence) = task.fence.clone() else {
             warn!(client = %self.id, "task without fence ignored");
-            return;
+            return Ok(Next::Pull);
         };
-        match self.work(task, &fence).await {
-            Ok(update) => match self.push(&fence, update).await {
-                Ok(()) => stats.accepted += 1,
-                Err(err) => {
-                    stats.refused += 1;
-                    debug!(client = %self.id, %fence, error = %err, "update not accepted");
+        let fault = self.fault(&fence);
+        match fault {
+            Some(Fault::Crash(downtime)) => {
+                stats.crashes += 1;
+                info!(client = %self.id, %fence, ?downtime, "simulated crash");
+                if sleep_or(downtime, shutdown).await {
+                    return Ok(Next::Stop);
                 }
-            },
-            Err(err) => warn!(client = %self.id, %fence, error = %err, "task failed"),
+                return Ok(Next::Rejoin);
+            }
+            Some(Fault::Dropout) => {
+                stats.dropouts += 1;
+                debug!(client = %self.id, %fence, "simulated dropout: update not delivered");
+                return Ok(Next::Pull);
+            }
+            Some(Fault::Straggle(_)) | None => {}
         }
+        let update = match self.work(task, &fence).await {
+            Ok(update) => update,
+            Err(err) => {
+                warn!(client = %self.id, %fence, error = %err, "task failed");
+                return Ok(Next::Pull);
+            }
+        };
+        if let Some(Fault::Straggle(delay)) = fault {
+            stats.straggles += 1;
+            debug!(client = %self.id, %fence, ?delay, "simulated straggler");
+            if sleep_or(delay, shutdown).await {
+                return Ok(Next::Stop);
+            }
+        }
+        let result = self.push(&fence, &update).await;
+        match disposition(&result) {
+            Disposition::Delivered => stats.accepted += 1,
+            Disposition::Keep => {
+                debug!(client = %self.id, %fence, "push broke; keeping the update");
+                *kept = Some(KeptUpdate { fence, update });
+                // An error here: hand it to the loop, which reconnects.
+                return result.map(|()| Next::Pull);
+            }
+            Disposition::Stale | Disposition::Refused => {
+                stats.refused += 1;
+                debug!(client = %self.id, %fence, error = ?result.err(), "update not accepted");
+            }
+        }
+        Ok(Next::Pull)
+    }
+
+    /// The simulated fault, if any, for this task: the `nth` task of a round draws the `nth`
+    /// decision of its stream, so a retried round is not doomed to repeat its faults.
+    fn fault(&mut self, fence: &Fence) -> Option<Fault> {
+        let nth = match &mut self.last_task {
+            Some((round, nth)) if *round == fence.round => {
+                *nth += 1;
+                *nth
+            }
+            slot => {
+                *slot = Some((fence.round, 0));
+                0
+            }
+        };
+        fault_for(&self.faults, self.options.seed, fence.round, &self.id, nth)
     }
 
     async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {
@@ -228,14 +398,18 @@ impl EdgeClient {
             .map_err(|e| ClientError::Worker(e.to_string()))?
     }
 
-    async fn push(&mut self, fence: &Fence, update: LocalUpdate) -> Result<()> {
+    async fn push(&mut self, fence: &Fence, update: &LocalUpdate) -> Result<()> {
         let header = UpdateHeader {
             client_id: self.id.clone(),
             fence: Some(fence.clone()),
             num_examples: update.num_examples,
             payload_len: update.payload.len() as u64,
-            counts: update.counts,
-            metrics: update.metrics.into_iter().collect(),
+            counts: update.counts.clone(),
+            metrics: update
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         };
         let mut parts = vec![UpdatePart {
             part: Some(Part::Header(header)),
@@ -250,14 +424,10 @@ impl EdgeClient {
     }
 }
 
-/// Errors worth reconnecting for: the transport broke or the coordinator is restarting.
-fn retryable(err: &ClientError) -> bool {
-    match err {
-        ClientError::Transport(_) => true,
-        ClientError::Refused(s) => matches!(
-            s.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-        ),
-        _ => false,
+/// Sleeps for `delay` unless `shutdown` resolves first; true if it did.
+async fn sleep_or<F: Future<Output = ()>>(delay: Duration, shutdown: &mut Pin<&mut F>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = shutdown.as_mut() => true,
     }
 }

@@ -5,6 +5,7 @@ use crate::cache::GlobalCache;
 use crate::connection::{channel, fleet_client};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
+use crate::faults::Faults;
 use shoal_datasets::Dataset;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct FleetConfig {
     pub concurrency: usize,
     /// Per-client behaviour.
     pub options: ClientOptions,
+    /// Simulated faults, drawn from `options.seed` per (client, round) [default: none].
+    pub faults: Faults,
 }
 
 impl FleetConfig {
@@ -32,6 +35,7 @@ impl FleetConfig {
             channels: 4,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             options: ClientOptions::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -72,7 +76,8 @@ pub async fn run_fleet(
             cache.clone(),
             cpu.clone(),
             config.options.clone(),
-        );
+        )
+        .with_faults(config.faults.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let id = client.id().to_owned();
@@ -88,9 +93,7 @@ pub async fn run_fleet(
         match outcome {
             Ok(stats) => {
                 report.finished += 1;
-                report.totals.accepted += stats.accepted;
-                report.totals.refused += stats.refused;
-                report.totals.reconnects += stats.reconnects;
+                report.totals.add(&stats);
             }
             Err(err) => {
                 report.failed += 1;

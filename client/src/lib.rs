@@ -6,9 +6,12 @@ pub mod cache;
 pub mod connection;
 pub mod edge;
 mod error;
+pub mod faults;
 pub mod fleet;
+pub mod forward;
 pub mod work;
 
 pub use edge::{ClientOptions, ClientStats, EdgeClient};
 pub use error::{ClientError, Result};
+pub use faults::{Fault, Faults};
 pub use fleet::{FleetConfig, FleetReport, run_fleet};

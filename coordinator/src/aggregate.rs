@@ -119,8 +119,8 @@ impl ExactSum {
         self.folded
     }
 
-    /// Adds `weight · values`, after validating both; on error nothing changes.
-    pub fn fold(&mut self, weight: u64, values: &[f32]) -> Result<(), AggregateError> {
+    /// Checks that `weight · values` could be folded in; returns its magnitude bound.
+    pub fn check(&self, weight: u64, values: &[f32]) -> Result<f64, AggregateError> {
         let max_abs = validate(values, self.len())?;
         if weight == 0 || weight > MAX_WEIGHT {
             return Err(AggregateError::BadWeight(weight));
@@ -129,6 +129,12 @@ impl ExactSum {
         if self.magnitude + magnitude >= RANGE_LIMIT {
             return Err(AggregateError::OutOfRange(magnitude));
         }
+        Ok(magnitude)
+    }
+
+    /// Adds `weight · values`, after validating both; on error nothing changes.
+    pub fn fold(&mut self, weight: u64, values: &[f32]) -> Result<(), AggregateError> {
+        let magnitude = self.check(weight, values)?;
         self.magnitude += magnitude;
         self.fold_unchecked(weight as f64, values);
         self.total_weight += weight;

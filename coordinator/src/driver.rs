@@ -4,11 +4,13 @@
 //! A round that closes below quorum is retried with a fresh selection; after `max_retries`
 //! failed attempts the run stops with a clear error rather than waiting forever.
 
+use crate::checkpoint::Checkpoint;
 use crate::engine::{Coordinator, Phase};
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::{RoundRecord, RunSummary, sha256_f32};
-use crate::results::{RoundAccumulator, RoundResults};
-use crate::round::{OpenRound, close, lock};
+use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::round::{OpenRound, RoundSink, SharedAccumulator, close, fold, lock};
+use crate::round_log::{LoggedRound, RoundLog, RoundOpened};
 use crate::selection::{round_size, select};
 use crate::strategy::{Metrics, Strategy, TaskPlan};
 use shoal_datasets::Dataset;
@@ -37,6 +39,8 @@ pub struct Resume {
     pub completed: u32,
     /// Their records.
     pub records: Vec<RoundRecord>,
+    /// Updates the next round had accepted before a crash.
+    pub replay: Option<LoggedRound>,
 }
 
 impl Coordinator {
@@ -54,6 +58,7 @@ impl Coordinator {
         let config = self.shared.config.clone();
         let started = Instant::now();
         let mut records = resume.records;
+        let mut replay = resume.replay;
         let mut stop_reason = "all rounds completed".to_string();
         let mut round = resume.completed + 1;
         while round <= config.rounds {
@@ -63,7 +68,7 @@ impl Coordinator {
             }
             let round_started = Instant::now();
             let (results, selected, attempts) = tokio::select! {
-                r = self.collect_round(strategy.as_ref(), round) => match r {
+                r = self.collect_round(strategy.as_ref(), round, replay.take()) => match r {
                     Ok(r) => r,
                     Err(e) => { self.finish(&e.to_string()); return Err(e); }
                 },
@@ -109,6 +114,7 @@ impl Coordinator {
                 let _ = tx.send(record.clone());
             }
             records.push(record);
+            strategy = self.checkpoint(strategy, round, &records).await?;
             round += 1;
         }
         self.finish(&stop_reason);
@@ -134,29 +140,41 @@ impl Coordinator {
     }
 
     /// Runs attempts of `round` until one reaches quorum; returns its results, the number of
-    /// clients asked, and the attempts used.
+    /// clients asked, and the attempts used. A replayed log resumes its attempt where it was.
     async fn collect_round(
         &self,
         strategy: &dyn Strategy,
         round: u32,
+        mut replay: Option<LoggedRound>,
     ) -> Result<(RoundResults, usize, u32)> {
         let config = &self.shared.config;
         let quorum = config.selection.min_clients.max(1);
-        for attempt in 0..=config.max_retries {
-            let available = self
-                .wait_for_clients(quorum.max(config.selection.min_available))
-                .await;
-            let sel = &config.selection;
-            let (wanted, asked) = round_size(
-                available.len(),
-                sel.clients_per_round,
-                sel.fraction,
-                sel.min_clients,
-                sel.over_select,
-            );
-            let selected = select(&available, asked, config.seed, round, attempt);
+        let first = replay.as_ref().map_or(0, |l| l.opened.attempt);
+        for attempt in first..=config.max_retries {
+            let (selected, wanted, logged) = match replay.take() {
+                Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
+                None => {
+                    let needed = quorum.max(config.selection.min_available);
+                    let available = self.wait_for_clients(needed).await;
+                    let sel = &config.selection;
+                    let (wanted, asked) = round_size(
+                        available.len(),
+                        sel.clients_per_round,
+                        sel.fraction,
+                        sel.min_clients,
+                        sel.over_select,
+                    );
+                    (
+                        select(&available, asked, config.seed, round, attempt),
+                        wanted,
+                        Vec::new(),
+                    )
+                }
+            };
             let plan = strategy.plan(round);
-            let accumulator = Arc::new(Mutex::new(Some(RoundAccumulator::new(&plan))));
+            let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
+            let accumulator = Arc::new(Mutex::new(Some(sink)));
+            let kept = self.replay_updates(&accumulator, round, logged);
             self.open(
                 round,
                 plan,
@@ -164,16 +182,12 @@ impl Coordinator {
                 &selected,
                 wanted,
                 accumulator.clone(),
+                kept,
             );
             self.wait_for_updates().await;
-            let results = {
-                let mut state = lock(&self.shared.state);
-                state.phase = Phase::Idle;
-                drop(state);
-                close(&accumulator)
-            };
-            let results =
-                results.ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
+            lock(&self.shared.state).phase = Phase::Idle;
+            let results = close(&accumulator)
+                .ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
             if results.contributors() >= quorum {
                 return Ok((results, selected.len(), attempt + 1));
             }
@@ -192,6 +206,98 @@ impl Coordinator {
         })
     }
 
+    /// The round's sink: an accumulator, plus a fresh round log if the run is checkpointed.
+    fn sink(
+        &self,
+        plan: &TaskPlan,
+        round: u32,
+        attempt: u32,
+        selected: &[String],
+        wanted: usize,
+    ) -> Result<RoundSink> {
+        let log = match &self.shared.checkpoints {
+            Some(store) => Some(RoundLog::create(
+                store.dir(),
+                RoundOpened {
+                    round,
+                    attempt,
+                    epoch: self.shared.epoch,
+                    selected: selected.to_vec(),
+                    wanted,
+                },
+            )?),
+            None => None,
+        };
+        Ok(RoundSink {
+            accumulator: RoundAccumulator::new(plan),
+            log,
+        })
+    }
+
+    /// Folds updates from a crashed incarnation's log into the round about to reopen; returns
+    /// the clients they came from, so only the others are asked.
+    fn replay_updates(
+        &self,
+        accumulator: &SharedAccumulator,
+        round: u32,
+        updates: Vec<ClientUpdate>,
+    ) -> Vec<String> {
+        let fence = shoal_proto::v1::Fence::at(&self.shared.run_id, self.shared.epoch, round);
+        let mut kept = Vec::new();
+        for update in updates {
+            let id = update.client_id.clone();
+            match fold(accumulator, update, &fence) {
+                Ok(_) => kept.push(id),
+                Err(e) => warn!(client = %id, error = %e, "logged update not replayed"),
+            }
+        }
+        if !kept.is_empty() {
+            info!(
+                round,
+                updates = kept.len(),
+                "kept updates from the round log"
+            );
+        }
+        kept
+    }
+
+    /// Writes the checkpoint of a completed round (off the runtime) and retires its log.
+    async fn checkpoint(
+        &self,
+        strategy: Box<dyn Strategy>,
+        round: u32,
+        records: &[RoundRecord],
+    ) -> Result<Box<dyn Strategy>> {
+        let Some(store) = self.shared.checkpoints.clone() else {
+            return Ok(strategy);
+        };
+        let config = &self.shared.config;
+        let config_json = serde_json::to_string(config)
+            .map_err(|e| CoordinatorError::Checkpoint(format!("encode config: {e}")))?;
+        let mut checkpoint = Checkpoint {
+            config_hash: config.hash(),
+            config_json,
+            round,
+            epoch: self.shared.epoch,
+            strategy: strategy.name().to_string(),
+            strategy_state: Vec::new(),
+            records: records.to_vec(),
+            written_unix_ms: unix_ms(),
+        };
+        let (strategy, written) = tokio::task::spawn_blocking(move || {
+            let written = strategy.snapshot().and_then(|state| {
+                checkpoint.strategy_state = state;
+                store.write(&checkpoint)?;
+                RoundLog::remove(store.dir())
+            });
+            (strategy, written)
+        })
+        .await
+        .map_err(|e| CoordinatorError::Checkpoint(format!("checkpoint task failed: {e}")))?;
+        written?;
+        Ok(strategy)
+    }
+
     /// Waits until at least `needed` clients are available; returns them sorted.
     async fn wait_for_clients(&self, needed: usize) -> Vec<String> {
         loop {
@@ -206,6 +312,7 @@ impl Coordinator {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         round: u32,
@@ -213,7 +320,8 @@ impl Coordinator {
         global: &[f32],
         selected: &[String],
         wanted: usize,
-        accumulator: crate::round::SharedAccumulator,
+        accumulator: SharedAccumulator,
+        done: Vec<String>,
     ) {
         let shared = &self.shared;
         let config = &shared.config;
@@ -259,9 +367,9 @@ impl Coordinator {
             task,
             global: Arc::new(global.to_vec()),
             selected: selected.iter().cloned().collect(),
-            tasked: Default::default(),
+            tasked: done.iter().cloned().collect(),
             in_flight: Default::default(),
-            delivered: Default::default(),
+            delivered: done.into_iter().collect(),
             wanted: wanted.min(selected.len()),
             deadline: tokio::time::Instant::now() + config.round_timeout(),
             accumulator,
@@ -303,4 +411,10 @@ fn client_averages(results: &RoundResults) -> Metrics {
         }
     }
     out
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

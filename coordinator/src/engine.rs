@@ -5,6 +5,7 @@
 //! short-held mutex; the expensive part of an update (folding it in) runs on a blocking thread
 //! against the round's own accumulator, so heartbeats never wait behind arithmetic.
 
+use crate::checkpoint::CheckpointStore;
 use crate::config::{Limits, RunConfig};
 use crate::error::{CoordinatorError, Result};
 use crate::registry::{Registry, check_client_id};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) changed: watch::Sender<u64>,
     /// Signalled when an update lands or a client joins: wakes the round driver.
     pub(crate) progress: Notify,
+    /// Where checkpoints and the round log go, if the run is checkpointed.
+    pub(crate) checkpoints: Option<CheckpointStore>,
 }
 
 /// Handle to a running coordinator; clones share the same state.
@@ -63,8 +66,28 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator for `config`, training models shaped by `spec`.
+    /// A coordinator for `config`, training models shaped by `spec`, keeping nothing on disk.
     pub fn new(config: RunConfig, limits: Limits, spec: ModelSpec) -> Self {
+        Self::build(config, limits, spec, None)
+    }
+
+    /// A coordinator that checkpoints every round and logs accepted updates to `store`, so a
+    /// restart on the same directory carries the run on (see [`crate::recovery`]).
+    pub fn with_checkpoints(
+        config: RunConfig,
+        limits: Limits,
+        spec: ModelSpec,
+        store: CheckpointStore,
+    ) -> Self {
+        Self::build(config, limits, spec, Some(store))
+    }
+
+    fn build(
+        config: RunConfig,
+        limits: Limits,
+        spec: ModelSpec,
+        checkpoints: Option<CheckpointStore>,
+    ) -> Self {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -83,6 +106,7 @@ impl Coordinator {
                 }),
                 changed,
                 progress: Notify::new(),
+                checkpoints,
             }),
         }
     }

@@ -5,22 +5,27 @@
 //! → [`strategy`] (algorithms) → [`aggregate`] (pure maths).
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod config;
 pub mod driver;
 pub mod engine;
 mod error;
 pub mod metrics;
+pub mod recovery;
 pub mod registry;
 pub mod results;
 pub mod round;
+pub mod round_log;
 pub mod selection;
 pub mod server;
 pub mod service;
 pub mod strategy;
 
+pub use checkpoint::CheckpointStore;
 pub use config::{Limits, RunConfig, StrategyConfig};
 pub use driver::{Resume, RunOutcome};
 pub use engine::Coordinator;
 pub use error::{CoordinatorError, Result};
 pub use metrics::{RoundRecord, RunSummary};
+pub use recovery::recover;
 pub use server::serve;

@@ -5,7 +5,7 @@ use crate::strategy::{FoldMode, TaskPlan};
 use std::collections::BTreeMap;
 
 /// One client's contribution to a round, after transport decoding.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientUpdate {
     /// Stable id of the client.
     pub client_id: String,
@@ -61,8 +61,9 @@ impl RoundAccumulator {
         self.reports.len()
     }
 
-    /// Folds in one update; on error nothing changes.
-    pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
+    /// Checks everything about `update` that [`RoundAccumulator::accept`] would, changing
+    /// nothing: a checked update is then accepted without error.
+    pub fn check(&self, update: &ClientUpdate) -> Result<(), AggregateError> {
         if update.counts.len() != self.counts_len {
             return Err(AggregateError::WrongLength {
                 got: update.counts.len(),
@@ -81,22 +82,33 @@ impl RoundAccumulator {
                 });
             }
         }
-        let mut counts = self.counts.clone();
-        for (total, c) in counts.iter_mut().zip(&update.counts) {
-            *total = total
+        for (total, c) in self.counts.iter().zip(&update.counts) {
+            total
                 .checked_add(*c)
                 .ok_or(AggregateError::OutOfRange(*c as f64))?;
         }
-        match &mut self.sum {
-            Some(sum) => sum.fold(
-                if self.weighted { update.weight } else { 1 },
-                &update.payload,
-            )?,
-            None => {
-                validate(&update.payload, self.update_len)?;
-            }
+        match &self.sum {
+            Some(sum) => sum
+                .check(self.weight_of(update), &update.payload)
+                .map(|_| ()),
+            None => validate(&update.payload, self.update_len).map(|_| ()),
         }
-        self.counts = counts;
+    }
+
+    fn weight_of(&self, update: &ClientUpdate) -> u64 {
+        if self.weighted { update.weight } else { 1 }
+    }
+
+    /// Folds in one update; on error nothing changes.
+    pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
+        self.check(&update)?;
+        for (total, c) in self.counts.iter_mut().zip(&update.counts) {
+            *total += *c;
+        }
+        let weight = self.weight_of(&update);
+        if let Some(sum) = &mut self.sum {
+            sum.fold(weight, &update.payload)?;
+        }
         self.reports.insert(
             update.client_id.clone(),
             ClientReport {

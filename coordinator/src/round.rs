@@ -5,14 +5,25 @@
 
 use crate::error::{CoordinatorError, Result};
 use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::round_log::{LogRecord, RoundLog};
 use crate::strategy::TaskPlan;
 use shoal_proto::v1::{Fence, Task};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
-/// The accumulator of a round, shared by concurrent folds; `None` once the round closed.
-pub type SharedAccumulator = Arc<Mutex<Option<RoundAccumulator>>>;
+/// Where a round's accepted updates go: the running aggregate and, when the run is
+/// checkpointed, the write-ahead log that lets a restarted coordinator keep them.
+#[derive(Debug)]
+pub struct RoundSink {
+    /// The running aggregate.
+    pub accumulator: RoundAccumulator,
+    /// The round's log, if the run is checkpointed.
+    pub log: Option<RoundLog>,
+}
+
+/// The sink of a round, shared by concurrent folds; `None` once the round closed.
+pub type SharedAccumulator = Arc<Mutex<Option<RoundSink>>>;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,15 +100,22 @@ impl OpenRound {
 /// Fails with a stale-fence error if the round closed meanwhile.
 pub fn fold(accumulator: &SharedAccumulator, update: ClientUpdate, fence: &Fence) -> Result<usize> {
     let mut guard = lock(accumulator);
-    let acc = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
+    let sink = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
         got: fence.to_string(),
         open: "none (round closed)".into(),
     })?;
-    acc.accept(update)?;
-    Ok(acc.accepted())
+    // Validate, then make it durable, then fold: a logged update always folds cleanly.
+    sink.accumulator.check(&update)?;
+    if let Some(log) = &mut sink.log {
+        log.append(&LogRecord::Update(update.clone()))?;
+    }
+    sink.accumulator.accept(update)?;
+    Ok(sink.accumulator.accepted())
 }
 
 /// Closes the accumulator: waits for folds in progress, then takes the results.
 pub fn close(accumulator: &SharedAccumulator) -> Option<RoundResults> {
-    lock(accumulator).take().map(RoundAccumulator::finish)
+    lock(accumulator)
+        .take()
+        .map(|sink| sink.accumulator.finish())
 }

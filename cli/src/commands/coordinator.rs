@@ -1,6 +1,6 @@
 //! `shoal coordinator`: serve a run to clients that dial in from other processes or machines.
 
-use crate::host::{Outputs, Prepared, ctrl_c, host, prepare};
+use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
 use crate::options::RunOptions;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,6 +18,8 @@ pub struct CoordinatorCmd {
     options: RunOptions,
     #[command(flatten)]
     outputs: Outputs,
+    #[command(flatten)]
+    durability: Durability,
     /// Longest a client's pull is held open, in seconds.
     #[arg(long, default_value_t = 10.0)]
     poll_timeout: f64,
@@ -47,30 +49,17 @@ impl CoordinatorCmd {
             max_update_values: self.max_update_values,
             ..Limits::default()
         };
-        let Prepared {
-            coordinator,
-            split,
-            spec,
-        } = prepare(&mut plan, limits)?;
+        let prepared = prepare(&mut plan, limits, &self.durability)?;
         let listener = TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
         eprintln!(
             "coordinator listening on {} (run {}, waiting for {} clients)",
             listener.local_addr()?,
-            coordinator.run_id(),
+            prepared.coordinator.run_id(),
             plan.run.selection.min_available
         );
-        host(
-            &plan,
-            coordinator,
-            spec,
-            split.test,
-            listener,
-            &self.outputs,
-            ctrl_c(),
-        )
-        .await?;
+        host(&plan, prepared, listener, &self.outputs, ctrl_c()).await?;
         Ok(())
     }
 }

@@ -1,0 +1,127 @@
+//! Store-and-forward: what a client does with a finished update once it knows how its push
+//! went.
+//!
+//! An update whose push broke on the way (transport down, coordinator restarting) is kept, and
+//! delivered once more after the client has joined again, before it pulls new work (DESIGN.md,
+//! "Checkpoints and recovery"). If the coordinator then refuses it (round closed, stale fence,
+//! already delivered, not selected) it is dropped and the client goes on with the next task.
+//! The decision is a pure function of the push result, so it is tested without a network.
+
+use crate::error::ClientError;
+use crate::work::LocalUpdate;
+use shoal_proto::v1::Fence;
+use tonic::Code;
+
+/// A finished update that could not be delivered yet, with the fence of its round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptUpdate {
+    /// The round the update belongs to.
+    pub fence: Fence,
+    /// The update itself.
+    pub update: LocalUpdate,
+}
+
+/// What to do with an update after a push attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The coordinator accepted it.
+    Delivered,
+    /// The push never reached a verdict: keep the update, reconnect, and try again.
+    Keep,
+    /// The coordinator refused it because its round is over for this client (closed or
+    /// foreign round, already delivered, not selected): drop it.
+    Stale,
+    /// The coordinator refused it for another reason (malformed, too large...): drop it.
+    Refused,
+}
+
+/// Decides the fate of an update from the result of pushing it.
+pub fn disposition(result: &Result<(), ClientError>) -> Disposition {
+    let Err(err) = result else {
+        return Disposition::Delivered;
+    };
+    if retryable(err) {
+        return Disposition::Keep;
+    }
+    match err {
+        // The coordinator forgot us (it restarted): join again, then try once more.
+        ClientError::Refused(s) if s.code() == Code::NotFound => Disposition::Keep,
+        ClientError::Refused(s)
+            if matches!(
+                s.code(),
+                Code::FailedPrecondition | Code::AlreadyExists | Code::PermissionDenied
+            ) =>
+        {
+            Disposition::Stale
+        }
+        _ => Disposition::Refused,
+    }
+}
+
+/// Errors worth reconnecting for: the transport broke or the coordinator is restarting.
+pub fn retryable(err: &ClientError) -> bool {
+    match err {
+        ClientError::Transport(_) => true,
+        ClientError::Refused(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    fn refused(code: Code) -> Result<(), ClientError> {
+        Err(ClientError::Refused(Status::new(code, "test")))
+    }
+
+    #[test]
+    fn accepted_updates_are_delivered() {
+        assert_eq!(disposition(&Ok(())), Disposition::Delivered);
+    }
+
+    #[test]
+    fn broken_pushes_are_kept_for_after_the_reconnect() {
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+        ] {
+            assert_eq!(disposition(&refused(code)), Disposition::Keep, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_for_a_finished_round_drop_the_update() {
+        for code in [
+            Code::FailedPrecondition,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+        ] {
+            assert_eq!(disposition(&refused(code)), Disposition::Stale, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn other_refusals_and_local_errors_drop_the_update() {
+        for code in [
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::Internal,
+        ] {
+            assert_eq!(
+                disposition(&refused(code)),
+                Disposition::Refused,
+                "{code:?}"
+            );
+        }
+        let local = Err(ClientError::BadTask("x".into()));
+        assert_eq!(disposition(&local), Disposition::Refused);
+    }
+}

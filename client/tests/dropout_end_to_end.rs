@@ -1,0 +1,105 @@
+//! A simulated fleet with seeded dropouts against a real coordinator on 127.0.0.1:0: every
+//! round still closes, rounds that lost clients close at their deadline, and the model learns.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use shoal_client::faults::fault_for;
+use shoal_client::{Faults, FleetConfig, run_fleet};
+use shoal_coordinator::config::SelectionConfig;
+use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, serve, strategy};
+use shoal_datasets::{DatasetSource, Partition, load, partition};
+use shoal_models::{ModelKind, ModelSpec};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_clients_dropping_out_slows_rounds_but_every_round_closes() {
+    let split = load(&DatasetSource::Digits, 0.2, 0).unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("client-{i:05}")).collect();
+    let clients: Vec<_> = partition(
+        &split.train.labels,
+        split.train.num_classes,
+        10,
+        &Partition::Iid,
+        0,
+    )
+    .unwrap()
+    .iter()
+    .zip(&ids)
+    .map(|(idx, id)| (id.clone(), split.train.subset(idx).unwrap()))
+    .collect();
+    let timeout = Duration::from_secs(2);
+    let mut config = RunConfig {
+        rounds: 10,
+        selection: SelectionConfig {
+            clients_per_round: None,
+            fraction: 1.0,
+            min_clients: 2,
+            over_select: 1.0,
+            min_available: 10,
+        },
+        round_timeout_ms: timeout.as_millis() as u64,
+        ..RunConfig::default()
+    };
+    config.fit.epochs = 5;
+    config.fit.lr = 0.1;
+    let spec = ModelSpec::for_dataset("mlp".parse::<ModelKind>().unwrap(), &split.train);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let strategy = strategy::build(&config, &spec).unwrap();
+    let coordinator = Coordinator::new(config.clone(), Limits::default(), spec);
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, coordinator.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let driver = coordinator.clone();
+    let test = Arc::new(split.test);
+    let run = tokio::spawn(async move {
+        driver
+            .run(
+                strategy,
+                test,
+                Resume::default(),
+                None,
+                std::future::pending(),
+            )
+            .await
+    });
+
+    let faults = Faults {
+        dropout: 0.5,
+        ..Faults::default()
+    };
+    let mut fleet = FleetConfig::new(url);
+    fleet.channels = 10;
+    fleet.options.seed = config.seed;
+    fleet.faults = faults.clone();
+    let fleet = tokio::spawn(run_fleet(fleet, clients, std::future::pending()));
+
+    let outcome = run.await.unwrap().unwrap();
+    coordinator.drain(Duration::from_secs(5)).await;
+    let _ = stop_server.send(());
+    let report = fleet.await.unwrap().unwrap();
+
+    assert_eq!(outcome.records.len(), 10, "every round closes");
+    assert_eq!(report.finished, 10);
+    assert!(report.totals.dropouts > 0);
+    for record in &outcome.records {
+        assert!(record.clients >= 2, "{record:?}");
+        if record.attempts == 1 {
+            // The same draws the clients made: who vanished in this round is known in advance.
+            let survivors = ids
+                .iter()
+                .filter(|id| fault_for(&faults, config.seed, record.round, id, 0).is_none())
+                .count();
+            assert!(record.clients <= survivors, "{record:?}");
+        }
+        if record.clients < record.selected {
+            let secs = record.seconds;
+            assert!(secs >= 1.9 && secs < 6.0, "round took {secs}s: {record:?}");
+        }
+    }
+    let accuracy = outcome.summary.final_accuracy.unwrap();
+    assert!(accuracy >= 0.90, "accuracy {accuracy} after 10 rounds");
+}

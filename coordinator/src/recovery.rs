@@ -1,0 +1,60 @@
+//! Starting from a checkpoint directory: the newest usable checkpoint restores the strategy
+//! and the completed rounds; the round log, if it belongs to the next round, replays the
+//! updates that round had already accepted.
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::RunConfig;
+use crate::driver::Resume;
+use crate::error::{CoordinatorError, Result};
+use crate::round_log::RoundLog;
+use crate::strategy::Strategy;
+use tracing::{info, warn};
+
+/// Restores `strategy` from the newest usable checkpoint in `store` and returns where the run
+/// resumes. A checkpoint written under another config is refused unless `allow_config_change`.
+pub fn recover(
+    store: &CheckpointStore,
+    config: &RunConfig,
+    strategy: &mut dyn Strategy,
+    allow_config_change: bool,
+) -> Result<Resume> {
+    let mut resume = Resume::default();
+    if let Some(checkpoint) = store.latest()? {
+        if checkpoint.config_hash != config.hash() {
+            if !allow_config_change {
+                return Err(CoordinatorError::Config(format!(
+                    "the checkpoint in {} was written under a different run config (hash {}…, this run {}…); \
+                     use another --checkpoint-dir, or pass --allow-config-change to resume it under the new config",
+                    store.dir().display(),
+                    &checkpoint.config_hash[..12],
+                    &config.hash()[..12]
+                )));
+            }
+            warn!(dir = %store.dir().display(), "resuming a checkpoint written under a different config");
+        }
+        if checkpoint.strategy != strategy.name() {
+            return Err(CoordinatorError::Config(format!(
+                "the checkpoint holds a {} run, this run is {}",
+                checkpoint.strategy,
+                strategy.name()
+            )));
+        }
+        strategy.restore(&checkpoint.strategy_state)?;
+        resume.completed = checkpoint.round;
+        resume.records = checkpoint.records;
+        info!(round = checkpoint.round, "resumed from checkpoint");
+    }
+    match RoundLog::read(store.dir())? {
+        Some(logged) if logged.opened.round == resume.completed + 1 => {
+            info!(
+                round = logged.opened.round,
+                updates = logged.updates.len(),
+                "replaying the round log"
+            );
+            resume.replay = Some(logged);
+        }
+        Some(_) => RoundLog::remove(store.dir())?,
+        None => {}
+    }
+    Ok(resume)
+}
