@@ -104,6 +104,8 @@ impl BitSum {
 }
 
 type Limbs<'a> = (&'a mut [i64], &'a mut [i64]);
+/// Work on a part of the accumulator and the matching parts of a block's updates.
+type PartWork<'w> = dyn Fn(Limbs<'_>, &[&[f32]]) -> Result<(), AggregateError> + Sync + 'w;
 
 /// Runs `work` over the accumulator and the block's values, in two halves on two threads for
 /// large vectors (as `ExactSum` does).
@@ -111,7 +113,7 @@ fn run_split(
     hi: &mut [i64],
     lo: &mut [i64],
     block: &[(u64, &[f32])],
-    work: &(dyn Fn(Limbs<'_>, &[&[f32]]) -> Result<(), AggregateError> + Sync),
+    work: &PartWork<'_>,
 ) -> Result<(), AggregateError> {
     let values: Vec<&[f32]> = block.iter().map(|(_, v)| *v).collect();
     if hi.len() < PARALLEL_FROM {

@@ -78,6 +78,13 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
                     dir.display()
                 );
             }
+            if let Some(log) = &resume.replay {
+                eprintln!(
+                    "round {} had {} accepted updates in its log; they are kept",
+                    log.opened.round,
+                    log.updates.len()
+                );
+            }
             (
                 Coordinator::with_checkpoints(plan.run.clone(), limits, spec.clone(), store),
                 resume,

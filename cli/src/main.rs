@@ -31,6 +31,8 @@ enum Command {
     Client(commands::client::ClientCmd),
     /// Run many simulated clients in this process against a coordinator.
     Simulate(commands::simulate::SimulateCmd),
+    /// Look into a checkpoint directory.
+    Checkpoint(commands::checkpoint::CheckpointCmd),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             Command::Coordinator(cmd) => cmd.execute().await,
             Command::Client(cmd) => cmd.execute().await,
             Command::Simulate(cmd) => cmd.execute().await,
+            Command::Checkpoint(cmd) => cmd.execute().await,
         }
     });
     match outcome {

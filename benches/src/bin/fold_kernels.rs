@@ -55,7 +55,7 @@ fn main() {
         let views: Vec<(u64, &[f32])> = block.iter().map(|(w, v)| (*w, v.as_slice())).collect();
         let mut exact = ExactSum::new(len);
         let mut bits = BitSum::new(len);
-        let mut report = |name: &str, seconds: f64| {
+        let report = |name: &str, seconds: f64| {
             let gbps = gb_per_s(update_bytes(len, updates), seconds);
             println!(
                 "{len:>10} {updates:>7} {name:<24} {:>9.3} {gbps:>8.2} {:>7.1}%",

@@ -1,12 +1,18 @@
 //! `shoal simulate`: many simulated clients in this process, each with its own partition of
-//! the dataset, against a coordinator elsewhere.
+//! the dataset, against a coordinator elsewhere, optionally suffering seeded faults (dropouts,
+//! stragglers, crashes) that replay exactly for the same `--seed`.
 
 use crate::data::{load, partitions};
 use crate::host::ctrl_c;
 use crate::options::RunOptions;
 use anyhow::{Result, bail};
 use clap::Args;
-use shoal_client::{FleetConfig, run_fleet};
+use shoal_client::faults::DEFAULT_CRASH_DOWNTIME;
+use shoal_client::{Faults, FleetConfig, run_fleet};
+use std::time::Duration;
+
+/// A fault's probability per (client, round) and its duration.
+type FaultRate = (f64, Duration);
 
 /// Options of `shoal simulate`.
 #[derive(Debug, Args)]
@@ -26,6 +32,51 @@ pub struct SimulateCmd {
     /// Run only these partitions, e.g. 0..10, leaving the rest to other processes [default: all].
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
     indices: Option<std::ops::Range<usize>>,
+    /// Simulated dropouts: with probability P per round a client takes its task and never
+    /// delivers the update [default: 0].
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    dropout: Option<f64>,
+    /// Simulated stragglers: with probability P per round a client delays its push by SECONDS.
+    #[arg(long, value_name = "P:SECONDS", value_parser = parse_straggle)]
+    straggle: Option<FaultRate>,
+    /// Simulated crashes: with probability P per round a client dies mid-round, stays silent
+    /// for SECONDS [default: 2], then joins again under the same id.
+    #[arg(long, value_name = "P[:SECONDS]", value_parser = parse_crash)]
+    crash: Option<FaultRate>,
+}
+
+/// Parses a probability in [0, 1].
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a probability between 0 and 1, got {s:?}")),
+    }
+}
+
+/// Parses a non-negative number of seconds.
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| *secs >= 0.0)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("expected a number of seconds >= 0, got {s:?}"))
+}
+
+/// Parses "P:SECONDS".
+fn parse_straggle(s: &str) -> Result<FaultRate, String> {
+    let (p, secs) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected P:SECONDS, e.g. 0.2:3, got {s:?}"))?;
+    Ok((parse_probability(p)?, parse_seconds(secs)?))
+}
+
+/// Parses "P" or "P:SECONDS" (the downtime defaults to two seconds).
+fn parse_crash(s: &str) -> Result<FaultRate, String> {
+    match s.split_once(':') {
+        Some((p, secs)) => Ok((parse_probability(p)?, parse_seconds(secs)?)),
+        None => Ok((parse_probability(s)?, DEFAULT_CRASH_DOWNTIME)),
+    }
 }
 
 /// Parses "START..END".
@@ -63,11 +114,25 @@ impl SimulateCmd {
         let mut fleet = FleetConfig::new(self.coordinator);
         fleet.channels = self.channels.max(1);
         fleet.options.seed = plan.run.seed;
+        fleet.faults = Faults {
+            dropout: self.dropout.unwrap_or(0.0),
+            straggle: self.straggle,
+            crash: self.crash,
+        };
+        let faulty = !fleet.faults.is_none();
         let report = run_fleet(fleet, clients, ctrl_c()).await?;
+        let t = &report.totals;
         eprintln!(
-            "{n} simulated clients: {} updates accepted, {} refused, {} reconnects",
-            report.totals.accepted, report.totals.refused, report.totals.reconnects
+            "{n} simulated clients: {} updates accepted ({} after reconnecting), {} refused, \
+             {} kept updates dropped as stale, {} reconnects",
+            t.accepted, t.redelivered, t.refused, t.dropped_stale, t.reconnects
         );
+        if faulty {
+            eprintln!(
+                "simulated faults: {} dropouts, {} stragglers, {} crashes",
+                t.dropouts, t.straggles, t.crashes
+            );
+        }
         if report.failed > 0 {
             bail!(
                 "{} of {n} simulated clients stopped on errors",
@@ -75,5 +140,80 @@ impl SimulateCmd {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_must_lie_in_the_unit_interval() {
+        assert_eq!(parse_probability("0"), Ok(0.0));
+        assert_eq!(parse_probability(" 0.25 "), Ok(0.25));
+        assert_eq!(parse_probability("1"), Ok(1.0));
+        for bad in ["-0.1", "1.5", "NaN", "inf", "half", ""] {
+            let err = parse_probability(bad).unwrap_err();
+            assert!(err.contains("between 0 and 1"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn straggle_needs_a_probability_and_seconds() {
+        assert_eq!(parse_straggle("0.2:3"), Ok((0.2, Duration::from_secs(3))));
+        assert_eq!(
+            parse_straggle("1:0.5"),
+            Ok((1.0, Duration::from_millis(500)))
+        );
+        assert!(parse_straggle("0.2").unwrap_err().contains("P:SECONDS"));
+        assert!(
+            parse_straggle("2:3")
+                .unwrap_err()
+                .contains("between 0 and 1")
+        );
+        assert!(
+            parse_straggle("0.2:-1")
+                .unwrap_err()
+                .contains("seconds >= 0")
+        );
+        assert!(
+            parse_straggle("0.2:x")
+                .unwrap_err()
+                .contains("seconds >= 0")
+        );
+        assert!(parse_straggle("0.2:1e300").is_err());
+    }
+
+    #[test]
+    fn crash_downtime_defaults_to_two_seconds() {
+        assert_eq!(parse_crash("0.1"), Ok((0.1, Duration::from_secs(2))));
+        assert_eq!(parse_crash("0.1:0"), Ok((0.1, Duration::ZERO)));
+        assert!(parse_crash("-1").is_err());
+        assert!(parse_crash("0.1:soon").is_err());
+    }
+
+    #[test]
+    fn the_flags_reach_the_command() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            simulate: SimulateCmd,
+        }
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "--dropout",
+            "0.5",
+            "--straggle",
+            "0.2:3",
+            "--crash",
+            "0.1",
+        ])
+        .unwrap();
+        assert_eq!(cli.simulate.dropout, Some(0.5));
+        assert_eq!(cli.simulate.straggle, Some((0.2, Duration::from_secs(3))));
+        assert_eq!(cli.simulate.crash, Some((0.1, Duration::from_secs(2))));
+        let err = Cli::try_parse_from(["shoal", "--dropout", "1.2"]).unwrap_err();
+        assert!(err.to_string().contains("between 0 and 1"), "{err}");
     }
 }

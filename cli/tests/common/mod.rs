@@ -176,6 +176,17 @@ impl Running {
 
     /// Everything printed on stderr so far, waiting for the reader to reach the end of the
     /// stream (the process has exited, or is killed, when this is called).
+    /// The stderr lines read so far.
+    pub fn seen_stderr(&self) -> &[String] {
+        &self.stderr_seen
+    }
+
+    /// SIGKILL: the process gets no chance to clean up, as in a real crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn drain_stderr(&mut self) -> String {
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
             self.stderr_seen.push(line);

@@ -1,0 +1,195 @@
+//! Crash recovery with real processes and real signals: the coordinator is killed with SIGKILL
+//! at seeded random moments and restarted on the same checkpoint directory, while a simulated
+//! fleet in another process keeps reconnecting. The run must end bit-identical to one that
+//! never crashed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::{Running, arg, finish, shoal_with};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn sha(summary: &std::path::Path) -> (String, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    (
+        json["model_sha256"].as_str().unwrap().to_string(),
+        json["rounds_completed"].as_u64().unwrap(),
+    )
+}
+
+/// Small deterministic pseudo-random delays (so a failing schedule can be replayed).
+fn delays(seed: u64, n: usize, lo: u64, hi: u64) -> Vec<Duration> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            Duration::from_millis(lo + (x >> 33) % (hi - lo))
+        })
+        .collect()
+}
+
+fn start_coordinator(
+    listen: &str,
+    ckpt: &std::path::Path,
+    summary: &std::path::Path,
+    run: &[&str],
+) -> (Running, String) {
+    let mut args = vec![
+        "coordinator",
+        "--listen",
+        listen,
+        "--checkpoint-dir",
+        arg(ckpt),
+        "--summary-out",
+        arg(summary),
+        "--quiet",
+    ];
+    args.extend_from_slice(run);
+    let mut coordinator = Running::spawn(&mut shoal_with(&args));
+    let line = coordinator.wait_for_stderr("listening on", Duration::from_secs(60));
+    let addr = line.split_whitespace().nth(3).unwrap().to_string();
+    (coordinator, addr)
+}
+
+/// Newest round with a checkpoint file in `dir` (0 if none).
+fn newest_checkpoint(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix("ckpt-")?.strip_suffix(".bin")?.parse().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Polls (every 2 ms, for at most a minute) until a checkpoint newer than round `after` exists.
+fn wait_for_checkpoint_after(dir: &std::path::Path, after: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let newest = newest_checkpoint(dir);
+        if newest > after {
+            return newest;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after round {after} within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// True if the freshly started coordinator kept updates from its round log. It prints that
+/// line (if at all) before it starts listening, which `start_coordinator` waited for.
+fn coordinator_kept_updates(coordinator: &mut Running) -> bool {
+    coordinator
+        .seen_stderr()
+        .iter()
+        .any(|l| l.contains("accepted updates in its log") && !l.contains(" 0 accepted"))
+}
+
+/// Runs `run` once without crashes and once with `kills` SIGKILLs of the coordinator; the
+/// final parameters must be the same bits.
+fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.json");
+    let mut args = vec!["run", "--quiet", "--summary-out", arg(&reference)];
+    args.extend_from_slice(run);
+    finish(&mut shoal_with(&args)).assert_success();
+    let (expected, rounds) = sha(&reference);
+
+    let ckpt = dir.path().join("ckpt");
+    let summary = dir.path().join("summary.json");
+    let (mut coordinator, addr) = start_coordinator("127.0.0.1:0", &ckpt, &summary, run);
+    let url = format!("http://{addr}");
+    let mut sim_args = vec!["simulate", "--coordinator", &url];
+    sim_args.extend_from_slice(run);
+    let fleet = Running::spawn(&mut shoal_with(&sim_args));
+    let mut last = 0;
+    let mut kept_logs = 0;
+    for delay in delays(seed, kills, lo_ms, hi_ms) {
+        // Let the current incarnation complete at least one more round, then kill it a random
+        // moment later: waiting for updates, aggregating, or writing the next checkpoint.
+        last = wait_for_checkpoint_after(&ckpt, last);
+        std::thread::sleep(delay); // the crash moment itself, not a synchronisation
+        coordinator.kill();
+        last = newest_checkpoint(&ckpt);
+        assert!(
+            last < rounds,
+            "kill after round {last} of {rounds} came too late to test anything"
+        );
+        coordinator = start_coordinator(&addr, &ckpt, &summary, run).0;
+        kept_logs += usize::from(coordinator_kept_updates(&mut coordinator));
+    }
+    eprintln!("{kept_logs} of {kills} restarts replayed a non-empty round log");
+    let done = coordinator.finish(LIMIT);
+    done.assert_success();
+    fleet.finish(LIMIT).assert_success();
+    let (got, got_rounds) = sha(&summary);
+    assert_eq!(got_rounds, rounds);
+    assert_eq!(
+        got, expected,
+        "a crashed and resumed run must end bit-identical"
+    );
+}
+
+#[test]
+fn fedavg_survives_sigkill_at_random_moments() {
+    let run = [
+        "--rounds",
+        "120",
+        "--epochs",
+        "20",
+        "--clients",
+        "5",
+        "--seed",
+        "3",
+        "--partition",
+        "dirichlet:0.5",
+    ];
+    survives_kills(&run, 6, 1, 0, 60);
+}
+
+#[test]
+fn fedsgd_survives_sigkill_at_random_moments() {
+    let run = [
+        "--strategy",
+        "fedsgd",
+        "--server-optimizer",
+        "adam",
+        "--rounds",
+        "150",
+        "--clients",
+        "4",
+        "--seed",
+        "7",
+    ];
+    survives_kills(&run, 5, 2, 0, 20);
+}
+
+#[test]
+fn fedkmeans_survives_sigkill_at_random_moments() {
+    let run = [
+        "--strategy",
+        "fedkmeans",
+        "--tol",
+        "0",
+        "--rounds",
+        "25",
+        "--clients",
+        "4",
+        "--seed",
+        "11",
+        "--dataset",
+        "digits",
+    ];
+    survives_kills(&run, 3, 3, 0, 5);
+}
