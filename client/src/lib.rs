@@ -9,6 +9,7 @@ mod error;
 pub mod faults;
 pub mod fleet;
 pub mod forward;
+mod stats;
 pub mod work;
 
 pub use edge::{ClientOptions, ClientStats, EdgeClient};
