@@ -118,7 +118,7 @@ fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64)
     for delay in delays(seed, kills, lo_ms, hi_ms) {
         // Let the current incarnation complete at least one more round, then kill it a random
         // moment later: waiting for updates, aggregating, or writing the next checkpoint.
-        last = wait_for_checkpoint_after(&ckpt, last);
+        wait_for_checkpoint_after(&ckpt, last);
         std::thread::sleep(delay); // the crash moment itself, not a synchronisation
         coordinator.kill();
         last = newest_checkpoint(&ckpt);
