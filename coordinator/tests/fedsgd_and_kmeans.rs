@@ -106,7 +106,7 @@ async fn a_federated_lloyd_round_equals_a_centralised_iteration() {
         &split.train,
         split.test.clone(),
         6,
-        scheme.clone(),
+        scheme,
     )
     .await;
     let stepped = run(
