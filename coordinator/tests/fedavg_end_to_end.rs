@@ -80,3 +80,31 @@ async fn same_seed_same_bits() {
     }
     assert_eq!(hashes[0], hashes[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_selection_closes_a_round_once_enough_have_answered() {
+    let split = common::digits();
+    let mut config = common::config(10, 3);
+    config.selection.clients_per_round = Some(4);
+    config.selection.over_select = 2.0;
+    config.round_timeout_ms = 30_000;
+    let spec = common::spec("logreg", &split.train);
+    let clients = common::clients(&split.train, 10, &Partition::Iid, 0);
+    let running = common::start(config, spec, split.test, Limits::default()).await;
+    let fleet = tokio::spawn(run_fleet(
+        FleetConfig::new(running.url.clone()),
+        clients,
+        std::future::pending(),
+    ));
+    let outcome = running.finish().await.unwrap();
+    fleet.await.unwrap().unwrap();
+    assert_eq!(outcome.records.len(), 3);
+    for r in &outcome.records {
+        assert_eq!(r.selected, 8, "4 wanted, over-selected by 2");
+        assert!((4..=8).contains(&r.clients), "{r:?}");
+        assert!(
+            r.seconds < 10.0,
+            "closed early, not at the 30 s deadline: {r:?}"
+        );
+    }
+}
