@@ -78,7 +78,11 @@ fn fedavg_fold(c: &mut Criterion) {
             }
             group.throughput(Throughput::BytesDecimal(update_bytes(len, updates)));
             group.bench_function(BenchmarkId::new(label, updates), |b| {
-                b.iter(|| pool.fold_into(&mut sum, black_box(updates)));
+                b.iter(|| {
+                    if let Err(e) = pool.fold_into(&mut sum, black_box(updates)) {
+                        panic!("fold refused: {e}");
+                    }
+                });
             });
         }
     }

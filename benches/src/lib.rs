@@ -1,6 +1,7 @@
 //! Benchmarks of Shoal: the measuring kit shared by the criterion bench and the bench binaries.
 //!
 //! * [`bandwidth`]: STREAM-style copy and triad kernels, the memory-bandwidth yardstick.
+//! * [`cpu`]: how busy other processes kept the machine while a benchmark ran.
 //! * [`updates`]: synthetic client updates and the fold loop that aggregation is timed on.
 //! * [`fold_kernels`]: a what-if prototype of faster exact folding, for comparison only.
 //! * [`memory`]: resident and peak memory from `/proc/self/status`.
@@ -10,6 +11,7 @@
 //! `benches/README.md` lists every benchmark, its command and the numbers measured.
 
 pub mod bandwidth;
+pub mod cpu;
 pub mod flags;
 pub mod fold_kernels;
 pub mod memory;

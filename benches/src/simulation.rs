@@ -32,6 +32,8 @@ pub struct Simulation {
     pub channels: usize,
     /// Held-out fraction of the dataset.
     pub test_fraction: f64,
+    /// The coordinator's operational limits (`shoal run` uses the defaults).
+    pub limits: Limits,
 }
 
 impl Simulation {
@@ -53,6 +55,7 @@ impl Simulation {
             partition: Partition::Iid,
             channels: 4,
             test_fraction: 0.2,
+            limits: Limits::default(),
         }
     }
 }
@@ -111,7 +114,7 @@ impl Simulation {
         let url = format!("http://{}", listener.local_addr()?);
         let strategy = strategy::build(&self.run, &spec)?;
         let num_params = strategy.global().len();
-        let coordinator = Coordinator::new(self.run.clone(), Limits::default(), spec);
+        let coordinator = Coordinator::new(self.run.clone(), self.limits.clone(), spec);
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, coordinator.clone(), async move {
             let _ = server_stopped.await;

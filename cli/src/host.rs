@@ -8,7 +8,8 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_coordinator::strategy::{self, Strategy};
 use shoal_coordinator::{
-    CheckpointStore, Coordinator, Limits, Resume, RunOutcome, StrategyConfig, recover, serve,
+    CheckpointStore, Coordinator, Limits, Resume, RunOutcome, Security, StrategyConfig, recover,
+    serve_with,
 };
 use shoal_datasets::Split;
 use std::future::Future;
@@ -103,12 +104,13 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
     })
 }
 
-/// Serves `coordinator` on `listener` and drives the run to its end, printing the table and
-/// writing the outputs; the server stops once clients have heard the run is over.
+/// Serves `coordinator` on `listener` with `security` and drives the run to its end, printing
+/// the table and writing the outputs; the server stops once clients have heard the run is over.
 pub async fn host(
     plan: &Plan,
     prepared: Prepared,
     listener: TcpListener,
+    security: Security,
     outputs: &Outputs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunOutcome> {
@@ -121,9 +123,14 @@ pub async fn host(
     } = prepared;
     let test = Arc::new(split.test);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, coordinator.clone(), async move {
-        let _ = server_stopped.await;
-    }));
+    let server = tokio::spawn(serve_with(
+        listener,
+        coordinator.clone(),
+        security,
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let clustering = matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. });
     let bar = progress_bar(plan.run.rounds, outputs.quiet);

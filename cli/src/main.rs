@@ -4,6 +4,7 @@
 mod commands;
 mod data;
 mod host;
+mod limits_args;
 mod options;
 mod report;
 
@@ -33,6 +34,8 @@ enum Command {
     Simulate(commands::simulate::SimulateCmd),
     /// Look into a checkpoint directory.
     Checkpoint(commands::checkpoint::CheckpointCmd),
+    /// Make a development CA, certificates (and tokens) for a coordinator and its clients.
+    Certs(commands::certs::CertsCmd),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             Command::Client(cmd) => cmd.execute().await,
             Command::Simulate(cmd) => cmd.execute().await,
             Command::Checkpoint(cmd) => cmd.execute().await,
+            Command::Certs(cmd) => cmd.execute().await,
         }
     });
     match outcome {

@@ -1,27 +1,136 @@
-//! Dialling the coordinator: one HTTP/2 channel per connection, with the same message limits
-//! as the server, so chunked payloads pass and nothing larger does.
+//! Dialling the coordinator: one HTTP/2 channel per connection, plaintext (`http://`) or TLS
+//! (`https://`, optionally presenting a client certificate for mutual TLS), with the same
+//! message limits as the server, so chunked payloads pass and nothing larger does. A client's
+//! bearer token rides on every request as `authorization: Bearer TOKEN` ([`BearerAuth`]).
 
 use crate::error::{ClientError, Result};
 use shoal_proto::MAX_CHUNK_BYTES;
 use shoal_proto::v1::fleet_client::FleetClient;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
 
-/// A gRPC client for the fleet protocol.
-pub type Fleet = FleetClient<Channel>;
+/// A gRPC client for the fleet protocol, attaching the client's token if it has one.
+pub type Fleet = FleetClient<InterceptedService<Channel, BearerAuth>>;
 
-/// A lazily connecting channel to `url` ("http://host:port"): it dials on first use and
-/// redials after a failure, which is what a client that outlives coordinator restarts needs.
-pub fn channel(url: &str) -> Result<Channel> {
+/// A client certificate and its private key, both PEM, for mutual TLS.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate (chain), PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How a client checks the coordinator, and how it proves itself over TLS.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA the coordinator's certificate must chain to, PEM.
+    pub ca_pem: String,
+    /// The name the coordinator's certificate must carry [default: the URL's host].
+    pub domain: Option<String>,
+    /// A client certificate for mutual TLS.
+    pub identity: Option<TlsIdentity>,
+}
+
+impl ClientTls {
+    /// Trusts the CA in `ca_pem`, checks the URL's host, presents no certificate.
+    pub fn new(ca_pem: impl Into<String>) -> Self {
+        Self {
+            ca_pem: ca_pem.into(),
+            domain: None,
+            identity: None,
+        }
+    }
+
+    /// The same, expecting the server certificate to name `domain`.
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// The same, presenting `identity` for mutual TLS.
+    pub fn with_identity(mut self, identity: TlsIdentity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    fn config(&self) -> Result<ClientTlsConfig> {
+        let pem_cert = |pem: &str, what: &str| {
+            if pem.contains("-----BEGIN CERTIFICATE-----") {
+                Ok(())
+            } else {
+                Err(ClientError::Credentials(format!(
+                    "the {what} holds no PEM certificate"
+                )))
+            }
+        };
+        pem_cert(&self.ca_pem, "CA file")?;
+        if let Some(id) = &self.identity {
+            pem_cert(&id.cert_pem, "client certificate file")?;
+        }
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .timeout(Duration::from_secs(10));
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        if let Some(id) = &self.identity {
+            config = config.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        Ok(config)
+    }
+}
+
+/// A lazily connecting channel to `url` ("http://host:port", or "https://host:port" with
+/// `tls`): it dials on first use and redials after a failure, which is what a client that
+/// outlives coordinator restarts needs. Certificates and keys are checked now.
+pub fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ClientError::BadAddress(url.to_owned(), e.to_string()))?;
-    let uri = endpoint.uri();
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+    let uri = endpoint.uri().clone();
+    if uri.host().is_none() {
         return Err(ClientError::BadAddress(
             url.to_owned(),
-            "expected http://HOST:PORT".into(),
+            "expected http://HOST:PORT or https://HOST:PORT".into(),
         ));
     }
+    let endpoint = match (uri.scheme_str(), tls) {
+        (Some("http"), None) => endpoint,
+        (Some("https"), Some(tls)) => endpoint
+            .tls_config(tls.config()?)
+            .map_err(|e| ClientError::Credentials(error_chain(&e)))?,
+        (Some("http"), Some(_)) => {
+            return Err(ClientError::BadAddress(
+                url.to_owned(),
+                "TLS is configured: use https://".into(),
+            ));
+        }
+        (Some("https"), None) => {
+            return Err(ClientError::BadAddress(
+                url.to_owned(),
+                "https:// needs a CA certificate to check the coordinator against".into(),
+            ));
+        }
+        _ => {
+            return Err(ClientError::BadAddress(
+                url.to_owned(),
+                "expected http://HOST:PORT or https://HOST:PORT".into(),
+            ));
+        }
+    };
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -30,10 +139,105 @@ pub fn channel(url: &str) -> Result<Channel> {
     Ok(endpoint.connect_lazy())
 }
 
-/// A fleet client over `channel` with message limits matching the server's.
-pub fn fleet_client(channel: Channel) -> Fleet {
+/// An error and its sources, joined by ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Puts a client's bearer token on every request, or nothing if it has none.
+#[derive(Clone, Default)]
+pub struct BearerAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.header.as_ref().map(|_| "<redacted>");
+        f.debug_struct("BearerAuth").field("token", &token).finish()
+    }
+}
+
+impl BearerAuth {
+    /// Sends no token.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Sends `token` (printable ASCII, no spaces).
+    pub fn token(token: &str) -> Result<Self> {
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::Credentials(
+                "a bearer token must be printable ASCII without spaces".into(),
+            ));
+        }
+        let mut header: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Credentials("bearer token is not a valid header".into()))?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header: Some(header),
+        })
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A fleet client over `channel`, sending `auth` with every request, with message limits
+/// matching the server's.
+pub fn fleet_client(channel: Channel, auth: BearerAuth) -> Fleet {
     let max = MAX_CHUNK_BYTES + (64 << 10);
-    FleetClient::new(channel)
+    FleetClient::with_interceptor(channel, auth)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn schemes_must_match_the_tls_settings() {
+        assert!(channel("http://127.0.0.1:1", None).is_ok());
+        let tls = ClientTls::new("not a certificate");
+        let err = channel("http://127.0.0.1:1", Some(&tls)).unwrap_err();
+        assert!(err.to_string().contains("use https://"), "{err}");
+        let err = channel("https://127.0.0.1:1", None).unwrap_err();
+        assert!(err.to_string().contains("needs a CA"), "{err}");
+        assert!(channel("ftp://127.0.0.1:1", None).is_err());
+        let err = channel("https://127.0.0.1:1", Some(&tls)).unwrap_err();
+        assert!(matches!(err, ClientError::Credentials(_)), "{err}");
+    }
+
+    #[test]
+    fn tokens_become_bearer_headers_and_stay_out_of_logs() {
+        let mut auth = BearerAuth::token(" s3cret ").unwrap();
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let request = auth.call(Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let request = BearerAuth::none().call(Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+        assert!(BearerAuth::token("two words").is_err());
+        assert!(BearerAuth::token("").is_err());
+    }
 }

@@ -8,6 +8,9 @@ pub enum ClientError {
     /// The coordinator address is not a valid URL.
     #[error("bad coordinator address {0:?}: {1}")]
     BadAddress(String, String),
+    /// TLS settings or credentials are unusable.
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// The connection failed or broke.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -1,12 +1,15 @@
 //! A fleet: many simulated clients in one process, each with its own partition, sharing a
-//! small pool of HTTP/2 channels, one cache of the round's global state, and a CPU budget.
+//! small pool of HTTP/2 channels, one cache of the round's global state, and a CPU budget. A
+//! client with its own TLS certificate (mutual TLS) gets a connection of its own, since a TLS
+//! identity belongs to a connection.
 
 use crate::cache::GlobalCache;
-use crate::connection::{channel, fleet_client};
+use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
 use shoal_datasets::Dataset;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, watch};
@@ -25,6 +28,19 @@ pub struct FleetConfig {
     pub options: ClientOptions,
     /// Simulated faults, drawn from `options.seed` per (client, round) [default: none].
     pub faults: Faults,
+    /// TLS towards the coordinator (CA, server name) for every client; `None` for plaintext.
+    pub tls: Option<ClientTls>,
+    /// Each client's own credentials, by client id [default: none].
+    pub credentials: HashMap<String, Credentials>,
+}
+
+/// What one client proves itself with.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// A client certificate for mutual TLS (needs [`FleetConfig::tls`]).
+    pub identity: Option<TlsIdentity>,
+    /// A bearer token.
+    pub token: Option<String>,
 }
 
 impl FleetConfig {
@@ -36,6 +52,8 @@ impl FleetConfig {
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             options: ClientOptions::default(),
             faults: Faults::default(),
+            tls: None,
+            credentials: HashMap::new(),
         }
     }
 }
@@ -57,8 +75,9 @@ pub async fn run_fleet(
     clients: Vec<(String, Dataset)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<FleetReport> {
+    let tls = config.tls.as_ref();
     let channels = (0..config.channels.max(1))
-        .map(|_| channel(&config.url))
+        .map(|_| channel(&config.url, tls))
         .collect::<Result<Vec<_>>>()?;
     let cache = GlobalCache::default();
     let cpu = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -69,10 +88,26 @@ pub async fn run_fleet(
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
+        let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
+        let connection = match (credentials.identity, tls) {
+            (None, _) => channels[i % channels.len()].clone(),
+            (Some(identity), Some(tls)) => {
+                channel(&config.url, Some(&tls.clone().with_identity(identity)))?
+            }
+            (Some(_), None) => {
+                return Err(ClientError::Credentials(format!(
+                    "client {id} has a certificate, but the fleet has no TLS settings"
+                )));
+            }
+        };
+        let auth = match &credentials.token {
+            Some(token) => BearerAuth::token(token)?,
+            None => BearerAuth::none(),
+        };
         let client = EdgeClient::new(
             id,
             Arc::new(data),
-            fleet_client(channels[i % channels.len()].clone()),
+            fleet_client(connection, auth),
             cache.clone(),
             cpu.clone(),
             config.options.clone(),

@@ -15,4 +15,4 @@ pub mod work;
 pub use edge::{ClientOptions, ClientStats, EdgeClient};
 pub use error::{ClientError, Result};
 pub use faults::{Fault, Faults};
-pub use fleet::{FleetConfig, FleetReport, run_fleet};
+pub use fleet::{Credentials, FleetConfig, FleetReport, run_fleet};

@@ -4,7 +4,7 @@
 
 use futures::Stream;
 use shoal_client::cache::GlobalCache;
-use shoal_client::connection::{channel, fleet_client};
+use shoal_client::connection::{BearerAuth, channel, fleet_client};
 use shoal_client::{ClientOptions, ClientStats, EdgeClient, Faults};
 use shoal_datasets::Dataset;
 use shoal_proto::v1::fleet_server::{Fleet, FleetServer};
@@ -150,7 +150,7 @@ async fn run_client(fake: &Fake, verdicts: &[Code], faults: Faults) -> ClientSta
     let client = EdgeClient::new(
         "client-00000".into(),
         Arc::new(data()),
-        fleet_client(channel(&url).unwrap()),
+        fleet_client(channel(&url, None).unwrap(), BearerAuth::none()),
         GlobalCache::default(),
         Arc::new(Semaphore::new(1)),
         options,

@@ -55,6 +55,14 @@ pub enum AggregateError {
     /// Folding this update could exceed the exact range of the accumulator.
     #[error("update magnitude {0:e} would exceed the aggregation range")]
     OutOfRange(f64),
+    /// The update's L2 norm is over the configured bound (see [`crate::norm`]).
+    #[error("update norm {norm} exceeds the bound {bound}")]
+    NormTooLarge {
+        /// The update's norm (of its delta from the global, for Fit tasks).
+        norm: f64,
+        /// The configured bound.
+        bound: f64,
+    },
 }
 
 /// Checks that `values` has `expected` finite entries and returns the largest magnitude.

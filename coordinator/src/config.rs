@@ -1,9 +1,12 @@
 //! The run configuration: everything that decides what a run computes.
 //!
 //! It is hashed into the run id, so a checkpoint or an update from a run with another config is
-//! recognised as foreign. Operational knobs that do not change the result (listen address,
-//! poll timeouts, limits) live in [`crate::Limits`] instead.
+//! recognised as foreign. Operational knobs (poll timeouts, liveness, limits on what clients
+//! may send) live in [`crate::Limits`] instead: they change a result only by refusing or
+//! clipping something an honest client sent.
 
+pub use crate::norm::NormPolicy;
+pub use crate::pacing::PullRate;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -141,21 +144,68 @@ impl Default for RunConfig {
     }
 }
 
-/// Operational limits: they protect the coordinator but do not change what a run computes.
+/// Operational limits: they protect the coordinator from broken and hostile clients.
+///
+/// They are not part of the run config (nor its hash): a limit changes what a run computes
+/// only when it refuses or clips an update an honest client sent, so set them wide enough for
+/// honest clients. Defaults are safe for a public endpoint; [`Limits::check`] rejects nonsense.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Longest a Pull is held open before answering Wait.
     pub poll_timeout: Duration,
     /// Largest payload chunk accepted, in bytes (at most 1 MiB).
     pub max_chunk_bytes: usize,
-    /// Largest update accepted, in f32 values.
+    /// Largest update accepted, in f32 values; a larger declared payload is refused with
+    /// `ResourceExhausted` before anything is allocated.
     pub max_update_values: usize,
     /// Most clients that may be registered at once.
     pub max_clients: usize,
-    /// Largest example count one update may claim.
+    /// Largest example count (the update's weight) one update may claim; it must also be > 0.
     pub max_examples: u64,
     /// A client silent for longer is not offered work until it pulls again.
     pub liveness: Duration,
+    /// How often one client may pull; `None` leaves pulls unpaced. Excess pulls are delayed
+    /// up to a second, then refused with `ResourceExhausted` (see [`crate::pacing`]).
+    pub pull_rate: Option<PullRate>,
+    /// Largest L2 norm an update may have: of its delta from the global parameters for Fit
+    /// tasks, of the payload for gradients; k-means is exempt (see [`crate::norm`]).
+    /// `None`: unbounded.
+    pub max_update_norm: Option<f64>,
+    /// What happens to an update over `max_update_norm`: refused, or clipped to the bound.
+    pub norm_policy: NormPolicy,
+}
+
+impl Limits {
+    /// Refuses limits that would make the coordinator refuse everything or nothing by mistake.
+    pub fn check(&self) -> crate::Result<()> {
+        let bad = |what: String| Err(crate::CoordinatorError::Config(what));
+        if self.max_chunk_bytes == 0 || self.max_chunk_bytes > shoal_proto::MAX_CHUNK_BYTES {
+            return bad(format!(
+                "max chunk bytes must be 1..={}, got {}",
+                shoal_proto::MAX_CHUNK_BYTES,
+                self.max_chunk_bytes
+            ));
+        }
+        if self.max_update_values == 0 || self.max_clients == 0 || self.max_examples == 0 {
+            return bad("max update values, clients and examples must be positive".into());
+        }
+        if let Some(rate) = &self.pull_rate
+            && !(rate.per_second.is_finite() && rate.per_second > 0.0)
+        {
+            return bad(format!(
+                "pulls per second must be a positive number, got {}",
+                rate.per_second
+            ));
+        }
+        if let Some(norm) = self.max_update_norm
+            && !(norm.is_finite() && norm > 0.0)
+        {
+            return bad(format!(
+                "max update norm must be a positive number, got {norm}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -167,6 +217,57 @@ impl Default for Limits {
             max_clients: 1_000_000,
             max_examples: 1 << 31,
             liveness: Duration::from_secs(120),
+            // An honest client pulls once per round or poll timeout; 20/s with a burst of 40
+            // never refuses it (it is at worst paced), while a flood is cut off.
+            pull_rate: Some(PullRate {
+                per_second: 20.0,
+                burst: 40,
+            }),
+            // No norm bound by default: a sensible bound depends on the model and learning
+            // rate. Set one (e.g. a few times the honest updates' norms) on open deployments.
+            max_update_norm: None,
+            norm_policy: NormPolicy::Reject,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_limits_pass_their_own_check() {
+        Limits::default().check().unwrap();
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        for limits in [
+            Limits {
+                max_update_norm: Some(0.0),
+                ..Limits::default()
+            },
+            Limits {
+                max_update_norm: Some(f64::NAN),
+                ..Limits::default()
+            },
+            Limits {
+                pull_rate: Some(PullRate {
+                    per_second: -1.0,
+                    burst: 1,
+                }),
+                ..Limits::default()
+            },
+            Limits {
+                max_chunk_bytes: (1 << 20) + 1,
+                ..Limits::default()
+            },
+            Limits {
+                max_examples: 0,
+                ..Limits::default()
+            },
+        ] {
+            assert!(limits.check().is_err(), "{limits:?}");
         }
     }
 }

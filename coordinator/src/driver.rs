@@ -131,6 +131,7 @@ impl Coordinator {
             num_params: global.len(),
             wall_seconds: started.elapsed().as_secs_f64(),
             stop_reason,
+            refusals: self.refusals(),
         };
         Ok(RunOutcome {
             summary,

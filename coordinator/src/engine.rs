@@ -5,23 +5,31 @@
 //! short-held mutex; the expensive part of an update (folding it in) runs on a blocking thread
 //! against the round's own accumulator, so heartbeats never wait behind arithmetic.
 
+use crate::aggregate::AggregateError;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Limits, RunConfig};
 use crate::error::{CoordinatorError, Result};
+use crate::norm::NormBound;
+use crate::refusals::Refusals;
 use crate::registry::{Registry, check_client_id};
 use crate::results::ClientUpdate;
 use crate::round::{OpenRound, SharedAccumulator, fold, lock};
 use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
+use shoal_proto::ProtoError;
 use shoal_proto::v1::{
     Fence, Finished, JoinReply, PullReply, Task, UpdateHeader, Wait, pull_reply::Reply,
 };
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
 
 /// Stream tag for per-client task seeds in the run's RNG tree.
 const TASK_STREAM: u64 = 0x7a5c;
+/// Most metrics one update may report, and the longest metric name.
+const MAX_METRICS: usize = 64;
+const MAX_METRIC_NAME: usize = 64;
 
 /// Where the run is.
 #[derive(Debug)]
@@ -57,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) progress: Notify,
     /// Where checkpoints and the round log go, if the run is checkpointed.
     pub(crate) checkpoints: Option<CheckpointStore>,
+    /// Refused requests by reason.
+    pub(crate) refusals: Refusals,
 }
 
 /// Handle to a running coordinator; clones share the same state.
@@ -107,6 +117,7 @@ impl Coordinator {
                 changed,
                 progress: Notify::new(),
                 checkpoints,
+                refusals: Refusals::default(),
             }),
         }
     }
@@ -124,6 +135,16 @@ impl Coordinator {
     /// The run configuration.
     pub fn config(&self) -> &RunConfig {
         &self.shared.config
+    }
+
+    /// Counts a refused request under its reason; called where an error becomes a status.
+    pub fn count_refusal(&self, err: &CoordinatorError) {
+        self.shared.refusals.record(err.reason());
+    }
+
+    /// Requests refused so far, by reason (see [`CoordinatorError::reason`]).
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.shared.refusals.snapshot()
     }
 
     /// Registered clients.
@@ -164,8 +185,17 @@ impl Coordinator {
     }
 
     /// Long-poll for work: returns a task as soon as the client has one, Finished once the run
-    /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat.
+    /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat. Pulls
+    /// over the client's rate are first delayed, then refused (see [`crate::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
+        if let Some(rate) = self.shared.limits.pull_rate {
+            let delay = lock(&self.shared.state)
+                .registry
+                .pace(client_id, Instant::now(), rate)?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
@@ -231,14 +261,23 @@ impl Coordinator {
     /// Checks an update's header before its payload is received; on success the client's slot
     /// in the round is held until the returned admission is delivered or dropped.
     pub fn admit(&self, header: &UpdateHeader) -> Result<Admission> {
+        let limits = &self.shared.limits;
         check_client_id(&header.client_id)?;
+        if header.payload_len > limits.max_update_values as u64 {
+            return Err(ProtoError::TooLarge {
+                declared: header.payload_len,
+                limit: limits.max_update_values,
+            }
+            .into());
+        }
         let fence = header
             .fence
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
-        if header.num_examples == 0 || header.num_examples > self.shared.limits.max_examples {
-            return Err(crate::aggregate::AggregateError::BadWeight(header.num_examples).into());
+        if header.num_examples == 0 || header.num_examples > limits.max_examples {
+            return Err(AggregateError::BadWeight(header.num_examples).into());
         }
+        check_metrics(&header.metrics)?;
         let mut state = lock(&self.shared.state);
         state.registry.touch(&header.client_id, Instant::now())?;
         match &mut state.phase {
@@ -255,14 +294,47 @@ impl Coordinator {
                     client_id: header.client_id.clone(),
                     fence,
                     accumulator: round.accumulator.clone(),
-                    max_values: self.shared.limits.max_update_values,
-                    max_chunk_bytes: self.shared.limits.max_chunk_bytes,
+                    bound: NormBound::for_task(
+                        round.plan.kind,
+                        &round.global,
+                        limits.max_update_norm,
+                        limits.norm_policy,
+                    ),
+                    max_values: limits.max_update_values,
+                    max_chunk_bytes: limits.max_chunk_bytes,
                     settled: false,
                 })
             }
             phase => Err(stale(&fence, phase)),
         }
     }
+}
+
+/// Refuses reported metrics that could poison the round records: too many, badly named, or
+/// not finite.
+fn check_metrics(metrics: &HashMap<String, f64>) -> Result<()> {
+    if metrics.len() > MAX_METRICS {
+        return Err(CoordinatorError::Malformed(format!(
+            "{} metrics reported; at most {MAX_METRICS} allowed",
+            metrics.len()
+        )));
+    }
+    for (name, value) in metrics {
+        if name.is_empty()
+            || name.len() > MAX_METRIC_NAME
+            || !name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(CoordinatorError::Malformed(format!(
+                "metric names must be 1-{MAX_METRIC_NAME} printable characters"
+            )));
+        }
+        if !value.is_finite() {
+            return Err(CoordinatorError::Malformed(format!(
+                "metric {name:?} is not finite"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn stale(fence: &Fence, phase: &Phase) -> CoordinatorError {
@@ -283,6 +355,8 @@ pub struct Admission {
     client_id: String,
     fence: Fence,
     accumulator: SharedAccumulator,
+    /// The round's update-norm rule, if it has one.
+    bound: Option<NormBound>,
     /// Largest payload accepted, in values.
     pub max_values: usize,
     /// Largest chunk accepted, in bytes.
@@ -291,13 +365,21 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Folds the received update in (on a blocking thread) and records the delivery; returns
-    /// the number of updates accepted in the round so far.
-    pub async fn deliver(mut self, update: ClientUpdate) -> Result<u32> {
+    /// Applies the round's norm rule and folds the received update in (on a blocking thread),
+    /// then records the delivery; returns the number of updates accepted in the round so far.
+    pub async fn deliver(mut self, mut update: ClientUpdate) -> Result<u32> {
         let accumulator = self.accumulator.clone();
         let fence = self.fence.clone();
-        let folded = tokio::task::spawn_blocking(move || fold(&accumulator, update, &fence))
-            .await
+        let bound = self.bound.take();
+        let folded = tokio::task::spawn_blocking(move || {
+            if let Some(bound) = &bound
+                && let Some(norm) = bound.enforce(&mut update.payload)?
+            {
+                tracing::info!(client = %update.client_id, norm, "update clipped to the norm bound");
+            }
+            fold(&accumulator, update, &fence)
+        })
+        .await
             .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
         self.settle(folded.is_ok());
         folded.map(|n| n as u32)

@@ -39,6 +39,19 @@ pub enum CoordinatorError {
     /// A payload could not be reassembled.
     #[error("bad payload: {0}")]
     Payload(#[from] ProtoError),
+    /// The client pulls faster than its rate limit allows (see [`crate::pacing`]).
+    #[error(
+        "client {client:?} pulls too often: the limit is {per_second} pulls per second; \
+         retry in {retry_after_ms} ms"
+    )]
+    RateLimited {
+        /// The client.
+        client: String,
+        /// The configured sustained rate.
+        per_second: f64,
+        /// When a pull would be accepted again.
+        retry_after_ms: u64,
+    },
     /// A model operation failed.
     #[error("model: {0}")]
     Model(#[from] shoal_models::ModelError),
@@ -67,6 +80,9 @@ pub enum CoordinatorError {
     /// The coordinator is shutting down.
     #[error("coordinator is shutting down")]
     ShuttingDown,
+    /// The request's credentials do not prove the client id it claims.
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Result alias for the coordinator.
@@ -87,7 +103,10 @@ impl From<CoordinatorError> for tonic::Status {
             E::StaleFence { .. } => Code::FailedPrecondition,
             E::NotSelected(_) => Code::PermissionDenied,
             E::Duplicate(_) => Code::AlreadyExists,
+            E::RateLimited { .. } => Code::ResourceExhausted,
             E::ShuttingDown => Code::Unavailable,
+            E::Auth(e) if e.is_impersonation() => Code::PermissionDenied,
+            E::Auth(_) => Code::Unauthenticated,
             E::Model(_)
             | E::Strategy(_)
             | E::QuorumLost { .. }
@@ -96,5 +115,45 @@ impl From<CoordinatorError> for tonic::Status {
             | E::Io(_) => Code::Internal,
         };
         tonic::Status::new(code, err.to_string())
+    }
+}
+
+impl CoordinatorError {
+    /// A short, stable key for the kind of refusal, used to count refusals by reason (see
+    /// [`crate::refusals`]); coordinator-side failures all count as "internal".
+    pub fn reason(&self) -> &'static str {
+        use AggregateError as A;
+        use CoordinatorError as E;
+        match self {
+            E::UnknownClient(_) => "unknown_client",
+            E::TooManyClients(_) => "too_many_clients",
+            E::BadClientId => "bad_client_id",
+            E::StaleFence { .. } => "stale_fence",
+            E::NotSelected(_) => "not_selected",
+            E::Duplicate(_) => "duplicate",
+            E::InvalidUpdate(A::WrongLength { .. }) => "wrong_length",
+            E::InvalidUpdate(A::NonFinite { .. }) => "non_finite",
+            E::InvalidUpdate(A::BadWeight(_)) => "bad_weight",
+            E::InvalidUpdate(A::CountsMismatch { .. }) => "counts_mismatch",
+            E::InvalidUpdate(A::OutOfRange(_)) => "out_of_range",
+            E::InvalidUpdate(A::NormTooLarge { .. }) => "norm_too_large",
+            E::Malformed(_) | E::Payload(ProtoError::MissingField(_)) => "malformed",
+            E::Payload(ProtoError::Misaligned(_)) => "chunk_misaligned",
+            E::Payload(ProtoError::ChunkTooLarge { .. }) => "chunk_too_large",
+            E::Payload(ProtoError::OutOfOrder { .. }) => "chunk_out_of_order",
+            E::Payload(ProtoError::Overflow { .. }) => "payload_overflow",
+            E::Payload(ProtoError::Truncated { .. }) => "payload_truncated",
+            E::Payload(ProtoError::TooLarge { .. }) => "payload_too_large",
+            E::RateLimited { .. } => "rate_limited",
+            E::Auth(e) if e.is_impersonation() => "impersonation",
+            E::Auth(_) => "unauthenticated",
+            E::ShuttingDown => "shutting_down",
+            E::Model(_)
+            | E::Strategy(_)
+            | E::QuorumLost { .. }
+            | E::Config(_)
+            | E::Checkpoint(_)
+            | E::Io(_) => "internal",
+        }
     }
 }

@@ -94,6 +94,9 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     /// Why the run ended.
     pub stop_reason: String,
+    /// Requests refused during the run, by reason (e.g. "stale_fence", "rate_limited").
+    #[serde(default)]
+    pub refusals: BTreeMap<String, u64>,
 }
 
 /// SHA-256 of `values` as little-endian f32 bytes, hex.

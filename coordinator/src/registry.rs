@@ -1,9 +1,11 @@
 //! The registry of clients: who joined, how much data they hold, and when they were last heard.
 //!
 //! A client's pulls double as its heartbeat; one whose pulls stop for longer than the liveness
-//! window is no longer offered work, but keeps its id and comes back by pulling again.
+//! window is no longer offered work, but keeps its id and comes back by pulling again. Each
+//! record also paces its client's pulls ([`crate::pacing`]); a reconnect keeps the pacing.
 
 use crate::error::{CoordinatorError, Result};
+use crate::pacing::{PullPacer, PullRate};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,8 @@ pub struct ClientRecord {
     pub num_examples: u64,
     /// Last join or pull.
     pub last_seen: Instant,
+    /// When its next pull is due, under the pull rate limit.
+    pub pacer: PullPacer,
 }
 
 /// Live clients by stable id; a `BTreeMap` so listings come sorted, independent of join order.
@@ -45,14 +49,33 @@ impl Registry {
         if !self.clients.contains_key(id) && self.clients.len() >= max_clients {
             return Err(CoordinatorError::TooManyClients(max_clients));
         }
+        let pacer = self.clients.get(id).map(|r| r.pacer).unwrap_or_default();
         self.clients.insert(
             id.to_owned(),
             ClientRecord {
                 num_examples,
                 last_seen: now,
+                pacer,
             },
         );
         Ok(())
+    }
+
+    /// Paces a pull from `id` arriving at `now`: the delay before serving it, or a
+    /// rate-limit refusal (which changes nothing, not even the heartbeat).
+    pub fn pace(&mut self, id: &str, now: Instant, rate: PullRate) -> Result<Duration> {
+        let record = self
+            .clients
+            .get_mut(id)
+            .ok_or_else(|| CoordinatorError::UnknownClient(id.to_owned()))?;
+        record
+            .pacer
+            .reserve(now, rate)
+            .map_err(|retry| CoordinatorError::RateLimited {
+                client: id.to_owned(),
+                per_second: rate.per_second,
+                retry_after_ms: retry.as_millis().max(1) as u64,
+            })
     }
 
     /// Records a heartbeat; unknown ids are refused.
@@ -119,6 +142,38 @@ mod tests {
         ));
         r.leave("b").unwrap();
         assert!(!r.contains("b"));
+    }
+
+    #[test]
+    fn pulls_are_paced_per_client_and_survive_a_reconnect() {
+        let now = Instant::now();
+        let rate = PullRate {
+            per_second: 1.0,
+            burst: 0,
+        };
+        let mut r = Registry::default();
+        r.join("a", 1, 10, now).unwrap();
+        r.join("b", 1, 10, now).unwrap();
+        assert_eq!(r.pace("a", now, rate).unwrap(), Duration::ZERO);
+        assert_eq!(r.pace("a", now, rate).unwrap(), Duration::from_secs(1));
+        assert!(matches!(
+            r.pace("a", now, rate),
+            Err(CoordinatorError::RateLimited { .. })
+        ));
+        assert_eq!(
+            r.pace("b", now, rate).unwrap(),
+            Duration::ZERO,
+            "b is unaffected"
+        );
+        r.join("a", 1, 10, now).unwrap();
+        assert!(
+            r.pace("a", now, rate).is_err(),
+            "rejoining does not reset the pace"
+        );
+        assert!(matches!(
+            r.pace("zz", now, rate),
+            Err(CoordinatorError::UnknownClient(_))
+        ));
     }
 
     #[test]

@@ -1,37 +1,224 @@
-//! Serving the fleet protocol on a listener until a shutdown future resolves.
+//! Serving the fleet protocol on a listener until a shutdown future resolves, in plaintext, over
+//! TLS, or over mutual TLS ([`crate::tls`]), with the client authentication of [`crate::auth`].
 
+use crate::auth::{AuthPolicy, ClientCa, TokenTable};
 use crate::engine::Coordinator;
-use crate::error::Result;
+use crate::error::{CoordinatorError, Result};
 use crate::service::FleetService;
+use crate::tls::ServerKeys;
 use shoal_proto::v1::fleet_server::FleetServer;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tracing::warn;
 
-/// Serves `coordinator` on `listener` until `shutdown` resolves (mini-redis style: the caller
-/// owns the signal, so tests and the CLI stop the server the same way).
+/// How the server protects its transport and authenticates clients. The default is plaintext
+/// with no client authentication, which [`serve_with`] allows only on a loopback address unless
+/// [`Security::allow_insecure`] says otherwise.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// The server's certificate chain and key; `None` serves plaintext.
+    keys: Option<Arc<ServerKeys>>,
+    /// CA that client certificates must chain to; `Some` turns on mutual TLS.
+    client_ca: Option<ClientCa>,
+    /// Clients' token digests; `Some` requires a bearer token on every request.
+    tokens: Option<TokenTable>,
+    /// Plaintext is acceptable on a non-loopback address.
+    insecure: bool,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("tls", &self.is_tls())
+            .field("mutual_tls", &self.client_ca.is_some())
+            .field("tokens", &self.tokens.as_ref().map(TokenTable::len))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl Security {
+    /// Plaintext, no client authentication.
+    pub fn plaintext() -> Self {
+        Self::default()
+    }
+
+    /// TLS with the server certificate chain and private key in `cert_pem` and `key_pem`.
+    /// Both are checked now, so a bad file fails before anything is served.
+    pub fn tls(cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Result<Self> {
+        let keys = ServerKeys::from_pem(cert_pem.as_ref(), key_pem.as_ref())?;
+        Ok(Self {
+            keys: Some(Arc::new(keys)),
+            ..Self::default()
+        })
+    }
+
+    /// Mutual TLS: clients must present a certificate that chains to the CA in `ca_pem`, is
+    /// valid now, and names the client id they claim. Needs [`Security::tls`] first.
+    pub fn with_client_ca(mut self, ca_pem: impl AsRef<[u8]>) -> Result<Self> {
+        if self.keys.is_none() {
+            return Err(CoordinatorError::Config(
+                "mutual TLS needs a server certificate and key".into(),
+            ));
+        }
+        self.client_ca = Some(ClientCa::from_pem(ca_pem.as_ref())?);
+        Ok(self)
+    }
+
+    /// Requires every request to carry the bearer token of the client it claims to be.
+    pub fn with_tokens(mut self, tokens: TokenTable) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Allows plaintext on a non-loopback address (with a warning), when `insecure`.
+    pub fn allow_insecure(mut self, insecure: bool) -> Self {
+        self.insecure = insecure;
+        self
+    }
+
+    /// True if the transport is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// What each request must prove.
+    pub fn policy(&self) -> AuthPolicy {
+        AuthPolicy {
+            client_ca: self.client_ca.clone(),
+            tokens: self.tokens.clone(),
+        }
+    }
+
+    /// Refuses plaintext on a non-loopback address unless insecure transport was allowed, and
+    /// warns about the risky combinations that are allowed.
+    pub fn check_listener(&self, addr: SocketAddr) -> Result<()> {
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if !self.is_tls() {
+            if !self.insecure {
+                return Err(CoordinatorError::Config(format!(
+                    "refusing to serve plaintext on non-loopback address {addr}: configure TLS, \
+                     or allow insecure transport explicitly"
+                )));
+            }
+            warn!(%addr, "serving PLAINTEXT on a non-loopback address: traffic and any bearer tokens can be read and altered on the network");
+        }
+        if self.policy().is_open() {
+            warn!(%addr, "clients are not authenticated: anyone who can connect may act under any client id");
+        }
+        Ok(())
+    }
+}
+
+/// Serves `coordinator` on `listener` in plaintext with no client authentication until
+/// `shutdown` resolves (mini-redis style: the caller owns the signal, so tests and the CLI stop
+/// the server the same way). Refuses a non-loopback listener, as [`serve_with`] does.
 pub async fn serve(
     listener: TcpListener,
     coordinator: Coordinator,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    serve_with(listener, coordinator, Security::plaintext(), shutdown).await
+}
+
+/// Serves `coordinator` on `listener` with `security` until `shutdown` resolves.
+pub async fn serve_with(
+    listener: TcpListener,
+    coordinator: Coordinator,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    security.check_listener(listener.local_addr()?)?;
     // Messages are chunked at 1 MiB; leave headroom for headers and framing.
     let max_message = coordinator.shared.limits.max_chunk_bytes + (64 << 10);
-    let service = FleetServer::new(FleetService::new(coordinator))
+    let service = FleetServer::new(FleetService::with_policy(coordinator, security.policy()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    // Small messages must not wait for Nagle's algorithm: a round is a chain of small RPCs.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(100_000))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| crate::error::CoordinatorError::Io(std::io::Error::other(e)))
+        .add_service(service);
+    let served = match &security.keys {
+        Some(keys) => {
+            let config = keys.config(security.client_ca.is_some())?;
+            let incoming = crate::tls::incoming(listener, config);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            // Small messages must not wait for Nagle's algorithm: a round is a chain of small
+            // RPCs.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|stream| {
+                    let _ = stream.set_nodelay(true);
+                })
+            });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| CoordinatorError::Io(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::certs::{DevCa, Validity};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn plaintext_is_for_loopback_unless_insecure() {
+        let plain = Security::plaintext();
+        assert!(plain.check_listener(addr("127.0.0.1:7070")).is_ok());
+        assert!(plain.check_listener(addr("[::1]:7070")).is_ok());
+        let err = plain.check_listener(addr("0.0.0.0:7070")).unwrap_err();
+        assert!(
+            err.to_string().contains("refusing to serve plaintext"),
+            "{err}"
+        );
+        assert!(plain.check_listener(addr("10.1.2.3:7070")).is_err());
+        let insecure = Security::plaintext().allow_insecure(true);
+        assert!(insecure.check_listener(addr("0.0.0.0:7070")).is_ok());
+    }
+
+    #[test]
+    fn tls_is_accepted_anywhere_and_bad_keys_fail_early() {
+        let ca = DevCa::generate(Validity::days(1)).unwrap();
+        let server = ca.server(&["localhost".into()], Validity::days(1)).unwrap();
+        let tls = Security::tls(&server.cert, &server.key).unwrap();
+        assert!(tls.check_listener(addr("0.0.0.0:7070")).is_ok());
+        let mutual = tls.with_client_ca(&ca.pem().cert).unwrap();
+        assert!(mutual.policy().client_ca.is_some());
+        let stranger = DevCa::generate(Validity::days(1)).unwrap();
+        let err = Security::tls(&server.cert, &stranger.pem().key).unwrap_err();
+        assert!(
+            err.to_string().contains("server certificate and key"),
+            "{err}"
+        );
+        assert!(Security::tls(&server.cert, "not a key").is_err());
+        assert!(Security::tls("not a cert", &server.key).is_err());
+        let bad_ca = Security::tls(&server.cert, &server.key)
+            .unwrap()
+            .with_client_ca("nothing here");
+        assert!(bad_ca.is_err());
+        assert!(
+            Security::plaintext()
+                .with_client_ca(&ca.pem().cert)
+                .is_err()
+        );
+    }
 }

@@ -1,6 +1,9 @@
-//! The gRPC face of the coordinator: thin handlers that decode, call [`Coordinator`], and map
-//! errors through the one table in [`crate::error`].
+//! The gRPC face of the coordinator: thin handlers that authorize, decode, call
+//! [`Coordinator`], and map errors through the one table in [`crate::error`]. Each handler makes
+//! one [`FleetService::authorize`] call with the client id its request claims, before anything
+//! reaches the engine.
 
+use crate::auth::AuthPolicy;
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::results::ClientUpdate;
@@ -12,48 +15,88 @@ use shoal_proto::v1::{
 };
 use shoal_proto::{ChunkAssembler, encode_chunks};
 use std::pin::Pin;
+use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// Implements the `Fleet` service over a [`Coordinator`].
 #[derive(Debug, Clone)]
 pub struct FleetService {
     coordinator: Coordinator,
+    /// What each request must prove about the client id it claims.
+    auth: Arc<AuthPolicy>,
 }
 
 impl FleetService {
-    /// Serves `coordinator`.
+    /// Serves `coordinator` to anyone, under any client id (loopback demos and tests).
     pub fn new(coordinator: Coordinator) -> Self {
-        Self { coordinator }
+        Self::with_policy(coordinator, AuthPolicy::open())
+    }
+
+    /// Serves `coordinator` to requests whose credentials satisfy `auth`.
+    pub fn with_policy(coordinator: Coordinator, auth: AuthPolicy) -> Self {
+        Self {
+            coordinator,
+            auth: Arc::new(auth),
+        }
+    }
+
+    /// Refuses `request` unless its credentials (the TLS client certificate, the bearer token)
+    /// prove the client id it claims.
+    fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
+        if self.auth.is_open() {
+            return Ok(());
+        }
+        let certs = request.peer_certs();
+        let checked = self.auth.check(
+            certs.as_deref().map(Vec::as_slice),
+            request.metadata(),
+            claimed,
+        );
+        checked.map_err(|err| {
+            let peer = request.remote_addr();
+            if err.is_impersonation() {
+                warn!(client = %claimed, ?peer, error = %err, "request refused: impersonation");
+            } else {
+                info!(client = %claimed, ?peer, error = %err, "request refused: not authenticated");
+            }
+            self.refuse(err.into())
+        })
     }
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
 
-/// Logs a refusal at debug level and turns it into a status.
-fn refuse(err: CoordinatorError) -> Status {
-    debug!(error = %err, "request refused");
-    err.into()
+impl FleetService {
+    /// The one place an error becomes a refusal: counts it by reason (see
+    /// [`Coordinator::refusals`]), logs it at debug level, and turns it into a status.
+    fn refuse(&self, err: CoordinatorError) -> Status {
+        debug!(error = %err, reason = err.reason(), "request refused");
+        self.coordinator.count_refusal(&err);
+        err.into()
+    }
 }
 
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let req = request.into_inner();
         let reply = self
             .coordinator
             .join(&req.client_id, req.num_examples)
-            .map_err(refuse)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(reply))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let req = request.into_inner();
         let reply = self
             .coordinator
             .pull(&req.client_id)
             .await
-            .map_err(refuse)?;
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(reply))
     }
 
@@ -63,14 +106,15 @@ impl Fleet for FleetService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchGlobalStream>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let req = request.into_inner();
         let fence = req
             .fence
-            .ok_or_else(|| refuse(CoordinatorError::Malformed("fetch has no fence".into())))?;
+            .ok_or_else(|| self.refuse(CoordinatorError::Malformed("fetch has no fence".into())))?;
         let global = self
             .coordinator
             .global_for(&req.client_id, &fence)
-            .map_err(refuse)?;
+            .map_err(|e| self.refuse(e))?;
         let chunks: Vec<Chunk> = encode_chunks(&global, shoal_proto::DEFAULT_CHUNK_BYTES).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(
             chunks.into_iter().map(Ok),
@@ -79,37 +123,41 @@ impl Fleet for FleetService {
 
     async fn push_update(
         &self,
-        request: Request<Streaming<UpdatePart>>,
+        mut request: Request<Streaming<UpdatePart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let mut parts = request.into_inner();
-        let header = match parts.next().await {
+        let header = match request.get_mut().next().await {
             Some(Ok(UpdatePart {
                 part: Some(Part::Header(h)),
             })) => h,
             Some(Ok(_)) => {
-                return Err(refuse(CoordinatorError::Malformed(
+                return Err(self.refuse(CoordinatorError::Malformed(
                     "an update must start with its header".into(),
                 )));
             }
             Some(Err(status)) => return Err(status),
             None => {
-                return Err(refuse(CoordinatorError::Malformed(
-                    "empty update stream".into(),
-                )));
+                return Err(self.refuse(CoordinatorError::Malformed("empty update stream".into())));
             }
         };
-        let admission = self.coordinator.admit(&header).map_err(refuse)?;
+        self.authorize(&request, &header.client_id)?;
+        let mut parts = request.into_inner();
+        let admission = self
+            .coordinator
+            .admit(&header)
+            .map_err(|e| self.refuse(e))?;
         let mut payload = ChunkAssembler::new(
             header.payload_len,
             admission.max_values,
             admission.max_chunk_bytes,
         )
-        .map_err(|e| refuse(e.into()))?;
+        .map_err(|e| self.refuse(e.into()))?;
         while let Some(part) = parts.next().await {
             match part?.part {
-                Some(Part::Chunk(chunk)) => payload.push(&chunk).map_err(|e| refuse(e.into()))?,
+                Some(Part::Chunk(chunk)) => {
+                    payload.push(&chunk).map_err(|e| self.refuse(e.into()))?
+                }
                 _ => {
-                    return Err(refuse(CoordinatorError::Malformed(
+                    return Err(self.refuse(CoordinatorError::Malformed(
                         "only chunks may follow the header".into(),
                     )));
                 }
@@ -118,17 +166,23 @@ impl Fleet for FleetService {
         let update = ClientUpdate {
             client_id: header.client_id,
             weight: header.num_examples,
-            payload: payload.finish().map_err(|e| refuse(e.into()))?,
+            payload: payload.finish().map_err(|e| self.refuse(e.into()))?,
             counts: header.counts,
             metrics: header.metrics.into_iter().collect(),
         };
-        let accepted_in_round = admission.deliver(update).await.map_err(refuse)?;
+        let accepted_in_round = admission
+            .deliver(update)
+            .await
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(PushReply { accepted_in_round }))
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let req = request.into_inner();
-        self.coordinator.leave(&req.client_id).map_err(refuse)?;
+        self.coordinator
+            .leave(&req.client_id)
+            .map_err(|e| self.refuse(e))?;
         Ok(Response::new(LeaveReply {}))
     }
 }

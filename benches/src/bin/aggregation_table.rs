@@ -9,6 +9,7 @@
 //! `--quick` skips 10M × 1000, the one configuration that takes most of a minute.
 
 use shoal_benches::bandwidth::{STREAM_LEN, StreamArrays};
+use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::memory::{self, mib};
 use shoal_benches::stats::{Summary, gb_per_s};
@@ -77,6 +78,7 @@ fn measure(pool: &UpdatePool, updates: usize) -> Row {
 
 fn main() {
     let quick = Flags::from_env().has("quick");
+    let cpu_start = CpuSample::now().ok();
     println!(
         "memory bandwidth (STREAM-counted, {} MiB arrays, median of 15)",
         (STREAM_LEN * 8) >> 20
@@ -150,4 +152,5 @@ fn main() {
             );
         }
     }
+    print_since(cpu_start);
 }

@@ -7,6 +7,7 @@
 //! GB/s counts 4 B per value per update, % copy is of the 2-thread STREAM copy measured here.
 
 use shoal_benches::bandwidth::{STREAM_LEN, StreamArrays};
+use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::fold_kernels::BitSum;
 use shoal_benches::stats::{Summary, gb_per_s};
 use shoal_benches::updates::update_bytes;
@@ -30,6 +31,7 @@ fn median_seconds(mut pass: impl FnMut() -> Result<(), AggregateError>) -> f64 {
 
 fn main() {
     let mut arrays = StreamArrays::new(STREAM_LEN);
+    let cpu_start = CpuSample::now().ok();
     let copy = gb_per_s(
         arrays.copy_bytes(),
         median_seconds(|| {
@@ -78,4 +80,5 @@ fn main() {
             );
         }
     }
+    print_since(cpu_start);
 }

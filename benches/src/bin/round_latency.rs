@@ -10,6 +10,7 @@
 //! 1,000 clients to join, so it is reported apart.
 
 use anyhow::{Result, anyhow};
+use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
 use shoal_benches::stats::Summary;
@@ -26,6 +27,7 @@ async fn main() -> Result<()> {
         ..RunConfig::default()
     };
     run.fit.epochs = 0;
+    let cpu_start = CpuSample::now().ok();
     let report = Simulation::digits(run, clients).run(|_| false).await?;
 
     println!(
@@ -65,5 +67,6 @@ async fn main() -> Result<()> {
         report.fleet.totals.accepted,
         report.wall.as_secs_f64()
     );
+    print_since(cpu_start);
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! process from spawn to exit (what `time ./target/release/shoal run --quiet` reports as real).
 
 use anyhow::{Context, Result, anyhow};
+use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
 use shoal_benches::stats::Summary;
@@ -54,6 +55,7 @@ async fn main() -> Result<()> {
     println!(
         "`shoal run` defaults: digits, mlp, fedavg, 10 iid clients, 20 rounds, 5 epochs, lr 0.1, batch 32"
     );
+    let cpu_start = CpuSample::now().ok();
     let mut walls = Vec::new();
     for i in 0..repeat.max(1) {
         let report = Simulation::digits(cli_defaults(), 10)
@@ -71,6 +73,7 @@ async fn main() -> Result<()> {
         walls.push(report.wall.as_secs_f64());
     }
     print_summary("in-process equivalent", &walls);
+    print_since(cpu_start);
     if binary.is_empty() {
         println!("(add --binary target/release/shoal to time the real binary too)");
         return Ok(());

@@ -3,6 +3,10 @@
 //!
 //! `cargo run --release -p shoal-benches --bin time_to_accuracy [-- --seeds 3 --target 0.95 --max-rounds 200]`
 //!
+//! `--unpaced` turns off the coordinator's per-client pull pacing (`Limits::pull_rate`, by
+//! default 20 pulls/s with bursts of 40). Each client pulls about once per round, so once the
+//! burst is spent pacing holds rounds to about 20 a second, and this run's rounds are faster.
+//!
 //! The run stops at the first round whose test accuracy reaches the target (or at the cap).
 //! "rounds s" sums the coordinator's per-round times up to that round; "wall s" runs from the
 //! start (data loading, server start, clients joining) to that round's record; "total s" adds
@@ -10,6 +14,7 @@
 //! figure given in the benchmark's brief: about 170 rounds and 45 s.
 
 use anyhow::{Result, anyhow};
+use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
 use shoal_benches::stats::Summary;
@@ -27,14 +32,24 @@ async fn main() -> Result<()> {
     let target = flags.get("target", 0.95f64).map_err(|e| anyhow!(e))?;
     let max_rounds = flags.get("max-rounds", 200u32).map_err(|e| anyhow!(e))?;
     let clients = flags.get("clients", 10usize).map_err(|e| anyhow!(e))?;
+    let unpaced = flags.has("unpaced");
     println!(
         "time to {:.0}% test accuracy: digits, mlp, SGD lr 0.05, batch 32, 1 epoch, {clients} IID clients, cap {max_rounds} rounds",
         target * 100.0
     );
     println!(
+        "pull pacing: {}",
+        if unpaced {
+            "off (--unpaced)"
+        } else {
+            "coordinator default (Limits::default().pull_rate)"
+        }
+    );
+    println!(
         "{:>5} {:>7} {:>9} {:>10} {:>9} {:>9} {:>10}",
         "seed", "round", "accuracy", "rounds s", "wall s", "total s", "s/round"
     );
+    let cpu_start = CpuSample::now().ok();
     let (mut reached_rounds, mut reached_wall) = (Vec::new(), Vec::new());
     for seed in 0..seeds {
         let run = RunConfig {
@@ -48,7 +63,11 @@ async fn main() -> Result<()> {
             },
             ..RunConfig::default()
         };
-        let report = Simulation::digits(run, clients)
+        let mut simulation = Simulation::digits(run, clients);
+        if unpaced {
+            simulation.limits.pull_rate = None;
+        }
+        let report = simulation
             .run(move |r| r.get("accuracy").is_some_and(|a| a >= target))
             .await?;
         let hit = report
@@ -91,5 +110,6 @@ async fn main() -> Result<()> {
             w.median / FLOWER_SECONDS
         );
     }
+    print_since(cpu_start);
     Ok(())
 }

@@ -1,16 +1,81 @@
 //! `shoal client`: one edge client. Its data is either its own file (`--data csv:PATH`) or, for
 //! demos, one partition of a shared dataset (`--dataset`, `--partition`, `--clients`, `--index`).
+//! Over `https://` it checks the coordinator against `--ca`, and proves its id with a client
+//! certificate (`--cert`, `--key`) and/or a bearer token (`--token`).
 
 use crate::data::{client_id, load, partitions};
 use crate::host::ctrl_c;
 use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use shoal_client::connection::{channel, fleet_client};
+use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
 use shoal_client::{ClientOptions, EdgeClient, cache::GlobalCache};
+use shoal_coordinator::certs::bundle::parse_token_list;
 use shoal_datasets::{Dataset, DatasetSource};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+
+/// How a client checks the coordinator's certificate (shared by `client` and `simulate`).
+#[derive(Debug, Default, Clone, Args)]
+pub struct TlsArgs {
+    /// Trust this CA for the coordinator's certificate (PEM, e.g. ca.pem from `shoal certs`);
+    /// needs an https:// coordinator URL.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The name the coordinator's certificate must carry [default: the URL's host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, if a CA was given (`--ca`, or else `default_ca`).
+    pub fn load(&self, default_ca: Option<&Path>) -> Result<Option<ClientTls>> {
+        let Some(ca) = self.ca.as_deref().or(default_ca) else {
+            if self.tls_domain.is_some() {
+                bail!("--tls-domain needs --ca");
+            }
+            return Ok(None);
+        };
+        let mut tls = ClientTls::new(read(ca, "CA certificate")?);
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.with_domain(domain.clone());
+        }
+        Ok(Some(tls))
+    }
+}
+
+/// Reads a text file, naming it in the error.
+pub fn read(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// A client certificate and key from files.
+pub fn identity(cert: &Path, key: &Path) -> Result<TlsIdentity> {
+    Ok(TlsIdentity {
+        cert_pem: read(cert, "client certificate")?,
+        key_pem: read(key, "client key")?,
+    })
+}
+
+/// Reads a token file of `CLIENT_ID TOKEN` lines.
+pub fn read_tokens(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    parse_token_list(&read(path, "token file")?)
+        .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))
+}
+
+/// The token of client `id` in `path`: the file's only word, or the `id` line of a
+/// `CLIENT_ID TOKEN` list.
+fn token_for(path: &Path, id: &str) -> Result<String> {
+    let text = read(path, "token file")?;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if let [token] = words.as_slice() {
+        return Ok((*token).to_owned());
+    }
+    read_tokens(path)?
+        .remove(id)
+        .with_context(|| format!("token file {} has no line for {id}", path.display()))
+}
 
 /// Options of `shoal client`.
 #[derive(Debug, Args)]
@@ -29,6 +94,18 @@ pub struct ClientCmd {
     index: usize,
     #[command(flatten)]
     options: RunOptions,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Mutual TLS: this client's certificate (PEM, e.g. client-ID.pem from `shoal certs`).
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// This client's bearer token: a file holding the token, or a `CLIENT_ID TOKEN` list
+    /// (tokens.txt from `shoal certs --tokens`).
+    #[arg(long, value_name = "FILE")]
+    token: Option<PathBuf>,
 }
 
 impl ClientCmd {
@@ -57,7 +134,17 @@ impl ClientCmd {
             }
         };
         let id = self.id.unwrap_or_else(|| client_id("client", self.index));
-        let fleet = fleet_client(channel(&self.coordinator)?);
+        let mut tls = self.tls.load(None)?;
+        if let (Some(tls), Some(cert), Some(key)) = (&mut tls, &self.cert, &self.key) {
+            tls.identity = Some(identity(cert, key)?);
+        }
+        let auth = match &self.token {
+            Some(path) => BearerAuth::token(&token_for(path, &id)?)?,
+            None => BearerAuth::none(),
+        };
+        let connection = channel(&self.coordinator, tls.as_ref())
+            .with_context(|| format!("connecting to {}", self.coordinator))?;
+        let fleet = fleet_client(connection, auth);
         let options = ClientOptions {
             seed: plan.run.seed,
             ..ClientOptions::default()

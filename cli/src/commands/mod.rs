@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod certs;
 pub mod checkpoint;
 pub mod client;
 pub mod coordinator;

@@ -7,7 +7,7 @@ use crate::options::RunOptions;
 use anyhow::{Context, Result};
 use clap::Args;
 use shoal_client::{FleetConfig, run_fleet};
-use shoal_coordinator::Limits;
+use shoal_coordinator::{Limits, Security};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -47,7 +47,16 @@ impl RunCmd {
             }
         };
         let fleet = tokio::spawn(run_fleet(fleet, clients, fleet_stop));
-        let hosted = host(&plan, prepared, listener, &self.outputs, ctrl_c()).await;
+        // Loopback plaintext: the fleet is in this process.
+        let hosted = host(
+            &plan,
+            prepared,
+            listener,
+            Security::plaintext(),
+            &self.outputs,
+            ctrl_c(),
+        )
+        .await;
         let _ = hosted_tx.send(());
         let report = fleet.await.context("fleet task")??;
         hosted?;

@@ -1,14 +1,18 @@
 //! `shoal simulate`: many simulated clients in this process, each with its own partition of
 //! the dataset, against a coordinator elsewhere, optionally suffering seeded faults (dropouts,
-//! stragglers, crashes) that replay exactly for the same `--seed`.
+//! stragglers, crashes) that replay exactly for the same `--seed`. Over `https://` each client
+//! can prove its id with its own certificate (`--certs-dir`) and/or token (`--tokens-file`).
 
+use crate::commands::client::{TlsArgs, identity, read_tokens};
 use crate::data::{load, partitions};
 use crate::host::ctrl_c;
 use crate::options::RunOptions;
 use anyhow::{Result, bail};
 use clap::Args;
 use shoal_client::faults::DEFAULT_CRASH_DOWNTIME;
-use shoal_client::{Faults, FleetConfig, run_fleet};
+use shoal_client::{Credentials, Faults, FleetConfig, run_fleet};
+use shoal_coordinator::certs::bundle::{CA_CERT, client_cert_file, client_key_file};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A fault's probability per (client, round) and its duration.
@@ -43,6 +47,16 @@ pub struct SimulateCmd {
     /// for SECONDS [default: 2], then joins again under the same id.
     #[arg(long, value_name = "P[:SECONDS]", value_parser = parse_crash)]
     crash: Option<FaultRate>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Mutual TLS: a directory with client-ID.pem and client-ID.key for every simulated client
+    /// (as `shoal certs` writes it); its ca.pem is the default --ca.
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Bearer tokens: a file of `CLIENT_ID TOKEN` lines with every simulated client (tokens.txt
+    /// from `shoal certs --tokens`).
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<PathBuf>,
 }
 
 /// Parses a probability in [0, 1].
@@ -112,6 +126,27 @@ impl SimulateCmd {
         }
         let n = clients.len();
         let mut fleet = FleetConfig::new(self.coordinator);
+        let default_ca = self.certs_dir.as_ref().map(|dir| dir.join(CA_CERT));
+        fleet.tls = self.tls.load(default_ca.as_deref())?;
+        let mut tokens = match &self.tokens_file {
+            Some(path) => Some(read_tokens(path)?),
+            None => None,
+        };
+        for (id, _) in &clients {
+            let mut credentials = Credentials::default();
+            if let Some(dir) = &self.certs_dir {
+                let cert = dir.join(client_cert_file(id));
+                let key = dir.join(client_key_file(id));
+                credentials.identity = Some(identity(&cert, &key)?);
+            }
+            if let Some(tokens) = &mut tokens {
+                let Some(token) = tokens.remove(id) else {
+                    bail!("--tokens-file has no token for {id}");
+                };
+                credentials.token = Some(token);
+            }
+            fleet.credentials.insert(id.clone(), credentials);
+        }
         fleet.channels = self.channels.max(1);
         fleet.options.seed = plan.run.seed;
         fleet.faults = Faults {

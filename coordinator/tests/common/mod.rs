@@ -2,7 +2,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use shoal_coordinator::config::SelectionConfig;
-use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, RunOutcome, serve, strategy};
+use shoal_coordinator::{
+    Coordinator, Limits, Resume, RunConfig, RunOutcome, Security, serve_with, strategy,
+};
 use shoal_datasets::{Dataset, DatasetSource, Partition, Split, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
 use std::sync::Arc;
@@ -69,18 +71,36 @@ pub fn spec(kind: &str, data: &Dataset) -> ModelSpec {
 
 /// Starts a coordinator for `config` on 127.0.0.1:0.
 pub async fn start(config: RunConfig, spec: ModelSpec, test: Dataset, limits: Limits) -> Running {
+    start_with(config, spec, test, limits, Security::plaintext()).await
+}
+
+/// Starts a coordinator for `config` on 127.0.0.1:0 serving with `security`; its URL is
+/// https:// when it serves TLS.
+pub async fn start_with(
+    config: RunConfig,
+    spec: ModelSpec,
+    test: Dataset,
+    limits: Limits,
+    security: Security,
+) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if security.is_tls() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let strategy = strategy::build(&config, &spec).unwrap();
     let coordinator = Coordinator::new(config, limits, spec);
     let (stop_server, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, coordinator.clone(), async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(serve_with(
+        listener,
+        coordinator.clone(),
+        security,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let driver = coordinator.clone();
     let run = tokio::spawn(async move {
         driver

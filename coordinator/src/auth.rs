@@ -1,0 +1,418 @@
+//! Who may speak for a client: the authentication policy the gRPC service applies to every
+//! request before it reaches the engine.
+//!
+//! A client proves an identity with a client certificate (mutual TLS: the handshake proves the
+//! client holds the certificate's key, [`ClientCa`] checks here that the certificate chains to
+//! the configured CA and is valid now, and it names the client in a `shoal://client/ID` URI, see
+//! [`crate::certs`]), with a bearer token (`authorization: Bearer TOKEN`, looked up by its
+//! SHA-256 in a token table), or both. Every mechanism the coordinator is configured with is
+//! required, and each identity must equal the client id the request claims: nobody acts under
+//! another client's id.
+
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use tonic::metadata::MetadataMap;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// Mutual TLS is required and the connection presented no client certificate.
+    #[error("no client certificate: this coordinator requires mutual TLS")]
+    NoCertificate,
+    /// The client certificate does not chain to the CA, or is not valid now.
+    #[error("{0}")]
+    UntrustedCertificate(String),
+    /// The client certificate chains to the CA but names no usable client id.
+    #[error("{0}")]
+    CertificateId(String),
+    /// The certificate is another client's.
+    #[error("client certificate is for {certified:?}, but the request claims {claimed:?}")]
+    CertificateMismatch {
+        /// The id in the certificate.
+        certified: String,
+        /// The id the request claims.
+        claimed: String,
+    },
+    /// Tokens are required and the request carried none.
+    #[error("missing bearer token: send `authorization: Bearer TOKEN`")]
+    NoToken,
+    /// The authorization header is not `Bearer TOKEN`.
+    #[error("malformed authorization header: expected `Bearer TOKEN`")]
+    MalformedToken,
+    /// The token is in no client's entry.
+    #[error("bearer token not recognised")]
+    UnknownToken,
+    /// The token is another client's.
+    #[error("bearer token is for {owner:?}, but the request claims {claimed:?}")]
+    TokenMismatch {
+        /// The client the token belongs to.
+        owner: String,
+        /// The id the request claims.
+        claimed: String,
+    },
+}
+
+impl AuthError {
+    /// True when the caller is authenticated, but as someone else than it claims.
+    pub fn is_impersonation(&self) -> bool {
+        matches!(
+            self,
+            Self::CertificateMismatch { .. } | Self::TokenMismatch { .. }
+        )
+    }
+}
+
+/// The SHA-256 of a token, in lowercase hex: what a token file keeps instead of the token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Clients' bearer tokens, kept as SHA-256 digests and looked up by digest.
+#[derive(Debug, Clone, Default)]
+pub struct TokenTable {
+    owners: HashMap<[u8; 32], String>,
+}
+
+impl TokenTable {
+    /// Parses a token file: one `CLIENT_ID SHA256HEX` line per client; blank lines and lines
+    /// starting with `#` are skipped. Refuses a client listed twice or a digest shared by two
+    /// clients, which would make a token's owner ambiguous.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut owners = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |msg: &str| format!("line {}: {msg}", n + 1);
+            let mut fields = line.split_whitespace();
+            let (Some(id), Some(digest), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(at("expected `CLIENT_ID SHA256HEX`"));
+            };
+            crate::registry::check_client_id(id).map_err(|e| at(&e.to_string()))?;
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(digest, &mut bytes)
+                .map_err(|_| at("the digest must be 64 hex digits (a SHA-256)"))?;
+            if !seen.insert(id.to_owned()) {
+                return Err(at(&format!("client {id:?} is listed twice")));
+            }
+            if let Some(other) = owners.insert(bytes, id.to_owned()) {
+                return Err(at(&format!("{id:?} has the same token as {other:?}")));
+            }
+        }
+        Ok(Self { owners })
+    }
+
+    /// Reads and parses a token file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("token file {}: {e}", path.display()))
+    }
+
+    /// Clients with a token.
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// True if no client has a token.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// The client a token belongs to.
+    pub fn owner(&self, token: &str) -> Option<&str> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.owners.get(&digest).map(String::as_str)
+    }
+}
+
+/// The CA that client certificates must chain to.
+#[derive(Clone)]
+pub struct ClientCa {
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    algorithms: &'static [&'static dyn SignatureVerificationAlgorithm],
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("anchors", &self.anchors.len())
+            .finish()
+    }
+}
+
+impl ClientCa {
+    /// Trusts every CA certificate in `pem`.
+    pub fn from_pem(pem: &[u8]) -> crate::Result<Self> {
+        let anchors = crate::tls::pem_certs(pem, "client CA")?
+            .iter()
+            .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| crate::CoordinatorError::Config(format!("tls: client CA: {e}")))?;
+        Ok(Self {
+            anchors: Arc::new(anchors),
+            algorithms: crate::tls::provider().signature_verification_algorithms.all,
+        })
+    }
+
+    /// Checks that `chain` (leaf first) chains to the CA, is valid at `now` and is meant for
+    /// client authentication; returns the client id it certifies.
+    pub fn verify(&self, chain: &[CertificateDer<'_>], now: UnixTime) -> Result<String, AuthError> {
+        let (leaf, intermediates) = chain.split_first().ok_or(AuthError::NoCertificate)?;
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            AuthError::UntrustedCertificate(format!("unreadable client certificate: {e}"))
+        })?;
+        cert.verify_for_usage(
+            self.algorithms,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            let self_signed = cert.issuer() == cert.subject();
+            AuthError::UntrustedCertificate(untrusted_reason(&e, self_signed))
+        })?;
+        crate::certs::client_id_of(leaf).map_err(AuthError::CertificateId)
+    }
+}
+
+/// Why webpki refused a client certificate, in words.
+fn untrusted_reason(err: &webpki::Error, self_signed: bool) -> String {
+    use webpki::Error as E;
+    match err {
+        E::CertExpired { .. } => "client certificate has expired".into(),
+        E::CertNotValidYet { .. } => "client certificate is not valid yet".into(),
+        E::UnknownIssuer | E::InvalidSignatureForPublicKey if self_signed => {
+            "client certificate is self-signed, not issued by this coordinator's CA".into()
+        }
+        E::UnknownIssuer | E::InvalidSignatureForPublicKey => {
+            "client certificate is not issued by this coordinator's CA".into()
+        }
+        E::RequiredEkuNotFoundContext(_) => {
+            "client certificate is not meant for client authentication".into()
+        }
+        other => format!("client certificate refused: {other}"),
+    }
+}
+
+/// What a request must prove, as configured on the coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct AuthPolicy {
+    /// A client certificate that chains to this CA must name the claimed client.
+    pub client_ca: Option<ClientCa>,
+    /// A bearer token from this table must belong to the claimed client.
+    pub tokens: Option<TokenTable>,
+}
+
+impl AuthPolicy {
+    /// Anyone may claim any id (loopback demos and tests).
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// True if the policy checks nothing.
+    pub fn is_open(&self) -> bool {
+        self.client_ca.is_none() && self.tokens.is_none()
+    }
+
+    /// Checks a request's credentials against the id it claims. `peer_certs` is the chain the
+    /// client presented in the TLS handshake (leaf first), `metadata` the request's headers.
+    pub fn check(
+        &self,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+        metadata: &MetadataMap,
+        claimed: &str,
+    ) -> Result<(), AuthError> {
+        if let Some(ca) = &self.client_ca {
+            let chain = peer_certs.unwrap_or_default();
+            let certified = ca.verify(chain, UnixTime::now())?;
+            if certified != claimed {
+                return Err(AuthError::CertificateMismatch {
+                    certified,
+                    claimed: claimed.to_owned(),
+                });
+            }
+        }
+        if let Some(tokens) = &self.tokens {
+            let header = metadata
+                .get("authorization")
+                .ok_or(AuthError::NoToken)?
+                .to_str()
+                .map_err(|_| AuthError::MalformedToken)?;
+            let token = bearer(header).ok_or(AuthError::MalformedToken)?;
+            let owner = tokens.owner(token).ok_or(AuthError::UnknownToken)?;
+            if owner != claimed {
+                return Err(AuthError::TokenMismatch {
+                    owner: owner.to_owned(),
+                    claimed: claimed.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The token in `Bearer TOKEN` (the scheme is case-insensitive, as in RFC 6750).
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn table() -> TokenTable {
+        let text = format!(
+            "# comment\n\nclient-a {}\nclient-b   {}\n",
+            hash_token("secret-a"),
+            hash_token("secret-b")
+        );
+        TokenTable::parse(&text).unwrap()
+    }
+
+    fn with_auth(value: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", value.parse().unwrap());
+        m
+    }
+
+    fn tokens_only() -> AuthPolicy {
+        AuthPolicy {
+            client_ca: None,
+            tokens: Some(table()),
+        }
+    }
+
+    #[test]
+    fn a_token_speaks_only_for_its_owner() {
+        let p = tokens_only();
+        assert_eq!(
+            p.check(None, &with_auth("Bearer secret-a"), "client-a"),
+            Ok(())
+        );
+        assert_eq!(
+            p.check(None, &with_auth("bearer  secret-b "), "client-b"),
+            Ok(())
+        );
+        assert_eq!(
+            p.check(None, &with_auth("Bearer secret-a"), "client-b"),
+            Err(AuthError::TokenMismatch {
+                owner: "client-a".into(),
+                claimed: "client-b".into()
+            })
+        );
+        assert_eq!(
+            p.check(None, &with_auth("Bearer nope"), "client-a"),
+            Err(AuthError::UnknownToken)
+        );
+        assert_eq!(
+            p.check(None, &MetadataMap::new(), "client-a"),
+            Err(AuthError::NoToken)
+        );
+        for bad in ["secret-a", "Basic secret-a", "Bearer ", "Bearer"] {
+            assert_eq!(
+                p.check(None, &with_auth(bad), "client-a"),
+                Err(AuthError::MalformedToken),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn mutual_tls_needs_a_certificate() {
+        let ca = crate::certs::DevCa::generate(crate::certs::Validity::days(1)).unwrap();
+        let p = AuthPolicy {
+            client_ca: Some(ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap()),
+            tokens: None,
+        };
+        assert_eq!(
+            p.check(None, &MetadataMap::new(), "client-a"),
+            Err(AuthError::NoCertificate)
+        );
+        assert_eq!(
+            p.check(Some(&[]), &MetadataMap::new(), "client-a"),
+            Err(AuthError::NoCertificate)
+        );
+        assert!(AuthPolicy::open().is_open());
+        assert_eq!(
+            AuthPolicy::open().check(None, &MetadataMap::new(), "x"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn client_certificates_must_chain_to_the_ca_and_be_current() {
+        use crate::certs::{DevCa, Validity, self_signed_client};
+        use std::time::Duration;
+        let der = |pem: &str| {
+            crate::tls::pem_certs(pem.as_bytes(), "test")
+                .unwrap()
+                .remove(0)
+        };
+        let ca = DevCa::generate(Validity::days(1)).unwrap();
+        let trust = ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap();
+        let now = UnixTime::now();
+        let good = der(&ca.client("client-a", Validity::days(1)).unwrap().cert);
+        assert_eq!(
+            trust.verify(std::slice::from_ref(&good), now),
+            Ok("client-a".into())
+        );
+        let refused = |chain: &[CertificateDer<'_>], at: UnixTime| match trust.verify(chain, at) {
+            Err(AuthError::UntrustedCertificate(reason)) => reason,
+            other => panic!("{other:?}"),
+        };
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + 3 * 86_400));
+        assert!(refused(std::slice::from_ref(&good), later).contains("expired"));
+        let stranger = DevCa::generate_named("Stranger CA", Validity::days(1)).unwrap();
+        let theirs = der(&stranger.client("client-a", Validity::days(1)).unwrap().cert);
+        assert!(refused(&[theirs], now).contains("not issued by this coordinator's CA"));
+        let own = der(&self_signed_client("client-a", Validity::days(1))
+            .unwrap()
+            .cert);
+        assert!(refused(&[own], now).contains("self-signed"));
+        let server = ca.server(&["localhost".into()], Validity::days(1)).unwrap();
+        assert!(refused(&[der(&server.cert)], now).contains("not meant for client authentication"));
+        assert_eq!(trust.verify(&[], now), Err(AuthError::NoCertificate));
+    }
+
+    #[test]
+    fn token_files_are_checked_line_by_line() {
+        let h = hash_token("t");
+        assert_eq!(table().len(), 2);
+        assert_eq!(table().owner("secret-b"), Some("client-b"));
+        for (text, want) in [
+            ("client-a".to_owned(), "line 1: expected"),
+            (format!("client-a {h} extra"), "line 1: expected"),
+            ("client-a abc".to_owned(), "64 hex digits"),
+            (
+                format!("\nclient-a {h}\nclient-a {}", hash_token("u")),
+                "line 3",
+            ),
+            (format!("client-a {h}\nclient-b {h}"), "same token"),
+        ] {
+            let err = TokenTable::parse(&text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn hashes_are_lowercase_sha256_hex() {
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

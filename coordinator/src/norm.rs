@@ -1,0 +1,297 @@
+//! Bounding how far one update may move the model: the L2 norm of an update, and what happens
+//! when it is over the bound (the update is refused, or clipped to the bound).
+//!
+//! What is measured depends on what the payload is:
+//! - **Fit** (FedAvg): the payload is the client's new parameters, so the norm is that of the
+//!   *delta* from the round's global parameters, i.e. the step the client proposes.
+//! - **Gradient** (FedSGD): the payload is the step direction itself; its own norm.
+//! - **k-means** (k-FED seeding centres, per-centroid sums): exempt. A centroid sum grows with
+//!   the points behind it, and the counts that must add up to the update's weight already tie
+//!   it to the client's data; a bound in data units would need a data radius the coordinator
+//!   does not know. The aggregation range check ([`crate::aggregate::ExactSum::check`]) still
+//!   applies.
+//!
+//! Clipping multiplies the delta (or gradient) by `bound / norm` in f64 and rounds each value
+//! once to f32, in index order, so the same update clips to the same bits on every machine.
+//! Norm bounding against model replacement follows Sun et al. 2019, "Can you really backdoor
+//! federated learning?".
+
+use crate::aggregate::{AggregateError, validate};
+use serde::{Deserialize, Serialize};
+use shoal_proto::v1::TaskKind;
+use std::sync::Arc;
+
+/// What to do with an update whose norm is over the bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPolicy {
+    /// Refuse it with `InvalidArgument` ("update norm X exceeds the bound Y").
+    #[default]
+    Reject,
+    /// Scale its delta (or gradient) down to the bound and accept it.
+    Clip,
+}
+
+impl std::str::FromStr for NormPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "reject" => Ok(Self::Reject),
+            "clip" => Ok(Self::Clip),
+            other => Err(format!("unknown norm policy {other:?}: use reject or clip")),
+        }
+    }
+}
+
+impl std::fmt::Display for NormPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Reject => "reject",
+            Self::Clip => "clip",
+        })
+    }
+}
+
+/// L2 norm of `values`, summed in f64 in index order (deterministic).
+pub fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// L2 norm of `values − reference` (equal lengths), summed in f64 in index order.
+pub fn l2_distance(values: &[f32], reference: &[f32]) -> f64 {
+    values
+        .iter()
+        .zip(reference)
+        .map(|(&v, &r)| {
+            let d = f64::from(v) - f64::from(r);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Scales `values − reference` (or `values` itself without a reference) by `scale`, rounding
+/// each result once to f32.
+pub fn scale_delta(values: &mut [f32], reference: Option<&[f32]>, scale: f64) {
+    match reference {
+        Some(reference) => {
+            for (v, &r) in values.iter_mut().zip(reference) {
+                let r = f64::from(r);
+                *v = (r + (f64::from(*v) - r) * scale) as f32;
+            }
+        }
+        None => {
+            for v in values.iter_mut() {
+                *v = (f64::from(*v) * scale) as f32;
+            }
+        }
+    }
+}
+
+/// The norm rule of one round: the bound, the policy, and what the norm is measured from.
+#[derive(Debug, Clone)]
+pub struct NormBound {
+    max_norm: f64,
+    policy: NormPolicy,
+    /// The round's global parameters for Fit tasks; `None` measures the payload itself.
+    reference: Option<Arc<Vec<f32>>>,
+}
+
+impl NormBound {
+    /// The rule for a round of `kind` whose global state is `global`; `None` when there is no
+    /// bound or the task is exempt (k-means).
+    pub fn for_task(
+        kind: TaskKind,
+        global: &Arc<Vec<f32>>,
+        max_norm: Option<f64>,
+        policy: NormPolicy,
+    ) -> Option<Self> {
+        let max_norm = max_norm?;
+        let reference = match kind {
+            TaskKind::Fit => Some(global.clone()),
+            TaskKind::Gradient => None,
+            TaskKind::KmeansInit | TaskKind::KmeansStep | TaskKind::Unspecified => return None,
+        };
+        Some(Self {
+            max_norm,
+            policy,
+            reference,
+        })
+    }
+
+    /// The norm of `payload` under this rule.
+    pub fn norm(&self, payload: &[f32]) -> f64 {
+        match &self.reference {
+            Some(reference) => l2_distance(payload, reference),
+            None => l2_norm(payload),
+        }
+    }
+
+    /// Checks `payload` (length and finiteness first, then the norm) and applies the policy:
+    /// returns `Ok(None)` if it is within the bound, `Ok(Some(norm))` if it was clipped from
+    /// `norm`, or the refusal.
+    pub fn enforce(&self, payload: &mut [f32]) -> Result<Option<f64>, AggregateError> {
+        let expected = self.reference.as_ref().map_or(payload.len(), |r| r.len());
+        validate(payload, expected)?;
+        let norm = self.norm(payload);
+        if norm <= self.max_norm {
+            return Ok(None);
+        }
+        match self.policy {
+            NormPolicy::Reject => Err(AggregateError::NormTooLarge {
+                norm,
+                bound: self.max_norm,
+            }),
+            NormPolicy::Clip => {
+                let reference = self.reference.as_deref().map(Vec::as_slice);
+                scale_delta(payload, reference, self.max_norm / norm);
+                Ok(Some(norm))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bound(kind: TaskKind, global: Vec<f32>, max: f64, policy: NormPolicy) -> NormBound {
+        NormBound::for_task(kind, &Arc::new(global), Some(max), policy).unwrap()
+    }
+
+    #[test]
+    fn norms_of_hand_made_vectors() {
+        assert_eq!(l2_norm(&[3.0, 4.0]), 5.0);
+        assert_eq!(l2_distance(&[4.0, 6.0], &[1.0, 2.0]), 5.0);
+        assert_eq!(l2_norm(&[]), 0.0);
+    }
+
+    #[test]
+    fn fit_measures_the_delta_and_gradient_the_payload() {
+        let fit = bound(TaskKind::Fit, vec![10.0, 10.0], 5.0, NormPolicy::Reject);
+        assert_eq!(
+            fit.enforce(&mut [13.0, 14.0]),
+            Ok(None),
+            "delta norm is exactly 5"
+        );
+        let grad = bound(
+            TaskKind::Gradient,
+            vec![10.0, 10.0],
+            5.0,
+            NormPolicy::Reject,
+        );
+        assert_eq!(
+            grad.enforce(&mut [3.0, 4.0]),
+            Ok(None),
+            "payload norm is exactly 5"
+        );
+        assert!(matches!(
+            grad.enforce(&mut [13.0, 14.0]),
+            Err(AggregateError::NormTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn reject_names_the_norm_and_the_bound() {
+        let fit = bound(TaskKind::Fit, vec![0.0, 0.0], 1.0, NormPolicy::Reject);
+        let mut payload = [3.0, 4.0];
+        let err = fit.enforce(&mut payload).unwrap_err();
+        assert_eq!(
+            err,
+            AggregateError::NormTooLarge {
+                norm: 5.0,
+                bound: 1.0
+            }
+        );
+        assert!(err.to_string().contains("update norm 5"), "{err}");
+        assert!(err.to_string().contains("exceeds the bound 1"), "{err}");
+        assert_eq!(payload, [3.0, 4.0], "a refused payload is untouched");
+    }
+
+    #[test]
+    fn clip_scales_the_delta_onto_the_bound() {
+        let fit = bound(TaskKind::Fit, vec![1.0, 1.0], 1.0, NormPolicy::Clip);
+        let mut payload = [4.0, 5.0];
+        assert_eq!(fit.enforce(&mut payload), Ok(Some(5.0)));
+        assert_eq!(payload, [1.6, 1.8]);
+        let grad = bound(TaskKind::Gradient, vec![], 2.5, NormPolicy::Clip);
+        let mut g = [3.0, -4.0];
+        assert_eq!(grad.enforce(&mut g), Ok(Some(5.0)));
+        assert_eq!(g, [1.5, -2.0]);
+    }
+
+    #[test]
+    fn validation_comes_before_the_norm() {
+        let fit = bound(TaskKind::Fit, vec![0.0, 0.0], 1.0, NormPolicy::Clip);
+        assert_eq!(
+            fit.enforce(&mut [f32::NAN, 0.0]),
+            Err(AggregateError::NonFinite { index: 0 })
+        );
+        assert!(matches!(
+            fit.enforce(&mut [0.0]),
+            Err(AggregateError::WrongLength { .. })
+        ));
+    }
+
+    #[test]
+    fn kmeans_and_unbounded_runs_are_exempt() {
+        let g = Arc::new(vec![0.0]);
+        for kind in [TaskKind::KmeansInit, TaskKind::KmeansStep] {
+            assert!(NormBound::for_task(kind, &g, Some(1.0), NormPolicy::Reject).is_none());
+        }
+        assert!(NormBound::for_task(TaskKind::Fit, &g, None, NormPolicy::Reject).is_none());
+    }
+
+    #[test]
+    fn policies_parse_and_print() {
+        assert_eq!("clip".parse::<NormPolicy>(), Ok(NormPolicy::Clip));
+        assert_eq!("Reject".parse::<NormPolicy>(), Ok(NormPolicy::Reject));
+        assert!("drop".parse::<NormPolicy>().is_err());
+        assert_eq!(NormPolicy::Clip.to_string(), "clip");
+    }
+
+    proptest! {
+        #[test]
+        fn clipped_updates_land_on_the_bound_deterministically(
+            rows in proptest::collection::vec((-1e3f32..1e3, -1e3f32..1e3), 1..64),
+            max in 1e-2f64..1e2,
+        ) {
+            let (global, payload): (Vec<f32>, Vec<f32>) = rows.into_iter().unzip();
+            let rule = bound(TaskKind::Fit, global.clone(), max, NormPolicy::Clip);
+            let mut a = payload.clone();
+            let clipped = rule.enforce(&mut a).unwrap();
+            let mut b = payload.clone();
+            rule.enforce(&mut b).unwrap();
+            prop_assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let after = l2_distance(&a, &global);
+            match clipped {
+                None => prop_assert_eq!(a, payload),
+                // One f32 rounding per value: within a few ulps of the global's magnitude.
+                Some(before) => {
+                    prop_assert!(before > max);
+                    let slack = 1e-6 * (max + 1e3 * (global.len() as f64).sqrt());
+                    prop_assert!((after - max).abs() <= slack, "{after} vs {max}");
+                }
+            }
+        }
+
+        #[test]
+        fn within_the_bound_nothing_changes(
+            payload in proptest::collection::vec(-1.0f32..1.0, 1..64),
+        ) {
+            let rule = bound(TaskKind::Gradient, vec![], 1e3, NormPolicy::Clip);
+            let mut p = payload.clone();
+            prop_assert_eq!(rule.enforce(&mut p), Ok(None));
+            prop_assert_eq!(p, payload);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Counting refused requests by reason, so an operator can see what broken or hostile clients
+//! tried (`Coordinator::refusals`, and `refusals` in the run summary).
+//!
+//! Counted in one place: where the gRPC service turns a [`crate::CoordinatorError`] into a
+//! status. The reasons are the stable keys of [`crate::CoordinatorError::reason`]. The counter
+//! has its own small lock, so a flood of refusals never contends for the round's state.
+
+use crate::round::lock;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Refusals so far, by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Refusals {
+    /// Counts one refusal for `reason`.
+    pub fn record(&self, reason: &'static str) {
+        *lock(&self.counts).entry(reason).or_insert(0) += 1;
+    }
+
+    /// The counts so far, by reason.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        lock(&self.counts)
+            .iter()
+            .map(|(reason, n)| ((*reason).to_string(), *n))
+            .collect()
+    }
+
+    /// All refusals so far.
+    pub fn total(&self) -> u64 {
+        lock(&self.counts).values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_reason() {
+        let r = Refusals::default();
+        r.record("stale_fence");
+        r.record("non_finite");
+        r.record("stale_fence");
+        assert_eq!(
+            r.snapshot(),
+            BTreeMap::from([("non_finite".into(), 1), ("stale_fence".into(), 2)])
+        );
+        assert_eq!(r.total(), 3);
+    }
+}

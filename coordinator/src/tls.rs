@@ -1,0 +1,185 @@
+//! The TLS plumbing under [`crate::server`]: the rustls server configuration, and an accept
+//! loop that runs each handshake on its own task so a slow or hostile peer never holds up the
+//! others.
+//!
+//! Under mutual TLS the handshake asks every client for a certificate and checks that the
+//! client holds its private key (the CertificateVerify signature), but leaves the question
+//! "does this certificate chain to our CA, and is it valid today?" to [`crate::auth`], which
+//! asks it on every request. A refused certificate then gets an `Unauthenticated` status that
+//! says why (expired, unknown CA, self-signed), instead of a TLS alert that races the client's
+//! first request and reaches it, if at all, as "transport error". No request is served without
+//! that check: the service authorizes each one before it reaches the engine.
+
+use crate::error::{CoordinatorError, Result};
+use futures::Stream;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::{
+    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, warn};
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The crypto provider: ring, as everywhere else in the stack.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(msg: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::Config(format!("tls: {msg}"))
+}
+
+/// Every certificate in a PEM text, in order.
+pub(crate) fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(format!("{what}: bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_error(format!("{what}: no PEM certificate found")));
+    }
+    Ok(certs)
+}
+
+/// The server's certificate chain and private key.
+#[derive(Debug)]
+pub(crate) struct ServerKeys {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerKeys {
+    /// Parses the PEM chain and key and checks that they make a usable server configuration.
+    pub(crate) fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let chain = pem_certs(cert_pem, "server certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| tls_error(format!("server key: {e}")))?;
+        let keys = Self { chain, key };
+        keys.config(false)?;
+        Ok(keys)
+    }
+
+    /// A rustls configuration serving HTTP/2; with `ask_client_certs`, clients are asked for a
+    /// certificate as described in the module docs.
+    pub(crate) fn config(&self, ask_client_certs: bool) -> Result<Arc<ServerConfig>> {
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?;
+        let builder = if ask_client_certs {
+            builder.with_client_cert_verifier(Arc::new(KeyHolderVerifier {
+                algorithms: provider.signature_verification_algorithms,
+            }))
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| tls_error(format!("server certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Asks for a client certificate, accepts a connection without one, and checks only the
+/// handshake signature: proof that the client holds the certificate's key. The chain is
+/// checked per request ([`crate::auth::ClientCa`]).
+#[derive(Debug)]
+struct KeyHolderVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for KeyHolderVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, tokio_rustls::rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Accepts TCP connections on `listener` and yields those that complete a TLS handshake with
+/// `config`; each handshake runs on its own task under a timeout. The loop ends, releasing the
+/// port, when the returned stream is dropped.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Small messages must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(err)) => debug!(%peer, error = %err, "tls handshake failed"),
+                    Err(_) => debug!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

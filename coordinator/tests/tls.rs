@@ -1,0 +1,438 @@
+//! Transport security over real TLS on 127.0.0.1:0, with certificates made by the same code as
+//! `shoal certs`: a mutual-TLS + token run completes while impostors are refused, each with its
+//! status code and reason, without disturbing it.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use shoal_client::connection::{BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client};
+use shoal_client::{Credentials, FleetConfig, run_fleet};
+use shoal_coordinator::auth::TokenTable;
+use shoal_coordinator::certs::bundle::{
+    BundleSpec, CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, TOKEN_DIGESTS, TOKENS, client_cert_file,
+    client_key_file, parse_token_list, write_bundle,
+};
+use shoal_coordinator::certs::{CertifiedPem, DevCa, Validity, self_signed_client};
+use shoal_coordinator::{Limits, Security};
+use shoal_datasets::Partition;
+use shoal_proto::v1::{
+    Fence, FetchRequest, JoinRequest, LeaveRequest, PullRequest, UpdateHeader, UpdatePart,
+    update_part::Part,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+use tonic::{Code, Status};
+
+const A: &str = "client-00000";
+const B: &str = "client-00001";
+
+/// A `shoal certs` directory for clients A and B, with tokens.
+struct Certs {
+    dir: tempfile::TempDir,
+    tokens: BTreeMap<String, String>,
+}
+
+impl Certs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = BundleSpec {
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            clients: vec![A.into(), B.into()],
+            days: 1,
+            tokens: true,
+        };
+        write_bundle(dir.path(), &spec).unwrap();
+        let tokens = parse_token_list(&read(dir.path(), TOKENS)).unwrap();
+        Self { dir, tokens }
+    }
+
+    fn read(&self, name: &str) -> String {
+        read(self.dir.path(), name)
+    }
+
+    fn ca(&self) -> DevCa {
+        DevCa::load(&self.read(CA_CERT), &self.read(CA_KEY)).unwrap()
+    }
+
+    fn identity(&self, id: &str) -> TlsIdentity {
+        TlsIdentity {
+            cert_pem: self.read(&client_cert_file(id)),
+            key_pem: self.read(&client_key_file(id)),
+        }
+    }
+
+    fn tls(&self) -> ClientTls {
+        ClientTls::new(self.read(CA_CERT))
+    }
+
+    fn server(&self) -> Security {
+        Security::tls(self.read(SERVER_CERT), self.read(SERVER_KEY)).unwrap()
+    }
+
+    fn token_table(&self) -> TokenTable {
+        TokenTable::load(&self.dir.path().join(TOKEN_DIGESTS)).unwrap()
+    }
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap()
+}
+
+fn identity(pem: &CertifiedPem) -> TlsIdentity {
+    TlsIdentity {
+        cert_pem: pem.cert.clone(),
+        key_pem: pem.key.clone(),
+    }
+}
+
+/// A protocol client over TLS presenting `cert` (if any) and `token` (if any).
+fn dial(url: &str, tls: ClientTls, cert: Option<TlsIdentity>, token: Option<&str>) -> Fleet {
+    let tls = match cert {
+        Some(cert) => tls.with_identity(cert),
+        None => tls,
+    };
+    let auth = token.map_or_else(BearerAuth::none, |t| BearerAuth::token(t).unwrap());
+    fleet_client(channel(url, Some(&tls)).unwrap(), auth)
+}
+
+async fn join(fleet: &mut Fleet, id: &str) -> Result<(), Status> {
+    fleet
+        .join(JoinRequest {
+            client_id: id.into(),
+            num_examples: 10,
+        })
+        .await
+        .map(|_| ())
+}
+
+#[track_caller]
+fn assert_refused(result: Result<(), Status>, code: Code, reason: &str) {
+    let status = result.expect_err("the request must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(reason),
+        "{:?} lacks {reason:?}",
+        status.message()
+    );
+}
+
+/// Claims `id` in every request of the protocol; each must be refused with `code` and `reason`.
+async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, code: Code, reason: &str) {
+    assert_refused(join(fleet, id).await, code, reason);
+    let pull = fleet
+        .pull(PullRequest {
+            client_id: id.into(),
+        })
+        .await;
+    assert_refused(pull.map(|_| ()), code, reason);
+    let fetch = fleet
+        .fetch_global(FetchRequest {
+            client_id: id.into(),
+            fence: Some(Fence::default()),
+        })
+        .await;
+    assert_refused(fetch.map(|_| ()), code, reason);
+    let header = UpdateHeader {
+        client_id: id.into(),
+        fence: Some(Fence::default()),
+        num_examples: 10,
+        payload_len: 0,
+        counts: vec![],
+        metrics: Default::default(),
+    };
+    let parts = vec![UpdatePart {
+        part: Some(Part::Header(header)),
+    }];
+    let push = fleet.push_update(futures::stream::iter(parts)).await;
+    assert_refused(push.map(|_| ()), code, reason);
+    let leave = fleet
+        .leave(LeaveRequest {
+            client_id: id.into(),
+        })
+        .await;
+    assert_refused(leave.map(|_| ()), code, reason);
+}
+
+/// Certificates that do not chain to the CA, or are not valid now, each refused with its
+/// reason on every request: another CA's, an expired one, a self-signed one, and the server's
+/// own certificate (not meant for clients).
+async fn assert_bad_certificates_refused(url: &str, certs: &Certs) {
+    let token = certs.tokens[A].as_str();
+    let stranger = DevCa::generate_named("Stranger CA", Validity::days(1)).unwrap();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = Validity {
+        not_before: now - 10 * day,
+        not_after: now - day,
+    };
+    let server = CertifiedPem {
+        cert: certs.read(SERVER_CERT),
+        key: certs.read(SERVER_KEY),
+    };
+    let cases = [
+        (
+            stranger.client(A, Validity::days(1)).unwrap(),
+            "client certificate is not issued by this coordinator's CA",
+        ),
+        (
+            certs.ca().client(A, expired).unwrap(),
+            "client certificate has expired",
+        ),
+        (
+            self_signed_client(A, Validity::days(1)).unwrap(),
+            "client certificate is self-signed",
+        ),
+        (
+            server,
+            "client certificate is not meant for client authentication",
+        ),
+    ];
+    for (pem, reason) in cases {
+        let mut fleet = dial(url, certs.tls(), Some(identity(&pem)), Some(token));
+        assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, reason).await;
+    }
+}
+
+/// Valid credentials used for the wrong id, and missing or wrong ones.
+async fn assert_impostors_refused(url: &str, certs: &Certs) {
+    let (token_a, token_b) = (certs.tokens[A].as_str(), certs.tokens[B].as_str());
+    // A's certificate with B's token, claiming B.
+    let mut fleet = dial(url, certs.tls(), Some(certs.identity(A)), Some(token_b));
+    let reason = format!("client certificate is for \"{A}\", but the request claims \"{B}\"");
+    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    // B's certificate with A's token, claiming B.
+    let mut fleet = dial(url, certs.tls(), Some(certs.identity(B)), Some(token_a));
+    let reason = format!("bearer token is for \"{A}\", but the request claims \"{B}\"");
+    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    // A's certificate, no token.
+    let mut fleet = dial(url, certs.tls(), Some(certs.identity(A)), None);
+    assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, "missing bearer token")
+        .await;
+    // A's certificate, a token nobody has.
+    let mut fleet = dial(
+        url,
+        certs.tls(),
+        Some(certs.identity(A)),
+        Some("wrong-token"),
+    );
+    assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, "not recognised").await;
+    // A's token, no certificate.
+    let mut fleet = dial(url, certs.tls(), None, Some(token_a));
+    assert_every_request_refused(
+        &mut fleet,
+        A,
+        Code::Unauthenticated,
+        "no client certificate",
+    )
+    .await;
+}
+
+/// A fleet of one client, `id`, over mutual TLS with its certificate and token.
+fn fleet_config(url: &str, certs: &Certs, id: &str) -> FleetConfig {
+    let mut fleet = FleetConfig::new(url);
+    fleet.tls = Some(certs.tls());
+    fleet.credentials.insert(
+        id.into(),
+        Credentials {
+            identity: Some(certs.identity(id)),
+            token: Some(certs.tokens[id].clone()),
+        },
+    );
+    fleet
+}
+
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
+    let certs = Certs::new();
+    let security = certs
+        .server()
+        .with_client_ca(certs.read(CA_CERT))
+        .unwrap()
+        .with_tokens(certs.token_table());
+    let split = common::digits();
+    let rounds = 3;
+    let mut config = common::config(2, rounds);
+    config.fit.epochs = 1;
+    let spec = common::spec("logreg", &split.train);
+    let clients = common::clients(&split.train, 2, &Partition::Iid, 0);
+    let running = common::start_with(config, spec, split.test, Limits::default(), security).await;
+    let url = running.url.clone();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    // Before the fleet arrives: nobody gets in under a false or missing identity.
+    assert_bad_certificates_refused(&url, &certs).await;
+    assert_impostors_refused(&url, &certs).await;
+    assert_eq!(running.coordinator.registered(), 0);
+
+    // A arrives; the run waits for B. Impostors claiming B (or A, or leaving as A) get nowhere.
+    let mut data = clients.into_iter();
+    let fleet_a = tokio::spawn(run_fleet(
+        fleet_config(&url, &certs, A),
+        vec![data.next().unwrap()],
+        std::future::pending(),
+    ));
+    wait_until(|| running.coordinator.registered() == 1).await;
+    assert_impostors_refused(&url, &certs).await;
+    assert_bad_certificates_refused(&url, &certs).await;
+    assert_eq!(
+        running.coordinator.registered(),
+        1,
+        "A is still in, nobody else"
+    );
+
+    // B arrives and the rounds run, while the same attempts go on.
+    let fleet_b = tokio::spawn(run_fleet(
+        fleet_config(&url, &certs, B),
+        vec![data.next().unwrap()],
+        std::future::pending(),
+    ));
+    assert_impostors_refused(&url, &certs).await;
+    assert_bad_certificates_refused(&url, &certs).await;
+
+    let outcome = running.finish().await.unwrap();
+    for fleet in [fleet_a, fleet_b] {
+        let report = fleet.await.unwrap().unwrap();
+        assert_eq!(report.finished, 1, "{report:?}");
+        assert_eq!(report.failed, 0, "{report:?}");
+        assert_eq!(report.totals.accepted, rounds, "{report:?}");
+        assert_eq!(report.totals.refused, 0, "{report:?}");
+    }
+    assert_eq!(outcome.summary.rounds_completed, rounds);
+    assert!(
+        outcome.records.iter().all(|r| r.clients == 2),
+        "{:?}",
+        outcome.records
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_over_tls_authenticate_without_client_certificates() {
+    let certs = Certs::new();
+    let security = certs.server().with_tokens(certs.token_table());
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let running = common::start_with(
+        common::config(3, 1),
+        spec,
+        split.test,
+        Limits::default(),
+        security,
+    )
+    .await;
+    let url = running.url.clone();
+    let mut fleet = dial(&url, certs.tls(), None, Some(&certs.tokens[A]));
+    join(&mut fleet, A).await.unwrap();
+    let reason = format!("bearer token is for \"{A}\", but the request claims \"{B}\"");
+    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    let mut anonymous = dial(&url, certs.tls(), None, None);
+    assert_refused(
+        join(&mut anonymous, A).await,
+        Code::Unauthenticated,
+        "missing bearer token",
+    );
+    assert_eq!(running.coordinator.registered(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_check_the_coordinator_certificate() {
+    let certs = Certs::new();
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let running = common::start_with(
+        common::config(3, 1),
+        spec,
+        split.test,
+        Limits::default(),
+        certs.server(),
+    )
+    .await;
+    let url = running.url.clone();
+    // The right CA and name: in.
+    join(&mut dial(&url, certs.tls(), None, None), A)
+        .await
+        .unwrap();
+    // A name the certificate does not carry, or a CA that did not sign it: out.
+    let wrong_name = certs.tls().with_domain("coordinator.example");
+    let status = join(&mut dial(&url, wrong_name, None, None), A)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(format!("{status:?}").contains("certificate"), "{status:?}");
+    let stranger = DevCa::generate_named("Stranger CA", Validity::days(1)).unwrap();
+    let status = join(
+        &mut dial(
+            &url,
+            ClientTls::new(stranger.pem().cert.clone()),
+            None,
+            None,
+        ),
+        A,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(format!("{status:?}").contains("certificate"), "{status:?}");
+    // Plaintext towards a TLS port: out.
+    let plain_url = url.replacen("https://", "http://", 1);
+    let mut plain = fleet_client(channel(&plain_url, None).unwrap(), BearerAuth::none());
+    assert!(join(&mut plain, A).await.is_err());
+    assert_eq!(running.coordinator.registered(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_an_expired_certificate_stops_at_once_with_the_reason() {
+    let certs = Certs::new();
+    let security = certs.server().with_client_ca(certs.read(CA_CERT)).unwrap();
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let clients = common::clients(&split.train, 2, &Partition::Iid, 0);
+    let running = common::start_with(
+        common::config(2, 1),
+        spec,
+        split.test,
+        Limits::default(),
+        security,
+    )
+    .await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = certs
+        .ca()
+        .client(
+            A,
+            Validity {
+                not_before: now - 10 * day,
+                not_after: now - day,
+            },
+        )
+        .unwrap();
+    let mut fleet = FleetConfig::new(running.url.clone());
+    fleet.tls = Some(certs.tls());
+    fleet.credentials.insert(
+        A.into(),
+        Credentials {
+            identity: Some(identity(&expired)),
+            token: None,
+        },
+    );
+    let started = std::time::Instant::now();
+    let report = run_fleet(fleet, clients[..1].to_vec(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an authentication refusal is final, not retried: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(running.coordinator.registered(), 0);
+}
