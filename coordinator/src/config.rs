@@ -217,11 +217,12 @@ impl Default for Limits {
             max_clients: 1_000_000,
             max_examples: 1 << 31,
             liveness: Duration::from_secs(120),
-            // An honest client pulls once per round or poll timeout; 20/s with a burst of 40
-            // never refuses it (it is at worst paced), while a flood is cut off.
+            // An honest client pulls about once per round (fast simulated rounds take a few
+            // milliseconds); 500/s with a burst of 1,000 never slows it, while a flood of
+            // thousands of pulls a second is cut off.
             pull_rate: Some(PullRate {
-                per_second: 20.0,
-                burst: 40,
+                per_second: 500.0,
+                burst: 1000,
             }),
             // No norm bound by default: a sensible bound depends on the model and learning
             // rate. Set one (e.g. a few times the honest updates' norms) on open deployments.

@@ -61,6 +61,10 @@ fn limits() -> Limits {
         poll_timeout: Duration::from_secs(1),
         max_update_norm: Some(MAX_NORM),
         norm_policy: NormPolicy::Reject,
+        pull_rate: Some(shoal_coordinator::config::PullRate {
+            per_second: 20.0,
+            burst: 40,
+        }),
         ..Limits::default()
     }
 }
