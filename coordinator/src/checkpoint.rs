@@ -23,6 +23,9 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"SHOALCK\0";
 const HEADER: usize = 8 + 4 + 8;
 const DIGEST: usize = 32;
+/// Most bytes any length prefix inside a checkpoint, log record or strategy state may claim:
+/// a crafted prefix (the checksum only stops accidents) must not make us allocate without bound.
+pub const DECODE_LIMIT: usize = 1 << 31;
 /// Checkpoints kept on disk; older ones are deleted after a successful write.
 pub const KEEP: usize = 3;
 
@@ -197,9 +200,11 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     if Sha256::digest(body).as_slice() != digest {
         return Err(bad("checksum mismatch: the file is corrupt".into()));
     }
-    let (checkpoint, used) =
-        bincode::serde::decode_from_slice(&body[HEADER..], bincode::config::standard())
-            .map_err(|e| bad(format!("decode: {e}")))?;
+    let (checkpoint, used) = bincode::serde::decode_from_slice(
+        &body[HEADER..],
+        bincode::config::standard().with_limit::<{ crate::checkpoint::DECODE_LIMIT }>(),
+    )
+    .map_err(|e| bad(format!("decode: {e}")))?;
     if used != body.len() - HEADER {
         return Err(bad("trailing bytes after the checkpoint".into()));
     }
@@ -272,6 +277,21 @@ mod tests {
             assert!(decode(&flipped).is_err(), "flip at {at} undetected");
             assert_eq!(store.latest().unwrap().unwrap().round, 1);
         }
+    }
+
+    #[test]
+    fn a_crafted_length_prefix_is_an_error_not_an_allocation() {
+        // A valid envelope around a payload whose first string claims 2^62 bytes.
+        let mut payload = vec![0xfd];
+        payload.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+        assert!(decode(&bytes).is_err());
     }
 
     #[test]

@@ -128,10 +128,13 @@ pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Inverse of [`to_bytes`]; refuses trailing bytes.
 pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| {
-            crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}"))
-        })?;
+    let (value, used) = bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard().with_limit::<{ crate::checkpoint::DECODE_LIMIT }>(),
+    )
+    .map_err(|e| {
+        crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}"))
+    })?;
     if used != bytes.len() {
         return Err(crate::error::CoordinatorError::Checkpoint(
             "trailing bytes in strategy state".into(),
