@@ -70,7 +70,8 @@ impl ChunkAssembler {
         Ok(Self {
             declared: declared_usize,
             max_chunk_bytes,
-            values: Vec::with_capacity(declared_usize),
+            // Grow as verified chunks arrive: the declared length is only a claim.
+            values: Vec::with_capacity(declared_usize.min(MAX_CHUNK_BYTES / 4)),
         })
     }
 
