@@ -189,9 +189,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[12..20]);
     let len = u64::from_le_bytes(len);
-    let expected = len
-        .checked_add((HEADER + DIGEST) as u64)
-        .unwrap_or(u64::MAX);
+    let expected = len.saturating_add((HEADER + DIGEST) as u64);
     if bytes.len() as u64 != expected {
         return Err(bad(format!(
             "truncated: {} bytes, header says {expected}",
