@@ -28,7 +28,7 @@ const MAX_VALUES_CAP: u32 = 1 << 22;
 /// known crash in `ChunkAssembler::new` (eager `Vec::with_capacity(declared)` with a vacuous
 /// limit; see README.md, "Findings", and `regressions/chunks/`). Set it to `true` once the
 /// proto crate is fixed.
-const CLIENT_LIMIT_FIXED: bool = false;
+const CLIENT_LIMIT_FIXED: bool = true;
 
 /// The receiver's limits.
 #[derive(Arbitrary, Debug)]
