@@ -55,7 +55,11 @@ fn configs() -> Vec<(&'static str, RunConfig)> {
         ..RunConfig::default()
     };
     kmeans.selection.clients_per_round = Some(4);
-    vec![("fedavg", RunConfig::default()), ("fedsgd", fedsgd), ("kmeans", kmeans)]
+    vec![
+        ("fedavg", RunConfig::default()),
+        ("fedsgd", fedsgd),
+        ("kmeans", kmeans),
+    ]
 }
 
 fn checkpoint_seeds() -> Res<()> {
@@ -68,7 +72,11 @@ fn checkpoint_seeds() -> Res<()> {
     for (name, config) in configs() {
         let strategy = strategy::build(&config, &spec)?;
         let state = strategy.snapshot()?;
-        write("checkpoint", &format!("restore-{name}"), &with_mode(4, &state))?;
+        write(
+            "checkpoint",
+            &format!("restore-{name}"),
+            &with_mode(4, &state),
+        )?;
         let ckpt = Checkpoint {
             config_hash: config.hash(),
             config_json: serde_json::to_string(&config)?,
@@ -116,7 +124,11 @@ fn checkpoint_seeds() -> Res<()> {
     let mut log = RoundLog::create(&dir, opened.clone())?;
     log.append(&LogRecord::Update(update.clone()))?;
     drop(log);
-    write("checkpoint", "wal", &with_mode(2, &std::fs::read(dir.join("round.wal"))?))?;
+    write(
+        "checkpoint",
+        "wal",
+        &with_mode(2, &std::fs::read(dir.join("round.wal"))?),
+    )?;
     std::fs::remove_dir_all(&dir)?;
 
     let mut framed = vec![3u8];
@@ -160,8 +172,16 @@ fn csv_seeds() -> Res<()> {
 
 fn config_seeds() -> Res<()> {
     for (name, config) in configs() {
-        write("config", &format!("toml-{name}"), &with_mode(0, toml::to_string(&config)?.as_bytes()))?;
-        write("config", &format!("json-{name}"), &with_mode(1, serde_json::to_string(&config)?.as_bytes()))?;
+        write(
+            "config",
+            &format!("toml-{name}"),
+            &with_mode(0, toml::to_string(&config)?.as_bytes()),
+        )?;
+        write(
+            "config",
+            &format!("json-{name}"),
+            &with_mode(1, serde_json::to_string(&config)?.as_bytes()),
+        )?;
     }
     let sources = [
         "digits",
@@ -174,7 +194,11 @@ fn config_seeds() -> Res<()> {
         "blobs:samples=500,features=4,centers=3,std=0.5,box=5,seed=2",
     ];
     for (i, source) in sources.iter().enumerate() {
-        write("config", &format!("source-{i}"), &with_mode(2, source.as_bytes()))?;
+        write(
+            "config",
+            &format!("source-{i}"),
+            &with_mode(2, source.as_bytes()),
+        )?;
     }
     let labels: Vec<u8> = (0..40u8).map(|i| i % 10).collect();
     for (i, scheme) in ["iid", "dirichlet:0.3", "shards:2"].iter().enumerate() {
@@ -187,7 +211,11 @@ fn config_seeds() -> Res<()> {
     for (i, kind) in ["logreg", "mlp", "mlp:8,4", "cnn"].iter().enumerate() {
         let mut input = with_mode(4, kind.as_bytes());
         input.push(b'\n');
-        let (features, classes, image) = if *kind == "cnn" { (784u32, 10u32, 1u8) } else { (16, 3, 0) };
+        let (features, classes, image) = if *kind == "cnn" {
+            (784u32, 10u32, 1u8)
+        } else {
+            (16, 3, 0)
+        };
         input.extend_from_slice(&features.to_le_bytes());
         input.extend_from_slice(&classes.to_le_bytes());
         input.push(image);

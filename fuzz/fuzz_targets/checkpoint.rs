@@ -109,7 +109,10 @@ fn decode_checkpoint(file: &[u8]) {
         assert_eq!(config.run_id().len(), 16);
     }
     let bytes = checkpoint::encode(&ckpt).expect("a decoded checkpoint must encode");
-    assert!(checkpoint::decode(&bytes).is_ok(), "re-encoded checkpoint does not decode");
+    assert!(
+        checkpoint::decode(&bytes).is_ok(),
+        "re-encoded checkpoint does not decode"
+    );
 }
 
 fn read_wal(file: &[u8]) {
@@ -128,7 +131,9 @@ fn restore(state: &[u8]) {
     let mut all = strategies().lock().unwrap_or_else(|e| e.into_inner());
     for strategy in all.iter_mut() {
         if strategy.restore(state).is_ok() {
-            let _ = strategy.snapshot().expect("a restored strategy must snapshot");
+            let _ = strategy
+                .snapshot()
+                .expect("a restored strategy must snapshot");
         }
     }
 }

@@ -18,23 +18,24 @@ use prost::Message;
 use shoal_proto::v1::{Chunk, Task, UpdatePart, update_part::Part};
 use shoal_proto::{ChunkAssembler, MAX_CHUNK_BYTES, decode_f32};
 
-/// Largest `max_values` limit the coordinator-style receiver is given. The shipped default
-/// (`Limits::max_update_values`, 256 Mi values = 1 GiB) would make every execution reserve
-/// 1 GiB under ASan; 4 Mi values exercise the same code paths.
-const MAX_VALUES_CAP: u32 = 1 << 22;
+/// Largest `max_values` limit the coordinator-style receiver is given: the shipped default,
+/// `Limits::max_update_values` (256 Mi values).
+const MAX_VALUES_CAP: u32 = 256 << 20;
 
-/// Whether the client's `limit = declared` pattern may declare any length. `false` caps the
-/// declared length at [`MAX_VALUES_CAP`] in that mode, because any larger value reproduces the
-/// known crash in `ChunkAssembler::new` (eager `Vec::with_capacity(declared)` with a vacuous
-/// limit; see README.md, "Findings", and `regressions/chunks/`). Set it to `true` once the
-/// proto crate is fixed.
+/// Whether the client's `limit = declared` pattern may declare any length. It crashed
+/// `ChunkAssembler::new` until the eager `Vec::with_capacity(declared)` was capped (finding F1
+/// in README.md; reproducer in `regressions/chunks/`). `false` caps the declared length at
+/// [`MAX_VALUES_CAP`] in that mode, for fuzzing an older tree.
 const CLIENT_LIMIT_FIXED: bool = true;
 
 /// The receiver's limits.
 #[derive(Arbitrary, Debug)]
 enum Limit {
     /// A configured limit, as the coordinator passes `Limits::max_update_values`.
-    Configured { max_values: u32, max_chunk_bytes: u32 },
+    Configured {
+        max_values: u32,
+        max_chunk_bytes: u32,
+    },
     /// The client's pattern in `client/src/cache.rs`: limit = the declared length itself.
     ClientFetch,
 }
@@ -82,7 +83,10 @@ fn assemble(input: &Input) {
         }
     };
     let Ok(mut asm) = ChunkAssembler::new(declared, max_values, max_chunk_bytes) else {
-        assert!(declared > max_values as u64, "refused a payload within the limit");
+        assert!(
+            declared > max_values as u64,
+            "refused a payload within the limit"
+        );
         return;
     };
     // The bytes the assembler should hold, maintained independently.
@@ -129,7 +133,8 @@ fn decode_wire(wire: &[u8]) {
     if let Ok(part) = UpdatePart::decode(wire) {
         // What the coordinator does with a header: size the payload against its limit.
         if let Some(Part::Header(header)) = &part.part {
-            let _ = ChunkAssembler::new(header.payload_len, MAX_VALUES_CAP as usize, MAX_CHUNK_BYTES);
+            let _ =
+                ChunkAssembler::new(header.payload_len, MAX_VALUES_CAP as usize, MAX_CHUNK_BYTES);
         }
         reencode(&part);
     }

@@ -62,10 +62,16 @@ fn partition_from(head: &str, tail: &[u8]) {
     let num_classes = labels.iter().max().map_or(1, |&m| m as usize + 1);
     if let Ok(parts) = partition(&labels, num_classes, num_clients, &scheme, 7) {
         assert_eq!(parts.len(), num_clients);
-        assert!(parts.iter().all(|p| !p.is_empty()), "{scheme}: an empty client");
+        assert!(
+            parts.iter().all(|p| !p.is_empty()),
+            "{scheme}: an empty client"
+        );
         let mut seen: Vec<usize> = parts.into_iter().flatten().collect();
         seen.sort_unstable();
-        assert!(seen.iter().copied().eq(0..labels.len()), "{scheme}: not a partition");
+        assert!(
+            seen.iter().copied().eq(0..labels.len()),
+            "{scheme}: not a partition"
+        );
     }
 }
 
