@@ -23,9 +23,6 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"SHOALCK\0";
 const HEADER: usize = 8 + 4 + 8;
 const DIGEST: usize = 32;
-/// Most bytes any length prefix inside a checkpoint, log record or strategy state may claim:
-/// a crafted prefix (the checksum only stops accidents) must not make us allocate without bound.
-pub const DECODE_LIMIT: usize = 1 << 31;
 /// Checkpoints kept on disk; older ones are deleted after a successful write.
 pub const KEEP: usize = 3;
 
@@ -200,11 +197,8 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     if Sha256::digest(body).as_slice() != digest {
         return Err(bad("checksum mismatch: the file is corrupt".into()));
     }
-    let (checkpoint, used) = bincode::serde::decode_from_slice(
-        &body[HEADER..],
-        bincode::config::standard().with_limit::<{ crate::checkpoint::DECODE_LIMIT }>(),
-    )
-    .map_err(|e| bad(format!("decode: {e}")))?;
+    let (checkpoint, used) =
+        crate::bounded::decode_bounded(&body[HEADER..]).map_err(|e| bad(format!("decode: {e}")))?;
     if used != body.len() - HEADER {
         return Err(bad("trailing bytes after the checkpoint".into()));
     }

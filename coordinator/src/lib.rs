@@ -4,10 +4,12 @@
 //! state) and [`driver`] (the round loop) → [`round`], [`results`], [`selection`] (round rules)
 //! → [`strategy`] (algorithms) → [`aggregate`] (pure maths). [`server`] adds TLS, and [`auth`]
 //! decides who may speak for a client ([`certs`] makes development certificates). Against
-//! hostile input: [`pacing`] (pull rate), [`norm`] (update-norm bound), [`refusals`] (counts).
+//! hostile input: [`pacing`] (pull rate), [`norm`] (update-norm bound), [`refusals`] (counts),
+//! [`bounded`] (decoding files with a memory bound that follows their size).
 
 pub mod aggregate;
 pub mod auth;
+pub mod bounded;
 pub mod certs;
 pub mod checkpoint;
 pub mod config;

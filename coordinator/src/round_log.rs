@@ -125,10 +125,7 @@ fn parse(mut bytes: &[u8]) -> Vec<LogRecord> {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        match bincode::serde::decode_from_slice(
-            payload,
-            bincode::config::standard().with_limit::<{ crate::checkpoint::DECODE_LIMIT }>(),
-        ) {
+        match crate::bounded::decode_bounded(payload) {
             Ok((record, used)) if used == len => out.push(record),
             _ => break,
         }

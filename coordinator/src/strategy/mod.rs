@@ -128,11 +128,7 @@ pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Inverse of [`to_bytes`]; refuses trailing bytes.
 pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(
-        bytes,
-        bincode::config::standard().with_limit::<{ crate::checkpoint::DECODE_LIMIT }>(),
-    )
-    .map_err(|e| {
+    let (value, used) = crate::bounded::decode_bounded(bytes).map_err(|e| {
         crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}"))
     })?;
     if used != bytes.len() {
