@@ -1,23 +1,14 @@
-//! What-if fold kernels: how fast exact aggregation could go on this machine, measured against
-//! [`ExactSum::fold`]. A prototype for the benchmark report; the coordinator does not use it.
+//! What-if: blocked exact folding, measured against [`ExactSum::fold`]. A prototype for the
+//! benchmark report; the coordinator does not use it.
 //!
-//! [`BitSum`] keeps `ExactSum`'s arithmetic bit for bit (the same 2^-40 grid, the same two i64
-//! limbs, the same result) but changes how the integers are obtained and how often the
-//! accumulator is walked:
+//! [`BlockSum`] keeps `ExactSum`'s arithmetic bit for bit (the same 2^-40 grid, the same two
+//! i64 limbs, the same bit-pattern extraction, the same result) but folds several updates per
+//! pass over the accumulator, so its 16 B per value are read and written once per block
+//! instead of once per update. A coordinator would buffer a few arriving updates to use it.
 //!
-//! * **Bits instead of conversions.** `ExactSum` rounds a term with `(t + C) - C` and then
-//!   converts to i64 with a multiply and a saturating `as i64`, which baseline x86-64 cannot
-//!   vectorise. The rounded sum `t + C` already holds the integer: with C = 1.5·2^64 its
-//!   exponent is fixed, so `(t + C).to_bits() - C.to_bits()` is exactly `t_hi / 2^12`, and
-//!   likewise with C = 1.5·2^12 for the low limb in units of 2^-40. Integer subtraction
-//!   vectorises with SSE2.
-//! * **Branch-free validation.** The largest |x| is the largest of the bit patterns with the
-//!   sign cleared, a pattern ≥ 0x7f80_0000 is NaN or infinite, and integer max vectorises.
-//! * **Blocking.** [`BitSum::fold_block`] folds several updates per pass over the accumulator,
-//!   so its 16 B per value are read and written once per block instead of once per update.
-//!   (A coordinator would buffer a few arriving updates to use it.)
+//! [`ExactSum::fold`]: shoal_coordinator::aggregate::ExactSum::fold
 
-use shoal_coordinator::aggregate::AggregateError;
+use shoal_coordinator::aggregate::{AggregateError, validate};
 
 const C_HI: f64 = 27_670_116_110_564_327_424.0; // 1.5 · 2^64: ulp 2^12
 const C_LO: f64 = 6144.0; // 1.5 · 2^12: ulp 2^-40
@@ -26,28 +17,16 @@ const HI_BITS: i32 = 12;
 /// Parallel from the same length as `ExactSum`.
 const PARALLEL_FROM: usize = 1 << 18;
 
-/// Largest |x| of `values`, or the index of the first non-finite value.
-pub fn max_abs(values: &[f32]) -> Result<f32, AggregateError> {
-    let max_bits = values
-        .iter()
-        .fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
-    if max_bits >= 0x7f80_0000 {
-        let index = values.iter().position(|x| !x.is_finite()).unwrap_or(0);
-        return Err(AggregateError::NonFinite { index });
-    }
-    Ok(f32::from_bits(max_bits))
-}
-
-/// An exact sum like `ExactSum`, with the kernels above (no range or carry bookkeeping: the
-/// benchmark stays far inside the range, and carries cost one pass per 1,024 folds).
+/// An exact sum like `ExactSum`, folding blocks (no range or carry bookkeeping: the benchmark
+/// stays far inside the range, and carries cost one pass per 1,024 folds).
 #[derive(Debug, Clone)]
-pub struct BitSum {
+pub struct BlockSum {
     hi: Vec<i64>,
     lo: Vec<i64>,
     total_weight: u64,
 }
 
-impl BitSum {
+impl BlockSum {
     /// An empty sum of vectors of `len` values.
     pub fn new(len: usize) -> Self {
         Self {
@@ -55,11 +34,6 @@ impl BitSum {
             lo: vec![0; len],
             total_weight: 0,
         }
-    }
-
-    /// Validates and folds one update.
-    pub fn fold(&mut self, weight: u64, values: &[f32]) -> Result<(), AggregateError> {
-        self.fold_block(&[(weight, values)])
     }
 
     /// Validates every update of `block`, then folds them all in one pass over the accumulator.
@@ -73,12 +47,14 @@ impl BitSum {
             }
         }
         let checked = run_split(&mut self.hi, &mut self.lo, block, &|_, values| {
-            values.iter().try_for_each(|v| max_abs(v).map(|_| ()))
+            values
+                .iter()
+                .try_for_each(|v| validate(v, v.len()).map(|_| ()))
         });
         if checked.is_err() {
             // Halves report indices within themselves: find the first bad value in full.
             for (_, values) in block {
-                max_abs(values)?;
+                validate(values, values.len())?;
             }
         }
         let weights: Vec<f64> = block.iter().map(|(w, _)| *w as f64).collect();
@@ -187,30 +163,14 @@ mod tests {
                 })
                 .collect();
             let mut exact = ExactSum::new(len);
-            let mut one = BitSum::new(len);
-            let mut blocked = BitSum::new(len);
+            let mut blocked = BlockSum::new(len);
             for (w, v) in &vectors {
                 assert_eq!(exact.fold(*w, v), Ok(()));
-                assert_eq!(one.fold(*w, v), Ok(()));
             }
             let block: Vec<(u64, &[f32])> =
                 vectors.iter().map(|(w, v)| (*w, v.as_slice())).collect();
             assert_eq!(blocked.fold_block(&block), Ok(()));
-            assert_eq!(bits(&one.sum_f64()), bits(&exact.sum_f64()));
             assert_eq!(bits(&blocked.sum_f64()), bits(&exact.sum_f64()));
         }
-    }
-
-    #[test]
-    fn refuses_non_finite_values() {
-        assert_eq!(max_abs(&[1.0, -3.0]), Ok(3.0));
-        assert_eq!(
-            max_abs(&[1.0, f32::NAN]),
-            Err(AggregateError::NonFinite { index: 1 })
-        );
-        assert_eq!(
-            max_abs(&[f32::NEG_INFINITY]),
-            Err(AggregateError::NonFinite { index: 0 })
-        );
     }
 }

@@ -3,7 +3,7 @@
 //! * [`bandwidth`]: STREAM-style copy and triad kernels, the memory-bandwidth yardstick.
 //! * [`cpu`]: how busy other processes kept the machine while a benchmark ran.
 //! * [`updates`]: synthetic client updates and the fold loop that aggregation is timed on.
-//! * [`fold_kernels`]: a what-if prototype of faster exact folding, for comparison only.
+//! * [`fold_kernels`]: a what-if prototype of blocked exact folding, for comparison only.
 //! * [`memory`]: resident and peak memory from `/proc/self/status`.
 //! * [`simulation`]: a coordinator and a fleet in one process, over real gRPC on loopback.
 //! * [`stats`] and [`flags`]: small summaries and `--name value` flags for the binaries.

@@ -176,6 +176,14 @@ impl Coordinator {
             let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
             let accumulator = Arc::new(Mutex::new(Some(sink)));
             let kept = self.replay_updates(&accumulator, round, logged);
+            // While clients train, fault in the accumulator's pages (not awaited: if the round
+            // closes first, there is nothing left to touch).
+            let warm = accumulator.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(sink) = lock(&warm).as_mut() {
+                    sink.accumulator.prefault();
+                }
+            });
             self.open(
                 round,
                 plan,

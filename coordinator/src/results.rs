@@ -56,6 +56,13 @@ impl RoundAccumulator {
         }
     }
 
+    /// Faults in the accumulator's memory ahead of the first update; see [`ExactSum::prefault`].
+    pub fn prefault(&mut self) {
+        if let Some(sum) = &mut self.sum {
+            sum.prefault();
+        }
+    }
+
     /// Updates accepted so far.
     pub fn accepted(&self) -> usize {
         self.reports.len()
@@ -64,6 +71,17 @@ impl RoundAccumulator {
     /// Checks everything about `update` that [`RoundAccumulator::accept`] would, changing
     /// nothing: a checked update is then accepted without error.
     pub fn check(&self, update: &ClientUpdate) -> Result<(), AggregateError> {
+        self.check_counts(update)?;
+        match &self.sum {
+            Some(sum) => sum
+                .check(self.weight_of(update), &update.payload)
+                .map(|_| ()),
+            None => validate(&update.payload, self.update_len).map(|_| ()),
+        }
+    }
+
+    /// The checks on everything but the payload, which [`ExactSum::fold`] validates itself.
+    fn check_counts(&self, update: &ClientUpdate) -> Result<(), AggregateError> {
         if update.counts.len() != self.counts_len {
             return Err(AggregateError::WrongLength {
                 got: update.counts.len(),
@@ -87,12 +105,7 @@ impl RoundAccumulator {
                 .checked_add(*c)
                 .ok_or(AggregateError::OutOfRange(*c as f64))?;
         }
-        match &self.sum {
-            Some(sum) => sum
-                .check(self.weight_of(update), &update.payload)
-                .map(|_| ()),
-            None => validate(&update.payload, self.update_len).map(|_| ()),
-        }
+        Ok(())
     }
 
     fn weight_of(&self, update: &ClientUpdate) -> u64 {
@@ -101,13 +114,16 @@ impl RoundAccumulator {
 
     /// Folds in one update; on error nothing changes.
     pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
-        self.check(&update)?;
+        // Counts first, then the payload (validated and folded in one call, unchanged on
+        // error), and only then the counts change: a refusal at any step changes nothing.
+        self.check_counts(&update)?;
+        let weight = self.weight_of(&update);
+        match &mut self.sum {
+            Some(sum) => sum.fold(weight, &update.payload)?,
+            None => validate(&update.payload, self.update_len).map(|_| ())?,
+        }
         for (total, c) in self.counts.iter_mut().zip(&update.counts) {
             *total += *c;
-        }
-        let weight = self.weight_of(&update);
-        if let Some(sum) = &mut self.sum {
-            sum.fold(weight, &update.payload)?;
         }
         self.reports.insert(
             update.client_id.clone(),

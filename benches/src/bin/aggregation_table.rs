@@ -45,7 +45,7 @@ struct Row {
     passes: usize,
 }
 
-/// Times passes of `updates` folds into a fresh accumulator; memory is measured relative to
+/// Times passes of `updates` folds into a fresh, prefaulted accumulator; memory is measured relative to
 /// the resident set just before the accumulator exists.
 fn measure(pool: &UpdatePool, updates: usize) -> Row {
     let mut times = Vec::new();
@@ -55,6 +55,8 @@ fn measure(pool: &UpdatePool, updates: usize) -> Row {
         memory::reset_peak();
         let before = memory::status().ok();
         let mut sum = ExactSum::new(pool.len());
+        // As the coordinator does when a round opens, while clients train.
+        sum.prefault();
         let t = Instant::now();
         if let Err(e) = pool.fold_into(&mut sum, updates) {
             eprintln!("fold refused: {e}");
@@ -100,7 +102,9 @@ fn main() {
     let peak_reset = memory::reset_peak();
 
     println!();
-    println!("FedAvg aggregation: ExactSum::fold, fresh accumulator per pass, median of passes");
+    println!(
+        "FedAvg aggregation: ExactSum::fold, fresh accumulator per pass (prefaulted, as at round open), median of passes"
+    );
     println!("  update GB/s = 4 B x params x updates / time; % copy = of the best copy above");
     println!(
         "  traffic GB/s = {FOLD_TRAFFIC_PER_PARAM} B x params x updates / time (update read + 16 B accumulator read and written)"

@@ -1,5 +1,5 @@
-//! What-if: `ExactSum::fold` against the prototype kernels of `shoal_benches::fold_kernels`
-//! (same bits, vectorisable integer extraction, blocked accumulator passes).
+//! What-if: `ExactSum::fold` against the blocked prototype of `shoal_benches::fold_kernels`
+//! (same bits, several updates per pass over the accumulator).
 //!
 //! `cargo run --release -p shoal-benches --bin fold_kernels`
 //!
@@ -8,7 +8,7 @@
 
 use shoal_benches::bandwidth::{STREAM_LEN, StreamArrays};
 use shoal_benches::cpu::{CpuSample, print_since};
-use shoal_benches::fold_kernels::BitSum;
+use shoal_benches::fold_kernels::BlockSum;
 use shoal_benches::stats::{Summary, gb_per_s};
 use shoal_benches::updates::update_bytes;
 use shoal_coordinator::aggregate::{AggregateError, ExactSum};
@@ -56,7 +56,7 @@ fn main() {
             .collect();
         let views: Vec<(u64, &[f32])> = block.iter().map(|(w, v)| (*w, v.as_slice())).collect();
         let mut exact = ExactSum::new(len);
-        let mut bits = BitSum::new(len);
+        let mut bits = BlockSum::new(len);
         let report = |name: &str, seconds: f64| {
             let gbps = gb_per_s(update_bytes(len, updates), seconds);
             println!(
@@ -69,13 +69,9 @@ fn main() {
             "ExactSum::fold",
             median_seconds(|| views.iter().try_for_each(|(w, v)| exact.fold(*w, v))),
         );
-        report(
-            "BitSum::fold",
-            median_seconds(|| views.iter().try_for_each(|(w, v)| bits.fold(*w, v))),
-        );
         for k in [4, 8, 16] {
             report(
-                &format!("BitSum::fold_block({k})"),
+                &format!("BlockSum::fold_block({k})"),
                 median_seconds(|| views.chunks(k).try_for_each(|b| bits.fold_block(b))),
             );
         }
