@@ -3,7 +3,6 @@
 //! * [`bandwidth`]: STREAM-style copy and triad kernels, the memory-bandwidth yardstick.
 //! * [`cpu`]: how busy other processes kept the machine while a benchmark ran.
 //! * [`updates`]: synthetic client updates and the fold loop that aggregation is timed on.
-//! * [`fold_kernels`]: a what-if prototype of blocked exact folding, for comparison only.
 //! * [`memory`]: resident and peak memory from `/proc/self/status`.
 //! * [`simulation`]: a coordinator and a fleet in one process, over real gRPC on loopback.
 //! * [`stats`] and [`flags`]: small summaries and `--name value` flags for the binaries.
@@ -13,7 +12,6 @@
 pub mod bandwidth;
 pub mod cpu;
 pub mod flags;
-pub mod fold_kernels;
 pub mod memory;
 pub mod simulation;
 pub mod stats;

@@ -1,5 +1,5 @@
-//! What-if: `ExactSum::fold` against the blocked prototype of `shoal_benches::fold_kernels`
-//! (same bits, several updates per pass over the accumulator).
+//! `ExactSum::fold` (one update per pass over the accumulator) against `ExactSum::fold_block`
+//! (several per pass; the same bits).
 //!
 //! `cargo run --release -p shoal-benches --bin fold_kernels`
 //!
@@ -8,7 +8,6 @@
 
 use shoal_benches::bandwidth::{STREAM_LEN, StreamArrays};
 use shoal_benches::cpu::{CpuSample, print_since};
-use shoal_benches::fold_kernels::BlockSum;
 use shoal_benches::stats::{Summary, gb_per_s};
 use shoal_benches::updates::update_bytes;
 use shoal_coordinator::aggregate::{AggregateError, ExactSum};
@@ -56,7 +55,7 @@ fn main() {
             .collect();
         let views: Vec<(u64, &[f32])> = block.iter().map(|(w, v)| (*w, v.as_slice())).collect();
         let mut exact = ExactSum::new(len);
-        let mut bits = BlockSum::new(len);
+        let mut blocked = ExactSum::new(len);
         let report = |name: &str, seconds: f64| {
             let gbps = gb_per_s(update_bytes(len, updates), seconds);
             println!(
@@ -71,8 +70,8 @@ fn main() {
         );
         for k in [4, 8, 16] {
             report(
-                &format!("BlockSum::fold_block({k})"),
-                median_seconds(|| views.chunks(k).try_for_each(|b| bits.fold_block(b))),
+                &format!("ExactSum::fold_block({k})"),
+                median_seconds(|| views.chunks(k).try_for_each(|b| blocked.fold_block(b))),
             );
         }
     }
