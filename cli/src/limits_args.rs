@@ -1,13 +1,35 @@
-//! The `shoal coordinator` flags for the limits against hostile clients: how often one client
-//! may pull, and how large an update may be (its L2 norm). Defaults come from
+//! The `shoal coordinator` flags for its limits: how long pulls are held, when a silent client
+//! stops being offered work, and what one client may send (message and update sizes, example
+//! counts, how often it pulls, the L2 norm of its update). Defaults come from
 //! [`Limits::default`], so the flags and the library agree.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use shoal_coordinator::{Limits, NormPolicy, PullRate};
+use std::time::Duration;
 
-/// Limits on what one client may send.
+/// Limits of `shoal coordinator`, on time and on what one client may send.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitsArgs {
+    /// Longest a client's pull is held open, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().poll_timeout.as_secs_f64())]
+    pub poll_timeout: f64,
+    /// Seconds of silence after which a client is no longer offered work.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().liveness.as_secs_f64())]
+    pub liveness: f64,
+    /// Largest update accepted, in f32 values; a larger declared payload is refused before
+    /// anything is allocated.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_update_values)]
+    pub max_update_values: usize,
+    /// Largest payload chunk accepted, in bytes (at most 1 MiB); a gRPC message may be this
+    /// plus 64 KiB, anything longer is refused before it is decoded.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_chunk_bytes)]
+    pub max_chunk_bytes: usize,
+    /// Most clients registered at once; further joins are refused (ResourceExhausted).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_clients)]
+    pub max_clients: usize,
+    /// Largest example count (the update's weight) one update may claim.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_examples)]
+    pub max_examples: u64,
     /// Pulls per second one client may make on average; excess pulls are delayed up to a
     /// second, then refused (ResourceExhausted). 0 turns pacing off.
     #[arg(long, value_name = "N", default_value_t = default_rate().per_second)]
@@ -16,13 +38,36 @@ pub struct LimitsArgs {
     #[arg(long, value_name = "N", default_value_t = default_rate().burst)]
     pub pull_burst: u32,
     /// Largest L2 norm of an update: of its delta from the global parameters (FedAvg), of the
-    /// gradient (FedSGD); k-means is exempt [default: unbounded].
-    #[arg(long, value_name = "NORM")]
-    pub max_update_norm: Option<f64>,
+    /// gradient (FedSGD); k-means is exempt. `off` for no bound.
+    #[arg(long, value_name = "NORM|off", default_value_t = NormBound(Limits::default().max_update_norm), value_parser = parse_norm)]
+    pub max_update_norm: NormBound,
     /// What happens to an update over --max-update-norm: reject (refused) or clip (scaled
     /// down to the bound).
     #[arg(long, value_name = "reject|clip", default_value_t = NormPolicy::Reject)]
     pub norm_policy: NormPolicy,
+}
+
+/// The value of `--max-update-norm`: a bound, or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormBound(pub Option<f64>);
+
+fn parse_norm(text: &str) -> std::result::Result<NormBound, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(NormBound(None));
+    }
+    match text.parse::<f64>() {
+        Ok(norm) if norm.is_finite() && norm > 0.0 => Ok(NormBound(Some(norm))),
+        _ => Err(format!("expected a positive number or `off`, got {text:?}")),
+    }
+}
+
+impl std::fmt::Display for NormBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(norm) => write!(f, "{norm}"),
+            None => f.write_str("off"),
+        }
+    }
 }
 
 fn default_rate() -> PullRate {
@@ -32,23 +77,34 @@ fn default_rate() -> PullRate {
     })
 }
 
+/// Seconds from a flag, refused unless positive and representable.
+fn seconds(flag: &str, value: f64) -> Result<Duration> {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if !d.is_zero() && value <= 1e9 => Ok(d),
+        _ => bail!("{flag} must be a positive number of seconds (at most 1e9), got {value}"),
+    }
+}
+
 impl LimitsArgs {
-    /// `limits` with these flags applied, checked.
-    pub fn apply(&self, limits: Limits) -> Result<Limits> {
+    /// The limits these flags describe, checked.
+    pub fn limits(&self) -> Result<Limits> {
         let rate = self.max_pulls_per_second;
         if !(rate.is_finite() && rate >= 0.0) {
-            anyhow::bail!(
-                "--max-pulls-per-second must be 0 (off) or a positive number, got {rate}"
-            );
+            bail!("--max-pulls-per-second must be 0 (off) or a positive number, got {rate}");
         }
         let limits = Limits {
+            poll_timeout: seconds("--poll-timeout", self.poll_timeout)?,
+            liveness: seconds("--liveness", self.liveness)?,
+            max_update_values: self.max_update_values,
+            max_chunk_bytes: self.max_chunk_bytes,
+            max_clients: self.max_clients,
+            max_examples: self.max_examples,
             pull_rate: (rate > 0.0).then_some(PullRate {
                 per_second: rate,
                 burst: self.pull_burst,
             }),
-            max_update_norm: self.max_update_norm,
+            max_update_norm: self.max_update_norm.0,
             norm_policy: self.norm_policy,
-            ..limits
         };
         limits.check()?;
         Ok(limits)
@@ -69,12 +125,42 @@ mod tests {
 
     fn limits(args: &[&str]) -> Result<Limits> {
         let cmd = Cmd::try_parse_from(std::iter::once("shoal").chain(args.iter().copied()))?;
-        cmd.limits.apply(Limits::default())
+        cmd.limits.limits()
     }
 
     #[test]
     fn defaults_are_the_library_defaults() {
         assert_eq!(limits(&[]).unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn flags_set_every_limit() {
+        let l = limits(&[
+            "--poll-timeout",
+            "2.5",
+            "--liveness",
+            "30",
+            "--max-update-values",
+            "1000",
+            "--max-chunk-bytes",
+            "4096",
+            "--max-clients",
+            "7",
+            "--max-examples",
+            "99",
+        ])
+        .unwrap();
+        assert_eq!(l.poll_timeout, Duration::from_millis(2500));
+        assert_eq!(l.liveness, Duration::from_secs(30));
+        assert_eq!(
+            (
+                l.max_update_values,
+                l.max_chunk_bytes,
+                l.max_clients,
+                l.max_examples
+            ),
+            (1000, 4096, 7, 99)
+        );
     }
 
     #[test]
@@ -98,6 +184,12 @@ mod tests {
             })
         );
         assert_eq!(l.max_update_norm, Some(10.0));
+        assert_eq!(
+            limits(&["--max-update-norm", "off"])
+                .unwrap()
+                .max_update_norm,
+            None
+        );
         assert_eq!(l.norm_policy, NormPolicy::Clip);
         assert_eq!(
             limits(&["--max-pulls-per-second", "0"]).unwrap().pull_rate,
@@ -111,5 +203,16 @@ mod tests {
         assert!(limits(&["--max-update-norm", "0"]).is_err());
         assert!(limits(&["--max-update-norm", "-3"]).is_err());
         assert!(limits(&["--max-pulls-per-second", "-1"]).is_err());
+        assert!(limits(&["--max-update-norm", "nan"]).is_err());
+        for flag in ["--poll-timeout", "--liveness"] {
+            for bad in ["0", "-1", "1e20", "inf", "NaN"] {
+                assert!(limits(&[flag, bad]).is_err(), "{flag} {bad}");
+            }
+        }
+        assert!(limits(&["--max-chunk-bytes", "0"]).is_err());
+        assert!(limits(&["--max-chunk-bytes", "2000000"]).is_err());
+        assert!(limits(&["--max-clients", "0"]).is_err());
+        assert!(limits(&["--max-examples", "0"]).is_err());
+        assert!(limits(&["--max-update-values", "0"]).is_err());
     }
 }

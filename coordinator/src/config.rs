@@ -189,6 +189,13 @@ impl Limits {
         if self.max_update_values == 0 || self.max_clients == 0 || self.max_examples == 0 {
             return bad("max update values, clients and examples must be positive".into());
         }
+        if self.max_examples > crate::aggregate::MAX_WEIGHT {
+            return bad(format!(
+                "max examples must be at most {}, got {}",
+                crate::aggregate::MAX_WEIGHT,
+                self.max_examples
+            ));
+        }
         if let Some(rate) = &self.pull_rate
             && !(rate.per_second.is_finite() && rate.per_second > 0.0)
         {
@@ -215,7 +222,10 @@ impl Default for Limits {
             max_chunk_bytes: shoal_proto::MAX_CHUNK_BYTES,
             max_update_values: 256 << 20,
             max_clients: 1_000_000,
-            max_examples: 1 << 31,
+            // Far above any honest client's count (a FedSGD client's count is batches × batch
+            // size), far below the 2^31 the exact aggregate could take: one update cannot claim
+            // more than 16.7M examples' worth of weight.
+            max_examples: 1 << 24,
             liveness: Duration::from_secs(120),
             // An honest client pulls about once per round (fast simulated rounds take a few
             // milliseconds); 500/s with a burst of 1,000 never slows it, while a flood of
@@ -224,9 +234,12 @@ impl Default for Limits {
                 per_second: 500.0,
                 burst: 1000,
             }),
-            // No norm bound by default: a sensible bound depends on the model and learning
-            // rate. Set one (e.g. a few times the honest updates' norms) on open deployments.
-            max_update_norm: None,
+            // A loose bound that no honest update of the shipped models comes near (on digits,
+            // MLP and logreg deltas and FedSGD gradients have norms of 0.2-1.2; `--log
+            // shoal_coordinator::norm=debug` shows them) but that stops an update scaled up to
+            // take over the average. A tight bound depends on the model and learning rate: set
+            // one (a few times the honest norms) on open deployments.
+            max_update_norm: Some(1e4),
             norm_policy: NormPolicy::Reject,
         }
     }

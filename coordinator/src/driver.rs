@@ -375,6 +375,8 @@ impl Coordinator {
             plan,
             task,
             global: Arc::new(global.to_vec()),
+            global_chunks: shoal_proto::encode_chunks(global, shoal_proto::DEFAULT_CHUNK_BYTES)
+                .collect(),
             selected: selected.iter().cloned().collect(),
             tasked: done.iter().cloned().collect(),
             in_flight: Default::default(),

@@ -18,7 +18,7 @@ use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
 use shoal_proto::ProtoError;
 use shoal_proto::v1::{
-    Fence, Finished, JoinReply, PullReply, Task, UpdateHeader, Wait, pull_reply::Reply,
+    Chunk, Fence, Finished, JoinReply, PullReply, Task, UpdateHeader, Wait, pull_reply::Reply,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -142,6 +142,11 @@ impl Coordinator {
         self.shared.refusals.record(err.reason());
     }
 
+    /// Counts a refusal that is not a [`CoordinatorError`] (a broken update stream).
+    pub fn count_refusal_reason(&self, reason: &'static str) {
+        self.shared.refusals.record(reason);
+    }
+
     /// Requests refused so far, by reason (see [`CoordinatorError::reason`]).
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         self.shared.refusals.snapshot()
@@ -188,14 +193,7 @@ impl Coordinator {
     /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat. Pulls
     /// over the client's rate are first delayed, then refused (see [`crate::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
-        if let Some(rate) = self.shared.limits.pull_rate {
-            let delay = lock(&self.shared.state)
-                .registry
-                .pace(client_id, Instant::now(), rate)?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-        }
+        self.pace(client_id).await?;
         let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
@@ -240,8 +238,24 @@ impl Coordinator {
         }
     }
 
-    /// The global state a task refers to; refused for a closed round or an unselected client.
-    pub fn global_for(&self, client_id: &str, fence: &Fence) -> Result<Arc<Vec<f32>>> {
+    /// Holds a pull or fetch from `client_id` to its pull rate (see [`crate::pacing`]): waits
+    /// out a short delay, or refuses a flood.
+    async fn pace(&self, client_id: &str) -> Result<()> {
+        if let Some(rate) = self.shared.limits.pull_rate {
+            let delay = lock(&self.shared.state)
+                .registry
+                .pace(client_id, Instant::now(), rate)?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The global state a task refers to, as wire chunks; refused for a closed round or an
+    /// unselected client. Paced like pulls, so repeated fetches cannot flood the coordinator.
+    pub async fn global_for(&self, client_id: &str, fence: &Fence) -> Result<Arc<[Chunk]>> {
+        self.pace(client_id).await?;
         let state = lock(&self.shared.state);
         if !state.registry.contains(client_id) {
             return Err(CoordinatorError::UnknownClient(client_id.to_owned()));
@@ -249,7 +263,7 @@ impl Coordinator {
         match &state.phase {
             Phase::Open(round) if round.fence == *fence => {
                 if round.selected.contains(client_id) {
-                    Ok(round.global.clone())
+                    Ok(round.global_chunks.clone())
                 } else {
                     Err(CoordinatorError::NotSelected(client_id.to_owned()))
                 }
@@ -279,7 +293,10 @@ impl Coordinator {
         }
         check_metrics(&header.metrics)?;
         let mut state = lock(&self.shared.state);
-        state.registry.touch(&header.client_id, Instant::now())?;
+        if !state.registry.contains(&header.client_id) {
+            return Err(CoordinatorError::UnknownClient(header.client_id.clone()));
+        }
+        let state = &mut *state;
         match &mut state.phase {
             Phase::Open(round) => {
                 round.admit(
@@ -288,6 +305,8 @@ impl Coordinator {
                     header.payload_len,
                     header.counts.len(),
                 )?;
+                // Only an admitted header counts as a heartbeat: a refusal changes nothing.
+                state.registry.touch(&header.client_id, Instant::now())?;
                 round.in_flight.insert(header.client_id.clone());
                 Ok(Admission {
                     coordinator: self.clone(),
@@ -389,8 +408,11 @@ impl Admission {
         self.settled = true;
         let shared = &self.coordinator.shared;
         let mut state = lock(&shared.state);
+        // The fence is the same in every attempt of a round; the accumulator is not. A stream
+        // left over from an earlier attempt must not touch the current attempt's bookkeeping.
         if let Phase::Open(round) = &mut state.phase
             && round.fence == self.fence
+            && Arc::ptr_eq(&round.accumulator, &self.accumulator)
         {
             round.in_flight.remove(&self.client_id);
             if delivered {

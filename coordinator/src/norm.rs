@@ -139,6 +139,8 @@ impl NormBound {
         let expected = self.reference.as_ref().map_or(payload.len(), |r| r.len());
         validate(payload, expected)?;
         let norm = self.norm(payload);
+        // At debug level, so an operator can see honest norms before choosing a tighter bound.
+        tracing::debug!(norm, bound = self.max_norm, "update norm");
         if norm <= self.max_norm {
             return Ok(None);
         }

@@ -2,7 +2,8 @@
 //!
 //! A client's pulls double as its heartbeat; one whose pulls stop for longer than the liveness
 //! window is no longer offered work, but keeps its id and comes back by pulling again. Each
-//! record also paces its client's pulls ([`crate::pacing`]); a reconnect keeps the pacing.
+//! record also paces its client's pulls ([`crate::pacing`]); a reconnect, or leaving and joining
+//! again, keeps the pacing.
 
 use crate::error::{CoordinatorError, Result};
 use crate::pacing::{PullPacer, PullRate};
@@ -24,7 +25,15 @@ pub struct ClientRecord {
 #[derive(Debug, Default)]
 pub struct Registry {
     clients: BTreeMap<String, ClientRecord>,
+    /// Pull pacing of clients that left, so leaving and joining again does not refill a
+    /// client's pull budget. At most [`DEPARTED_CAP`] are kept.
+    departed: BTreeMap<String, PullPacer>,
 }
+
+/// Most departed clients whose pacing is remembered (about 10 MB at the cap). Past it the
+/// smallest id is forgotten: only an unauthenticated run, where anyone may use fresh ids and
+/// per-id pacing cannot hold anyway, churns through that many ids.
+const DEPARTED_CAP: usize = 100_000;
 
 /// Checks that a client id is usable: 1 to 128 printable ASCII characters.
 pub fn check_client_id(id: &str) -> Result<()> {
@@ -49,7 +58,10 @@ impl Registry {
         if !self.clients.contains_key(id) && self.clients.len() >= max_clients {
             return Err(CoordinatorError::TooManyClients(max_clients));
         }
-        let pacer = self.clients.get(id).map(|r| r.pacer).unwrap_or_default();
+        let pacer = match self.clients.get(id) {
+            Some(record) => record.pacer,
+            None => self.departed.remove(id).unwrap_or_default(),
+        };
         self.clients.insert(
             id.to_owned(),
             ClientRecord {
@@ -94,12 +106,17 @@ impl Registry {
         self.clients.contains_key(id)
     }
 
-    /// Forgets a client that left.
+    /// Forgets a client that left, all but its pull pacing.
     pub fn leave(&mut self, id: &str) -> Result<()> {
-        self.clients
+        let record = self
+            .clients
             .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| CoordinatorError::UnknownClient(id.to_owned()))
+            .ok_or_else(|| CoordinatorError::UnknownClient(id.to_owned()))?;
+        if self.departed.len() >= DEPARTED_CAP {
+            self.departed.pop_first();
+        }
+        self.departed.insert(id.to_owned(), record.pacer);
+        Ok(())
     }
 
     /// Sorted ids of clients heard from within `liveness`.
@@ -169,6 +186,12 @@ mod tests {
         assert!(
             r.pace("a", now, rate).is_err(),
             "rejoining does not reset the pace"
+        );
+        r.leave("a").unwrap();
+        r.join("a", 1, 10, now).unwrap();
+        assert!(
+            r.pace("a", now, rate).is_err(),
+            "leaving and joining again does not reset the pace either"
         );
         assert!(matches!(
             r.pace("zz", now, rate),

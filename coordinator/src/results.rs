@@ -63,6 +63,11 @@ impl RoundAccumulator {
         }
     }
 
+    /// True once an update from `client` was accepted.
+    pub fn has(&self, client: &str) -> bool {
+        self.reports.contains_key(client)
+    }
+
     /// Updates accepted so far.
     pub fn accepted(&self) -> usize {
         self.reports.len()

@@ -7,7 +7,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
 use crate::round_log::{LogRecord, RoundLog};
 use crate::strategy::TaskPlan;
-use shoal_proto::v1::{Fence, Task};
+use shoal_proto::v1::{Chunk, Fence, Task};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
@@ -41,6 +41,9 @@ pub struct OpenRound {
     pub task: Task,
     /// The global state clients download.
     pub global: Arc<Vec<f32>>,
+    /// The same, encoded once as wire chunks and shared by every fetch of the round: a chunk's
+    /// bytes are reference-counted, so serving a client costs no copy of the model.
+    pub global_chunks: Arc<[Chunk]>,
     /// Clients asked.
     pub selected: BTreeSet<String>,
     /// Clients that received their task.
@@ -104,6 +107,11 @@ pub fn fold(accumulator: &SharedAccumulator, update: ClientUpdate, fence: &Fence
         got: fence.to_string(),
         open: "none (round closed)".into(),
     })?;
+    // Once per client and round, whatever the admission bookkeeping says: a stream left over
+    // from an earlier attempt of this round must never get a client counted twice.
+    if sink.accumulator.has(&update.client_id) {
+        return Err(CoordinatorError::Duplicate(update.client_id));
+    }
     // Validate, then make it durable, then fold: a logged update always folds cleanly.
     sink.accumulator.check(&update)?;
     if let Some(log) = &mut sink.log {
@@ -118,4 +126,45 @@ pub fn close(accumulator: &SharedAccumulator) -> Option<RoundResults> {
     lock(accumulator)
         .take()
         .map(|sink| sink.accumulator.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::{FoldMode, TaskPlan};
+
+    fn update(client: &str, value: f32) -> ClientUpdate {
+        ClientUpdate {
+            client_id: client.into(),
+            weight: 2,
+            payload: vec![value; 3],
+            counts: Vec::new(),
+            metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_client_is_folded_once_per_round() {
+        let plan = TaskPlan {
+            kind: shoal_proto::v1::TaskKind::Fit,
+            update_len: 3,
+            counts_len: 0,
+            fold: FoldMode::WeightedSum,
+            counts_sum_to_weight: vec![],
+        };
+        let sink = RoundSink {
+            accumulator: RoundAccumulator::new(&plan),
+            log: None,
+        };
+        let acc: SharedAccumulator = Arc::new(Mutex::new(Some(sink)));
+        let fence = Fence::default();
+        assert_eq!(fold(&acc, update("a", 1.0), &fence).unwrap(), 1);
+        assert!(matches!(
+            fold(&acc, update("a", 100.0), &fence),
+            Err(CoordinatorError::Duplicate(id)) if id == "a"
+        ));
+        assert_eq!(fold(&acc, update("b", 3.0), &fence).unwrap(), 2);
+        let results = close(&acc).unwrap();
+        assert_eq!(results.sum.unwrap().mean().unwrap(), vec![2.0; 3]);
+    }
 }

@@ -96,8 +96,8 @@ impl Security {
         }
     }
 
-    /// Refuses plaintext on a non-loopback address unless insecure transport was allowed, and
-    /// warns about the risky combinations that are allowed.
+    /// On a non-loopback address, refuses plaintext and unauthenticated clients unless insecure
+    /// operation was allowed, and then warns about each.
     pub fn check_listener(&self, addr: SocketAddr) -> Result<()> {
         if addr.ip().is_loopback() {
             return Ok(());
@@ -112,6 +112,13 @@ impl Security {
             warn!(%addr, "serving PLAINTEXT on a non-loopback address: traffic and any bearer tokens can be read and altered on the network");
         }
         if self.policy().is_open() {
+            // An unknown party must not take part by default, even over TLS.
+            if !self.insecure {
+                return Err(CoordinatorError::Config(format!(
+                    "refusing to serve unauthenticated clients on non-loopback address {addr}: \
+                     configure a client CA or bearer tokens, or allow it explicitly"
+                )));
+            }
             warn!(%addr, "clients are not authenticated: anyone who can connect may act under any client id");
         }
         Ok(())
@@ -200,8 +207,16 @@ mod tests {
         let ca = DevCa::generate(Validity::days(1)).unwrap();
         let server = ca.server(&["localhost".into()], Validity::days(1)).unwrap();
         let tls = Security::tls(&server.cert, &server.key).unwrap();
-        assert!(tls.check_listener(addr("0.0.0.0:7070")).is_ok());
+        assert!(tls.check_listener(addr("127.0.0.1:7070")).is_ok());
+        // TLS alone does not say who the client is: off loopback that needs --insecure too.
+        let err = tls.check_listener(addr("0.0.0.0:7070")).unwrap_err();
+        assert!(err.to_string().contains("unauthenticated"), "{err}");
+        let open = Security::tls(&server.cert, &server.key)
+            .unwrap()
+            .allow_insecure(true);
+        assert!(open.check_listener(addr("0.0.0.0:7070")).is_ok());
         let mutual = tls.with_client_ca(&ca.pem().cert).unwrap();
+        assert!(mutual.check_listener(addr("0.0.0.0:7070")).is_ok());
         assert!(mutual.policy().client_ca.is_some());
         let stranger = DevCa::generate(Validity::days(1)).unwrap();
         let err = Security::tls(&server.cert, &stranger.pem().key).unwrap_err();

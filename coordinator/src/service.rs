@@ -8,15 +8,15 @@ use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::results::ClientUpdate;
 use futures::{Stream, StreamExt};
+use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PullReply, PullRequest,
     PushReply, UpdatePart, update_part::Part,
 };
-use shoal_proto::{ChunkAssembler, encode_chunks};
 use std::pin::Pin;
 use std::sync::Arc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 /// Implements the `Fleet` service over a [`Coordinator`].
@@ -75,6 +75,21 @@ impl FleetService {
         self.coordinator.count_refusal(&err);
         err.into()
     }
+
+    /// Counts an update stream that tonic ended with an error (a message over the size limit,
+    /// bytes that are not protobuf, a stream the client cancelled) and passes its status on.
+    /// Unary requests that fail to decode are refused by tonic before any handler runs, so
+    /// they are not counted.
+    fn refuse_stream(&self, status: Status) -> Status {
+        let reason = match status.code() {
+            Code::OutOfRange | Code::ResourceExhausted => "message_too_large",
+            Code::Cancelled => "stream_cancelled",
+            _ => "stream_error",
+        };
+        debug!(status = %status.message(), reason, "update stream refused");
+        self.coordinator.count_refusal_reason(reason);
+        status
+    }
 }
 
 #[tonic::async_trait]
@@ -111,13 +126,14 @@ impl Fleet for FleetService {
         let fence = req
             .fence
             .ok_or_else(|| self.refuse(CoordinatorError::Malformed("fetch has no fence".into())))?;
-        let global = self
+        let chunks = self
             .coordinator
             .global_for(&req.client_id, &fence)
+            .await
             .map_err(|e| self.refuse(e))?;
-        let chunks: Vec<Chunk> = encode_chunks(&global, shoal_proto::DEFAULT_CHUNK_BYTES).collect();
+        // Clones of the round's shared chunks, one at a time: no copy of the model per fetch.
         Ok(Response::new(Box::pin(futures::stream::iter(
-            chunks.into_iter().map(Ok),
+            (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
         ))))
     }
 
@@ -134,7 +150,7 @@ impl Fleet for FleetService {
                     "an update must start with its header".into(),
                 )));
             }
-            Some(Err(status)) => return Err(status),
+            Some(Err(status)) => return Err(self.refuse_stream(status)),
             None => {
                 return Err(self.refuse(CoordinatorError::Malformed("empty update stream".into())));
             }
@@ -152,7 +168,7 @@ impl Fleet for FleetService {
         )
         .map_err(|e| self.refuse(e.into()))?;
         while let Some(part) = parts.next().await {
-            match part?.part {
+            match part.map_err(|status| self.refuse_stream(status))?.part {
                 Some(Part::Chunk(chunk)) => {
                     payload.push(&chunk).map_err(|e| self.refuse(e.into()))?
                 }

@@ -1,15 +1,14 @@
 //! `shoal coordinator`: serve a run to clients that dial in from other processes or machines,
-//! over TLS or mutual TLS, with per-client bearer tokens if asked. Plaintext is served only on
-//! a loopback address, unless `--insecure`.
+//! over TLS or mutual TLS, with per-client bearer tokens if asked. Plaintext, or clients who
+//! prove no identity, are served only on a loopback address, unless `--insecure`.
 
 use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
 use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use shoal_coordinator::Security;
 use shoal_coordinator::auth::TokenTable;
-use shoal_coordinator::{Limits, Security};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Transport security and client authentication of `shoal coordinator`.
@@ -29,8 +28,9 @@ pub struct ServerSecurityArgs {
     /// tokens.sha256 from `shoal certs --tokens`.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
-    /// Allow plaintext on a non-loopback address: anyone on the network can read and alter
-    /// the traffic, tokens included.
+    /// Allow plaintext, or clients without a certificate or token, on a non-loopback address:
+    /// anyone on the network can then read and alter the traffic (tokens included), or take
+    /// part under any client id.
     #[arg(long)]
     insecure: bool,
 }
@@ -80,15 +80,6 @@ pub struct CoordinatorCmd {
     durability: Durability,
     #[command(flatten)]
     security: ServerSecurityArgs,
-    /// Longest a client's pull is held open, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    poll_timeout: f64,
-    /// Seconds of silence after which a client is no longer offered work.
-    #[arg(long, default_value_t = 120.0)]
-    liveness: f64,
-    /// Largest update accepted, in f32 values.
-    #[arg(long, default_value_t = 256 << 20)]
-    max_update_values: usize,
     #[command(flatten)]
     limits: crate::limits_args::LimitsArgs,
 }
@@ -97,21 +88,7 @@ impl CoordinatorCmd {
     /// Serves the run until it ends or Ctrl-C.
     pub async fn execute(self) -> Result<()> {
         let mut plan = self.options.resolve()?;
-        for (name, v) in [
-            ("--poll-timeout", self.poll_timeout),
-            ("--liveness", self.liveness),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                anyhow::bail!("{name} must be a positive number of seconds, got {v}");
-            }
-        }
-        let limits = Limits {
-            poll_timeout: Duration::from_secs_f64(self.poll_timeout),
-            liveness: Duration::from_secs_f64(self.liveness),
-            max_update_values: self.max_update_values,
-            ..Limits::default()
-        };
-        let limits = self.limits.apply(limits)?;
+        let limits = self.limits.limits()?;
         let security = self.security.load()?;
         let prepared = prepare(&mut plan, limits, &self.durability)?;
         let listener = TcpListener::bind(&self.listen)
@@ -119,8 +96,8 @@ impl CoordinatorCmd {
             .with_context(|| format!("binding {}", self.listen))?;
         let addr = listener.local_addr()?;
         security.check_listener(addr).with_context(|| {
-            "give --tls-cert and --tls-key (see `shoal certs`), listen on loopback, or pass \
-             --insecure"
+            "give --tls-cert and --tls-key with --client-ca and/or --tokens (see `shoal certs`), \
+             listen on loopback, or pass --insecure"
         })?;
         eprintln!(
             "coordinator listening on {addr} (run {}, waiting for {} clients, {})",
