@@ -279,3 +279,35 @@ fn zero_rounds_ends_instead_of_hanging() {
         mentions(&done.stderr, &["--rounds"]);
     }
 }
+
+#[test]
+fn coordinator_limit_flags_out_of_range() {
+    for (flag, value, words) in [
+        (
+            "--poll-timeout",
+            "1e20",
+            &["--poll-timeout", "positive number of seconds"][..],
+        ),
+        (
+            "--liveness",
+            "0",
+            &["--liveness", "positive number of seconds"][..],
+        ),
+        (
+            "--max-update-norm",
+            "nan",
+            &["--max-update-norm", "positive number or `off`"][..],
+        ),
+        ("--max-chunk-bytes", "2000000", &["max chunk bytes"][..]),
+        ("--max-clients", "0", &["clients", "positive"][..]),
+        (
+            "--max-examples",
+            "9999999999",
+            &["max examples must be at most"][..],
+        ),
+        ("--norm-policy", "drop", &["--norm-policy", "drop"][..]),
+    ] {
+        let err = rejects(&["coordinator", flag, value]);
+        mentions(&err, words);
+    }
+}

@@ -21,6 +21,7 @@ use shoal_proto::v1::{
 };
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tonic::{Code, Status};
 
@@ -250,9 +251,9 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
-    let certs = Certs::new();
+/// One mutual-TLS + token run of clients A and B; with `impostors`, false and missing
+/// identities are tried before, between and all through the rounds. Returns the outcome.
+async fn mutual_tls_run(certs: &Arc<Certs>, impostors: bool) -> shoal_coordinator::RunOutcome {
     let security = certs
         .server()
         .with_client_ca(certs.read(CA_CERT))
@@ -269,35 +270,60 @@ async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     // Before the fleet arrives: nobody gets in under a false or missing identity.
-    assert_bad_certificates_refused(&url, &certs).await;
-    assert_impostors_refused(&url, &certs).await;
-    assert_eq!(running.coordinator.registered(), 0);
+    if impostors {
+        assert_bad_certificates_refused(&url, certs).await;
+        assert_impostors_refused(&url, certs).await;
+        assert_eq!(running.coordinator.registered(), 0);
+    }
 
     // A arrives; the run waits for B. Impostors claiming B (or A, or leaving as A) get nowhere.
     let mut data = clients.into_iter();
     let fleet_a = tokio::spawn(run_fleet(
-        fleet_config(&url, &certs, A),
+        fleet_config(&url, certs, A),
         vec![data.next().unwrap()],
         std::future::pending(),
     ));
     wait_until(|| running.coordinator.registered() == 1).await;
-    assert_impostors_refused(&url, &certs).await;
-    assert_bad_certificates_refused(&url, &certs).await;
-    assert_eq!(
-        running.coordinator.registered(),
-        1,
-        "A is still in, nobody else"
-    );
+    if impostors {
+        assert_impostors_refused(&url, certs).await;
+        assert_bad_certificates_refused(&url, certs).await;
+        assert_eq!(
+            running.coordinator.registered(),
+            1,
+            "A is still in, nobody else"
+        );
+    }
 
-    // B arrives and the rounds run, while the same attempts go on.
+    // B arrives and the rounds run while impostors keep trying, B's id above all: every
+    // round is open with B's update still to come at some point of these attempts.
     let fleet_b = tokio::spawn(run_fleet(
-        fleet_config(&url, &certs, B),
+        fleet_config(&url, certs, B),
         vec![data.next().unwrap()],
         std::future::pending(),
     ));
-    assert_impostors_refused(&url, &certs).await;
-    assert_bad_certificates_refused(&url, &certs).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let attacks = impostors.then(|| {
+        let (url, certs) = (url.clone(), certs.clone());
+        tokio::spawn(async move {
+            let mut waves = 0u32;
+            while !*stopped.borrow() {
+                assert_impostors_refused(&url, &certs).await;
+                assert_bad_certificates_refused(&url, &certs).await;
+                waves += 1;
+            }
+            waves
+        })
+    });
 
+    if let Some(attacks) = attacks {
+        // Waves stop once the run is over, while the server still answers.
+        wait_until(|| running.run.is_finished()).await;
+        let _ = stop.send(true);
+        assert!(
+            attacks.await.unwrap() >= 1,
+            "at least one wave during the run"
+        );
+    }
     let outcome = running.finish().await.unwrap();
     for fleet in [fleet_a, fleet_b] {
         let report = fleet.await.unwrap().unwrap();
@@ -311,6 +337,30 @@ async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
         outcome.records.iter().all(|r| r.clients == 2),
         "{:?}",
         outcome.records
+    );
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
+    let certs = Arc::new(Certs::new());
+    let clean = mutual_tls_run(&certs, false).await;
+    let attacked = mutual_tls_run(&certs, true).await;
+    assert!(clean.summary.refusals.is_empty(), "{:?}", clean.summary);
+    for reason in ["impersonation", "unauthenticated"] {
+        assert!(
+            attacked
+                .summary
+                .refusals
+                .get(reason)
+                .is_some_and(|n| *n > 0),
+            "{reason}: {:?}",
+            attacked.summary.refusals
+        );
+    }
+    assert_eq!(
+        clean.summary.model_sha256, attacked.summary.model_sha256,
+        "impostors changed the model"
     );
 }
 
