@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{
@@ -33,6 +33,10 @@ use tracing::{debug, warn};
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes in progress at once. Past it, accepting waits (new connections queue in the
+/// kernel's backlog): a crowd of peers that never finish a handshake holds at most this many
+/// tasks and buffers, each for at most [`HANDSHAKE_TIMEOUT`].
+const MAX_HANDSHAKES: usize = 1024;
 
 /// The crypto provider: ring, as everywhere else in the stack.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -152,8 +156,16 @@ pub(crate) fn incoming(
 ) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed; if it were, stop accepting
+                },
+                () = tx.closed() => break,
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => break,
@@ -171,6 +183,7 @@ pub(crate) fn incoming(
             let _ = stream.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
