@@ -135,6 +135,7 @@ async fn a_hostile_client_mid_run_changes_nothing() {
         "chunk_too_large",
         "duplicate",
         "malformed",
+        "message_too_large",
         "non_finite",
         "norm_too_large",
         "payload_overflow",
@@ -142,6 +143,7 @@ async fn a_hostile_client_mid_run_changes_nothing() {
         "payload_truncated",
         "rate_limited",
         "stale_fence",
+        "stream_error",
         "unknown_client",
         "wrong_length",
     ] {
