@@ -9,7 +9,9 @@
 //!   the points behind it, and the counts that must add up to the update's weight already tie
 //!   it to the client's data; a bound in data units would need a data radius the coordinator
 //!   does not know. The aggregation range check ([`crate::aggregate::ExactSum::check`]) still
-//!   applies.
+//!   applies. This is an accepted risk: the counts bound how many points a client claims, not
+//!   where its sums put them, so one authenticated client can still drag a centroid. Robust
+//!   aggregation of centroids (a median, on the roadmap) is the defence that fits k-means.
 //!
 //! Clipping multiplies the delta (or gradient) by `bound / norm` in f64 and rounds each value
 //! once to f32, in index order, so the same update clips to the same bits on every machine.
