@@ -30,6 +30,7 @@ pub mod server;
 pub mod service;
 pub mod strategy;
 mod tls;
+mod undecodable;
 
 pub use checkpoint::CheckpointStore;
 pub use config::{Limits, NormPolicy, PullRate, RunConfig, StrategyConfig};

@@ -146,9 +146,13 @@ pub async fn serve_with(
     security.check_listener(listener.local_addr()?)?;
     // Messages are chunked at 1 MiB; leave headroom for headers and framing.
     let max_message = coordinator.shared.limits.max_chunk_bytes + (64 << 10);
-    let service = FleetServer::new(FleetService::with_policy(coordinator, security.policy()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let service = FleetServer::new(FleetService::with_policy(
+        coordinator.clone(),
+        security.policy(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let service = crate::undecodable::CountUndecodable::new(service, coordinator);
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(100_000))

@@ -78,7 +78,6 @@ async fn run(hostile: bool) -> (RunOutcome, std::collections::BTreeMap<String, u
     let running = common::start(config(), spec, split.test, limits()).await;
     let mut c = raw(&running.url).await;
     if hostile {
-        garbage(&running.url).await;
         unknown(&mut c).await;
         join(&mut c, "hostile", 100).await;
     }
@@ -135,6 +134,7 @@ async fn a_hostile_client_mid_run_changes_nothing() {
         "chunk_too_large",
         "duplicate",
         "malformed",
+        "malformed_message",
         "message_too_large",
         "non_finite",
         "norm_too_large",
@@ -177,6 +177,7 @@ async fn attack(url: &str, c: &mut FleetClient<Channel>) {
     let n = global.len();
     assert_eq!(n, 9610, "mlp on digits");
 
+    garbage(url).await;
     payloads(url, c, &fence, &global).await;
     impersonation(c, &fence, &global).await;
     flood(url).await;

@@ -1,0 +1,100 @@
+//! Counting the requests tonic refuses before any handler runs: a unary message that is not
+//! valid protobuf, or over the message size limit. The handlers never see them, so
+//! [`crate::service`] cannot count them; this wrapper around the generated server reads the
+//! status of each unary response instead. Update streams are counted by the handler itself,
+//! which sees their errors as they arrive.
+
+use crate::engine::Coordinator;
+use std::task::{Context, Poll};
+use tonic::Status;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
+
+/// Wraps the gRPC service `S`, counting undecodable unary requests as refusals.
+#[derive(Debug, Clone)]
+pub(crate) struct CountUndecodable<S> {
+    inner: S,
+    coordinator: Coordinator,
+}
+
+impl<S> CountUndecodable<S> {
+    /// Counts `inner`'s undecodable requests in `coordinator`'s refusals.
+    pub(crate) fn new(inner: S, coordinator: Coordinator) -> Self {
+        Self { inner, coordinator }
+    }
+}
+
+/// The refusal reason of a response tonic produced for a request it could not decode, if it is
+/// one. Handlers never answer OutOfRange, nor Internal with a decode message.
+fn undecodable(headers: &http::HeaderMap) -> Option<&'static str> {
+    let status = Status::from_header_map(headers)?;
+    match status.code() {
+        tonic::Code::OutOfRange => Some("message_too_large"),
+        tonic::Code::Internal if status.message().starts_with("failed to decode") => {
+            Some("malformed_message")
+        }
+        _ => None,
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for CountUndecodable<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let streamed_upload = request.uri().path().ends_with("/PushUpdate");
+        let response = self.inner.call(request);
+        let coordinator = self.coordinator.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if !streamed_upload && let Some(reason) = undecodable(response.headers()) {
+                tracing::debug!(reason, "undecodable request refused");
+                coordinator.count_refusal_reason(reason);
+            }
+            Ok(response)
+        })
+    }
+}
+
+impl<S: NamedService> NamedService for CountUndecodable<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_of(status: Status) -> http::HeaderMap {
+        status.into_http::<()>().headers().clone()
+    }
+
+    #[test]
+    fn tells_decode_failures_from_handler_refusals() {
+        let cases = [
+            (
+                Status::internal("failed to decode Protobuf message: buffer underflow"),
+                Some("malformed_message"),
+            ),
+            (
+                Status::out_of_range("Error, decoded message length too large"),
+                Some("message_too_large"),
+            ),
+            (Status::internal("strategy: something broke"), None),
+            (Status::invalid_argument("invalid update"), None),
+            (Status::not_found("unknown client"), None),
+        ];
+        for (status, want) in cases {
+            assert_eq!(undecodable(&headers_of(status.clone())), want, "{status:?}");
+        }
+        assert_eq!(undecodable(&http::HeaderMap::new()), None);
+    }
+}
