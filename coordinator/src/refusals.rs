@@ -1,8 +1,11 @@
 //! Counting refused requests by reason, so an operator can see what broken or hostile clients
 //! tried (`Coordinator::refusals`, and `refusals` in the run summary).
 //!
-//! Counted in one place: where the gRPC service turns a [`crate::CoordinatorError`] into a
-//! status. The reasons are the stable keys of [`crate::CoordinatorError::reason`]. The counter
+//! Counted where the gRPC service turns a [`crate::CoordinatorError`] into a status (the
+//! reasons are the stable keys of [`crate::CoordinatorError::reason`]), where it meets a broken
+//! update stream (`message_too_large`, `stream_cancelled`, `stream_error`), and around the
+//! generated server for unary requests tonic could not decode (`malformed_message`,
+//! `message_too_large`; see `undecodable.rs`). The counter
 //! has its own small lock, so a flood of refusals never contends for the round's state.
 
 use crate::round::lock;
