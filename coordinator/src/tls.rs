@@ -8,7 +8,8 @@
 //! asks it on every request. A refused certificate then gets an `Unauthenticated` status that
 //! says why (expired, unknown CA, self-signed), instead of a TLS alert that races the client's
 //! first request and reaches it, if at all, as "transport error". No request is served without
-//! that check: the service authorizes each one before it reaches the engine.
+//! that check: the service authorizes each one before it reaches the engine (a chain that
+//! verified stays trusted for a minute, see [`crate::auth::ClientCa::verify_now`]).
 
 use crate::error::{CoordinatorError, Result};
 use futures::Stream;
