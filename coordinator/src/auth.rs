@@ -141,8 +141,11 @@ pub struct ClientCa {
     algorithms: &'static [&'static dyn SignatureVerificationAlgorithm],
     /// Chains verified lately, by SHA-256 of the chain: their client id and until when (Unix
     /// seconds) the verdict holds. See [`ClientCa::verify_now`].
-    verified: Arc<Mutex<HashMap<[u8; 32], (String, u64)>>>,
+    verified: Arc<Mutex<VerifiedChains>>,
 }
+
+/// SHA-256 of a chain → (client id, Unix second until which the verdict holds).
+type VerifiedChains = HashMap<[u8; 32], (String, u64)>;
 
 /// How long a verified chain is trusted without verifying it again. The chain must also verify
 /// this far in the future before it is cached, so a cached chain never outlives its validity.
