@@ -401,17 +401,25 @@ mod tests {
         );
     }
 
+    /// The first certificate of a PEM text.
+    fn der(pem: &str) -> CertificateDer<'static> {
+        crate::tls::pem_certs(pem.as_bytes(), "test")
+            .unwrap()
+            .remove(0)
+    }
+
+    /// A development CA, and the trust in it a coordinator configured with it has.
+    fn ca_and_trust() -> (crate::certs::DevCa, ClientCa) {
+        let ca = crate::certs::DevCa::generate(crate::certs::Validity::days(1)).unwrap();
+        let trust = ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap();
+        (ca, trust)
+    }
+
     #[test]
     fn verified_chains_are_remembered_only_while_they_stay_valid() {
         use crate::certs::{DevCa, Validity};
         use std::time::{Duration, SystemTime};
-        let der = |pem: &str| {
-            crate::tls::pem_certs(pem.as_bytes(), "test")
-                .unwrap()
-                .remove(0)
-        };
-        let ca = DevCa::generate(Validity::days(1)).unwrap();
-        let trust = ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap();
+        let (ca, trust) = ca_and_trust();
         let remembered = || crate::round::lock(&trust.verified).len();
 
         let good = der(&ca.client("client-a", Validity::days(1)).unwrap().cert);
@@ -450,13 +458,7 @@ mod tests {
     fn client_certificates_must_chain_to_the_ca_and_be_current() {
         use crate::certs::{DevCa, Validity, self_signed_client};
         use std::time::Duration;
-        let der = |pem: &str| {
-            crate::tls::pem_certs(pem.as_bytes(), "test")
-                .unwrap()
-                .remove(0)
-        };
-        let ca = DevCa::generate(Validity::days(1)).unwrap();
-        let trust = ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap();
+        let (ca, trust) = ca_and_trust();
         let now = UnixTime::now();
         let good = der(&ca.client("client-a", Validity::days(1)).unwrap().cert);
         assert_eq!(
