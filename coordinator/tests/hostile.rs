@@ -332,20 +332,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_ne!(refused.code(), Code::Ok);
 
     // Fences of another round, run or incarnation (a replay, or an update from elsewhere).
-    for wrong in [
-        Fence {
-            round: fence.round + 1,
-            ..fence.clone()
-        },
-        Fence {
-            run_id: "other".into(),
-            ..fence.clone()
-        },
-        Fence {
-            epoch: fence.epoch - 1,
-            ..fence.clone()
-        },
-    ] {
+    for wrong in common::wrong_fences(fence) {
         assert_refused(
             push(c, header("hostile", &wrong, 100, n), global).await,
             Code::FailedPrecondition,

@@ -9,7 +9,7 @@ use common::{fetch, header, join, push, push_parts, raw, task};
 use shoal_coordinator::Limits;
 use shoal_coordinator::strategy::init_stream;
 use shoal_models::init_params;
-use shoal_proto::v1::{Chunk, Fence, LeaveRequest, UpdatePart, update_part::Part};
+use shoal_proto::v1::{Chunk, LeaveRequest, UpdatePart, update_part::Part};
 use tonic::Code;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -109,20 +109,7 @@ async fn bad_updates_are_refused_and_change_nothing() {
     .await
     .unwrap();
     // A round that is not open, another run, another incarnation.
-    for wrong in [
-        Fence {
-            round: 2,
-            ..fence.clone()
-        },
-        Fence {
-            run_id: "other".into(),
-            ..fence.clone()
-        },
-        Fence {
-            epoch: fence.epoch - 1,
-            ..fence.clone()
-        },
-    ] {
+    for wrong in common::wrong_fences(&fence) {
         assert_refused(
             push(&mut a, header("a", &wrong, 10, n), &good_a).await,
             Code::FailedPrecondition,

@@ -185,6 +185,25 @@ pub async fn fetch(
     Ok(asm.finish().unwrap())
 }
 
+/// Fences of the next round, another run and an earlier incarnation than `fence`: what a
+/// replayed update, or one meant for another coordinator, carries.
+pub fn wrong_fences(fence: &Fence) -> [Fence; 3] {
+    [
+        Fence {
+            round: fence.round + 1,
+            ..fence.clone()
+        },
+        Fence {
+            run_id: "other".into(),
+            ..fence.clone()
+        },
+        Fence {
+            epoch: fence.epoch - 1,
+            ..fence.clone()
+        },
+    ]
+}
+
 pub fn header(id: &str, fence: &Fence, examples: u64, len: usize) -> UpdateHeader {
     UpdateHeader {
         client_id: id.into(),
