@@ -19,6 +19,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+/// Longest the server stays up after the run ended, so that clients still pulling, or backing
+/// off after a lost connection, hear that it ended (see [`Coordinator::drain`]).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 /// Where a run's results go.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Outputs {
@@ -43,6 +47,10 @@ pub struct Durability {
     /// Resume a checkpoint even though it was written under a different run config.
     #[arg(long)]
     pub allow_config_change: bool,
+    /// If the checkpoint directory holds checkpoints but none is usable, set them aside
+    /// (renamed *.unusable) and start the run over from round 1, instead of stopping.
+    #[arg(long)]
+    pub start_over: bool,
 }
 
 /// A coordinator ready to serve, with the data it was prepared from.
@@ -71,6 +79,7 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
                 &plan.run,
                 strategy.as_mut(),
                 durability.allow_config_change,
+                durability.start_over,
             )?;
             if resume.completed > 0 {
                 eprintln!(
@@ -151,7 +160,7 @@ pub async fn host(
         .await;
     let _ = printer.await;
     bar.finish_and_clear();
-    coordinator.drain(Duration::from_secs(3)).await;
+    coordinator.drain(DRAIN_LIMIT).await;
     let _ = stop_server.send(());
     let _ = server.await;
     let outcome = outcome?;

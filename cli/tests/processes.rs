@@ -6,72 +6,9 @@
 
 mod common;
 
+use common::runs::{model_sha256, one_process_run, rounds_completed, start_coordinator, summary};
 use common::{DEADLINE, Finished, Running, arg, finish, shoal, shoal_with};
-use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
-
-/// How long a coordinator may take to load its data and start listening.
-const STARTUP: Duration = Duration::from_secs(30);
-
-/// Reads a `--summary-out` file.
-fn summary(path: &Path) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
-}
-
-fn rounds_completed(s: &Value) -> u64 {
-    s["rounds_completed"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no rounds_completed in {s}"))
-}
-
-/// The summary's model hash, checked to be a SHA-256 in hex.
-fn model_sha256(s: &Value) -> String {
-    let sha = s["model_sha256"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no model_sha256 in {s}"));
-    assert!(
-        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
-        "model_sha256 {sha:?} is not 64 hex digits"
-    );
-    sha.to_owned()
-}
-
-/// Starts `shoal coordinator --listen 127.0.0.1:0 ARGS` and returns it with the URL clients
-/// should dial, taken from the address it prints on stderr.
-fn start_coordinator(args: &[&str]) -> (Running, String) {
-    let mut cmd = shoal_with(&["coordinator", "--listen", "127.0.0.1:0"]);
-    cmd.args(args);
-    let mut coordinator = Running::spawn(&mut cmd);
-    let line = coordinator.wait_for_stderr("coordinator listening on ", STARTUP);
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let addr: SocketAddr = addr
-        .parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
-    assert_ne!(
-        addr.port(),
-        0,
-        "the coordinator must print the port it actually bound: {line:?}"
-    );
-    (coordinator, format!("http://{addr}"))
-}
-
-/// `shoal run ARGS --summary-out DIR/NAME --quiet`, which must succeed; returns the summary.
-fn one_process_run(dir: &Path, name: &str, args: &[&str]) -> Value {
-    let out = dir.join(name);
-    let mut cmd = shoal_with(&["run", "--quiet", "--summary-out", arg(&out)]);
-    cmd.args(args);
-    finish(&mut cmd).assert_success();
-    summary(&out)
-}
 
 #[test]
 fn coordinator_and_simulate_processes_finish_a_two_round_run() {

@@ -111,7 +111,7 @@ pub fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel> {
         (Some("http"), None) => endpoint,
         (Some("https"), Some(tls)) => endpoint
             .tls_config(tls.config()?)
-            .map_err(|e| ClientError::Credentials(error_chain(&e)))?,
+            .map_err(|e| ClientError::Credentials(crate::error::chain(&e)))?,
         (Some("http"), Some(_)) => {
             return Err(ClientError::BadAddress(
                 url.to_owned(),
@@ -137,18 +137,6 @@ pub fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
-}
-
-/// An error and its sources, joined by ": ".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Puts a client's bearer token on every request, or nothing if it has none.

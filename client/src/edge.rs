@@ -11,11 +11,12 @@ use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
 use crate::forward::{Disposition, KeptUpdate, disposition, retryable};
 pub use crate::stats::ClientStats;
+use crate::unreachable;
 use crate::work::{LocalUpdate, run_task};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
 use shoal_proto::v1::{
-    Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader, UpdatePart,
+    AbandonRequest, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader, UpdatePart,
     pull_reply::Reply, update_part::Part,
 };
 use shoal_proto::{DEFAULT_CHUNK_BYTES, encode_chunks};
@@ -41,6 +42,8 @@ pub struct ClientOptions {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_cap: Duration,
+    /// The coordinator's address, for messages [default: empty].
+    pub coordinator_url: String,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +53,7 @@ impl Default for ClientOptions {
             give_up_after: Duration::from_secs(120),
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(5),
+            coordinator_url: String::new(),
         }
     }
 }
@@ -168,11 +172,18 @@ impl EdgeClient {
                 Err(err) if retryable(&err) => {
                     joined = false;
                     stats.reconnects += 1;
+                    let first = unreachable_since.is_none();
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.options.give_up_after {
-                        return Err(err);
+                        return Err(ClientError::Unreachable {
+                            seconds: since.elapsed().as_secs(),
+                            last: err.to_string(),
+                        });
                     }
                     let delay = backoff.next_delay();
+                    if first {
+                        unreachable::report(&err, &self.options);
+                    }
                     debug!(client = %self.id, error = %err, ?delay, "coordinator unreachable; backing off");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -230,6 +241,22 @@ impl EdgeClient {
             }
         }
         Ok(())
+    }
+
+    /// Tells the coordinator this client cannot do its task, so the round stops waiting for
+    /// it. Best effort: if the message is lost, the round's deadline still applies.
+    async fn abandon(&mut self, fence: &Fence, err: &ClientError) {
+        let sent = self
+            .fleet
+            .abandon(AbandonRequest {
+                client_id: self.id.clone(),
+                fence: Some(fence.clone()),
+                reason: err.to_string(),
+            })
+            .await;
+        if let Err(status) = sent {
+            debug!(client = %self.id, %fence, error = %status.message(), "abandon not delivered");
+        }
     }
 
     async fn leave(&mut self) {
@@ -302,8 +329,13 @@ impl EdgeClient {
         }
         let update = match self.work(task, &fence).await {
             Ok(update) => update,
+            // The global state could not be fetched: reconnect; joining again gets the task
+            // back.
+            Err(err) if retryable(&err) => return Err(err),
             Err(err) => {
-                warn!(client = %self.id, %fence, error = %err, "task failed");
+                warn!(client = %self.id, %fence, error = %err, "task failed; telling the coordinator");
+                self.abandon(&fence, &err).await;
+                stats.failed_tasks += 1;
                 return Ok(Next::Pull);
             }
         };

@@ -12,23 +12,73 @@ pub enum ClientError {
     #[error("credentials: {0}")]
     Credentials(String),
     /// The connection failed or broke.
-    #[error("transport: {0}")]
+    #[error("transport: {}", chain(.0))]
     Transport(#[from] tonic::transport::Error),
-    /// The coordinator refused a request.
-    #[error("coordinator refused: {}: {}", .0.code(), .0.message())]
+    /// The coordinator refused a request, or the request never reached it (a status that
+    /// carries no coordinator reason: see [`crate::forward::retryable`]).
+    #[error("{}", describe(.0))]
     Refused(#[from] tonic::Status),
+    /// The coordinator stayed unreachable past the client's patience.
+    #[error("gave up after the coordinator was unreachable for {seconds} s; last error: {last}")]
+    Unreachable {
+        /// How long it was unreachable.
+        seconds: u64,
+        /// The last error seen.
+        last: String,
+    },
     /// A payload could not be decoded.
     #[error("payload: {0}")]
     Payload(#[from] shoal_proto::ProtoError),
     /// Local work failed.
     #[error("local work: {0}")]
     Model(#[from] shoal_models::ModelError),
+    /// The client or fleet settings are unusable.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A task this client cannot carry out.
     #[error("bad task: {0}")]
     BadTask(String),
     /// The worker thread died.
     #[error("worker: {0}")]
     Worker(String),
+}
+
+/// An error and its sources, joined by ": " (tonic's own text is often just "transport
+/// error"; the cause, e.g. "Connection refused", is further down).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    with_sources(err.to_string(), err.source())
+}
+
+/// `text`, then each error of the `source` chain that adds something, joined by ": ".
+fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// One readable line for a status: the coordinator's refusal with its code and reason, or,
+/// for a status the coordinator did not write, what went wrong on the way.
+fn describe(status: &tonic::Status) -> String {
+    match crate::forward::reason(status) {
+        Some(reason) => format!(
+            "coordinator refused ({reason}): {}: {}",
+            status.code(),
+            status.message()
+        ),
+        None => with_sources(
+            format!("no answer from the coordinator: {}", status.message()),
+            std::error::Error::source(status),
+        ),
+    }
 }
 
 /// Result alias for the client.

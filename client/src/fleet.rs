@@ -2,6 +2,11 @@
 //! small pool of HTTP/2 channels, one cache of the round's global state, and a CPU budget. A
 //! client with its own TLS certificate (mutual TLS) gets a connection of its own, since a TLS
 //! identity belongs to a connection.
+//!
+//! Every client keeps one request open at a time (mostly a long-poll), so a connection carries
+//! as many concurrent HTTP/2 streams as it has clients. The fleet opens enough connections that
+//! none carries more than [`CLIENTS_PER_CHANNEL`], well under the coordinator's per-connection
+//! stream cap: a crowded connection would queue or reset streams, and its clients would starve.
 
 use crate::cache::GlobalCache;
 use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
@@ -12,15 +17,19 @@ use shoal_datasets::Dataset;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::warn;
+
+/// Most clients sharing one connection (see the module docs).
+pub const CLIENTS_PER_CHANNEL: usize = 500;
 
 /// How a fleet connects and behaves.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// Coordinator URL, e.g. "http://127.0.0.1:7070".
     pub url: String,
-    /// HTTP/2 channels shared by all clients.
+    /// HTTP/2 channels shared by all clients, at least; raised so that no channel carries more
+    /// than [`CLIENTS_PER_CHANNEL`] clients. Must be at least 1.
     pub channels: usize,
     /// Local work running at once (defaults to the number of cores).
     pub concurrency: usize,
@@ -32,6 +41,10 @@ pub struct FleetConfig {
     pub tls: Option<ClientTls>,
     /// Each client's own credentials, by client id [default: none].
     pub credentials: HashMap<String, Credentials>,
+    /// Told at once, with the client id and its error, when a client stops on an error; the
+    /// host of an in-process fleet stops the run then rather than wait for a client that will
+    /// not come back [default: nobody].
+    pub failures: Option<mpsc::UnboundedSender<(String, ClientError)>>,
 }
 
 /// What one client proves itself with.
@@ -54,6 +67,7 @@ impl FleetConfig {
             faults: Faults::default(),
             tls: None,
             credentials: HashMap::new(),
+            failures: None,
         }
     }
 }
@@ -75,8 +89,17 @@ pub async fn run_fleet(
     clients: Vec<(String, Dataset)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<FleetReport> {
+    if config.channels == 0 {
+        return Err(ClientError::Config(
+            "a fleet needs at least one channel".into(),
+        ));
+    }
     let tls = config.tls.as_ref();
-    let channels = (0..config.channels.max(1))
+    let shared = clients
+        .len()
+        .div_ceil(CLIENTS_PER_CHANNEL)
+        .max(config.channels);
+    let channels = (0..shared)
         .map(|_| channel(&config.url, tls))
         .collect::<Result<Vec<_>>>()?;
     let cache = GlobalCache::default();
@@ -104,13 +127,17 @@ pub async fn run_fleet(
             Some(token) => BearerAuth::token(token)?,
             None => BearerAuth::none(),
         };
+        let mut options = config.options.clone();
+        if options.coordinator_url.is_empty() {
+            options.coordinator_url.clone_from(&config.url);
+        }
         let client = EdgeClient::new(
             id,
             Arc::new(data),
             fleet_client(connection, auth),
             cache.clone(),
             cpu.clone(),
-            config.options.clone(),
+            options,
         )
         .with_faults(config.faults.clone());
         let mut stop = stop_rx.clone();
@@ -133,6 +160,9 @@ pub async fn run_fleet(
             Err(err) => {
                 report.failed += 1;
                 warn!(client = %id, error = %err, "client stopped");
+                if let Some(failures) = &config.failures {
+                    let _ = failures.send((id, err));
+                }
             }
         }
     }

@@ -58,16 +58,40 @@ pub fn disposition(result: &Result<(), ClientError>) -> Disposition {
     }
 }
 
-/// Errors worth reconnecting for: the transport broke or the coordinator is restarting.
+/// Errors worth reconnecting for: the transport broke, the coordinator is restarting or
+/// overloaded, or the client pulled too fast. A status the coordinator did not write itself
+/// (no reason attached: HTTP/2 refused or reset a stream, a proxy answered) is always
+/// transient, whatever its code: "resource exhausted: h2 protocol error" is a crowded
+/// connection, not a verdict on the client.
 pub fn retryable(err: &ClientError) -> bool {
     match err {
         ClientError::Transport(_) => true,
-        ClientError::Refused(s) => matches!(
-            s.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-        ),
+        ClientError::Refused(s) => match reason(s) {
+            None => !matches!(
+                s.code(),
+                Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied
+            ),
+            Some(reason) => {
+                reason == "rate_limited"
+                    || matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::Unknown
+                            | Code::Cancelled
+                            | Code::DeadlineExceeded
+                    )
+            }
+        },
         _ => false,
     }
+}
+
+/// The coordinator's reason for a refusal, if the coordinator wrote the status.
+pub fn reason(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(shoal_proto::REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]
@@ -75,8 +99,36 @@ mod tests {
     use super::*;
     use tonic::Status;
 
+    /// A refusal written by the coordinator (it carries a reason).
     fn refused(code: Code) -> Result<(), ClientError> {
-        Err(ClientError::Refused(Status::new(code, "test")))
+        let mut status = Status::new(code, "test");
+        status.metadata_mut().insert(
+            shoal_proto::REASON_HEADER,
+            tonic::metadata::MetadataValue::from_static("test"),
+        );
+        Err(ClientError::Refused(status))
+    }
+
+    #[test]
+    fn statuses_the_coordinator_did_not_write_are_transient() {
+        for code in [
+            Code::ResourceExhausted,
+            Code::Internal,
+            Code::Unavailable,
+            Code::Unknown,
+        ] {
+            let err = ClientError::Refused(Status::new(code, "h2 protocol error"));
+            assert!(retryable(&err), "{code:?}");
+        }
+        let denied = ClientError::Refused(Status::new(Code::Unauthenticated, "no token"));
+        assert!(!retryable(&denied));
+        let mut paced = Status::resource_exhausted("pulls too often");
+        paced.metadata_mut().insert(
+            shoal_proto::REASON_HEADER,
+            tonic::metadata::MetadataValue::from_static("rate_limited"),
+        );
+        assert!(retryable(&ClientError::Refused(paced)));
+        assert!(!retryable(&refused(Code::ResourceExhausted).unwrap_err()));
     }
 
     #[test]

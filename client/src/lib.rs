@@ -10,6 +10,7 @@ pub mod faults;
 pub mod fleet;
 pub mod forward;
 mod stats;
+mod unreachable;
 pub mod work;
 
 pub use edge::{ClientOptions, ClientStats, EdgeClient};

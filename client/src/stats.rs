@@ -19,6 +19,8 @@ pub struct ClientStats {
     pub straggles: u32,
     /// Simulated crashes: tasks dropped, then silence, then a fresh join.
     pub crashes: u32,
+    /// Tasks whose local work failed (reported to the coordinator).
+    pub failed_tasks: u32,
 }
 
 impl ClientStats {
@@ -32,5 +34,6 @@ impl ClientStats {
         self.dropouts += other.dropouts;
         self.straggles += other.straggles;
         self.crashes += other.crashes;
+        self.failed_tasks += other.failed_tasks;
     }
 }

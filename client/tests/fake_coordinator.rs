@@ -9,8 +9,9 @@ use shoal_client::{ClientOptions, ClientStats, EdgeClient, Faults};
 use shoal_datasets::Dataset;
 use shoal_proto::v1::fleet_server::{Fleet, FleetServer};
 use shoal_proto::v1::{
-    Chunk, Fence, FetchRequest, Finished, JoinReply, JoinRequest, KMeansConfig, LeaveReply,
-    LeaveRequest, PullReply, PullRequest, PushReply, Task, TaskKind, UpdatePart, pull_reply::Reply,
+    AbandonReply, AbandonRequest, Chunk, Fence, FetchRequest, Finished, JoinReply, JoinRequest,
+    KMeansConfig, LeaveReply, LeaveRequest, PullReply, PullRequest, PushReply, Task, TaskKind,
+    UpdatePart, pull_reply::Reply,
 };
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -98,8 +99,23 @@ impl Fleet for Fake {
             Code::Ok => Ok(Response::new(PushReply {
                 accepted_in_round: 1,
             })),
-            code => Err(Status::new(code, "scripted verdict")),
+            // The real coordinator marks its verdicts with a reason; a bare Unavailable stands
+            // for a transport failure.
+            Code::Unavailable => Err(Status::new(Code::Unavailable, "scripted outage")),
+            code => {
+                let mut status = Status::new(code, "scripted verdict");
+                status.metadata_mut().insert(
+                    shoal_proto::REASON_HEADER,
+                    tonic::metadata::MetadataValue::from_static("scripted"),
+                );
+                Err(status)
+            }
         }
+    }
+
+    async fn abandon(&self, _: Request<AbandonRequest>) -> Result<Response<AbandonReply>, Status> {
+        self.record("abandon");
+        Ok(Response::new(AbandonReply {}))
     }
 
     async fn leave(&self, _: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
@@ -132,7 +148,12 @@ fn data() -> Dataset {
 /// Serves `fake` with one task and the push `verdicts`, runs one client with `faults` to the
 /// end, and returns its statistics.
 async fn run_client(fake: &Fake, verdicts: &[Code], faults: Faults) -> ClientStats {
-    fake.tasks.lock().unwrap().push_back(task());
+    run_task(fake, task(), verdicts, faults).await
+}
+
+/// The same with `task` as the one task.
+async fn run_task(fake: &Fake, task: Task, verdicts: &[Code], faults: Faults) -> ClientStats {
+    fake.tasks.lock().unwrap().push_back(task);
     fake.verdicts.lock().unwrap().extend(verdicts);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -267,4 +288,19 @@ async fn a_crashed_client_goes_silent_then_joins_again() {
     assert_eq!(fake.calls(), ["join", "pull", "join", "pull", "leave"]);
     assert!(fake.gap("pull", "join") >= downtime);
     assert_eq!((stats.crashes, stats.accepted), (1, 0));
+}
+
+#[tokio::test]
+async fn a_task_that_fails_locally_is_abandoned_at_once() {
+    let fake = Fake::default();
+    let mut impossible = task();
+    // No local centres: the local k-means cannot run.
+    impossible.kmeans = Some(KMeansConfig {
+        k: 2,
+        local_k: 0,
+        dim: 2,
+    });
+    let stats = run_task(&fake, impossible, &[], Faults::default()).await;
+    assert_eq!(fake.calls(), ["join", "pull", "abandon", "pull", "leave"]);
+    assert_eq!((stats.failed_tasks, stats.accepted), (1, 0));
 }

@@ -44,9 +44,23 @@ pub enum AggregateError {
         /// First offending index.
         index: usize,
     },
-    /// The weight is zero or above [`MAX_WEIGHT`].
-    #[error("update weight {0} is outside 1..={MAX_WEIGHT}")]
-    BadWeight(u64),
+    /// The weight (example count) is zero or above the limit in force: the coordinator's
+    /// example cap at admission, [`MAX_WEIGHT`] in the sum itself.
+    #[error("update weight (examples) {weight} is outside 1..={max}")]
+    BadWeight {
+        /// The weight claimed.
+        weight: u64,
+        /// The largest weight accepted.
+        max: u64,
+    },
+    /// The update carries another number of integer counts than its task asks for.
+    #[error("update has {got} counts, expected {expected}")]
+    WrongCounts {
+        /// Counts received.
+        got: usize,
+        /// Counts expected.
+        expected: usize,
+    },
     /// Counts that must add up to the update's weight do not.
     #[error("counts {range:?} sum to {sum}, but the update claims {weight} examples")]
     CountsMismatch {
@@ -154,7 +168,10 @@ impl ExactSum {
     pub fn check(&self, weight: u64, values: &[f32]) -> Result<f64, AggregateError> {
         let max_abs = validate(values, self.len())?;
         if weight == 0 || weight > MAX_WEIGHT {
-            return Err(AggregateError::BadWeight(weight));
+            return Err(AggregateError::BadWeight {
+                weight,
+                max: MAX_WEIGHT,
+            });
         }
         let magnitude = weight as f64 * f64::from(max_abs);
         if self.magnitude + magnitude >= RANGE_LIMIT {
@@ -363,7 +380,7 @@ mod tests {
         ));
         assert!(matches!(
             s.fold(0, &[0.0, 0.0]),
-            Err(AggregateError::BadWeight(0))
+            Err(AggregateError::BadWeight { weight: 0, .. })
         ));
         assert!(matches!(
             s.fold(1 << 31, &[3e38, 0.0]),

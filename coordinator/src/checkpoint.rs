@@ -134,16 +134,47 @@ impl CheckpointStore {
     }
 
     /// The newest usable checkpoint, if any; unusable newer ones are reported with a warning.
+    /// A directory that holds checkpoints of which none is usable is an error
+    /// ([`CoordinatorError::NoUsableCheckpoint`]): silently starting over would throw away the
+    /// run's progress (see [`CheckpointStore::set_aside_unusable`]).
     pub fn latest(&self) -> Result<Option<Checkpoint>> {
-        for listed in self.list()? {
+        let listed = self.list()?;
+        let files = listed.len();
+        let mut newest_error = None;
+        for listed in listed {
             match listed.checkpoint {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) => {
-                    warn!(path = %listed.path.display(), error = %e, "skipping unusable checkpoint; falling back to the previous one")
+                    warn!(path = %listed.path.display(), error = %e, "skipping unusable checkpoint; falling back to the previous one");
+                    newest_error.get_or_insert_with(|| format!("{}: {e}", listed.path.display()));
                 }
             }
         }
-        Ok(None)
+        match newest_error {
+            None => Ok(None),
+            Some(newest) => Err(CoordinatorError::NoUsableCheckpoint {
+                dir: self.dir.clone(),
+                files,
+                newest,
+            }),
+        }
+    }
+
+    /// Renames every unusable checkpoint to `NAME.unusable`, so a run that starts over on
+    /// purpose neither resumes from them nor has its new checkpoints pruned in their favour;
+    /// returns how many were set aside.
+    pub fn set_aside_unusable(&self) -> Result<usize> {
+        let mut moved = 0;
+        for listed in self.list()? {
+            if listed.checkpoint.is_err() {
+                let mut aside = listed.path.clone().into_os_string();
+                aside.push(".unusable");
+                fs::rename(&listed.path, &aside).map_err(|e| io_err(&listed.path, e))?;
+                moved += 1;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(moved)
     }
 
     fn prune(&self) -> Result<()> {
@@ -206,7 +237,10 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> CoordinatorError {
-    CoordinatorError::Checkpoint(format!("{}: {e}", path.display()))
+    CoordinatorError::Storage {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 /// Makes a rename durable: fsync the directory that holds it.
@@ -286,6 +320,30 @@ mod tests {
         let digest = Sha256::digest(&bytes);
         bytes.extend_from_slice(&digest);
         assert!(decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_directory_of_only_unusable_checkpoints_is_an_error_until_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        store.write(&sample(1)).unwrap();
+        store.write(&sample(2)).unwrap();
+        for round in [1, 2] {
+            let path = dir.path().join(format!("ckpt-{round:06}.bin"));
+            let mut bytes = fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            fs::write(&path, bytes).unwrap();
+        }
+        let err = store.latest().unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::NoUsableCheckpoint { files: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ckpt-000002.bin"), "{err}");
+        assert_eq!(store.set_aside_unusable().unwrap(), 2);
+        assert!(store.latest().unwrap().is_none());
+        assert!(dir.path().join("ckpt-000002.bin.unusable").exists());
     }
 
     #[test]

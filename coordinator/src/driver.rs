@@ -8,6 +8,7 @@ use crate::checkpoint::Checkpoint;
 use crate::engine::{Coordinator, Phase};
 use crate::error::{CoordinatorError, Result};
 use crate::metrics::{RoundRecord, RunSummary, sha256_f32};
+use crate::registry::name_some;
 use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
 use crate::round::{OpenRound, RoundSink, SharedAccumulator, close, fold, lock};
 use crate::round_log::{LoggedRound, RoundLog, RoundOpened};
@@ -17,7 +18,7 @@ use shoal_datasets::Dataset;
 use shoal_proto::v1::{FitConfig, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
@@ -43,10 +44,33 @@ pub struct Resume {
     pub replay: Option<LoggedRound>,
 }
 
+/// How often a long wait says at info level what it is waiting for.
+const WAIT_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// Most client ids a log line names.
+const NAMED_IN_LOG: usize = 10;
+
 impl Coordinator {
     /// Drives the run to its end: every round, or until the strategy converged, shutdown
     /// resolved, or quorum was lost. Each record is also sent to `observer` as it is made.
+    /// However the run ends, clients hear that it ended (their pulls answer Finished).
     pub async fn run(
+        &self,
+        strategy: Box<dyn Strategy>,
+        test: Arc<Dataset>,
+        resume: Resume,
+        observer: Option<UnboundedSender<RoundRecord>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunOutcome> {
+        let outcome = self.drive(strategy, test, resume, observer, shutdown).await;
+        match &outcome {
+            Ok(done) => self.finish(&done.summary.stop_reason),
+            Err(CoordinatorError::ShuttingDown) => self.finish("coordinator shut down"),
+            Err(err) => self.finish(&format!("the run failed: {err}")),
+        }
+        outcome
+    }
+
+    async fn drive(
         &self,
         mut strategy: Box<dyn Strategy>,
         test: Arc<Dataset>,
@@ -61,6 +85,9 @@ impl Coordinator {
         let mut replay = resume.replay;
         let mut stop_reason = "all rounds completed".to_string();
         let mut round = resume.completed + 1;
+        // Each incarnation waits for the configured number of clients before its first round;
+        // later rounds select from whoever is available then.
+        let mut gathered = false;
         while round <= config.rounds {
             if strategy.converged() {
                 stop_reason = "converged".into();
@@ -68,15 +95,10 @@ impl Coordinator {
             }
             let round_started = Instant::now();
             let (results, selected, attempts) = tokio::select! {
-                r = self.collect_round(strategy.as_ref(), round, replay.take()) => match r {
-                    Ok(r) => r,
-                    Err(e) => { self.finish(&e.to_string()); return Err(e); }
-                },
-                () = &mut shutdown => {
-                    self.finish("coordinator shut down");
-                    return Err(CoordinatorError::ShuttingDown);
-                }
+                r = self.collect_round(strategy.as_ref(), round, replay.take(), gathered) => r?,
+                () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
             };
+            gathered = true;
             let clients = results.contributors();
             let examples = results.total_weight();
             let client_metrics = client_averages(&results);
@@ -117,7 +139,6 @@ impl Coordinator {
             strategy = self.checkpoint(strategy, round, &records).await?;
             round += 1;
         }
-        self.finish(&stop_reason);
         let global = strategy.global().to_vec();
         let last = records.last();
         let summary = RunSummary {
@@ -142,11 +163,17 @@ impl Coordinator {
 
     /// Runs attempts of `round` until one reaches quorum; returns its results, the number of
     /// clients asked, and the attempts used. A replayed log resumes its attempt where it was.
+    ///
+    /// Before this incarnation's first round (`gathered` false) it waits for the configured
+    /// number of clients, as long as it takes, saying so; later attempts take whoever is
+    /// available, waiting at most a round deadline for a quorum of them, and an attempt with
+    /// too few counts as failed.
     async fn collect_round(
         &self,
         strategy: &dyn Strategy,
         round: u32,
         mut replay: Option<LoggedRound>,
+        mut gathered: bool,
     ) -> Result<(RoundResults, usize, u32)> {
         let config = &self.shared.config;
         let quorum = config.selection.min_clients.max(1);
@@ -155,8 +182,25 @@ impl Coordinator {
             let (selected, wanted, logged) = match replay.take() {
                 Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
                 None => {
-                    let needed = quorum.max(config.selection.min_available);
-                    let available = self.wait_for_clients(needed).await;
+                    let available = if gathered {
+                        let deadline = tokio::time::Instant::now() + config.round_timeout();
+                        let available = self.wait_for_clients(quorum, Some(deadline)).await;
+                        if available.len() < quorum {
+                            warn!(
+                                round,
+                                attempt,
+                                available = available.len(),
+                                quorum,
+                                missing = %self.missing(),
+                                "too few clients available for a round; attempt failed"
+                            );
+                            continue;
+                        }
+                        available
+                    } else {
+                        let needed = quorum.max(config.selection.min_available);
+                        self.wait_for_clients(needed, None).await
+                    };
                     let sel = &config.selection;
                     let (wanted, asked) = round_size(
                         available.len(),
@@ -172,6 +216,7 @@ impl Coordinator {
                     )
                 }
             };
+            gathered = true;
             let plan = strategy.plan(round);
             let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
             let accumulator = Arc::new(Mutex::new(Some(sink)));
@@ -197,6 +242,9 @@ impl Coordinator {
             lock(&self.shared.state).phase = Phase::Idle;
             let results = close(&accumulator)
                 .ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
+            if let Some(fatal) = lock(&self.shared.fatal).take() {
+                return Err(fatal);
+            }
             if results.contributors() >= quorum {
                 return Ok((results, selected.len(), attempt + 1));
             }
@@ -307,8 +355,14 @@ impl Coordinator {
         Ok(strategy)
     }
 
-    /// Waits until at least `needed` clients are available; returns them sorted.
-    async fn wait_for_clients(&self, needed: usize) -> Vec<String> {
+    /// Waits until at least `needed` clients are available, or `deadline` passes; returns the
+    /// available clients, sorted. Says every few seconds what it is waiting for.
+    async fn wait_for_clients(
+        &self,
+        needed: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Vec<String> {
+        let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
             let notified = self.shared.progress.notified();
             let available = lock(&self.shared.state)
@@ -317,8 +371,32 @@ impl Coordinator {
             if available.len() >= needed {
                 return available;
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), notified).await;
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return available;
+            }
+            if now >= report {
+                info!(
+                    available = available.len(),
+                    needed,
+                    missing = %self.missing(),
+                    "waiting for clients"
+                );
+                report = now + WAIT_REPORT_EVERY;
+            }
+            let wake = deadline.map_or(report, |d| d.min(report));
+            let _ = tokio::time::timeout_at(wake, notified).await;
         }
+    }
+
+    /// Clients known to this incarnation that are not available: those that left, and those
+    /// silent past the liveness window, for log lines.
+    fn missing(&self) -> String {
+        lock(&self.shared.state).registry.absent(
+            Instant::now(),
+            self.shared.limits.liveness,
+            NAMED_IN_LOG,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -380,6 +458,7 @@ impl Coordinator {
             selected: selected.iter().cloned().collect(),
             tasked: done.iter().cloned().collect(),
             in_flight: Default::default(),
+            dropped: Default::default(),
             delivered: done.into_iter().collect(),
             wanted: wanted.min(selected.len()),
             deadline: tokio::time::Instant::now() + config.round_timeout(),
@@ -389,26 +468,53 @@ impl Coordinator {
         shared.changed.send_modify(|v| *v += 1);
     }
 
-    /// Returns when the open round has enough updates or its deadline passed.
+    /// Returns when the open round has enough updates, nothing more can come, its deadline
+    /// passed, or the run must stop. Says every few seconds whom it is waiting for.
     async fn wait_for_updates(&self) {
+        let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
             let notified = self.shared.progress.notified();
+            if lock(&self.shared.fatal).is_some() {
+                return;
+            }
             let deadline = {
                 let state = lock(&self.shared.state);
-                match &state.phase {
-                    Phase::Open(round) if !round.complete() => round.deadline,
-                    _ => return,
+                let Phase::Open(round) = &state.phase else {
+                    return;
+                };
+                if round.complete() {
+                    return;
                 }
+                let now = tokio::time::Instant::now();
+                if now >= report {
+                    let outstanding: Vec<&String> = round.outstanding().collect();
+                    info!(
+                        round = round.fence.round,
+                        delivered = round.delivered.len(),
+                        wanted = round.wanted,
+                        closes_in_s = round.deadline.saturating_duration_since(now).as_secs(),
+                        waiting_for = %name_some(&outstanding, NAMED_IN_LOG),
+                        "waiting for updates"
+                    );
+                    report = now + WAIT_REPORT_EVERY;
+                }
+                round.deadline
             };
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
+            match tokio::time::timeout_at(deadline.min(report), notified).await {
+                Ok(()) => {}
+                Err(_) if tokio::time::Instant::now() >= deadline => return,
+                Err(_) => {}
             }
         }
     }
 
-    /// Ends the run: every pull from now on answers Finished.
+    /// Ends the run: every pull from now on answers Finished. The first reason given stays.
     fn finish(&self, reason: &str) {
-        lock(&self.shared.state).phase = Phase::Finished(reason.to_string());
+        let mut state = lock(&self.shared.state);
+        if !matches!(state.phase, Phase::Finished(_)) {
+            state.phase = Phase::Finished(reason.to_string());
+        }
+        drop(state);
         self.shared.changed.send_modify(|v| *v += 1);
     }
 }

@@ -30,6 +30,11 @@ const TASK_STREAM: u64 = 0x7a5c;
 /// Most metrics one update may report, and the longest metric name.
 const MAX_METRICS: usize = 64;
 const MAX_METRIC_NAME: usize = 64;
+/// How long a draining coordinator waits for silent clients after the last request: more than
+/// a client's longest reconnect delay (5 s by default).
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_secs(8);
+/// Longest reason for an abandoned task that is logged, in characters.
+const MAX_ABANDON_REASON: usize = 512;
 
 /// Where the run is.
 #[derive(Debug)]
@@ -67,6 +72,9 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: Option<CheckpointStore>,
     /// Refused requests by reason.
     pub(crate) refusals: Refusals,
+    /// A failure that must end the run (the round log cannot be written): set by whoever meets
+    /// it, taken by the round driver, which stops the run with it.
+    pub(crate) fatal: Mutex<Option<CoordinatorError>>,
 }
 
 /// Handle to a running coordinator; clones share the same state.
@@ -118,6 +126,7 @@ impl Coordinator {
                 progress: Notify::new(),
                 checkpoints,
                 refusals: Refusals::default(),
+                fatal: Mutex::new(None),
             }),
         }
     }
@@ -147,9 +156,26 @@ impl Coordinator {
         self.shared.refusals.record(reason);
     }
 
+    /// Whether a log line about a refusal for `reason` may be written now; `Some(n)` counts the
+    /// refusals left unlogged since the last line (see [`Refusals::may_log`]).
+    pub fn may_log_refusal(&self, reason: &'static str) -> Option<u64> {
+        self.shared.refusals.may_log(reason, Instant::now())
+    }
+
     /// Requests refused so far, by reason (see [`CoordinatorError::reason`]).
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         self.shared.refusals.snapshot()
+    }
+
+    /// Ends the run with `err` as soon as the round driver sees it (the first such error wins).
+    pub(crate) fn stop_with(&self, err: CoordinatorError) {
+        let mut fatal = lock(&self.shared.fatal);
+        if fatal.is_none() {
+            tracing::error!(error = %err, "stopping the run");
+            *fatal = Some(err);
+        }
+        drop(fatal);
+        self.shared.progress.notify_one();
     }
 
     /// Registered clients.
@@ -157,24 +183,54 @@ impl Coordinator {
         lock(&self.shared.state).registry.len()
     }
 
-    /// After the run ended, waits (up to `timeout`) for connected clients to hear so and leave,
-    /// so stopping the server does not strand them in reconnect loops.
-    pub async fn drain(&self, timeout: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.registered() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    /// After the run ended, waits for registered clients to hear so and leave, so stopping the
+    /// server does not strand them in reconnect loops: until none is left, or none has been
+    /// heard from for [`DRAIN_QUIET`] (longer than a client's longest reconnect delay, so one
+    /// backing off after a lost connection comes back within it; the rest are gone), or
+    /// `limit` passed.
+    pub async fn drain(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut heard = 0;
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            let (left, requests) = {
+                let state = lock(&self.shared.state);
+                (state.registry.len(), state.registry.heard())
+            };
+            let now = tokio::time::Instant::now();
+            if requests != heard {
+                heard = requests;
+                quiet_since = now;
+            }
+            if left == 0 || now >= deadline || now - quiet_since >= DRAIN_QUIET {
+                if left > 0 {
+                    tracing::info!(
+                        clients = left,
+                        "stopping with clients that did not hear the run ended (silent)"
+                    );
+                }
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
-    /// Registers a client (or a reconnect under the same id).
+    /// Registers a client (or a reconnect under the same id). A client selected for the open
+    /// round that has not delivered gets its task again on its next pull: it restarted, or lost
+    /// the connection, and may have lost its work.
     pub fn join(&self, client_id: &str, num_examples: u64) -> Result<JoinReply> {
         let limits = &self.shared.limits;
-        lock(&self.shared.state).registry.join(
-            client_id,
-            num_examples,
-            limits.max_clients,
-            Instant::now(),
-        )?;
+        {
+            let mut state = lock(&self.shared.state);
+            state
+                .registry
+                .join(client_id, num_examples, limits.max_clients, Instant::now())?;
+            if let Phase::Open(round) = &mut state.phase
+                && round.rejoined(client_id)
+            {
+                tracing::debug!(client = %client_id, round = round.fence.round, "selected client joined again; its task will be handed out again");
+            }
+        }
         self.shared.progress.notify_one();
         Ok(JoinReply {
             run_id: self.shared.run_id.clone(),
@@ -184,9 +240,46 @@ impl Coordinator {
         })
     }
 
-    /// Removes a client.
+    /// Removes a client. If it was selected for the open round and had not delivered, the
+    /// round stops waiting for it.
     pub fn leave(&self, client_id: &str) -> Result<()> {
-        lock(&self.shared.state).registry.leave(client_id)
+        let mut state = lock(&self.shared.state);
+        state.registry.leave(client_id)?;
+        if let Phase::Open(round) = &mut state.phase
+            && round.drop_out(client_id)
+        {
+            tracing::info!(client = %client_id, round = round.fence.round, "selected client left before delivering");
+            self.shared.progress.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A selected client cannot finish its task for the round `fence` names (its local work
+    /// failed): the round stops waiting for it. Refused for another round, or a client that
+    /// was not selected.
+    pub fn abandon(&self, client_id: &str, fence: &Fence, reason: &str) -> Result<()> {
+        let mut state = lock(&self.shared.state);
+        if !state.registry.contains(client_id) {
+            return Err(CoordinatorError::UnknownClient(client_id.to_owned()));
+        }
+        match &mut state.phase {
+            Phase::Open(round) if round.fence == *fence => {
+                if !round.selected.contains(client_id) {
+                    return Err(CoordinatorError::NotSelected(client_id.to_owned()));
+                }
+                if round.drop_out(client_id) {
+                    let reason: String = reason
+                        .chars()
+                        .take(MAX_ABANDON_REASON)
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    tracing::warn!(client = %client_id, round = fence.round, %reason, "client could not do its task");
+                    self.shared.progress.notify_one();
+                }
+                Ok(())
+            }
+            phase => Err(stale(fence, phase)),
+        }
     }
 
     /// Long-poll for work: returns a task as soon as the client has one, Finished once the run
@@ -194,6 +287,7 @@ impl Coordinator {
     /// over the client's rate are first delayed, then refused (see [`crate::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
         self.pace(client_id).await?;
+        let _polling = Polling::start(self, client_id);
         let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
@@ -219,9 +313,7 @@ impl Coordinator {
             Phase::Finished(reason) => Ok(Some(Reply::Finished(Finished {
                 reason: reason.clone(),
             }))),
-            Phase::Open(round)
-                if round.selected.contains(client_id) && !round.tasked.contains(client_id) =>
-            {
+            Phase::Open(round) if round.owes_task(client_id) => {
                 round.tasked.insert(client_id.to_owned());
                 let mut task: Task = round.task.clone();
                 task.seed = derive_seed(
@@ -289,7 +381,11 @@ impl Coordinator {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
         if header.num_examples == 0 || header.num_examples > limits.max_examples {
-            return Err(AggregateError::BadWeight(header.num_examples).into());
+            return Err(AggregateError::BadWeight {
+                weight: header.num_examples,
+                max: limits.max_examples,
+            }
+            .into());
         }
         check_metrics(&header.metrics)?;
         let mut state = lock(&self.shared.state);
@@ -367,6 +463,33 @@ fn stale(fence: &Fence, phase: &Phase) -> CoordinatorError {
     }
 }
 
+/// Marks a client as waiting in a pull for as long as the pull lasts; the mark goes when the
+/// pull answers or its connection drops (the future is dropped then).
+struct Polling<'a> {
+    coordinator: &'a Coordinator,
+    client_id: &'a str,
+}
+
+impl<'a> Polling<'a> {
+    fn start(coordinator: &'a Coordinator, client_id: &'a str) -> Self {
+        lock(&coordinator.shared.state)
+            .registry
+            .polling(client_id, true);
+        Self {
+            coordinator,
+            client_id,
+        }
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        lock(&self.coordinator.shared.state)
+            .registry
+            .polling(self.client_id, false);
+    }
+}
+
 /// A client's reserved slot in the open round, between header and folded payload.
 #[derive(Debug)]
 pub struct Admission {
@@ -399,9 +522,19 @@ impl Admission {
             fold(&accumulator, update, &fence)
         })
         .await
-            .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
+        .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
         self.settle(folded.is_ok());
-        folded.map(|n| n as u32)
+        match folded {
+            Ok(n) => Ok(n as u32),
+            Err(err @ CoordinatorError::Storage { .. }) => {
+                // The update cannot be made durable, so it cannot be accepted, nor can any
+                // other: stop the run with the disk's error. The client hears Unavailable
+                // (the file name stays on the coordinator) and keeps its update.
+                self.coordinator.stop_with(err);
+                Err(CoordinatorError::ShuttingDown)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn settle(&mut self, delivered: bool) {

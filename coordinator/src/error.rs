@@ -30,6 +30,9 @@ pub enum CoordinatorError {
     /// The client already delivered its update for this round.
     #[error("client {0:?} already delivered an update for this round")]
     Duplicate(String),
+    /// Another push of this client's update for this round is still being received.
+    #[error("an update from client {0:?} for this round is still being received")]
+    InFlight(String),
     /// The update does not match the task (wrong length, counts, weight, values).
     #[error("invalid update: {0}")]
     InvalidUpdate(#[from] AggregateError),
@@ -74,6 +77,30 @@ pub enum CoordinatorError {
     /// Checkpoint storage failed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The checkpoint directory holds checkpoints, and none of them can be read.
+    #[error(
+        "none of the {files} checkpoints in {} is usable (newest: {newest}); to start the run \
+         over, move them away or pass --start-over",
+        dir.display()
+    )]
+    NoUsableCheckpoint {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Checkpoint files found.
+        files: usize,
+        /// Why the newest one is unusable.
+        newest: String,
+    },
+    /// Reading or writing a state file failed: the file and the operating system's reason.
+    /// While the run is open this stops it (an update that cannot be logged cannot be
+    /// accepted), so the operator sees the disk error, not a missed quorum.
+    #[error("storage: {}: {source}", path.display())]
+    Storage {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
     /// Network or file I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -102,9 +129,10 @@ impl From<CoordinatorError> for tonic::Status {
             E::Payload(_) => Code::InvalidArgument,
             E::StaleFence { .. } => Code::FailedPrecondition,
             E::NotSelected(_) => Code::PermissionDenied,
-            E::Duplicate(_) => Code::AlreadyExists,
+            E::Duplicate(_) | E::InFlight(_) => Code::AlreadyExists,
             E::RateLimited { .. } => Code::ResourceExhausted,
-            E::ShuttingDown => Code::Unavailable,
+            // The client keeps its update and tries again; the run stops meanwhile.
+            E::ShuttingDown | E::Storage { .. } => Code::Unavailable,
             E::Auth(e) if e.is_impersonation() => Code::PermissionDenied,
             E::Auth(_) => Code::Unauthenticated,
             E::Model(_)
@@ -112,9 +140,17 @@ impl From<CoordinatorError> for tonic::Status {
             | E::QuorumLost { .. }
             | E::Config(_)
             | E::Checkpoint(_)
+            | E::NoUsableCheckpoint { .. }
             | E::Io(_) => Code::Internal,
         };
-        tonic::Status::new(code, err.to_string())
+        let mut status = tonic::Status::new(code, err.to_string());
+        // Marks the status as the coordinator's verdict: a client retries statuses without it
+        // (HTTP/2 and transport failures) however their code reads.
+        status.metadata_mut().insert(
+            shoal_proto::REASON_HEADER,
+            tonic::metadata::MetadataValue::from_static(err.reason()),
+        );
+        status
     }
 }
 
@@ -130,10 +166,11 @@ impl CoordinatorError {
             E::BadClientId => "bad_client_id",
             E::StaleFence { .. } => "stale_fence",
             E::NotSelected(_) => "not_selected",
-            E::Duplicate(_) => "duplicate",
+            E::Duplicate(_) | E::InFlight(_) => "duplicate",
             E::InvalidUpdate(A::WrongLength { .. }) => "wrong_length",
             E::InvalidUpdate(A::NonFinite { .. }) => "non_finite",
-            E::InvalidUpdate(A::BadWeight(_)) => "bad_weight",
+            E::InvalidUpdate(A::BadWeight { .. }) => "bad_weight",
+            E::InvalidUpdate(A::WrongCounts { .. }) => "wrong_length",
             E::InvalidUpdate(A::CountsMismatch { .. }) => "counts_mismatch",
             E::InvalidUpdate(A::OutOfRange(_)) => "out_of_range",
             E::InvalidUpdate(A::NormTooLarge { .. }) => "norm_too_large",
@@ -148,11 +185,13 @@ impl CoordinatorError {
             E::Auth(e) if e.is_impersonation() => "impersonation",
             E::Auth(_) => "unauthenticated",
             E::ShuttingDown => "shutting_down",
+            E::Storage { .. } => "storage",
             E::Model(_)
             | E::Strategy(_)
             | E::QuorumLost { .. }
             | E::Config(_)
             | E::Checkpoint(_)
+            | E::NoUsableCheckpoint { .. }
             | E::Io(_) => "internal",
         }
     }

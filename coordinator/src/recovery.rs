@@ -12,14 +12,27 @@ use tracing::{info, warn};
 
 /// Restores `strategy` from the newest usable checkpoint in `store` and returns where the run
 /// resumes. A checkpoint written under another config is refused unless `allow_config_change`.
+/// A directory whose checkpoints are all unusable is refused unless `start_over`, which sets
+/// them aside and starts from round 1.
 pub fn recover(
     store: &CheckpointStore,
     config: &RunConfig,
     strategy: &mut dyn Strategy,
     allow_config_change: bool,
+    start_over: bool,
 ) -> Result<Resume> {
     let mut resume = Resume::default();
-    if let Some(checkpoint) = store.latest()? {
+    let latest = match store.latest() {
+        Err(CoordinatorError::NoUsableCheckpoint { files, .. }) if start_over => {
+            store.set_aside_unusable()?;
+            warn!(dir = %store.dir().display(), files, "no checkpoint is usable; starting the run over as asked (the unusable ones are renamed *.unusable)");
+            // The round log belongs to the lost run.
+            RoundLog::remove(store.dir())?;
+            None
+        }
+        other => other?,
+    };
+    if let Some(checkpoint) = latest {
         if checkpoint.config_hash != config.hash() {
             if !allow_config_change {
                 return Err(CoordinatorError::Config(format!(

@@ -19,6 +19,16 @@ pub struct ClientRecord {
     pub last_seen: Instant,
     /// When its next pull is due, under the pull rate limit.
     pub pacer: PullPacer,
+    /// Pulls it holds open right now: a client waiting in a long-poll is alive however long
+    /// ago the poll started (its connection would drop, and the poll with it, if it died).
+    pub polling: u32,
+}
+
+impl ClientRecord {
+    /// Waiting in a pull now, or heard from within `liveness`.
+    fn is_live(&self, now: Instant, liveness: Duration) -> bool {
+        self.polling > 0 || now.saturating_duration_since(self.last_seen) <= liveness
+    }
 }
 
 /// Live clients by stable id; a `BTreeMap` so listings come sorted, independent of join order.
@@ -28,6 +38,8 @@ pub struct Registry {
     /// Pull pacing of clients that left, so leaving and joining again does not refill a
     /// client's pull budget. At most [`DEPARTED_CAP`] are kept.
     departed: BTreeMap<String, PullPacer>,
+    /// Joins, heartbeats and departures so far: a draining coordinator watches it move.
+    heard: u64,
 }
 
 /// Most departed clients whose pacing is remembered (about 10 MB at the cap). Past it the
@@ -45,6 +57,21 @@ pub fn check_client_id(id: &str) -> Result<()> {
     }
 }
 
+/// At most `max` of `ids`, comma-separated, and how many more there are: a client list short
+/// enough for a log line.
+pub fn name_some(ids: &[&String], max: usize) -> String {
+    let mut text = ids
+        .iter()
+        .take(max)
+        .map(|id| id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > max {
+        text.push_str(&format!(" and {} more", ids.len() - max));
+    }
+    text
+}
+
 impl Registry {
     /// Registers `id`, or refreshes it if it was already known (a reconnect).
     pub fn join(
@@ -58,9 +85,10 @@ impl Registry {
         if !self.clients.contains_key(id) && self.clients.len() >= max_clients {
             return Err(CoordinatorError::TooManyClients(max_clients));
         }
-        let pacer = match self.clients.get(id) {
-            Some(record) => record.pacer,
-            None => self.departed.remove(id).unwrap_or_default(),
+        self.heard += 1;
+        let (pacer, polling) = match self.clients.get(id) {
+            Some(record) => (record.pacer, record.polling),
+            None => (self.departed.remove(id).unwrap_or_default(), 0),
         };
         self.clients.insert(
             id.to_owned(),
@@ -68,6 +96,7 @@ impl Registry {
                 num_examples,
                 last_seen: now,
                 pacer,
+                polling,
             },
         );
         Ok(())
@@ -95,9 +124,21 @@ impl Registry {
         match self.clients.get_mut(id) {
             Some(record) => {
                 record.last_seen = now;
+                self.heard += 1;
                 Ok(())
             }
             None => Err(CoordinatorError::UnknownClient(id.to_owned())),
+        }
+    }
+
+    /// A pull from `id` started (`true`) or ended (`false`); see [`ClientRecord::polling`].
+    pub fn polling(&mut self, id: &str, started: bool) {
+        if let Some(record) = self.clients.get_mut(id) {
+            record.polling = if started {
+                record.polling.saturating_add(1)
+            } else {
+                record.polling.saturating_sub(1)
+            };
         }
     }
 
@@ -112,6 +153,7 @@ impl Registry {
             .clients
             .remove(id)
             .ok_or_else(|| CoordinatorError::UnknownClient(id.to_owned()))?;
+        self.heard += 1;
         if self.departed.len() >= DEPARTED_CAP {
             self.departed.pop_first();
         }
@@ -119,13 +161,37 @@ impl Registry {
         Ok(())
     }
 
-    /// Sorted ids of clients heard from within `liveness`.
+    /// Sorted ids of clients waiting in a pull now or heard from within `liveness`.
     pub fn available(&self, now: Instant, liveness: Duration) -> Vec<String> {
         self.clients
             .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.last_seen) <= liveness)
+            .filter(|(_, r)| r.is_live(now, liveness))
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// Who is missing, for a log line: clients that left and clients silent past `liveness`,
+    /// naming at most `max` of each, e.g. "left: a, b; silent: c and 4 more".
+    pub fn absent(&self, now: Instant, liveness: Duration, max: usize) -> String {
+        let silent: Vec<&String> = self
+            .clients
+            .iter()
+            .filter(|(_, r)| !r.is_live(now, liveness))
+            .map(|(id, _)| id)
+            .collect();
+        let left: Vec<&String> = self.departed.keys().collect();
+        let name = |ids: &[&String]| name_some(ids, max);
+        match (left.is_empty(), silent.is_empty()) {
+            (true, true) => "none known".into(),
+            (false, true) => format!("left: {}", name(&left)),
+            (true, false) => format!("silent: {}", name(&silent)),
+            (false, false) => format!("left: {}; silent: {}", name(&left), name(&silent)),
+        }
+    }
+
+    /// Joins, heartbeats and departures so far.
+    pub fn heard(&self) -> u64 {
+        self.heard
     }
 
     /// Number of registered clients.
@@ -157,8 +223,28 @@ mod tests {
             r.touch("zz", later),
             Err(CoordinatorError::UnknownClient(_))
         ));
+        r.polling("a", true);
+        assert_eq!(
+            r.available(later, Duration::from_secs(1)),
+            vec!["a", "b"],
+            "a client waiting in a pull is alive"
+        );
+        r.polling("a", false);
         r.leave("b").unwrap();
         assert!(!r.contains("b"));
+        let much_later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            r.absent(much_later, Duration::from_secs(1), 10),
+            "left: b; silent: a"
+        );
+        r.join("c", 1, 10, much_later).unwrap();
+        r.join("d", 1, 10, much_later).unwrap();
+        r.leave("c").unwrap();
+        r.leave("d").unwrap();
+        assert_eq!(
+            r.absent(much_later, Duration::from_secs(60), 2),
+            "left: b, c and 1 more"
+        );
     }
 
     #[test]

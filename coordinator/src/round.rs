@@ -52,6 +52,9 @@ pub struct OpenRound {
     pub in_flight: HashSet<String>,
     /// Clients whose update was accepted.
     pub delivered: HashSet<String>,
+    /// Selected clients that will not deliver: they left, or said their task failed. A client
+    /// that joins again is taken off this list and handed its task once more.
+    pub dropped: HashSet<String>,
     /// Accepted updates after which the round closes early.
     pub wanted: usize,
     /// When the round closes at the latest.
@@ -79,10 +82,13 @@ impl OpenRound {
         if !self.selected.contains(client_id) {
             return Err(CoordinatorError::NotSelected(client_id.to_owned()));
         }
-        if self.delivered.contains(client_id) || self.in_flight.contains(client_id) {
+        if self.delivered.contains(client_id) {
             return Err(CoordinatorError::Duplicate(client_id.to_owned()));
         }
-        if payload_len != self.plan.update_len as u64 || counts_len != self.plan.counts_len {
+        if self.in_flight.contains(client_id) {
+            return Err(CoordinatorError::InFlight(client_id.to_owned()));
+        }
+        if payload_len != self.plan.update_len as u64 {
             return Err(CoordinatorError::InvalidUpdate(
                 crate::aggregate::AggregateError::WrongLength {
                     got: usize::try_from(payload_len).unwrap_or(usize::MAX),
@@ -90,12 +96,61 @@ impl OpenRound {
                 },
             ));
         }
+        if counts_len != self.plan.counts_len {
+            return Err(CoordinatorError::InvalidUpdate(
+                crate::aggregate::AggregateError::WrongCounts {
+                    got: counts_len,
+                    expected: self.plan.counts_len,
+                },
+            ));
+        }
         Ok(())
     }
 
-    /// True once enough updates arrived to close early.
+    /// True once the round can close before its deadline: enough updates arrived, or every
+    /// selected client has either delivered or dropped out, so nothing more can come.
     pub fn complete(&self) -> bool {
-        self.delivered.len() >= self.wanted
+        self.delivered.len() >= self.wanted || self.outstanding().next().is_none()
+    }
+
+    /// Selected clients that may still deliver, in id order.
+    pub fn outstanding(&self) -> impl Iterator<Item = &String> {
+        self.selected
+            .iter()
+            .filter(|id| !self.delivered.contains(*id) && !self.dropped.contains(*id))
+    }
+
+    /// True if `client_id` should be handed the round's task on its next pull: selected, not
+    /// handed it yet (or joined again since), and not done with the round.
+    pub fn owes_task(&self, client_id: &str) -> bool {
+        self.selected.contains(client_id)
+            && !self.tasked.contains(client_id)
+            && !self.delivered.contains(client_id)
+            && !self.in_flight.contains(client_id)
+            && !self.dropped.contains(client_id)
+    }
+
+    /// A selected client joined again (it restarted, or lost its connection): unless its update
+    /// is delivered or arriving, it gets the same task again on its next pull, so a restart
+    /// inside the deadline changes nothing. True if the task will be handed out again.
+    pub fn rejoined(&mut self, client_id: &str) -> bool {
+        if !self.selected.contains(client_id)
+            || self.delivered.contains(client_id)
+            || self.in_flight.contains(client_id)
+        {
+            return false;
+        }
+        self.dropped.remove(client_id);
+        self.tasked.remove(client_id)
+    }
+
+    /// A selected client will not deliver (it left, or its task failed); true if that changed
+    /// anything.
+    pub fn drop_out(&mut self, client_id: &str) -> bool {
+        self.selected.contains(client_id)
+            && !self.delivered.contains(client_id)
+            && !self.in_flight.contains(client_id)
+            && self.dropped.insert(client_id.to_owned())
     }
 }
 

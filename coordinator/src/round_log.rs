@@ -135,7 +135,10 @@ fn parse(mut bytes: &[u8]) -> Vec<LogRecord> {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> CoordinatorError {
-    CoordinatorError::Checkpoint(format!("{}: {e}", path.display()))
+    CoordinatorError::Storage {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 #[cfg(test)]

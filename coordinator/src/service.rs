@@ -11,8 +11,8 @@ use futures::{Stream, StreamExt};
 use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
-    Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest, PullReply, PullRequest,
-    PushReply, UpdatePart, update_part::Part,
+    AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
+    LeaveRequest, PullReply, PullRequest, PushReply, UpdatePart, update_part::Part,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,16 +54,24 @@ impl FleetService {
             claimed,
         );
         checked.map_err(|err| {
-            let peer = request.remote_addr();
-            if err.is_impersonation() {
-                warn!(client = %claimed, ?peer, error = %err, "request refused: impersonation");
-            } else {
-                info!(client = %claimed, ?peer, error = %err, "request refused: not authenticated");
+            let err = CoordinatorError::from(err);
+            let reason = err.reason();
+            if let Some(unlogged) = self.coordinator.may_log_refusal(reason) {
+                let peer = request.remote_addr();
+                if reason == "impersonation" {
+                    warn!(client = %claimed, ?peer, error = %err, unlogged, "request refused: impersonation (unlogged: similar refusals since the last line)");
+                } else {
+                    info!(client = %claimed, ?peer, error = %err, unlogged, "request refused: not authenticated (unlogged: similar refusals since the last line)");
+                }
             }
-            self.refuse(err.into())
+            self.refuse(err)
         })
     }
 }
+
+/// Longest an update stream may go without sending its next message (header or chunk). An
+/// honest client streams a chunk (at most 1 MiB) well within it; a stalled stream is ended.
+const MESSAGE_GAP: std::time::Duration = std::time::Duration::from_secs(30);
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
 
@@ -141,7 +149,15 @@ impl Fleet for FleetService {
         &self,
         mut request: Request<Streaming<UpdatePart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let header = match request.get_mut().next().await {
+        let first = tokio::time::timeout(MESSAGE_GAP, request.get_mut().next()).await;
+        let Ok(first) = first else {
+            self.coordinator.count_refusal_reason("stream_stalled");
+            return Err(Status::deadline_exceeded(format!(
+                "update stream sent no header for {} s",
+                MESSAGE_GAP.as_secs()
+            )));
+        };
+        let header = match first {
             Some(Ok(UpdatePart {
                 part: Some(Part::Header(h)),
             })) => h,
@@ -167,7 +183,19 @@ impl Fleet for FleetService {
             admission.max_chunk_bytes,
         )
         .map_err(|e| self.refuse(e.into()))?;
-        while let Some(part) = parts.next().await {
+        loop {
+            // A stream that stops sending holds its slot in the round: end it after a gap.
+            let part = match tokio::time::timeout(MESSAGE_GAP, parts.next()).await {
+                Ok(Some(part)) => part,
+                Ok(None) => break,
+                Err(_) => {
+                    self.coordinator.count_refusal_reason("stream_stalled");
+                    return Err(Status::deadline_exceeded(format!(
+                        "update stream sent nothing for {} s",
+                        MESSAGE_GAP.as_secs()
+                    )));
+                }
+            };
             match part.map_err(|status| self.refuse_stream(status))?.part {
                 Some(Part::Chunk(chunk)) => {
                     payload.push(&chunk).map_err(|e| self.refuse(e.into()))?
@@ -191,6 +219,21 @@ impl Fleet for FleetService {
             .await
             .map_err(|e| self.refuse(e))?;
         Ok(Response::new(PushReply { accepted_in_round }))
+    }
+
+    async fn abandon(
+        &self,
+        request: Request<AbandonRequest>,
+    ) -> Result<Response<AbandonReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
+        let req = request.into_inner();
+        let fence = req.fence.ok_or_else(|| {
+            self.refuse(CoordinatorError::Malformed("abandon has no fence".into()))
+        })?;
+        self.coordinator
+            .abandon(&req.client_id, &fence, &req.reason)
+            .map_err(|e| self.refuse(e))?;
+        Ok(Response::new(AbandonReply {}))
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {

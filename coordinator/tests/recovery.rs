@@ -19,7 +19,7 @@ async fn start_checkpointed(
     let spec = common::spec("logreg", &split.train);
     let store = CheckpointStore::open(dir).unwrap();
     let mut strategy = strategy::build(&config, &spec).unwrap();
-    let resume = recover(&store, &config, strategy.as_mut(), false).unwrap();
+    let resume = recover(&store, &config, strategy.as_mut(), false, false).unwrap();
     let replayed = resume.replay.as_ref().map_or(0, |r| r.updates.len());
     // Short polls, so the test's idle pull answers Wait quickly.
     let limits = Limits {
@@ -176,14 +176,14 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_a_foreign_config_is_refused(
     bytes[40] ^= 0xff;
     std::fs::write(&newest, &bytes).unwrap();
     let mut fresh = strategy::build(&config, &spec).unwrap();
-    let resume = recover(&store, &config, fresh.as_mut(), false).unwrap();
+    let resume = recover(&store, &config, fresh.as_mut(), false, false).unwrap();
     assert_eq!(
         resume.completed, 2,
         "the flipped byte is detected and round 2 is used"
     );
 
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let resume = recover(&store, &config, fresh.as_mut(), false).unwrap();
+    let resume = recover(&store, &config, fresh.as_mut(), false, false).unwrap();
     assert_eq!(
         resume.completed, 2,
         "the truncation is detected and round 2 is used"
@@ -193,10 +193,10 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_a_foreign_config_is_refused(
         seed: 99,
         ..config.clone()
     };
-    let err = recover(&store, &other, fresh.as_mut(), false).unwrap_err();
+    let err = recover(&store, &other, fresh.as_mut(), false, false).unwrap_err();
     assert!(err.to_string().contains("different run config"), "{err}");
     assert_eq!(
-        recover(&store, &other, fresh.as_mut(), true)
+        recover(&store, &other, fresh.as_mut(), true, false)
             .unwrap()
             .completed,
         2

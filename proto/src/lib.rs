@@ -11,6 +11,11 @@ pub mod fence;
 pub use chunk::{ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, decode_f32, encode_chunks};
 pub use error::{ProtoError, Result};
 
+/// Metadata key of the refusal reason the coordinator puts on every status it sends itself
+/// (e.g. `stale_fence`). A status without it came from HTTP/2 or the transport, whatever its
+/// code says, so a client may treat it as transient and retry.
+pub const REASON_HEADER: &str = "shoal-reason";
+
 /// Generated protobuf messages and the tonic client/server for `shoal.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -106,6 +106,9 @@ pub struct ClientCmd {
     /// (tokens.txt from `shoal certs --tokens`).
     #[arg(long, value_name = "FILE")]
     token: Option<PathBuf>,
+    /// Give up after the coordinator has been unreachable this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    give_up_after: u64,
 }
 
 impl ClientCmd {
@@ -117,6 +120,14 @@ impl ClientCmd {
                 let source: DatasetSource = source.parse()?;
                 let split = shoal_datasets::load(&source, plan.data.test_fraction, plan.data.seed)
                     .with_context(|| format!("loading {source}"))?;
+                if let Some(local_k) = plan.data.local_k
+                    && local_k > split.train.len()
+                {
+                    bail!(
+                        "--local-k {local_k} is above this client's {} examples ({source})",
+                        split.train.len()
+                    );
+                }
                 split.train
             }
             None => {
@@ -147,6 +158,8 @@ impl ClientCmd {
         let fleet = fleet_client(connection, auth);
         let options = ClientOptions {
             seed: plan.run.seed,
+            give_up_after: std::time::Duration::from_secs(self.give_up_after),
+            coordinator_url: self.coordinator.clone(),
             ..ClientOptions::default()
         };
         let client = EdgeClient::new(

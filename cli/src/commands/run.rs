@@ -1,13 +1,15 @@
 //! `shoal run`: the one-command demo — a coordinator on a loopback port and a simulated fleet in
 //! the same process, with a progress bar, a per-round table and a summary.
 
+use crate::commands::simulate::check_channels;
 use crate::data::partitions;
 use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
 use crate::options::RunOptions;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_client::{FleetConfig, run_fleet};
 use shoal_coordinator::{Limits, Security};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -20,7 +22,7 @@ pub struct RunCmd {
     outputs: Outputs,
     #[command(flatten)]
     durability: Durability,
-    /// HTTP/2 channels the simulated fleet shares.
+    /// HTTP/2 channels the simulated fleet shares, 1..=65535.
     #[arg(long, default_value_t = 4)]
     channels: usize,
 }
@@ -28,6 +30,7 @@ pub struct RunCmd {
 impl RunCmd {
     /// Runs the demo.
     pub async fn execute(self) -> Result<()> {
+        check_channels(self.channels)?;
         let mut plan = self.options.resolve()?;
         let prepared = prepare(&mut plan, Limits::default(), &self.durability)?;
         let clients = partitions(&plan.data, &prepared.split.train, "client")?;
@@ -35,7 +38,7 @@ impl RunCmd {
             .await
             .context("binding a loopback port")?;
         let mut fleet = FleetConfig::new(format!("http://{}", listener.local_addr()?));
-        fleet.channels = self.channels.max(1);
+        fleet.channels = self.channels;
         fleet.options.seed = plan.run.seed;
         // The fleet stops when the coordinator says the run is over, on Ctrl-C, or at the latest
         // a grace period after the coordinator stopped serving.
@@ -46,7 +49,25 @@ impl RunCmd {
                 _ = hosted_rx => tokio::time::sleep(Duration::from_secs(2)).await,
             }
         };
+        // A simulated client that stops on an error will not come back: the run stops then,
+        // with that error, rather than wait for it.
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
+        fleet.failures = Some(failed_tx);
         let fleet = tokio::spawn(run_fleet(fleet, clients, fleet_stop));
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let stop = {
+            let failure = failure.clone();
+            async move {
+                tokio::select! {
+                    () = ctrl_c() => {}
+                    Some(failed) = failed_rx.recv() => {
+                        if let Ok(mut slot) = failure.lock() {
+                            *slot = Some(failed);
+                        }
+                    }
+                }
+            }
+        };
         // Loopback plaintext: the fleet is in this process.
         let hosted = host(
             &plan,
@@ -54,18 +75,20 @@ impl RunCmd {
             listener,
             Security::plaintext(),
             &self.outputs,
-            ctrl_c(),
+            stop,
         )
         .await;
         let _ = hosted_tx.send(());
         let report = fleet.await.context("fleet task")??;
-        hosted?;
-        if report.failed > 0 {
-            eprintln!(
-                "warning: {} simulated clients stopped on errors",
+        let failed = failure.lock().ok().and_then(|mut slot| slot.take());
+        if let Some((client, err)) = failed {
+            bail!(
+                "simulated client {client} stopped: {err}; the in-process fleet cannot keep its \
+                 clients, so the run stopped ({} of them stopped on errors)",
                 report.failed
             );
         }
+        hosted?;
         Ok(())
     }
 }

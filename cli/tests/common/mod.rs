@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod runs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -179,6 +181,38 @@ impl Running {
     /// The stderr lines read so far.
     pub fn seen_stderr(&self) -> &[String] {
         &self.stderr_seen
+    }
+
+    /// SIGINT, as Ctrl-C in a terminal: the process shuts down its own way.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -INT {} failed", self.child.id());
+    }
+
+    /// Reads stderr until `count` lines contain `needle` (counting those already read); panics
+    /// with what was read if the process closes stderr first or `limit` passes.
+    pub fn wait_for_stderr_count(&mut self, needle: &str, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self
+            .stderr_seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+            < count
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => self.stderr_seen.push(line),
+                Err(_) => panic!(
+                    "{}: fewer than {count} stderr lines with {needle:?} within {limit:?}; got:\n{}",
+                    self.what,
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
     }
 
     /// SIGKILL: the process gets no chance to clean up, as in a real crash.

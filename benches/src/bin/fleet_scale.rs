@@ -1,0 +1,135 @@
+//! The largest fleet one `shoal run` carries: seconds a round and peak memory of the real
+//! binary for growing numbers of simulated clients on a synthetic dataset large enough to give
+//! each client a few examples.
+//!
+//! `cargo run --release -p shoal-benches --bin fleet_scale -- --binary target/release/shoal
+//! [--clients 1000,20000,100000 --rounds 3 --per-client 4]`
+//!
+//! Each run is logistic regression on `blobs` (2 features, 4 centres, `per-client` training
+//! examples per client), FedAvg, one local epoch, every client in every round. The process's
+//! `VmHWM` (peak resident memory) is sampled from `/proc/PID/status` while it runs. Round 1
+//! includes every client joining, so it is reported apart from the later rounds.
+
+use anyhow::{Context, Result, anyhow, bail};
+use shoal_benches::flags::Flags;
+use shoal_benches::stats::Summary;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Peak resident memory of process `pid` so far, in KiB, if it still runs.
+fn peak_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Seconds of each round, from a `--metrics-out` CSV.
+fn round_seconds(path: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().context("empty metrics")?.split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "seconds")
+        .context("no seconds column")?;
+    lines
+        .map(|l| {
+            l.split(',')
+                .nth(col)
+                .and_then(|v| v.parse().ok())
+                .context("bad seconds cell")
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let flags = Flags::from_env();
+    let binary: String = flags
+        .get("binary", "target/release/shoal".to_string())
+        .map_err(|e| anyhow!(e))?;
+    let clients: String = flags
+        .get("clients", "1000,20000,100000".to_string())
+        .map_err(|e| anyhow!(e))?;
+    let rounds = flags.get("rounds", 3u32).map_err(|e| anyhow!(e))?;
+    let per_client = flags.get("per-client", 4usize).map_err(|e| anyhow!(e))?;
+    let dir = std::env::temp_dir().join(format!("shoal-fleet-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "fleet scale: `shoal run`, logreg on blobs (2 features, 4 centres, {per_client} train examples a client), FedAvg, E=1, {rounds} rounds, all clients every round"
+    );
+    println!(
+        "{:>8} {:>10} {:>14} {:>16} {:>12} {:>8}",
+        "clients", "wall s", "round 1 s", "later rounds s", "peak MiB", "status"
+    );
+    for n in clients.split(',') {
+        let n: usize = n.trim().parse().context("--clients takes numbers")?;
+        // Training examples are 80% of the samples.
+        let samples = (n * per_client * 5).div_ceil(4);
+        let metrics = dir.join(format!("m{n}.csv"));
+        let started = Instant::now();
+        let mut child = Command::new(&binary)
+            .args([
+                "run",
+                "--quiet",
+                "--model",
+                "logreg",
+                "--dataset",
+                &format!("blobs:samples={samples},features=2,centers=4"),
+                "--clients",
+                &n.to_string(),
+                "--rounds",
+                &rounds.to_string(),
+                "--epochs",
+                "1",
+                "--round-timeout",
+                "600",
+                "--metrics-out",
+            ])
+            .arg(&metrics)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let mut peak = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if let Some(kib) = peak_kib(child.id()) {
+                peak = peak.max(kib);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let wall = started.elapsed().as_secs_f64();
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use std::io::Read;
+                let _ = stderr.read_to_string(&mut err);
+            }
+            println!(
+                "{n:>8} {wall:>10.2} {:>14} {:>16} {:>12.0} {:>8}",
+                "-",
+                "-",
+                peak as f64 / 1024.0,
+                "failed"
+            );
+            eprintln!("{n} clients: {}", err.lines().last().unwrap_or_default());
+            continue;
+        }
+        let seconds = round_seconds(&metrics)?;
+        let Some((first, later)) = seconds.split_first() else {
+            bail!("{n} clients: no rounds recorded");
+        };
+        let later = Summary::of(later).map_or_else(|| "-".into(), |s| format!("{:.3}", s.median));
+        println!(
+            "{n:>8} {wall:>10.2} {first:>14.3} {later:>16} {:>12.0} {:>8}",
+            peak as f64 / 1024.0,
+            "ok"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
