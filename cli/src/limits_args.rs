@@ -1,6 +1,7 @@
 //! The `shoal coordinator` flags for its limits: how long pulls are held, when a silent client
-//! stops being offered work, and what one client may send (message and update sizes, example
-//! counts, how often it pulls, the L2 norm of its update). Defaults come from
+//! stops being offered work, what one client may send (message and update sizes, example
+//! counts, how often it pulls, the L2 norm of its update), and what all peers together may
+//! hold (connections, streams, and how long a connection or request may stay silent). Defaults come from
 //! [`Limits::default`], so the flags and the library agree.
 
 use anyhow::{Result, bail};
@@ -45,6 +46,29 @@ pub struct LimitsArgs {
     /// down to the bound).
     #[arg(long, value_name = "reject|clip", default_value_t = NormPolicy::Reject)]
     pub norm_policy: NormPolicy,
+    /// Most connections open at once (lowered to fit the open-file limit). At the cap a new
+    /// connection sheds one that never spoke or is idle longest, or is closed.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Most requests in flight on one HTTP/2 connection; a simulated fleet needs its clients
+    /// divided by its --channels.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// Most requests in flight across all connections; past it requests get Unavailable and
+    /// clients retry.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams)]
+    pub max_streams: usize,
+    /// Seconds a new connection has to send its first byte (and finish its TLS handshake).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().first_bytes_timeout.as_secs_f64())]
+    pub first_bytes_timeout: f64,
+    /// Seconds a connection may send nothing before it is closed (the server pings every
+    /// connection at a third of it).
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Longest a request may take, in seconds, from its headers to the end of its response;
+    /// must exceed --poll-timeout and leave room for the largest upload.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().request_timeout.as_secs_f64())]
+    pub request_timeout: f64,
 }
 
 /// The value of `--max-update-norm`: a bound, or none.
@@ -105,6 +129,12 @@ impl LimitsArgs {
             }),
             max_update_norm: self.max_update_norm.0,
             norm_policy: self.norm_policy,
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_streams: self.max_streams,
+            first_bytes_timeout: seconds("--first-bytes-timeout", self.first_bytes_timeout)?,
+            idle_timeout: seconds("--idle-timeout", self.idle_timeout)?,
+            request_timeout: seconds("--request-timeout", self.request_timeout)?,
         };
         limits.check()?;
         Ok(limits)
@@ -195,6 +225,63 @@ mod tests {
             limits(&["--max-pulls-per-second", "0"]).unwrap().pull_rate,
             None
         );
+    }
+
+    #[test]
+    fn flags_set_the_connection_limits() {
+        let l = limits(&[
+            "--max-connections",
+            "50",
+            "--max-streams-per-connection",
+            "8",
+            "--max-streams",
+            "64",
+            "--first-bytes-timeout",
+            "0.5",
+            "--idle-timeout",
+            "30",
+            "--request-timeout",
+            "120",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_streams_per_connection,
+                l.max_streams
+            ),
+            (50, 8, 64)
+        );
+        assert_eq!(l.first_bytes_timeout, Duration::from_millis(500));
+        assert_eq!(l.idle_timeout, Duration::from_secs(30));
+        assert_eq!(l.request_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn nonsense_connection_limits_are_refused() {
+        for flag in [
+            "--max-connections",
+            "--max-streams-per-connection",
+            "--max-streams",
+        ] {
+            assert!(limits(&[flag, "0"]).is_err(), "{flag} 0");
+            assert!(limits(&[flag, "-1"]).is_err(), "{flag} -1");
+        }
+        assert!(limits(&["--max-streams-per-connection", "5000000000"]).is_err());
+        for flag in [
+            "--first-bytes-timeout",
+            "--idle-timeout",
+            "--request-timeout",
+        ] {
+            for bad in ["0", "-1", "1e20", "inf", "NaN"] {
+                assert!(limits(&[flag, bad]).is_err(), "{flag} {bad}");
+            }
+        }
+        // Every held pull would be cut.
+        assert!(limits(&["--request-timeout", "10"]).is_err());
+        assert!(limits(&["--request-timeout", "5", "--poll-timeout", "4"]).is_ok());
+        // Longer than a year.
+        assert!(limits(&["--idle-timeout", "1e8"]).is_err());
     }
 
     #[test]

@@ -173,7 +173,30 @@ pub struct Limits {
     pub max_update_norm: Option<f64>,
     /// What happens to an update over `max_update_norm`: refused, or clipped to the bound.
     pub norm_policy: NormPolicy,
+    /// Most connections open at once, lowered at start to fit under the process's open-file
+    /// limit. At the cap a new connection sheds the one worth least (never sent a byte, never
+    /// carried a request, or idle longest), or is closed (see `listener.rs`).
+    pub max_connections: usize,
+    /// Most streams (requests in flight) one HTTP/2 connection may have, sent to clients in
+    /// SETTINGS; clients queue requests past it.
+    pub max_streams_per_connection: u32,
+    /// Most streams open across all connections; past it a request gets `Unavailable` at once
+    /// (see `admission.rs`).
+    pub max_streams: usize,
+    /// A connection that has sent no byte this long after it was accepted (under TLS: no byte
+    /// after its handshake, which must finish by then too) is closed.
+    pub first_bytes_timeout: Duration,
+    /// A connection that has sent no byte for this long is closed. The server pings every
+    /// connection at a third of it, so a live peer never reaches it.
+    pub idle_timeout: Duration,
+    /// Longest a request may take, from its headers to the end of its response: a long-poll
+    /// is held `poll_timeout`, an upload or a download takes as long as the link needs.
+    pub request_timeout: Duration,
 }
+
+/// Longest time limit [`Limits::check`] accepts: a year, far below what would overflow a
+/// deadline computed from the clock.
+const MAX_LIMIT_SECS: u64 = 365 * 24 * 3600;
 
 impl Limits {
     /// Refuses limits that would make the coordinator refuse everything or nothing by mistake.
@@ -211,6 +234,32 @@ impl Limits {
                 "max update norm must be a positive number, got {norm}"
             ));
         }
+        if self.max_connections == 0
+            || self.max_streams_per_connection == 0
+            || self.max_streams == 0
+        {
+            return bad(
+                "max connections, streams per connection and streams must be positive".into(),
+            );
+        }
+        for (what, limit) in [
+            ("first bytes timeout", self.first_bytes_timeout),
+            ("idle timeout", self.idle_timeout),
+            ("request timeout", self.request_timeout),
+        ] {
+            if limit.is_zero() || limit.as_secs() > MAX_LIMIT_SECS {
+                return bad(format!(
+                    "{what} must be positive and at most {MAX_LIMIT_SECS} s, got {limit:?}"
+                ));
+            }
+        }
+        if self.request_timeout <= self.poll_timeout {
+            return bad(format!(
+                "request timeout ({:?}) must be longer than the poll timeout ({:?}), or every \
+                 held pull is cut",
+                self.request_timeout, self.poll_timeout
+            ));
+        }
         Ok(())
     }
 }
@@ -241,6 +290,23 @@ impl Default for Limits {
             // one (a few times the honest norms) on open deployments.
             max_update_norm: Some(1e4),
             norm_policy: NormPolicy::Reject,
+            // Room for 10,000 edge clients with a connection each (a simulated fleet shares a
+            // few), well under the usual hard open-file limit of 2^20; lowered at start to fit
+            // the soft limit.
+            max_connections: 10_000,
+            // A simulated fleet holds one long-poll per client on a shared connection: 1,024
+            // covers `shoal run`'s 4 connections up to 4,096 clients. An edge client uses a
+            // handful. More would let one connection hold a tenth of `max_streams`.
+            max_streams_per_connection: 1_024,
+            // One held Pull per client for 100,000 clients at once.
+            max_streams: 100_000,
+            // An honest client sends its first request right after connecting; 10 s covers a
+            // TLS handshake over a slow link.
+            first_bytes_timeout: Duration::from_secs(10),
+            // Three server pings (every 20 s) go unanswered before a connection is shed.
+            idle_timeout: Duration::from_secs(60),
+            // A 256 MiB upload at about 1 MB/s; Pulls are held 10 s.
+            request_timeout: Duration::from_secs(300),
         }
     }
 }

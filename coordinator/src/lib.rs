@@ -7,6 +7,7 @@
 //! hostile input: [`pacing`] (pull rate), [`norm`] (update-norm bound), [`refusals`] (counts),
 //! [`bounded`] (decoding files with a memory bound that follows their size).
 
+mod admission;
 pub mod aggregate;
 pub mod auth;
 pub mod bounded;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 mod error;
+mod listener;
 pub mod metrics;
 pub mod norm;
 pub mod pacing;

@@ -1,19 +1,20 @@
 //! Serving the fleet protocol on a listener until a shutdown future resolves, in plaintext, over
 //! TLS, or over mutual TLS ([`crate::tls`]), with the client authentication of [`crate::auth`].
 
+use crate::admission::{Admission, Gate};
 use crate::auth::{AuthPolicy, ClientCa, TokenTable};
 use crate::engine::Coordinator;
 use crate::error::{CoordinatorError, Result};
+use crate::listener::Connections;
 use crate::service::FleetService;
 use crate::tls::ServerKeys;
+use futures::StreamExt;
 use shoal_proto::v1::fleet_server::FleetServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tracing::warn;
 
@@ -137,6 +138,11 @@ pub async fn serve(
 }
 
 /// Serves `coordinator` on `listener` with `security` until `shutdown` resolves.
+///
+/// The server stays responsive when peers crowd it: connections are capped, and silent or idle
+/// ones closed (`listener.rs`); requests are admitted before their bodies are read, with
+/// a cap on open streams and a deadline (`admission.rs`). HTTP/2 settings are hyper's
+/// defaults, written out because the memory bound in `listener.rs` rests on them.
 pub async fn serve_with(
     listener: TcpListener,
     coordinator: Coordinator,
@@ -144,41 +150,65 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     security.check_listener(listener.local_addr()?)?;
+    let limits = &coordinator.shared.limits;
     // Messages are chunked at 1 MiB; leave headroom for headers and framing.
-    let max_message = coordinator.shared.limits.max_chunk_bytes + (64 << 10);
+    let max_message = limits.max_chunk_bytes + (64 << 10);
+    let policy = security.policy();
     let service = FleetServer::new(FleetService::with_policy(
         coordinator.clone(),
-        security.policy(),
+        policy.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let service = crate::undecodable::CountUndecodable::new(service, coordinator);
+    let service = crate::undecodable::CountUndecodable::new(service, coordinator.clone());
+    let connections = Connections::new(limits, coordinator.clone());
+    let gate = Gate::new(coordinator.clone(), connections.clone(), &policy);
+    let service = Admission::new(service, gate);
     let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .max_concurrent_streams(Some(100_000))
+        // Every live peer has something to send within the idle timeout: the ping's answer.
+        .http2_keepalive_interval(Some(keepalive_interval(limits.idle_timeout)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST))
         .add_service(service);
+    let accepted = crate::listener::accept(listener, connections);
     let served = match &security.keys {
         Some(keys) => {
             let config = keys.config(security.client_ca.is_some())?;
-            let incoming = crate::tls::incoming(listener, config);
+            let incoming = crate::tls::incoming(accepted, config);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
         None => {
-            // Small messages must not wait for Nagle's algorithm: a round is a chain of small
-            // RPCs.
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|stream| {
-                    let _ = stream.set_nodelay(true);
-                })
-            });
+            let incoming = accepted.map(Ok::<_, std::io::Error>);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
     };
     served.map_err(|e| CoordinatorError::Io(std::io::Error::other(e)))
+}
+
+/// HTTP/2 receive window of one stream: how much of a request body a client may send ahead of
+/// the handler (hyper's default). Tonic moves what arrives into the message buffer at once, so
+/// this bounds no memory by itself; it sets upload speed on long links (1 MiB per round trip).
+const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 receive window of a connection, across its streams (hyper's default).
+const CONNECTION_WINDOW: u32 = 1 << 20;
+/// Largest HTTP/2 frame a peer may send: the read buffer of a connection holds one (the
+/// protocol's and hyper's default).
+const MAX_FRAME: u32 = 16 << 10;
+/// Largest header block a request may have, decoded (hyper's default); our requests carry a
+/// few hundred bytes.
+const MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// How often the server pings a connection that sent nothing: a third of the idle timeout, so
+/// a live peer answers twice before it would be shed, and at most every 20 s (what clients use).
+fn keepalive_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(20))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The TLS plumbing under [`crate::server`]: the rustls server configuration, and an accept
-//! loop that runs each handshake on its own task so a slow or hostile peer never holds up the
-//! others.
+//! The TLS plumbing under [`crate::server`]: the rustls server configuration, and the
+//! handshakes on the connections [`crate::listener`] accepts, each on its own task so a slow or
+//! hostile peer never holds up the others.
 //!
 //! Under mutual TLS the handshake asks every client for a certificate and checks that the
 //! client holds its private key (the CertificateVerify signature), but leaves the question
@@ -12,13 +12,13 @@
 //! verified stays trusted for a minute, see [`crate::auth::ClientCa::verify_now`]).
 
 use crate::error::{CoordinatorError, Result};
-use futures::Stream;
+use crate::listener::Guarded;
+use futures::{Stream, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{
@@ -30,14 +30,7 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, warn};
-
-/// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most handshakes in progress at once. Past it, accepting waits (new connections queue in the
-/// kernel's backlog): a crowd of peers that never finish a handshake holds at most this many
-/// tasks and buffers, each for at most [`HANDSHAKE_TIMEOUT`].
-const MAX_HANDSHAKES: usize = 1024;
+use tracing::debug;
 
 /// The crypto provider: ring, as everywhere else in the stack.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -148,49 +141,36 @@ impl ClientCertVerifier for KeyHolderVerifier {
     }
 }
 
-/// Accepts TCP connections on `listener` and yields those that complete a TLS handshake with
-/// `config`; each handshake runs on its own task under a timeout. The loop ends, releasing the
+/// Runs a TLS handshake with `config` on each connection `accepted` yields, each on its own
+/// task, and yields those that complete. A handshake has the connection's first-bytes
+/// deadline to finish ([`Guarded`] fails the connection when it passes, counting it as
+/// silent), and the connection cap bounds how many run at once. The loop ends, releasing the
 /// port, when the returned stream is dropped.
 pub(crate) fn incoming(
-    listener: TcpListener,
+    accepted: impl Stream<Item = Guarded<TcpStream>> + Send + 'static,
     config: Arc<ServerConfig>,
-) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
+) -> impl Stream<Item = std::io::Result<TlsStream<Guarded<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
         loop {
-            let permit = tokio::select! {
-                permit = handshakes.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed; if it were, stop accepting
+            let stream = tokio::select! {
+                stream = accepted.next() => match stream {
+                    Some(stream) => stream,
+                    None => break,
                 },
                 () = tx.closed() => break,
             };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // Small messages must not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
+                let peer = stream.peer();
+                match acceptor.accept(stream.handshaking()).await {
+                    Ok(mut tls) => {
+                        tls.get_mut().0.start_counting();
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(err)) => debug!(%peer, error = %err, "tls handshake failed"),
-                    Err(_) => debug!(%peer, "tls handshake timed out"),
+                    Err(err) => debug!(%peer, error = %err, "tls handshake failed"),
                 }
             });
         }
