@@ -18,13 +18,9 @@ pub fn client_id(prefix: &str, index: usize) -> String {
     format!("{prefix}-{index:05}")
 }
 
-/// Splits the training set among `plan.clients` clients; returns each client's id and data.
-pub fn partitions(
-    plan: &DataPlan,
-    train: &Dataset,
-    prefix: &str,
-) -> Result<Vec<(String, Dataset)>> {
-    let parts = partition(
+/// The training set's examples of each of `plan.clients` clients (indices into `train`).
+fn split(plan: &DataPlan, train: &Dataset) -> Result<Vec<Vec<usize>>> {
+    partition(
         &train.labels,
         train.num_classes,
         plan.clients,
@@ -37,7 +33,40 @@ pub fn partitions(
             train.len(),
             plan.clients
         )
-    })?;
+    })
+}
+
+/// Refuses a `--local-k` above the examples of the smallest of `parts` (client `i` is
+/// `prefix-i`): that client could not make that many clusters.
+fn check_local_k(plan: &DataPlan, parts: &[Vec<usize>], prefix: &str) -> Result<()> {
+    let Some(local_k) = plan.local_k else {
+        return Ok(());
+    };
+    let smallest = parts
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, part)| (part.len(), *i));
+    if let Some((i, part)) = smallest
+        && local_k > part.len()
+    {
+        bail!(
+            "--local-k {local_k} is above the smallest client's {} examples ({}); give at most {}",
+            part.len(),
+            client_id(prefix, i),
+            part.len()
+        );
+    }
+    Ok(())
+}
+
+/// Splits the training set among `plan.clients` clients; returns each client's id and data.
+pub fn partitions(
+    plan: &DataPlan,
+    train: &Dataset,
+    prefix: &str,
+) -> Result<Vec<(String, Dataset)>> {
+    let parts = split(plan, train)?;
+    check_local_k(plan, &parts, prefix)?;
     parts
         .iter()
         .enumerate()
@@ -45,8 +74,10 @@ pub fn partitions(
         .collect()
 }
 
-/// Fixes the data-dependent parts of the run (k defaults to the number of classes) and returns
-/// the model spec the coordinator announces.
+/// Fixes the data-dependent parts of the run (k defaults to the number of classes), checks
+/// them against the data (k at most the training examples, an explicit local k at most the
+/// examples of the smallest client of the split), and returns the model spec the coordinator
+/// announces.
 pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
     if let StrategyConfig::FedKMeans { k, local_k, .. } = &mut plan.run.strategy {
         if *k == 0 {
@@ -57,11 +88,16 @@ pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
         }
         if *k > train.len() {
             bail!(
-                "k = {k} is larger than the {} training examples",
+                "--k {k} is above the {} training examples; give at most {}",
+                train.len(),
                 train.len()
             );
         }
+        if plan.data.local_k.is_some() {
+            check_local_k(&plan.data, &split(&plan.data, train)?, "client")?;
+        }
     }
+    plan.run.validate()?;
     let kind: ModelKind = plan.run.model.parse()?;
     let spec = ModelSpec::for_dataset(kind, train);
     if !matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {

@@ -4,11 +4,20 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
-use shoal_coordinator::config::{FitSettings, GradientSettings, SelectionConfig};
+use shoal_coordinator::config::{
+    FitSettings, GradientSettings, MAX_ROUND_TIMEOUT_MS, SelectionConfig,
+};
 use shoal_coordinator::strategy::ServerOptimizer;
 use shoal_coordinator::{RunConfig, StrategyConfig};
 use shoal_datasets::{DatasetSource, Partition};
 use std::path::{Path, PathBuf};
+
+/// Mini-batch size of local training when --batch-size is not given.
+pub const DEFAULT_BATCH_SIZE: u32 = 32;
+
+/// Mini-batch size of FedSGD gradients when --batch-size is not given: larger than training's,
+/// since a gradient is one step and a larger batch makes it less noisy.
+pub const DEFAULT_GRADIENT_BATCH_SIZE: u32 = 256;
 
 /// The algorithms a run can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -69,45 +78,51 @@ run_options! {
     dataset: String,
     /// iid, dirichlet:ALPHA or shards:K [default: iid].
     partition: String,
-    /// Simulated clients / clients to wait for before the first round [default: 10].
+    /// Simulated clients / clients to wait for before the first round, at least 1 [default: 10].
     clients: usize,
-    /// Rounds to run [default: 20].
+    /// Rounds to run, at least 1 [default: 20].
     rounds: u32,
-    /// Clients asked per round [default: all, see --fraction].
+    /// Clients asked per round, 1..=--clients [default: all, see --fraction].
     clients_per_round: usize,
-    /// Fraction of available clients asked per round [default: 1.0].
+    /// Fraction of available clients asked per round, in (0, 1] [default: 1.0].
     fraction: f64,
-    /// Quorum: fewest updates a round may aggregate [default: 1].
+    /// Quorum: fewest updates a round may aggregate, 1..=--clients and at most
+    /// --clients-per-round [default: 1].
     min_clients: usize,
-    /// Ask this many times more clients than needed; close when enough answered [default: 1.0].
+    /// Ask this many times more clients than needed; close when enough answered; at least 1
+    /// [default: 1.0].
     over_select: f64,
-    /// Round deadline in seconds [default: 60].
+    /// Round deadline in seconds, 0.001 to 604800 (a week) [default: 60].
     round_timeout: f64,
-    /// Attempts per round below quorum before the run stops [default: 3].
+    /// Retries of a round below quorum before the run stops, 0..=1000 [default: 3].
     max_retries: u32,
     /// Seed of every random choice [default: 0].
     seed: u64,
-    /// Local epochs (FedAvg) [default: 5].
+    /// Local epochs (FedAvg), at least 1 [default: 5].
     epochs: u32,
-    /// Local mini-batch size [default: 32].
+    /// Mini-batch size: of local training (FedAvg), and of each gradient (FedSGD; with
+    /// --grad-batches 0 the whole partition is processed in chunks of this size)
+    /// [default: 32 for fedavg, 256 for fedsgd].
     batch_size: u32,
-    /// Local learning rate (FedAvg) [default: 0.1].
+    /// Local learning rate (FedAvg), above 0 [default: 0.1].
     lr: f64,
-    /// Mini-batches per gradient, 0 = whole partition (FedSGD) [default: 0].
+    /// Mini-batches per gradient, 0 = whole partition (FedSGD); --grad-batches × --batch-size
+    /// at most 2^31 [default: 0].
     grad_batches: u32,
     /// Server optimiser (FedSGD) [default: sgd].
     server_optimizer: OptimizerName,
-    /// Server learning rate (FedSGD) [default: 0.5 for sgd, 0.01 for adam].
+    /// Server learning rate (FedSGD), above 0 [default: 0.5 for sgd, 0.01 for adam].
     server_lr: f64,
-    /// Server momentum (FedSGD with sgd) [default: 0].
+    /// Server momentum (FedSGD with sgd), in [0, 1) [default: 0].
     server_momentum: f64,
-    /// Clusters (k-means) [default: number of classes].
+    /// Clusters (k-means), 1 to the number of training examples [default: number of classes].
     k: usize,
-    /// Clusters of each client's local k-means in the k-FED seeding round [default: k].
+    /// Clusters of each client's local k-means in the k-FED seeding round, 1 to the smallest
+    /// client's number of examples [default: k, capped by each client's examples].
     local_k: usize,
-    /// Stop k-means when no centroid moves more than this [default: 1e-4].
+    /// Stop k-means when no centroid moves more than this, at least 0 [default: 1e-4].
     tol: f64,
-    /// Held-out fraction when the dataset has no test file [default: 0.2].
+    /// Held-out fraction when the dataset has no test file, in (0, 1) [default: 0.2].
     test_fraction: f64,
 }
 
@@ -124,6 +139,9 @@ pub struct DataPlan {
     pub test_fraction: f64,
     /// Run seed.
     pub seed: u64,
+    /// `--local-k` as given for k-means: every client must hold at least this many examples.
+    /// (When it defaults to k, a client with fewer examples clusters them into fewer groups.)
+    pub local_k: Option<usize>,
 }
 
 /// Fully resolved options.
@@ -142,7 +160,9 @@ fn read_file(path: &Path) -> Result<FileOptions> {
 }
 
 impl RunOptions {
-    /// Merges flags, file and defaults, and checks every value.
+    /// Merges flags, file and defaults, and checks every value: the run config's own checks
+    /// ([`RunConfig::validate`]) and those of the options only the CLI has. Options of another
+    /// strategy than the chosen one are checked too: a bad value is a mistake either way.
     pub fn resolve(&self) -> Result<Plan> {
         let o = match &self.config {
             Some(path) => self.clone().merge(read_file(path)?),
@@ -150,104 +170,108 @@ impl RunOptions {
         };
         let source: DatasetSource = o.dataset.as_deref().unwrap_or("digits").parse()?;
         let partition: Partition = o.partition.as_deref().unwrap_or("iid").parse()?;
-        let rounds = o.rounds.unwrap_or(20);
-        if rounds == 0 {
-            bail!("--rounds must be at least 1");
-        }
-        let clients = o.clients.unwrap_or(10);
-        if clients == 0 {
-            bail!("--clients must be at least 1");
-        }
         let test_fraction = o.test_fraction.unwrap_or(0.2);
         if !(test_fraction > 0.0 && test_fraction < 1.0) {
             bail!("--test-fraction must be in (0, 1), got {test_fraction}");
         }
-        let fraction = o.fraction.unwrap_or(1.0);
-        if !(fraction > 0.0 && fraction <= 1.0) {
-            bail!("--fraction must be in (0, 1], got {fraction}");
+        // 0 stands for "from the data" in the run config, so it cannot be asked for.
+        if o.k == Some(0) {
+            bail!("--k must be at least 1, got 0");
         }
-        let over_select = o.over_select.unwrap_or(1.0);
-        if !(over_select.is_finite() && over_select >= 1.0) {
-            bail!("--over-select must be at least 1.0, got {over_select}");
-        }
-        let timeout = o.round_timeout.unwrap_or(60.0);
-        if !(timeout.is_finite() && timeout > 0.0) {
-            bail!("--round-timeout must be a positive number of seconds, got {timeout}");
-        }
-        let lr = o.lr.unwrap_or(0.1);
-        if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr must be positive, got {lr}");
-        }
-        let batch_size = o.batch_size.unwrap_or(32);
-        if batch_size == 0 {
-            bail!("--batch-size must be at least 1");
+        if o.local_k == Some(0) {
+            bail!("--local-k must be at least 1, got 0");
         }
         let model = o.model.clone().unwrap_or_else(|| "mlp".into());
         model.parse::<shoal_models::ModelKind>()?;
-        let strategy = self.strategy_config(&o)?;
-        let min_clients = o.min_clients.unwrap_or(1).max(1);
+        let strategy = o.strategy.unwrap_or(StrategyName::Fedavg);
+        let optimizer = o.server_optimizer.unwrap_or(OptimizerName::Sgd);
+        let clients = o.clients.unwrap_or(10);
         let run = RunConfig {
             seed: o.seed.unwrap_or(0),
-            rounds,
-            strategy,
+            rounds: o.rounds.unwrap_or(20),
+            strategy: strategy_config(&o, strategy, optimizer),
             model,
             dataset: source.to_string(),
             partition: partition.to_string(),
             selection: SelectionConfig {
                 clients_per_round: o.clients_per_round,
-                fraction,
-                min_clients,
-                over_select,
+                fraction: o.fraction.unwrap_or(1.0),
+                min_clients: o.min_clients.unwrap_or(1),
+                over_select: o.over_select.unwrap_or(1.0),
                 min_available: clients,
             },
             fit: FitSettings {
                 epochs: o.epochs.unwrap_or(5),
-                batch_size,
-                lr,
+                batch_size: o.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+                lr: o.lr.unwrap_or(0.1),
             },
             gradient: GradientSettings {
                 batches: o.grad_batches.unwrap_or(0),
-                batch_size: batch_size.max(256),
+                batch_size: o.batch_size.unwrap_or(DEFAULT_GRADIENT_BATCH_SIZE),
             },
-            round_timeout_ms: (timeout * 1000.0) as u64,
+            round_timeout_ms: round_timeout_ms(o.round_timeout.unwrap_or(60.0))?,
             max_retries: o.max_retries.unwrap_or(3),
         };
+        run.validate()?;
+        for (name, optimizer) in [
+            (StrategyName::Fedsgd, OptimizerName::Sgd),
+            (StrategyName::Fedsgd, OptimizerName::Adam),
+            (StrategyName::Fedkmeans, optimizer),
+        ] {
+            strategy_config(&o, name, optimizer).validate()?;
+        }
         let data = DataPlan {
             source,
             partition,
             clients,
             test_fraction,
             seed: run.seed,
+            local_k: match strategy {
+                StrategyName::Fedkmeans => o.local_k,
+                _ => None,
+            },
         };
         Ok(Plan { run, data })
     }
+}
 
-    fn strategy_config(&self, o: &RunOptions) -> Result<StrategyConfig> {
-        Ok(match o.strategy.unwrap_or(StrategyName::Fedavg) {
-            StrategyName::Fedavg => StrategyConfig::FedAvg,
-            StrategyName::Fedsgd => {
-                let optimizer = match o.server_optimizer.unwrap_or(OptimizerName::Sgd) {
-                    OptimizerName::Sgd => ServerOptimizer::Sgd {
-                        lr: o.server_lr.unwrap_or(0.5),
-                        momentum: o.server_momentum.unwrap_or(0.0),
-                    },
-                    OptimizerName::Adam => ServerOptimizer::Adam {
-                        lr: o.server_lr.unwrap_or(0.01),
-                        beta1: 0.9,
-                        beta2: 0.999,
-                        eps: 1e-8,
-                    },
-                };
-                StrategyConfig::FedSgd { optimizer }
+/// `--round-timeout` in milliseconds, refused outside (0.001 s, a week).
+fn round_timeout_ms(seconds: f64) -> Result<u64> {
+    let most = MAX_ROUND_TIMEOUT_MS / 1000;
+    let ms = (seconds * 1000.0).round();
+    if !(1.0..=MAX_ROUND_TIMEOUT_MS as f64).contains(&ms) {
+        bail!("--round-timeout must be between 0.001 and {most} seconds, got {seconds}");
+    }
+    Ok(ms as u64)
+}
+
+/// The settings of algorithm `name` from `o` (with `optimizer` for FedSGD), defaults filled.
+fn strategy_config(o: &RunOptions, name: StrategyName, optimizer: OptimizerName) -> StrategyConfig {
+    match name {
+        StrategyName::Fedavg => StrategyConfig::FedAvg,
+        StrategyName::Fedsgd => {
+            let optimizer = match optimizer {
+                OptimizerName::Sgd => ServerOptimizer::Sgd {
+                    lr: o.server_lr.unwrap_or(0.5),
+                    momentum: o.server_momentum.unwrap_or(0.0),
+                },
+                OptimizerName::Adam => ServerOptimizer::Adam {
+                    lr: o.server_lr.unwrap_or(0.01),
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                },
+            };
+            StrategyConfig::FedSgd { optimizer }
+        }
+        StrategyName::Fedkmeans => {
+            // 0: the number of classes, fixed once the data is loaded (`data::finish_plan`).
+            let k = o.k.unwrap_or(0);
+            StrategyConfig::FedKMeans {
+                k,
+                local_k: o.local_k.unwrap_or(k),
+                tol: o.tol.unwrap_or(1e-4),
             }
-            StrategyName::Fedkmeans => {
-                let k = o.k.unwrap_or(0);
-                StrategyConfig::FedKMeans {
-                    k,
-                    local_k: o.local_k.unwrap_or(k),
-                    tol: o.tol.unwrap_or(1e-4),
-                }
-            }
-        })
+        }
     }
 }

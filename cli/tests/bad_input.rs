@@ -311,3 +311,326 @@ fn coordinator_limit_flags_out_of_range() {
         mentions(&err, words);
     }
 }
+
+/// How long a refused option may take to end the process: it is checked before any data is
+/// loaded or any connection made, so well under a second; the margin is for a loaded machine.
+const PROMPT: Duration = Duration::from_secs(20);
+
+/// Runs `shoal ARGS`, checks it ended within [`PROMPT`] with exit 1 and one line of error
+/// naming every one of `words`, and returns that line.
+fn refused(args: &[&str], words: &[&str]) -> String {
+    let done = Running::spawn(&mut shoal_with(args)).finish(PROMPT);
+    assert_eq!(
+        done.status.code(),
+        Some(1),
+        "{args:?}: want exit 1\nstderr:\n{}",
+        done.stderr
+    );
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line:\n{}", done.stderr);
+    assert!(lines[0].starts_with("error: "), "{args:?}: {}", lines[0]);
+    mentions(lines[0], words);
+    lines[0].to_owned()
+}
+
+#[test]
+fn min_clients_above_clients_in_every_subcommand() {
+    for sub in ["run", "coordinator", "simulate", "client"] {
+        refused(
+            &[sub, "--min-clients", "5", "--clients", "3"],
+            &["--min-clients", "1..=3", "at most --clients", "got 5"],
+        );
+    }
+}
+
+#[test]
+fn min_clients_zero() {
+    refused(
+        &["run", "--min-clients", "0"],
+        &["--min-clients", "1..=10", "got 0"],
+    );
+}
+
+#[test]
+fn min_clients_above_clients_per_round() {
+    refused(
+        &["run", "--min-clients", "5", "--clients-per-round", "4"],
+        &["--min-clients", "1..=4", "--clients-per-round", "got 5"],
+    );
+}
+
+#[test]
+fn clients_per_round_zero_or_above_clients() {
+    refused(
+        &["run", "--clients-per-round", "0"],
+        &["--clients-per-round", "1..=10", "got 0"],
+    );
+    refused(
+        &["run", "--clients-per-round", "11"],
+        &["--clients-per-round", "1..=10", "got 11"],
+    );
+}
+
+#[test]
+fn zero_clients() {
+    refused(&["run", "--clients", "0"], &["--clients", "at least 1"]);
+}
+
+#[test]
+fn channels_zero_or_too_many_on_run() {
+    refused(
+        &["run", "--channels", "0"],
+        &["--channels", "1..=65535", "got 0"],
+    );
+    refused(
+        &["run", "--channels", "100000"],
+        &["--channels", "1..=65535", "got 100000"],
+    );
+}
+
+#[test]
+fn simulate_with_zero_channels_ends_instead_of_hanging() {
+    // No coordinator listens there: were the flag accepted, the fleet would retry forever.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    refused(
+        &["simulate", "--coordinator", &url, "--channels", "0"],
+        &["--channels", "1..=65535", "got 0"],
+    );
+}
+
+#[test]
+fn negative_or_non_finite_server_lr() {
+    refused(
+        &["run", "--strategy", "fedsgd", "--server-lr", "-0.5"],
+        &["--server-lr", "above 0", "got -0.5"],
+    );
+    refused(
+        &[
+            "run",
+            "--strategy",
+            "fedsgd",
+            "--server-optimizer",
+            "adam",
+            "--server-lr",
+            "inf",
+        ],
+        &["--server-lr", "finite", "got inf"],
+    );
+}
+
+#[test]
+fn server_momentum_of_two() {
+    refused(
+        &["run", "--strategy", "fedsgd", "--server-momentum", "2"],
+        &["--server-momentum", "[0, 1)", "got 2"],
+    );
+}
+
+#[test]
+fn options_of_another_strategy_are_checked_too() {
+    refused(
+        &["run", "--server-momentum", "2"],
+        &["--server-momentum", "[0, 1)"],
+    );
+    refused(
+        &[
+            "run",
+            "--strategy",
+            "fedsgd",
+            "--server-optimizer",
+            "adam",
+            "--server-momentum",
+            "-1",
+        ],
+        &["--server-momentum", "[0, 1)"],
+    );
+    refused(&["run", "--tol", "-1"], &["--tol", "≥ 0", "got -1"]);
+}
+
+#[test]
+fn k_zero_or_above_the_training_examples() {
+    refused(
+        &["run", "--strategy", "fedkmeans", "--k", "0"],
+        &["--k must be at least 1", "got 0"],
+    );
+    refused(
+        &["run", "--strategy", "fedkmeans", "--k", "5000"],
+        &["--k 5000 is above the", "training examples"],
+    );
+}
+
+#[test]
+fn local_k_zero() {
+    refused(
+        &["run", "--strategy", "fedkmeans", "--local-k", "0"],
+        &["--local-k must be at least 1", "got 0"],
+    );
+}
+
+#[test]
+fn local_k_above_the_smallest_client() {
+    // Digits: 1,437 training examples split among 10 clients, about 143 each.
+    for sub in ["run", "coordinator", "simulate", "client"] {
+        let line = refused(
+            &[sub, "--strategy", "fedkmeans", "--local-k", "500"],
+            &[
+                "--local-k 500 is above the smallest client's",
+                "examples (client-000",
+            ],
+        );
+        let examples: usize = line
+            .split("smallest client's ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no example count in {line:?}"));
+        assert!((100..500).contains(&examples), "{line}");
+    }
+}
+
+#[test]
+fn local_k_above_a_clients_own_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own.csv");
+    std::fs::write(&path, "1,2,0\n3,4,1\n5,6,0\n7,8,1\n9,10,0\n").unwrap();
+    refused(
+        &[
+            "client",
+            "--data",
+            &format!("csv:{}", arg(&path)),
+            "--strategy",
+            "fedkmeans",
+            "--local-k",
+            "50",
+        ],
+        &["--local-k 50 is above this client's", "examples", "own.csv"],
+    );
+}
+
+#[test]
+fn tol_negative_or_not_a_number() {
+    for tol in ["-0.001", "nan"] {
+        refused(
+            &["run", "--strategy", "fedkmeans", "--tol", tol],
+            &["--tol", "finite number ≥ 0"],
+        );
+    }
+}
+
+#[test]
+fn max_retries_beyond_reason() {
+    refused(
+        &["run", "--max-retries", "4294967295"],
+        &["--max-retries", "0..=1000", "got 4294967295"],
+    );
+}
+
+#[test]
+fn round_timeout_out_of_range() {
+    for timeout in ["1e20", "0", "0.0001", "-1", "nan", "inf"] {
+        refused(
+            &["run", "--round-timeout", timeout],
+            &["--round-timeout", "between 0.001 and 604800 seconds"],
+        );
+    }
+}
+
+#[test]
+fn gradients_claiming_more_examples_than_an_update_may_carry() {
+    refused(
+        &[
+            "run",
+            "--strategy",
+            "fedsgd",
+            "--grad-batches",
+            "100000000",
+            "--batch-size",
+            "256",
+        ],
+        &["--grad-batches", "--batch-size", "at most 2147483648"],
+    );
+}
+
+#[test]
+fn zero_epochs_or_batch_size() {
+    refused(&["run", "--epochs", "0"], &["--epochs", "at least 1"]);
+    refused(
+        &["run", "--batch-size", "0"],
+        &["--batch-size", "at least 1"],
+    );
+}
+
+#[test]
+fn fractions_and_over_selection_out_of_range() {
+    for fraction in ["0", "1", "-0.2", "nan"] {
+        refused(
+            &["run", "--test-fraction", fraction],
+            &["--test-fraction", "(0, 1)"],
+        );
+    }
+    for fraction in ["0", "nan"] {
+        refused(&["run", "--fraction", fraction], &["--fraction", "(0, 1]"]);
+    }
+    refused(
+        &["run", "--over-select", "0.5"],
+        &["--over-select", "at least 1.0"],
+    );
+}
+
+#[test]
+fn bad_values_in_the_config_file_name_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.toml");
+    std::fs::write(&path, "clients = 3\nmin_clients = 4\n").unwrap();
+    refused(
+        &["run", "--config", arg(&path)],
+        &["--min-clients", "1..=3", "got 4"],
+    );
+}
+
+#[test]
+fn the_edges_of_the_ranges_are_accepted() {
+    for args in [
+        &[
+            "--clients",
+            "3",
+            "--min-clients",
+            "3",
+            "--clients-per-round",
+            "3",
+            "--channels",
+            "1",
+            "--round-timeout",
+            "604800",
+            "--max-retries",
+            "1000",
+        ][..],
+        &[
+            "--strategy",
+            "fedsgd",
+            "--server-momentum",
+            "0.99",
+            "--clients",
+            "3",
+        ][..],
+        &[
+            "--strategy",
+            "fedkmeans",
+            "--clients",
+            "3",
+            "--local-k",
+            "400",
+            "--tol",
+            "0",
+        ][..],
+    ] {
+        let mut all = vec!["run", "--rounds", "1", "--quiet"];
+        all.extend_from_slice(args);
+        finish(&mut shoal_with(&all)).assert_success();
+    }
+}

@@ -111,8 +111,200 @@ impl RunConfig {
     pub fn round_timeout(&self) -> Duration {
         Duration::from_millis(self.round_timeout_ms)
     }
+
+    /// Checks every value against its range and against the others, without looking at data.
+    ///
+    /// Messages name the `shoal` flag that sets the value (the config file uses the same names
+    /// with underscores) and the range it allows. k-means' `k` and `local_k` may still be 0
+    /// here, standing for values taken from the data (the number of classes, and `k`); the
+    /// checks that need the data (k at most the training examples, local_k at most a client's
+    /// examples) are the caller's.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.rounds == 0 {
+            return invalid("--rounds must be at least 1, got 0".into());
+        }
+        self.strategy.validate()?;
+        self.selection.validate()?;
+        self.fit.validate()?;
+        self.gradient.validate()?;
+        if self.round_timeout_ms == 0 || self.round_timeout_ms > MAX_ROUND_TIMEOUT_MS {
+            return invalid(format!(
+                "--round-timeout must be between 0.001 and {} seconds, got {}",
+                MAX_ROUND_TIMEOUT_MS / 1000,
+                self.round_timeout_ms as f64 / 1000.0
+            ));
+        }
+        if self.max_retries > MAX_RETRIES {
+            return invalid(format!(
+                "--max-retries must be in 0..={MAX_RETRIES}, got {}",
+                self.max_retries
+            ));
+        }
+        Ok(())
+    }
 }
 
+/// Longest round deadline a run may have, in milliseconds: a week. Far longer than any round
+/// needs, far below what would overflow a deadline computed from the clock.
+pub const MAX_ROUND_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Most retries a round may have. Each retry can last a whole round deadline, so more would
+/// only keep a run that cannot reach quorum alive for longer.
+pub const MAX_RETRIES: u32 = 1000;
+
+/// A [`crate::CoordinatorError::Config`] with `message`.
+fn invalid(message: String) -> crate::Result<()> {
+    Err(crate::CoordinatorError::Config(message))
+}
+
+/// `value` is a finite number above 0.
+fn positive(value: f64) -> bool {
+    value.is_finite() && value > 0.0
+}
+
+/// `value` lies in [0, 1).
+fn unit_open(value: f64) -> bool {
+    (0.0..1.0).contains(&value)
+}
+
+impl StrategyConfig {
+    /// Checks the algorithm's settings against their ranges (see [`RunConfig::validate`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        use crate::strategy::ServerOptimizer;
+        match self {
+            Self::FedAvg => {}
+            Self::FedSgd { optimizer } => match *optimizer {
+                ServerOptimizer::Sgd { lr, momentum } => {
+                    if !positive(lr) {
+                        return invalid(format!(
+                            "--server-lr must be a finite number above 0, got {lr}"
+                        ));
+                    }
+                    if !unit_open(momentum) {
+                        return invalid(format!(
+                            "--server-momentum must be in [0, 1), got {momentum}"
+                        ));
+                    }
+                }
+                ServerOptimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                } => {
+                    if !positive(lr) {
+                        return invalid(format!(
+                            "--server-lr must be a finite number above 0, got {lr}"
+                        ));
+                    }
+                    if !(unit_open(beta1) && unit_open(beta2)) {
+                        return invalid(format!(
+                            "Adam's beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}"
+                        ));
+                    }
+                    if !positive(eps) {
+                        return invalid(format!(
+                            "Adam's eps must be a finite number above 0, got {eps}"
+                        ));
+                    }
+                }
+            },
+            Self::FedKMeans { tol, .. } => {
+                if !(tol.is_finite() && *tol >= 0.0) {
+                    return invalid(format!("--tol must be a finite number ≥ 0, got {tol}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SelectionConfig {
+    /// Checks the selection rules against their ranges and each other (see
+    /// [`RunConfig::validate`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        let clients = self.min_available;
+        if clients == 0 {
+            return invalid("--clients must be at least 1, got 0".into());
+        }
+        if let Some(per_round) = self.clients_per_round
+            && !(1..=clients).contains(&per_round)
+        {
+            return invalid(format!(
+                "--clients-per-round must be in 1..={clients} (at most --clients), got {per_round}"
+            ));
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return invalid(format!(
+                "--fraction must be in (0, 1], got {}",
+                self.fraction
+            ));
+        }
+        // The quorum can be met only if that many clients are asked, and a round waits for
+        // `min_available` clients: a larger quorum would wait forever.
+        let most = self.clients_per_round.unwrap_or(clients);
+        if !(1..=most).contains(&self.min_clients) {
+            let bound = match self.clients_per_round {
+                Some(_) => "at most --clients-per-round",
+                None => "at most --clients",
+            };
+            return invalid(format!(
+                "--min-clients must be in 1..={most} ({bound}), got {}",
+                self.min_clients
+            ));
+        }
+        if !(self.over_select.is_finite() && self.over_select >= 1.0) {
+            return invalid(format!(
+                "--over-select must be at least 1.0, got {}",
+                self.over_select
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FitSettings {
+    /// Checks the local training settings against their ranges (see [`RunConfig::validate`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.epochs == 0 {
+            return invalid("--epochs must be at least 1, got 0".into());
+        }
+        if self.batch_size == 0 {
+            return invalid("--batch-size must be at least 1, got 0".into());
+        }
+        if !positive(self.lr) {
+            return invalid(format!(
+                "--lr must be positive (a finite number above 0), got {}",
+                self.lr
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl GradientSettings {
+    /// Checks the gradient settings against their ranges (see [`RunConfig::validate`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.batch_size == 0 {
+            return invalid("--batch-size must be at least 1, got 0".into());
+        }
+        // A gradient's weight is the examples it saw, at most batches × batch size.
+        let examples = u64::from(self.batches) * u64::from(self.batch_size);
+        if examples > crate::aggregate::MAX_WEIGHT {
+            return invalid(format!(
+                "--grad-batches × --batch-size must be at most {} examples, got {} × {}",
+                crate::aggregate::MAX_WEIGHT,
+                self.batches,
+                self.batch_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The library's defaults: one local epoch at lr 0.05, where `shoal run` uses 5 epochs at
+/// lr 0.1 (the CLI sets every field itself). The coordinator's tests and benches build on these
+/// values, so changing them changes what those runs compute.
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
@@ -141,6 +333,201 @@ impl Default for RunConfig {
             round_timeout_ms: 60_000,
             max_retries: 3,
         }
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+    use crate::strategy::ServerOptimizer;
+
+    /// What `shoal run` resolves with no flags.
+    fn cli_defaults() -> RunConfig {
+        let defaults = RunConfig::default();
+        RunConfig {
+            fit: FitSettings {
+                epochs: 5,
+                batch_size: 32,
+                lr: 0.1,
+            },
+            selection: SelectionConfig {
+                min_available: 10,
+                ..defaults.selection.clone()
+            },
+            ..defaults
+        }
+    }
+
+    fn sgd(lr: f64, momentum: f64) -> StrategyConfig {
+        StrategyConfig::FedSgd {
+            optimizer: ServerOptimizer::Sgd { lr, momentum },
+        }
+    }
+
+    /// Asserts `run` is refused with a message containing every one of `words`.
+    fn refused(run: &RunConfig, words: &[&str]) {
+        let err = run.validate().unwrap_err().to_string();
+        for word in words {
+            assert!(err.contains(word), "{word:?} not in {err:?}");
+        }
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn defaults_pass() {
+        RunConfig::default().validate().unwrap();
+        cli_defaults().validate().unwrap();
+        let mut run = cli_defaults();
+        run.strategy = sgd(0.5, 0.9);
+        run.validate().unwrap();
+        run.strategy = StrategyConfig::FedSgd {
+            optimizer: ServerOptimizer::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        };
+        run.validate().unwrap();
+        // k and local_k of 0 are filled from the data later.
+        run.strategy = StrategyConfig::FedKMeans {
+            k: 0,
+            local_k: 0,
+            tol: 0.0,
+        };
+        run.validate().unwrap();
+    }
+
+    #[test]
+    fn edges_of_the_ranges_pass() {
+        let mut run = cli_defaults();
+        run.selection.min_clients = 10;
+        run.selection.clients_per_round = Some(10);
+        run.round_timeout_ms = MAX_ROUND_TIMEOUT_MS;
+        run.max_retries = MAX_RETRIES;
+        run.strategy = sgd(1e-9, 0.0);
+        run.validate().unwrap();
+        run.selection.clients_per_round = Some(1);
+        run.selection.min_clients = 1;
+        run.round_timeout_ms = 1;
+        run.max_retries = 0;
+        run.validate().unwrap();
+    }
+
+    #[test]
+    fn selection_out_of_range() {
+        let mut run = cli_defaults();
+        run.selection.min_clients = 11;
+        refused(&run, &["--min-clients", "1..=10", "--clients", "got 11"]);
+        run.selection.min_clients = 0;
+        refused(&run, &["--min-clients", "1..=10", "got 0"]);
+        run.selection.min_clients = 5;
+        run.selection.clients_per_round = Some(4);
+        refused(
+            &run,
+            &["--min-clients", "1..=4", "--clients-per-round", "got 5"],
+        );
+        run.selection.min_clients = 1;
+        run.selection.clients_per_round = Some(0);
+        refused(&run, &["--clients-per-round", "1..=10", "got 0"]);
+        run.selection.clients_per_round = Some(11);
+        refused(&run, &["--clients-per-round", "1..=10", "got 11"]);
+        run.selection.clients_per_round = None;
+        run.selection.min_available = 0;
+        refused(&run, &["--clients", "at least 1"]);
+        run.selection.min_available = 10;
+        for fraction in [0.0, 1.5, f64::NAN] {
+            run.selection.fraction = fraction;
+            refused(&run, &["--fraction", "(0, 1]"]);
+        }
+        run.selection.fraction = 1.0;
+        for over in [0.5, f64::INFINITY] {
+            run.selection.over_select = over;
+            refused(&run, &["--over-select", "at least 1.0"]);
+        }
+    }
+
+    #[test]
+    fn server_optimizer_out_of_range() {
+        let mut run = cli_defaults();
+        for lr in [-0.5, 0.0, f64::NAN, f64::INFINITY] {
+            run.strategy = sgd(lr, 0.0);
+            refused(&run, &["--server-lr", "above 0"]);
+        }
+        for momentum in [2.0, 1.0, -0.1, f64::NAN] {
+            run.strategy = sgd(0.5, momentum);
+            refused(&run, &["--server-momentum", "[0, 1)"]);
+        }
+        run.strategy = StrategyConfig::FedSgd {
+            optimizer: ServerOptimizer::Adam {
+                lr: -1.0,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        };
+        refused(&run, &["--server-lr", "got -1"]);
+        run.strategy = StrategyConfig::FedSgd {
+            optimizer: ServerOptimizer::Adam {
+                lr: 0.01,
+                beta1: 1.0,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+        };
+        refused(&run, &["beta1", "[0, 1)"]);
+    }
+
+    #[test]
+    fn kmeans_tol_out_of_range() {
+        let mut run = cli_defaults();
+        for tol in [-1e-4, f64::NAN, f64::INFINITY] {
+            run.strategy = StrategyConfig::FedKMeans {
+                k: 10,
+                local_k: 10,
+                tol,
+            };
+            refused(&run, &["--tol", "≥ 0"]);
+        }
+    }
+
+    #[test]
+    fn training_settings_out_of_range() {
+        let mut run = cli_defaults();
+        run.rounds = 0;
+        refused(&run, &["--rounds", "at least 1"]);
+        run.rounds = 20;
+        run.fit.epochs = 0;
+        refused(&run, &["--epochs", "at least 1"]);
+        run.fit.epochs = 5;
+        run.fit.batch_size = 0;
+        refused(&run, &["--batch-size", "at least 1"]);
+        run.fit.batch_size = 32;
+        for lr in [-1.0, 0.0, f64::NAN] {
+            run.fit.lr = lr;
+            refused(&run, &["--lr must be positive"]);
+        }
+        run.fit.lr = 0.1;
+        run.gradient.batch_size = 0;
+        refused(&run, &["--batch-size", "at least 1"]);
+        run.gradient.batch_size = 256;
+        run.gradient.batches = u32::MAX;
+        refused(
+            &run,
+            &["--grad-batches", "--batch-size", "at most 2147483648"],
+        );
+    }
+
+    #[test]
+    fn deadline_and_retries_out_of_range() {
+        let mut run = cli_defaults();
+        run.round_timeout_ms = 0;
+        refused(&run, &["--round-timeout", "0.001", "604800 seconds"]);
+        run.round_timeout_ms = u64::MAX;
+        refused(&run, &["--round-timeout", "604800 seconds"]);
+        run.round_timeout_ms = 60_000;
+        run.max_retries = MAX_RETRIES + 1;
+        refused(&run, &["--max-retries", "0..=1000", "got 1001"]);
     }
 }
 

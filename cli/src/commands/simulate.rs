@@ -26,7 +26,7 @@ pub struct SimulateCmd {
     coordinator: String,
     #[command(flatten)]
     options: RunOptions,
-    /// HTTP/2 channels the clients share.
+    /// HTTP/2 channels the clients share, 1..=65535.
     #[arg(long, default_value_t = 4)]
     channels: usize,
     /// Client ids are PREFIX-00000, PREFIX-00001, ... (the ids seed each client's work, so
@@ -57,6 +57,18 @@ pub struct SimulateCmd {
     /// from `shoal certs --tokens`).
     #[arg(long, value_name = "FILE")]
     tokens_file: Option<PathBuf>,
+}
+
+/// Most HTTP/2 channels a fleet may open: each is a TCP connection with a local port of its own.
+const MAX_CHANNELS: usize = 65_535;
+
+/// Refuses a `--channels` outside 1..=[`MAX_CHANNELS`] (none would leave the clients no
+/// connection to talk over).
+pub fn check_channels(channels: usize) -> Result<()> {
+    if !(1..=MAX_CHANNELS).contains(&channels) {
+        bail!("--channels must be in 1..={MAX_CHANNELS}, got {channels}");
+    }
+    Ok(())
 }
 
 /// Parses a probability in [0, 1].
@@ -112,6 +124,7 @@ fn parse_range(s: &str) -> Result<std::ops::Range<usize>, String> {
 impl SimulateCmd {
     /// Runs the fleet until the coordinator ends the run.
     pub async fn execute(self) -> Result<()> {
+        check_channels(self.channels)?;
         let plan = self.options.resolve()?;
         let split = load(&plan.data)?;
         let mut clients = partitions(&plan.data, &split.train, &self.id_prefix)?;
@@ -147,7 +160,7 @@ impl SimulateCmd {
             }
             fleet.credentials.insert(id.clone(), credentials);
         }
-        fleet.channels = self.channels.max(1);
+        fleet.channels = self.channels;
         fleet.options.seed = plan.run.seed;
         fleet.faults = Faults {
             dropout: self.dropout.unwrap_or(0.0),
