@@ -297,3 +297,82 @@ fn a_client_facing_a_dead_port_says_so_at_once() {
         done.stderr
     );
 }
+
+/// Thirty rounds of churn: a client leaves politely (round 3), one is killed (round 6), a whole
+/// fleet process is killed mid-round and started again (round 10), and new clients join that
+/// were never there before (round 14). The run must finish every round, never below quorum,
+/// and end with everyone who is still there: the restarted fleet (3), the untouched one (1)
+/// and the newcomers (3).
+#[test]
+fn thirty_rounds_of_churn_finish_with_everyone_still_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary_path, metrics_path) = (dir.path().join("s.json"), dir.path().join("m.csv"));
+    let (mut coordinator, url) = start_coordinator(&[
+        "--clients",
+        "6",
+        "--rounds",
+        "30",
+        "--round-timeout",
+        "4",
+        "--liveness",
+        "2",
+        "--min-clients",
+        "2",
+        "--log",
+        "info",
+        "--summary-out",
+        arg(&summary_path),
+        "--metrics-out",
+        arg(&metrics_path),
+    ]);
+    // Partitions of a 9-way split: 0..3 in one fleet, 3 and 4 alone, 5 in another fleet, and
+    // 6..9 for the newcomers. The stragglers make each round last at least 0.15 s.
+    let slow = [
+        "--clients",
+        "9",
+        "--indices",
+        "0..3",
+        "--straggle",
+        "1:0.15",
+        "--log",
+        "shoal_client=debug",
+    ];
+    let mut fleet = simulate(&url, &slow);
+    let polite = client(&url, &["--clients", "9", "--index", "3"]);
+    let doomed = client(&url, &["--clients", "9", "--index", "4"]);
+    let steady = simulate(&url, &["--clients", "9", "--indices", "5..6"]);
+
+    coordinator.wait_for_stderr_count("round aggregated", 3, DEADLINE);
+    polite.interrupt();
+    polite.finish(DEADLINE).assert_success();
+
+    coordinator.wait_for_stderr_count("round aggregated", 6, DEADLINE);
+    doomed.kill();
+
+    coordinator.wait_for_stderr_count("round aggregated", 10, DEADLINE);
+    // Mid-round: the fleet's three clients have trained on a new task and hold it back.
+    let seen = fleet
+        .seen_stderr()
+        .iter()
+        .filter(|l| l.contains("simulated straggler"))
+        .count();
+    fleet.wait_for_stderr_count("simulated straggler", seen + 3, DEADLINE);
+    fleet.kill();
+    let fleet = simulate(&url, &slow);
+
+    coordinator.wait_for_stderr_count("round aggregated", 14, DEADLINE);
+    let newcomers = simulate(&url, &["--clients", "9", "--indices", "6..9"]);
+
+    coordinator.finish(DEADLINE).assert_success();
+    for process in [fleet, steady, newcomers] {
+        process.finish(DEADLINE).assert_success();
+    }
+    let s = summary(&summary_path);
+    assert_eq!(rounds_completed(&s), 30, "{s}");
+    assert_eq!(s["stop_reason"], "all rounds completed", "{s}");
+    let rows = clients_per_round(&metrics_path);
+    assert_eq!(rows.len(), 30);
+    assert!(rows.iter().all(|&(_, n)| n >= 2), "quorum held: {rows:?}");
+    assert_eq!(rows[0], (1, 6), "round 1 waits for --clients: {rows:?}");
+    assert_eq!(rows[29], (30, 7), "{rows:?}");
+}
