@@ -16,9 +16,10 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about)]
 struct Cli {
-    /// Log filter for stderr, e.g. info or shoal_coordinator=debug (RUST_LOG also works).
-    #[arg(long, global = true, default_value = "warn")]
-    log: String,
+    /// Log filter for stderr, e.g. info or shoal_coordinator=debug (RUST_LOG also works)
+    /// [default: info for `coordinator`, which says what each round waits for; warn otherwise].
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +42,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    let default = match cli.command {
+        Command::Coordinator(_) => "info",
+        _ => "warn",
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cli.log.clone())
+        .unwrap_or_else(|| default.to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -365,9 +365,22 @@ impl Coordinator {
         let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
             let notified = self.shared.progress.notified();
-            let available = lock(&self.shared.state)
-                .registry
-                .available(Instant::now(), self.shared.limits.liveness);
+            let (joined, available) = {
+                let state = lock(&self.shared.state);
+                let joined = state.registry.len();
+                // Listing the available clients costs a pass over the registry: while fewer
+                // than needed have even joined, the count alone says to wait (with 100,000
+                // clients joining, a listing per join would take minutes).
+                let last_look = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                let available = if joined < needed && !last_look {
+                    Vec::new()
+                } else {
+                    state
+                        .registry
+                        .available(Instant::now(), self.shared.limits.liveness)
+                };
+                (joined, available)
+            };
             if available.len() >= needed {
                 return available;
             }
@@ -377,6 +390,7 @@ impl Coordinator {
             }
             if now >= report {
                 info!(
+                    joined,
                     available = available.len(),
                     needed,
                     missing = %self.missing(),
