@@ -1,7 +1,8 @@
 //! Accepting connections so that a crowd of peers cannot take the server from the fleet: one
 //! accept loop for plaintext and TLS ([`accept`]), a cap on open connections that sheds the
-//! least useful connection to make room ([`Connections`]), and an IO wrapper ([`Guarded`]) that
-//! closes a connection which stays silent after it was accepted or goes idle later.
+//! least useful connection to make room ([`Connections`]), an IO wrapper ([`Guarded`]) that
+//! closes a connection which stays silent after it was accepted or goes idle later, and a
+//! waiting room ([`upgrade`]) that keeps a connection away from TLS and HTTP/2 until it speaks.
 //!
 //! # What the loop and the table do
 //!
@@ -35,7 +36,9 @@
 //! streams is answered at once, before its body is read, so it holds no message buffer. What
 //! it can hold is the state of its connections, and only as many as the cap allows, each for
 //! at most the first-bytes deadline if it sends nothing, the idle timeout if it stops, and one
-//! second after a refused certificate. Per connection (hyper's and h2's defaults, set
+//! second after a refused certificate. A connection that never sends a byte holds its socket,
+//! a table entry, a parked task and a timer (well under 1 KiB besides the kernel's buffers).
+//! Once it speaks, per connection (hyper's and h2's defaults, set
 //! explicitly in [`crate::server`]): a read buffer of at most one frame (16 KiB frames), the
 //! HPACK table (4 KiB), one header block being decoded (at most 16 KiB, the header list limit),
 //! the rustls record buffers under TLS (about 34 KiB), and per open stream a few hundred bytes
@@ -389,6 +392,50 @@ pub(crate) fn accept(
     })
 }
 
+/// Hands each connection `accepted` yields to `upgrade` once it has sent its first bytes, each
+/// on its own task, and yields what `upgrade` makes of it: the stream itself for plaintext,
+/// the TLS stream after a handshake. Until a connection speaks it holds a socket, a table
+/// entry and a parked task, and no HTTP/2 or TLS state. The loop ends, releasing the port, when
+/// the returned stream is dropped.
+pub(crate) fn upgrade<IO, F, Fut>(
+    accepted: impl Stream<Item = Guarded<TcpStream>> + Send + 'static,
+    upgrade: F,
+) -> impl Stream<Item = io::Result<IO>> + Send + 'static
+where
+    IO: Send + 'static,
+    F: Fn(Guarded<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<IO>> + Send + 'static,
+{
+    let upgrade = Arc::new(upgrade);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
+        loop {
+            let stream = tokio::select! {
+                stream = futures::StreamExt::next(&mut accepted) => match stream {
+                    Some(stream) => stream,
+                    None => break,
+                },
+                () = tx.closed() => break,
+            };
+            let (tx, upgrade) = (tx.clone(), upgrade.clone());
+            let upgrading = async move {
+                let mut stream = stream;
+                if stream.first_bytes().await.is_err() {
+                    return None;
+                }
+                upgrade(stream).await
+            };
+            tokio::spawn(async move {
+                if let Some(io) = upgrading.await {
+                    let _ = tx.send(Ok(io)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// True for accept errors that concern one connection (gone before it was accepted), after
 /// which the next accept may succeed at once.
 fn one_connection(err: &io::Error) -> bool {
@@ -566,6 +613,24 @@ impl<T> Guarded<T> {
             return Err(self.fail("connection_limit"));
         }
         Ok(())
+    }
+}
+
+impl Guarded<TcpStream> {
+    /// Waits until the peer has sent something (or closed), failing as a read would if the
+    /// connection is shed or its first-bytes deadline passes first.
+    async fn first_bytes(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            self.shed_now()?;
+            match self.inner.poll_read_ready(cx) {
+                Poll::Ready(ready) => Poll::Ready(ready),
+                Poll::Pending => {
+                    self.check(cx)?;
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 }
 

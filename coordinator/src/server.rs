@@ -8,7 +8,6 @@ use crate::error::{CoordinatorError, Result};
 use crate::listener::Connections;
 use crate::service::FleetService;
 use crate::tls::ServerKeys;
-use futures::StreamExt;
 use shoal_proto::v1::fleet_server::FleetServer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -183,7 +182,7 @@ pub async fn serve_with(
                 .await
         }
         None => {
-            let incoming = accepted.map(Ok::<_, std::io::Error>);
+            let incoming = crate::listener::upgrade(accepted, |stream| async { Some(stream) });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await

@@ -13,12 +13,11 @@
 
 use crate::error::{CoordinatorError, Result};
 use crate::listener::Guarded;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::crypto::{
@@ -29,7 +28,6 @@ use tokio_rustls::rustls::{
     DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 /// The crypto provider: ring, as everywhere else in the stack.
@@ -141,39 +139,30 @@ impl ClientCertVerifier for KeyHolderVerifier {
     }
 }
 
-/// Runs a TLS handshake with `config` on each connection `accepted` yields, each on its own
-/// task, and yields those that complete. A handshake has the connection's first-bytes
-/// deadline to finish ([`Guarded`] fails the connection when it passes, counting it as
-/// silent), and the connection cap bounds how many run at once. The loop ends, releasing the
-/// port, when the returned stream is dropped.
+/// Runs a TLS handshake with `config` on each connection `accepted` yields once it has sent
+/// its first bytes, each on its own task (see [`crate::listener::upgrade`]), and yields those
+/// that complete. A handshake has the connection's first-bytes deadline to finish
+/// ([`Guarded`] fails the connection when it passes, counting it as silent), and the
+/// connection cap bounds how many run at once.
 pub(crate) fn incoming(
     accepted: impl Stream<Item = Guarded<TcpStream>> + Send + 'static,
     config: Arc<ServerConfig>,
 ) -> impl Stream<Item = std::io::Result<TlsStream<Guarded<TcpStream>>>> {
-    let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        let mut accepted = std::pin::pin!(accepted);
-        loop {
-            let stream = tokio::select! {
-                stream = accepted.next() => match stream {
-                    Some(stream) => stream,
-                    None => break,
-                },
-                () = tx.closed() => break,
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let peer = stream.peer();
-                match acceptor.accept(stream.handshaking()).await {
-                    Ok(mut tls) => {
-                        tls.get_mut().0.start_counting();
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Err(err) => debug!(%peer, error = %err, "tls handshake failed"),
+    crate::listener::upgrade(accepted, move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let peer = stream.peer();
+            match acceptor.accept(stream.handshaking()).await {
+                Ok(mut tls) => {
+                    tls.get_mut().0.start_counting();
+                    Some(tls)
                 }
-            });
+                Err(err) => {
+                    debug!(%peer, error = %err, "tls handshake failed");
+                    None
+                }
+            }
         }
-    });
-    ReceiverStream::new(rx)
+    })
 }
