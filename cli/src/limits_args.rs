@@ -50,8 +50,8 @@ pub struct LimitsArgs {
     /// connection sheds one that never spoke or is idle longest, or is closed.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
-    /// Most requests in flight on one HTTP/2 connection; a simulated fleet needs its clients
-    /// divided by its --channels.
+    /// Most requests in flight on one HTTP/2 connection (clients queue requests past it); each
+    /// client sharing a connection holds one long-poll on it.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams_per_connection)]
     pub max_streams_per_connection: u32,
     /// Most requests in flight across all connections; past it requests get Unavailable and

@@ -681,9 +681,9 @@ impl Default for Limits {
             // few), well under the usual hard open-file limit of 2^20; lowered at start to fit
             // the soft limit.
             max_connections: 10_000,
-            // A simulated fleet holds one long-poll per client on a shared connection: 1,024
-            // covers `shoal run`'s 4 connections up to 4,096 clients. An edge client uses a
-            // handful. More would let one connection hold a tenth of `max_streams`.
+            // A simulated fleet holds one long-poll per client on a shared connection (at most
+            // 500 clients share one): 1,024 leaves room to spare. An edge client uses a handful.
+            // Much more would let a few connections hold all of `max_streams`.
             max_streams_per_connection: 1_024,
             // One held Pull per client for 100,000 clients at once.
             max_streams: 100_000,
