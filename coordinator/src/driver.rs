@@ -95,10 +95,9 @@ impl Coordinator {
             }
             let round_started = Instant::now();
             let (results, selected, attempts) = tokio::select! {
-                r = self.collect_round(strategy.as_ref(), round, replay.take(), gathered) => r?,
+                r = self.collect_round(strategy.as_ref(), round, replay.take(), &mut gathered) => r?,
                 () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
             };
-            gathered = true;
             let clients = results.contributors();
             let examples = results.total_weight();
             let client_metrics = client_averages(&results);
@@ -164,16 +163,18 @@ impl Coordinator {
     /// Runs attempts of `round` until one reaches quorum; returns its results, the number of
     /// clients asked, and the attempts used. A replayed log resumes its attempt where it was.
     ///
-    /// Before this incarnation's first round (`gathered` false) it waits for the configured
-    /// number of clients, as long as it takes, saying so; later attempts take whoever is
-    /// available, waiting at most a round deadline for a quorum of them, and an attempt with
-    /// too few counts as failed.
+    /// Before this incarnation's first fresh selection (`gathered` false) it waits for the
+    /// configured number of clients, as long as it takes, saying so, and sets `gathered`; later
+    /// attempts take whoever is available, waiting at most a round deadline for a quorum of
+    /// them, and an attempt with too few counts as failed. A round replayed from the log keeps
+    /// its logged selection and gathers nobody: the next round still waits for everyone to
+    /// come back after the restart, so a resumed run selects what an uninterrupted one would.
     async fn collect_round(
         &self,
         strategy: &dyn Strategy,
         round: u32,
         mut replay: Option<LoggedRound>,
-        mut gathered: bool,
+        gathered: &mut bool,
     ) -> Result<(RoundResults, usize, u32)> {
         let config = &self.shared.config;
         let quorum = config.selection.min_clients.max(1);
@@ -182,7 +183,7 @@ impl Coordinator {
             let (selected, wanted, logged) = match replay.take() {
                 Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
                 None => {
-                    let available = if gathered {
+                    let available = if *gathered {
                         let deadline = tokio::time::Instant::now() + config.round_timeout();
                         let available = self.wait_for_clients(quorum, Some(deadline)).await;
                         if available.len() < quorum {
@@ -199,7 +200,9 @@ impl Coordinator {
                         available
                     } else {
                         let needed = quorum.max(config.selection.min_available);
-                        self.wait_for_clients(needed, None).await
+                        let available = self.wait_for_clients(needed, None).await;
+                        *gathered = true;
+                        available
                     };
                     let sel = &config.selection;
                     let (wanted, asked) = round_size(
@@ -216,7 +219,6 @@ impl Coordinator {
                     )
                 }
             };
-            gathered = true;
             let plan = strategy.plan(round);
             let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
             let accumulator = Arc::new(Mutex::new(Some(sink)));
