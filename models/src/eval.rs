@@ -10,10 +10,6 @@ use crate::net::{Net, inference_device};
 use crate::params::{build_loaded, tensor_values};
 use crate::spec::ModelSpec;
 
-/// Examples per forward pass during evaluation of dense models (logreg, MLP); the CNN uses
-/// smaller chunks (see [`ModelSpec::max_chunk`]).
-pub const EVAL_BATCH_SIZE: usize = 1024;
-
 /// Loss and accuracy of a model on a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -64,7 +60,7 @@ fn evaluate_net(net: &Net, data: &Dataset, chunk: usize) -> Result<EvalReport> {
 mod tests {
     use super::*;
     use crate::params::init_params;
-    use crate::spec::ModelKind;
+    use crate::spec::{EVAL_BATCH_SIZE, ModelKind};
     use crate::test_util::{digits_head, digits_spec, mlp_spec};
 
     #[test]

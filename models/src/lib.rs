@@ -31,9 +31,11 @@ mod train;
 mod test_util;
 
 pub use error::{ModelError, Result};
-pub use eval::{EVAL_BATCH_SIZE, EvalReport, evaluate};
+pub use eval::{EvalReport, evaluate};
 pub use grad::{GradReport, gradient};
 pub use manifest::{Manifest, ParamEntry};
 pub use params::init_params;
-pub use spec::{CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, MAX_PARAMS, ModelKind, ModelSpec};
+pub use spec::{
+    CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, EVAL_BATCH_SIZE, MAX_PARAMS, ModelKind, ModelSpec,
+};
 pub use train::{TrainConfig, TrainReport, train_local};

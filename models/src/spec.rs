@@ -19,6 +19,10 @@ pub const DEFAULT_MLP_HIDDEN: usize = 128;
 /// Largest number of parameters a spec may describe (guards against absurd sizes sent by peers).
 pub const MAX_PARAMS: usize = 200_000_000;
 
+/// Examples per forward pass during evaluation of dense models (logreg, MLP); the CNN uses
+/// smaller chunks (see [`ModelSpec::max_chunk`]).
+pub const EVAL_BATCH_SIZE: usize = 1024;
+
 /// Side length of the square single-channel image the CNN expects.
 pub const CNN_IMAGE_SIDE: usize = 28;
 
@@ -180,7 +184,7 @@ impl ModelSpec {
     pub fn max_chunk(&self) -> usize {
         match self.kind {
             ModelKind::Cnn => 64,
-            _ => crate::eval::EVAL_BATCH_SIZE,
+            _ => EVAL_BATCH_SIZE,
         }
     }
 
