@@ -630,10 +630,13 @@ impl Guarded<TcpStream> {
     /// Waits until the peer has sent something (or closed), failing as a read would if the
     /// connection is shed or its first-bytes deadline passes first.
     async fn first_bytes(&mut self) -> io::Result<()> {
+        let mut byte = [0u8; 1];
         std::future::poll_fn(|cx| {
             self.shed_now()?;
-            match self.inner.poll_read_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(ready),
+            // A peek, not the readiness alone: tokio deems a new socket readable until a read
+            // says otherwise.
+            match self.inner.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+                Poll::Ready(peeked) => Poll::Ready(peeked.map(|_| ())),
                 Poll::Pending => {
                     self.check(cx)?;
                     Poll::Pending
@@ -879,6 +882,27 @@ mod tests {
         assert_eq!(
             coordinator.refusals().get("connection_unauthenticated"),
             Some(&1)
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_wait_until_they_speak() {
+        let coordinator = coordinator();
+        let connections = Connections::new(&limits(10, 60_000, 60_000), coordinator);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upgraded = upgrade(accept(listener, connections), |s| async { Some(s) });
+        let mut upgraded = std::pin::pin!(upgraded);
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let next = futures::StreamExt::next(&mut upgraded);
+        let waited = tokio::time::timeout(Duration::from_millis(300), next).await;
+        assert!(waited.is_err(), "a silent connection was handed on");
+        silent.write_all(b"x").await.unwrap();
+        let next = futures::StreamExt::next(&mut upgraded);
+        let spoke = tokio::time::timeout(Duration::from_secs(5), next).await;
+        assert!(
+            matches!(spoke, Ok(Some(Ok(_)))),
+            "a speaking connection was not"
         );
     }
 

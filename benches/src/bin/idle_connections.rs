@@ -6,7 +6,8 @@
 //! The coordinator runs on its own runtime whose threads are named `coordinator`, so its CPU
 //! time is read per thread from `/proc/self/task/*/stat` (Linux) apart from the fleet's and the
 //! crowd's. The crowd's connections connect and send nothing; one closed by the server is
-//! opened again 100 ms later, as a peer that insists would. Three scenarios, interleaved
+//! opened again 100 ms later, as a peer that insists would. The run starts once the server has
+//! accepted the whole crowd (the listener's accept queue in `/proc/net/tcp` is empty). Three scenarios, interleaved
 //! `--repeats` times: no crowd; the crowd under the default limits (all held: the run is
 //! shorter than the first-bytes deadline); and the crowd against `--max-connections` half its
 //! size, where every reconnect sheds another silent connection.
@@ -228,13 +229,16 @@ fn run_once(
             ))
         })
         .collect();
+    // Connected, and taken from the listener's queue by the server (which writes nothing to a
+    // connection before it speaks).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while connected.load(Ordering::Relaxed) < scenario.idle {
+    while connected.load(Ordering::Relaxed) < scenario.idle || accept_queue(addr)? > 0 {
         if Instant::now() > deadline {
             return Err(anyhow!(
-                "only {} of {} idle connections opened",
+                "only {} of {} idle connections opened, {} not accepted",
                 connected.load(Ordering::Relaxed),
-                scenario.idle
+                scenario.idle,
+                accept_queue(addr)?
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -315,20 +319,18 @@ async fn hold(
             _ = stop.changed() => return,
         };
         if let Ok(mut stream) = stream {
+            if first {
+                first = false;
+                connected.fetch_add(1, Ordering::Relaxed);
+            }
             let mut buf = [0u8; 1024];
             loop {
-                let read = tokio::select! {
-                    read = stream.read(&mut buf) => read,
+                tokio::select! {
+                    read = stream.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    },
                     _ = stop.changed() => return,
-                };
-                // The server has taken the connection in: it wrote its HTTP/2 settings, or
-                // closed it.
-                if first {
-                    first = false;
-                    connected.fetch_add(1, Ordering::Relaxed);
-                }
-                if matches!(read, Ok(0) | Err(_)) {
-                    break;
                 }
             }
             reopened.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +340,30 @@ async fn hold(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Connections waiting in the accept queue of the IPv4 listener on `addr`, from
+/// `/proc/net/tcp` (Linux), where a listening socket's `rx_queue` is that queue's length.
+fn accept_queue(addr: SocketAddr) -> Result<u64> {
+    let local = match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => return Err(anyhow!("an IPv4 listener was expected")),
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue ...; state 0A is LISTEN.
+        if fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A") {
+            let queue = fields.get(4).and_then(|q| q.split_once(':'));
+            let waiting = queue.and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+            return waiting.ok_or_else(|| anyhow!("unexpected /proc/net/tcp line: {line}"));
+        }
+    }
+    Err(anyhow!("listener {addr} not found in /proc/net/tcp"))
 }
 
 /// CPU time (user + system) of the coordinator's threads so far, in seconds.
