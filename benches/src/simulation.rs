@@ -9,8 +9,7 @@ use anyhow::{Context, Result};
 use shoal_client::{FleetConfig, FleetReport, run_fleet};
 use shoal_coordinator::config::SelectionConfig;
 use shoal_coordinator::{
-    Coordinator, CoordinatorError, Limits, Resume, RoundRecord, RunConfig, RunSummary, serve,
-    strategy,
+    Coordinator, CoordinatorError, Limits, RoundRecord, RunConfig, RunStart, RunSummary, strategy,
 };
 use shoal_datasets::{DatasetSource, Partition, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
@@ -111,19 +110,9 @@ impl Simulation {
         let setup = started.elapsed();
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
         let strategy = strategy::build(&self.run, &spec)?;
         let num_params = strategy.global().len();
         let coordinator = Coordinator::new(self.run.clone(), self.limits.clone(), spec);
-        let (stop_server, server_stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, coordinator.clone(), async move {
-            let _ = server_stopped.await;
-        }));
-        let mut fleet = FleetConfig::new(url);
-        fleet.channels = self.channels.max(1);
-        fleet.options.seed = self.run.seed;
-        let fleet = tokio::spawn(run_fleet(fleet, clients, std::future::pending()));
-
         let (records_tx, mut records_rx) = mpsc::unbounded_channel::<RoundRecord>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let watcher = tokio::spawn(async move {
@@ -144,19 +133,16 @@ impl Simulation {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        let outcome = coordinator
-            .run(
-                strategy,
-                Arc::new(split.test),
-                Resume::default(),
-                Some(records_tx),
-                stop,
-            )
-            .await;
+        let start = RunStart::new(strategy, Arc::new(split.test))
+            .observer(records_tx)
+            .drain_limit(Duration::from_secs(5));
+        let hosted = coordinator.host(listener, start, stop)?;
+        let mut fleet_config = FleetConfig::new(hosted.url.clone());
+        fleet_config.channels = self.channels.max(1);
+        fleet_config.options.seed = self.run.seed;
+        let fleet = tokio::spawn(run_fleet(fleet_config, clients, std::future::pending()));
+        let outcome = hosted.finish().await;
         let rounds = watcher.await.context("round watcher")?;
-        coordinator.drain(Duration::from_secs(5)).await;
-        let _ = stop_server.send(());
-        server.await.context("server task")??;
         let fleet = fleet.await.context("fleet task")??;
         let summary = match outcome {
             Ok(outcome) => Some(outcome.summary),

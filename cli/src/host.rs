@@ -8,20 +8,15 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_coordinator::strategy::{self, Strategy};
 use shoal_coordinator::{
-    CheckpointStore, Coordinator, Limits, Resume, RunOutcome, Security, StrategyConfig, recover,
-    serve_with,
+    CheckpointStore, Coordinator, Limits, Resume, RunOutcome, RunStart, Security, StrategyConfig,
+    recover,
 };
 use shoal_datasets::Split;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-/// Longest the server stays up after the run ended, so that clients still pulling, or backing
-/// off after a lost connection, hear that it ended (see [`Coordinator::drain`]).
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where a run's results go.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -130,16 +125,6 @@ pub async fn host(
         strategy,
         ..
     } = prepared;
-    let test = Arc::new(split.test);
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with(
-        listener,
-        coordinator.clone(),
-        security,
-        async move {
-            let _ = server_stopped.await;
-        },
-    ));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let clustering = matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. });
     let bar = progress_bar(plan.run.rounds, outputs.quiet);
@@ -155,14 +140,16 @@ pub async fn host(
             }
         })
     };
-    let outcome = coordinator
-        .run(strategy, test, resume, Some(tx), shutdown)
-        .await;
+    let start = RunStart::new(strategy, Arc::new(split.test))
+        .resume(resume)
+        .observer(tx)
+        .security(security);
+    let outcome = match coordinator.host(listener, start, shutdown) {
+        Ok(hosted) => hosted.finish().await,
+        Err(e) => Err(e),
+    };
     let _ = printer.await;
     bar.finish_and_clear();
-    coordinator.drain(DRAIN_LIMIT).await;
-    let _ = stop_server.send(());
-    let _ = server.await;
     let outcome = outcome?;
     write_outputs(
         outputs.metrics_out.as_deref(),

@@ -5,7 +5,7 @@
 use shoal_client::faults::fault_for;
 use shoal_client::{Faults, FleetConfig, run_fleet};
 use shoal_coordinator::config::SelectionConfig;
-use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, serve, strategy};
+use shoal_coordinator::{Coordinator, Limits, RunConfig, RunStart, strategy};
 use shoal_datasets::{DatasetSource, Partition, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
 use std::sync::Arc;
@@ -46,26 +46,13 @@ async fn half_the_clients_dropping_out_slows_rounds_but_every_round_closes() {
     let spec = ModelSpec::for_dataset("mlp".parse::<ModelKind>().unwrap(), &split.train);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let strategy = strategy::build(&config, &spec).unwrap();
     let coordinator = Coordinator::new(config.clone(), Limits::default(), spec);
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, coordinator.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let driver = coordinator.clone();
-    let test = Arc::new(split.test);
-    let run = tokio::spawn(async move {
-        driver
-            .run(
-                strategy,
-                test,
-                Resume::default(),
-                None,
-                std::future::pending(),
-            )
-            .await
-    });
+    let start = RunStart::new(strategy, Arc::new(split.test)).drain_limit(Duration::from_secs(5));
+    let hosted = coordinator
+        .host(listener, start, std::future::pending())
+        .unwrap();
+    let url = hosted.url.clone();
 
     let faults = Faults {
         dropout: 0.5,
@@ -77,9 +64,7 @@ async fn half_the_clients_dropping_out_slows_rounds_but_every_round_closes() {
     fleet.faults = faults.clone();
     let fleet = tokio::spawn(run_fleet(fleet, clients, std::future::pending()));
 
-    let outcome = run.await.unwrap().unwrap();
-    coordinator.drain(Duration::from_secs(5)).await;
-    let _ = stop_server.send(());
+    let outcome = hosted.finish().await.unwrap();
     let report = fleet.await.unwrap().unwrap();
 
     assert_eq!(outcome.records.len(), 10, "every round closes");

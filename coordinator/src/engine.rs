@@ -178,6 +178,12 @@ impl Coordinator {
         self.shared.progress.notify_one();
     }
 
+    /// True once the run has ended (every pull answers Finished), even while the server still
+    /// drains.
+    pub fn has_ended(&self) -> bool {
+        matches!(lock(&self.shared.state).phase, Phase::Finished(_))
+    }
+
     /// Registered clients.
     pub fn registered(&self) -> usize {
         lock(&self.shared.state).registry.len()

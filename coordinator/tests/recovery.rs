@@ -6,15 +6,13 @@ mod common;
 
 use common::{fetch, header, join, push, raw, task};
 use shoal_coordinator::checkpoint::CheckpointStore;
-use shoal_coordinator::{Coordinator, Limits, RunConfig, recover, serve, strategy};
+use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, recover, strategy};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Starts a checkpointed coordinator; returns its URL and the handles to abort it ("crash").
-async fn start_checkpointed(
-    config: RunConfig,
-    dir: &std::path::Path,
-) -> (String, Coordinator, Vec<tokio::task::JoinHandle<()>>, usize) {
+/// Starts a checkpointed coordinator; returns the hosted run (abort it to "crash") and how many
+/// logged updates it replays.
+async fn start_checkpointed(config: RunConfig, dir: &std::path::Path) -> (HostedRun, usize) {
     let split = common::digits();
     let spec = common::spec("logreg", &split.train);
     let store = CheckpointStore::open(dir).unwrap();
@@ -28,30 +26,19 @@ async fn start_checkpointed(
     };
     let coordinator = Coordinator::with_checkpoints(config, limits, spec, store);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn({
-        let c = coordinator.clone();
-        async move {
-            let _ = serve(listener, c, std::future::pending()).await;
-        }
-    });
-    let driver = tokio::spawn({
-        let c = coordinator.clone();
-        let test = Arc::new(split.test);
-        async move {
-            let _ = c
-                .run(strategy, test, resume, None, std::future::pending())
-                .await;
-        }
-    });
-    (url, coordinator, vec![server, driver], replayed)
+    let start = RunStart::new(strategy, Arc::new(split.test)).resume(resume);
+    let hosted = coordinator
+        .host(listener, start, std::future::pending())
+        .unwrap();
+    (hosted, replayed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(3, 1);
-    let (url, _, handles, replayed) = start_checkpointed(config.clone(), dir.path()).await;
+    let (hosted, replayed) = start_checkpointed(config.clone(), dir.path()).await;
+    let url = hosted.url.clone();
     assert_eq!(replayed, 0);
     let mut c = raw(&url).await;
     for id in ["a", "b", "c"] {
@@ -68,11 +55,10 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
         .await
         .unwrap();
     // The coordinator dies before client c delivers.
-    for h in handles {
-        h.abort();
-    }
+    hosted.abort();
 
-    let (url, _, handles, replayed) = start_checkpointed(config, dir.path()).await;
+    let (hosted, replayed) = start_checkpointed(config, dir.path()).await;
+    let url = hosted.url.clone();
     assert_eq!(replayed, 2, "both accepted updates survive the restart");
     let mut c = raw(&url).await;
     for id in ["a", "b", "c"] {
@@ -130,9 +116,7 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
             .unwrap()
             .0;
     assert!(params.iter().all(|v| *v == 2.0));
-    for h in handles {
-        h.abort();
-    }
+    hosted.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,24 +135,17 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_a_foreign_config_is_refused(
         store.clone(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, coordinator.clone(), std::future::pending()));
+    let strategy = strategy::build(&config, &spec).unwrap();
+    let start = RunStart::new(strategy, Arc::new(split.test));
+    let hosted = coordinator
+        .host(listener, start, std::future::pending())
+        .unwrap();
     let fleet = tokio::spawn(shoal_client::run_fleet(
-        shoal_client::FleetConfig::new(url),
+        shoal_client::FleetConfig::new(hosted.url.clone()),
         std::mem::take(&mut parts),
         std::future::pending(),
     ));
-    let strategy = strategy::build(&config, &spec).unwrap();
-    coordinator
-        .run(
-            strategy,
-            Arc::new(split.test),
-            Default::default(),
-            None,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+    hosted.finish().await.unwrap();
     fleet.await.unwrap().unwrap();
 
     let newest = dir.path().join("ckpt-000003.bin");

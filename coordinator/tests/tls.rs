@@ -317,7 +317,7 @@ async fn mutual_tls_run(certs: &Arc<Certs>, impostors: bool) -> shoal_coordinato
 
     if let Some(attacks) = attacks {
         // Waves stop once the run is over, while the server still answers.
-        wait_until(|| running.run.is_finished()).await;
+        wait_until(|| running.coordinator.has_ended()).await;
         let _ = stop.send(true);
         assert!(
             attacks.await.unwrap() >= 1,

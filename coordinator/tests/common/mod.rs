@@ -2,37 +2,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use shoal_coordinator::config::SelectionConfig;
-use shoal_coordinator::{
-    Coordinator, Limits, Resume, RunConfig, RunOutcome, Security, serve_with, strategy,
-};
+use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, Security, strategy};
 use shoal_datasets::{Dataset, DatasetSource, Partition, Split, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A coordinator serving on loopback with its round driver running.
-pub struct Running {
-    pub url: String,
-    pub coordinator: Coordinator,
-    pub run: JoinHandle<shoal_coordinator::Result<RunOutcome>>,
-    stop_server: Option<oneshot::Sender<()>>,
-}
-
-impl Running {
-    /// Waits for the run to end, then stops the server.
-    pub async fn finish(mut self) -> shoal_coordinator::Result<RunOutcome> {
-        let outcome = self.run.await.expect("driver task");
-        self.coordinator
-            .drain(std::time::Duration::from_secs(5))
-            .await;
-        if let Some(stop) = self.stop_server.take() {
-            let _ = stop.send(());
-        }
-        outcome
-    }
-}
+pub type Running = HostedRun;
 
 /// Digits split 80/20 with seed 0.
 pub fn digits() -> Split {
@@ -88,37 +65,14 @@ pub async fn start_with(
         .with_test_writer()
         .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheme = if security.is_tls() { "https" } else { "http" };
-    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let strategy = strategy::build(&config, &spec).unwrap();
     let coordinator = Coordinator::new(config, limits, spec);
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_with(
-        listener,
-        coordinator.clone(),
-        security,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let driver = coordinator.clone();
-    let run = tokio::spawn(async move {
-        driver
-            .run(
-                strategy,
-                Arc::new(test),
-                Resume::default(),
-                None,
-                std::future::pending(),
-            )
-            .await
-    });
-    Running {
-        url,
-        coordinator,
-        run,
-        stop_server: Some(stop_server),
-    }
+    let start = RunStart::new(strategy, Arc::new(test))
+        .security(security)
+        .drain_limit(std::time::Duration::from_secs(5));
+    coordinator
+        .host(listener, start, std::future::pending())
+        .unwrap()
 }
 
 use shoal_proto::v1::fleet_client::FleetClient;
