@@ -391,12 +391,7 @@ fn channels_zero_or_too_many_on_run() {
 #[test]
 fn simulate_with_zero_channels_ends_instead_of_hanging() {
     // No coordinator listens there: were the flag accepted, the fleet would retry forever.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = common::dead_url();
     refused(
         &["simulate", "--coordinator", &url, "--channels", "0"],
         &["--channels", "1..=65535", "got 0"],

@@ -272,12 +272,7 @@ fn unusable_checkpoints_stop_the_start_unless_starting_over_is_asked_for() {
 /// its retry plan, and gives up when told to with a one-line error.
 #[test]
 fn a_client_facing_a_dead_port_says_so_at_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = common::dead_url();
     let mut lone = client(&url, &["--give-up-after", "2"]);
     let line = lone.wait_for_stderr("cannot reach the coordinator", Duration::from_secs(5));
     assert!(line.contains(&url), "{line}");

@@ -35,6 +35,16 @@ pub fn shoal_with(args: &[&str]) -> Command {
     cmd
 }
 
+/// An http:// URL on loopback where nothing listens (a port just bound and let go).
+pub fn dead_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
 /// A path as a `&str` for a command line (temp paths are always UTF-8 here).
 pub fn arg(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
