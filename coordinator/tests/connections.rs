@@ -70,7 +70,7 @@ fn limits() -> Limits {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_keep_an_honest_client_out() {
     let cap = 16;
-    let first_bytes = Duration::from_secs(2);
+    let first_bytes = Duration::from_secs(3);
     let running = start(Limits {
         max_connections: cap,
         first_bytes_timeout: first_bytes,
@@ -223,7 +223,7 @@ async fn past_the_stream_cap_requests_are_refused_at_once() {
         format!("server busy: {max_streams} streams open; retry")
     );
     assert!(
-        took < Duration::from_millis(500),
+        took < Duration::from_secs(1),
         "refused at once, not queued: {took:?}"
     );
     let reason = status.metadata().get(shoal_proto::REASON_HEADER).unwrap();
