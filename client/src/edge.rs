@@ -141,14 +141,24 @@ impl EdgeClient {
             let next = match outcome {
                 Ok(reply) => {
                     joined = true;
-                    unreachable_since = None;
-                    backoff.reset();
                     match reply {
                         Reply::Task(task) => {
-                            self.handle(task, &mut kept, &mut stats, &mut shutdown)
-                                .await
+                            // Only a task carried through counts as the coordinator being
+                            // reachable: a task whose fetch keeps failing must back off.
+                            let next = self
+                                .handle(task, &mut kept, &mut stats, &mut shutdown)
+                                .await;
+                            if next.is_ok() {
+                                unreachable_since = None;
+                                backoff.reset();
+                            }
+                            next
                         }
-                        Reply::Wait(_) => Ok(Next::Pull),
+                        Reply::Wait(_) => {
+                            unreachable_since = None;
+                            backoff.reset();
+                            Ok(Next::Pull)
+                        }
                         Reply::Finished(f) => {
                             info!(client = %self.id, reason = %f.reason, "run finished");
                             self.leave().await;

@@ -85,6 +85,7 @@ impl Coordinator {
         let mut replay = resume.replay;
         let mut stop_reason = "all rounds completed".to_string();
         let mut round = resume.completed + 1;
+        let resumed = resume.completed > 0 || replay.is_some();
         // Each incarnation waits for the configured number of clients before its first round;
         // later rounds select from whoever is available then.
         let mut gathered = false;
@@ -95,7 +96,7 @@ impl Coordinator {
             }
             let round_started = Instant::now();
             let (results, selected, attempts) = tokio::select! {
-                r = self.collect_round(strategy.as_ref(), round, replay.take(), &mut gathered) => r?,
+                r = self.collect_round(strategy.as_ref(), round, replay.take(), &mut gathered, resumed) => r?,
                 () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
             };
             let clients = results.contributors();
@@ -168,13 +169,15 @@ impl Coordinator {
     /// attempts take whoever is available, waiting at most a round deadline for a quorum of
     /// them, and an attempt with too few counts as failed. A round replayed from the log keeps
     /// its logged selection and gathers nobody: the next round still waits for everyone to
-    /// come back after the restart, so a resumed run selects what an uninterrupted one would.
+    /// come back after the restart, so a resumed run selects what an uninterrupted one would
+    /// (after a restart, `resumed`, for at most the time the round's attempts could take).
     async fn collect_round(
         &self,
         strategy: &dyn Strategy,
         round: u32,
         mut replay: Option<LoggedRound>,
         gathered: &mut bool,
+        resumed: bool,
     ) -> Result<(RoundResults, usize, u32)> {
         let config = &self.shared.config;
         let quorum = config.selection.min_clients.max(1);
@@ -200,8 +203,27 @@ impl Coordinator {
                         available
                     } else {
                         let needed = quorum.max(config.selection.min_available);
-                        let available = self.wait_for_clients(needed, None).await;
+                        // A resumed run waits for every client to come back, so it selects
+                        // what an uninterrupted run would; but a client may be gone for good,
+                        // so only for as long as the round's attempts could last.
+                        let patience = resumed.then(|| {
+                            tokio::time::Instant::now()
+                                + config.round_timeout() * (config.max_retries + 1)
+                        });
+                        let available = self.wait_for_clients(needed, patience).await;
                         *gathered = true;
+                        if available.len() < needed {
+                            warn!(
+                                round,
+                                available = available.len(),
+                                needed,
+                                missing = %self.missing(),
+                                "not every client came back after the restart; going on with those available (the result may differ from an uninterrupted run)"
+                            );
+                        }
+                        if available.len() < quorum {
+                            continue;
+                        }
                         available
                     };
                     let sel = &config.selection;

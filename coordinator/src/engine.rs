@@ -190,10 +190,10 @@ impl Coordinator {
     }
 
     /// After the run ended, waits for registered clients to hear so and leave, so stopping the
-    /// server does not strand them in reconnect loops: until none is left, or none has been
-    /// heard from for [`DRAIN_QUIET`] (longer than a client's longest reconnect delay, so one
-    /// backing off after a lost connection comes back within it; the rest are gone), or
-    /// `limit` passed.
+    /// server does not strand them in reconnect loops: until every client that came has left,
+    /// or none has been heard from for [`DRAIN_QUIET`] (longer than a client's longest
+    /// reconnect delay, so one backing off after a lost connection comes back within it; the
+    /// rest are gone), or `limit` passed.
     pub async fn drain(&self, limit: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         let mut heard = 0;
@@ -208,7 +208,12 @@ impl Coordinator {
                 heard = requests;
                 quiet_since = now;
             }
-            if left == 0 || now >= deadline || now - quiet_since >= DRAIN_QUIET {
+            let quiet = now - quiet_since >= DRAIN_QUIET;
+            // Nobody registered because everyone left is the end; nobody registered because
+            // nobody came yet (a coordinator restarted after the last round) is a reason to
+            // wait for the clients reconnecting.
+            let all_left = left == 0 && requests > 0;
+            if all_left || now >= deadline || quiet {
                 if left > 0 {
                     tracing::info!(
                         clients = left,
@@ -254,7 +259,9 @@ impl Coordinator {
         if let Phase::Open(round) = &mut state.phase
             && round.drop_out(client_id)
         {
-            tracing::info!(client = %client_id, round = round.fence.round, "selected client left before delivering");
+            if let Some(unlogged) = self.shared.refusals.may_log("left", Instant::now()) {
+                tracing::info!(client = %client_id, round = round.fence.round, unlogged, "selected client left before delivering (unlogged: others since the last line)");
+            }
             self.shared.progress.notify_one();
         }
         Ok(())
@@ -279,7 +286,11 @@ impl Coordinator {
                         .take(MAX_ABANDON_REASON)
                         .map(|c| if c.is_control() { ' ' } else { c })
                         .collect();
-                    tracing::warn!(client = %client_id, round = fence.round, %reason, "client could not do its task");
+                    if let Some(unlogged) =
+                        self.shared.refusals.may_log("abandoned", Instant::now())
+                    {
+                        tracing::warn!(client = %client_id, round = fence.round, %reason, unlogged, "client could not do its task (unlogged: others since the last line)");
+                    }
                     self.shared.progress.notify_one();
                 }
                 Ok(())
@@ -515,36 +526,57 @@ pub struct Admission {
 impl Admission {
     /// Applies the round's norm rule and folds the received update in (on a blocking thread),
     /// then records the delivery; returns the number of updates accepted in the round so far.
+    /// The delivery is recorded by the blocking fold itself, so an upload whose request is
+    /// cancelled while its update is being folded still counts as delivered.
     pub async fn deliver(mut self, mut update: ClientUpdate) -> Result<u32> {
-        let accumulator = self.accumulator.clone();
-        let fence = self.fence.clone();
+        self.settled = true;
+        let slot = Slot {
+            coordinator: self.coordinator.clone(),
+            client_id: self.client_id.clone(),
+            fence: self.fence.clone(),
+            accumulator: self.accumulator.clone(),
+        };
         let bound = self.bound.take();
         let folded = tokio::task::spawn_blocking(move || {
-            if let Some(bound) = &bound
-                && let Some(norm) = bound.enforce(&mut update.payload)?
-            {
-                tracing::info!(client = %update.client_id, norm, "update clipped to the norm bound");
+            let folded = (|| {
+                if let Some(bound) = &bound
+                    && let Some(norm) = bound.enforce(&mut update.payload)?
+                {
+                    tracing::info!(client = %update.client_id, norm, "update clipped to the norm bound");
+                }
+                fold(&slot.accumulator, update, &slot.fence)
+            })();
+            slot.settle(folded.is_ok());
+            match folded {
+                Err(err @ CoordinatorError::Storage { .. }) => {
+                    // The update cannot be made durable, so it cannot be accepted, nor can
+                    // any other: stop the run with the disk's error. The client hears
+                    // Unavailable (the file name stays on the coordinator) and keeps its
+                    // update.
+                    slot.coordinator.stop_with(err);
+                    Err(CoordinatorError::ShuttingDown)
+                }
+                other => other,
             }
-            fold(&accumulator, update, &fence)
         })
         .await
         .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
-        self.settle(folded.is_ok());
-        match folded {
-            Ok(n) => Ok(n as u32),
-            Err(err @ CoordinatorError::Storage { .. }) => {
-                // The update cannot be made durable, so it cannot be accepted, nor can any
-                // other: stop the run with the disk's error. The client hears Unavailable
-                // (the file name stays on the coordinator) and keeps its update.
-                self.coordinator.stop_with(err);
-                Err(CoordinatorError::ShuttingDown)
-            }
-            Err(e) => Err(e),
-        }
+        folded.map(|n| n as u32)
     }
+}
 
-    fn settle(&mut self, delivered: bool) {
-        self.settled = true;
+/// What recording the outcome of one client's upload needs, movable to the blocking fold.
+struct Slot {
+    coordinator: Coordinator,
+    client_id: String,
+    fence: Fence,
+    accumulator: SharedAccumulator,
+}
+
+impl Slot {
+    /// Frees the client's place among the uploads in flight and, if `delivered`, records the
+    /// delivery.
+    fn settle(&self, delivered: bool) {
         let shared = &self.coordinator.shared;
         let mut state = lock(&shared.state);
         // The fence is the same in every attempt of a round; the accumulator is not. A stream
@@ -565,9 +597,17 @@ impl Admission {
 }
 
 impl Drop for Admission {
+    /// An upload that ended before its update reached the fold (broken stream, refused
+    /// chunk) frees the client's place, so its next attempt is admitted.
     fn drop(&mut self) {
         if !self.settled {
-            self.settle(false);
+            Slot {
+                coordinator: self.coordinator.clone(),
+                client_id: std::mem::take(&mut self.client_id),
+                fence: self.fence.clone(),
+                accumulator: self.accumulator.clone(),
+            }
+            .settle(false);
         }
     }
 }

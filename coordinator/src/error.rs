@@ -129,7 +129,9 @@ impl From<CoordinatorError> for tonic::Status {
             E::Payload(_) => Code::InvalidArgument,
             E::StaleFence { .. } => Code::FailedPrecondition,
             E::NotSelected(_) => Code::PermissionDenied,
-            E::Duplicate(_) | E::InFlight(_) => Code::AlreadyExists,
+            E::Duplicate(_) => Code::AlreadyExists,
+            // The earlier upload may still fail: the client keeps its update and tries again.
+            E::InFlight(_) => Code::Unavailable,
             E::RateLimited { .. } => Code::ResourceExhausted,
             // The client keeps its update and tries again; the run stops meanwhile.
             E::ShuttingDown | E::Storage { .. } => Code::Unavailable,

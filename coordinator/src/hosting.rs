@@ -142,11 +142,23 @@ impl Coordinator {
                 let _ = stop_server.send(());
                 outcome
             };
-            let (served, outcome) = tokio::join!(serving, driving);
-            // The run's own error says more than a server that stopped because of it.
-            let outcome = outcome?;
-            served?;
-            Ok(outcome)
+            tokio::pin!(serving, driving);
+            tokio::select! {
+                outcome = &mut driving => {
+                    let served = serving.await;
+                    // The run's own error says more than a server that stopped because of it.
+                    let outcome = outcome?;
+                    served?;
+                    Ok(outcome)
+                }
+                served = &mut serving => {
+                    // The server stopped before the run ended: no client can reach the run.
+                    served?;
+                    Err(CoordinatorError::Io(std::io::Error::other(
+                        "the server stopped before the run ended",
+                    )))
+                }
+            }
         });
         Ok(HostedRun {
             url: format!("{scheme}://{addr}"),

@@ -54,6 +54,8 @@ pub struct LoggedRound {
 pub struct RoundLog {
     file: File,
     path: PathBuf,
+    /// A write failed: see [`RoundLog::append`].
+    broken: bool,
 }
 
 impl RoundLog {
@@ -62,7 +64,11 @@ impl RoundLog {
         let path = dir.join(FILE_NAME);
         let file = File::create(&path).map_err(|e| io_err(&path, e))?;
         crate::checkpoint::sync_dir(dir)?;
-        let mut log = Self { file, path };
+        let mut log = Self {
+            file,
+            path,
+            broken: false,
+        };
         log.append(&LogRecord::Open(opened))?;
         Ok(log)
     }
@@ -75,10 +81,20 @@ impl RoundLog {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        self.file
+        // After a failed write the file may end in a torn record, and anything appended behind
+        // it would be lost on replay: once broken, the log accepts nothing more.
+        if self.broken {
+            return Err(io_err(
+                &self.path,
+                std::io::Error::other("an earlier write to the round log failed"),
+            ));
+        }
+        let written = self
+            .file
             .write_all(&frame)
-            .map_err(|e| io_err(&self.path, e))?;
-        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+            .and_then(|()| self.file.sync_data());
+        self.broken = written.is_err();
+        written.map_err(|e| io_err(&self.path, e))
     }
 
     /// Reads the log in `dir`, if there is one with at least its opening record.

@@ -196,8 +196,8 @@ async fn attack(url: &str, c: &mut FleetClient<Channel>) {
 }
 
 /// A header for `id` with a wrong length: refused without ever holding `id`'s slot, with a
-/// code that tells whether `id` was not selected (PermissionDenied), has delivered or is
-/// delivering (AlreadyExists), or not yet (InvalidArgument).
+/// code that tells whether `id` was not selected (PermissionDenied), has delivered
+/// (AlreadyExists), is delivering (Unavailable: try again), or not yet (InvalidArgument).
 async fn probe(c: &mut FleetClient<Channel>, id: &str, fence: &Fence, n: usize) -> Status {
     push_parts(
         c,
@@ -215,7 +215,7 @@ async fn all_honest_selected(c: &mut FleetClient<Channel>, fence: &Fence, n: usi
         match status.code() {
             // Not selected in this attempt (or not even joined yet).
             Code::PermissionDenied | Code::NotFound => return false,
-            Code::InvalidArgument | Code::AlreadyExists => {}
+            Code::InvalidArgument | Code::AlreadyExists | Code::Unavailable => {}
             _ => panic!("unexpected probe answer {status:?}"),
         }
     }
@@ -451,7 +451,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let r = push(c, hostile(n), &nan_at(global, 0)).await.unwrap_err();
-        if r.code() != Code::AlreadyExists {
+        if r.code() != Code::Unavailable {
             assert_eq!(r.code(), Code::InvalidArgument, "{r:?}");
             break;
         }
@@ -474,7 +474,10 @@ async fn impersonation(c: &mut FleetClient<Channel>, fence: &Fence, global: &[f3
             if answer.code() == Code::AlreadyExists {
                 break;
             }
-            assert_eq!(answer.code(), Code::InvalidArgument, "{answer:?}");
+            assert!(
+                matches!(answer.code(), Code::InvalidArgument | Code::Unavailable),
+                "{answer:?}"
+            );
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{id} never delivered"
