@@ -39,9 +39,9 @@
 //! it can hold is the state of its connections, and only as many as the cap allows, each for
 //! at most the first-bytes deadline if it sends nothing, the idle timeout if it stops, and one
 //! second after a refused certificate. A connection that never sends a byte holds its socket,
-//! a table entry, a parked task and a timer (well under 1 KiB besides the kernel's buffers).
-//! Once it speaks, per connection (hyper's and h2's defaults, set
-//! explicitly in [`crate::server`]): a read buffer of at most one frame (16 KiB frames), the
+//! a table entry, a parked task and a timer: about 2 KB of the process's memory (5,000 of them
+//! measured at +9 MB resident), besides the kernel's socket buffers. Once it speaks, per
+//! connection (hyper's and h2's defaults, set explicitly in [`crate::server`]): a read buffer of at most one frame (16 KiB frames), the
 //! HPACK table (4 KiB), one header block being decoded (at most 16 KiB, the header list limit),
 //! the rustls record buffers under TLS (about 34 KiB), and per open stream a few hundred bytes
 //! of h2 state plus the refusal waiting to be sent. With the defaults, 10,000 connections ×
