@@ -304,12 +304,21 @@ async fn mutual_tls_run(certs: &Arc<Certs>, impostors: bool) -> shoal_coordinato
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let attacks = impostors.then(|| {
         let (url, certs) = (url.clone(), certs.clone());
+        let coordinator = running.coordinator.clone();
         tokio::spawn(async move {
             let mut waves = 0u32;
             while !*stopped.borrow() {
-                assert_impostors_refused(&url, &certs).await;
-                assert_bad_certificates_refused(&url, &certs).await;
-                waves += 1;
+                let (url, certs) = (url.clone(), certs.clone());
+                let wave = tokio::spawn(async move {
+                    assert_impostors_refused(&url, &certs).await;
+                    assert_bad_certificates_refused(&url, &certs).await;
+                });
+                match wave.await {
+                    Ok(()) => waves += 1,
+                    // The run ended and the server stopped in the middle of a wave.
+                    Err(_) if coordinator.has_ended() => break,
+                    Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+                }
             }
             waves
         })
