@@ -109,6 +109,10 @@ pub async fn run_fleet(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let mut options = config.options.clone();
+    if options.coordinator_url.is_empty() {
+        options.coordinator_url.clone_from(&config.url);
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
         let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
@@ -127,17 +131,13 @@ pub async fn run_fleet(
             Some(token) => BearerAuth::token(token)?,
             None => BearerAuth::none(),
         };
-        let mut options = config.options.clone();
-        if options.coordinator_url.is_empty() {
-            options.coordinator_url.clone_from(&config.url);
-        }
         let client = EdgeClient::new(
             id,
             Arc::new(data),
             fleet_client(connection, auth),
             cache.clone(),
             cpu.clone(),
-            options,
+            options.clone(),
         )
         .with_faults(config.faults.clone());
         let mut stop = stop_rx.clone();

@@ -186,46 +186,35 @@ impl Coordinator {
             let (selected, wanted, logged) = match replay.take() {
                 Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
                 None => {
-                    let available = if *gathered {
-                        let deadline = tokio::time::Instant::now() + config.round_timeout();
-                        let available = self.wait_for_clients(quorum, Some(deadline)).await;
-                        if available.len() < quorum {
-                            warn!(
-                                round,
-                                attempt,
-                                available = available.len(),
-                                quorum,
-                                missing = %self.missing(),
-                                "too few clients available for a round; attempt failed"
-                            );
-                            continue;
-                        }
-                        available
+                    let now = tokio::time::Instant::now();
+                    let (needed, deadline) = if *gathered {
+                        (quorum, Some(now + config.round_timeout()))
                     } else {
-                        let needed = quorum.max(config.selection.min_available);
                         // A resumed run waits for every client to come back, so it selects
                         // what an uninterrupted run would; but a client may be gone for good,
                         // so only for as long as the round's attempts could last.
-                        let patience = resumed.then(|| {
-                            tokio::time::Instant::now()
-                                + config.round_timeout() * (config.max_retries + 1)
-                        });
-                        let available = self.wait_for_clients(needed, patience).await;
-                        *gathered = true;
-                        if available.len() < needed {
-                            warn!(
-                                round,
-                                available = available.len(),
-                                needed,
-                                missing = %self.missing(),
-                                "not every client came back after the restart; going on with those available (the result may differ from an uninterrupted run)"
-                            );
-                        }
-                        if available.len() < quorum {
-                            continue;
-                        }
-                        available
+                        let patience = config.round_timeout() * (config.max_retries + 1);
+                        (
+                            quorum.max(config.selection.min_available),
+                            resumed.then(|| now + patience),
+                        )
                     };
+                    let available = self.wait_for_clients(needed, deadline).await;
+                    *gathered = true;
+                    if available.len() < needed {
+                        warn!(
+                            round,
+                            attempt,
+                            available = available.len(),
+                            needed,
+                            quorum,
+                            missing = %self.missing(),
+                            "fewer clients available than the round waits for; below quorum the attempt fails, else it goes on with those available (after a restart the result may then differ from an uninterrupted run)"
+                        );
+                    }
+                    if available.len() < quorum {
+                        continue;
+                    }
                     let sel = &config.selection;
                     let (wanted, asked) = round_size(
                         available.len(),
@@ -389,14 +378,15 @@ impl Coordinator {
         let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
             let notified = self.shared.progress.notified();
+            let now = tokio::time::Instant::now();
+            let expired = deadline.is_some_and(|d| now >= d);
             let (joined, available) = {
                 let state = lock(&self.shared.state);
                 let joined = state.registry.len();
                 // Listing the available clients costs a pass over the registry: while fewer
                 // than needed have even joined, the count alone says to wait (with 100,000
                 // clients joining, a listing per join would take minutes).
-                let last_look = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                let available = if joined < needed && !last_look {
+                let available = if joined < needed && !expired {
                     Vec::new()
                 } else {
                     state
@@ -405,11 +395,7 @@ impl Coordinator {
                 };
                 (joined, available)
             };
-            if available.len() >= needed {
-                return available;
-            }
-            let now = tokio::time::Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if available.len() >= needed || expired {
                 return available;
             }
             if now >= report {
@@ -538,10 +524,9 @@ impl Coordinator {
                 }
                 round.deadline
             };
-            match tokio::time::timeout_at(deadline.min(report), notified).await {
-                Ok(()) => {}
-                Err(_) if tokio::time::Instant::now() >= deadline => return,
-                Err(_) => {}
+            let woken = tokio::time::timeout_at(deadline.min(report), notified).await;
+            if woken.is_err() && tokio::time::Instant::now() >= deadline {
+                return;
             }
         }
     }

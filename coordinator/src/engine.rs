@@ -422,10 +422,12 @@ impl Coordinator {
                 state.registry.touch(&header.client_id, Instant::now())?;
                 round.in_flight.insert(header.client_id.clone());
                 Ok(Admission {
-                    coordinator: self.clone(),
-                    client_id: header.client_id.clone(),
-                    fence,
-                    accumulator: round.accumulator.clone(),
+                    slot: Some(Slot {
+                        coordinator: self.clone(),
+                        client_id: header.client_id.clone(),
+                        fence,
+                        accumulator: round.accumulator.clone(),
+                    }),
                     bound: NormBound::for_task(
                         round.plan.kind,
                         &round.global,
@@ -434,7 +436,6 @@ impl Coordinator {
                     ),
                     max_values: limits.max_update_values,
                     max_chunk_bytes: limits.max_chunk_bytes,
-                    settled: false,
                 })
             }
             phase => Err(stale(&fence, phase)),
@@ -510,17 +511,15 @@ impl Drop for Polling<'_> {
 /// A client's reserved slot in the open round, between header and folded payload.
 #[derive(Debug)]
 pub struct Admission {
-    coordinator: Coordinator,
-    client_id: String,
-    fence: Fence,
-    accumulator: SharedAccumulator,
+    /// The client's place in the round; taken by [`Admission::deliver`], freed on drop if
+    /// still here.
+    slot: Option<Slot>,
     /// The round's update-norm rule, if it has one.
     bound: Option<NormBound>,
     /// Largest payload accepted, in values.
     pub max_values: usize,
     /// Largest chunk accepted, in bytes.
     pub max_chunk_bytes: usize,
-    settled: bool,
 }
 
 impl Admission {
@@ -529,13 +528,10 @@ impl Admission {
     /// The delivery is recorded by the blocking fold itself, so an upload whose request is
     /// cancelled while its update is being folded still counts as delivered.
     pub async fn deliver(mut self, mut update: ClientUpdate) -> Result<u32> {
-        self.settled = true;
-        let slot = Slot {
-            coordinator: self.coordinator.clone(),
-            client_id: self.client_id.clone(),
-            fence: self.fence.clone(),
-            accumulator: self.accumulator.clone(),
-        };
+        let slot = self
+            .slot
+            .take()
+            .ok_or_else(|| CoordinatorError::Strategy("update delivered twice".into()))?;
         let bound = self.bound.take();
         let folded = tokio::task::spawn_blocking(move || {
             let folded = (|| {
@@ -565,7 +561,9 @@ impl Admission {
     }
 }
 
-/// What recording the outcome of one client's upload needs, movable to the blocking fold.
+/// One client's place in the open round while its upload is received and folded: what
+/// recording the outcome needs, movable to the blocking fold.
+#[derive(Debug)]
 struct Slot {
     coordinator: Coordinator,
     client_id: String,
@@ -600,14 +598,8 @@ impl Drop for Admission {
     /// An upload that ended before its update reached the fold (broken stream, refused
     /// chunk) frees the client's place, so its next attempt is admitted.
     fn drop(&mut self) {
-        if !self.settled {
-            Slot {
-                coordinator: self.coordinator.clone(),
-                client_id: std::mem::take(&mut self.client_id),
-                fence: self.fence.clone(),
-                accumulator: self.accumulator.clone(),
-            }
-            .settle(false);
+        if let Some(slot) = self.slot.take() {
+            slot.settle(false);
         }
     }
 }

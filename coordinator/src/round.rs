@@ -120,13 +120,19 @@ impl OpenRound {
             .filter(|id| !self.delivered.contains(*id) && !self.dropped.contains(*id))
     }
 
+    /// True if `client_id` is selected and its update is neither accepted nor arriving: the
+    /// clients whose task, restart or departure still matters to the round.
+    fn awaits(&self, client_id: &str) -> bool {
+        self.selected.contains(client_id)
+            && !self.delivered.contains(client_id)
+            && !self.in_flight.contains(client_id)
+    }
+
     /// True if `client_id` should be handed the round's task on its next pull: selected, not
     /// handed it yet (or joined again since), and not done with the round.
     pub fn owes_task(&self, client_id: &str) -> bool {
-        self.selected.contains(client_id)
+        self.awaits(client_id)
             && !self.tasked.contains(client_id)
-            && !self.delivered.contains(client_id)
-            && !self.in_flight.contains(client_id)
             && !self.dropped.contains(client_id)
     }
 
@@ -134,10 +140,7 @@ impl OpenRound {
     /// is delivered or arriving, it gets the same task again on its next pull, so a restart
     /// inside the deadline changes nothing. True if the task will be handed out again.
     pub fn rejoined(&mut self, client_id: &str) -> bool {
-        if !self.selected.contains(client_id)
-            || self.delivered.contains(client_id)
-            || self.in_flight.contains(client_id)
-        {
+        if !self.awaits(client_id) {
             return false;
         }
         self.dropped.remove(client_id);
@@ -147,10 +150,7 @@ impl OpenRound {
     /// A selected client will not deliver (it left, or its task failed); true if that changed
     /// anything.
     pub fn drop_out(&mut self, client_id: &str) -> bool {
-        self.selected.contains(client_id)
-            && !self.delivered.contains(client_id)
-            && !self.in_flight.contains(client_id)
-            && self.dropped.insert(client_id.to_owned())
+        self.awaits(client_id) && self.dropped.insert(client_id.to_owned())
     }
 }
 

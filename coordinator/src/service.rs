@@ -84,6 +84,24 @@ impl FleetService {
         err.into()
     }
 
+    /// The next message of an update stream, or an error status once the stream has sent
+    /// nothing for [`MESSAGE_GAP`]: a stream that stops sending would hold its slot in the
+    /// round.
+    async fn next_part(
+        &self,
+        parts: &mut Streaming<UpdatePart>,
+    ) -> Result<Option<Result<UpdatePart, Status>>, Status> {
+        tokio::time::timeout(MESSAGE_GAP, parts.next())
+            .await
+            .map_err(|_| {
+                self.coordinator.count_refusal_reason("stream_stalled");
+                Status::deadline_exceeded(format!(
+                    "update stream sent nothing for {} s",
+                    MESSAGE_GAP.as_secs()
+                ))
+            })
+    }
+
     /// Counts an update stream that tonic ended with an error (a message over the size limit,
     /// bytes that are not protobuf, a stream the client cancelled) and passes its status on.
     /// Unary requests that fail to decode are refused by tonic before any handler runs, so
@@ -149,15 +167,7 @@ impl Fleet for FleetService {
         &self,
         mut request: Request<Streaming<UpdatePart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let first = tokio::time::timeout(MESSAGE_GAP, request.get_mut().next()).await;
-        let Ok(first) = first else {
-            self.coordinator.count_refusal_reason("stream_stalled");
-            return Err(Status::deadline_exceeded(format!(
-                "update stream sent no header for {} s",
-                MESSAGE_GAP.as_secs()
-            )));
-        };
-        let header = match first {
+        let header = match self.next_part(request.get_mut()).await? {
             Some(Ok(UpdatePart {
                 part: Some(Part::Header(h)),
             })) => h,
@@ -183,19 +193,7 @@ impl Fleet for FleetService {
             admission.max_chunk_bytes,
         )
         .map_err(|e| self.refuse(e.into()))?;
-        loop {
-            // A stream that stops sending holds its slot in the round: end it after a gap.
-            let part = match tokio::time::timeout(MESSAGE_GAP, parts.next()).await {
-                Ok(Some(part)) => part,
-                Ok(None) => break,
-                Err(_) => {
-                    self.coordinator.count_refusal_reason("stream_stalled");
-                    return Err(Status::deadline_exceeded(format!(
-                        "update stream sent nothing for {} s",
-                        MESSAGE_GAP.as_secs()
-                    )));
-                }
-            };
+        while let Some(part) = self.next_part(&mut parts).await? {
             match part.map_err(|status| self.refuse_stream(status))?.part {
                 Some(Part::Chunk(chunk)) => {
                     payload.push(&chunk).map_err(|e| self.refuse(e.into()))?
