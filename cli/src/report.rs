@@ -1,7 +1,7 @@
 //! What the user sees and keeps: the per-round table, the summary, and the output files.
 
 use anyhow::{Context, Result};
-use shoal_coordinator::metrics::write_csv;
+use shoal_coordinator::store::metrics::write_csv;
 use shoal_coordinator::{RoundRecord, RunSummary};
 use std::path::Path;
 

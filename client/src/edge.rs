@@ -192,7 +192,14 @@ impl EdgeClient {
                     }
                     let delay = backoff.next_delay();
                     if first {
-                        unreachable::report(&err, &self.options);
+                        unreachable::report(
+                            &err,
+                            unreachable::Retrying {
+                                url: &self.options.coordinator_url,
+                                backoff: (self.options.backoff_base, self.options.backoff_cap),
+                                give_up_after: self.options.give_up_after,
+                            },
+                        );
                     }
                     debug!(client = %self.id, error = %err, ?delay, "coordinator unreachable; backing off");
                     tokio::select! {

@@ -15,7 +15,7 @@ pub enum ClientError {
     #[error("transport: {}", chain(.0))]
     Transport(#[from] tonic::transport::Error),
     /// The coordinator refused a request, or the request never reached it (a status that
-    /// carries no coordinator reason: see [`crate::forward::retryable`]).
+    /// carries no coordinator reason: see `retryable` in the forwarding rules).
     #[error("{}", describe(.0))]
     Refused(#[from] tonic::Status),
     /// The coordinator stayed unreachable past the client's patience.
@@ -68,7 +68,7 @@ fn with_sources(
 /// One readable line for a status: the coordinator's refusal with its code and reason, or,
 /// for a status the coordinator did not write, what went wrong on the way.
 fn describe(status: &tonic::Status) -> String {
-    match crate::forward::reason(status) {
+    match reason(status) {
         Some(reason) => format!(
             "coordinator refused ({reason}): {}: {}",
             status.code(),
@@ -79,6 +79,14 @@ fn describe(status: &tonic::Status) -> String {
             std::error::Error::source(status),
         ),
     }
+}
+
+/// The coordinator's reason for a refusal, if the coordinator wrote the status.
+pub fn reason(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(shoal_proto::REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Result alias for the client.

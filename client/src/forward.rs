@@ -7,6 +7,8 @@
 //! already delivered, not selected) it is dropped and the client goes on with the next task.
 //! The decision is a pure function of the push result, so it is tested without a network.
 
+pub use crate::error::reason;
+
 use crate::error::ClientError;
 use crate::work::LocalUpdate;
 use shoal_proto::v1::Fence;
@@ -84,14 +86,6 @@ pub fn retryable(err: &ClientError) -> bool {
         },
         _ => false,
     }
-}
-
-/// The coordinator's reason for a refusal, if the coordinator wrote the status.
-pub fn reason(status: &tonic::Status) -> Option<&str> {
-    status
-        .metadata()
-        .get(shoal_proto::REASON_HEADER)
-        .and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! for models of 10k, 1M and 10M parameters (in a temporary directory on the local disk).
 //! `cargo run --release -p shoal-coordinator --example checkpoint_cost`
 
-use shoal_coordinator::checkpoint::{Checkpoint, CheckpointStore};
-use shoal_coordinator::results::ClientUpdate;
-use shoal_coordinator::round_log::{LogRecord, RoundLog, RoundOpened};
+use shoal_coordinator::store::checkpoint::{Checkpoint, CheckpointStore};
+use shoal_coordinator::store::round_log::{LogRecord, RoundLog, RoundOpened};
+use shoal_coordinator::strategy::results::ClientUpdate;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,11 +5,52 @@
 //! may send) live in [`crate::Limits`] instead: they change a result only by refusing or
 //! clipping something an honest client sent.
 
-pub use crate::norm::NormPolicy;
-pub use crate::pacing::PullRate;
+pub use crate::aggregate::norm::NormPolicy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+/// The server's optimiser; its state is part of the strategy state (and of checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ServerOptimizer {
+    /// SGD with optional heavy-ball momentum: v ← μv + g; p ← p − ηv.
+    Sgd {
+        /// Server learning rate η.
+        lr: f64,
+        /// Momentum μ (0 for plain gradient descent).
+        momentum: f64,
+    },
+    /// Adam (Kingma & Ba 2015) with bias correction.
+    Adam {
+        /// Step size.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        eps: f64,
+    },
+}
+
+/// How often one client may pull.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PullRate {
+    /// Sustained pulls per second (positive and finite, else the rate is not enforced).
+    pub per_second: f64,
+    /// Pulls allowed back to back before pacing starts.
+    pub burst: u32,
+}
+
+impl PullRate {
+    /// Time between two pulls at the sustained rate; `None` if the rate is not enforceable.
+    pub(crate) fn interval(&self) -> Option<Duration> {
+        (self.per_second.is_finite() && self.per_second > 0.0)
+            .then(|| Duration::try_from_secs_f64(1.0 / self.per_second).ok())
+            .flatten()
+    }
+}
 
 /// Which algorithm the run uses, with its own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +61,7 @@ pub enum StrategyConfig {
     /// Federated gradient averaging with a server optimiser.
     FedSgd {
         /// The server's optimiser.
-        optimizer: crate::strategy::ServerOptimizer,
+        optimizer: ServerOptimizer,
     },
     /// Federated k-means: k-FED seeding, then Lloyd rounds.
     FedKMeans {
@@ -170,7 +211,6 @@ fn unit_open(value: f64) -> bool {
 impl StrategyConfig {
     /// Checks the algorithm's settings against their ranges (see [`RunConfig::validate`]).
     pub fn validate(&self) -> crate::Result<()> {
-        use crate::strategy::ServerOptimizer;
         match self {
             Self::FedAvg => {}
             Self::FedSgd { optimizer } => match *optimizer {
@@ -339,7 +379,6 @@ impl Default for RunConfig {
 #[cfg(test)]
 mod validate_tests {
     use super::*;
-    use crate::strategy::ServerOptimizer;
 
     /// What `shoal run` resolves with no flags.
     fn cli_defaults() -> RunConfig {
@@ -552,10 +591,10 @@ pub struct Limits {
     /// A client silent for longer is not offered work until it pulls again.
     pub liveness: Duration,
     /// How often one client may pull; `None` leaves pulls unpaced. Excess pulls are delayed
-    /// up to a second, then refused with `ResourceExhausted` (see [`crate::pacing`]).
+    /// up to a second, then refused with `ResourceExhausted` (see [`crate::engine::pacing`]).
     pub pull_rate: Option<PullRate>,
     /// Largest L2 norm an update may have: of its delta from the global parameters for Fit
-    /// tasks, of the payload for gradients; k-means is exempt (see [`crate::norm`]).
+    /// tasks, of the payload for gradients; k-means is exempt (see [`crate::aggregate::norm`]).
     /// `None`: unbounded.
     pub max_update_norm: Option<f64>,
     /// What happens to an update over `max_update_norm`: refused, or clipped to the bound.
@@ -672,7 +711,7 @@ impl Default for Limits {
             }),
             // A loose bound that no honest update of the shipped models comes near (on digits,
             // MLP and logreg deltas and FedSGD gradients have norms of 0.2-1.2; `--log
-            // shoal_coordinator::norm=debug` shows them) but that stops an update scaled up to
+            // shoal_coordinator::aggregate::norm=debug` shows them) but that stops an update scaled up to
             // take over the average. A tight bound depends on the model and learning rate: set
             // one (a few times the honest norms) on open deployments.
             max_update_norm: Some(1e4),

@@ -42,7 +42,7 @@ pub enum CoordinatorError {
     /// A payload could not be reassembled.
     #[error("bad payload: {0}")]
     Payload(#[from] ProtoError),
-    /// The client pulls faster than its rate limit allows (see [`crate::pacing`]).
+    /// The client pulls faster than its rate limit allows (see [`crate::engine::pacing`]).
     #[error(
         "client {client:?} pulls too often: the limit is {per_second} pulls per second; \
          retry in {retry_after_ms} ms"
@@ -109,7 +109,56 @@ pub enum CoordinatorError {
     ShuttingDown,
     /// The request's credentials do not prove the client id it claims.
     #[error("{0}")]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] AuthError),
+}
+
+/// Why a request's credentials were refused (see [`crate::net::auth`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthError {
+    /// Mutual TLS is required and the connection presented no client certificate.
+    #[error("no client certificate: this coordinator requires mutual TLS")]
+    NoCertificate,
+    /// The client certificate does not chain to the CA, or is not valid now.
+    #[error("{0}")]
+    UntrustedCertificate(String),
+    /// The client certificate chains to the CA but names no usable client id.
+    #[error("{0}")]
+    CertificateId(String),
+    /// The certificate is another client's.
+    #[error("client certificate is for {certified:?}, but the request claims {claimed:?}")]
+    CertificateMismatch {
+        /// The id in the certificate.
+        certified: String,
+        /// The id the request claims.
+        claimed: String,
+    },
+    /// Tokens are required and the request carried none.
+    #[error("missing bearer token: send `authorization: Bearer TOKEN`")]
+    NoToken,
+    /// The authorization header is not `Bearer TOKEN`.
+    #[error("malformed authorization header: expected `Bearer TOKEN`")]
+    MalformedToken,
+    /// The token is in no client's entry.
+    #[error("bearer token not recognised")]
+    UnknownToken,
+    /// The token is another client's.
+    #[error("bearer token is for {owner:?}, but the request claims {claimed:?}")]
+    TokenMismatch {
+        /// The client the token belongs to.
+        owner: String,
+        /// The id the request claims.
+        claimed: String,
+    },
+}
+
+impl AuthError {
+    /// True when the caller is authenticated, but as someone else than it claims.
+    pub fn is_impersonation(&self) -> bool {
+        matches!(
+            self,
+            Self::CertificateMismatch { .. } | Self::TokenMismatch { .. }
+        )
+    }
 }
 
 /// Result alias for the coordinator.
@@ -158,7 +207,7 @@ impl From<CoordinatorError> for tonic::Status {
 
 impl CoordinatorError {
     /// A short, stable key for the kind of refusal, used to count refusals by reason (see
-    /// [`crate::refusals`]); coordinator-side failures all count as "internal".
+    /// [`crate::engine::refusals`]); coordinator-side failures all count as "internal".
     pub fn reason(&self) -> &'static str {
         use AggregateError as A;
         use CoordinatorError as E;

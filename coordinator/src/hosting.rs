@@ -3,11 +3,12 @@
 //! and the benchmarks all start runs through [`Coordinator::host`], so the order start → serve
 //! → run → drain → stop is written once.
 
-use crate::driver::{Resume, RunOutcome};
 use crate::engine::Coordinator;
+use crate::engine::driver::RunOutcome;
 use crate::error::{CoordinatorError, Result};
-use crate::metrics::RoundRecord;
-use crate::server::{Security, serve_with};
+use crate::net::server::{Security, serve_with};
+use crate::store::metrics::RoundRecord;
+use crate::store::recovery::Resume;
 use crate::strategy::Strategy;
 use shoal_datasets::Dataset;
 use std::future::Future;

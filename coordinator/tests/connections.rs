@@ -9,7 +9,7 @@ mod common;
 
 use futures::StreamExt;
 use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
-use shoal_coordinator::certs::{DevCa, Validity};
+use shoal_coordinator::net::certs::{DevCa, Validity};
 use shoal_coordinator::{Coordinator, Limits, RunConfig, Security};
 use shoal_proto::v1::{JoinRequest, UpdatePart, update_part::Part};
 use std::time::{Duration, Instant};

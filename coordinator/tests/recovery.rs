@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fetch, header, join, push, raw, task};
-use shoal_coordinator::checkpoint::CheckpointStore;
+use shoal_coordinator::store::checkpoint::CheckpointStore;
 use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, recover, strategy};
 use std::sync::Arc;
 use tokio::net::TcpListener;

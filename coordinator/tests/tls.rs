@@ -7,12 +7,12 @@ mod common;
 
 use shoal_client::connection::{BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client};
 use shoal_client::{Credentials, FleetConfig, run_fleet};
-use shoal_coordinator::auth::TokenTable;
-use shoal_coordinator::certs::bundle::{
+use shoal_coordinator::net::auth::TokenTable;
+use shoal_coordinator::net::certs::bundle::{
     BundleSpec, CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, TOKEN_DIGESTS, TOKENS, client_cert_file,
     client_key_file, parse_token_list, write_bundle,
 };
-use shoal_coordinator::certs::{CertifiedPem, DevCa, Validity, self_signed_client};
+use shoal_coordinator::net::certs::{CertifiedPem, DevCa, Validity, self_signed_client};
 use shoal_coordinator::{Limits, Security};
 use shoal_datasets::Partition;
 use shoal_proto::v1::{

@@ -4,10 +4,10 @@
 //! Run from `fuzz/`: `cargo +nightly run --example seeds` (then `cargo +nightly fuzz cmin`).
 //! The input layouts (mode bytes and so on) are described in each target's `//!` header.
 
-use shoal_coordinator::checkpoint::{self, Checkpoint};
-use shoal_coordinator::metrics::RoundRecord;
-use shoal_coordinator::results::ClientUpdate;
-use shoal_coordinator::round_log::{LogRecord, RoundLog, RoundOpened};
+use shoal_coordinator::store::checkpoint::{self, Checkpoint};
+use shoal_coordinator::store::metrics::RoundRecord;
+use shoal_coordinator::strategy::results::ClientUpdate;
+use shoal_coordinator::store::round_log::{LogRecord, RoundLog, RoundOpened};
 use shoal_coordinator::strategy::{self, ServerOptimizer};
 use shoal_coordinator::{RunConfig, StrategyConfig};
 use shoal_models::{ModelKind, ModelSpec};

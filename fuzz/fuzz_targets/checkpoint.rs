@@ -17,8 +17,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use shoal_coordinator::checkpoint::{self, FORMAT_VERSION};
-use shoal_coordinator::round_log::RoundLog;
+use shoal_coordinator::store::checkpoint::{self, FORMAT_VERSION};
+use shoal_coordinator::store::round_log::RoundLog;
 use shoal_coordinator::strategy::{self, ServerOptimizer, Strategy};
 use shoal_coordinator::{RunConfig, StrategyConfig};
 use shoal_models::{ModelKind, ModelSpec};

@@ -51,8 +51,8 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Distribution, TensorData};
 
-    use crate::net::training_device;
-    use crate::params::tensor_values;
+    use crate::device::tensor_values;
+    use crate::device::training_device;
 
     fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
         let (a, b) = (tensor_values(a).unwrap(), tensor_values(b).unwrap());

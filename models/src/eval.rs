@@ -4,10 +4,12 @@ use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 
 use crate::batch::{Batch, check_data};
+use crate::device::inference_device;
+use crate::device::tensor_values;
 use crate::error::{ModelError, Result};
 use crate::loss::Tally;
-use crate::net::{Net, inference_device};
-use crate::params::{build_loaded, tensor_values};
+use crate::net::Net;
+use crate::params::build_loaded;
 use crate::spec::ModelSpec;
 
 /// Loss and accuracy of a model on a dataset.

@@ -9,10 +9,12 @@ use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
 use crate::batch::{Batch, check_data};
+use crate::device::tensor_values;
+use crate::device::training_device;
 use crate::error::{ModelError, Result};
 use crate::loss::{Tally, cross_entropy_backward};
-use crate::net::{Net, training_device};
-use crate::params::{build_loaded, tensor_values};
+use crate::net::Net;
+use crate::params::build_loaded;
 use crate::spec::ModelSpec;
 
 /// What a gradient computation looked at.

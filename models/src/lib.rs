@@ -15,6 +15,7 @@
 
 mod batch;
 mod conv;
+mod device;
 mod error;
 mod eval;
 mod grad;

@@ -10,8 +10,8 @@
 
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
+use crate::device::tensor_values;
 use crate::error::Result;
-use crate::params::tensor_values;
 
 /// Running totals of cross-entropy and correct predictions.
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,7 +108,7 @@ mod tests {
     use burn::tensor::activation::log_softmax;
 
     use crate::batch::Batch;
-    use crate::net::training_device;
+    use crate::device::training_device;
     use crate::params::{build_loaded, init_params};
     use crate::test_util::{digits_head, mlp_spec};
 

@@ -9,8 +9,9 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::device::inference_device;
 use crate::error::{ModelError, Result};
-use crate::net::{Net, inference_device};
+use crate::net::Net;
 use crate::spec::ModelSpec;
 
 /// One parameter tensor's place in the flat vector.

@@ -1,4 +1,4 @@
-//! The burn modules behind each [`ModelKind`], and the CPU devices they run on.
+//! The burn modules behind each [`ModelKind`].
 //!
 //! Models are built with an all-zero initializer and a lazy parameter state: the real values
 //! always come from a flat parameter vector (see [`crate::params`]), so building a model for a
@@ -14,18 +14,6 @@ use burn::tensor::{Device, Tensor};
 use crate::conv::conv2d_same;
 use crate::error::Result;
 use crate::spec::{CNN_IMAGE_SIDE, ModelKind, ModelSpec};
-
-/// The plain CPU device (ndarray backend, no autodiff), used for evaluation.
-pub(crate) fn inference_device() -> Device {
-    // burn 0.22 deprecates the ndarray backend in favour of flex; the workspace pins ndarray.
-    #[allow(deprecated)]
-    Device::ndarray()
-}
-
-/// The CPU device with autodiff enabled, used for training and gradients.
-pub(crate) fn training_device() -> Device {
-    inference_device().autodiff()
-}
 
 /// A classifier of any supported kind.
 ///

@@ -8,10 +8,10 @@ use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
 use crate::batch::{Batch, check_data};
+use crate::device::training_device;
 use crate::error::{ModelError, Result};
 use crate::eval::evaluate;
 use crate::loss::{Tally, cross_entropy_backward};
-use crate::net::training_device;
 use crate::params::{build_loaded, flatten};
 use crate::sgd::sgd_step;
 use crate::spec::ModelSpec;
@@ -144,7 +144,9 @@ mod tests {
     use super::*;
     use crate::params::init_params;
     use crate::spec::ModelKind;
-    use crate::test_util::{digits_head, digits_spec, digits_split, mlp_spec};
+    use crate::test_util::{
+        cnn_spec, digits_head, digits_spec, digits_split, mlp_spec, tiny_images,
+    };
 
     fn cfg(epochs: usize) -> TrainConfig {
         TrainConfig {
@@ -318,5 +320,38 @@ mod tests {
         let wild = TrainConfig { lr: 1e30, ..cfg(3) };
         let err = train_local(&spec, &params, &data, &wild).unwrap_err();
         assert!(matches!(err, ModelError::Diverged { .. }), "{err}");
+    }
+
+    #[test]
+    fn loaded_models_stay_trainable() {
+        let cfg = TrainConfig {
+            epochs: 1,
+            batch_size: 4,
+            lr: 0.05,
+            seed: 1,
+        };
+        let digits = digits_head(64);
+        let images = tiny_images(8);
+        for (spec, data) in [
+            (digits_spec(ModelKind::LogReg), &digits),
+            (mlp_spec(), &digits),
+            (cnn_spec(), &images),
+        ] {
+            let params = init_params(&spec, 9).unwrap();
+            let (trained, report) = train_local(&spec, &params, data, &cfg).unwrap();
+            assert_eq!(trained.len(), params.len());
+            assert!(report.loss.is_finite());
+            // Every parameter tensor received an update.
+            for entry in spec.manifest().unwrap().entries {
+                let range = entry.offset..entry.offset + entry.len;
+                assert_ne!(
+                    &trained[range.clone()],
+                    &params[range],
+                    "{} {}",
+                    spec.kind,
+                    entry.name
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 use crate::data::client_id;
 use anyhow::{Result, bail};
 use clap::Args;
-use shoal_coordinator::certs::bundle::{
+use shoal_coordinator::net::certs::bundle::{
     BundleSpec, CA_CERT, SERVER_CERT, SERVER_KEY, TOKEN_DIGESTS, TOKENS, write_bundle,
 };
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use shoal_coordinator::CheckpointStore;
-use shoal_coordinator::round_log::RoundLog;
+use shoal_coordinator::store::round_log::RoundLog;
 use std::path::PathBuf;
 
 /// Options of `shoal checkpoint`.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
 use shoal_client::{ClientOptions, EdgeClient, cache::GlobalCache};
-use shoal_coordinator::certs::bundle::parse_token_list;
+use shoal_coordinator::net::certs::bundle::parse_token_list;
 use shoal_datasets::{Dataset, DatasetSource};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_coordinator::Security;
-use shoal_coordinator::auth::TokenTable;
+use shoal_coordinator::net::auth::TokenTable;
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 

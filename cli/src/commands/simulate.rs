@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use shoal_client::faults::DEFAULT_CRASH_DOWNTIME;
 use shoal_client::{Credentials, Faults, FleetConfig, run_fleet};
-use shoal_coordinator::certs::bundle::{CA_CERT, client_cert_file, client_key_file};
+use shoal_coordinator::net::certs::bundle::{CA_CERT, client_cert_file, client_key_file};
 use std::path::PathBuf;
 use std::time::Duration;
 

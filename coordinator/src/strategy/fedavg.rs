@@ -8,7 +8,7 @@ use super::{
     FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
 };
 use crate::error::{CoordinatorError, Result};
-use crate::results::RoundResults;
+use crate::strategy::results::RoundResults;
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 use shoal_proto::v1::TaskKind;

@@ -13,7 +13,7 @@
 
 use super::{FoldMode, Metrics, Strategy, TaskPlan, from_bytes, to_bytes};
 use crate::error::{CoordinatorError, Result};
-use crate::results::RoundResults;
+use crate::strategy::results::RoundResults;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::derive_seed;
@@ -258,7 +258,7 @@ impl Strategy for FedKMeans {
 #[cfg(test)]
 mod tests {
     use super::{FedKMeans, Strategy, lloyd, lloyd_stats, next_centroids};
-    use crate::results::{ClientUpdate, RoundAccumulator};
+    use crate::strategy::results::{ClientUpdate, RoundAccumulator};
     use proptest::prelude::*;
     use shoal_datasets::Dataset;
     use shoal_datasets::{BlobsConfig, blobs};

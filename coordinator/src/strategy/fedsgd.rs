@@ -9,36 +9,13 @@
 use super::{
     FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
 };
+use crate::config::ServerOptimizer;
 use crate::error::{CoordinatorError, Result};
-use crate::results::RoundResults;
+use crate::strategy::results::RoundResults;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 use shoal_proto::v1::TaskKind;
-
-/// The server's optimiser; its state is part of the strategy state (and of checkpoints).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ServerOptimizer {
-    /// SGD with optional heavy-ball momentum: v ← μv + g; p ← p − ηv.
-    Sgd {
-        /// Server learning rate η.
-        lr: f64,
-        /// Momentum μ (0 for plain gradient descent).
-        momentum: f64,
-    },
-    /// Adam (Kingma & Ba 2015) with bias correction.
-    Adam {
-        /// Step size.
-        lr: f64,
-        /// First-moment decay.
-        beta1: f64,
-        /// Second-moment decay.
-        beta2: f64,
-        /// Denominator guard.
-        eps: f64,
-    },
-}
 
 /// Optimiser state that must survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -6,49 +6,26 @@
 //! state: it hands out [`Strategy::global`], folds updates as [`Strategy::plan`] says, and calls
 //! [`Strategy::aggregate`] once per closed round with every outcome, failures included.
 
+mod build;
 mod fedavg;
 mod fedkmeans;
 mod fedsgd;
+mod plan;
+pub mod results;
 
+pub use build::build;
 pub use fedavg::FedAvg;
 pub use fedkmeans::{FedKMeans, next_centroids};
-pub use fedsgd::{FedSgd, ServerOptimizer};
+pub use fedsgd::FedSgd;
+pub use plan::{FoldMode, TaskPlan};
 
-use crate::config::{RunConfig, StrategyConfig};
+pub use crate::config::ServerOptimizer;
+
 use crate::error::Result;
-use crate::results::RoundResults;
+use crate::strategy::results::RoundResults;
 use shoal_datasets::Dataset;
 use shoal_models::ModelSpec;
-use shoal_proto::v1::TaskKind;
 use std::collections::BTreeMap;
-
-/// How the engine combines the updates of one round before the strategy sees them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FoldMode {
-    /// Fold `weight · payload` into an exact sum as updates arrive: memory O(model), any number
-    /// of clients (FedAvg, FedSGD).
-    WeightedSum,
-    /// Fold the payloads unweighted into an exact sum (k-means per-centroid sums).
-    Sum,
-    /// Keep every update (small payloads only, e.g. k-FED's local centres).
-    Collect,
-}
-
-/// What one round asks of every selected client.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskPlan {
-    /// The kind of work.
-    pub kind: TaskKind,
-    /// f32 values each update must carry.
-    pub update_len: usize,
-    /// Integers each update header must carry.
-    pub counts_len: usize,
-    /// How updates are combined.
-    pub fold: FoldMode,
-    /// Ranges of the counts that must each sum to the update's weight (e.g. k-means cluster
-    /// sizes add up to the client's examples), checked before anything is folded.
-    pub counts_sum_to_weight: Vec<std::ops::Range<usize>>,
-}
 
 /// Evaluation of a global state on held-out data; keys like "loss", "accuracy", "inertia".
 pub type Metrics = BTreeMap<String, f64>;
@@ -81,24 +58,6 @@ pub trait Strategy: Send + Sync {
 
     /// Restores a [`Strategy::snapshot`].
     fn restore(&mut self, bytes: &[u8]) -> Result<()>;
-}
-
-/// Builds the strategy a run asks for, with its initial global state.
-pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> {
-    Ok(match &config.strategy {
-        StrategyConfig::FedAvg => Box::new(FedAvg::new(spec.clone(), config.seed)?),
-        StrategyConfig::FedSgd { optimizer } => {
-            Box::new(FedSgd::new(spec.clone(), config.seed, optimizer.clone())?)
-        }
-        StrategyConfig::FedKMeans { k, local_k, tol } => Box::new(FedKMeans::new(
-            spec.num_features,
-            spec.num_classes,
-            *k,
-            *local_k,
-            *tol,
-            config.seed,
-        )?),
-    })
 }
 
 /// Stream tag for model initialisation in the run's RNG tree.

@@ -1,6 +1,6 @@
 //! Counting the requests tonic refuses before any handler runs: a unary message that is not
 //! valid protobuf, or over the message size limit. The handlers never see them, so
-//! [`crate::service`] cannot count them; this wrapper around the generated server reads the
+//! [`crate::net::service`] cannot count them; this wrapper around the generated server reads the
 //! status of each unary response instead. Update streams are counted by the handler itself,
 //! which sees their errors as they arrive.
 

@@ -1,12 +1,12 @@
 //! The gRPC face of the coordinator: thin handlers that authorize, decode, call
-//! [`Coordinator`], and map errors through the one table in [`crate::error`]. Each handler makes
+//! [`Coordinator`], and map errors through the one table in `crate::error`. Each handler makes
 //! one [`FleetService::authorize`] call with the client id its request claims, before anything
 //! reaches the engine.
 
-use crate::auth::AuthPolicy;
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
-use crate::results::ClientUpdate;
+use crate::net::auth::AuthPolicy;
+use crate::strategy::results::ClientUpdate;
 use futures::{Stream, StreamExt};
 use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;

@@ -11,7 +11,7 @@
 //! Log lines about refusals are rate-limited per reason ([`Refusals::may_log`]): one client
 //! with valid credentials must not be able to fill the operator's disk with warnings.
 
-use crate::round::lock;
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

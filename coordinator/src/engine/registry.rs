@@ -2,11 +2,12 @@
 //!
 //! A client's pulls double as its heartbeat; one whose pulls stop for longer than the liveness
 //! window is no longer offered work, but keeps its id and comes back by pulling again. Each
-//! record also paces its client's pulls ([`crate::pacing`]); a reconnect, or leaving and joining
+//! record also paces its client's pulls ([`crate::engine::pacing`]); a reconnect, or leaving and joining
 //! again, keeps the pacing.
 
+use crate::config::PullRate;
+use crate::engine::pacing::PullPacer;
 use crate::error::{CoordinatorError, Result};
-use crate::pacing::{PullPacer, PullRate};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

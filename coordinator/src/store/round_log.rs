@@ -8,7 +8,7 @@
 //! what a crash mid-append leaves — ends the log there.
 
 use crate::error::{CoordinatorError, Result};
-use crate::results::ClientUpdate;
+use crate::strategy::results::ClientUpdate;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
@@ -63,7 +63,7 @@ impl RoundLog {
     pub fn create(dir: &Path, opened: RoundOpened) -> Result<Self> {
         let path = dir.join(FILE_NAME);
         let file = File::create(&path).map_err(|e| io_err(&path, e))?;
-        crate::checkpoint::sync_dir(dir)?;
+        crate::store::checkpoint::sync_dir(dir)?;
         let mut log = Self {
             file,
             path,

@@ -4,7 +4,7 @@
 //! A client proves an identity with a client certificate (mutual TLS: the handshake proves the
 //! client holds the certificate's key, [`ClientCa`] checks here that the certificate chains to
 //! the configured CA and is valid now, and it names the client in a `shoal://client/ID` URI, see
-//! [`crate::certs`]), with a bearer token (`authorization: Bearer TOKEN`, looked up by its
+//! [`crate::net::certs`]), with a bearer token (`authorization: Bearer TOKEN`, looked up by its
 //! SHA-256 in a token table), or both. Every mechanism the coordinator is configured with is
 //! required, and each identity must equal the client id the request claims: nobody acts under
 //! another client's id.
@@ -15,57 +15,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use thiserror::Error;
 use tonic::metadata::MetadataMap;
 
-/// Why a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AuthError {
-    /// Mutual TLS is required and the connection presented no client certificate.
-    #[error("no client certificate: this coordinator requires mutual TLS")]
-    NoCertificate,
-    /// The client certificate does not chain to the CA, or is not valid now.
-    #[error("{0}")]
-    UntrustedCertificate(String),
-    /// The client certificate chains to the CA but names no usable client id.
-    #[error("{0}")]
-    CertificateId(String),
-    /// The certificate is another client's.
-    #[error("client certificate is for {certified:?}, but the request claims {claimed:?}")]
-    CertificateMismatch {
-        /// The id in the certificate.
-        certified: String,
-        /// The id the request claims.
-        claimed: String,
-    },
-    /// Tokens are required and the request carried none.
-    #[error("missing bearer token: send `authorization: Bearer TOKEN`")]
-    NoToken,
-    /// The authorization header is not `Bearer TOKEN`.
-    #[error("malformed authorization header: expected `Bearer TOKEN`")]
-    MalformedToken,
-    /// The token is in no client's entry.
-    #[error("bearer token not recognised")]
-    UnknownToken,
-    /// The token is another client's.
-    #[error("bearer token is for {owner:?}, but the request claims {claimed:?}")]
-    TokenMismatch {
-        /// The client the token belongs to.
-        owner: String,
-        /// The id the request claims.
-        claimed: String,
-    },
-}
-
-impl AuthError {
-    /// True when the caller is authenticated, but as someone else than it claims.
-    pub fn is_impersonation(&self) -> bool {
-        matches!(
-            self,
-            Self::CertificateMismatch { .. } | Self::TokenMismatch { .. }
-        )
-    }
-}
+pub use crate::error::AuthError;
 
 /// The SHA-256 of a token, in lowercase hex: what a token file keeps instead of the token.
 pub fn hash_token(token: &str) -> String {
@@ -96,7 +48,7 @@ impl TokenTable {
             else {
                 return Err(at("expected `CLIENT_ID SHA256HEX`"));
             };
-            crate::registry::check_client_id(id).map_err(|e| at(&e.to_string()))?;
+            crate::engine::registry::check_client_id(id).map_err(|e| at(&e.to_string()))?;
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(digest, &mut bytes)
                 .map_err(|_| at("the digest must be 64 hex digits (a SHA-256)"))?;
@@ -165,19 +117,21 @@ impl std::fmt::Debug for ClientCa {
 impl ClientCa {
     /// Trusts every CA certificate in `pem`.
     pub fn from_pem(pem: &[u8]) -> crate::Result<Self> {
-        let anchors = crate::tls::pem_certs(pem, "client CA")?
+        let anchors = crate::net::tls::pem_certs(pem, "client CA")?
             .iter()
             .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| crate::CoordinatorError::Config(format!("tls: client CA: {e}")))?;
         Ok(Self {
             anchors: Arc::new(anchors),
-            algorithms: crate::tls::provider().signature_verification_algorithms.all,
+            algorithms: crate::net::tls::provider()
+                .signature_verification_algorithms
+                .all,
             verified: Arc::default(),
         })
     }
 
-    /// [`ClientCa::verify`] at the current time, remembering a success for [`VERIFIED_FOR`].
+    /// [`ClientCa::verify`] at the current time, remembering a success for `VERIFIED_FOR`.
     ///
     /// A chain verification costs 53-67 µs (an ECDSA signature and the chain walk, measured on
     /// the project VM), and every request is authorised: with 1,000 clients making three
@@ -192,7 +146,7 @@ impl ClientCa {
             digest.update(cert.as_ref());
         }
         let key: [u8; 32] = digest.finalize().into();
-        if let Some((id, until)) = crate::round::lock(&self.verified).get(&key)
+        if let Some((id, until)) = crate::sync::lock(&self.verified).get(&key)
             && now.as_secs() < *until
         {
             return Ok(id.clone());
@@ -201,7 +155,7 @@ impl ClientCa {
         let until = now.as_secs().saturating_add(VERIFIED_FOR.as_secs());
         let later = UnixTime::since_unix_epoch(Duration::from_secs(until));
         if self.verify(chain, later).is_ok() {
-            let mut verified = crate::round::lock(&self.verified);
+            let mut verified = crate::sync::lock(&self.verified);
             if verified.len() >= VERIFIED_CAP {
                 verified.clear();
             }
@@ -230,7 +184,7 @@ impl ClientCa {
             let self_signed = cert.issuer() == cert.subject();
             AuthError::UntrustedCertificate(untrusted_reason(&e, self_signed))
         })?;
-        crate::certs::client_id_of(leaf).map_err(AuthError::CertificateId)
+        crate::net::certs::client_id_of(leaf).map_err(AuthError::CertificateId)
     }
 }
 
@@ -381,7 +335,7 @@ mod tests {
 
     #[test]
     fn mutual_tls_needs_a_certificate() {
-        let ca = crate::certs::DevCa::generate(crate::certs::Validity::days(1)).unwrap();
+        let ca = crate::net::certs::DevCa::generate(crate::net::certs::Validity::days(1)).unwrap();
         let p = AuthPolicy {
             client_ca: Some(ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap()),
             tokens: None,
@@ -403,24 +357,24 @@ mod tests {
 
     /// The first certificate of a PEM text.
     fn der(pem: &str) -> CertificateDer<'static> {
-        crate::tls::pem_certs(pem.as_bytes(), "test")
+        crate::net::tls::pem_certs(pem.as_bytes(), "test")
             .unwrap()
             .remove(0)
     }
 
     /// A development CA, and the trust in it a coordinator configured with it has.
-    fn ca_and_trust() -> (crate::certs::DevCa, ClientCa) {
-        let ca = crate::certs::DevCa::generate(crate::certs::Validity::days(1)).unwrap();
+    fn ca_and_trust() -> (crate::net::certs::DevCa, ClientCa) {
+        let ca = crate::net::certs::DevCa::generate(crate::net::certs::Validity::days(1)).unwrap();
         let trust = ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap();
         (ca, trust)
     }
 
     #[test]
     fn verified_chains_are_remembered_only_while_they_stay_valid() {
-        use crate::certs::{DevCa, Validity};
+        use crate::net::certs::{DevCa, Validity};
         use std::time::{Duration, SystemTime};
         let (ca, trust) = ca_and_trust();
-        let remembered = || crate::round::lock(&trust.verified).len();
+        let remembered = || crate::sync::lock(&trust.verified).len();
 
         let good = der(&ca.client("client-a", Validity::days(1)).unwrap().cert);
         for _ in 0..3 {
@@ -456,7 +410,7 @@ mod tests {
 
     #[test]
     fn client_certificates_must_chain_to_the_ca_and_be_current() {
-        use crate::certs::{DevCa, Validity, self_signed_client};
+        use crate::net::certs::{DevCa, Validity, self_signed_client};
         use std::time::Duration;
         let (ca, trust) = ca_and_trust();
         let now = UnixTime::now();

@@ -12,8 +12,8 @@
 //! CA; existing tokens are kept. Keys and `tokens.txt` are written readable by the owner only.
 
 use super::{CertifiedPem, DevCa, Validity, cert_error};
-use crate::auth::hash_token;
 use crate::error::Result;
+use crate::net::auth::hash_token;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -71,7 +71,7 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec) -> Result<Bundle> {
         ));
     }
     for id in &spec.clients {
-        crate::registry::check_client_id(id)?;
+        crate::engine::registry::check_client_id(id)?;
         if id.contains(['/', '\\']) {
             return Err(cert_error(format!(
                 "client id {id:?} cannot name a file: no / or \\"
@@ -196,7 +196,7 @@ fn io_error(path: &Path, err: std::io::Error) -> crate::error::CoordinatorError 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::auth::TokenTable;
+    use crate::net::auth::TokenTable;
 
     fn spec(clients: &[&str], tokens: bool) -> BundleSpec {
         BundleSpec {

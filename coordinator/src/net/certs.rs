@@ -211,7 +211,7 @@ impl DevCa {
 }
 
 fn client_params(client_id: &str) -> Result<CertificateParams> {
-    crate::registry::check_client_id(client_id)?;
+    crate::engine::registry::check_client_id(client_id)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
     params
         .distinguished_name

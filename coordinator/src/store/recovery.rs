@@ -2,11 +2,11 @@
 //! and the completed rounds; the round log, if it belongs to the next round, replays the
 //! updates that round had already accepted.
 
-use crate::checkpoint::CheckpointStore;
 use crate::config::RunConfig;
-use crate::driver::Resume;
 use crate::error::{CoordinatorError, Result};
-use crate::round_log::RoundLog;
+use crate::store::checkpoint::CheckpointStore;
+use crate::store::metrics::RoundRecord;
+use crate::store::round_log::{LoggedRound, RoundLog};
 use crate::strategy::Strategy;
 use tracing::{info, warn};
 
@@ -70,4 +70,15 @@ pub fn recover(
         None => {}
     }
     Ok(resume)
+}
+
+/// Where a run starts: round 1 from scratch, or later from a checkpoint.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Rounds already completed.
+    pub completed: u32,
+    /// Their records.
+    pub records: Vec<RoundRecord>,
+    /// Updates the next round had accepted before a crash.
+    pub replay: Option<LoggedRound>,
 }

@@ -4,16 +4,18 @@
 //! A round that closes below quorum is retried with a fresh selection; after `max_retries`
 //! failed attempts the run stops with a clear error rather than waiting forever.
 
-use crate::checkpoint::Checkpoint;
+use crate::engine::registry::name_some;
+use crate::engine::round::{OpenRound, RoundSink, SharedAccumulator, close, fold};
+use crate::engine::selection::{round_size, select};
 use crate::engine::{Coordinator, Phase};
 use crate::error::{CoordinatorError, Result};
-use crate::metrics::{RoundRecord, RunSummary, sha256_f32};
-use crate::registry::name_some;
-use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
-use crate::round::{OpenRound, RoundSink, SharedAccumulator, close, fold, lock};
-use crate::round_log::{LoggedRound, RoundLog, RoundOpened};
-use crate::selection::{round_size, select};
+use crate::store::checkpoint::Checkpoint;
+use crate::store::metrics::{RoundRecord, RunSummary, sha256_f32};
+use crate::store::recovery::Resume;
+use crate::store::round_log::{LoggedRound, RoundLog, RoundOpened};
+use crate::strategy::results::{ClientUpdate, RoundAccumulator, RoundResults};
 use crate::strategy::{Metrics, Strategy, TaskPlan};
+use crate::sync::lock;
 use shoal_datasets::Dataset;
 use shoal_proto::v1::{FitConfig, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task};
 use std::future::Future;
@@ -31,17 +33,6 @@ pub struct RunOutcome {
     pub records: Vec<RoundRecord>,
     /// The final global state.
     pub global: Vec<f32>,
-}
-
-/// Where a run starts: round 1 from scratch, or later from a checkpoint.
-#[derive(Debug, Default)]
-pub struct Resume {
-    /// Rounds already completed.
-    pub completed: u32,
-    /// Their records.
-    pub records: Vec<RoundRecord>,
-    /// Updates the next round had accepted before a crash.
-    pub replay: Option<LoggedRound>,
 }
 
 /// How often a long wait says at info level what it is waiting for.

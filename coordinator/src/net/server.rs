@@ -1,13 +1,13 @@
 //! Serving the fleet protocol on a listener until a shutdown future resolves, in plaintext, over
-//! TLS, or over mutual TLS ([`crate::tls`]), with the client authentication of [`crate::auth`].
+//! TLS, or over mutual TLS (`tls`), with the client authentication of [`crate::net::auth`].
 
-use crate::admission::{Admission, Gate};
-use crate::auth::{AuthPolicy, ClientCa, TokenTable};
 use crate::engine::Coordinator;
 use crate::error::{CoordinatorError, Result};
-use crate::listener::Connections;
-use crate::service::FleetService;
-use crate::tls::ServerKeys;
+use crate::net::admission::{Admission, Gate};
+use crate::net::auth::{AuthPolicy, ClientCa, TokenTable};
+use crate::net::listener::Connections;
+use crate::net::service::FleetService;
+use crate::net::tls::ServerKeys;
 use shoal_proto::v1::fleet_server::FleetServer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -159,7 +159,7 @@ pub async fn serve_with(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let service = crate::undecodable::CountUndecodable::new(service, coordinator.clone());
+    let service = crate::net::undecodable::CountUndecodable::new(service, coordinator.clone());
     let connections = Connections::new(limits, coordinator.clone());
     let gate = Gate::new(coordinator.clone(), connections.clone(), &policy);
     let service = Admission::new(service, gate);
@@ -172,17 +172,17 @@ pub async fn serve_with(
         .max_frame_size(Some(MAX_FRAME))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST))
         .add_service(service);
-    let accepted = crate::listener::accept(listener, connections);
+    let accepted = crate::net::listener::accept(listener, connections);
     let served = match &security.keys {
         Some(keys) => {
             let config = keys.config(security.client_ca.is_some())?;
-            let incoming = crate::tls::incoming(accepted, config);
+            let incoming = crate::net::tls::incoming(accepted, config);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
         None => {
-            let incoming = crate::listener::upgrade(accepted, |stream| async { Some(stream) });
+            let incoming = crate::net::listener::upgrade(accepted, |stream| async { Some(stream) });
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -214,7 +214,7 @@ fn keepalive_interval(idle_timeout: Duration) -> Duration {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::certs::{DevCa, Validity};
+    use crate::net::certs::{DevCa, Validity};
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -11,29 +11,11 @@
 //! slowed to the rate and never refused; a client firing many pulls at once gets its burst
 //! served, about a second's worth queued, and everything else refused in microseconds.
 
-use serde::{Deserialize, Serialize};
+use crate::config::PullRate;
 use std::time::{Duration, Instant};
 
 /// Longest a pull over the rate is held before it is served; beyond this it is refused.
 pub const MAX_PULL_DELAY: Duration = Duration::from_secs(1);
-
-/// How often one client may pull.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PullRate {
-    /// Sustained pulls per second (positive and finite, else the rate is not enforced).
-    pub per_second: f64,
-    /// Pulls allowed back to back before pacing starts.
-    pub burst: u32,
-}
-
-impl PullRate {
-    /// Time between two pulls at the sustained rate; `None` if the rate is not enforceable.
-    fn interval(&self) -> Option<Duration> {
-        (self.per_second.is_finite() && self.per_second > 0.0)
-            .then(|| Duration::try_from_secs_f64(1.0 / self.per_second).ok())
-            .flatten()
-    }
-}
 
 /// One client's pacing state: the theoretical time its next pull is due.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

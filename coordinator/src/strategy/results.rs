@@ -1,7 +1,7 @@
 //! Collecting one round's updates: what the engine hands a strategy when the round closes.
 
+use super::plan::{FoldMode, TaskPlan};
 use crate::aggregate::{AggregateError, ExactSum, validate};
-use crate::strategy::{FoldMode, TaskPlan};
 use std::collections::BTreeMap;
 
 /// One client's contribution to a round, after transport decoding.

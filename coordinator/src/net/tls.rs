@@ -1,18 +1,18 @@
-//! The TLS plumbing under [`crate::server`]: the rustls server configuration, and the
-//! handshakes on the connections [`crate::listener`] accepts, each on its own task so a slow or
+//! The TLS plumbing under [`crate::net::server`]: the rustls server configuration, and the
+//! handshakes on the connections [`crate::net::listener`] accepts, each on its own task so a slow or
 //! hostile peer never holds up the others.
 //!
 //! Under mutual TLS the handshake asks every client for a certificate and checks that the
 //! client holds its private key (the CertificateVerify signature), but leaves the question
-//! "does this certificate chain to our CA, and is it valid today?" to [`crate::auth`], which
+//! "does this certificate chain to our CA, and is it valid today?" to [`crate::net::auth`], which
 //! asks it on every request. A refused certificate then gets an `Unauthenticated` status that
 //! says why (expired, unknown CA, self-signed), instead of a TLS alert that races the client's
 //! first request and reaches it, if at all, as "transport error". No request is served without
 //! that check: the service authorizes each one before it reaches the engine (a chain that
-//! verified stays trusted for a minute, see [`crate::auth::ClientCa::verify_now`]).
+//! verified stays trusted for a minute, see [`crate::net::auth::ClientCa::verify_now`]).
 
 use crate::error::{CoordinatorError, Result};
-use crate::listener::Guarded;
+use crate::net::listener::Guarded;
 use futures::Stream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -92,7 +92,7 @@ impl ServerKeys {
 
 /// Asks for a client certificate, accepts a connection without one, and checks only the
 /// handshake signature: proof that the client holds the certificate's key. The chain is
-/// checked per request ([`crate::auth::ClientCa`]).
+/// checked per request ([`crate::net::auth::ClientCa`]).
 #[derive(Debug)]
 struct KeyHolderVerifier {
     algorithms: WebPkiSupportedAlgorithms,
@@ -140,7 +140,7 @@ impl ClientCertVerifier for KeyHolderVerifier {
 }
 
 /// Runs a TLS handshake with `config` on each connection `accepted` yields once it has sent
-/// its first bytes, each on its own task (see [`crate::listener::upgrade`]), and yields those
+/// its first bytes, each on its own task (see [`crate::net::listener::upgrade`]), and yields those
 /// that complete. A handshake has the connection's first-bytes deadline to finish
 /// ([`Guarded`] fails the connection when it passes, counting it as silent), and the
 /// connection cap bounds how many run at once.
@@ -149,7 +149,7 @@ pub(crate) fn incoming(
     config: Arc<ServerConfig>,
 ) -> impl Stream<Item = std::io::Result<TlsStream<Guarded<TcpStream>>>> {
     let acceptor = TlsAcceptor::from(config);
-    crate::listener::upgrade(accepted, move |stream| {
+    crate::net::listener::upgrade(accepted, move |stream| {
         let acceptor = acceptor.clone();
         async move {
             let peer = stream.peer();

@@ -10,7 +10,7 @@
 
 use crate::config::RunConfig;
 use crate::error::{CoordinatorError, Result};
-use crate::metrics::RoundRecord;
+use crate::store::metrics::RoundRecord;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};

@@ -29,19 +29,19 @@
 //!   `Limits::idle_timeout` without sending a byte later (`connection_idle`). The server pings
 //!   every peer at a third of the idle timeout (at most every 20 s), so a live peer always has
 //!   something to send. Under mutual TLS, a connection whose client certificate was refused
-//!   (see [`crate::admission`]) is closed [`REFUSED_LINGER`] later, once the refusal had time
+//!   (see [`crate::net::admission`]) is closed [`REFUSED_LINGER`] later, once the refusal had time
 //!   to reach the client (`connection_unauthenticated`).
 //!
 //! # Memory a peer can hold
 //!
-//! A peer that has not authenticated gets no request past [`crate::admission`]: each of its
+//! A peer that has not authenticated gets no request past [`crate::net::admission`]: each of its
 //! streams is answered at once, before its body is read, so it holds no message buffer. What
 //! it can hold is the state of its connections, and only as many as the cap allows, each for
 //! at most the first-bytes deadline if it sends nothing, the idle timeout if it stops, and one
 //! second after a refused certificate. A connection that never sends a byte holds its socket,
 //! a table entry, a parked task and a timer: about 2 KB of the process's memory (5,000 of them
 //! measured at +9 MB resident), besides the kernel's socket buffers. Once it speaks, per
-//! connection (hyper's and h2's defaults, set explicitly in [`crate::server`]): a read buffer of at most one frame (16 KiB frames), the
+//! connection (hyper's and h2's defaults, set explicitly in [`crate::net::server`]): a read buffer of at most one frame (16 KiB frames), the
 //! HPACK table (4 KiB), one header block being decoded (at most 16 KiB, the header list limit),
 //! the rustls record buffers under TLS (about 34 KiB), and per open stream a few hundred bytes
 //! of h2 state plus the refusal waiting to be sent. With the defaults, 10,000 connections ×
@@ -51,9 +51,9 @@
 //! clients may also fill a message buffer per open stream (up to `max_chunk_bytes` + 64 KiB),
 //! bounded in total by `Limits::max_streams`.
 
-use crate::auth::AuthError;
 use crate::config::Limits;
 use crate::engine::Coordinator;
+use crate::net::auth::AuthError;
 use futures::Stream;
 use futures::task::AtomicWaker;
 use std::collections::HashMap;
@@ -155,7 +155,7 @@ impl Conn {
 }
 
 /// The open connections and their cap, shared by the accept loop, the streams and
-/// [`crate::admission`].
+/// [`crate::net::admission`].
 #[derive(Debug, Clone)]
 pub(crate) struct Connections {
     table: Arc<Table>,
@@ -207,12 +207,12 @@ impl Connections {
     /// Connections open now (shed ones included until they close).
     #[cfg(test)]
     fn len(&self) -> usize {
-        crate::round::lock(&self.table.open).conns.len()
+        crate::sync::lock(&self.table.open).conns.len()
     }
 
     /// The open connection a request arrived on, from the addresses tonic attached to it.
     pub(crate) fn find(&self, local: SocketAddr, remote: SocketAddr) -> Option<Arc<Conn>> {
-        crate::round::lock(&self.table.open)
+        crate::sync::lock(&self.table.open)
             .conns
             .get(&(local, remote))
             .cloned()
@@ -242,7 +242,7 @@ impl Connections {
             waker: AtomicWaker::new(),
         });
         let full = {
-            let mut open = crate::round::lock(&table.open);
+            let mut open = crate::sync::lock(&table.open);
             let full = open.conns.len() - open.shedding >= table.cap;
             if full && (open.shedding >= MAX_SHEDDING || !table.shed_one(&mut open, now)) {
                 drop(open);
@@ -277,7 +277,7 @@ impl Connections {
     fn shed_for_room(&self) {
         let table = &self.table;
         let shed = {
-            let mut open = crate::round::lock(&table.open);
+            let mut open = crate::sync::lock(&table.open);
             open.shedding < MAX_SHEDDING && table.shed_one(&mut open, Instant::now())
         };
         if shed {
@@ -319,7 +319,7 @@ impl Table {
     }
 
     fn remove(&self, conn: &Arc<Conn>) {
-        let mut open = crate::round::lock(&self.open);
+        let mut open = crate::sync::lock(&self.open);
         if open
             .conns
             .get(&conn.key)
@@ -838,7 +838,7 @@ mod tests {
         busy.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
         busy.read_exact(&mut one).await.unwrap();
-        for conn in crate::round::lock(&connections.table.open).conns.values() {
+        for conn in crate::sync::lock(&connections.table.open).conns.values() {
             if conn.class.load(Ordering::Relaxed) == SPOKE {
                 conn.admitted();
             }
@@ -849,7 +849,7 @@ mod tests {
         assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
         third.write_all(b"y").await.unwrap();
         third.read_exact(&mut one).await.unwrap();
-        for conn in crate::round::lock(&connections.table.open).conns.values() {
+        for conn in crate::sync::lock(&connections.table.open).conns.values() {
             conn.admitted();
         }
         // ...and a fourth finds only busy, recently active connections: it is refused.

@@ -1,19 +1,20 @@
 //! The coordinator's shared state and the requests clients make of it.
 //!
 //! [`Coordinator`] is a cheap handle: the gRPC service calls its request methods, and the round
-//! driver ([`crate::driver`]) opens and closes rounds on it. All mutable state sits behind one
+//! driver ([`crate::engine::driver`]) opens and closes rounds on it. All mutable state sits behind one
 //! short-held mutex; the expensive part of an update (folding it in) runs on a blocking thread
 //! against the round's own accumulator, so heartbeats never wait behind arithmetic.
 
 use crate::aggregate::AggregateError;
-use crate::checkpoint::CheckpointStore;
+use crate::aggregate::norm::NormBound;
 use crate::config::{Limits, RunConfig};
+use crate::engine::refusals::Refusals;
+use crate::engine::registry::{Registry, check_client_id};
+use crate::engine::round::{OpenRound, SharedAccumulator, fold};
 use crate::error::{CoordinatorError, Result};
-use crate::norm::NormBound;
-use crate::refusals::Refusals;
-use crate::registry::{Registry, check_client_id};
-use crate::results::ClientUpdate;
-use crate::round::{OpenRound, SharedAccumulator, fold, lock};
+use crate::store::checkpoint::CheckpointStore;
+use crate::strategy::results::ClientUpdate;
+use crate::sync::lock;
 use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
 use shoal_proto::ProtoError;
@@ -90,7 +91,7 @@ impl Coordinator {
     }
 
     /// A coordinator that checkpoints every round and logs accepted updates to `store`, so a
-    /// restart on the same directory carries the run on (see [`crate::recovery`]).
+    /// restart on the same directory carries the run on (see [`crate::store::recovery`]).
     pub fn with_checkpoints(
         config: RunConfig,
         limits: Limits,
@@ -191,7 +192,7 @@ impl Coordinator {
 
     /// After the run ended, waits for registered clients to hear so and leave, so stopping the
     /// server does not strand them in reconnect loops: until every client that came has left,
-    /// or none has been heard from for [`DRAIN_QUIET`] (longer than a client's longest
+    /// or none has been heard from for `DRAIN_QUIET` (longer than a client's longest
     /// reconnect delay, so one backing off after a lost connection comes back within it; the
     /// rest are gone), or `limit` passed.
     pub async fn drain(&self, limit: std::time::Duration) {
@@ -301,7 +302,7 @@ impl Coordinator {
 
     /// Long-poll for work: returns a task as soon as the client has one, Finished once the run
     /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat. Pulls
-    /// over the client's rate are first delayed, then refused (see [`crate::pacing`]).
+    /// over the client's rate are first delayed, then refused (see [`crate::engine::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
         self.pace(client_id).await?;
         let _polling = Polling::start(self, client_id);
@@ -347,7 +348,7 @@ impl Coordinator {
         }
     }
 
-    /// Holds a pull or fetch from `client_id` to its pull rate (see [`crate::pacing`]): waits
+    /// Holds a pull or fetch from `client_id` to its pull rate (see [`crate::engine::pacing`]): waits
     /// out a short delay, or refuses a flood.
     async fn pace(&self, client_id: &str) -> Result<()> {
         if let Some(rate) = self.shared.limits.pull_rate {

@@ -10,6 +10,8 @@
 //! The price is 16 bytes of accumulator per parameter and a range: the round's total
 //! Σ w·max|x| must stay below 2^62, which [`ExactSum::fold`] checks before touching anything.
 
+pub mod norm;
+
 use thiserror::Error;
 
 /// Fractional bits of the fixed-point grid: terms are rounded to multiples of 2^-40.
@@ -74,7 +76,7 @@ pub enum AggregateError {
     /// Folding this update could exceed the exact range of the accumulator.
     #[error("update magnitude {0:e} would exceed the aggregation range")]
     OutOfRange(f64),
-    /// The update's L2 norm is over the configured bound (see [`crate::norm`]).
+    /// The update's L2 norm is over the configured bound (see [`crate::aggregate::norm`]).
     #[error("update norm {norm} exceeds the bound {bound}")]
     NormTooLarge {
         /// The update's norm (of its delta from the global, for Fit tasks).

@@ -4,12 +4,13 @@
 //! handlers stay thin and the rules of DESIGN.md ("Round rules") read in one place.
 
 use crate::error::{CoordinatorError, Result};
-use crate::results::{ClientUpdate, RoundAccumulator, RoundResults};
-use crate::round_log::{LogRecord, RoundLog};
+use crate::store::round_log::{LogRecord, RoundLog};
 use crate::strategy::TaskPlan;
+use crate::strategy::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::sync::lock;
 use shoal_proto::v1::{Chunk, Fence, Task};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 /// Where a round's accepted updates go: the running aggregate and, when the run is
@@ -24,11 +25,6 @@ pub struct RoundSink {
 
 /// The sink of a round, shared by concurrent folds; `None` once the round closed.
 pub type SharedAccumulator = Arc<Mutex<Option<RoundSink>>>;
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// State of the one open round.
 #[derive(Debug)]

@@ -5,9 +5,9 @@
 //!
 //! - **Credentials first.** Under mutual TLS a request whose connection presented no client
 //!   certificate, or one that does not chain to the CA, is refused with `Unauthenticated` (the
-//!   same status and count, `unauthenticated`, as [`crate::service`] gives) before tonic
+//!   same status and count, `unauthenticated`, as [`crate::net::service`] gives) before tonic
 //!   allocates a message buffer for its body, and its connection is closed a moment later
-//!   (the certificate cannot change on it; see [`crate::listener`]). With bearer tokens, a
+//!   (the certificate cannot change on it; see [`crate::net::listener`]). With bearer tokens, a
 //!   request without a known token is refused the same way, but its connection stays: a
 //!   connection may be shared by several clients. Whether the credentials name the client the
 //!   request claims is still the handler's question; this gate only keeps outsiders from
@@ -23,10 +23,10 @@
 //!   far above the longest honest wait (a Pull is held `Limits::poll_timeout`), and should
 //!   leave room for the largest upload over the slowest link.
 
-use crate::auth::{AuthError, AuthPolicy};
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
-use crate::listener::{Conn, Connections, request_addrs};
+use crate::net::auth::{AuthError, AuthPolicy};
+use crate::net::listener::{Conn, Connections, request_addrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +44,7 @@ pub(crate) struct Gate {
     coordinator: Coordinator,
     connections: Connections,
     /// The client CA, under mutual TLS.
-    client_ca: Option<crate::auth::ClientCa>,
+    client_ca: Option<crate::net::auth::ClientCa>,
     /// The token check alone, when tokens are required.
     tokens: Option<AuthPolicy>,
     /// Streams open now, across connections.

@@ -1,0 +1,24 @@
+//! From a run configuration to the strategy object that runs it.
+
+use super::{FedAvg, FedKMeans, FedSgd, Strategy};
+use crate::config::{RunConfig, StrategyConfig};
+use crate::error::Result;
+use shoal_models::ModelSpec;
+
+/// Builds the strategy a run asks for, with its initial global state.
+pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> {
+    Ok(match &config.strategy {
+        StrategyConfig::FedAvg => Box::new(FedAvg::new(spec.clone(), config.seed)?),
+        StrategyConfig::FedSgd { optimizer } => {
+            Box::new(FedSgd::new(spec.clone(), config.seed, optimizer.clone())?)
+        }
+        StrategyConfig::FedKMeans { k, local_k, tol } => Box::new(FedKMeans::new(
+            spec.num_features,
+            spec.num_classes,
+            *k,
+            *local_k,
+            *tol,
+            config.seed,
+        )?),
+    })
+}
