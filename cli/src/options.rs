@@ -5,19 +5,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use shoal_coordinator::config::{
-    FitSettings, GradientSettings, MAX_ROUND_TIMEOUT_MS, SelectionConfig,
+    DEFAULT_CLIENTS, FitSettings, GradientSettings, MAX_ROUND_TIMEOUT_MS, SelectionConfig,
 };
 use shoal_coordinator::strategy::ServerOptimizer;
 use shoal_coordinator::{RunConfig, StrategyConfig};
 use shoal_datasets::{DatasetSource, Partition};
 use std::path::{Path, PathBuf};
-
-/// Mini-batch size of local training when --batch-size is not given.
-pub const DEFAULT_BATCH_SIZE: u32 = 32;
-
-/// Mini-batch size of FedSGD gradients when --batch-size is not given: larger than training's,
-/// since a gradient is one step and a larger batch makes it less noisy.
-pub const DEFAULT_GRADIENT_BATCH_SIZE: u32 = 256;
 
 /// The algorithms a run can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -168,8 +161,14 @@ impl RunOptions {
             Some(path) => self.clone().merge(read_file(path)?),
             None => self.clone(),
         };
-        let source: DatasetSource = o.dataset.as_deref().unwrap_or("digits").parse()?;
-        let partition: Partition = o.partition.as_deref().unwrap_or("iid").parse()?;
+        // Every default comes from the library's: flags and file only override.
+        let defaults = RunConfig::default();
+        let source: DatasetSource = o.dataset.as_deref().unwrap_or(&defaults.dataset).parse()?;
+        let partition: Partition = o
+            .partition
+            .as_deref()
+            .unwrap_or(&defaults.partition)
+            .parse()?;
         let test_fraction = o.test_fraction.unwrap_or(0.2);
         if !(test_fraction > 0.0 && test_fraction < 1.0) {
             bail!("--test-fraction must be in (0, 1), got {test_fraction}");
@@ -181,36 +180,42 @@ impl RunOptions {
         if o.local_k == Some(0) {
             bail!("--local-k must be at least 1, got 0");
         }
-        let model = o.model.clone().unwrap_or_else(|| "mlp".into());
+        let model = o.model.clone().unwrap_or_else(|| defaults.model.clone());
         model.parse::<shoal_models::ModelKind>()?;
         let strategy = o.strategy.unwrap_or(StrategyName::Fedavg);
         let optimizer = o.server_optimizer.unwrap_or(OptimizerName::Sgd);
-        let clients = o.clients.unwrap_or(10);
+        let clients = o.clients.unwrap_or(DEFAULT_CLIENTS);
+        let round_timeout_ms = match o.round_timeout {
+            Some(seconds) => round_timeout_ms(seconds)?,
+            None => defaults.round_timeout_ms,
+        };
+        let selection = &defaults.selection;
         let run = RunConfig {
-            seed: o.seed.unwrap_or(0),
-            rounds: o.rounds.unwrap_or(20),
+            seed: o.seed.unwrap_or(defaults.seed),
+            rounds: o.rounds.unwrap_or(defaults.rounds),
             strategy: strategy_config(&o, strategy, optimizer),
             model,
             dataset: source.to_string(),
             partition: partition.to_string(),
             selection: SelectionConfig {
-                clients_per_round: o.clients_per_round,
-                fraction: o.fraction.unwrap_or(1.0),
-                min_clients: o.min_clients.unwrap_or(1),
-                over_select: o.over_select.unwrap_or(1.0),
+                clients_per_round: o.clients_per_round.or(selection.clients_per_round),
+                fraction: o.fraction.unwrap_or(selection.fraction),
+                min_clients: o.min_clients.unwrap_or(selection.min_clients),
+                over_select: o.over_select.unwrap_or(selection.over_select),
                 min_available: clients,
             },
+            // One --batch-size flag sets both batch sizes; each has its own default.
             fit: FitSettings {
-                epochs: o.epochs.unwrap_or(5),
-                batch_size: o.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-                lr: o.lr.unwrap_or(0.1),
+                epochs: o.epochs.unwrap_or(defaults.fit.epochs),
+                batch_size: o.batch_size.unwrap_or(defaults.fit.batch_size),
+                lr: o.lr.unwrap_or(defaults.fit.lr),
             },
             gradient: GradientSettings {
-                batches: o.grad_batches.unwrap_or(0),
-                batch_size: o.batch_size.unwrap_or(DEFAULT_GRADIENT_BATCH_SIZE),
+                batches: o.grad_batches.unwrap_or(defaults.gradient.batches),
+                batch_size: o.batch_size.unwrap_or(defaults.gradient.batch_size),
             },
-            round_timeout_ms: round_timeout_ms(o.round_timeout.unwrap_or(60.0))?,
-            max_retries: o.max_retries.unwrap_or(3),
+            round_timeout_ms,
+            max_retries: o.max_retries.unwrap_or(defaults.max_retries),
         };
         run.validate()?;
         for (name, optimizer) in [
@@ -249,29 +254,13 @@ fn round_timeout_ms(seconds: f64) -> Result<u64> {
 fn strategy_config(o: &RunOptions, name: StrategyName, optimizer: OptimizerName) -> StrategyConfig {
     match name {
         StrategyName::Fedavg => StrategyConfig::FedAvg,
-        StrategyName::Fedsgd => {
-            let optimizer = match optimizer {
-                OptimizerName::Sgd => ServerOptimizer::Sgd {
-                    lr: o.server_lr.unwrap_or(0.5),
-                    momentum: o.server_momentum.unwrap_or(0.0),
-                },
-                OptimizerName::Adam => ServerOptimizer::Adam {
-                    lr: o.server_lr.unwrap_or(0.01),
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                },
-            };
-            StrategyConfig::FedSgd { optimizer }
-        }
-        StrategyName::Fedkmeans => {
-            // 0: the number of classes, fixed once the data is loaded (`data::finish_plan`).
-            let k = o.k.unwrap_or(0);
-            StrategyConfig::FedKMeans {
-                k,
-                local_k: o.local_k.unwrap_or(k),
-                tol: o.tol.unwrap_or(1e-4),
-            }
-        }
+        StrategyName::Fedsgd => StrategyConfig::FedSgd {
+            optimizer: match optimizer {
+                OptimizerName::Sgd => ServerOptimizer::sgd(o.server_lr, o.server_momentum),
+                OptimizerName::Adam => ServerOptimizer::adam(o.server_lr),
+            },
+        },
+        // k 0: the number of classes, fixed once the data is loaded (`data::finish_plan`).
+        StrategyName::Fedkmeans => StrategyConfig::fedkmeans(o.k, o.local_k, o.tol),
     }
 }

@@ -345,6 +345,11 @@ impl GradientSettings {
 /// The library's defaults: one local epoch at lr 0.05, where `shoal run` uses 5 epochs at
 /// lr 0.1 (the CLI sets every field itself). The coordinator's tests and benches build on these
 /// values, so changing them changes what those runs compute.
+/// Clients a run waits for before its first round when nothing else is said.
+pub const DEFAULT_CLIENTS: usize = 10;
+
+/// The defaults of every run, for the library and the CLI alike (the CLI starts from these and
+/// overrides what its flags or config file give).
 impl Default for RunConfig {
     fn default() -> Self {
         Self {
@@ -359,13 +364,14 @@ impl Default for RunConfig {
                 fraction: 1.0,
                 min_clients: 1,
                 over_select: 1.0,
-                min_available: 1,
+                min_available: DEFAULT_CLIENTS,
             },
             fit: FitSettings {
-                epochs: 1,
+                epochs: 5,
                 batch_size: 32,
-                lr: 0.05,
+                lr: 0.1,
             },
+            // A gradient is one step, so a larger batch than training's makes it less noisy.
             gradient: GradientSettings {
                 batches: 0,
                 batch_size: 256,
@@ -376,26 +382,52 @@ impl Default for RunConfig {
     }
 }
 
-#[cfg(test)]
-mod validate_tests {
-    use super::*;
+impl ServerOptimizer {
+    /// Server learning rate of SGD when none is given.
+    pub const SGD_LR: f64 = 0.5;
+    /// Server learning rate of Adam when none is given.
+    pub const ADAM_LR: f64 = 0.01;
 
-    /// What `shoal run` resolves with no flags.
-    fn cli_defaults() -> RunConfig {
-        let defaults = RunConfig::default();
-        RunConfig {
-            fit: FitSettings {
-                epochs: 5,
-                batch_size: 32,
-                lr: 0.1,
-            },
-            selection: SelectionConfig {
-                min_available: 10,
-                ..defaults.selection.clone()
-            },
-            ..defaults
+    /// SGD with the given learning rate and momentum, defaults for what is not given.
+    pub fn sgd(lr: Option<f64>, momentum: Option<f64>) -> Self {
+        Self::Sgd {
+            lr: lr.unwrap_or(Self::SGD_LR),
+            momentum: momentum.unwrap_or(0.0),
         }
     }
+
+    /// Adam with the given step size and the usual moment decays (0.9, 0.999, eps 1e-8).
+    pub fn adam(lr: Option<f64>) -> Self {
+        Self::Adam {
+            lr: lr.unwrap_or(Self::ADAM_LR),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+impl StrategyConfig {
+    /// k-means stops when no centroid moves more than this, when nothing else is said.
+    pub const KMEANS_TOL: f64 = 1e-4;
+
+    /// Federated k-means with defaults for what is not given: `k` 0 stands for "the number of
+    /// classes" until the data is known, `local_k` follows `k`.
+    pub fn fedkmeans(k: Option<usize>, local_k: Option<usize>, tol: Option<f64>) -> Self {
+        let k = k.unwrap_or(0);
+        Self::FedKMeans {
+            k,
+            local_k: local_k.unwrap_or(k),
+            tol: tol.unwrap_or(Self::KMEANS_TOL),
+        }
+    }
+}
+
+#[cfg(test)]
+// Each test changes one field of the defaults at a time, and says which.
+#[allow(clippy::field_reassign_with_default)]
+mod validate_tests {
+    use super::*;
 
     fn sgd(lr: f64, momentum: f64) -> StrategyConfig {
         StrategyConfig::FedSgd {
@@ -415,8 +447,7 @@ mod validate_tests {
     #[test]
     fn defaults_pass() {
         RunConfig::default().validate().unwrap();
-        cli_defaults().validate().unwrap();
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         run.strategy = sgd(0.5, 0.9);
         run.validate().unwrap();
         run.strategy = StrategyConfig::FedSgd {
@@ -439,7 +470,7 @@ mod validate_tests {
 
     #[test]
     fn edges_of_the_ranges_pass() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         run.selection.min_clients = 10;
         run.selection.clients_per_round = Some(10);
         run.round_timeout_ms = MAX_ROUND_TIMEOUT_MS;
@@ -455,7 +486,7 @@ mod validate_tests {
 
     #[test]
     fn selection_out_of_range() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         run.selection.min_clients = 11;
         refused(&run, &["--min-clients", "1..=10", "--clients", "got 11"]);
         run.selection.min_clients = 0;
@@ -488,7 +519,7 @@ mod validate_tests {
 
     #[test]
     fn server_optimizer_out_of_range() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         for lr in [-0.5, 0.0, f64::NAN, f64::INFINITY] {
             run.strategy = sgd(lr, 0.0);
             refused(&run, &["--server-lr", "above 0"]);
@@ -519,7 +550,7 @@ mod validate_tests {
 
     #[test]
     fn kmeans_tol_out_of_range() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         for tol in [-1e-4, f64::NAN, f64::INFINITY] {
             run.strategy = StrategyConfig::FedKMeans {
                 k: 10,
@@ -532,7 +563,7 @@ mod validate_tests {
 
     #[test]
     fn training_settings_out_of_range() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         run.rounds = 0;
         refused(&run, &["--rounds", "at least 1"]);
         run.rounds = 20;
@@ -559,7 +590,7 @@ mod validate_tests {
 
     #[test]
     fn deadline_and_retries_out_of_range() {
-        let mut run = cli_defaults();
+        let mut run = RunConfig::default();
         run.round_timeout_ms = 0;
         refused(&run, &["--round-timeout", "0.001", "604800 seconds"]);
         run.round_timeout_ms = u64::MAX;

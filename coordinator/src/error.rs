@@ -1,6 +1,7 @@
-//! The coordinator's errors, and the one table that maps them to gRPC status codes.
+//! The coordinator's errors; each maps to the [`Refusal`] a client hears.
 
 use crate::aggregate::AggregateError;
+use crate::refusal::Refusal;
 use shoal_proto::ProtoError;
 use thiserror::Error;
 
@@ -61,6 +62,25 @@ pub enum CoordinatorError {
     /// A strategy could not aggregate or evaluate.
     #[error("strategy: {0}")]
     Strategy(String),
+    /// Work the coordinator moved to a blocking thread panicked or was cancelled.
+    #[error("{task} task failed: {source}")]
+    TaskFailed {
+        /// Which work.
+        task: &'static str,
+        /// What the runtime said.
+        source: tokio::task::JoinError,
+    },
+    /// State could not be encoded or decoded (checkpoint, round log, strategy state).
+    #[error("{what}: {source}")]
+    Codec {
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The encoder's or decoder's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An invariant of the round engine did not hold (a bug, reported instead of a panic).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The run could not reach quorum within its retries.
     #[error("round {round}: fewer than {quorum} updates after {attempts} attempts")]
     QuorumLost {
@@ -74,7 +94,7 @@ pub enum CoordinatorError {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Checkpoint storage failed.
+    /// Stored state is well-formed but does not fit the run (wrong length, trailing bytes...).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     /// The checkpoint directory holds checkpoints, and none of them can be read.
@@ -149,6 +169,22 @@ pub enum AuthError {
         /// The id the request claims.
         claimed: String,
     },
+    /// A line of a token file is not `CLIENT_ID SHA256HEX`, or repeats a client or a token.
+    #[error("line {line}: {problem}")]
+    TokenFileLine {
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A token file could not be read, or holds a bad line.
+    #[error("token file {}: {problem}", path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong (the operating system's error, or the bad line).
+        problem: String,
+    },
 }
 
 impl AuthError {
@@ -166,84 +202,64 @@ pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
 impl From<CoordinatorError> for tonic::Status {
     fn from(err: CoordinatorError) -> Self {
-        use CoordinatorError as E;
-        use tonic::Code;
-        let code = match &err {
-            E::UnknownClient(_) => Code::NotFound,
-            E::TooManyClients(_) => Code::ResourceExhausted,
-            E::BadClientId | E::Malformed(_) | E::InvalidUpdate(_) => Code::InvalidArgument,
-            E::Payload(ProtoError::TooLarge { .. } | ProtoError::ChunkTooLarge { .. }) => {
-                Code::ResourceExhausted
-            }
-            E::Payload(_) => Code::InvalidArgument,
-            E::StaleFence { .. } => Code::FailedPrecondition,
-            E::NotSelected(_) => Code::PermissionDenied,
-            E::Duplicate(_) => Code::AlreadyExists,
-            // The earlier upload may still fail: the client keeps its update and tries again.
-            E::InFlight(_) => Code::Unavailable,
-            E::RateLimited { .. } => Code::ResourceExhausted,
-            // The client keeps its update and tries again; the run stops meanwhile.
-            E::ShuttingDown | E::Storage { .. } => Code::Unavailable,
-            E::Auth(e) if e.is_impersonation() => Code::PermissionDenied,
-            E::Auth(_) => Code::Unauthenticated,
-            E::Model(_)
-            | E::Strategy(_)
-            | E::QuorumLost { .. }
-            | E::Config(_)
-            | E::Checkpoint(_)
-            | E::NoUsableCheckpoint { .. }
-            | E::Io(_) => Code::Internal,
-        };
-        let mut status = tonic::Status::new(code, err.to_string());
-        // Marks the status as the coordinator's verdict: a client retries statuses without it
-        // (HTTP/2 and transport failures) however their code reads.
-        status.metadata_mut().insert(
-            shoal_proto::REASON_HEADER,
-            tonic::metadata::MetadataValue::from_static(err.reason()),
-        );
-        status
+        err.refusal().status(err.to_string())
     }
 }
 
 impl CoordinatorError {
-    /// A short, stable key for the kind of refusal, used to count refusals by reason (see
-    /// [`crate::engine::refusals`]); coordinator-side failures all count as "internal".
-    pub fn reason(&self) -> &'static str {
+    /// The kind of refusal a client hears for this error (its code and reason come from the
+    /// one table in [`Refusal`]); coordinator-side failures are all [`Refusal::Internal`].
+    pub fn refusal(&self) -> Refusal {
         use AggregateError as A;
         use CoordinatorError as E;
+        use Refusal as R;
         match self {
-            E::UnknownClient(_) => "unknown_client",
-            E::TooManyClients(_) => "too_many_clients",
-            E::BadClientId => "bad_client_id",
-            E::StaleFence { .. } => "stale_fence",
-            E::NotSelected(_) => "not_selected",
-            E::Duplicate(_) | E::InFlight(_) => "duplicate",
-            E::InvalidUpdate(A::WrongLength { .. }) => "wrong_length",
-            E::InvalidUpdate(A::NonFinite { .. }) => "non_finite",
-            E::InvalidUpdate(A::BadWeight { .. }) => "bad_weight",
-            E::InvalidUpdate(A::WrongCounts { .. }) => "wrong_length",
-            E::InvalidUpdate(A::CountsMismatch { .. }) => "counts_mismatch",
-            E::InvalidUpdate(A::OutOfRange(_)) => "out_of_range",
-            E::InvalidUpdate(A::NormTooLarge { .. }) => "norm_too_large",
-            E::Malformed(_) | E::Payload(ProtoError::MissingField(_)) => "malformed",
-            E::Payload(ProtoError::Misaligned(_)) => "chunk_misaligned",
-            E::Payload(ProtoError::ChunkTooLarge { .. }) => "chunk_too_large",
-            E::Payload(ProtoError::OutOfOrder { .. }) => "chunk_out_of_order",
-            E::Payload(ProtoError::Overflow { .. }) => "payload_overflow",
-            E::Payload(ProtoError::Truncated { .. }) => "payload_truncated",
-            E::Payload(ProtoError::TooLarge { .. }) => "payload_too_large",
-            E::RateLimited { .. } => "rate_limited",
-            E::Auth(e) if e.is_impersonation() => "impersonation",
-            E::Auth(_) => "unauthenticated",
-            E::ShuttingDown => "shutting_down",
-            E::Storage { .. } => "storage",
+            E::UnknownClient(_) => R::UnknownClient,
+            E::TooManyClients(_) => R::TooManyClients,
+            E::BadClientId => R::BadClientId,
+            E::StaleFence { .. } => R::StaleFence,
+            E::NotSelected(_) => R::NotSelected,
+            E::Duplicate(_) => R::Duplicate,
+            E::InFlight(_) => R::InFlight,
+            E::InvalidUpdate(A::WrongLength { .. } | A::WrongCounts { .. }) => R::WrongLength,
+            E::InvalidUpdate(A::NonFinite { .. }) => R::NonFinite,
+            E::InvalidUpdate(A::BadWeight { .. }) => R::BadWeight,
+            E::InvalidUpdate(A::CountsMismatch { .. }) => R::CountsMismatch,
+            E::InvalidUpdate(A::OutOfRange(_)) => R::OutOfRange,
+            E::InvalidUpdate(A::NormTooLarge { .. }) => R::NormTooLarge,
+            E::Malformed(_) | E::Payload(ProtoError::MissingField(_)) => R::Malformed,
+            E::Payload(ProtoError::Misaligned(_)) => R::ChunkMisaligned,
+            E::Payload(ProtoError::ChunkTooLarge { .. }) => R::ChunkTooLarge,
+            E::Payload(ProtoError::OutOfOrder { .. }) => R::ChunkOutOfOrder,
+            E::Payload(ProtoError::Overflow { .. }) => R::PayloadOverflow,
+            E::Payload(ProtoError::Truncated { .. }) => R::PayloadTruncated,
+            E::Payload(ProtoError::TooLarge { .. }) => R::PayloadTooLarge,
+            E::RateLimited { .. } => R::RateLimited,
+            E::Auth(e) if e.is_impersonation() => R::Impersonation,
+            E::Auth(_) => R::Unauthenticated,
+            E::ShuttingDown => R::ShuttingDown,
+            E::Storage { .. } => R::Storage,
             E::Model(_)
             | E::Strategy(_)
+            | E::TaskFailed { .. }
+            | E::Codec { .. }
+            | E::Internal(_)
             | E::QuorumLost { .. }
             | E::Config(_)
             | E::Checkpoint(_)
             | E::NoUsableCheckpoint { .. }
-            | E::Io(_) => "internal",
+            | E::Io(_) => R::Internal,
+        }
+    }
+
+    /// Wraps an encoder's or decoder's error with what was being encoded or decoded.
+    pub fn codec(
+        what: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Codec {
+            what,
+            source: Box::new(source),
         }
     }
 }

@@ -98,7 +98,10 @@ impl HostedRun {
     pub async fn finish(self) -> Result<RunOutcome> {
         self.task
             .await
-            .map_err(|e| CoordinatorError::Strategy(format!("hosted run task failed: {e}")))?
+            .map_err(|source| CoordinatorError::TaskFailed {
+                task: "hosted run",
+                source,
+            })?
     }
 }
 

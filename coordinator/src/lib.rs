@@ -2,7 +2,8 @@
 //!
 //! Rooms, each depending only on the ones before it:
 //! * [`aggregate`]: exact, order-independent sums and the update-norm bound (pure maths);
-//! * [`error`](CoordinatorError), [`config`], [`bounded`] decoding: the vocabulary of the rest;
+//! * [`error`](CoordinatorError), [`refusal`], [`config`], [`bounded`] decoding: the vocabulary
+//!   of the rest;
 //! * [`strategy`]: one algorithm per file (FedAvg, FedSGD, federated k-means), the task plan a
 //!   round follows and the results it folds;
 //! * [`store`]: checkpoints, the write-ahead round log and recovery;
@@ -17,6 +18,7 @@ pub mod engine;
 mod error;
 pub mod hosting;
 pub mod net;
+pub mod refusal;
 pub mod store;
 pub mod strategy;
 mod sync;
@@ -27,6 +29,7 @@ pub use engine::driver::RunOutcome;
 pub use error::{AuthError, CoordinatorError, Result};
 pub use hosting::{HostedRun, RunStart};
 pub use net::server::{Security, serve, serve_with};
+pub use refusal::Refusal;
 pub use store::checkpoint::CheckpointStore;
 pub use store::metrics::{RoundRecord, RunSummary};
 pub use store::recovery::{Resume, recover};

@@ -13,30 +13,8 @@ use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
 use shoal_benches::stats::Summary;
 use shoal_coordinator::RunConfig;
-use shoal_coordinator::config::{FitSettings, GradientSettings};
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-/// The run `shoal run` resolves when given no flags (see cli/src/options.rs).
-fn cli_defaults() -> RunConfig {
-    RunConfig {
-        seed: 0,
-        rounds: 20,
-        model: "mlp".into(),
-        fit: FitSettings {
-            epochs: 5,
-            batch_size: 32,
-            lr: 0.1,
-        },
-        gradient: GradientSettings {
-            batches: 0,
-            batch_size: 256,
-        },
-        round_timeout_ms: 60_000,
-        max_retries: 3,
-        ..RunConfig::default()
-    }
-}
 
 fn print_summary(label: &str, values: &[f64]) {
     if let Some(s) = Summary::of(values) {
@@ -58,7 +36,7 @@ async fn main() -> Result<()> {
     let cpu_start = CpuSample::now().ok();
     let mut walls = Vec::new();
     for i in 0..repeat.max(1) {
-        let report = Simulation::digits(cli_defaults(), 10)
+        let report = Simulation::digits(RunConfig::default(), 10)
             .run(|_| false)
             .await?;
         let summary = report.summary.context("run stopped early")?;

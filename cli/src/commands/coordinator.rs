@@ -56,7 +56,7 @@ impl ServerSecurityArgs {
                 .with_context(|| format!("loading {}", ca.display()))?;
         }
         if let Some(path) = &self.tokens {
-            let table = TokenTable::load(path).map_err(anyhow::Error::msg)?;
+            let table = TokenTable::load(path)?;
             if table.is_empty() {
                 bail!("token file {} lists no client", path.display());
             }

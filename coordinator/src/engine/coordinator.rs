@@ -12,6 +12,7 @@ use crate::engine::refusals::Refusals;
 use crate::engine::registry::{Registry, check_client_id};
 use crate::engine::round::{OpenRound, SharedAccumulator, fold};
 use crate::error::{CoordinatorError, Result};
+use crate::refusal::Refusal;
 use crate::store::checkpoint::CheckpointStore;
 use crate::strategy::results::ClientUpdate;
 use crate::sync::lock;
@@ -147,23 +148,20 @@ impl Coordinator {
         &self.shared.config
     }
 
-    /// Counts a refused request under its reason; called where an error becomes a status.
-    pub fn count_refusal(&self, err: &CoordinatorError) {
-        self.shared.refusals.record(err.reason());
+    /// Counts a refusal (a refused request, stream or connection) under its reason.
+    pub fn count_refusal(&self, refusal: Refusal) {
+        self.shared.refusals.record(refusal);
     }
 
-    /// Counts a refusal that is not a [`CoordinatorError`] (a broken update stream).
-    pub fn count_refusal_reason(&self, reason: &'static str) {
-        self.shared.refusals.record(reason);
+    /// Whether a log line about `refusal` may be written now; `Some(n)` counts the refusals
+    /// left unlogged since the last line (see [`Refusals::may_log`]).
+    pub fn may_log_refusal(&self, refusal: Refusal) -> Option<u64> {
+        self.shared
+            .refusals
+            .may_log(refusal.reason(), Instant::now())
     }
 
-    /// Whether a log line about a refusal for `reason` may be written now; `Some(n)` counts the
-    /// refusals left unlogged since the last line (see [`Refusals::may_log`]).
-    pub fn may_log_refusal(&self, reason: &'static str) -> Option<u64> {
-        self.shared.refusals.may_log(reason, Instant::now())
-    }
-
-    /// Requests refused so far, by reason (see [`CoordinatorError::reason`]).
+    /// Requests refused so far, by reason (see [`Refusal::reason`]).
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         self.shared.refusals.snapshot()
     }
@@ -532,7 +530,7 @@ impl Admission {
         let slot = self
             .slot
             .take()
-            .ok_or_else(|| CoordinatorError::Strategy("update delivered twice".into()))?;
+            .ok_or(CoordinatorError::Internal("update delivered twice"))?;
         let bound = self.bound.take();
         let folded = tokio::task::spawn_blocking(move || {
             let folded = (|| {
@@ -557,7 +555,10 @@ impl Admission {
             }
         })
         .await
-        .map_err(|e| CoordinatorError::Strategy(format!("fold task failed: {e}")))?;
+        .map_err(|source| CoordinatorError::TaskFailed {
+            task: "fold",
+            source,
+        })?;
         folded.map(|n| n as u32)
     }
 }

@@ -101,7 +101,10 @@ impl Coordinator {
                 (strategy, outcome)
             })
             .await
-            .map_err(|e| CoordinatorError::Strategy(format!("aggregation task failed: {e}")))?;
+            .map_err(|source| CoordinatorError::TaskFailed {
+                task: "aggregation",
+                source,
+            })?;
             strategy = back;
             let (aggregated, evaluated) = outcome?;
             let mut values = client_metrics;
@@ -244,8 +247,8 @@ impl Coordinator {
             );
             self.wait_for_updates().await;
             lock(&self.shared.state).phase = Phase::Idle;
-            let results = close(&accumulator)
-                .ok_or_else(|| CoordinatorError::Strategy("round closed twice".into()))?;
+            let results =
+                close(&accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
             if let Some(fatal) = lock(&self.shared.fatal).take() {
                 return Err(fatal);
             }
@@ -334,7 +337,7 @@ impl Coordinator {
         };
         let config = &self.shared.config;
         let config_json = serde_json::to_string(config)
-            .map_err(|e| CoordinatorError::Checkpoint(format!("encode config: {e}")))?;
+            .map_err(|e| CoordinatorError::codec("encode config", e))?;
         let mut checkpoint = Checkpoint {
             config_hash: config.hash(),
             config_json,
@@ -354,7 +357,10 @@ impl Coordinator {
             (strategy, written)
         })
         .await
-        .map_err(|e| CoordinatorError::Checkpoint(format!("checkpoint task failed: {e}")))?;
+        .map_err(|source| CoordinatorError::TaskFailed {
+            task: "checkpoint",
+            source,
+        })?;
         written?;
         Ok(strategy)
     }

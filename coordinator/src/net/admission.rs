@@ -27,6 +27,7 @@ use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::net::auth::{AuthError, AuthPolicy};
 use crate::net::listener::{Conn, Connections, request_addrs};
+use crate::refusal::Refusal;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,33 +121,20 @@ impl Gate {
         Some(Slot(self.clone()))
     }
 
-    fn refused(&self, reason: &'static str, status: Status) -> http::Response<tonic::body::Body> {
-        tracing::debug!(reason, status = %status.message(), "request refused before its body");
-        self.coordinator.count_refusal_reason(reason);
-        with_reason(status, reason).into_http()
+    fn refused(&self, refusal: Refusal, message: String) -> http::Response<tonic::body::Body> {
+        tracing::debug!(%refusal, %message, "request refused before its body");
+        self.coordinator.count_refusal(refusal);
+        refusal.status(message).into_http()
     }
 
     fn timed_out(&self) -> Status {
-        self.coordinator.count_refusal_reason("request_timeout");
+        self.coordinator.count_refusal(Refusal::RequestTimeout);
         tracing::debug!(timeout = ?self.request_timeout, "request timed out");
-        with_reason(
-            Status::deadline_exceeded(format!(
-                "request not finished within {} s (the coordinator's request timeout)",
-                self.request_timeout.as_secs_f64()
-            )),
-            "request_timeout",
-        )
+        Refusal::RequestTimeout.status(format!(
+            "request not finished within {} s (the coordinator's request timeout)",
+            self.request_timeout.as_secs_f64()
+        ))
     }
-}
-
-/// `status` marked as the coordinator's verdict, with `reason` (see
-/// [`crate::CoordinatorError::reason`]).
-fn with_reason(mut status: Status, reason: &'static str) -> Status {
-    status.metadata_mut().insert(
-        shoal_proto::REASON_HEADER,
-        tonic::metadata::MetadataValue::from_static(reason),
-    );
-    status
 }
 
 /// One open stream, counted until dropped.
@@ -192,8 +180,7 @@ where
         let conn = request_addrs(&request).and_then(|(l, r)| gate.connections.find(l, r));
         if let Err(err) = gate.authenticate(&request, conn.as_deref()) {
             let err = CoordinatorError::Auth(err);
-            let reason = err.reason();
-            let refused = gate.refused(reason, err.into());
+            let refused = gate.refused(err.refusal(), err.to_string());
             return Box::pin(std::future::ready(Ok(refused)));
         }
         if let Some(conn) = &conn {
@@ -201,8 +188,8 @@ where
         }
         let Some(slot) = gate.take_slot() else {
             let open = gate.open.load(Ordering::Relaxed);
-            let status = Status::unavailable(format!("server busy: {open} streams open; retry"));
-            let refused = gate.refused("stream_limit", status);
+            let message = format!("server busy: {open} streams open; retry");
+            let refused = gate.refused(Refusal::StreamLimit, message);
             return Box::pin(std::future::ready(Ok(refused)));
         };
         let mut deadline = Box::pin(tokio::time::sleep_until(
@@ -267,25 +254,5 @@ impl http_body::Body for Timed {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn refusals_carry_their_reason() {
-        let status = with_reason(Status::unavailable("busy"), "stream_limit");
-        assert_eq!(
-            status
-                .metadata()
-                .get(shoal_proto::REASON_HEADER)
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            "stream_limit"
-        );
     }
 }

@@ -34,7 +34,7 @@ impl TokenTable {
     /// Parses a token file: one `CLIENT_ID SHA256HEX` line per client; blank lines and lines
     /// starting with `#` are skipped. Refuses a client listed twice or a digest shared by two
     /// clients, which would make a token's owner ambiguous.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, AuthError> {
         let mut owners = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for (n, line) in text.lines().enumerate() {
@@ -42,7 +42,10 @@ impl TokenTable {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let at = |msg: &str| format!("line {}: {msg}", n + 1);
+            let at = |problem: &str| AuthError::TokenFileLine {
+                line: n + 1,
+                problem: problem.to_owned(),
+            };
             let mut fields = line.split_whitespace();
             let (Some(id), Some(digest), None) = (fields.next(), fields.next(), fields.next())
             else {
@@ -63,10 +66,13 @@ impl TokenTable {
     }
 
     /// Reads and parses a token file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("token file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let failed = |problem: String| AuthError::TokenFile {
+            path: path.to_owned(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        Self::parse(&text).map_err(|e| failed(e.to_string()))
     }
 
     /// Clients with a token.
@@ -453,7 +459,7 @@ mod tests {
             (format!("client-a {h}\nclient-b {h}"), "same token"),
         ] {
             let err = TokenTable::parse(&text).unwrap_err();
-            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.to_string().contains(want), "{text:?}: {err}");
         }
     }
 

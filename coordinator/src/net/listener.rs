@@ -54,6 +54,7 @@
 use crate::config::Limits;
 use crate::engine::Coordinator;
 use crate::net::auth::AuthError;
+use crate::refusal::Refusal;
 use futures::Stream;
 use futures::task::AtomicWaker;
 use std::collections::HashMap;
@@ -246,7 +247,7 @@ impl Connections {
             let full = open.conns.len() - open.shedding >= table.cap;
             if full && (open.shedding >= MAX_SHEDDING || !table.shed_one(&mut open, now)) {
                 drop(open);
-                table.coordinator.count_refusal_reason("connection_limit");
+                table.coordinator.count_refusal(Refusal::ConnectionLimit);
                 debug!(peer = %key.1, cap = table.cap, "connection refused: at the connection cap");
                 return None;
             }
@@ -258,7 +259,7 @@ impl Connections {
             full
         };
         if full {
-            table.coordinator.count_refusal_reason("connection_limit");
+            table.coordinator.count_refusal(Refusal::ConnectionLimit);
         }
         Some(Guarded {
             inner: stream,
@@ -281,7 +282,7 @@ impl Connections {
             open.shedding < MAX_SHEDDING && table.shed_one(&mut open, Instant::now())
         };
         if shed {
-            table.coordinator.count_refusal_reason("connection_limit");
+            table.coordinator.count_refusal(Refusal::ConnectionLimit);
         }
     }
 }
@@ -563,43 +564,46 @@ impl<T> Guarded<T> {
     }
 
     /// When the connection must have sent something by, and the refusal reason if it has not.
-    fn deadline(&self) -> (Instant, &'static str) {
+    fn deadline(&self) -> (Instant, Refusal) {
         let close_at = self.conn.close_at.load(Ordering::Relaxed);
         let limit = if self.spoke {
-            (self.last_read + self.table.idle, "connection_idle")
+            (self.last_read + self.table.idle, Refusal::ConnectionIdle)
         } else {
-            (self.accepted + self.table.first_bytes, "connection_silent")
+            (
+                self.accepted + self.table.first_bytes,
+                Refusal::ConnectionSilent,
+            )
         };
         if close_at != u64::MAX {
             let at = self.table.epoch + Duration::from_millis(close_at);
             if at < limit.0 {
-                return (at, "connection_unauthenticated");
+                return (at, Refusal::ConnectionUnauthenticated);
             }
         }
         limit
     }
 
-    fn fail(&mut self, reason: &'static str) -> io::Error {
+    fn fail(&mut self, refusal: Refusal) -> io::Error {
         if !self.failed {
             self.failed = true;
-            if reason != "connection_limit" {
+            if refusal != Refusal::ConnectionLimit {
                 // Shed connections were counted when the table chose them.
-                self.table.coordinator.count_refusal_reason(reason);
+                self.table.coordinator.count_refusal(refusal);
             }
-            debug!(peer = %self.conn.key.1, reason, "connection closed");
+            debug!(peer = %self.conn.key.1, %refusal, "connection closed");
         }
-        io::Error::new(io::ErrorKind::TimedOut, reason)
+        io::Error::new(io::ErrorKind::TimedOut, refusal.reason())
     }
 
     /// Called where the stream is about to wait: fails it if it was shed or a deadline passed,
     /// otherwise makes sure the task is woken for the next deadline and for shedding.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.failed || self.conn.shed.load(Ordering::Relaxed) {
-            return Err(self.fail("connection_limit"));
+            return Err(self.fail(Refusal::ConnectionLimit));
         }
         self.conn.waker.register(cx.waker());
         if self.conn.shed.load(Ordering::Relaxed) {
-            return Err(self.fail("connection_limit"));
+            return Err(self.fail(Refusal::ConnectionLimit));
         }
         loop {
             // A closing time may have come before the timer's deadline.
@@ -620,7 +624,7 @@ impl<T> Guarded<T> {
 
     fn shed_now(&mut self) -> io::Result<()> {
         if self.failed || self.conn.shed.load(Ordering::Relaxed) {
-            return Err(self.fail("connection_limit"));
+            return Err(self.fail(Refusal::ConnectionLimit));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::net::auth::AuthPolicy;
+use crate::refusal::Refusal;
 use crate::strategy::results::ClientUpdate;
 use futures::{Stream, StreamExt};
 use shoal_proto::ChunkAssembler;
@@ -55,10 +56,10 @@ impl FleetService {
         );
         checked.map_err(|err| {
             let err = CoordinatorError::from(err);
-            let reason = err.reason();
-            if let Some(unlogged) = self.coordinator.may_log_refusal(reason) {
+            let refusal = err.refusal();
+            if let Some(unlogged) = self.coordinator.may_log_refusal(refusal) {
                 let peer = request.remote_addr();
-                if reason == "impersonation" {
+                if refusal == Refusal::Impersonation {
                     warn!(client = %claimed, ?peer, error = %err, unlogged, "request refused: impersonation (unlogged: similar refusals since the last line)");
                 } else {
                     info!(client = %claimed, ?peer, error = %err, unlogged, "request refused: not authenticated (unlogged: similar refusals since the last line)");
@@ -79,8 +80,9 @@ impl FleetService {
     /// The one place an error becomes a refusal: counts it by reason (see
     /// [`Coordinator::refusals`]), logs it at debug level, and turns it into a status.
     fn refuse(&self, err: CoordinatorError) -> Status {
-        debug!(error = %err, reason = err.reason(), "request refused");
-        self.coordinator.count_refusal(&err);
+        let refusal = err.refusal();
+        debug!(error = %err, %refusal, "request refused");
+        self.coordinator.count_refusal(refusal);
         err.into()
     }
 
@@ -94,8 +96,8 @@ impl FleetService {
         tokio::time::timeout(MESSAGE_GAP, parts.next())
             .await
             .map_err(|_| {
-                self.coordinator.count_refusal_reason("stream_stalled");
-                Status::deadline_exceeded(format!(
+                self.coordinator.count_refusal(Refusal::StreamStalled);
+                Refusal::StreamStalled.status(format!(
                     "update stream sent nothing for {} s",
                     MESSAGE_GAP.as_secs()
                 ))
@@ -107,13 +109,13 @@ impl FleetService {
     /// Unary requests that fail to decode are refused by tonic before any handler runs, so
     /// they are not counted.
     fn refuse_stream(&self, status: Status) -> Status {
-        let reason = match status.code() {
-            Code::OutOfRange | Code::ResourceExhausted => "message_too_large",
-            Code::Cancelled => "stream_cancelled",
-            _ => "stream_error",
+        let refusal = match status.code() {
+            Code::OutOfRange | Code::ResourceExhausted => Refusal::MessageTooLarge,
+            Code::Cancelled => Refusal::StreamCancelled,
+            _ => Refusal::StreamError,
         };
-        debug!(status = %status.message(), reason, "update stream refused");
-        self.coordinator.count_refusal_reason(reason);
+        debug!(status = %status.message(), %refusal, "update stream refused");
+        self.coordinator.count_refusal(refusal);
         status
     }
 }

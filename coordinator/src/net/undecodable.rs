@@ -1,10 +1,12 @@
 //! Counting the requests tonic refuses before any handler runs: a unary message that is not
 //! valid protobuf, or over the message size limit. The handlers never see them, so
 //! [`crate::net::service`] cannot count them; this wrapper around the generated server reads the
-//! status of each unary response instead. Update streams are counted by the handler itself,
-//! which sees their errors as they arrive.
+//! status of each unary response instead. Every status the coordinator writes carries its
+//! reason, so an error status without one is tonic's. Update streams are counted by the
+//! handler itself, which sees their errors as they arrive.
 
 use crate::engine::Coordinator;
+use crate::refusal::Refusal;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -24,15 +26,17 @@ impl<S> CountUndecodable<S> {
     }
 }
 
-/// The refusal reason of a response tonic produced for a request it could not decode, if it is
-/// one. Handlers never answer OutOfRange, nor Internal with a decode message.
-fn undecodable(headers: &http::HeaderMap) -> Option<&'static str> {
+/// The refusal of a response tonic produced for a request it could not decode, if it is one:
+/// an error status without the coordinator's reason, with the code tonic gives a message over
+/// the size limit (OutOfRange) or one it could not decode (Internal).
+fn undecodable(headers: &http::HeaderMap) -> Option<Refusal> {
     let status = Status::from_header_map(headers)?;
+    if headers.contains_key(shoal_proto::REASON_HEADER) {
+        return None;
+    }
     match status.code() {
-        tonic::Code::OutOfRange => Some("message_too_large"),
-        tonic::Code::Internal if status.message().starts_with("failed to decode") => {
-            Some("malformed_message")
-        }
+        tonic::Code::OutOfRange => Some(Refusal::MessageTooLarge),
+        tonic::Code::Internal => Some(Refusal::MalformedMessage),
         _ => None,
     }
 }
@@ -56,9 +60,9 @@ where
         let coordinator = self.coordinator.clone();
         Box::pin(async move {
             let response = response.await?;
-            if !streamed_upload && let Some(reason) = undecodable(response.headers()) {
-                tracing::debug!(reason, "undecodable request refused");
-                coordinator.count_refusal_reason(reason);
+            if !streamed_upload && let Some(refusal) = undecodable(response.headers()) {
+                tracing::debug!(%refusal, "undecodable request refused");
+                coordinator.count_refusal(refusal);
             }
             Ok(response)
         })
@@ -82,15 +86,20 @@ mod tests {
         let cases = [
             (
                 Status::internal("failed to decode Protobuf message: buffer underflow"),
-                Some("malformed_message"),
+                Some(Refusal::MalformedMessage),
             ),
             (
                 Status::out_of_range("Error, decoded message length too large"),
-                Some("message_too_large"),
+                Some(Refusal::MessageTooLarge),
             ),
-            (Status::internal("strategy: something broke"), None),
-            (Status::invalid_argument("invalid update"), None),
-            (Status::not_found("unknown client"), None),
+            // The coordinator's own verdicts carry their reason.
+            (Refusal::Internal.status("strategy: something broke"), None),
+            (Refusal::WrongLength.status("invalid update"), None),
+            (Refusal::UnknownClient.status("unknown client"), None),
+            (
+                Status::invalid_argument("a code tonic never uses for decoding"),
+                None,
+            ),
         ];
         for (status, want) in cases {
             assert_eq!(undecodable(&headers_of(status.clone())), want, "{status:?}");

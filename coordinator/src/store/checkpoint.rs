@@ -51,7 +51,7 @@ impl Checkpoint {
     /// The run config this checkpoint was written under.
     pub fn config(&self) -> Result<RunConfig> {
         serde_json::from_str(&self.config_json)
-            .map_err(|e| CoordinatorError::Checkpoint(format!("config in checkpoint: {e}")))
+            .map_err(|e| CoordinatorError::codec("config in checkpoint", e))
     }
 }
 
@@ -188,7 +188,7 @@ impl CheckpointStore {
 /// The file bytes of a checkpoint.
 pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
     let payload = bincode::serde::encode_to_vec(checkpoint, bincode::config::standard())
-        .map_err(|e| CoordinatorError::Checkpoint(format!("encode: {e}")))?;
+        .map_err(|e| CoordinatorError::codec("encode checkpoint", e))?;
     let mut out = Vec::with_capacity(HEADER + payload.len() + DIGEST);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

@@ -76,7 +76,7 @@ impl RoundLog {
     /// Appends a record and syncs it to disk.
     pub fn append(&mut self, record: &LogRecord) -> Result<()> {
         let payload = bincode::serde::encode_to_vec(record, bincode::config::standard())
-            .map_err(|e| CoordinatorError::Checkpoint(format!("encode log record: {e}")))?;
+            .map_err(|e| CoordinatorError::codec("encode log record", e))?;
         let mut frame = Vec::with_capacity(payload.len() + 8);
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());

@@ -80,16 +80,14 @@ pub(crate) fn eval_metrics(spec: &ModelSpec, params: &[f32], test: &Dataset) -> 
 
 /// Strategy state as bytes (serde + bincode), for checkpoints.
 pub(crate) fn to_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| {
-        crate::error::CoordinatorError::Checkpoint(format!("encode strategy state: {e}"))
-    })
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| crate::error::CoordinatorError::codec("encode strategy state", e))
 }
 
 /// Inverse of [`to_bytes`]; refuses trailing bytes.
 pub(crate) fn from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let (value, used) = crate::bounded::decode_bounded(bytes).map_err(|e| {
-        crate::error::CoordinatorError::Checkpoint(format!("decode strategy state: {e}"))
-    })?;
+    let (value, used) = crate::bounded::decode_bounded(bytes)
+        .map_err(|e| crate::error::CoordinatorError::codec("decode strategy state", e))?;
     if used != bytes.len() {
         return Err(crate::error::CoordinatorError::Checkpoint(
             "trailing bytes in strategy state".into(),

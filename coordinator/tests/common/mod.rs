@@ -1,7 +1,7 @@
 //! Shared helpers: a real coordinator on 127.0.0.1:0 and its data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use shoal_coordinator::config::SelectionConfig;
+use shoal_coordinator::config::{FitSettings, SelectionConfig};
 use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, Security, strategy};
 use shoal_datasets::{Dataset, DatasetSource, Partition, Split, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
@@ -26,10 +26,16 @@ pub fn clients(train: &Dataset, n: usize, scheme: &Partition, seed: u64) -> Vec<
         .collect()
 }
 
-/// A run config for `clients` clients, everyone every round.
+/// A run config for `clients` clients, everyone every round, one local epoch at lr 0.05 (light
+/// enough that tests spend their time in the protocol, not in training).
 pub fn config(clients: usize, rounds: u32) -> RunConfig {
     RunConfig {
         rounds,
+        fit: FitSettings {
+            epochs: 1,
+            batch_size: 32,
+            lr: 0.05,
+        },
         selection: SelectionConfig {
             clients_per_round: None,
             fraction: 1.0,
