@@ -3,8 +3,8 @@
 //! and the benchmarks all start runs through [`Coordinator::host`], so the order start → serve
 //! → run → drain → stop is written once.
 
-use crate::engine::Coordinator;
 use crate::engine::driver::RunOutcome;
+use crate::engine::{Coordinator, RoundDriver};
 use crate::error::{CoordinatorError, Result};
 use crate::net::server::{Security, serve_with};
 use crate::store::metrics::RoundRecord;
@@ -139,8 +139,9 @@ impl Coordinator {
                 let _ = server_stopped.await;
             });
             let driving = async {
-                let outcome = coordinator
-                    .run(strategy, test, resume, observer, shutdown)
+                let outcome = RoundDriver::new(coordinator.clone(), strategy, test, resume)
+                    .observed_by(observer)
+                    .run(shutdown)
                     .await;
                 coordinator.drain(drain_limit).await;
                 let _ = stop_server.send(());

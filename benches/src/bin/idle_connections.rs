@@ -18,6 +18,7 @@ use shoal_benches::flags::Flags;
 use shoal_benches::stats::Summary;
 use shoal_client::{FleetConfig, run_fleet};
 use shoal_coordinator::config::SelectionConfig;
+use shoal_coordinator::engine::RoundDriver;
 use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, serve, strategy};
 use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
@@ -254,14 +255,8 @@ fn run_once(
     let driver = coordinator.clone();
     let test = test.clone();
     let outcome = coordinator_rt.block_on(coordinator_rt.spawn(async move {
-        driver
-            .run(
-                strategy,
-                test,
-                Resume::default(),
-                None,
-                std::future::pending(),
-            )
+        RoundDriver::new(driver, strategy, test, Resume::default())
+            .run(std::future::pending())
             .await
     }))??;
     let wall = started.elapsed();

@@ -8,6 +8,7 @@
 use crate::aggregate::AggregateError;
 use crate::aggregate::norm::NormBound;
 use crate::config::{Limits, RunConfig};
+use crate::engine::phase::Phase;
 use crate::engine::refusals::Refusals;
 use crate::engine::registry::{Registry, check_client_id};
 use crate::engine::round::{OpenRound, SharedAccumulator, fold};
@@ -37,17 +38,6 @@ const MAX_METRIC_NAME: usize = 64;
 const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_secs(8);
 /// Longest reason for an abandoned task that is logged, in characters.
 const MAX_ABANDON_REASON: usize = 512;
-
-/// Where the run is.
-#[derive(Debug)]
-pub enum Phase {
-    /// Between rounds, or waiting for clients.
-    Idle,
-    /// A round is open.
-    Open(Box<OpenRound>),
-    /// The run ended; pulls answer Finished with this reason.
-    Finished(String),
-}
 
 /// Mutable coordinator state, behind one mutex.
 #[derive(Debug)]
@@ -122,7 +112,7 @@ impl Coordinator {
                 spec,
                 state: Mutex::new(State {
                     registry: Registry::default(),
-                    phase: Phase::Idle,
+                    phase: Phase::Waiting,
                 }),
                 changed,
                 progress: Notify::new(),
@@ -166,6 +156,35 @@ impl Coordinator {
         self.shared.refusals.snapshot()
     }
 
+    /// Opens `round` (see [`Phase::open`]) and wakes the clients waiting in a pull.
+    pub(crate) fn open_round(&self, round: OpenRound) -> Result<()> {
+        lock(&self.shared.state).phase.open(round)?;
+        self.shared.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Closes the open round (see [`Phase::close`]): no update is admitted from now on.
+    pub(crate) fn close_round(&self) -> Result<Box<OpenRound>> {
+        lock(&self.shared.state).phase.close()
+    }
+
+    /// The closed round is recorded, or will be retried (see [`Phase::settle`]).
+    pub(crate) fn settle_round(&self) {
+        lock(&self.shared.state).phase.settle();
+    }
+
+    /// Ends the run: every pull from now on answers Finished. The first reason given stays.
+    pub(crate) fn finish(&self, reason: &str) {
+        if lock(&self.shared.state).phase.finish(reason) {
+            self.shared.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The error that must end the run, if one was met (see [`Coordinator::stop_with`]).
+    pub(crate) fn take_fatal(&self) -> Option<CoordinatorError> {
+        lock(&self.shared.fatal).take()
+    }
+
     /// Ends the run with `err` as soon as the round driver sees it (the first such error wins).
     pub(crate) fn stop_with(&self, err: CoordinatorError) {
         let mut fatal = lock(&self.shared.fatal);
@@ -180,7 +199,7 @@ impl Coordinator {
     /// True once the run has ended (every pull answers Finished), even while the server still
     /// drains.
     pub fn has_ended(&self) -> bool {
-        matches!(lock(&self.shared.state).phase, Phase::Finished(_))
+        lock(&self.shared.state).phase.has_finished()
     }
 
     /// Registered clients.
@@ -235,7 +254,7 @@ impl Coordinator {
             state
                 .registry
                 .join(client_id, num_examples, limits.max_clients, Instant::now())?;
-            if let Phase::Open(round) = &mut state.phase
+            if let Some(round) = state.phase.open_round_mut()
                 && round.rejoined(client_id)
             {
                 tracing::debug!(client = %client_id, round = round.fence.round, "selected client joined again; its task will be handed out again");
@@ -255,7 +274,7 @@ impl Coordinator {
     pub fn leave(&self, client_id: &str) -> Result<()> {
         let mut state = lock(&self.shared.state);
         state.registry.leave(client_id)?;
-        if let Phase::Open(round) = &mut state.phase
+        if let Some(round) = state.phase.open_round_mut()
             && round.drop_out(client_id)
         {
             if let Some(unlogged) = self.shared.refusals.may_log("left", Instant::now()) {
@@ -581,7 +600,7 @@ impl Slot {
         let mut state = lock(&shared.state);
         // The fence is the same in every attempt of a round; the accumulator is not. A stream
         // left over from an earlier attempt must not touch the current attempt's bookkeeping.
-        if let Phase::Open(round) = &mut state.phase
+        if let Some(round) = state.phase.open_round_mut()
             && round.fence == self.fence
             && Arc::ptr_eq(&round.accumulator, &self.accumulator)
         {

@@ -1,13 +1,16 @@
-//! The round driver: opens a round, waits for updates or the deadline, aggregates, evaluates,
-//! and moves on. The only code that changes the phase of a run.
+//! The round driver: runs a run's rounds on a [`Coordinator`], one at a time, through the
+//! lifecycle of [`crate::engine::phase`]: wait for clients, open the round, gather updates
+//! until enough arrived or the deadline passed, close it, aggregate and evaluate off the
+//! runtime, record (checkpoint), and on to the next.
 //!
 //! A round that closes below quorum is retried with a fresh selection; after `max_retries`
-//! failed attempts the run stops with a clear error rather than waiting forever.
+//! failed attempts the run stops with a clear error rather than waiting forever. However the
+//! run ends, clients hear that it ended (their pulls answer Finished).
 
+use crate::engine::Coordinator;
 use crate::engine::registry::name_some;
 use crate::engine::round::{OpenRound, RoundSink, SharedAccumulator, close, fold};
 use crate::engine::selection::{round_size, select};
-use crate::engine::{Coordinator, Phase};
 use crate::error::{CoordinatorError, Result};
 use crate::store::checkpoint::Checkpoint;
 use crate::store::metrics::{RoundRecord, RunSummary, sha256_f32};
@@ -17,7 +20,7 @@ use crate::strategy::results::{ClientUpdate, RoundAccumulator, RoundResults};
 use crate::strategy::{Metrics, Strategy, TaskPlan};
 use crate::sync::lock;
 use shoal_datasets::Dataset;
-use shoal_proto::v1::{FitConfig, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task};
+use shoal_proto::v1::{Fence, ModelSpec as WireSpec};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,103 +43,128 @@ const WAIT_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Most client ids a log line names.
 const NAMED_IN_LOG: usize = 10;
 
-impl Coordinator {
-    /// Drives the run to its end: every round, or until the strategy converged, shutdown
-    /// resolved, or quorum was lost. Each record is also sent to `observer` as it is made.
-    /// However the run ends, clients hear that it ended (their pulls answer Finished).
-    pub async fn run(
-        &self,
+/// A closed round's results, with what the record says of how they were gathered.
+struct Gathered {
+    results: RoundResults,
+    selected: usize,
+    attempts: u32,
+}
+
+/// Drives one run on a coordinator: build it with the strategy, the held-out data and where to
+/// start, then [`RoundDriver::run`] it while the coordinator serves.
+pub struct RoundDriver {
+    coordinator: Coordinator,
+    strategy: Box<dyn Strategy>,
+    test: Arc<Dataset>,
+    resume: Resume,
+    observer: Option<UnboundedSender<RoundRecord>>,
+}
+
+/// A run being driven: what the rounds need besides the strategy, which moves between the
+/// runtime and blocking threads and so is passed along explicitly.
+struct Driving {
+    coordinator: Coordinator,
+    test: Arc<Dataset>,
+    /// Whether this incarnation has waited for its clients yet: each waits for the configured
+    /// number before its first round; later rounds select from whoever is available then.
+    gathered: bool,
+    /// Whether this incarnation carries on an earlier one.
+    resumed: bool,
+}
+
+impl std::fmt::Debug for RoundDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundDriver")
+            .field("strategy", &self.strategy.name())
+            .field("completed", &self.resume.completed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoundDriver {
+    /// A driver of `coordinator`'s run with `strategy`, evaluating on `test`, starting where
+    /// `resume` says.
+    pub fn new(
+        coordinator: Coordinator,
         strategy: Box<dyn Strategy>,
         test: Arc<Dataset>,
         resume: Resume,
-        observer: Option<UnboundedSender<RoundRecord>>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<RunOutcome> {
-        let outcome = self.drive(strategy, test, resume, observer, shutdown).await;
+    ) -> Self {
+        Self {
+            coordinator,
+            strategy,
+            test,
+            resume,
+            observer: None,
+        }
+    }
+
+    /// Also sends each round's record to `observer` as it is made.
+    pub fn observed_by(mut self, observer: Option<UnboundedSender<RoundRecord>>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Drives the run to its end: every round, or until the strategy converged, shutdown
+    /// resolved, or quorum was lost. However it ends, clients hear that it ended.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunOutcome> {
+        let coordinator = self.coordinator.clone();
+        let outcome = self.drive(shutdown).await;
         match &outcome {
-            Ok(done) => self.finish(&done.summary.stop_reason),
-            Err(CoordinatorError::ShuttingDown) => self.finish("coordinator shut down"),
-            Err(err) => self.finish(&format!("the run failed: {err}")),
+            Ok(done) => coordinator.finish(&done.summary.stop_reason),
+            Err(CoordinatorError::ShuttingDown) => coordinator.finish("coordinator shut down"),
+            Err(err) => coordinator.finish(&format!("the run failed: {err}")),
         }
         outcome
     }
 
-    async fn drive(
-        &self,
-        mut strategy: Box<dyn Strategy>,
-        test: Arc<Dataset>,
-        resume: Resume,
-        observer: Option<UnboundedSender<RoundRecord>>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<RunOutcome> {
+    async fn drive(self, shutdown: impl Future<Output = ()>) -> Result<RunOutcome> {
         tokio::pin!(shutdown);
-        let config = self.shared.config.clone();
+        let Self {
+            coordinator,
+            mut strategy,
+            test,
+            resume,
+            observer,
+        } = self;
+        let mut driving = Driving {
+            coordinator,
+            test,
+            gathered: false,
+            resumed: resume.completed > 0 || resume.replay.is_some(),
+        };
+        let rounds = driving.coordinator.config().rounds;
         let started = Instant::now();
         let mut records = resume.records;
         let mut replay = resume.replay;
         let mut stop_reason = "all rounds completed".to_string();
         let mut round = resume.completed + 1;
-        let resumed = resume.completed > 0 || replay.is_some();
-        // Each incarnation waits for the configured number of clients before its first round;
-        // later rounds select from whoever is available then.
-        let mut gathered = false;
-        while round <= config.rounds {
+        while round <= rounds {
             if strategy.converged() {
                 stop_reason = "converged".into();
                 break;
             }
             let round_started = Instant::now();
-            let (results, selected, attempts) = tokio::select! {
-                r = self.collect_round(strategy.as_ref(), round, replay.take(), &mut gathered, resumed) => r?,
+            let gathered = tokio::select! {
+                gathered = driving.gather(strategy.as_ref(), round, replay.take()) => gathered?,
                 () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
             };
-            let clients = results.contributors();
-            let examples = results.total_weight();
-            let client_metrics = client_averages(&results);
-            let test = test.clone();
-            let (back, outcome) = tokio::task::spawn_blocking(move || {
-                let outcome = strategy
-                    .aggregate(round, results)
-                    .and_then(|agg| Ok((agg, strategy.evaluate(&test)?)));
-                (strategy, outcome)
-            })
-            .await
-            .map_err(|source| CoordinatorError::TaskFailed {
-                task: "aggregation",
-                source,
-            })?;
-            strategy = back;
-            let (aggregated, evaluated) = outcome?;
-            let mut values = client_metrics;
-            values.extend(aggregated);
-            values.extend(evaluated);
-            let record = RoundRecord {
-                round,
-                clients,
-                selected,
-                attempts,
-                examples,
-                values,
-                seconds: round_started.elapsed().as_secs_f64(),
-            };
-            info!(
-                round,
-                clients,
-                accuracy = record.get("accuracy"),
-                loss = record.get("loss"),
-                "round aggregated"
-            );
+            let record;
+            (strategy, record) = driving
+                .aggregate(strategy, round, gathered, round_started)
+                .await?;
             if let Some(tx) = &observer {
                 let _ = tx.send(record.clone());
             }
             records.push(record);
-            strategy = self.checkpoint(strategy, round, &records).await?;
+            strategy = driving.checkpoint(strategy, round, &records).await?;
+            driving.coordinator.settle_round();
             round += 1;
         }
         let global = strategy.global().to_vec();
         let last = records.last();
         let summary = RunSummary {
-            run_id: self.shared.run_id.clone(),
+            run_id: driving.coordinator.run_id().to_string(),
             strategy: strategy.name().to_string(),
             rounds_completed: records.len() as u32,
             final_accuracy: last.and_then(|r| r.get("accuracy")),
@@ -146,7 +174,7 @@ impl Coordinator {
             num_params: global.len(),
             wall_seconds: started.elapsed().as_secs_f64(),
             stop_reason,
-            refusals: self.refusals(),
+            refusals: driving.coordinator.refusals(),
         };
         Ok(RunOutcome {
             summary,
@@ -154,77 +182,91 @@ impl Coordinator {
             global,
         })
     }
+}
+
+impl Driving {
+    /// Aggregates and evaluates a closed round off the runtime; returns the strategy and the
+    /// round's record.
+    async fn aggregate(
+        &self,
+        strategy: Box<dyn Strategy>,
+        round: u32,
+        gathered: Gathered,
+        round_started: Instant,
+    ) -> Result<(Box<dyn Strategy>, RoundRecord)> {
+        let Gathered {
+            results,
+            selected,
+            attempts,
+        } = gathered;
+        let clients = results.contributors();
+        let examples = results.total_weight();
+        let client_metrics = client_averages(&results);
+        let test = self.test.clone();
+        let (strategy, outcome) = tokio::task::spawn_blocking(move || {
+            let mut strategy = strategy;
+            let outcome = strategy
+                .aggregate(round, results)
+                .and_then(|agg| Ok((agg, strategy.evaluate(&test)?)));
+            (strategy, outcome)
+        })
+        .await
+        .map_err(|source| CoordinatorError::TaskFailed {
+            task: "aggregation",
+            source,
+        })?;
+        let (aggregated, evaluated) = outcome?;
+        let mut values = client_metrics;
+        values.extend(aggregated);
+        values.extend(evaluated);
+        let record = RoundRecord {
+            round,
+            clients,
+            selected,
+            attempts,
+            examples,
+            values,
+            seconds: round_started.elapsed().as_secs_f64(),
+        };
+        info!(
+            round,
+            clients,
+            accuracy = record.get("accuracy"),
+            loss = record.get("loss"),
+            "round aggregated"
+        );
+        Ok((strategy, record))
+    }
 
     /// Runs attempts of `round` until one reaches quorum; returns its results, the number of
     /// clients asked, and the attempts used. A replayed log resumes its attempt where it was.
     ///
-    /// Before this incarnation's first fresh selection (`gathered` false) it waits for the
-    /// configured number of clients, as long as it takes, saying so, and sets `gathered`; later
-    /// attempts take whoever is available, waiting at most a round deadline for a quorum of
-    /// them, and an attempt with too few counts as failed. A round replayed from the log keeps
-    /// its logged selection and gathers nobody: the next round still waits for everyone to
-    /// come back after the restart, so a resumed run selects what an uninterrupted one would
-    /// (after a restart, `resumed`, for at most the time the round's attempts could take).
-    async fn collect_round(
-        &self,
+    /// Before this incarnation's first fresh selection it waits for the configured number of
+    /// clients, as long as it takes, saying so; later attempts take whoever is available,
+    /// waiting at most a round deadline for a quorum of them, and an attempt with too few
+    /// counts as failed. A round replayed from the log keeps its logged selection and gathers
+    /// nobody: the next round still waits for everyone to come back after the restart, so a
+    /// resumed run selects what an uninterrupted one would (after a restart, for at most the
+    /// time the round's attempts could take).
+    async fn gather(
+        &mut self,
         strategy: &dyn Strategy,
         round: u32,
         mut replay: Option<LoggedRound>,
-        gathered: &mut bool,
-        resumed: bool,
-    ) -> Result<(RoundResults, usize, u32)> {
-        let config = &self.shared.config;
+    ) -> Result<Gathered> {
+        let coordinator = self.coordinator.clone();
+        let config = coordinator.config();
         let quorum = config.selection.min_clients.max(1);
         let first = replay.as_ref().map_or(0, |l| l.opened.attempt);
         for attempt in first..=config.max_retries {
             let (selected, wanted, logged) = match replay.take() {
                 Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
-                None => {
-                    let now = tokio::time::Instant::now();
-                    let (needed, deadline) = if *gathered {
-                        (quorum, Some(now + config.round_timeout()))
-                    } else {
-                        // A resumed run waits for every client to come back, so it selects
-                        // what an uninterrupted run would; but a client may be gone for good,
-                        // so only for as long as the round's attempts could last.
-                        let patience = config.round_timeout() * (config.max_retries + 1);
-                        (
-                            quorum.max(config.selection.min_available),
-                            resumed.then(|| now + patience),
-                        )
-                    };
-                    let available = self.wait_for_clients(needed, deadline).await;
-                    *gathered = true;
-                    if available.len() < needed {
-                        warn!(
-                            round,
-                            attempt,
-                            available = available.len(),
-                            needed,
-                            quorum,
-                            missing = %self.missing(),
-                            "fewer clients available than the round waits for; below quorum the attempt fails, else it goes on with those available (after a restart the result may then differ from an uninterrupted run)"
-                        );
-                    }
-                    if available.len() < quorum {
-                        continue;
-                    }
-                    let sel = &config.selection;
-                    let (wanted, asked) = round_size(
-                        available.len(),
-                        sel.clients_per_round,
-                        sel.fraction,
-                        sel.min_clients,
-                        sel.over_select,
-                    );
-                    (
-                        select(&available, asked, config.seed, round, attempt),
-                        wanted,
-                        Vec::new(),
-                    )
-                }
+                None => match self.select(round, attempt, quorum).await {
+                    Some((selected, wanted)) => (selected, wanted, Vec::new()),
+                    None => continue,
+                },
             };
-            let plan = strategy.plan(round);
+            let plan = strategy.configure(round);
             let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
             let accumulator = Arc::new(Mutex::new(Some(sink)));
             let kept = self.replay_updates(&accumulator, round, logged);
@@ -236,25 +278,31 @@ impl Coordinator {
                     sink.accumulator.prefault();
                 }
             });
-            self.open(
+            let open = self.open_round(
+                strategy.global(),
                 round,
                 plan,
-                strategy.global(),
                 &selected,
                 wanted,
                 accumulator.clone(),
                 kept,
             );
+            coordinator.open_round(open)?;
             self.wait_for_updates().await;
-            lock(&self.shared.state).phase = Phase::Idle;
+            coordinator.close_round()?;
             let results =
                 close(&accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
-            if let Some(fatal) = lock(&self.shared.fatal).take() {
+            if let Some(fatal) = coordinator.take_fatal() {
                 return Err(fatal);
             }
             if results.contributors() >= quorum {
-                return Ok((results, selected.len(), attempt + 1));
+                return Ok(Gathered {
+                    results,
+                    selected: selected.len(),
+                    attempts: attempt + 1,
+                });
             }
+            coordinator.settle_round();
             warn!(
                 round,
                 attempt,
@@ -270,6 +318,102 @@ impl Coordinator {
         })
     }
 
+    /// Waits for the clients an attempt needs and selects among them: `None` if fewer than
+    /// the quorum came (the attempt fails), else the clients asked and the updates wanted.
+    async fn select(
+        &mut self,
+        round: u32,
+        attempt: u32,
+        quorum: usize,
+    ) -> Option<(Vec<String>, usize)> {
+        let coordinator = self.coordinator.clone();
+        let config = coordinator.config();
+        let now = tokio::time::Instant::now();
+        let (needed, deadline) = if self.gathered {
+            (quorum, Some(now + config.round_timeout()))
+        } else {
+            // A resumed run waits for every client to come back, so it selects what an
+            // uninterrupted run would; but a client may be gone for good, so only for as long
+            // as the round's attempts could last.
+            let patience = config.round_timeout() * (config.max_retries + 1);
+            (
+                quorum.max(config.selection.min_available),
+                self.resumed.then(|| now + patience),
+            )
+        };
+        let available = self.wait_for_clients(needed, deadline).await;
+        self.gathered = true;
+        if available.len() < needed {
+            warn!(
+                round,
+                attempt,
+                available = available.len(),
+                needed,
+                quorum,
+                missing = %self.missing(),
+                "fewer clients available than the round waits for; below quorum the attempt fails, else it goes on with those available (after a restart the result may then differ from an uninterrupted run)"
+            );
+        }
+        if available.len() < quorum {
+            return None;
+        }
+        let sel = &config.selection;
+        let (wanted, asked) = round_size(
+            available.len(),
+            sel.clients_per_round,
+            sel.fraction,
+            sel.min_clients,
+            sel.over_select,
+        );
+        Some((
+            select(&available, asked, config.seed, round, attempt),
+            wanted,
+        ))
+    }
+
+    /// The open round: the strategy's plan and task for `selected`, against the `global`
+    /// state, with `done` (replayed) clients already delivered.
+    #[allow(clippy::too_many_arguments)]
+    fn open_round(
+        &self,
+        global: &[f32],
+        round: u32,
+        plan: TaskPlan,
+        selected: &[String],
+        wanted: usize,
+        accumulator: SharedAccumulator,
+        done: Vec<String>,
+    ) -> OpenRound {
+        let shared = &self.coordinator.shared;
+        let fence = Fence::at(&shared.run_id, shared.epoch, round);
+        let spec = &shared.spec;
+        let (rows, cols) = spec.image_shape.unwrap_or((0, 0));
+        let model = WireSpec {
+            kind: spec.kind.to_string(),
+            num_features: spec.num_features as u32,
+            num_classes: spec.num_classes as u32,
+            image_rows: rows as u32,
+            image_cols: cols as u32,
+        };
+        let task = plan.task(fence.clone(), model, global.len());
+        OpenRound {
+            fence,
+            plan,
+            task,
+            global: Arc::new(global.to_vec()),
+            global_chunks: shoal_proto::encode_chunks(global, shoal_proto::DEFAULT_CHUNK_BYTES)
+                .collect(),
+            selected: selected.iter().cloned().collect(),
+            tasked: done.iter().cloned().collect(),
+            in_flight: Default::default(),
+            dropped: Default::default(),
+            delivered: done.into_iter().collect(),
+            wanted: wanted.min(selected.len()),
+            deadline: tokio::time::Instant::now() + shared.config.round_timeout(),
+            accumulator,
+        }
+    }
+
     /// The round's sink: an accumulator, plus a fresh round log if the run is checkpointed.
     fn sink(
         &self,
@@ -279,13 +423,13 @@ impl Coordinator {
         selected: &[String],
         wanted: usize,
     ) -> Result<RoundSink> {
-        let log = match &self.shared.checkpoints {
+        let log = match &self.coordinator.shared.checkpoints {
             Some(store) => Some(RoundLog::create(
                 store.dir(),
                 RoundOpened {
                     round,
                     attempt,
-                    epoch: self.shared.epoch,
+                    epoch: self.coordinator.shared.epoch,
                     selected: selected.to_vec(),
                     wanted,
                 },
@@ -306,7 +450,11 @@ impl Coordinator {
         round: u32,
         updates: Vec<ClientUpdate>,
     ) -> Vec<String> {
-        let fence = shoal_proto::v1::Fence::at(&self.shared.run_id, self.shared.epoch, round);
+        let fence = shoal_proto::v1::Fence::at(
+            &self.coordinator.shared.run_id,
+            self.coordinator.shared.epoch,
+            round,
+        );
         let mut kept = Vec::new();
         for update in updates {
             let id = update.client_id.clone();
@@ -332,17 +480,17 @@ impl Coordinator {
         round: u32,
         records: &[RoundRecord],
     ) -> Result<Box<dyn Strategy>> {
-        let Some(store) = self.shared.checkpoints.clone() else {
+        let Some(store) = self.coordinator.shared.checkpoints.clone() else {
             return Ok(strategy);
         };
-        let config = &self.shared.config;
+        let config = &self.coordinator.shared.config;
         let config_json = serde_json::to_string(config)
             .map_err(|e| CoordinatorError::codec("encode config", e))?;
         let mut checkpoint = Checkpoint {
             config_hash: config.hash(),
             config_json,
             round,
-            epoch: self.shared.epoch,
+            epoch: self.coordinator.shared.epoch,
             strategy: strategy.name().to_string(),
             strategy_state: Vec::new(),
             records: records.to_vec(),
@@ -374,11 +522,11 @@ impl Coordinator {
     ) -> Vec<String> {
         let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
-            let notified = self.shared.progress.notified();
+            let notified = self.coordinator.shared.progress.notified();
             let now = tokio::time::Instant::now();
             let expired = deadline.is_some_and(|d| now >= d);
             let (joined, available) = {
-                let state = lock(&self.shared.state);
+                let state = lock(&self.coordinator.shared.state);
                 let joined = state.registry.len();
                 // Listing the available clients costs a pass over the registry: while fewer
                 // than needed have even joined, the count alone says to wait (with 100,000
@@ -388,7 +536,7 @@ impl Coordinator {
                 } else {
                     state
                         .registry
-                        .available(Instant::now(), self.shared.limits.liveness)
+                        .available(Instant::now(), self.coordinator.shared.limits.liveness)
                 };
                 (joined, available)
             };
@@ -413,80 +561,11 @@ impl Coordinator {
     /// Clients known to this incarnation that are not available: those that left, and those
     /// silent past the liveness window, for log lines.
     fn missing(&self) -> String {
-        lock(&self.shared.state).registry.absent(
+        lock(&self.coordinator.shared.state).registry.absent(
             Instant::now(),
-            self.shared.limits.liveness,
+            self.coordinator.shared.limits.liveness,
             NAMED_IN_LOG,
         )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        &self,
-        round: u32,
-        plan: TaskPlan,
-        global: &[f32],
-        selected: &[String],
-        wanted: usize,
-        accumulator: SharedAccumulator,
-        done: Vec<String>,
-    ) {
-        let shared = &self.shared;
-        let config = &shared.config;
-        let fence = shoal_proto::v1::Fence::at(&shared.run_id, shared.epoch, round);
-        let spec = &shared.spec;
-        let (rows, cols) = spec.image_shape.unwrap_or((0, 0));
-        let kmeans = match &config.strategy {
-            crate::config::StrategyConfig::FedKMeans { k, local_k, .. } => Some(KMeansConfig {
-                k: *k as u32,
-                local_k: *local_k as u32,
-                dim: spec.num_features as u32,
-            }),
-            _ => None,
-        };
-        let task = Task {
-            fence: Some(fence.clone()),
-            kind: plan.kind as i32,
-            model: Some(WireSpec {
-                kind: spec.kind.to_string(),
-                num_features: spec.num_features as u32,
-                num_classes: spec.num_classes as u32,
-                image_rows: rows as u32,
-                image_cols: cols as u32,
-            }),
-            global_len: global.len() as u64,
-            seed: 0,
-            fit: Some(FitConfig {
-                epochs: config.fit.epochs,
-                batch_size: config.fit.batch_size,
-                lr: config.fit.lr,
-            }),
-            gradient: Some(GradientConfig {
-                batches: config.gradient.batches,
-                batch_size: config.gradient.batch_size,
-            }),
-            kmeans,
-            update_len: plan.update_len as u64,
-            counts_len: plan.counts_len as u64,
-        };
-        let open = OpenRound {
-            fence,
-            plan,
-            task,
-            global: Arc::new(global.to_vec()),
-            global_chunks: shoal_proto::encode_chunks(global, shoal_proto::DEFAULT_CHUNK_BYTES)
-                .collect(),
-            selected: selected.iter().cloned().collect(),
-            tasked: done.iter().cloned().collect(),
-            in_flight: Default::default(),
-            dropped: Default::default(),
-            delivered: done.into_iter().collect(),
-            wanted: wanted.min(selected.len()),
-            deadline: tokio::time::Instant::now() + config.round_timeout(),
-            accumulator,
-        };
-        lock(&shared.state).phase = Phase::Open(Box::new(open));
-        shared.changed.send_modify(|v| *v += 1);
     }
 
     /// Returns when the open round has enough updates, nothing more can come, its deadline
@@ -494,13 +573,13 @@ impl Coordinator {
     async fn wait_for_updates(&self) {
         let mut report = tokio::time::Instant::now() + WAIT_REPORT_EVERY;
         loop {
-            let notified = self.shared.progress.notified();
-            if lock(&self.shared.fatal).is_some() {
+            let notified = self.coordinator.shared.progress.notified();
+            if lock(&self.coordinator.shared.fatal).is_some() {
                 return;
             }
             let deadline = {
-                let state = lock(&self.shared.state);
-                let Phase::Open(round) = &state.phase else {
+                let state = lock(&self.coordinator.shared.state);
+                let Some(round) = state.phase.open_round() else {
                     return;
                 };
                 if round.complete() {
@@ -526,16 +605,6 @@ impl Coordinator {
                 return;
             }
         }
-    }
-
-    /// Ends the run: every pull from now on answers Finished. The first reason given stays.
-    fn finish(&self, reason: &str) {
-        let mut state = lock(&self.shared.state);
-        if !matches!(state.phase, Phase::Finished(_)) {
-            state.phase = Phase::Finished(reason.to_string());
-        }
-        drop(state);
-        self.shared.changed.send_modify(|v| *v += 1);
     }
 }
 

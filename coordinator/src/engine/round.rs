@@ -198,6 +198,7 @@ mod tests {
     fn a_client_is_folded_once_per_round() {
         let plan = TaskPlan {
             kind: shoal_proto::v1::TaskKind::Fit,
+            work: crate::strategy::Work::Fit(Default::default()),
             update_len: 3,
             counts_len: 0,
             fold: FoldMode::WeightedSum,

@@ -8,10 +8,15 @@ use shoal_models::ModelSpec;
 /// Builds the strategy a run asks for, with its initial global state.
 pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> {
     Ok(match &config.strategy {
-        StrategyConfig::FedAvg => Box::new(FedAvg::new(spec.clone(), config.seed)?),
-        StrategyConfig::FedSgd { optimizer } => {
-            Box::new(FedSgd::new(spec.clone(), config.seed, optimizer.clone())?)
+        StrategyConfig::FedAvg => {
+            Box::new(FedAvg::new(spec.clone(), config.seed, config.fit.clone())?)
         }
+        StrategyConfig::FedSgd { optimizer } => Box::new(FedSgd::new(
+            spec.clone(),
+            config.seed,
+            optimizer.clone(),
+            config.gradient.clone(),
+        )?),
         StrategyConfig::FedKMeans { k, local_k, tol } => Box::new(FedKMeans::new(
             spec.num_features,
             spec.num_classes,

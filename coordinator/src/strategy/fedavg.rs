@@ -5,26 +5,28 @@
 //! parameters; the next global model is their mean weighted by example counts.
 
 use super::{
-    FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
+    FoldMode, Metrics, Strategy, TaskPlan, Work, eval_metrics, from_bytes, init_stream, to_bytes,
 };
+use crate::config::FitSettings;
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
-use shoal_proto::v1::TaskKind;
+use shoal_proto::v1::{FitConfig, TaskKind};
 
 /// Federated averaging of locally trained parameters.
 #[derive(Debug)]
 pub struct FedAvg {
     spec: ModelSpec,
     params: Vec<f32>,
+    fit: FitSettings,
 }
 
 impl FedAvg {
-    /// Starts from parameters initialised by the run seed.
-    pub fn new(spec: ModelSpec, seed: u64) -> Result<Self> {
+    /// Starts from parameters initialised by the run seed; clients train with `fit`.
+    pub fn new(spec: ModelSpec, seed: u64, fit: FitSettings) -> Result<Self> {
         let params = init_params(&spec, init_stream(seed))?;
-        Ok(Self { spec, params })
+        Ok(Self { spec, params, fit })
     }
 }
 
@@ -33,9 +35,14 @@ impl Strategy for FedAvg {
         "fedavg"
     }
 
-    fn plan(&self, _round: u32) -> TaskPlan {
+    fn configure(&self, _round: u32) -> TaskPlan {
         TaskPlan {
             kind: TaskKind::Fit,
+            work: Work::Fit(FitConfig {
+                epochs: self.fit.epochs,
+                batch_size: self.fit.batch_size,
+                lr: self.fit.lr,
+            }),
             update_len: self.params.len(),
             counts_len: 0,
             fold: FoldMode::WeightedSum,

@@ -11,7 +11,7 @@
 //! Empty clusters: a centroid that no point chose keeps its previous position (deterministic,
 //! and the same rule as the centralised `shoal_models::kmeans::lloyd`).
 
-use super::{FoldMode, Metrics, Strategy, TaskPlan, from_bytes, to_bytes};
+use super::{FoldMode, Metrics, Strategy, TaskPlan, Work, from_bytes, to_bytes};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use shoal_datasets::rng::derive_seed;
 use shoal_models::kmeans::{
     ari_from_contingency, farthest_first, lloyd, lloyd_stats, nmi_from_contingency,
 };
-use shoal_proto::v1::TaskKind;
+use shoal_proto::v1::{KMeansConfig, TaskKind};
 
 /// Stream tag for the coordinator's seeding choices.
 const SEEDING_STREAM: u64 = 0x6b_fed;
@@ -180,10 +180,16 @@ impl Strategy for FedKMeans {
         "fedkmeans"
     }
 
-    fn plan(&self, _round: u32) -> TaskPlan {
+    fn configure(&self, _round: u32) -> TaskPlan {
+        let work = Work::KMeans(KMeansConfig {
+            k: self.k as u32,
+            local_k: self.local_k as u32,
+            dim: self.dim as u32,
+        });
         if self.seeded() {
             TaskPlan {
                 kind: TaskKind::KmeansStep,
+                work,
                 update_len: self.k * self.dim,
                 counts_len: self.k + self.k * self.classes,
                 fold: FoldMode::Sum,
@@ -196,6 +202,7 @@ impl Strategy for FedKMeans {
         } else {
             TaskPlan {
                 kind: TaskKind::KmeansInit,
+                work,
                 update_len: self.local_k * self.dim,
                 counts_len: self.local_k,
                 fold: FoldMode::Collect,
@@ -275,7 +282,7 @@ mod tests {
 
     /// Runs one federated Lloyd round over the given partition, without the network.
     fn federated_step(km: &mut FedKMeans, data: &Dataset, parts: &[Vec<usize>]) -> Vec<f32> {
-        let mut acc = RoundAccumulator::new(&km.plan(2));
+        let mut acc = RoundAccumulator::new(&km.configure(2));
         for (i, idx) in parts.iter().enumerate() {
             let local = data.subset(idx).unwrap();
             let stats = lloyd_stats(&km.state.centroids, km.k, &local).unwrap();
@@ -319,7 +326,7 @@ mod tests {
     #[test]
     fn refuses_counts_that_do_not_add_up() {
         let km = FedKMeans::new(2, 0, 2, 2, 0.0, 0).unwrap();
-        let mut acc = RoundAccumulator::new(&km.plan(1));
+        let mut acc = RoundAccumulator::new(&km.configure(1));
         let update = ClientUpdate {
             client_id: "a".into(),
             weight: 5,
@@ -337,7 +344,7 @@ mod tests {
     #[test]
     fn seeding_needs_at_least_k_centres() {
         let mut km = FedKMeans::new(2, 0, 3, 1, 0.0, 0).unwrap();
-        let mut acc = RoundAccumulator::new(&km.plan(1));
+        let mut acc = RoundAccumulator::new(&km.configure(1));
         acc.accept(ClientUpdate {
             client_id: "a".into(),
             weight: 4,

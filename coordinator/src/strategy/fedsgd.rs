@@ -7,15 +7,15 @@
 //! on the union of the clients' data.
 
 use super::{
-    FoldMode, Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes,
+    FoldMode, Metrics, Strategy, TaskPlan, Work, eval_metrics, from_bytes, init_stream, to_bytes,
 };
-use crate::config::ServerOptimizer;
+use crate::config::{GradientSettings, ServerOptimizer};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
-use shoal_proto::v1::TaskKind;
+use shoal_proto::v1::{GradientConfig, TaskKind};
 
 /// Optimiser state that must survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,11 +38,18 @@ pub struct FedSgd {
     params: Vec<f32>,
     optimizer: ServerOptimizer,
     state: OptimizerState,
+    gradient: GradientSettings,
 }
 
 impl FedSgd {
-    /// Starts from parameters initialised by the run seed.
-    pub fn new(spec: ModelSpec, seed: u64, optimizer: ServerOptimizer) -> Result<Self> {
+    /// Starts from parameters initialised by the run seed; clients compute gradients with
+    /// `gradient`, the server steps with `optimizer`.
+    pub fn new(
+        spec: ModelSpec,
+        seed: u64,
+        optimizer: ServerOptimizer,
+        gradient: GradientSettings,
+    ) -> Result<Self> {
         let params = init_params(&spec, init_stream(seed))?;
         let state = OptimizerState {
             steps: 0,
@@ -54,6 +61,7 @@ impl FedSgd {
             params,
             optimizer,
             state,
+            gradient,
         })
     }
 }
@@ -100,9 +108,13 @@ impl Strategy for FedSgd {
         "fedsgd"
     }
 
-    fn plan(&self, _round: u32) -> TaskPlan {
+    fn configure(&self, _round: u32) -> TaskPlan {
         TaskPlan {
             kind: TaskKind::Gradient,
+            work: Work::Gradient(GradientConfig {
+                batches: self.gradient.batches,
+                batch_size: self.gradient.batch_size,
+            }),
             update_len: self.params.len(),
             counts_len: 0,
             fold: FoldMode::WeightedSum,

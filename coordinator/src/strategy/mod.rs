@@ -17,7 +17,7 @@ pub use build::build;
 pub use fedavg::FedAvg;
 pub use fedkmeans::{FedKMeans, next_centroids};
 pub use fedsgd::FedSgd;
-pub use plan::{FoldMode, TaskPlan};
+pub use plan::{FoldMode, TaskPlan, Work};
 
 pub use crate::config::ServerOptimizer;
 
@@ -35,8 +35,11 @@ pub trait Strategy: Send + Sync {
     /// Short name used in logs, configs and checkpoints.
     fn name(&self) -> &'static str;
 
-    /// The work of `round` (1-based; k-means uses its first round for k-FED seeding).
-    fn plan(&self, round: u32) -> TaskPlan;
+    /// What `round` (1-based) asks of every selected client: the work and its settings, and
+    /// the shape of the updates it expects (k-means uses its first round for k-FED seeding).
+    /// A round with several stages (key exchange, masked upload, unmasking) will return one
+    /// plan per stage here.
+    fn configure(&self, round: u32) -> TaskPlan;
 
     /// The state clients download for the next round: parameters or centroids.
     fn global(&self) -> &[f32];

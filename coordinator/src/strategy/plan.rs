@@ -1,7 +1,22 @@
-//! What a round asks of its clients, as the round engine needs to know it: the kind of work,
-//! the shape every update must have, and how updates are combined.
+//! What a round asks of its clients: the kind of work and its settings (sent to clients), the
+//! shape every update must have and how updates are combined (enforced by the round engine).
+//! Each strategy builds its own ([`crate::strategy::Strategy::configure`]); the engine adds
+//! only what is the run's, not the algorithm's: the fence, the model and each client's seed.
 
-use shoal_proto::v1::TaskKind;
+use shoal_proto::v1::{
+    Fence, FitConfig, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task, TaskKind,
+};
+
+/// The settings of the clients' local work, sent with every task of the round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Local training (FedAvg).
+    Fit(FitConfig),
+    /// A gradient at the global parameters (FedSGD).
+    Gradient(GradientConfig),
+    /// k-FED seeding or a Lloyd step (federated k-means).
+    KMeans(KMeansConfig),
+}
 
 /// How the engine combines the updates of one round before the strategy sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +35,8 @@ pub enum FoldMode {
 pub struct TaskPlan {
     /// The kind of work.
     pub kind: TaskKind,
+    /// Its settings.
+    pub work: Work,
     /// f32 values each update must carry.
     pub update_len: usize,
     /// Integers each update header must carry.
@@ -29,4 +46,30 @@ pub struct TaskPlan {
     /// Ranges of the counts that must each sum to the update's weight (e.g. k-means cluster
     /// sizes add up to the client's examples), checked before anything is folded.
     pub counts_sum_to_weight: Vec<std::ops::Range<usize>>,
+}
+
+impl TaskPlan {
+    /// The task every selected client receives: this plan's work, for the round `fence` names,
+    /// the run's `model`, and a global state of `global_len` values. Each client's seed is added
+    /// when the task is handed out.
+    pub fn task(&self, fence: Fence, model: WireSpec, global_len: usize) -> Task {
+        let (mut fit, mut gradient, mut kmeans) = (None, None, None);
+        match &self.work {
+            Work::Fit(settings) => fit = Some(*settings),
+            Work::Gradient(settings) => gradient = Some(*settings),
+            Work::KMeans(settings) => kmeans = Some(*settings),
+        }
+        Task {
+            fence: Some(fence),
+            kind: self.kind as i32,
+            model: Some(model),
+            global_len: global_len as u64,
+            seed: 0,
+            fit,
+            gradient,
+            kmeans,
+            update_len: self.update_len as u64,
+            counts_len: self.counts_len as u64,
+        }
+    }
 }

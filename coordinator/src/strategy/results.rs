@@ -208,7 +208,8 @@ impl RoundResults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_proto::v1::TaskKind;
+    use crate::strategy::Work;
+    use shoal_proto::v1::{FitConfig, KMeansConfig, TaskKind};
 
     fn update(id: &str, weight: u64, payload: Vec<f32>, counts: Vec<u64>) -> ClientUpdate {
         ClientUpdate {
@@ -224,6 +225,7 @@ mod tests {
     fn sums_counts_and_weights_metrics() {
         let plan = TaskPlan {
             kind: TaskKind::Fit,
+            work: Work::Fit(FitConfig::default()),
             update_len: 2,
             counts_len: 1,
             fold: FoldMode::WeightedSum,
@@ -252,6 +254,7 @@ mod tests {
     fn collect_mode_keeps_updates_in_client_order() {
         let plan = TaskPlan {
             kind: TaskKind::KmeansInit,
+            work: Work::KMeans(KMeansConfig::default()),
             update_len: 1,
             counts_len: 0,
             fold: FoldMode::Collect,
