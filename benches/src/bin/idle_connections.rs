@@ -18,8 +18,7 @@ use shoal_benches::flags::Flags;
 use shoal_benches::stats::Summary;
 use shoal_client::{FleetConfig, run_fleet};
 use shoal_coordinator::config::SelectionConfig;
-use shoal_coordinator::engine::RoundDriver;
-use shoal_coordinator::{Coordinator, Limits, Resume, RunConfig, serve, strategy};
+use shoal_coordinator::{Coordinator, Limits, RunConfig, RunStart, strategy};
 use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
 use shoal_models::{ModelKind, ModelSpec};
 use std::net::SocketAddr;
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::{Builder, Runtime};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Name of the coordinator's threads, as `/proc` shows it.
 const COORDINATOR_THREADS: &str = "coordinator";
@@ -211,10 +210,12 @@ fn run_once(
     let coordinator = Coordinator::new(run.clone(), limits, spec.clone());
     let listener = coordinator_rt.block_on(listen())?;
     let addr = listener.local_addr()?;
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = coordinator_rt.spawn(serve(listener, coordinator.clone(), async move {
-        let _ = server_stopped.await;
-    }));
+    // The run waits for the fleet (`min_available`), which starts once the crowd is in.
+    let start = RunStart::new(strategy, test.clone()).drain_limit(Duration::from_secs(5));
+    let hosted = {
+        let _entered = coordinator_rt.enter();
+        coordinator.host(listener, start, std::future::pending())?
+    };
 
     // The crowd connects first, and is all connected before the run starts.
     let (stop_crowd, crowd_stop) = watch::channel(false);
@@ -252,25 +253,20 @@ fn run_once(
     config.channels = 4;
     config.options.seed = run.seed;
     let fleet_task = clients_rt.spawn(run_fleet(config, fleet.to_vec(), std::future::pending()));
-    let driver = coordinator.clone();
-    let test = test.clone();
-    let outcome = coordinator_rt.block_on(coordinator_rt.spawn(async move {
-        RoundDriver::new(driver, strategy, test, Resume::default())
-            .run(std::future::pending())
-            .await
-    }))??;
+    // The run's time ends when its last round is recorded, not when the server has drained.
+    while !coordinator.has_ended() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let wall = started.elapsed();
     let cpu = coordinator_cpu_seconds()? - cpu_before;
     let reopened = reopened.load(Ordering::Relaxed) - reopened_before;
 
-    coordinator_rt.block_on(coordinator.drain(Duration::from_secs(5)));
     let _ = stop_crowd.send(true);
     for holder in crowd {
         clients_rt.block_on(holder)?;
     }
-    let _ = stop_server.send(());
-    coordinator_rt.block_on(server)??;
     clients_rt.block_on(fleet_task)??;
+    let outcome = coordinator_rt.block_on(hosted.finish())?;
     let refusals = coordinator.refusals();
     let count = |reason: &str| refusals.get(reason).copied().unwrap_or(0);
     shutdown(coordinator_rt);
