@@ -64,7 +64,15 @@ fn newest_checkpoint(dir: &std::path::Path) -> u64 {
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|n| n.strip_prefix("ckpt-")?.strip_suffix(".bin")?.parse().ok())
+                // `ckpt-ROUND-EPOCH.bin`
+                .filter_map(|n| {
+                    let round = n
+                        .strip_prefix("ckpt-")?
+                        .strip_suffix(".bin")?
+                        .split('-')
+                        .next()?;
+                    round.parse().ok()
+                })
                 .max()
                 .unwrap_or(0)
         })

@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             selected: vec!["a".into()],
             wanted: 1,
         };
-        let mut log = RoundLog::create(store.dir(), opened)?;
+        let mut log = RoundLog::create(&store, opened)?;
         let update = ClientUpdate {
             client_id: "client-00000".into(),
             weight: 100,

@@ -121,6 +121,17 @@ pub enum CoordinatorError {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// Another coordinator took the run's state over: this one must not write it any more.
+    #[error(
+        "another coordinator (epoch {owner}) owns this run's state; this one (epoch {ours}) \
+         stops writing it"
+    )]
+    Deposed {
+        /// This coordinator's epoch.
+        ours: u64,
+        /// The epoch of the owner the state names now.
+        owner: u64,
+    },
     /// Network or file I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -237,7 +248,8 @@ impl CoordinatorError {
             E::RateLimited { .. } => R::RateLimited,
             E::Auth(e) if e.is_impersonation() => R::Impersonation,
             E::Auth(_) => R::Unauthenticated,
-            E::ShuttingDown => R::ShuttingDown,
+            // The client keeps its update and finds the coordinator that took over.
+            E::ShuttingDown | E::Deposed { .. } => R::ShuttingDown,
             E::Storage { .. } => R::Storage,
             E::Model(_)
             | E::Strategy(_)

@@ -148,7 +148,15 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_a_foreign_config_is_refused(
     hosted.finish().await.unwrap();
     fleet.await.unwrap().unwrap();
 
-    let newest = dir.path().join("ckpt-000003.bin");
+    // Checkpoint objects are named by round, then the writer's epoch.
+    let newest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ckpt-000003-"))
+        })
+        .unwrap();
     let mut bytes = std::fs::read(&newest).unwrap();
     bytes[40] ^= 0xff;
     std::fs::write(&newest, &bytes).unwrap();

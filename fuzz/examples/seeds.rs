@@ -4,7 +4,7 @@
 //! Run from `fuzz/`: `cargo +nightly run --example seeds` (then `cargo +nightly fuzz cmin`).
 //! The input layouts (mode bytes and so on) are described in each target's `//!` header.
 
-use shoal_coordinator::store::checkpoint::{self, Checkpoint};
+use shoal_coordinator::store::checkpoint::{self, Checkpoint, CheckpointStore};
 use shoal_coordinator::store::metrics::RoundRecord;
 use shoal_coordinator::strategy::results::ClientUpdate;
 use shoal_coordinator::store::round_log::{LogRecord, RoundLog, RoundOpened};
@@ -121,14 +121,13 @@ fn checkpoint_seeds() -> Res<()> {
     };
     let dir = std::env::temp_dir().join(format!("shoal-fuzz-seeds-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut log = RoundLog::create(&dir, opened.clone())?;
+    let store = CheckpointStore::open(&dir)?;
+    let mut log = RoundLog::create(&store, opened.clone())?;
     log.append(&LogRecord::Update(update.clone()))?;
     drop(log);
-    write(
-        "checkpoint",
-        "wal",
-        &with_mode(2, &std::fs::read(dir.join("round.wal"))?),
-    )?;
+    // The log file of the coordinator of epoch 9.
+    let wal = std::fs::read(dir.join(format!("round-{:016x}.wal", opened.epoch)))?;
+    write("checkpoint", "wal", &with_mode(2, &wal))?;
     std::fs::remove_dir_all(&dir)?;
 
     let mut framed = vec![3u8];

@@ -17,7 +17,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use shoal_coordinator::store::checkpoint::{self, FORMAT_VERSION};
+use shoal_coordinator::store::checkpoint::{self, CheckpointStore, FORMAT_VERSION};
 use shoal_coordinator::store::round_log::RoundLog;
 use shoal_coordinator::strategy::{self, ServerOptimizer, Strategy};
 use shoal_coordinator::{RunConfig, StrategyConfig};
@@ -118,7 +118,8 @@ fn decode_checkpoint(file: &[u8]) {
 fn read_wal(file: &[u8]) {
     let dir = wal_dir();
     std::fs::write(dir.join("round.wal"), file).expect("write round.wal");
-    match RoundLog::read(dir) {
+    let store = CheckpointStore::open(dir).expect("open the directory");
+    match RoundLog::read(&store) {
         Ok(Some(logged)) => {
             let _ = (logged.opened.selected.len(), logged.updates.len());
         }

@@ -18,7 +18,7 @@ pub struct CheckpointCmd {
 enum Action {
     /// Print what a checkpoint directory holds.
     Inspect {
-        /// The checkpoint directory.
+        /// The checkpoint directory, or s3://BUCKET/PREFIX.
         dir: PathBuf,
     },
 }
@@ -27,7 +27,8 @@ impl CheckpointCmd {
     /// Runs the action.
     pub async fn execute(self) -> Result<()> {
         let Action::Inspect { dir } = self.action;
-        if !dir.is_dir() {
+        let remote = dir.to_string_lossy().contains("://");
+        if !remote && !dir.is_dir() {
             anyhow::bail!("{} is not a directory", dir.display());
         }
         let store = CheckpointStore::open(&dir)?;
@@ -37,11 +38,7 @@ impl CheckpointCmd {
         }
         let mut newest_usable = true;
         for item in listed {
-            let name = item
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = item.name;
             match item.checkpoint {
                 Ok(c) => {
                     let last = c.records.last();
@@ -66,9 +63,9 @@ impl CheckpointCmd {
                 Err(e) => println!("{name}  {} bytes  UNUSABLE: {e}", item.bytes),
             }
         }
-        match RoundLog::read(&dir)? {
+        match RoundLog::read(&store)? {
             Some(log) => println!(
-                "round.wal  round {} attempt {} epoch {}: {} of {} selected clients had delivered",
+                "round log  round {} attempt {} epoch {}: {} of {} selected clients had delivered",
                 log.opened.round,
                 log.opened.attempt,
                 log.opened.epoch,

@@ -98,10 +98,17 @@ impl Coordinator {
         spec: ModelSpec,
         checkpoints: Option<CheckpointStore>,
     ) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        // The epoch the state was claimed for; a coordinator keeping nothing, or not yet
+        // claimed (it claims with this epoch at its first write), goes by the clock.
+        let epoch = checkpoints
+            .as_ref()
+            .and_then(CheckpointStore::epoch)
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(1)
+            });
         let (changed, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {

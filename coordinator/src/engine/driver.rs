@@ -425,7 +425,7 @@ impl Driving {
     ) -> Result<RoundSink> {
         let log = match &self.coordinator.shared.checkpoints {
             Some(store) => Some(RoundLog::create(
-                store.dir(),
+                store,
                 RoundOpened {
                     round,
                     attempt,
@@ -500,7 +500,7 @@ impl Driving {
             let written = strategy.snapshot().and_then(|state| {
                 checkpoint.strategy_state = state;
                 store.write(&checkpoint)?;
-                RoundLog::remove(store.dir())
+                RoundLog::remove(&store)
             });
             (strategy, written)
         })

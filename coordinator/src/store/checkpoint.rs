@@ -1,21 +1,24 @@
 //! Checkpoints: the state a coordinator needs to carry a run on after a crash, written
 //! atomically after every aggregated round.
 //!
-//! File format (`ckpt-RRRRRR.bin`): the magic `SHOALCK\0`, a little-endian u32 format version,
-//! a u64 payload length, the payload (serde + bincode of [`Checkpoint`]), and the SHA-256 of
-//! everything before it. A file that is truncated, has a flipped byte, or does not decode is
-//! skipped with a warning and the previous checkpoint is used. Writes go to a temporary file
-//! that is fsynced, renamed into place, and followed by an fsync of the directory, so a crash
-//! at any instant leaves either the old or the new checkpoint, never half of one.
+//! Object format (`ckpt-RRRRRR-EEEEEEEEEEEEEEEE.bin`: round, then the writer's epoch in hex):
+//! the magic `SHOALCK\0`, a little-endian u32 format version, a u64 payload length, the payload
+//! (serde + bincode of [`Checkpoint`]), and the SHA-256 of everything before it. A checkpoint
+//! that is truncated, has a flipped byte, or does not decode is skipped with a warning and the
+//! previous committed one is used. Each is written whole and atomically by the store, then
+//! committed in the manifest ([`crate::store::manifest`]), so a crash at any instant leaves
+//! either the old or the new checkpoint committed, never half of one.
 
 use crate::config::RunConfig;
 use crate::error::{CoordinatorError, Result};
+use crate::store::manifest::{self, Claim};
 use crate::store::metrics::RoundRecord;
+use crate::store::state::StateStore;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use tracing::warn;
 
 /// Version of the checkpoint file format; bumped on any incompatible change.
@@ -23,8 +26,11 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"SHOALCK\0";
 const HEADER: usize = 8 + 4 + 8;
 const DIGEST: usize = 32;
-/// Checkpoints kept on disk; older ones are deleted after a successful write.
+/// Checkpoints kept; older ones are deleted after a successful write.
 pub const KEEP: usize = 3;
+/// How checkpoint object names start and end.
+const PREFIX: &str = "ckpt-";
+const SUFFIX: &str = ".bin";
 
 /// Everything needed to resume a run after its last aggregated round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,86 +61,164 @@ impl Checkpoint {
     }
 }
 
-/// One file found in a checkpoint directory.
+/// One checkpoint found in the store.
 #[derive(Debug)]
 pub struct Listed {
-    /// Its path.
-    pub path: PathBuf,
+    /// Its object name.
+    pub name: String,
     /// Its size in bytes.
     pub bytes: u64,
     /// The checkpoint, or why it cannot be used.
     pub checkpoint: Result<Checkpoint>,
 }
 
-/// A directory of checkpoints.
+/// A run's checkpoints, in a directory or an object store (see [`crate::store::state`]), with
+/// this coordinator's claim on them (see [`crate::store::manifest`]).
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    state: Arc<dyn StateStore>,
+    claim: Arc<Mutex<Option<Claim>>>,
 }
 
 impl CheckpointStore {
-    /// Opens (creating if needed) a checkpoint directory.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        Ok(Self { dir })
+    /// Opens the checkpoints at `location`: a directory (created if needed) or
+    /// `s3://BUCKET/PREFIX`.
+    pub fn open(location: impl AsRef<Path>) -> Result<Self> {
+        let location = location.as_ref().to_string_lossy();
+        Ok(Self::on(crate::store::state::open(&location)?))
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn path_for(&self, round: u32) -> PathBuf {
-        self.dir.join(format!("ckpt-{round:06}.bin"))
-    }
-
-    /// Writes `checkpoint` atomically and prunes old ones; returns the bytes written.
-    pub fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
-        let bytes = encode(checkpoint)?;
-        let path = self.path_for(checkpoint.round);
-        let tmp = self.dir.join(format!(".ckpt-{:06}.tmp", checkpoint.round));
-        {
-            let mut file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-            file.write_all(&bytes).map_err(|e| io_err(&tmp, e))?;
-            file.sync_all().map_err(|e| io_err(&tmp, e))?;
+    /// Checkpoints kept in `state`.
+    pub fn on(state: Arc<dyn StateStore>) -> Self {
+        Self {
+            state,
+            claim: Arc::new(Mutex::new(None)),
         }
-        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-        sync_dir(&self.dir)?;
-        self.prune()?;
+    }
+
+    /// Where the checkpoints are, for messages.
+    pub fn location(&self) -> &str {
+        self.state.location()
+    }
+
+    /// The store underneath.
+    pub fn state(&self) -> &dyn StateStore {
+        self.state.as_ref()
+    }
+
+    /// Takes ownership of the run's state for `epoch` (see [`crate::store::manifest::claim`]);
+    /// a coordinator claims before it resumes, and before its first write. Claiming again
+    /// with the epoch already held changes nothing.
+    pub fn claim(&self, epoch: u64) -> Result<Claim> {
+        let mut held = lock(&self.claim);
+        if let Some(claim) = held.as_ref().filter(|c| c.epoch == epoch) {
+            return Ok(claim.clone());
+        }
+        // A directory written before manifests existed: what it holds counts as committed.
+        let legacy = self
+            .state
+            .list(PREFIX)?
+            .into_iter()
+            .filter(|n| n.ends_with(SUFFIX))
+            .rev()
+            .collect();
+        let claim = manifest::claim(self.state.as_ref(), epoch, legacy)?;
+        *held = Some(claim.clone());
+        Ok(claim)
+    }
+
+    /// The epoch this store is claimed for, if it is.
+    pub fn epoch(&self) -> Option<u64> {
+        lock(&self.claim).as_ref().map(|c| c.epoch)
+    }
+
+    /// This coordinator's claim, if it made one.
+    pub fn claimed(&self) -> Option<Claim> {
+        lock(&self.claim).clone()
+    }
+
+    /// Epoch to claim with when no election gives one: the clock in milliseconds, above the
+    /// recorded owner's even if the clock went back.
+    pub fn next_epoch(&self) -> Result<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        Ok(match manifest::read(self.state.as_ref())? {
+            Some((recorded, _)) => now.max(recorded.epoch + 1),
+            None => now,
+        })
+    }
+
+    /// Writes `checkpoint` and commits it in the manifest, if this coordinator (its epoch is
+    /// the checkpoint's) still owns the state; prunes old ones. Returns the bytes written.
+    pub fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
+        let mut claim = self.claim(checkpoint.epoch)?;
+        let bytes = encode(checkpoint)?;
+        let name = name_for(checkpoint.round, checkpoint.epoch);
+        if !self.state.create(&name, &bytes)? {
+            return Err(CoordinatorError::Checkpoint(format!(
+                "{}/{name} exists already: another coordinator with this epoch wrote it",
+                self.location()
+            )));
+        }
+        let earlier = claim
+            .manifest
+            .committed
+            .iter()
+            .filter(|n| **n != name)
+            .take(KEEP - 1)
+            .cloned()
+            .collect::<Vec<_>>();
+        let committed = std::iter::once(name).chain(earlier).collect();
+        manifest::commit(self.state.as_ref(), &mut claim, committed)?;
+        *lock(&self.claim) = Some(claim.clone());
+        // Whatever the manifest no longer names: older checkpoints, and any a deposed
+        // coordinator wrote.
+        for old in self.state.list(PREFIX)? {
+            if old.ends_with(SUFFIX) && !claim.manifest.committed.contains(&old) {
+                self.state.delete(&old)?;
+            }
+        }
         Ok(bytes.len() as u64)
     }
 
-    /// Every checkpoint file, newest first, decoded or with the reason it is unusable.
+    /// The committed checkpoints, newest first, decoded or with the reason each is unusable.
+    /// Before this coordinator's claim, or in a store without a manifest, every checkpoint
+    /// object found.
     pub fn list(&self) -> Result<Vec<Listed>> {
-        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map_err(|e| io_err(&self.dir, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("ckpt-") && n.ends_with(".bin"))
-            })
-            .collect();
-        paths.sort();
-        paths.reverse();
-        Ok(paths
+        let names = match manifest::read(self.state.as_ref())? {
+            Some((manifest, _)) => manifest.committed,
+            None => self
+                .state
+                .list(PREFIX)?
+                .into_iter()
+                .filter(|n| n.ends_with(SUFFIX))
+                .rev()
+                .collect(),
+        };
+        names
             .into_iter()
-            .map(|path| {
-                let read = fs::read(&path).map_err(|e| io_err(&path, e));
+            .map(|name| {
+                let read = self.state.get(&name).and_then(|found| {
+                    found.map(|(bytes, _)| bytes).ok_or_else(|| {
+                        CoordinatorError::Checkpoint(format!(
+                            "{name} is named by the manifest but missing"
+                        ))
+                    })
+                });
                 let bytes = read.as_ref().map_or(0, |b| b.len() as u64);
                 let checkpoint = read.and_then(|b| decode(&b));
-                Listed {
-                    path,
+                Ok(Listed {
+                    name,
                     bytes,
                     checkpoint,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The newest usable checkpoint, if any; unusable newer ones are reported with a warning.
-    /// A directory that holds checkpoints of which none is usable is an error
+    /// A store that holds checkpoints of which none is usable is an error
     /// ([`CoordinatorError::NoUsableCheckpoint`]): silently starting over would throw away the
     /// run's progress (see [`CheckpointStore::set_aside_unusable`]).
     pub fn latest(&self) -> Result<Option<Checkpoint>> {
@@ -145,44 +229,51 @@ impl CheckpointStore {
             match listed.checkpoint {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) => {
-                    warn!(path = %listed.path.display(), error = %e, "skipping unusable checkpoint; falling back to the previous one");
-                    newest_error.get_or_insert_with(|| format!("{}: {e}", listed.path.display()));
+                    warn!(checkpoint = %listed.name, location = %self.location(), error = %e, "skipping unusable checkpoint; falling back to the previous one");
+                    newest_error.get_or_insert_with(|| format!("{}: {e}", listed.name));
                 }
             }
         }
         match newest_error {
             None => Ok(None),
             Some(newest) => Err(CoordinatorError::NoUsableCheckpoint {
-                dir: self.dir.clone(),
+                dir: self.location().into(),
                 files,
                 newest,
             }),
         }
     }
 
-    /// Renames every unusable checkpoint to `NAME.unusable`, so a run that starts over on
-    /// purpose neither resumes from them nor has its new checkpoints pruned in their favour;
-    /// returns how many were set aside.
+    /// Moves every unusable checkpoint to `NAME.unusable` and takes it out of the manifest, so
+    /// a run that starts over on purpose neither resumes from them nor has its new checkpoints
+    /// pruned in their favour; returns how many were set aside. Needs the claim.
     pub fn set_aside_unusable(&self) -> Result<usize> {
+        let mut claim = lock(&self.claim).clone().ok_or(CoordinatorError::Internal(
+            "set aside checkpoints before a claim",
+        ))?;
         let mut moved = 0;
+        let mut kept = Vec::new();
         for listed in self.list()? {
-            if listed.checkpoint.is_err() {
-                let mut aside = listed.path.clone().into_os_string();
-                aside.push(".unusable");
-                fs::rename(&listed.path, &aside).map_err(|e| io_err(&listed.path, e))?;
-                moved += 1;
+            if listed.checkpoint.is_ok() {
+                kept.push(listed.name);
+                continue;
             }
+            if let Some((bytes, _)) = self.state.get(&listed.name)? {
+                self.state
+                    .create(&format!("{}.unusable", listed.name), &bytes)?;
+            }
+            self.state.delete(&listed.name)?;
+            moved += 1;
         }
-        sync_dir(&self.dir)?;
+        manifest::commit(self.state.as_ref(), &mut claim, kept)?;
+        *lock(&self.claim) = Some(claim);
         Ok(moved)
     }
+}
 
-    fn prune(&self) -> Result<()> {
-        for old in self.list()?.into_iter().skip(KEEP) {
-            fs::remove_file(&old.path).map_err(|e| io_err(&old.path, e))?;
-        }
-        Ok(())
-    }
+/// Object name of the checkpoint of `round` written by the coordinator of `epoch`.
+fn name_for(round: u32, epoch: u64) -> String {
+    format!("{PREFIX}{round:06}-{epoch:016x}{SUFFIX}")
 }
 
 /// The file bytes of a checkpoint.
@@ -236,23 +327,10 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
     Ok(checkpoint)
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> CoordinatorError {
-    CoordinatorError::Storage {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-/// Makes a rename durable: fsync the directory that holds it.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn sample(round: u32) -> Checkpoint {
         Checkpoint {
@@ -276,6 +354,9 @@ mod tests {
         }
         let listed = store.list().unwrap();
         assert_eq!(listed.len(), KEEP);
+        // Only the committed ones stay in the store.
+        let objects = store.state().list(PREFIX).unwrap();
+        assert_eq!(objects.len(), KEEP, "{objects:?}");
         assert_eq!(store.latest().unwrap().unwrap(), sample(5));
         assert_eq!(sample(5).config().unwrap(), RunConfig::default());
     }
@@ -286,7 +367,7 @@ mod tests {
         let store = CheckpointStore::open(dir.path()).unwrap();
         store.write(&sample(1)).unwrap();
         store.write(&sample(2)).unwrap();
-        let newest = store.path_for(2);
+        let newest = dir.path().join(name_for(2, 7));
         let good = fs::read(&newest).unwrap();
 
         fs::write(&newest, &good[..good.len() - 10]).unwrap();
@@ -329,7 +410,7 @@ mod tests {
         store.write(&sample(1)).unwrap();
         store.write(&sample(2)).unwrap();
         for round in [1, 2] {
-            let path = dir.path().join(format!("ckpt-{round:06}.bin"));
+            let path = dir.path().join(name_for(round, 7));
             let mut bytes = fs::read(&path).unwrap();
             let last = bytes.len() - 1;
             bytes[last] ^= 0xff;
@@ -340,10 +421,36 @@ mod tests {
             matches!(err, CoordinatorError::NoUsableCheckpoint { files: 2, .. }),
             "{err}"
         );
-        assert!(err.to_string().contains("ckpt-000002.bin"), "{err}");
+        assert!(err.to_string().contains(&name_for(2, 7)), "{err}");
         assert_eq!(store.set_aside_unusable().unwrap(), 2);
         assert!(store.latest().unwrap().is_none());
-        assert!(dir.path().join("ckpt-000002.bin.unusable").exists());
+        assert!(
+            dir.path()
+                .join(format!("{}.unusable", name_for(2, 7)))
+                .exists()
+        );
+    }
+
+    #[test]
+    fn a_deposed_coordinator_cannot_commit_and_its_checkpoint_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = CheckpointStore::open(dir.path()).unwrap();
+        old.write(&sample(1)).unwrap();
+        let new = CheckpointStore::open(dir.path()).unwrap();
+        new.claim(8).unwrap();
+        // The old owner wakes up and finishes round 2: refused, and invisible.
+        let err = old.write(&sample(2)).unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::Deposed { ours: 7, owner: 8 }),
+            "{err}"
+        );
+        assert_eq!(new.latest().unwrap().unwrap(), sample(1));
+        let mut two = sample(2);
+        two.epoch = 8;
+        new.write(&two).unwrap();
+        assert_eq!(new.latest().unwrap().unwrap(), two);
+        let objects = new.state().list(PREFIX).unwrap();
+        assert_eq!(objects, vec![name_for(1, 7), name_for(2, 8)]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Starting from a checkpoint directory: the newest usable checkpoint restores the strategy
-//! and the completed rounds; the round log, if it belongs to the next round, replays the
-//! updates that round had already accepted.
+//! Starting from a run's stored state: this coordinator claims it (fencing out the one before),
+//! the newest usable committed checkpoint restores the strategy and the completed rounds, and
+//! the round log, if it belongs to the next round, replays the updates that round had already
+//! accepted.
 
 use crate::config::RunConfig;
 use crate::error::{CoordinatorError, Result};
@@ -10,10 +11,11 @@ use crate::store::round_log::{LoggedRound, RoundLog};
 use crate::strategy::Strategy;
 use tracing::{info, warn};
 
-/// Restores `strategy` from the newest usable checkpoint in `store` and returns where the run
-/// resumes. A checkpoint written under another config is refused unless `allow_config_change`.
-/// A directory whose checkpoints are all unusable is refused unless `start_over`, which sets
-/// them aside and starts from round 1.
+/// Claims `store` (for the epoch already claimed, else the next by the clock), restores
+/// `strategy` from the newest usable checkpoint and returns where the run resumes. A
+/// checkpoint written under another config is refused unless `allow_config_change`. A store
+/// whose checkpoints are all unusable is refused unless `start_over`, which sets them aside
+/// and starts from round 1.
 pub fn recover(
     store: &CheckpointStore,
     config: &RunConfig,
@@ -21,13 +23,16 @@ pub fn recover(
     allow_config_change: bool,
     start_over: bool,
 ) -> Result<Resume> {
+    if store.epoch().is_none() {
+        store.claim(store.next_epoch()?)?;
+    }
     let mut resume = Resume::default();
     let latest = match store.latest() {
         Err(CoordinatorError::NoUsableCheckpoint { files, .. }) if start_over => {
             store.set_aside_unusable()?;
-            warn!(dir = %store.dir().display(), files, "no checkpoint is usable; starting the run over as asked (the unusable ones are renamed *.unusable)");
+            warn!(location = %store.location(), files, "no checkpoint is usable; starting the run over as asked (the unusable ones are renamed *.unusable)");
             // The round log belongs to the lost run.
-            RoundLog::remove(store.dir())?;
+            RoundLog::remove(store)?;
             None
         }
         other => other?,
@@ -38,12 +43,12 @@ pub fn recover(
                 return Err(CoordinatorError::Config(format!(
                     "the checkpoint in {} was written under a different run config (hash {}…, this run {}…); \
                      use another --checkpoint-dir, or pass --allow-config-change to resume it under the new config",
-                    store.dir().display(),
+                    store.location(),
                     &checkpoint.config_hash[..12],
                     &config.hash()[..12]
                 )));
             }
-            warn!(dir = %store.dir().display(), "resuming a checkpoint written under a different config");
+            warn!(location = %store.location(), "resuming a checkpoint written under a different config");
         }
         if checkpoint.strategy != strategy.name() {
             return Err(CoordinatorError::Config(format!(
@@ -57,7 +62,7 @@ pub fn recover(
         resume.records = checkpoint.records;
         info!(round = checkpoint.round, "resumed from checkpoint");
     }
-    match RoundLog::read(store.dir())? {
+    match RoundLog::read(store)? {
         Some(logged) if logged.opened.round == resume.completed + 1 => {
             info!(
                 round = logged.opened.round,
@@ -66,7 +71,7 @@ pub fn recover(
             );
             resume.replay = Some(logged);
         }
-        Some(_) => RoundLog::remove(store.dir())?,
+        Some(_) => RoundLog::remove(store)?,
         None => {}
     }
     Ok(resume)

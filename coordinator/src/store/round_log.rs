@@ -1,20 +1,25 @@
-//! The mid-round write-ahead log: every update the open round accepts is appended (and synced)
-//! before the client hears "accepted", so a coordinator killed mid-round keeps that work and
-//! asks only the clients that had not delivered.
+//! The mid-round write-ahead log: every update the open round accepts is appended (and made
+//! durable) before the client hears "accepted", so a coordinator killed mid-round keeps that
+//! work, and the one that carries the run on asks only the clients that had not delivered.
 //!
-//! File `round.wal` in the checkpoint directory: records framed as a little-endian u32 length,
-//! a CRC-32 of the payload, and the payload (serde + bincode of [`LogRecord`]). The first record
-//! opens the round (round, attempt, selection); the rest are updates. A torn or corrupt tail —
-//! what a crash mid-append leaves — ends the log there.
+//! Each coordinator incarnation logs to its own stream, `round-EEEEEEEEEEEEEEEE.wal` (its epoch
+//! in hex; see [`crate::store::state`] for how a stream is stored): records are serde + bincode
+//! of [`LogRecord`], the first opening the round (round, attempt, selection), the rest updates.
+//! A torn or corrupt tail — what a crash mid-append leaves — ends the log there. The
+//! coordinator that takes over replays the newest log of an epoch up to its predecessor's, so a
+//! deposed coordinator that logs on after the takeover is never read.
 
 use crate::error::{CoordinatorError, Result};
+use crate::store::checkpoint::CheckpointStore;
+use crate::store::manifest;
+use crate::store::state::StreamWriter;
 use crate::strategy::results::ClientUpdate;
 use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
-const FILE_NAME: &str = "round.wal";
+/// Streams of round logs start with this.
+const STREAM_PREFIX: &str = "round";
+/// The one log of a directory written before logs were kept per epoch.
+const LEGACY_STREAM: &str = "round.wal";
 
 /// One record of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,60 +57,69 @@ pub struct LoggedRound {
 /// An open log being appended to.
 #[derive(Debug)]
 pub struct RoundLog {
-    file: File,
-    path: PathBuf,
-    /// A write failed: see [`RoundLog::append`].
-    broken: bool,
+    writer: Box<dyn StreamWriter>,
+}
+
+/// The stream of the coordinator of `epoch`.
+fn stream_name(epoch: u64) -> String {
+    format!("{STREAM_PREFIX}-{epoch:016x}.wal")
+}
+
+/// The epoch a log stream belongs to (`Some(0)` for the legacy log), or `None` if the name is
+/// not a log's.
+fn epoch_of(name: &str) -> Option<u64> {
+    if name == LEGACY_STREAM {
+        return Some(0);
+    }
+    let hex = name.strip_prefix("round-")?.strip_suffix(".wal")?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 impl RoundLog {
-    /// Starts a fresh log for a round in `dir`, replacing any previous one.
-    pub fn create(dir: &Path, opened: RoundOpened) -> Result<Self> {
-        let path = dir.join(FILE_NAME);
-        let file = File::create(&path).map_err(|e| io_err(&path, e))?;
-        crate::store::checkpoint::sync_dir(dir)?;
-        let mut log = Self {
-            file,
-            path,
-            broken: false,
-        };
+    /// Starts this coordinator's log afresh for a round (the coordinator of `opened.epoch`
+    /// must own the state: see [`CheckpointStore::claim`]).
+    pub fn create(store: &CheckpointStore, opened: RoundOpened) -> Result<Self> {
+        store.claim(opened.epoch)?;
+        let writer = store.state().start_stream(&stream_name(opened.epoch))?;
+        let mut log = Self { writer };
         log.append(&LogRecord::Open(opened))?;
         Ok(log)
     }
 
-    /// Appends a record and syncs it to disk.
+    /// Appends a record; durable when this returns. After a failed append the log accepts
+    /// nothing more.
     pub fn append(&mut self, record: &LogRecord) -> Result<()> {
         let payload = bincode::serde::encode_to_vec(record, bincode::config::standard())
             .map_err(|e| CoordinatorError::codec("encode log record", e))?;
-        let mut frame = Vec::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        // After a failed write the file may end in a torn record, and anything appended behind
-        // it would be lost on replay: once broken, the log accepts nothing more.
-        if self.broken {
-            return Err(io_err(
-                &self.path,
-                std::io::Error::other("an earlier write to the round log failed"),
-            ));
-        }
-        let written = self
-            .file
-            .write_all(&frame)
-            .and_then(|()| self.file.sync_data());
-        self.broken = written.is_err();
-        written.map_err(|e| io_err(&self.path, e))
+        self.writer.append(&payload)
     }
 
-    /// Reads the log in `dir`, if there is one with at least its opening record.
-    pub fn read(dir: &Path) -> Result<Option<LoggedRound>> {
-        let path = dir.join(FILE_NAME);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path, e)),
+    /// The log to carry on from, if there is one with at least its opening record: the
+    /// newest of an epoch up to the state's previous owner (the current owner, for a store
+    /// nobody has claimed here).
+    pub fn read(store: &CheckpointStore) -> Result<Option<LoggedRound>> {
+        let owner = match store.claimed() {
+            Some(claim) => claim.previous,
+            None => manifest::read(store.state())?.map(|(m, _)| m.epoch),
         };
-        let mut records = parse(&bytes).into_iter();
+        let newest = store
+            .state()
+            .list_streams(STREAM_PREFIX)?
+            .into_iter()
+            .filter_map(|name| epoch_of(&name).map(|epoch| (epoch, name)))
+            .filter(|(epoch, _)| owner.is_none_or(|owner| *epoch <= owner))
+            .max();
+        let Some((_, name)) = newest else {
+            return Ok(None);
+        };
+        let mut records = store
+            .state()
+            .read_stream(&name)?
+            .into_iter()
+            .map_while(|bytes| match crate::bounded::decode_bounded(&bytes) {
+                Ok((record, used)) if used == bytes.len() => Some(record),
+                _ => None,
+            });
         let Some(LogRecord::Open(opened)) = records.next() else {
             return Ok(None);
         };
@@ -118,42 +132,14 @@ impl RoundLog {
         Ok(Some(LoggedRound { opened, updates }))
     }
 
-    /// Deletes the log in `dir` (its round is in a checkpoint now).
-    pub fn remove(dir: &Path) -> Result<()> {
-        let path = dir.join(FILE_NAME);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path, e)),
+    /// Deletes every round log (their round is in a checkpoint now).
+    pub fn remove(store: &CheckpointStore) -> Result<()> {
+        for name in store.state().list_streams(STREAM_PREFIX)? {
+            if epoch_of(&name).is_some() {
+                store.state().delete_stream(&name)?;
+            }
         }
-    }
-}
-
-/// Every intact record, stopping at the first torn or corrupt one.
-fn parse(mut bytes: &[u8]) -> Vec<LogRecord> {
-    let mut out = Vec::new();
-    while bytes.len() >= 8 {
-        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        let Some(payload) = bytes.get(8..8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match crate::bounded::decode_bounded(payload) {
-            Ok((record, used)) if used == len => out.push(record),
-            _ => break,
-        }
-        bytes = &bytes[8 + len..];
-    }
-    out
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> CoordinatorError {
-    CoordinatorError::Storage {
-        path: path.to_path_buf(),
-        source: e,
+        Ok(())
     }
 }
 
@@ -185,36 +171,65 @@ mod tests {
     #[test]
     fn replays_what_was_appended() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = RoundLog::create(dir.path(), opened()).unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let mut log = RoundLog::create(&store, opened()).unwrap();
         log.append(&LogRecord::Update(update("a"))).unwrap();
         log.append(&LogRecord::Update(update("b"))).unwrap();
-        let read = RoundLog::read(dir.path()).unwrap().unwrap();
+        // The coordinator that takes over reads it.
+        let next = CheckpointStore::open(dir.path()).unwrap();
+        next.claim(10).unwrap();
+        let read = RoundLog::read(&next).unwrap().unwrap();
         assert_eq!(read.opened, opened());
         assert_eq!(read.updates, vec![update("a"), update("b")]);
-        RoundLog::remove(dir.path()).unwrap();
-        assert!(RoundLog::read(dir.path()).unwrap().is_none());
+        RoundLog::remove(&next).unwrap();
+        assert!(RoundLog::read(&next).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_log_written_after_a_takeover_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = CheckpointStore::open(dir.path()).unwrap();
+        let mut old_log = RoundLog::create(&old, opened()).unwrap();
+        old_log.append(&LogRecord::Update(update("a"))).unwrap();
+        let new = CheckpointStore::open(dir.path()).unwrap();
+        new.claim(10).unwrap();
+        let taken_over = RoundLog::read(&new).unwrap().unwrap();
+        let mut new_log = RoundLog::create(
+            &new,
+            RoundOpened {
+                epoch: 10,
+                ..opened()
+            },
+        )
+        .unwrap();
+        new_log.append(&LogRecord::Update(update("a"))).unwrap();
+        // The deposed coordinator logs on; whoever takes over next reads the new owner's log.
+        old_log.append(&LogRecord::Update(update("b"))).unwrap();
+        let third = CheckpointStore::open(dir.path()).unwrap();
+        third.claim(11).unwrap();
+        let read = RoundLog::read(&third).unwrap().unwrap();
+        assert_eq!(read.opened.epoch, 10);
+        assert_eq!(read.updates, taken_over.updates);
     }
 
     #[test]
     fn a_torn_or_corrupt_tail_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = RoundLog::create(dir.path(), opened()).unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let mut log = RoundLog::create(&store, opened()).unwrap();
         log.append(&LogRecord::Update(update("a"))).unwrap();
         log.append(&LogRecord::Update(update("b"))).unwrap();
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join(stream_name(9));
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 3]).unwrap();
         assert_eq!(
-            RoundLog::read(dir.path()).unwrap().unwrap().updates,
+            RoundLog::read(&store).unwrap().unwrap().updates,
             vec![update("a")]
         );
         let mut flipped = full.clone();
         let at = full.len() - 5;
         flipped[at] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(
-            RoundLog::read(dir.path()).unwrap().unwrap().updates.len(),
-            1
-        );
+        assert_eq!(RoundLog::read(&store).unwrap().unwrap().updates.len(), 1);
     }
 }

@@ -1,0 +1,310 @@
+//! Run state in an S3-compatible object store, through the `object_store` crate: what lets a
+//! standby coordinator on another machine carry a run on when the leader's machine is lost.
+//!
+//! Create is a put with `If-None-Match: *`, swap a put with `If-Match: ETAG`: the store itself
+//! refuses a write whose precondition no longer holds. A stream `NAME` is the objects
+//! `NAME/0000000000`, `NAME/0000000001`, ... each one record, created create-only; reading
+//! stops at the first missing number. Requests are retried with backoff by `object_store`
+//! (a store that is down for a while delays the run; it loses nothing).
+//!
+//! The calls are synchronous (see [`crate::store::state`]): each runs on this store's own small
+//! runtime while the caller's thread waits, so they work from blocking threads and from the
+//! coordinator's runtime alike.
+
+use crate::error::{CoordinatorError, Result};
+use crate::store::state::{StateStore, StreamWriter, Version};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use std::future::Future;
+use std::sync::Arc;
+
+/// A bucket (and key prefix) holding a run's state.
+#[derive(Debug)]
+pub struct ObjectState {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What the store and its stream writers share.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    location: String,
+    /// This store's runtime, where every request runs.
+    handle: tokio::runtime::Handle,
+}
+
+impl ObjectState {
+    /// The store `BUCKET[/PREFIX]` names, configured from the `AWS_*` environment variables
+    /// (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP`...). Checks that the bucket can be listed, so a wrong endpoint, wrong
+    /// credentials or a missing bucket are reported now, in one line.
+    pub fn s3_from_env(bucket_and_prefix: &str) -> Result<Self> {
+        let (bucket, prefix) = match bucket_and_prefix.split_once('/') {
+            Some((bucket, prefix)) => (bucket, prefix.trim_matches('/')),
+            None => (bucket_and_prefix, ""),
+        };
+        if bucket.is_empty() {
+            return Err(CoordinatorError::Config(
+                "s3:// location without a bucket: use s3://BUCKET/PREFIX".into(),
+            ));
+        }
+        // TLS to the store uses the same crypto provider as the rest of the coordinator.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| CoordinatorError::codec("configure the S3 store", e))?;
+        let location = format!("s3://{}", bucket_and_prefix.trim_end_matches('/'));
+        let state = Self::new(Arc::new(store), prefix, location)?;
+        state.list("")?;
+        Ok(state)
+    }
+
+    /// State in `store` under the key prefix `prefix`; `location` names it in messages.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, location: String) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("state-store")
+            .enable_all()
+            .build()
+            .map_err(CoordinatorError::Io)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                prefix: prefix.to_string(),
+                location,
+                handle: runtime.handle().clone(),
+            }),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Shared {
+    fn key(&self, name: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(name)
+        } else {
+            Path::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// Runs `work` on the store's runtime and waits for it.
+    fn block<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> object_store::Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.recv().unwrap_or_else(|_| {
+            Err(object_store::Error::Generic {
+                store: "state",
+                source: "the state store stopped before answering".into(),
+            })
+        })
+    }
+
+    fn err(&self, what: &'static str, name: &str, e: object_store::Error) -> CoordinatorError {
+        CoordinatorError::Storage {
+            path: format!("{}/{name}", self.location).into(),
+            source: std::io::Error::other(format!("{what}: {e}")),
+        }
+    }
+
+    fn put(&self, name: &str, bytes: &[u8], mode: PutMode) -> object_store::Result<Version> {
+        let store = self.store.clone();
+        let key = self.key(name);
+        let payload = PutPayload::from(bytes.to_vec());
+        let options = PutOptions::from(mode);
+        self.block(async move { store.put_opts(&key, payload, options).await })
+            .map(|done| Version(done.e_tag.unwrap_or_default()))
+    }
+
+    /// Every key under the prefix that starts with `prefix`, relative to the store's prefix.
+    fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        let base = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let metas = self
+            .block(async move { store.list(base.as_ref()).try_collect::<Vec<_>>().await })
+            .map_err(|e| self.err("list", prefix, e))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut names: Vec<String> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let key = meta.location.to_string();
+                key.strip_prefix(&strip).map(str::to_string)
+            })
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Drop for ObjectState {
+    fn drop(&mut self) {
+        // A runtime may not be dropped where blocking is not allowed (the coordinator's own).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl StateStore for ObjectState {
+    fn location(&self) -> &str {
+        &self.shared.location
+    }
+
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, Version)>> {
+        let store = self.shared.store.clone();
+        let key = self.shared.key(name);
+        let got = self.shared.block(async move {
+            let got = store.get(&key).await?;
+            let version = Version(got.meta.e_tag.clone().unwrap_or_default());
+            Ok((got.bytes().await?.to_vec(), version))
+        });
+        match got {
+            Ok(found) => Ok(Some(found)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.shared.err("read", name, e)),
+        }
+    }
+
+    fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        match self.shared.put(name, bytes, PutMode::Create) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.shared.err("create", name, e)),
+        }
+    }
+
+    fn swap(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expected: Option<&Version>,
+    ) -> Result<Option<Version>> {
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(version) => PutMode::Update(UpdateVersion {
+                e_tag: Some(version.0.clone()),
+                version: None,
+            }),
+        };
+        match self.shared.put(name, bytes, mode) {
+            Ok(version) => Ok(Some(version)),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(None),
+            Err(e) => Err(self.shared.err("swap", name, e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        // Stream records live one level down (`NAME/SEQ`); they are not objects of their own.
+        Ok(self
+            .shared
+            .names(prefix)?
+            .into_iter()
+            .filter(|name| !name.contains('/'))
+            .collect())
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let store = self.shared.store.clone();
+        let key = self.shared.key(name);
+        match self.shared.block(async move { store.delete(&key).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.shared.err("delete", name, e)),
+        }
+    }
+
+    fn start_stream(&self, name: &str) -> Result<Box<dyn StreamWriter>> {
+        self.delete_stream(name)?;
+        Ok(Box::new(ObjectStream {
+            shared: self.shared.clone(),
+            name: name.to_string(),
+            next: 0,
+            broken: false,
+        }))
+    }
+
+    fn read_stream(&self, name: &str) -> Result<Vec<Vec<u8>>> {
+        let mut records = Vec::new();
+        for (n, record) in self
+            .shared
+            .names(&format!("{name}/"))?
+            .into_iter()
+            .enumerate()
+        {
+            if record != record_name(name, n as u64) {
+                break;
+            }
+            match self.get(&record)? {
+                Some((bytes, _)) => records.push(bytes),
+                None => break,
+            }
+        }
+        Ok(records)
+    }
+
+    fn delete_stream(&self, name: &str) -> Result<()> {
+        for record in self.shared.names(&format!("{name}/"))? {
+            self.delete(&record)?;
+        }
+        Ok(())
+    }
+
+    fn list_streams(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut streams: Vec<String> = self
+            .shared
+            .names(prefix)?
+            .into_iter()
+            .filter_map(|name| name.split_once('/').map(|(stream, _)| stream.to_string()))
+            .collect();
+        streams.dedup();
+        Ok(streams)
+    }
+}
+
+fn record_name(stream: &str, n: u64) -> String {
+    format!("{stream}/{n:010}")
+}
+
+/// Appends records to a stream as numbered objects.
+#[derive(Debug)]
+struct ObjectStream {
+    shared: Arc<Shared>,
+    name: String,
+    next: u64,
+    broken: bool,
+}
+
+impl StreamWriter for ObjectStream {
+    fn append(&mut self, record: &[u8]) -> Result<()> {
+        let name = record_name(&self.name, self.next);
+        if self.broken {
+            return Err(CoordinatorError::Storage {
+                path: format!("{}/{name}", self.shared.location).into(),
+                source: std::io::Error::other("an earlier write to this log failed"),
+            });
+        }
+        let done = self.shared.put(&name, record, PutMode::Create);
+        self.broken = done.is_err();
+        done.map_err(|e| self.shared.err("append", &name, e))?;
+        self.next += 1;
+        Ok(())
+    }
+}
