@@ -6,6 +6,7 @@ use crate::options::Plan;
 use crate::report::{summary_text, table_header, table_row, write_outputs};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use shoal_coordinator::store::object::S3Settings;
 use shoal_coordinator::strategy::{self, Strategy};
 use shoal_coordinator::{
     CheckpointStore, Coordinator, Limits, Resume, RunOutcome, RunStart, Security, StrategyConfig,
@@ -35,10 +36,21 @@ pub struct Outputs {
 /// Crash safety: where checkpoints go, and whether a foreign one may be resumed.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Durability {
-    /// Checkpoint every round (and log accepted updates) in DIR; restarted on the same DIR, the
-    /// coordinator resumes the run by itself.
+    /// Checkpoint every round (and log accepted updates) in DIR, or in an S3-compatible store
+    /// with s3://BUCKET/PREFIX (endpoint, region and credentials from the AWS_* environment
+    /// variables or the --s3-* flags); restarted on the same location, on this machine or
+    /// another, the coordinator resumes the run by itself.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Endpoint URL of the S3-compatible store (else AWS_ENDPOINT, else AWS itself).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Region of the S3-compatible store (else AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Allow a plain-HTTP S3 endpoint (e.g. a store on loopback; else AWS_ALLOW_HTTP).
+    #[arg(long)]
+    pub s3_allow_http: bool,
     /// Resume a checkpoint even though it was written under a different run config.
     #[arg(long)]
     pub allow_config_change: bool,
@@ -68,7 +80,13 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
     let mut strategy = strategy::build(&plan.run, &spec)?;
     let (coordinator, resume) = match &durability.checkpoint_dir {
         Some(dir) => {
-            let store = CheckpointStore::open(dir)?;
+            let s3 = S3Settings {
+                endpoint: durability.s3_endpoint.clone(),
+                region: durability.s3_region.clone(),
+                credentials: None,
+                allow_http: durability.s3_allow_http,
+            };
+            let store = CheckpointStore::open_with(dir, &s3)?;
             let resume = recover(
                 &store,
                 &plan.run,

@@ -13,6 +13,7 @@ use crate::config::RunConfig;
 use crate::error::{CoordinatorError, Result};
 use crate::store::manifest::{self, Claim};
 use crate::store::metrics::RoundRecord;
+use crate::store::object::S3Settings;
 use crate::store::state::StateStore;
 use crate::sync::lock;
 use serde::{Deserialize, Serialize};
@@ -82,10 +83,15 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     /// Opens the checkpoints at `location`: a directory (created if needed) or
-    /// `s3://BUCKET/PREFIX`.
+    /// `s3://BUCKET/PREFIX` (reached as the `AWS_*` environment variables say).
     pub fn open(location: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(location, &S3Settings::default())
+    }
+
+    /// [`CheckpointStore::open`], with `s3` settings on top of the environment's.
+    pub fn open_with(location: impl AsRef<Path>, s3: &S3Settings) -> Result<Self> {
         let location = location.as_ref().to_string_lossy();
-        Ok(Self::on(crate::store::state::open(&location)?))
+        Ok(Self::on(crate::store::state::open(&location, s3)?))
     }
 
     /// Checkpoints kept in `state`.

@@ -16,9 +16,32 @@ use crate::store::state::{StateStore, StreamWriter, Version};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion,
+};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the first request may take to answer before the store counts as unusable.
+const PROBE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a request is retried (with backoff, 100 ms to 15 s apart) before the outage counts
+/// as a storage failure that stops the run.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How to reach an S3-compatible store, beyond what the `AWS_*` environment variables say.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// The endpoint URL (`AWS_ENDPOINT`), for a store other than AWS.
+    pub endpoint: Option<String>,
+    /// The region (`AWS_REGION`).
+    pub region: Option<String>,
+    /// Access key id and secret (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub credentials: Option<(String, String)>,
+    /// Allow a plain-HTTP endpoint (`AWS_ALLOW_HTTP`), e.g. a store on loopback.
+    pub allow_http: bool,
+}
 
 /// A bucket (and key prefix) holding a run's state.
 #[derive(Debug)]
@@ -40,9 +63,9 @@ struct Shared {
 impl ObjectState {
     /// The store `BUCKET[/PREFIX]` names, configured from the `AWS_*` environment variables
     /// (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_ALLOW_HTTP`...). Checks that the bucket can be listed, so a wrong endpoint, wrong
-    /// credentials or a missing bucket are reported now, in one line.
-    pub fn s3_from_env(bucket_and_prefix: &str) -> Result<Self> {
+    /// `AWS_ALLOW_HTTP`...) and then `settings`. Checks that the bucket can be listed, so a
+    /// wrong endpoint, wrong credentials or a missing bucket are reported now, in one line.
+    pub fn s3(bucket_and_prefix: &str, settings: &S3Settings) -> Result<Self> {
         let (bucket, prefix) = match bucket_and_prefix.split_once('/') {
             Some((bucket, prefix)) => (bucket, prefix.trim_matches('/')),
             None => (bucket_and_prefix, ""),
@@ -54,14 +77,52 @@ impl ObjectState {
         }
         // TLS to the store uses the same crypto provider as the rest of the coordinator.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| CoordinatorError::codec("configure the S3 store", e))?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &settings.region {
+            builder = builder.with_region(region);
+        }
+        if let Some((key, secret)) = &settings.credentials {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+        }
+        if settings.allow_http {
+            builder = builder.with_allow_http(true);
+        }
         let location = format!("s3://{}", bucket_and_prefix.trim_end_matches('/'));
-        let state = Self::new(Arc::new(store), prefix, location)?;
-        state.list("")?;
-        Ok(state)
+        let build = |retry: RetryConfig| {
+            builder
+                .clone()
+                .with_retry(retry)
+                .build()
+                .map_err(|e| CoordinatorError::Config(format!("{location}: {e}")))
+        };
+        // At start a store that does not answer is a mistake to report now; while the run is
+        // under way it is an outage to ride out, up to the patience below.
+        let probe = Self::new(
+            Arc::new(build(RetryConfig {
+                max_retries: 1,
+                retry_timeout: PROBE_PATIENCE,
+                backoff: BackoffConfig::default(),
+            })?),
+            prefix,
+            location.clone(),
+        )?;
+        probe.list("").map_err(|e| {
+            CoordinatorError::Config(format!("cannot use {location} for the run's state: {e}"))
+        })?;
+        Self::new(
+            Arc::new(build(RetryConfig {
+                max_retries: usize::MAX,
+                retry_timeout: OUTAGE_PATIENCE,
+                backoff: BackoffConfig::default(),
+            })?),
+            prefix,
+            location,
+        )
     }
 
     /// State in `store` under the key prefix `prefix`; `location` names it in messages.

@@ -14,6 +14,7 @@
 //! "accepted".
 
 use crate::error::{CoordinatorError, Result};
+use crate::store::object::{ObjectState, S3Settings};
 use std::sync::Arc;
 
 /// The version of an object as the store identifies it (an ETag, or a content digest for a
@@ -67,13 +68,11 @@ pub trait StreamWriter: Send + std::fmt::Debug {
 }
 
 /// Opens the state store `location` names: `s3://BUCKET[/PREFIX]` for an S3-compatible object
-/// store (endpoint, region and credentials from the `AWS_*` environment variables), anything
-/// else a local directory (created if needed).
-pub fn open(location: &str) -> Result<Arc<dyn StateStore>> {
+/// store (reached as `s3` and the `AWS_*` environment variables say), anything else a local
+/// directory (created if needed).
+pub fn open(location: &str, s3: &S3Settings) -> Result<Arc<dyn StateStore>> {
     if let Some(rest) = location.strip_prefix("s3://") {
-        return Ok(Arc::new(crate::store::object::ObjectState::s3_from_env(
-            rest,
-        )?));
+        return Ok(Arc::new(ObjectState::s3(rest, s3)?));
     }
     if location.contains("://") {
         return Err(CoordinatorError::Config(format!(

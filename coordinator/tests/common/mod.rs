@@ -1,6 +1,8 @@
 //! Shared helpers: a real coordinator on 127.0.0.1:0 and its data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod s3;
+
 use shoal_coordinator::config::{FitSettings, SelectionConfig};
 use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, Security, strategy};
 use shoal_datasets::{Dataset, DatasetSource, Partition, Split, load, partition};
@@ -199,4 +201,10 @@ pub async fn push_parts(
     c.push_update(futures::stream::iter(parts))
         .await
         .map(|r| r.into_inner())
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn unused_addr() -> std::net::SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
 }

@@ -1,0 +1,127 @@
+//! A run whose state is in a real S3-compatible store (s3s-fs on a loopback port): the
+//! coordinator is killed with SIGKILL twice mid-run and a fresh one, with no local state at
+//! all, carries the run on from the store each time. The run must end bit-identical to one
+//! that never crashed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+#[path = "../../coordinator/tests/common/s3.rs"]
+mod s3;
+
+use common::{Running, arg, finish, shoal_with};
+use s3::{BUCKET, S3Server};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn sha(summary: &Path) -> (String, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    (
+        json["model_sha256"].as_str().unwrap().to_string(),
+        json["rounds_completed"].as_u64().unwrap(),
+    )
+}
+
+/// Newest round with a committed-or-not checkpoint object under `dir` (s3s-fs keeps each
+/// object as a file), 0 if none.
+fn newest_checkpoint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| {
+                    let round = n
+                        .strip_prefix("ckpt-")?
+                        .strip_suffix(".bin")?
+                        .split('-')
+                        .next()?;
+                    round.parse().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+fn start_coordinator(
+    server: &S3Server,
+    listen: &str,
+    summary: &Path,
+    run: &[&str],
+) -> (Running, String) {
+    let location = format!("s3://{BUCKET}/run");
+    let mut args = vec![
+        "coordinator",
+        "--listen",
+        listen,
+        "--checkpoint-dir",
+        &location,
+        "--summary-out",
+        arg(summary),
+        "--quiet",
+    ];
+    args.extend_from_slice(run);
+    let mut cmd = shoal_with(&args);
+    cmd.envs(server.env());
+    let mut coordinator = Running::spawn(&mut cmd);
+    let line = coordinator.wait_for_stderr("listening on", Duration::from_secs(60));
+    let addr = line.split_whitespace().nth(3).unwrap().to_string();
+    (coordinator, addr)
+}
+
+#[test]
+fn a_run_kept_in_the_object_store_survives_sigkill_bit_identical() {
+    let run = [
+        "--rounds",
+        "40",
+        "--epochs",
+        "5",
+        "--clients",
+        "4",
+        "--seed",
+        "7",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.json");
+    let mut args = vec!["run", "--quiet", "--summary-out", arg(&reference)];
+    args.extend_from_slice(&run);
+    finish(&mut shoal_with(&args)).assert_success();
+    let (expected, rounds) = sha(&reference);
+
+    let server = S3Server::start();
+    let objects = server.root.path().join(BUCKET).join("run");
+    let summary = dir.path().join("summary.json");
+    let (mut coordinator, addr) = start_coordinator(&server, "127.0.0.1:0", &summary, &run);
+    let url = format!("http://{addr}");
+    let mut sim_args = vec!["simulate", "--coordinator", &url];
+    sim_args.extend_from_slice(&run);
+    let fleet = Running::spawn(&mut shoal_with(&sim_args));
+    let mut last = 0;
+    for delay_ms in [7, 23] {
+        // Let the current coordinator commit at least one more round, then kill it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while newest_checkpoint(&objects) <= last {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint after round {last}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms)); // the crash moment itself
+        coordinator.kill();
+        last = newest_checkpoint(&objects);
+        assert!(last < rounds, "the kill after round {last} came too late");
+        coordinator = start_coordinator(&server, &addr, &summary, &run).0;
+    }
+    let done = coordinator.finish(LIMIT);
+    done.assert_success();
+    fleet.finish(LIMIT).assert_success();
+    let (got, got_rounds) = sha(&summary);
+    assert_eq!(got_rounds, rounds);
+    assert_eq!(
+        got, expected,
+        "a run resumed from the store ends bit-identical"
+    );
+}
