@@ -39,7 +39,11 @@ pub fn binary() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    if let Some(found) = dirs.into_iter().map(|d| d.join("s3s-fs")).find(|p| p.is_file()) {
+    if let Some(found) = dirs
+        .into_iter()
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file())
+    {
         return found;
     }
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("s3s-fs");
