@@ -87,8 +87,12 @@ run_options! {
     over_select: f64,
     /// Round deadline in seconds, 0.001 to 604800 (a week) [default: 60].
     round_timeout: f64,
-    /// Retries of a round below quorum before the run stops, 0..=1000 [default: 3].
+    /// Retries of a round below quorum before its quorum counts as lost, 0..=1000 [default: 3].
     max_retries: u32,
+    /// When a round's quorum is lost: stop the run; shrink (aggregate what the last attempt
+    /// got, if anything); wait (serve the last model and reopen the round once a quorum is
+    /// back), or wait:SECONDS to give up after that long [default: stop].
+    on_quorum_loss: String,
     /// Seed of every random choice [default: 0].
     seed: u64,
     /// Local epochs (FedAvg), at least 1 [default: 5].
@@ -216,6 +220,12 @@ impl RunOptions {
             },
             round_timeout_ms,
             max_retries: o.max_retries.unwrap_or(defaults.max_retries),
+            on_quorum_loss: match &o.on_quorum_loss {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--on-quorum-loss {e}"))?,
+                None => defaults.on_quorum_loss,
+            },
         };
         run.validate()?;
         for (name, optimizer) in [

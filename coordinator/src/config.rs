@@ -132,8 +132,78 @@ pub struct RunConfig {
     pub gradient: GradientSettings,
     /// Round deadline in milliseconds.
     pub round_timeout_ms: u64,
-    /// Failed attempts (below quorum) allowed per round before the run stops.
+    /// Failed attempts (below quorum) allowed per round before the quorum counts as lost.
     pub max_retries: u32,
+    /// What the run does when a round's quorum is lost (left out of the config's JSON, and so
+    /// of its hash, when it is the default: runs from before it existed keep their id).
+    #[serde(default, skip_serializing_if = "QuorumPolicy::is_stop")]
+    pub on_quorum_loss: QuorumPolicy,
+}
+
+/// What a run does when a round still has fewer updates than its quorum after all its
+/// attempts: the explicit degradation policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "lowercase")]
+pub enum QuorumPolicy {
+    /// Stop the run with an error naming the round.
+    #[default]
+    Stop,
+    /// Aggregate what the last attempt gathered, if anything, and go on: a smaller round rather
+    /// than none. The round's record says it was shrunk.
+    Shrink,
+    /// Keep serving the last global model and open the round again as soon as a quorum of
+    /// clients is available, for at most `limit_ms` in all (`None`: as long as it takes); the
+    /// round's record says how long it waited.
+    Wait {
+        /// Longest wait for one round, in milliseconds.
+        limit_ms: Option<u64>,
+    },
+}
+
+impl QuorumPolicy {
+    /// True for the default policy, [`QuorumPolicy::Stop`].
+    pub fn is_stop(&self) -> bool {
+        matches!(self, Self::Stop)
+    }
+}
+
+impl std::fmt::Display for QuorumPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stop => f.write_str("stop"),
+            Self::Shrink => f.write_str("shrink"),
+            Self::Wait { limit_ms: None } => f.write_str("wait"),
+            Self::Wait { limit_ms: Some(ms) } => write!(f, "wait:{}", *ms as f64 / 1000.0),
+        }
+    }
+}
+
+impl std::str::FromStr for QuorumPolicy {
+    type Err = String;
+
+    /// `stop`, `shrink`, `wait` or `wait:SECONDS`.
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text {
+            "stop" => Ok(Self::Stop),
+            "shrink" => Ok(Self::Shrink),
+            "wait" => Ok(Self::Wait { limit_ms: None }),
+            other => {
+                let seconds = other
+                    .strip_prefix("wait:")
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 604_800.0)
+                    .ok_or_else(|| {
+                        format!(
+                            "{other:?}: expected stop, shrink, wait or wait:SECONDS \
+                             (0 < SECONDS <= 604800)"
+                        )
+                    })?;
+                Ok(Self::Wait {
+                    limit_ms: Some((seconds * 1000.0).round().max(1.0) as u64),
+                })
+            }
+        }
+    }
 }
 
 impl RunConfig {
@@ -378,6 +448,7 @@ impl Default for RunConfig {
             },
             round_timeout_ms: 60_000,
             max_retries: 3,
+            on_quorum_loss: QuorumPolicy::Stop,
         }
     }
 }
@@ -442,6 +513,38 @@ mod validate_tests {
             assert!(err.contains(word), "{word:?} not in {err:?}");
         }
         assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn quorum_policies_parse_and_the_default_leaves_the_run_id_alone() {
+        assert_eq!("stop".parse(), Ok(QuorumPolicy::Stop));
+        assert_eq!("shrink".parse(), Ok(QuorumPolicy::Shrink));
+        assert_eq!("wait".parse(), Ok(QuorumPolicy::Wait { limit_ms: None }));
+        assert_eq!(
+            "wait:2.5".parse(),
+            Ok(QuorumPolicy::Wait {
+                limit_ms: Some(2500)
+            })
+        );
+        for bad in [
+            "", "halt", "wait:", "wait:0", "wait:-1", "wait:nan", "wait:1e9",
+        ] {
+            assert!(bad.parse::<QuorumPolicy>().is_err(), "{bad:?}");
+        }
+        for policy in ["stop", "shrink", "wait", "wait:2.5"] {
+            let parsed: QuorumPolicy = policy.parse().unwrap();
+            assert_eq!(parsed.to_string(), policy);
+        }
+        let json = serde_json::to_string(&RunConfig::default()).unwrap();
+        assert!(!json.contains("quorum"), "{json}");
+        let waiting = RunConfig {
+            on_quorum_loss: QuorumPolicy::Shrink,
+            ..RunConfig::default()
+        };
+        assert_ne!(waiting.run_id(), RunConfig::default().run_id());
+        let back: RunConfig =
+            serde_json::from_str(&serde_json::to_string(&waiting).unwrap()).unwrap();
+        assert_eq!(back, waiting);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! failed attempts the run stops with a clear error rather than waiting forever. However the
 //! run ends, clients hear that it ended (their pulls answer Finished).
 
+use crate::config::QuorumPolicy;
 use crate::engine::Coordinator;
 use crate::engine::registry::name_some;
 use crate::engine::round::{OpenRound, RoundSink, SharedAccumulator, close, fold};
@@ -38,6 +39,10 @@ pub struct RunOutcome {
     pub global: Vec<f32>,
 }
 
+/// Round-record values that say how the quorum-loss policy degraded a round.
+const SHRUNK: &str = "quorum_shrunk";
+const WAITED: &str = "quorum_wait_s";
+
 /// How often a long wait says at info level what it is waiting for.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Most client ids a log line names.
@@ -48,6 +53,17 @@ struct Gathered {
     results: RoundResults,
     selected: usize,
     attempts: u32,
+    /// How the quorum-loss policy degraded the round, if it did.
+    degraded: Option<Degraded>,
+}
+
+/// What the quorum-loss policy did to a round.
+#[derive(Debug, Clone, Copy)]
+enum Degraded {
+    /// Aggregated below quorum.
+    Shrunk,
+    /// Reopened after waiting this long for a quorum.
+    Waited(Duration),
 }
 
 /// Drives one run on a coordinator: build it with the strategy, the held-out data and where to
@@ -161,6 +177,20 @@ impl RoundDriver {
             driving.coordinator.settle_round();
             round += 1;
         }
+        let shrunk = records.iter().filter(|r| r.get(SHRUNK).is_some()).count();
+        let waited: Vec<f64> = records.iter().filter_map(|r| r.get(WAITED)).collect();
+        if shrunk > 0 {
+            stop_reason.push_str(&format!(
+                "; quorum lost in {shrunk} rounds, aggregated below quorum (policy shrink)"
+            ));
+        }
+        if !waited.is_empty() {
+            stop_reason.push_str(&format!(
+                "; quorum lost in {} rounds, reopened after waiting {:.1} s in all (policy wait)",
+                waited.len(),
+                waited.iter().sum::<f64>()
+            ));
+        }
         let global = strategy.global().to_vec();
         let last = records.last();
         let summary = RunSummary {
@@ -198,6 +228,7 @@ impl Driving {
             results,
             selected,
             attempts,
+            degraded,
         } = gathered;
         let clients = results.contributors();
         let examples = results.total_weight();
@@ -219,6 +250,15 @@ impl Driving {
         let mut values = client_metrics;
         values.extend(aggregated);
         values.extend(evaluated);
+        match degraded {
+            Some(Degraded::Shrunk) => {
+                values.insert(SHRUNK.into(), 1.0);
+            }
+            Some(Degraded::Waited(waited)) => {
+                values.insert(WAITED.into(), waited.as_secs_f64());
+            }
+            None => {}
+        }
         let record = RoundRecord {
             round,
             clients,
@@ -258,10 +298,46 @@ impl Driving {
         let config = coordinator.config();
         let quorum = config.selection.min_clients.max(1);
         let first = replay.as_ref().map_or(0, |l| l.opened.attempt);
-        for attempt in first..=config.max_retries {
+        let lost = || CoordinatorError::QuorumLost {
+            round,
+            quorum,
+            attempts: config.max_retries + 1,
+        };
+        // The last attempt below quorum that got anything (what `shrink` aggregates), and
+        // when `wait` began waiting.
+        let mut shrunk: Option<Gathered> = None;
+        let mut waiting: Option<(tokio::time::Instant, Option<tokio::time::Instant>)> = None;
+        for attempt in first.. {
+            let mut patience = None;
+            if attempt > config.max_retries {
+                match config.on_quorum_loss {
+                    QuorumPolicy::Stop => return Err(lost()),
+                    QuorumPolicy::Shrink => {
+                        let gathered = shrunk.take().ok_or_else(lost)?;
+                        warn!(
+                            round,
+                            got = gathered.results.contributors(),
+                            quorum,
+                            "quorum lost; aggregating what the last attempt got (policy shrink)"
+                        );
+                        return Ok(gathered);
+                    }
+                    QuorumPolicy::Wait { limit_ms } => {
+                        let now = tokio::time::Instant::now();
+                        let (_, until) = *waiting.get_or_insert_with(|| {
+                            warn!(round, quorum, "quorum lost; serving the last model and reopening the round once a quorum is back (policy wait)");
+                            (now, limit_ms.map(|ms| now + Duration::from_millis(ms)))
+                        });
+                        if until.is_some_and(|u| now >= u) {
+                            return Err(lost());
+                        }
+                        patience = Some(until);
+                    }
+                }
+            }
             let (selected, wanted, logged) = match replay.take() {
                 Some(log) => (log.opened.selected, log.opened.wanted, log.updates),
-                None => match self.select(round, attempt, quorum).await {
+                None => match self.select(round, attempt, quorum, patience).await {
                     Some((selected, wanted)) => (selected, wanted, Vec::new()),
                     None => continue,
                 },
@@ -296,10 +372,12 @@ impl Driving {
                 return Err(fatal);
             }
             if results.contributors() >= quorum {
+                let degraded = waiting.map(|(since, _)| Degraded::Waited(since.elapsed()));
                 return Ok(Gathered {
                     results,
                     selected: selected.len(),
                     attempts: attempt + 1,
+                    degraded,
                 });
             }
             coordinator.settle_round();
@@ -310,26 +388,35 @@ impl Driving {
                 quorum,
                 "round below quorum; retrying with a fresh selection"
             );
+            if results.contributors() > 0 {
+                shrunk = Some(Gathered {
+                    results,
+                    selected: selected.len(),
+                    attempts: attempt + 1,
+                    degraded: Some(Degraded::Shrunk),
+                });
+            }
         }
-        Err(CoordinatorError::QuorumLost {
-            round,
-            quorum,
-            attempts: config.max_retries + 1,
-        })
+        Err(lost())
     }
 
     /// Waits for the clients an attempt needs and selects among them: `None` if fewer than
     /// the quorum came (the attempt fails), else the clients asked and the updates wanted.
+    /// `patience`, when given, replaces the usual wait for a quorum (`Some(None)`: as long as
+    /// it takes).
     async fn select(
         &mut self,
         round: u32,
         attempt: u32,
         quorum: usize,
+        patience: Option<Option<tokio::time::Instant>>,
     ) -> Option<(Vec<String>, usize)> {
         let coordinator = self.coordinator.clone();
         let config = coordinator.config();
         let now = tokio::time::Instant::now();
-        let (needed, deadline) = if self.gathered {
+        let (needed, deadline) = if let Some(until) = patience {
+            (quorum, until)
+        } else if self.gathered {
             (quorum, Some(now + config.round_timeout()))
         } else {
             // A resumed run waits for every client to come back, so it selects what an
@@ -354,7 +441,13 @@ impl Driving {
                 "fewer clients available than the round waits for; below quorum the attempt fails, else it goes on with those available (after a restart the result may then differ from an uninterrupted run)"
             );
         }
-        if available.len() < quorum {
+        // Below quorum an attempt fails, unless the policy is to shrink: then it goes on with
+        // whoever is there, so that a round that loses its quorum has something to aggregate.
+        let floor = match config.on_quorum_loss {
+            QuorumPolicy::Shrink => 1,
+            _ => quorum,
+        };
+        if available.len() < floor {
             return None;
         }
         let sel = &config.selection;
