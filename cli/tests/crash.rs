@@ -1,13 +1,16 @@
 //! Crash recovery with real processes and real signals: the coordinator is killed with SIGKILL
-//! at seeded random moments and restarted on the same checkpoint directory, while a simulated
-//! fleet in another process keeps reconnecting. The run must end bit-identical to one that
-//! never crashed.
+//! while a round it has accepted updates for is in flight, then at seeded random moments, and
+//! restarted on the same checkpoint directory each time, while a simulated fleet in another
+//! process keeps reconnecting. The restart after the first kill must take the logged updates
+//! over, and the run must end bit-identical to one that never crashed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
 use common::{Running, arg, finish, shoal_with};
-use std::time::Duration;
+use shoal_coordinator::store::round_log::RoundLog;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -104,6 +107,60 @@ fn coordinator_kept_updates(coordinator: &mut Running) -> bool {
         .any(|l| l.contains("accepted updates in its log") && !l.contains(" 0 accepted"))
 }
 
+/// The round in the log in `ckpt` and how many accepted updates the log holds, if it holds
+/// some and that round has no checkpoint yet: what a coordinator started now would replay.
+fn replayable(ckpt: &Path) -> Option<(u32, usize)> {
+    let log = RoundLog::read(ckpt).ok()??;
+    let round = log.opened.round;
+    (!log.updates.is_empty() && newest_checkpoint(ckpt) < u64::from(round))
+        .then_some((round, log.updates.len()))
+}
+
+/// Kills `coordinator` with SIGKILL while the round in flight has accepted updates in its log;
+/// returns the round and how many. The log is polled; once it holds updates the process is
+/// stopped (SIGSTOP) and the log read again: a stopped process cannot change it, so what is
+/// read then is exactly what the next incarnation finds. If the round closed in between, the
+/// process continues (SIGCONT) and the polling goes on.
+fn kill_mid_round(coordinator: Running, ckpt: &Path) -> (u32, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no round had accepted updates in its log within a minute"
+        );
+        if replayable(ckpt).is_some() {
+            coordinator.signal("STOP");
+            if let Some(found) = replayable(ckpt) {
+                coordinator.kill();
+                return found;
+            }
+            coordinator.signal("CONT");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Asserts that the freshly started `coordinator` took over the `updates` accepted updates of
+/// `round` in its log: it announced them before listening, and folded every one of them into
+/// the round it reopened.
+fn assert_took_over(coordinator: &mut Running, round: u32, updates: usize) {
+    let announced =
+        format!("round {round} had {updates} accepted updates in its log; they are kept");
+    assert!(
+        coordinator
+            .seen_stderr()
+            .iter()
+            .any(|l| l.contains(&announced)),
+        "no {announced:?} before listening:\n{}",
+        coordinator.seen_stderr().join("\n")
+    );
+    let kept = coordinator.wait_for_stderr("kept updates from the round log", LIMIT);
+    assert!(
+        kept.contains(&format!("round={round} ")) && kept.ends_with(&format!("updates={updates}")),
+        "want round={round} updates={updates}: {kept}"
+    );
+}
+
 /// Runs `run` once without crashes and once with `kills` SIGKILLs of the coordinator; the
 /// final parameters must be the same bits.
 fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64) {
@@ -121,8 +178,18 @@ fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64)
     let mut sim_args = vec!["simulate", "--coordinator", &url];
     sim_args.extend_from_slice(run);
     let fleet = Running::spawn(&mut shoal_with(&sim_args));
-    let mut last = 0;
-    let mut kept_logs = 0;
+    // First a crash with accepted updates in the round log, which the next incarnation must
+    // take over.
+    let (round, updates) = kill_mid_round(coordinator, &ckpt);
+    let mut last = newest_checkpoint(&ckpt);
+    assert_eq!(last + 1, u64::from(round));
+    assert!(
+        last + 1 < rounds,
+        "the crash in round {round} of {rounds} came too late to test anything"
+    );
+    coordinator = start_coordinator(&addr, &ckpt, &summary, run).0;
+    assert_took_over(&mut coordinator, round, updates);
+    let mut kept_logs = 1;
     for delay in delays(seed, kills, lo_ms, hi_ms) {
         // Let the current incarnation complete at least one more round, then kill it a random
         // moment later: waiting for updates, aggregating, or writing the next checkpoint.
@@ -137,7 +204,10 @@ fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64)
         coordinator = start_coordinator(&addr, &ckpt, &summary, run).0;
         kept_logs += usize::from(coordinator_kept_updates(&mut coordinator));
     }
-    eprintln!("{kept_logs} of {kills} restarts replayed a non-empty round log");
+    eprintln!(
+        "{kept_logs} of {} restarts replayed a non-empty round log",
+        kills + 1
+    );
     let done = coordinator.finish(LIMIT);
     done.assert_success();
     fleet.finish(LIMIT).assert_success();

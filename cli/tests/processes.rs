@@ -10,6 +10,22 @@ use common::runs::{model_sha256, one_process_run, rounds_completed, start_coordi
 use common::{DEADLINE, Finished, Running, arg, finish, shoal, shoal_with};
 use std::path::Path;
 
+/// Examples in the held-out fifth of the embedded digits (seed 0): accuracies are counts of
+/// them.
+const TEST_EXAMPLES: f64 = 359.0;
+
+/// Asserts that `accuracy` is `right` of the [`TEST_EXAMPLES`] test digits. The summary's JSON
+/// is read back within an ulp or so (serde_json's default float parsing), hence the 1e-12.
+#[track_caller]
+fn assert_right_of_test_digits(accuracy: Option<f64>, right: u32) {
+    let accuracy = accuracy.unwrap_or_else(|| panic!("no accuracy, want {right} right"));
+    let want = f64::from(right) / TEST_EXAMPLES;
+    assert!(
+        (accuracy - want).abs() < 1e-12,
+        "accuracy {accuracy}, want {right} of {TEST_EXAMPLES} = {want}"
+    );
+}
+
 #[test]
 fn coordinator_and_simulate_processes_finish_a_two_round_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,14 +64,14 @@ fn coordinator_and_simulate_processes_finish_a_two_round_run() {
 
     let s = summary(&summary_path);
     assert_eq!(rounds_completed(&s), 2, "{s}");
-    let accuracy = s["final_accuracy"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no final_accuracy in {s}"));
-    assert!(
-        (0.0..=1.0).contains(&accuracy),
-        "final_accuracy {accuracy} outside [0, 1]"
-    );
+    // The seeded run is deterministic: 324 of the 359 test digits right after two rounds,
+    // the same model as `shoal run --rounds 2 --clients 3`.
+    assert_right_of_test_digits(s["final_accuracy"].as_f64(), 324);
     let sha = model_sha256(&s);
+    assert_eq!(
+        sha,
+        "d7b7544104594670700cc50f6c652eefda5d950b2f350c41f07518b184ac5f8b"
+    );
     assert!(
         hosted.stdout.contains(&format!("model sha256 {sha}")),
         "stdout lacks the model hash:\n{}",
@@ -71,7 +87,9 @@ fn coordinator_and_simulate_processes_finish_a_two_round_run() {
         .iter()
         .position(|c| *c == "accuracy")
         .expect("accuracy column");
-    for (i, row) in lines[1..].iter().enumerate() {
+    // 270 of 359 after round 1, 324 after round 2.
+    let expected = [270.0 / TEST_EXAMPLES, 324.0 / TEST_EXAMPLES];
+    for ((i, row), want) in lines[1..].iter().enumerate().zip(expected) {
         let cells: Vec<&str> = row.split(',').collect();
         assert_eq!(
             cells.len(),
@@ -83,11 +101,26 @@ fn coordinator_and_simulate_processes_finish_a_two_round_run() {
             (i + 1).to_string(),
             "rounds are numbered from 1: {metrics}"
         );
-        let acc: f64 = cells[accuracy_col]
-            .parse()
-            .unwrap_or_else(|e| panic!("accuracy in {row:?}: {e}"));
-        assert!((0.0..=1.0).contains(&acc), "{row:?}");
+        assert_eq!(
+            cells[accuracy_col],
+            format!("{want:.6}"),
+            "round {}: {metrics}",
+            i + 1
+        );
     }
+}
+
+#[test]
+fn the_default_run_reaches_its_known_accuracy_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = one_process_run(dir.path(), "defaults.json", &[]);
+    assert_eq!(rounds_completed(&s), 20, "{s}");
+    // 345 of the 359 test digits: 96.10%.
+    assert_right_of_test_digits(s["final_accuracy"].as_f64(), 345);
+    assert_eq!(
+        model_sha256(&s),
+        "1e372b09b0ed0fc65b5e569875319f501b73d1614728c4b3d672e1859e8f1e29"
+    );
 }
 
 #[test]

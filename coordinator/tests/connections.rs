@@ -90,22 +90,23 @@ async fn silent_connections_do_not_keep_an_honest_client_out() {
     })
     .await;
 
-    // The honest client sheds one more, and joins and gets its task at once.
-    let started = Instant::now();
+    // The honest client sheds one more, and joins and gets its task while every silent
+    // connection it did not shed is still held: none has reached the first-bytes deadline.
     let mut honest = common::raw(&running.url).await;
     common::join(&mut honest, "honest", 10).await;
     let task = common::task(&mut honest, "honest").await;
     assert!(task.fence.is_some());
-    let took = started.elapsed();
-    assert!(
-        opened.elapsed() < first_bytes,
-        "the client got in (in {took:?}) only after the silent connections timed out"
+    assert_eq!(
+        refusals(&coordinator, "connection_silent"),
+        0,
+        "the client got in only after silent connections timed out"
     );
     assert_eq!(refusals(&coordinator, "connection_limit"), 9);
 
-    // Every silent connection ends: the shed ones at once, the others at the deadline.
+    // Every silent connection ends: the shed ones at once, the others at the deadline (the
+    // count below says which; the 30 s only bound a wait that would otherwise hang).
     for stream in &mut silent {
-        assert!(closed_within(stream, first_bytes + Duration::from_secs(3)).await);
+        assert!(closed_within(stream, Duration::from_secs(30)).await);
     }
     assert!(opened.elapsed() >= first_bytes);
     let counted = coordinator.refusals();
@@ -138,13 +139,13 @@ async fn an_upload_that_never_arrives_is_ended_by_the_request_timeout() {
 
     // Headers, and no message at all.
     let started = Instant::now();
-    let status = c
-        .push_update(futures::stream::pending::<UpdatePart>())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    common::assert_refused(
+        c.push_update(futures::stream::pending::<UpdatePart>())
+            .await,
+        Code::DeadlineExceeded,
+        "request_timeout",
+    );
     assert!(started.elapsed() >= timeout);
-    assert!(started.elapsed() < timeout * 5, "{:?}", started.elapsed());
     assert_eq!(refusals(&coordinator, "request_timeout"), 1);
 
     // The update's header, then silence.
@@ -159,9 +160,12 @@ async fn an_upload_that_never_arrives_is_ended_by_the_request_timeout() {
     }])
     .chain(futures::stream::pending());
     let started = Instant::now();
-    let status = c.push_update(parts).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(started.elapsed() < timeout * 5, "{:?}", started.elapsed());
+    common::assert_refused(
+        c.push_update(parts).await,
+        Code::DeadlineExceeded,
+        "request_timeout",
+    );
+    assert!(started.elapsed() >= timeout);
     assert_eq!(refusals(&coordinator, "request_timeout"), 2);
 
     // Held pulls (300 ms) are not cut, and the client is still served.
@@ -208,34 +212,37 @@ async fn past_the_stream_cap_requests_are_refused_at_once() {
         num_examples: 10,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    let busy = loop {
+    let status = loop {
         assert!(
             Instant::now() < deadline,
             "the stream cap was never reached"
         );
-        let asked = Instant::now();
         match probe.join(join.clone()).await {
-            Err(status) if status.code() == Code::Unavailable => break (status, asked.elapsed()),
+            Err(status) if status.code() == Code::Unavailable => break status,
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    let (status, took) = busy;
+    let status = common::assert_refused(status, Code::Unavailable, "stream_limit");
     assert_eq!(
         status.message(),
         format!("server busy: {max_streams} streams open; retry")
     );
-    // Queued, it would wait for a held stream to end (the 12 s request timeout).
+    // Refused at once, not queued: queued, it would have waited for a held stream to end, and
+    // every one is still held (they end at the request timeout).
     assert!(
-        took < Duration::from_secs(5),
-        "refused at once, not queued: {took:?}"
+        hogs.iter().all(|hog| !hog.is_finished()),
+        "the refusal came only after a held stream ended"
     );
-    let reason = status.metadata().get(shoal_proto::REASON_HEADER).unwrap();
-    assert_eq!(reason.to_str().unwrap(), "stream_limit");
+    assert_eq!(refusals(&coordinator, "request_timeout"), 0);
     assert!(refusals(&coordinator, "stream_limit") >= 1);
 
     // The held streams end at the request timeout, and requests are served again.
     for hog in hogs {
-        assert_eq!(hog.await.unwrap().code(), Code::DeadlineExceeded);
+        common::assert_refused(
+            hog.await.unwrap(),
+            Code::DeadlineExceeded,
+            "request_timeout",
+        );
     }
     probe.join(join).await.unwrap();
     assert_eq!(
@@ -277,7 +284,7 @@ async fn under_mutual_tls_an_outsider_is_refused_before_its_body_and_dropped() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = common::assert_refused(status, Code::Unauthenticated, "unauthenticated");
     assert!(
         status.message().contains("no client certificate"),
         "{status:?}"
@@ -286,9 +293,8 @@ async fn under_mutual_tls_an_outsider_is_refused_before_its_body_and_dropped() {
     let status = outsider
         .clone()
         .push_update(futures::stream::pending::<UpdatePart>())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        .await;
+    common::assert_refused(status, Code::Unauthenticated, "unauthenticated");
     poll_until(
         "the outsider's connection to close",
         Duration::from_secs(5),

@@ -5,7 +5,11 @@ mod common;
 
 use shoal_client::{FleetConfig, run_fleet};
 use shoal_coordinator::Limits;
+use shoal_coordinator::engine::selection::select;
 use shoal_datasets::Partition;
+use shoal_proto::v1::{LeaveRequest, PullRequest, pull_reply::Reply};
+use std::time::Duration;
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_clients_reach_ninety_percent_on_digits_within_ten_rounds() {
@@ -81,30 +85,99 @@ async fn same_seed_same_bits() {
     assert_eq!(hashes[0], hashes[1]);
 }
 
+/// Over-selection: 8 clients asked where 4 updates are wanted. Four deliver and the other four
+/// never do, and the round closes with those four: its deadline is an hour away, so nothing
+/// else could close it. A late update is then refused as stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_selection_closes_a_round_once_enough_have_answered() {
     let split = common::digits();
-    let mut config = common::config(10, 3);
+    let mut config = common::config(10, 1);
     config.selection.clients_per_round = Some(4);
     config.selection.over_select = 2.0;
-    config.round_timeout_ms = 30_000;
+    config.round_timeout_ms = 3_600_000;
     let spec = common::spec("logreg", &split.train);
-    let clients = common::clients(&split.train, 10, &Partition::Iid, 0);
-    let running = common::start(config, spec, split.test, Limits::default()).await;
-    let fleet = tokio::spawn(run_fleet(
-        FleetConfig::new(running.url.clone()),
-        clients,
-        std::future::pending(),
-    ));
-    let outcome = running.finish().await.unwrap();
-    fleet.await.unwrap().unwrap();
-    assert_eq!(outcome.records.len(), 3);
-    for r in &outcome.records {
-        assert_eq!(r.selected, 8, "4 wanted, over-selected by 2");
-        assert!((4..=8).contains(&r.clients), "{r:?}");
-        assert!(
-            r.seconds < 10.0,
-            "closed early, not at the 30 s deadline: {r:?}"
-        );
+    let limits = Limits {
+        poll_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let seed = config.seed;
+    let running = common::start(config, spec, split.test, limits).await;
+    let coordinator = running.coordinator.clone();
+    let mut c = common::raw(&running.url).await;
+    let ids: Vec<String> = (0..10).map(|i| format!("client-{i:05}")).collect();
+    for id in &ids {
+        common::join(&mut c, id, 10).await;
     }
+
+    // Round 1, first attempt, among the ten: the seeded selection the driver makes.
+    let asked = select(&ids, 8, seed, 1, 0);
+    assert_eq!(asked.len(), 8);
+    let mut tasks = Vec::new();
+    for id in &asked {
+        tasks.push(common::task(&mut c, id).await);
+    }
+    let fence = tasks[0].fence.clone().unwrap();
+    assert!(tasks.iter().all(|t| t.fence.as_ref() == Some(&fence)));
+    let n = tasks[0].update_len as usize;
+    let idle = ids.iter().find(|id| !asked.contains(id)).unwrap();
+    let reply = c
+        .pull(PullRequest {
+            client_id: idle.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(reply.reply, Some(Reply::Wait(_))),
+        "{idle} was not asked: {reply:?}"
+    );
+
+    let (on_time, late) = asked.split_at(4);
+    for (i, id) in on_time.iter().enumerate() {
+        let accepted = common::push(&mut c, common::header(id, &fence, 10, n), &vec![1.0; n])
+            .await
+            .unwrap();
+        assert_eq!(accepted.accepted_in_round, i as u32 + 1);
+    }
+    // The round closes, and with it the one-round run.
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        while !coordinator.has_ended() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the round did not close once 4 of the 8 asked had delivered"
+    );
+    common::assert_refused(
+        common::push(
+            &mut c,
+            common::header(&late[0], &fence, 10, n),
+            &vec![1.0; n],
+        )
+        .await,
+        Code::FailedPrecondition,
+        "stale_fence",
+    );
+    for id in &ids {
+        c.leave(LeaveRequest {
+            client_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let outcome = running.finish().await.unwrap();
+    assert_eq!(outcome.records.len(), 1);
+    let record = &outcome.records[0];
+    assert_eq!(
+        (
+            record.selected,
+            record.clients,
+            record.attempts,
+            record.examples
+        ),
+        (8, 4, 1, 40),
+        "{record:?}"
+    );
 }

@@ -17,7 +17,9 @@
 //!   with everyone, from the same global state with the same task seeds: the round still
 //!   aggregates exactly the ten honest updates (it costs one more deadline). The hostile client
 //!   attacks only in an attempt where all ten honest clients are selected.
-//! - After the attacks it leaves, so later rounds do not wait for it.
+//! - After the attacks it stays joined until round 2 has asked it too (round 2 waits for it,
+//!   so every honest client is still there when round 1's updates are replayed), then
+//!   leaves, so round 2 closes with the ten honest updates and round 3 does not ask it.
 //! - Requests under *another* client's id never take that client's place: no pulls or
 //!   fetches, and updates only once the real one was delivered in the same attempt (checked by
 //!   a header-only probe that cannot hold a slot), or with a stale fence. Without
@@ -28,14 +30,18 @@
 mod common;
 
 use bytes::{Buf, BufMut, Bytes};
-use common::{fetch, header, join, push, push_parts, raw, task};
+use common::{
+    assert_refused, assert_refused_by_grpc, fetch, header, join, push, push_parts, raw, reason_of,
+    task,
+};
 use futures::StreamExt;
 use shoal_client::{FleetConfig, run_fleet};
 use shoal_coordinator::{Limits, NormPolicy, RunOutcome};
 use shoal_datasets::Partition;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::{
-    Chunk, Fence, LeaveRequest, PullRequest, UpdateHeader, UpdatePart, update_part::Part,
+    Chunk, Fence, LeaveRequest, PullRequest, UpdateHeader, UpdatePart, pull_reply::Reply,
+    update_part::Part,
 };
 use std::time::Duration;
 use tonic::Code;
@@ -116,9 +122,14 @@ async fn a_hostile_client_mid_run_changes_nothing() {
         "the hostile client changed the model"
     );
     assert!(attacked.records.iter().all(|r| r.clients == HONEST));
-    assert!(
-        attacked.records.iter().any(|r| r.selected == HONEST + 1),
-        "the hostile client was selected in one round: {:?}",
+    assert_eq!(
+        attacked
+            .records
+            .iter()
+            .map(|r| r.selected)
+            .collect::<Vec<_>>(),
+        [HONEST + 1, HONEST + 1, HONEST],
+        "the hostile client was asked in rounds 1 and 2, not after it left: {:?}",
         attacked.records
     );
     assert!(clean_refusals.is_empty(), "{clean_refusals:?}");
@@ -185,19 +196,43 @@ async fn attack(url: &str, c: &mut FleetClient<Channel>) {
     assert_refused(
         push(c, header("hostile", &fence, 100, n), &nan_at(&global, 1)).await,
         Code::InvalidArgument,
-        "not finite",
+        "non_finite",
     );
-    c.leave(LeaveRequest {
-        client_id: "hostile".into(),
-    })
-    .await
-    .unwrap();
+    // Round 1 closes at its deadline and round 2 asks everyone, the hostile client too; until
+    // it leaves, round 2 waits for it, so the run goes on and every honest client is there.
+    let next = next_task(c).await;
+    assert_eq!(next.fence.as_ref().map(|f| f.round), Some(2), "{next:?}");
     replays(c, &fence, &global).await;
 }
 
+/// The hostile client's next task, pulling again while its pulls are paced or refused after
+/// the flood.
+async fn next_task(c: &mut FleetClient<Channel>) -> shoal_proto::v1::Task {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no task for the hostile client within 30 s"
+        );
+        let pulled = c
+            .pull(PullRequest {
+                client_id: "hostile".into(),
+            })
+            .await;
+        match pulled.map(|r| r.into_inner().reply) {
+            Ok(Some(Reply::Task(task))) => return task,
+            Ok(Some(Reply::Wait(_))) => {}
+            Err(status) => {
+                assert_refused(status, Code::ResourceExhausted, "rate_limited");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("the run must still wait for the hostile client: {other:?}"),
+        }
+    }
+}
+
 /// A header for `id` with a wrong length: refused without ever holding `id`'s slot, with a
-/// code that tells whether `id` was not selected (PermissionDenied), has delivered
-/// (AlreadyExists), is delivering (Unavailable: try again), or not yet (InvalidArgument).
+/// code and reason that tell where `id` stands in the open attempt (see [`Probe`]).
 async fn probe(c: &mut FleetClient<Channel>, id: &str, fence: &Fence, n: usize) -> Status {
     push_parts(
         c,
@@ -209,14 +244,44 @@ async fn probe(c: &mut FleetClient<Channel>, id: &str, fence: &Fence, n: usize) 
     .unwrap_err()
 }
 
+/// Where a client stands in the open attempt, as a probe's refusal tells it.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Not joined (yet): NotFound, unknown_client.
+    Unknown,
+    /// Not selected in this attempt: PermissionDenied, not_selected.
+    NotSelected,
+    /// Selected, nothing delivered yet (the probe's length is wrong): InvalidArgument,
+    /// wrong_length.
+    Awaited,
+    /// Its update is arriving: Unavailable (try again), duplicate.
+    Delivering,
+    /// Its update was accepted: AlreadyExists, duplicate.
+    Delivered,
+}
+
+impl Probe {
+    #[track_caller]
+    fn of(status: Status) -> Self {
+        let (probe, reason) = match status.code() {
+            Code::NotFound => (Self::Unknown, "unknown_client"),
+            Code::PermissionDenied => (Self::NotSelected, "not_selected"),
+            Code::InvalidArgument => (Self::Awaited, "wrong_length"),
+            Code::Unavailable => (Self::Delivering, "duplicate"),
+            Code::AlreadyExists => (Self::Delivered, "duplicate"),
+            _ => panic!("unexpected probe answer {status:?}"),
+        };
+        assert_eq!(reason_of(&status), Some(reason), "{status:?}");
+        probe
+    }
+}
+
 async fn all_honest_selected(c: &mut FleetClient<Channel>, fence: &Fence, n: usize) -> bool {
     for i in 0..HONEST {
-        let status = probe(c, &format!("client-{i:05}"), fence, n).await;
-        match status.code() {
+        match Probe::of(probe(c, &format!("client-{i:05}"), fence, n).await) {
             // Not selected in this attempt (or not even joined yet).
-            Code::PermissionDenied | Code::NotFound => return false,
-            Code::InvalidArgument | Code::AlreadyExists | Code::Unavailable => {}
-            _ => panic!("unexpected probe answer {status:?}"),
+            Probe::NotSelected | Probe::Unknown => return false,
+            Probe::Awaited | Probe::Delivering | Probe::Delivered => {}
         }
     }
     true
@@ -231,22 +296,34 @@ async fn garbage(url: &str) {
         &[0xff; 11],                     // a varint that never ends
         &[0x00, 0x00, 0x00, 0x00, 0x00], // field number 0
     ];
+    // tonic cannot decode them: refused before any handler runs (unary), or ended by the
+    // update handler with tonic's status (the stream); counted as malformed_message and
+    // stream_error.
     for bytes in cases {
         for method in ["Join", "Pull", "Leave", "FetchGlobal"] {
-            let status = raw_unary(url, method, bytes.to_vec()).await.unwrap_err();
-            assert_ne!(status.code(), Code::Ok);
+            let status = assert_refused_by_grpc(
+                raw_unary(url, method, bytes.to_vec()).await,
+                Code::Internal,
+            );
+            assert!(
+                status.message().starts_with("failed to decode"),
+                "{method}: {status:?}"
+            );
         }
-        let status = raw_stream(url, "PushUpdate", vec![bytes.to_vec()])
-            .await
-            .unwrap_err();
-        assert_ne!(status.code(), Code::Ok);
+        let status = assert_refused_by_grpc(
+            raw_stream(url, "PushUpdate", vec![bytes.to_vec()]).await,
+            Code::Internal,
+        );
+        assert!(
+            status.message().starts_with("failed to decode"),
+            "{status:?}"
+        );
     }
-    // Over the message limit: refused by gRPC before it is decoded (the exact code depends on
-    // how far the client got sending it).
-    let huge = raw_unary(url, "Join", vec![0x0a; 5 << 20])
-        .await
-        .unwrap_err();
-    assert_ne!(huge.code(), Code::Ok);
+    // Over the message limit: refused by gRPC before it is decoded (message_too_large).
+    assert_refused_by_grpc(
+        raw_unary(url, "Join", vec![0x0a; 5 << 20]).await,
+        Code::OutOfRange,
+    );
 }
 
 /// Requests from a client that never joined, and ids that are not ids.
@@ -256,12 +333,12 @@ async fn unknown(c: &mut FleetClient<Channel>) {
             client_id: "hostile".into(),
         })
         .await;
-    assert_refused(pulled, Code::NotFound, "unknown client");
+    assert_refused(pulled, Code::NotFound, "unknown_client");
     let fence = Fence::at("whatever", 1, 1);
     assert_refused(
         push(c, header("hostile", &fence, 1, 4), &[0.0; 4]).await,
         Code::NotFound,
-        "unknown client",
+        "unknown_client",
     );
     for id in ["", "has space", &"x".repeat(200)] {
         let joined = c
@@ -270,7 +347,7 @@ async fn unknown(c: &mut FleetClient<Channel>) {
                 num_examples: 1,
             })
             .await;
-        assert_refused(joined, Code::InvalidArgument, "client id");
+        assert_refused(joined, Code::InvalidArgument, "bad_client_id");
     }
 }
 
@@ -299,14 +376,14 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_refused(
         push_parts(c, vec![head(over)]).await,
         Code::ResourceExhausted,
-        "exceeds the limit",
+        "payload_too_large",
     );
     let mut over = hostile(n);
     over.payload_len = u64::MAX;
     assert_refused(
         push_parts(c, vec![head(over)]).await,
         Code::ResourceExhausted,
-        "exceeds the limit",
+        "payload_too_large",
     );
     let big = UpdatePart {
         part: Some(Part::Chunk(Chunk {
@@ -317,7 +394,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_refused(
         push_parts(c, vec![head(hostile(n)), big]).await,
         Code::ResourceExhausted,
-        "exceeds the limit of 1048576 bytes",
+        "chunk_too_large",
     );
     let mut wide = raw(url).await.max_encoding_message_size(8 << 20);
     let giant = UpdatePart {
@@ -326,17 +403,18 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
             data: Bytes::from(vec![0u8; 3 << 20]),
         })),
     };
-    let refused = push_parts(&mut wide, vec![head(hostile(n)), giant])
-        .await
-        .unwrap_err();
-    assert_ne!(refused.code(), Code::Ok);
+    // Refused by tonic inside the stream; the update handler passes its status on.
+    assert_refused_by_grpc(
+        push_parts(&mut wide, vec![head(hostile(n)), giant]).await,
+        Code::OutOfRange,
+    );
 
     // Fences of another round, run or incarnation (a replay, or an update from elsewhere).
     for wrong in common::wrong_fences(fence) {
         assert_refused(
             push(c, header("hostile", &wrong, 100, n), global).await,
             Code::FailedPrecondition,
-            "fence",
+            "stale_fence",
         );
     }
 
@@ -344,43 +422,43 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_refused(
         push(c, hostile(n + 1), &vec![0.0; n + 1]).await,
         Code::InvalidArgument,
-        "expected",
+        "wrong_length",
     );
     assert_refused(
         push(c, hostile(n - 1), &global[1..]).await,
         Code::InvalidArgument,
-        "expected",
+        "wrong_length",
     );
     assert_refused(
         push(c, hostile(n), &global[..n / 2]).await,
         Code::InvalidArgument,
-        "truncated",
+        "payload_truncated",
     );
     let mut counted = hostile(n);
     counted.counts = vec![1];
     assert_refused(
         push(c, counted, global).await,
         Code::InvalidArgument,
-        "expected",
+        "wrong_length",
     );
 
     // Chunks out of order, missing, duplicated, overflowing, misaligned.
     let cases = [
-        (vec![chunk(10, &global[10..20])], "out of order"),
+        (vec![chunk(10, &global[10..20])], "chunk_out_of_order"),
         (
             vec![chunk(0, &global[..10]), chunk(20, &global[20..])],
-            "out of order",
+            "chunk_out_of_order",
         ),
         (
             vec![chunk(0, &global[..10]), chunk(0, &global[..10])],
-            "out of order",
+            "chunk_out_of_order",
         ),
-        (vec![chunk(0, global), chunk(n, &[1.0])], "overflows"),
+        (vec![chunk(0, global), chunk(n, &[1.0])], "payload_overflow"),
     ];
-    for (chunks, words) in cases {
+    for (chunks, reason) in cases {
         let mut parts = vec![head(hostile(n))];
         parts.extend(chunks);
-        assert_refused(push_parts(c, parts).await, Code::InvalidArgument, words);
+        assert_refused(push_parts(c, parts).await, Code::InvalidArgument, reason);
     }
     let misaligned = UpdatePart {
         part: Some(Part::Chunk(Chunk {
@@ -391,21 +469,25 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_refused(
         push_parts(c, vec![head(hostile(n)), misaligned]).await,
         Code::InvalidArgument,
-        "multiple of 4",
+        "chunk_misaligned",
     );
 
     // Streams without a header, with two, or with nothing at all.
     assert_refused(
         push_parts(c, vec![chunk(0, global)]).await,
         Code::InvalidArgument,
-        "header",
+        "malformed",
     );
     assert_refused(
         push_parts(c, vec![head(hostile(n)), head(hostile(n))]).await,
         Code::InvalidArgument,
-        "only chunks",
+        "malformed",
     );
-    assert_refused(push_parts(c, vec![]).await, Code::InvalidArgument, "empty");
+    assert_refused(
+        push_parts(c, vec![]).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
 
     // Values: NaN, infinities, a huge norm.
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -414,14 +496,14 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
         assert_refused(
             push(c, hostile(n), &v).await,
             Code::InvalidArgument,
-            "not finite",
+            "non_finite",
         );
     }
     let far: Vec<f32> = global.iter().map(|g| g + 100.0).collect();
     assert_refused(
         push(c, hostile(n), &far).await,
         Code::InvalidArgument,
-        "exceeds the bound",
+        "norm_too_large",
     );
 
     // Weights and metrics.
@@ -429,7 +511,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
         assert_refused(
             push(c, header("hostile", fence, examples, n), global).await,
             Code::InvalidArgument,
-            "weight",
+            "bad_weight",
         );
     }
     let mut poisoned = hostile(n);
@@ -437,7 +519,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     assert_refused(
         push(c, poisoned, global).await,
         Code::InvalidArgument,
-        "metric",
+        "malformed",
     );
 
     // A stream abandoned half way: its slot in the round is released, not held forever.
@@ -452,9 +534,12 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
     loop {
         let r = push(c, hostile(n), &nan_at(global, 0)).await.unwrap_err();
         if r.code() != Code::Unavailable {
-            assert_eq!(r.code(), Code::InvalidArgument, "{r:?}");
+            // Admitted again, and refused for its values.
+            assert_refused(r, Code::InvalidArgument, "non_finite");
             break;
         }
+        // The abandoned upload still holds the slot.
+        assert_refused(r, Code::Unavailable, "duplicate");
         assert!(
             tokio::time::Instant::now() < deadline,
             "slot never released"
@@ -470,14 +555,11 @@ async fn impersonation(c: &mut FleetClient<Channel>, fence: &Fence, global: &[f3
         let id = format!("client-{i:05}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let answer = probe(c, &id, fence, n).await;
-            if answer.code() == Code::AlreadyExists {
-                break;
+            match Probe::of(probe(c, &id, fence, n).await) {
+                Probe::Delivered => break,
+                Probe::Awaited | Probe::Delivering => {}
+                other => panic!("{id}: {other:?}"),
             }
-            assert!(
-                matches!(answer.code(), Code::InvalidArgument | Code::Unavailable),
-                "{answer:?}"
-            );
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{id} never delivered"
@@ -487,7 +569,7 @@ async fn impersonation(c: &mut FleetClient<Channel>, fence: &Fence, global: &[f3
         assert_refused(
             push(c, header(&id, fence, 10, n), global).await,
             Code::AlreadyExists,
-            "already delivered",
+            "duplicate",
         );
     }
 }
@@ -515,8 +597,7 @@ async fn flood(url: &str) {
         match r {
             Ok(_) => {}
             Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                assert!(status.message().contains("pulls too often"), "{status:?}");
+                assert_refused(status, Code::ResourceExhausted, "rate_limited");
                 refused += 1;
             }
         }
@@ -525,30 +606,24 @@ async fn flood(url: &str) {
     assert!(refused >= 200, "only {refused} of 300 pulls refused");
 }
 
-/// An earlier round's update, replayed once the round has closed.
+/// Round 1's updates replayed while round 2 is open: an honest client's is refused as stale;
+/// once the hostile client has left (which lets round 2 close), its own is refused as unknown.
 async fn replays(c: &mut FleetClient<Channel>, fence: &Fence, global: &[f32]) {
     let n = global.len();
-    // Wait for the round to close (at its deadline).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if probe(c, "client-00000", fence, n).await.code() != Code::AlreadyExists {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "round never closed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Refused as stale, or as unknown if the run already ended and the client left.
-    let replayed = push(c, header("client-00000", fence, 10, n), global)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(replayed.code(), Code::FailedPrecondition | Code::NotFound),
-        "{replayed:?}"
+    assert_refused(
+        push(c, header("client-00000", fence, 10, n), global).await,
+        Code::FailedPrecondition,
+        "stale_fence",
     );
+    c.leave(LeaveRequest {
+        client_id: "hostile".into(),
+    })
+    .await
+    .unwrap();
     assert_refused(
         push(c, header("hostile", fence, 100, n), global).await,
         Code::NotFound,
-        "unknown client",
+        "unknown_client",
     );
 }
 
@@ -556,16 +631,6 @@ fn nan_at(global: &[f32], index: usize) -> Vec<f32> {
     let mut v = global.to_vec();
     v[index] = f32::NAN;
     v
-}
-
-fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, words: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(words),
-        "{:?} lacks {words:?}",
-        status.message()
-    );
 }
 
 /// A gRPC codec that sends bytes as they are: how to put garbage on the wire.

@@ -6,6 +6,7 @@ mod common;
 
 use common::{fetch, header, join, push, raw, task};
 use shoal_coordinator::store::checkpoint::CheckpointStore;
+use shoal_coordinator::store::round_log::RoundLog;
 use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, recover, strategy};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -86,10 +87,22 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
         ),
         "{reply:?}"
     );
-    let stale = push(&mut c, header("a", &fence, 10, n), &vec![1.0; n])
-        .await
-        .unwrap_err();
-    assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    common::assert_refused(
+        push(&mut c, header("a", &fence, 10, n), &vec![1.0; n]).await,
+        tonic::Code::FailedPrecondition,
+        "stale_fence",
+    );
+    // The new incarnation took a's and b's updates over: they are folded into its round, and
+    // its own log, opened under its epoch, holds them before anything new arrives.
+    let log = RoundLog::read(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (log.opened.round, log.opened.epoch),
+        (1, fence2.epoch),
+        "{:?}",
+        log.opened
+    );
+    let logged: Vec<&str> = log.updates.iter().map(|u| u.client_id.as_str()).collect();
+    assert_eq!(logged, ["a", "b"]);
     let global = fetch(&mut c, "c", &fence2, t.global_len).await.unwrap();
     assert_eq!(global.len(), n);
     push(&mut c, header("c", &fence2, 10, n), &vec![3.0; n])

@@ -107,33 +107,61 @@ async fn join(fleet: &mut Fleet, id: &str) -> Result<(), Status> {
         .map(|_| ())
 }
 
+/// The refusal of an identity: `code`, with the reason "impersonation" (valid credentials of
+/// another client) or "unauthenticated" (missing or bad ones); `words` says which credential
+/// and why.
+#[derive(Debug, Clone, Copy)]
+struct Refused<'a> {
+    code: Code,
+    reason: &'a str,
+    words: &'a str,
+}
+
+/// Credentials of another client than the request claims.
+fn impersonation(words: &str) -> Refused<'_> {
+    Refused {
+        code: Code::PermissionDenied,
+        reason: "impersonation",
+        words,
+    }
+}
+
+/// Missing, unknown or invalid credentials.
+fn unauthenticated(words: &str) -> Refused<'_> {
+    Refused {
+        code: Code::Unauthenticated,
+        reason: "unauthenticated",
+        words,
+    }
+}
+
 #[track_caller]
-fn assert_refused(result: Result<(), Status>, code: Code, reason: &str) {
-    let status = result.expect_err("the request must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
+fn assert_refused(result: Result<(), Status>, refused: Refused<'_>) {
+    let status = common::assert_refused(result, refused.code, refused.reason);
     assert!(
-        status.message().contains(reason),
-        "{:?} lacks {reason:?}",
-        status.message()
+        status.message().contains(refused.words),
+        "{:?} lacks {:?}",
+        status.message(),
+        refused.words
     );
 }
 
-/// Claims `id` in every request of the protocol; each must be refused with `code` and `reason`.
-async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, code: Code, reason: &str) {
-    assert_refused(join(fleet, id).await, code, reason);
+/// Claims `id` in every request of the protocol; each must be refused as `refused` says.
+async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, refused: Refused<'_>) {
+    assert_refused(join(fleet, id).await, refused);
     let pull = fleet
         .pull(PullRequest {
             client_id: id.into(),
         })
         .await;
-    assert_refused(pull.map(|_| ()), code, reason);
+    assert_refused(pull.map(|_| ()), refused);
     let fetch = fleet
         .fetch_global(FetchRequest {
             client_id: id.into(),
             fence: Some(Fence::default()),
         })
         .await;
-    assert_refused(fetch.map(|_| ()), code, reason);
+    assert_refused(fetch.map(|_| ()), refused);
     let header = UpdateHeader {
         client_id: id.into(),
         fence: Some(Fence::default()),
@@ -146,13 +174,13 @@ async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, code: Code, r
         part: Some(Part::Header(header)),
     }];
     let push = fleet.push_update(futures::stream::iter(parts)).await;
-    assert_refused(push.map(|_| ()), code, reason);
+    assert_refused(push.map(|_| ()), refused);
     let leave = fleet
         .leave(LeaveRequest {
             client_id: id.into(),
         })
         .await;
-    assert_refused(leave.map(|_| ()), code, reason);
+    assert_refused(leave.map(|_| ()), refused);
 }
 
 /// Certificates that do not chain to the CA, or are not valid now, each refused with its
@@ -191,7 +219,7 @@ async fn assert_bad_certificates_refused(url: &str, certs: &Certs) {
     ];
     for (pem, reason) in cases {
         let mut fleet = dial(url, certs.tls(), Some(identity(&pem)), Some(token));
-        assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, reason).await;
+        assert_every_request_refused(&mut fleet, A, unauthenticated(reason)).await;
     }
 }
 
@@ -201,15 +229,14 @@ async fn assert_impostors_refused(url: &str, certs: &Certs) {
     // A's certificate with B's token, claiming B.
     let mut fleet = dial(url, certs.tls(), Some(certs.identity(A)), Some(token_b));
     let reason = format!("client certificate is for \"{A}\", but the request claims \"{B}\"");
-    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    assert_every_request_refused(&mut fleet, B, impersonation(&reason)).await;
     // B's certificate with A's token, claiming B.
     let mut fleet = dial(url, certs.tls(), Some(certs.identity(B)), Some(token_a));
     let reason = format!("bearer token is for \"{A}\", but the request claims \"{B}\"");
-    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    assert_every_request_refused(&mut fleet, B, impersonation(&reason)).await;
     // A's certificate, no token.
     let mut fleet = dial(url, certs.tls(), Some(certs.identity(A)), None);
-    assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, "missing bearer token")
-        .await;
+    assert_every_request_refused(&mut fleet, A, unauthenticated("missing bearer token")).await;
     // A's certificate, a token nobody has.
     let mut fleet = dial(
         url,
@@ -217,16 +244,10 @@ async fn assert_impostors_refused(url: &str, certs: &Certs) {
         Some(certs.identity(A)),
         Some("wrong-token"),
     );
-    assert_every_request_refused(&mut fleet, A, Code::Unauthenticated, "not recognised").await;
+    assert_every_request_refused(&mut fleet, A, unauthenticated("not recognised")).await;
     // A's token, no certificate.
     let mut fleet = dial(url, certs.tls(), None, Some(token_a));
-    assert_every_request_refused(
-        &mut fleet,
-        A,
-        Code::Unauthenticated,
-        "no client certificate",
-    )
-    .await;
+    assert_every_request_refused(&mut fleet, A, unauthenticated("no client certificate")).await;
 }
 
 /// A fleet of one client, `id`, over mutual TLS with its certificate and token.
@@ -391,12 +412,11 @@ async fn tokens_over_tls_authenticate_without_client_certificates() {
     let mut fleet = dial(&url, certs.tls(), None, Some(&certs.tokens[A]));
     join(&mut fleet, A).await.unwrap();
     let reason = format!("bearer token is for \"{A}\", but the request claims \"{B}\"");
-    assert_every_request_refused(&mut fleet, B, Code::PermissionDenied, &reason).await;
+    assert_every_request_refused(&mut fleet, B, impersonation(&reason)).await;
     let mut anonymous = dial(&url, certs.tls(), None, None);
     assert_refused(
         join(&mut anonymous, A).await,
-        Code::Unauthenticated,
-        "missing bearer token",
+        unauthenticated("missing bearer token"),
     );
     assert_eq!(running.coordinator.registered(), 1);
 }
@@ -425,6 +445,11 @@ async fn clients_check_the_coordinator_certificate() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        common::reason_of(&status),
+        None,
+        "the client refused the server"
+    );
     assert!(format!("{status:?}").contains("certificate"), "{status:?}");
     let stranger = DevCa::generate_named("Stranger CA", Validity::days(1)).unwrap();
     let status = join(
@@ -439,11 +464,24 @@ async fn clients_check_the_coordinator_certificate() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        common::reason_of(&status),
+        None,
+        "the client refused the server"
+    );
     assert!(format!("{status:?}").contains("certificate"), "{status:?}");
     // Plaintext towards a TLS port: out.
     let plain_url = url.replacen("https://", "http://", 1);
     let mut plain = fleet_client(channel(&plain_url, None).unwrap(), BearerAuth::none());
-    assert!(join(&mut plain, A).await.is_err());
+    // The server drops the connection at its first bytes, which are not TLS: no request ever
+    // reaches it, so there is no verdict, only a broken transport (Unknown or Cancelled,
+    // depending on whether the client was still writing).
+    let status = join(&mut plain, A).await.unwrap_err();
+    assert_eq!(common::reason_of(&status), None, "{status:?}");
+    assert!(
+        std::error::Error::source(&status).is_some_and(|e| e.to_string().contains("transport")),
+        "{status:?}"
+    );
     assert_eq!(running.coordinator.registered(), 1);
 }
 
@@ -483,15 +521,26 @@ async fn a_client_with_an_expired_certificate_stops_at_once_with_the_reason() {
             token: None,
         },
     );
-    let started = std::time::Instant::now();
+    let (failures, mut failed) = tokio::sync::mpsc::unbounded_channel();
+    fleet.failures = Some(failures);
     let report = run_fleet(fleet, clients[..1].to_vec(), std::future::pending())
         .await
         .unwrap();
     assert_eq!(report.failed, 1, "{report:?}");
+    // It stopped on the coordinator's verdict (a status without a reason would have been
+    // retried until the client gave up, and said so)...
+    let (id, err) = failed.recv().await.unwrap();
+    assert_eq!(id, A);
+    let shoal_client::ClientError::Refused(status) = err else {
+        panic!("the client must stop on the refusal itself, not on {err:?}");
+    };
+    let status = common::assert_refused(status, Code::Unauthenticated, "unauthenticated");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "an authentication refusal is final, not retried: {:?}",
-        started.elapsed()
+        status.message().contains("client certificate has expired"),
+        "{status:?}"
     );
+    // ...after one request: an authentication refusal is final, not retried.
+    let refusals = running.coordinator.refusals();
+    assert_eq!(refusals.get("unauthenticated"), Some(&1), "{refusals:?}");
     assert_eq!(running.coordinator.registered(), 0);
 }

@@ -186,20 +186,23 @@ impl Running {
         }
     }
 
-    /// Everything printed on stderr so far, waiting for the reader to reach the end of the
-    /// stream (the process has exited, or is killed, when this is called).
     /// The stderr lines read so far.
     pub fn seen_stderr(&self) -> &[String] {
         &self.stderr_seen
     }
 
-    /// SIGINT, as Ctrl-C in a terminal: the process shuts down its own way.
-    pub fn interrupt(&self) {
+    /// Sends the signal `name` (as `kill` spells it: INT, STOP, CONT...) to the process.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "kill -INT {} failed", self.child.id());
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// SIGINT, as Ctrl-C in a terminal: the process shuts down its own way.
+    pub fn interrupt(&self) {
+        self.signal("INT");
     }
 
     /// Reads stderr until `count` lines contain `needle` (counting those already read); panics
@@ -231,6 +234,8 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// Everything printed on stderr, waiting for the reader to reach the end of the stream
+    /// (the process has exited, or is killed, when this is called).
     fn drain_stderr(&mut self) -> String {
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
             self.stderr_seen.push(line);

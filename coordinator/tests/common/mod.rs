@@ -89,6 +89,58 @@ use shoal_proto::v1::{
     pull_reply::Reply, update_part::Part,
 };
 use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// The coordinator's reason for a refusal (its `shoal-reason` metadata), if it wrote one.
+pub fn reason_of(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(shoal_proto::REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// What a refusal is checked on: a status, or the result of a request that must have failed.
+pub trait Refusal {
+    /// The status; panics if the request succeeded.
+    fn into_status(self) -> Status;
+}
+
+impl Refusal for Status {
+    fn into_status(self) -> Status {
+        self
+    }
+}
+
+impl<T: std::fmt::Debug> Refusal for Result<T, Status> {
+    #[track_caller]
+    fn into_status(self) -> Status {
+        match self {
+            Ok(answer) => panic!("the request must be refused, but it was answered: {answer:?}"),
+            Err(status) => status,
+        }
+    }
+}
+
+/// Asserts that the coordinator refused with exactly `code` and the reason `reason` in the
+/// `shoal-reason` metadata; returns the status, for a test that also checks its message.
+#[track_caller]
+pub fn assert_refused(refusal: impl Refusal, code: Code, reason: &str) -> Status {
+    let status = refusal.into_status();
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(&status), Some(reason), "{status:?}");
+    status
+}
+
+/// Asserts that the request was refused with exactly `code` by the gRPC layer, before any of
+/// the coordinator's handlers ran: such a status carries no `shoal-reason` (the coordinator
+/// still counts it, see `Coordinator::refusals`).
+#[track_caller]
+pub fn assert_refused_by_grpc(refusal: impl Refusal, code: Code) -> Status {
+    let status = refusal.into_status();
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(&status), None, "{status:?}");
+    status
+}
 
 /// A raw protocol client, to send exactly what a test wants.
 pub async fn raw(url: &str) -> FleetClient<Channel> {
