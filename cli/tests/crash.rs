@@ -8,6 +8,7 @@
 mod common;
 
 use common::{Running, arg, finish, shoal_with};
+use shoal_coordinator::CheckpointStore;
 use shoal_coordinator::store::round_log::RoundLog;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -110,7 +111,9 @@ fn coordinator_kept_updates(coordinator: &mut Running) -> bool {
 /// The round in the log in `ckpt` and how many accepted updates the log holds, if it holds
 /// some and that round has no checkpoint yet: what a coordinator started now would replay.
 fn replayable(ckpt: &Path) -> Option<(u32, usize)> {
-    let log = RoundLog::read(ckpt).ok()??;
+    // Read-only: a store opened without a claim reads the log of the state's current owner.
+    let store = CheckpointStore::open(ckpt).ok()?;
+    let log = RoundLog::read(&store).ok()??;
     let round = log.opened.round;
     (!log.updates.is_empty() && newest_checkpoint(ckpt) < u64::from(round))
         .then_some((round, log.updates.len()))

@@ -94,7 +94,9 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
     );
     // The new incarnation took a's and b's updates over: they are folded into its round, and
     // its own log, opened under its epoch, holds them before anything new arrives.
-    let log = RoundLog::read(dir.path()).unwrap().unwrap();
+    let log = RoundLog::read(&CheckpointStore::open(dir.path()).unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (log.opened.round, log.opened.epoch),
         (1, fence2.epoch),
