@@ -539,7 +539,7 @@ async fn payloads(url: &str, c: &mut FleetClient<Channel>, fence: &Fence, global
             break;
         }
         // The abandoned upload still holds the slot.
-        assert_refused(r, Code::Unavailable, "duplicate");
+        assert_refused(r, Code::Unavailable, "in_flight");
         assert!(
             tokio::time::Instant::now() < deadline,
             "slot never released"
