@@ -131,11 +131,11 @@ async fn measure(
 ) -> Result<(usize, Vec<f64>)> {
     let config = round_config(spec, 1);
     let strategy = strategy::build(&config, spec)?;
-    let len = strategy.plan(1).update_len;
+    let len = strategy.configure(1).update_len;
     let n = if len > BIG { big_updates } else { updates };
     if path == Path::Fold {
         let global = strategy.global().to_vec();
-        let mut accumulator = RoundAccumulator::new(&strategy.plan(1));
+        let mut accumulator = RoundAccumulator::new(&strategy.configure(1));
         let mut times = Vec::with_capacity(n);
         for i in 0..n {
             let update = client_update(i, &global);
