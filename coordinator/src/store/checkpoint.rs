@@ -121,14 +121,7 @@ impl CheckpointStore {
             return Ok(claim.clone());
         }
         // A directory written before manifests existed: what it holds counts as committed.
-        let legacy = self
-            .state
-            .list(PREFIX)?
-            .into_iter()
-            .filter(|n| n.ends_with(SUFFIX))
-            .rev()
-            .collect();
-        let claim = manifest::claim(self.state.as_ref(), epoch, legacy)?;
+        let claim = manifest::claim(self.state.as_ref(), epoch, self.stored()?)?;
         *held = Some(claim.clone());
         Ok(claim)
     }
@@ -180,47 +173,60 @@ impl CheckpointStore {
         *lock(&self.claim) = Some(claim.clone());
         // Whatever the manifest no longer names: older checkpoints, and any a deposed
         // coordinator wrote.
-        for old in self.state.list(PREFIX)? {
-            if old.ends_with(SUFFIX) && !claim.manifest.committed.contains(&old) {
+        for old in self.stored()? {
+            if !claim.manifest.committed.contains(&old) {
                 self.state.delete(&old)?;
             }
         }
         Ok(bytes.len() as u64)
     }
 
+    /// Every checkpoint object in the store, newest first, committed or not.
+    fn stored(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .state
+            .list(PREFIX)?
+            .into_iter()
+            .filter(|n| n.ends_with(SUFFIX))
+            .collect();
+        names.reverse();
+        Ok(names)
+    }
+
+    /// The committed checkpoints' names, newest first: the manifest's, or in a store without
+    /// one, every checkpoint object found.
+    fn committed(&self) -> Result<Vec<String>> {
+        match manifest::read(self.state.as_ref())? {
+            Some((manifest, _)) => Ok(manifest.committed),
+            None => self.stored(),
+        }
+    }
+
+    /// Reads and decodes the checkpoint `name`.
+    fn read(&self, name: String) -> Listed {
+        let read = self.state.get(&name).and_then(|found| {
+            found.map(|(bytes, _)| bytes).ok_or_else(|| {
+                CoordinatorError::Checkpoint(format!("{name} is named by the manifest but missing"))
+            })
+        });
+        let bytes = read.as_ref().map_or(0, |b| b.len() as u64);
+        let checkpoint = read.and_then(|b| decode(&b));
+        Listed {
+            name,
+            bytes,
+            checkpoint,
+        }
+    }
+
     /// The committed checkpoints, newest first, decoded or with the reason each is unusable.
     /// Before this coordinator's claim, or in a store without a manifest, every checkpoint
     /// object found.
     pub fn list(&self) -> Result<Vec<Listed>> {
-        let names = match manifest::read(self.state.as_ref())? {
-            Some((manifest, _)) => manifest.committed,
-            None => self
-                .state
-                .list(PREFIX)?
-                .into_iter()
-                .filter(|n| n.ends_with(SUFFIX))
-                .rev()
-                .collect(),
-        };
-        names
+        Ok(self
+            .committed()?
             .into_iter()
-            .map(|name| {
-                let read = self.state.get(&name).and_then(|found| {
-                    found.map(|(bytes, _)| bytes).ok_or_else(|| {
-                        CoordinatorError::Checkpoint(format!(
-                            "{name} is named by the manifest but missing"
-                        ))
-                    })
-                });
-                let bytes = read.as_ref().map_or(0, |b| b.len() as u64);
-                let checkpoint = read.and_then(|b| decode(&b));
-                Ok(Listed {
-                    name,
-                    bytes,
-                    checkpoint,
-                })
-            })
-            .collect()
+            .map(|name| self.read(name))
+            .collect())
     }
 
     /// The newest usable checkpoint, if any; unusable newer ones are reported with a warning.
@@ -228,10 +234,12 @@ impl CheckpointStore {
     /// ([`CoordinatorError::NoUsableCheckpoint`]): silently starting over would throw away the
     /// run's progress (see [`CheckpointStore::set_aside_unusable`]).
     pub fn latest(&self) -> Result<Option<Checkpoint>> {
-        let listed = self.list()?;
-        let files = listed.len();
+        // Read one at a time: the newest is usually good, and each may be large.
+        let names = self.committed()?;
+        let files = names.len();
         let mut newest_error = None;
-        for listed in listed {
+        for name in names {
+            let listed = self.read(name);
             match listed.checkpoint {
                 Ok(c) => return Ok(Some(c)),
                 Err(e) => {

@@ -13,7 +13,6 @@
 
 use crate::error::{CoordinatorError, Result};
 use crate::store::state::{StateStore, StreamWriter, Version};
-use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
@@ -187,28 +186,37 @@ impl Shared {
             .map(|done| Version(done.e_tag.unwrap_or_default()))
     }
 
-    /// Every key under the prefix that starts with `prefix`, relative to the store's prefix.
-    fn names(&self, prefix: &str) -> Result<Vec<String>> {
+    /// Names relative to the store's prefix: the objects directly under `dir` (the store's
+    /// prefix itself when `None`) and the "directories" beside them, one level deep, so a
+    /// listing of the state never walks every record of every stream.
+    fn level(&self, dir: Option<&str>) -> Result<(Vec<String>, Vec<String>)> {
         let store = self.store.clone();
-        let base = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
-        let metas = self
-            .block(async move { store.list(base.as_ref()).try_collect::<Vec<_>>().await })
-            .map_err(|e| self.err("list", prefix, e))?;
+        let at = match dir {
+            Some(dir) => Some(self.key(dir)),
+            None => (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str())),
+        };
+        let listed = self
+            .block(async move { store.list_with_delimiter(at.as_ref()).await })
+            .map_err(|e| self.err("list", dir.unwrap_or(""), e))?;
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        let mut names: Vec<String> = metas
+        let relative = |path: Path| path.to_string().strip_prefix(&strip).map(str::to_string);
+        let mut objects: Vec<String> = listed
+            .objects
             .into_iter()
-            .filter_map(|meta| {
-                let key = meta.location.to_string();
-                key.strip_prefix(&strip).map(str::to_string)
-            })
-            .filter(|name| name.starts_with(prefix))
+            .filter_map(|meta| relative(meta.location))
             .collect();
-        names.sort();
-        Ok(names)
+        let mut dirs: Vec<String> = listed
+            .common_prefixes
+            .into_iter()
+            .filter_map(relative)
+            .collect();
+        objects.sort();
+        dirs.sort();
+        Ok((objects, dirs))
     }
 }
 
@@ -275,11 +283,10 @@ impl StateStore for ObjectState {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         // Stream records live one level down (`NAME/SEQ`); they are not objects of their own.
-        Ok(self
-            .shared
-            .names(prefix)?
+        let (objects, _) = self.shared.level(None)?;
+        Ok(objects
             .into_iter()
-            .filter(|name| !name.contains('/'))
+            .filter(|n| n.starts_with(prefix))
             .collect())
     }
 
@@ -304,12 +311,7 @@ impl StateStore for ObjectState {
 
     fn read_stream(&self, name: &str) -> Result<Vec<Vec<u8>>> {
         let mut records = Vec::new();
-        for (n, record) in self
-            .shared
-            .names(&format!("{name}/"))?
-            .into_iter()
-            .enumerate()
-        {
+        for (n, record) in self.shared.level(Some(name))?.0.into_iter().enumerate() {
             if record != record_name(name, n as u64) {
                 break;
             }
@@ -322,21 +324,18 @@ impl StateStore for ObjectState {
     }
 
     fn delete_stream(&self, name: &str) -> Result<()> {
-        for record in self.shared.names(&format!("{name}/"))? {
+        for record in self.shared.level(Some(name))?.0 {
             self.delete(&record)?;
         }
         Ok(())
     }
 
     fn list_streams(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut streams: Vec<String> = self
-            .shared
-            .names(prefix)?
+        let (_, streams) = self.shared.level(None)?;
+        Ok(streams
             .into_iter()
-            .filter_map(|name| name.split_once('/').map(|(stream, _)| stream.to_string()))
-            .collect();
-        streams.dedup();
-        Ok(streams)
+            .filter(|n| n.starts_with(prefix))
+            .collect())
     }
 }
 
