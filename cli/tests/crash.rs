@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::runs::{newest_checkpoint, sha};
 use common::{Running, arg, finish, shoal_with};
 use shoal_coordinator::CheckpointStore;
 use shoal_coordinator::store::round_log::RoundLog;
@@ -14,15 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn sha(summary: &std::path::Path) -> (String, u64) {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
-    (
-        json["model_sha256"].as_str().unwrap().to_string(),
-        json["rounds_completed"].as_u64().unwrap(),
-    )
-}
 
 /// Small deterministic pseudo-random delays (so a failing schedule can be replayed).
 fn delays(seed: u64, n: usize, lo: u64, hi: u64) -> Vec<Duration> {
@@ -60,27 +52,6 @@ fn start_coordinator(
     let line = coordinator.wait_for_stderr("listening on", Duration::from_secs(60));
     let addr = line.split_whitespace().nth(3).unwrap().to_string();
     (coordinator, addr)
-}
-
-/// Newest round with a checkpoint file in `dir` (0 if none).
-fn newest_checkpoint(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                // `ckpt-ROUND-EPOCH.bin`
-                .filter_map(|n| {
-                    let round = n
-                        .strip_prefix("ckpt-")?
-                        .strip_suffix(".bin")?
-                        .split('-')
-                        .next()?;
-                    round.parse().ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
 }
 
 /// Polls (every 2 ms, for at most a minute) until a checkpoint newer than round `after` exists.

@@ -8,42 +8,13 @@ mod common;
 #[path = "../../coordinator/tests/common/s3.rs"]
 mod s3;
 
+use common::runs::{newest_checkpoint, sha};
 use common::{Running, arg, finish, shoal_with};
 use s3::{BUCKET, S3Server};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn sha(summary: &Path) -> (String, u64) {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
-    (
-        json["model_sha256"].as_str().unwrap().to_string(),
-        json["rounds_completed"].as_u64().unwrap(),
-    )
-}
-
-/// Newest round with a committed-or-not checkpoint object under `dir` (s3s-fs keeps each
-/// object as a file), 0 if none.
-fn newest_checkpoint(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|n| {
-                    let round = n
-                        .strip_prefix("ckpt-")?
-                        .strip_suffix(".bin")?
-                        .split('-')
-                        .next()?;
-                    round.parse().ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
 
 fn start_coordinator(
     server: &S3Server,

@@ -7,16 +7,12 @@
 mod common;
 
 use common::s3::{BUCKET, S3Server};
-use common::{header, join, push, raw, task};
+use common::{header, join, push, raw, start_checkpointed, task};
 use shoal_coordinator::store::checkpoint::{Checkpoint, CheckpointStore};
 use shoal_coordinator::store::local::LocalDir;
 use shoal_coordinator::store::object::{ObjectState, S3Settings};
 use shoal_coordinator::store::state::StateStore;
-use shoal_coordinator::{
-    Coordinator, CoordinatorError, HostedRun, Limits, RunConfig, RunStart, recover, strategy,
-};
-use std::sync::Arc;
-use tokio::net::TcpListener;
+use shoal_coordinator::{CoordinatorError, RunConfig};
 
 /// What both homes must do alike.
 fn behaves_as_a_state_store(store: &dyn StateStore) {
@@ -98,34 +94,16 @@ fn a_deposed_coordinator_cannot_commit_to_the_object_store() {
     assert_eq!(new.latest().unwrap().unwrap(), checkpoint(2, 6));
 }
 
-/// Starts a coordinator whose state is in the object store; returns the hosted run (abort it
-/// to "crash") and how many logged updates it replays.
-async fn start_on(server: &S3Server, config: RunConfig, location: &str) -> (HostedRun, usize) {
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let store = CheckpointStore::open_with(location, &server.settings()).unwrap();
-    let mut strategy = strategy::build(&config, &spec).unwrap();
-    let resume = recover(&store, &config, strategy.as_mut(), false, false).unwrap();
-    let replayed = resume.replay.as_ref().map_or(0, |r| r.updates.len());
-    let limits = Limits {
-        poll_timeout: std::time::Duration::from_millis(300),
-        ..Limits::default()
-    };
-    let coordinator = Coordinator::with_checkpoints(config, limits, spec, store);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let start = RunStart::new(strategy, Arc::new(split.test)).resume(resume);
-    let hosted = coordinator
-        .host(listener, start, std::future::pending())
-        .unwrap();
-    (hosted, replayed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_mid_round_resumes_from_the_object_store() {
     let server = S3Server::start();
     let location = format!("s3://{BUCKET}/run");
     let config = common::config(3, 1);
-    let (hosted, replayed) = start_on(&server, config.clone(), &location).await;
+    let (hosted, replayed) = start_checkpointed(
+        config.clone(),
+        CheckpointStore::open_with(&location, &server.settings()).unwrap(),
+    )
+    .await;
     assert_eq!(replayed, 0);
     let mut c = raw(&hosted.url).await;
     for id in ["a", "b", "c"] {
@@ -144,7 +122,11 @@ async fn a_coordinator_killed_mid_round_resumes_from_the_object_store() {
     hosted.abort();
 
     // Another coordinator (this machine's local disk plays no part) carries the round on.
-    let (hosted, replayed) = start_on(&server, config, &location).await;
+    let (hosted, replayed) = start_checkpointed(
+        config,
+        CheckpointStore::open_with(&location, &server.settings()).unwrap(),
+    )
+    .await;
     assert_eq!(replayed, 2, "both accepted updates are in the store");
     let mut c = raw(&hosted.url).await;
     for id in ["a", "b", "c"] {

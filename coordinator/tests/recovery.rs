@@ -4,41 +4,19 @@
 
 mod common;
 
-use common::{fetch, header, join, push, raw, task};
+use common::{fetch, header, join, push, raw, start_checkpointed, task};
 use shoal_coordinator::store::checkpoint::CheckpointStore;
 use shoal_coordinator::store::round_log::RoundLog;
-use shoal_coordinator::{Coordinator, HostedRun, Limits, RunConfig, RunStart, recover, strategy};
+use shoal_coordinator::{Coordinator, Limits, RunConfig, RunStart, recover, strategy};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Starts a checkpointed coordinator; returns the hosted run (abort it to "crash") and how many
-/// logged updates it replays.
-async fn start_checkpointed(config: RunConfig, dir: &std::path::Path) -> (HostedRun, usize) {
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let store = CheckpointStore::open(dir).unwrap();
-    let mut strategy = strategy::build(&config, &spec).unwrap();
-    let resume = recover(&store, &config, strategy.as_mut(), false, false).unwrap();
-    let replayed = resume.replay.as_ref().map_or(0, |r| r.updates.len());
-    // Short polls, so the test's idle pull answers Wait quickly.
-    let limits = Limits {
-        poll_timeout: std::time::Duration::from_millis(300),
-        ..Limits::default()
-    };
-    let coordinator = Coordinator::with_checkpoints(config, limits, spec, store);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let start = RunStart::new(strategy, Arc::new(split.test)).resume(resume);
-    let hosted = coordinator
-        .host(listener, start, std::future::pending())
-        .unwrap();
-    (hosted, replayed)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(3, 1);
-    let (hosted, replayed) = start_checkpointed(config.clone(), dir.path()).await;
+    let (hosted, replayed) =
+        start_checkpointed(config.clone(), CheckpointStore::open(dir.path()).unwrap()).await;
     let url = hosted.url.clone();
     assert_eq!(replayed, 0);
     let mut c = raw(&url).await;
@@ -58,7 +36,8 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
     // The coordinator dies before client c delivers.
     hosted.abort();
 
-    let (hosted, replayed) = start_checkpointed(config, dir.path()).await;
+    let (hosted, replayed) =
+        start_checkpointed(config, CheckpointStore::open(dir.path()).unwrap()).await;
     let url = hosted.url.clone();
     assert_eq!(replayed, 2, "both accepted updates survive the restart");
     let mut c = raw(&url).await;

@@ -67,3 +67,35 @@ pub fn one_process_run(dir: &Path, name: &str, args: &[&str]) -> Value {
     finish(&mut cmd).assert_success();
     summary(&out)
 }
+
+/// The model hash and rounds completed of a `--summary-out` file.
+pub fn sha(summary: &Path) -> (String, u64) {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    (
+        json["model_sha256"].as_str().unwrap().to_string(),
+        json["rounds_completed"].as_u64().unwrap(),
+    )
+}
+
+/// Newest round with a checkpoint object in `dir` (a checkpoint directory, or the directory
+/// an s3s-fs server keeps a prefix in), committed or not; 0 if none.
+pub fn newest_checkpoint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                // `ckpt-ROUND-EPOCH.bin`
+                .filter_map(|n| {
+                    let round = n
+                        .strip_prefix("ckpt-")?
+                        .strip_suffix(".bin")?
+                        .split('-')
+                        .next()?;
+                    round.parse().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}

@@ -260,3 +260,30 @@ pub fn unused_addr() -> std::net::SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap()
 }
+
+/// Starts a coordinator on `store` (resuming what it holds) for `config` on digits with
+/// logreg; returns the hosted run (abort it to "crash") and how many logged updates it
+/// replays.
+pub async fn start_checkpointed(
+    config: RunConfig,
+    store: shoal_coordinator::CheckpointStore,
+) -> (HostedRun, usize) {
+    let split = digits();
+    let spec = spec("logreg", &split.train);
+    let mut strategy = strategy::build(&config, &spec).unwrap();
+    let resume =
+        shoal_coordinator::recover(&store, &config, strategy.as_mut(), false, false).unwrap();
+    let replayed = resume.replay.as_ref().map_or(0, |r| r.updates.len());
+    // Short polls, so a test's idle pull answers Wait quickly.
+    let limits = Limits {
+        poll_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let coordinator = Coordinator::with_checkpoints(config, limits, spec, store);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let start = RunStart::new(strategy, Arc::new(split.test)).resume(resume);
+    let hosted = coordinator
+        .host(listener, start, std::future::pending())
+        .unwrap();
+    (hosted, replayed)
+}
