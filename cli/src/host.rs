@@ -13,6 +13,7 @@ use shoal_coordinator::{
     recover,
 };
 use shoal_datasets::Split;
+use shoal_models::ModelSpec;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,7 +78,21 @@ pub struct Prepared {
 pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Result<Prepared> {
     let split = load(&plan.data)?;
     let spec = finish_plan(plan, &split.train)?;
-    let mut strategy = strategy::build(&plan.run, &spec)?;
+    restore(plan, split, &spec, limits, durability, None)
+}
+
+/// Builds the strategy and the coordinator for `plan` on data already loaded, and recovers
+/// from the checkpoint location if one is given; with `epoch`, the state is claimed for that
+/// (elected) epoch first, and a newer owner makes this [`CoordinatorError::Deposed`].
+pub fn restore(
+    plan: &Plan,
+    split: Split,
+    spec: &ModelSpec,
+    limits: Limits,
+    durability: &Durability,
+    epoch: Option<u64>,
+) -> Result<Prepared> {
+    let mut strategy = strategy::build(&plan.run, spec)?;
     let (coordinator, resume) = match &durability.checkpoint_dir {
         Some(dir) => {
             let s3 = S3Settings {
@@ -87,6 +102,9 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
                 allow_http: durability.s3_allow_http,
             };
             let store = CheckpointStore::open_with(dir, &s3)?;
+            if let Some(epoch) = epoch {
+                store.claim(epoch)?;
+            }
             let resume = recover(
                 &store,
                 &plan.run,
@@ -126,8 +144,22 @@ pub fn prepare(plan: &mut Plan, limits: Limits, durability: &Durability) -> Resu
     })
 }
 
+/// A leader stopped serving because its lease was lost (see `crate::candidate`).
+#[derive(Debug)]
+pub struct SteppedDown;
+
+impl std::fmt::Display for SteppedDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("leadership lost: stopped serving the run")
+    }
+}
+
+impl std::error::Error for SteppedDown {}
+
 /// Serves `coordinator` on `listener` with `security` and drives the run to its end, printing
 /// the table and writing the outputs; the server stops once clients have heard the run is over.
+/// If `lost` resolves first, serving stops at once, as a crash would (a leader whose lease
+/// lapsed), and the result is [`SteppedDown`].
 pub async fn host(
     plan: &Plan,
     prepared: Prepared,
@@ -135,6 +167,7 @@ pub async fn host(
     security: Security,
     outputs: &Outputs,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    lost: impl Future<Output = ()>,
 ) -> Result<RunOutcome> {
     let Prepared {
         coordinator,
@@ -163,8 +196,17 @@ pub async fn host(
         .observer(tx)
         .security(security);
     let outcome = match coordinator.host(listener, start, shutdown) {
-        Ok(hosted) => hosted.finish().await,
-        Err(e) => Err(e),
+        Ok(hosted) => {
+            let step_down = hosted.step_down_handle();
+            tokio::select! {
+                outcome = hosted.finish() => outcome.map_err(anyhow::Error::from),
+                () = lost => {
+                    step_down.now();
+                    Err(SteppedDown.into())
+                }
+            }
+        }
+        Err(e) => Err(e.into()),
     };
     let _ = printer.await;
     bar.finish_and_clear();

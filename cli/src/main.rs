@@ -1,6 +1,7 @@
 //! `shoal`: one command line for the whole system — a one-process demo (`run`), a coordinator,
 //! an edge client, and a fleet of simulated clients.
 
+mod candidate;
 mod commands;
 mod data;
 mod host;

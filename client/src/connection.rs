@@ -134,7 +134,10 @@ pub fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel> {
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
+        // A coordinator that stops answering (paused, cut off) is noticed within 10 s, also
+        // by a client waiting in a long-poll, which then moves on to a standby.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
 }

@@ -6,10 +6,10 @@
 
 use crate::backoff::Backoff;
 use crate::cache::GlobalCache;
-use crate::connection::Fleet;
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
-use crate::forward::{Disposition, KeptUpdate, disposition, retryable};
+use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
+use crate::route::{Moved, Route};
 pub use crate::stats::ClientStats;
 use crate::unreachable;
 use crate::work::{LocalUpdate, run_task};
@@ -30,6 +30,9 @@ use tracing::{debug, info, warn};
 
 /// Stream tag for backoff jitter in the RNG tree.
 const BACKOFF_STREAM: u64 = 0xbac0;
+/// Longest wait before asking again after a standby answered: the leader is being elected, or
+/// known; either way it is worth asking soon.
+const FOLLOW_PACE: Duration = Duration::from_millis(250);
 
 /// How a client behaves towards the coordinator.
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ enum Next {
 pub struct EdgeClient {
     id: String,
     data: Arc<Dataset>,
-    fleet: Fleet,
+    route: Route,
     cache: GlobalCache,
     cpu: Arc<Semaphore>,
     options: ClientOptions,
@@ -82,15 +85,20 @@ pub struct EdgeClient {
     faults: Faults,
     /// The round of the last task, and how many tasks of that round came before it.
     last_task: Option<(u32, u32)>,
+    /// A finished update the coordinator refused because another coordinator took the run over
+    /// since its task: delivered under the new leader's fence if that leader sends the same
+    /// task again (same round, model and seed), instead of training again.
+    orphan: Option<KeptUpdate>,
 }
 
 impl EdgeClient {
-    /// A client `id` with local `data`, talking over `fleet`; `cache` and `cpu` may be shared
-    /// with other clients in the same process.
+    /// A client `id` with local `data`, talking over `route` (one coordinator's gRPC client,
+    /// or a leader and its standbys); `cache` and `cpu` may be shared with other clients in
+    /// the same process.
     pub fn new(
         id: String,
         data: Arc<Dataset>,
-        fleet: Fleet,
+        route: impl Into<Route>,
         cache: GlobalCache,
         cpu: Arc<Semaphore>,
         options: ClientOptions,
@@ -98,13 +106,14 @@ impl EdgeClient {
         Self {
             id,
             data,
-            fleet,
+            route: route.into(),
             cache,
             cpu,
             options,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             faults: Faults::default(),
             last_task: None,
+            orphan: None,
         }
     }
 
@@ -182,6 +191,7 @@ impl EdgeClient {
                 Err(err) if retryable(&err) => {
                     joined = false;
                     stats.reconnects += 1;
+                    let moved = self.route.after_failure(&err);
                     let first = unreachable_since.is_none();
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.options.give_up_after {
@@ -190,8 +200,18 @@ impl EdgeClient {
                             last: err.to_string(),
                         });
                     }
-                    let delay = backoff.next_delay();
-                    if first {
+                    let delay = match moved {
+                        // A coordinator answered: the leader is there, or about to be elected.
+                        Moved::ToLeader | Moved::AwaitingLeader => {
+                            backoff.reset();
+                            backoff.next_delay().min(FOLLOW_PACE)
+                        }
+                        Moved::ToNext | Moved::Stayed => backoff.next_delay(),
+                    };
+                    if moved != Moved::Stayed {
+                        debug!(client = %self.id, ?moved, url = %self.route.url(), "following the leader");
+                    }
+                    if first && !matches!(moved, Moved::ToLeader | Moved::AwaitingLeader) {
                         unreachable::report(
                             &err,
                             unreachable::Retrying {
@@ -248,6 +268,12 @@ impl EdgeClient {
                 *kept = Some(update);
                 return result;
             }
+            Disposition::Stale if stale_fence(&result) => {
+                // Another coordinator took the run over since the task: it may ask for the
+                // same work again, and then gets this update.
+                debug!(client = %self.id, %fence, "kept update from an earlier leader's round; kept for the new leader's task");
+                self.orphan = Some(update);
+            }
             Disposition::Stale => {
                 stats.dropped_stale += 1;
                 info!(client = %self.id, %fence, error = ?result.err(), "kept update dropped: its round is over");
@@ -264,7 +290,8 @@ impl EdgeClient {
     /// it. Best effort: if the message is lost, the round's deadline still applies.
     async fn abandon(&mut self, fence: &Fence, err: &ClientError) {
         let sent = self
-            .fleet
+            .route
+            .fleet()
             .abandon(AbandonRequest {
                 client_id: self.id.clone(),
                 fence: Some(fence.clone()),
@@ -278,7 +305,8 @@ impl EdgeClient {
 
     async fn leave(&mut self) {
         let _ = self
-            .fleet
+            .route
+            .fleet()
             .leave(LeaveRequest {
                 client_id: self.id.clone(),
             })
@@ -287,7 +315,8 @@ impl EdgeClient {
 
     async fn join(&mut self) -> Result<()> {
         let reply = self
-            .fleet
+            .route
+            .fleet()
             .join(JoinRequest {
                 client_id: self.id.clone(),
                 num_examples: self.data.len() as u64,
@@ -302,7 +331,8 @@ impl EdgeClient {
 
     async fn pull(&mut self) -> Result<Reply> {
         let reply = self
-            .fleet
+            .route
+            .fleet()
             .pull(PullRequest {
                 client_id: self.id.clone(),
             })
@@ -344,7 +374,16 @@ impl EdgeClient {
             }
             Some(Fault::Straggle(_)) | None => {}
         }
-        let update = match self.work(task, &fence).await {
+        let orphan = self.orphan.take().filter(|o| o.answers(&task));
+        let finished = match orphan {
+            Some(orphan) => {
+                info!(client = %self.id, %fence, "the new leader asks for work already done: delivering the finished update");
+                stats.redelivered += 1;
+                Ok(orphan.update)
+            }
+            None => self.work(task.clone(), &fence).await,
+        };
+        let update = match finished {
             Ok(update) => update,
             // The global state could not be fetched: reconnect; joining again gets the task
             // back.
@@ -368,9 +407,21 @@ impl EdgeClient {
             Disposition::Delivered => stats.accepted += 1,
             Disposition::Keep => {
                 debug!(client = %self.id, %fence, "push broke; keeping the update");
-                *kept = Some(KeptUpdate { fence, update });
+                *kept = Some(KeptUpdate {
+                    fence,
+                    update,
+                    task,
+                });
                 // An error here: hand it to the loop, which reconnects.
                 return result.map(|()| Next::Pull);
+            }
+            Disposition::Stale if stale_fence(&result) => {
+                debug!(client = %self.id, %fence, "update from an earlier leader's round; kept for the new leader's task");
+                self.orphan = Some(KeptUpdate {
+                    fence,
+                    update,
+                    task,
+                });
             }
             Disposition::Stale | Disposition::Refused => {
                 stats.refused += 1;
@@ -399,7 +450,7 @@ impl EdgeClient {
     async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {
         let global = self
             .cache
-            .get(&mut self.fleet, &self.id, fence, task.global_len)
+            .get(self.route.fleet(), &self.id, fence, task.global_len)
             .await?;
         let _permit = self
             .cpu
@@ -434,9 +485,17 @@ impl EdgeClient {
                 part: Some(Part::Chunk(c)),
             }),
         );
-        self.fleet.push_update(futures::stream::iter(parts)).await?;
+        self.route
+            .fleet()
+            .push_update(futures::stream::iter(parts))
+            .await?;
         Ok(())
     }
+}
+
+/// Whether a push was refused because its fence names an earlier coordinator or round.
+fn stale_fence(result: &Result<()>) -> bool {
+    matches!(result, Err(ClientError::Refused(status)) if reason(status) == Some("stale_fence"))
 }
 
 /// Sleeps for `delay` unless `shutdown` resolves first; true if it did.

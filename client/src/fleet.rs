@@ -13,6 +13,8 @@ use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_clien
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
+use crate::route::{Route, split_urls};
+use std::sync::atomic::AtomicUsize;
 use shoal_datasets::Dataset;
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +28,8 @@ pub const CLIENTS_PER_CHANNEL: usize = 500;
 /// How a fleet connects and behaves.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// Coordinator URL, e.g. "http://127.0.0.1:7070".
+    /// Coordinator URL, e.g. "http://127.0.0.1:7070", or the URLs of a leader and its
+    /// standbys, comma-separated (clients follow the leader, see [`crate::route`]).
     pub url: String,
     /// HTTP/2 channels shared by all clients, at least; raised so that no channel carries more
     /// than [`CLIENTS_PER_CHANNEL`] clients. Must be at least 1.
@@ -95,13 +98,24 @@ pub async fn run_fleet(
         ));
     }
     let tls = config.tls.as_ref();
+    let urls = split_urls(&config.url);
+    if urls.is_empty() {
+        return Err(ClientError::BadAddress(
+            config.url.clone(),
+            "expected one or more URLs, comma-separated".into(),
+        ));
+    }
     let shared = clients
         .len()
         .div_ceil(CLIENTS_PER_CHANNEL)
         .max(config.channels);
-    let channels = (0..shared)
-        .map(|_| channel(&config.url, tls))
-        .collect::<Result<Vec<_>>>()?;
+    // Per coordinator URL, the channels its clients share.
+    let channels = urls
+        .iter()
+        .map(|url| (0..shared).map(|_| channel(url, tls)).collect())
+        .collect::<Result<Vec<Vec<_>>>>()?;
+    let urls: Arc<[String]> = urls.into();
+    let current = Arc::new(AtomicUsize::new(0));
     let cache = GlobalCache::default();
     let cpu = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -116,10 +130,16 @@ pub async fn run_fleet(
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
         let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
-        let connection = match (credentials.identity, tls) {
-            (None, _) => channels[i % channels.len()].clone(),
+        let connections = match (credentials.identity, tls) {
+            (None, _) => channels
+                .iter()
+                .map(|per_url| per_url[i % per_url.len()].clone())
+                .collect(),
             (Some(identity), Some(tls)) => {
-                channel(&config.url, Some(&tls.clone().with_identity(identity)))?
+                let tls = tls.clone().with_identity(identity);
+                urls.iter()
+                    .map(|url| channel(url, Some(&tls)))
+                    .collect::<Result<Vec<_>>>()?
             }
             (Some(_), None) => {
                 return Err(ClientError::Credentials(format!(
@@ -131,10 +151,14 @@ pub async fn run_fleet(
             Some(token) => BearerAuth::token(token)?,
             None => BearerAuth::none(),
         };
+        let fleets = connections
+            .into_iter()
+            .map(|connection| fleet_client(connection, auth.clone()))
+            .collect();
         let client = EdgeClient::new(
             id,
             Arc::new(data),
-            fleet_client(connection, auth),
+            Route::new(fleets, urls.clone(), current.clone()),
             cache.clone(),
             cpu.clone(),
             options.clone(),

@@ -11,16 +11,34 @@ pub use crate::error::reason;
 
 use crate::error::ClientError;
 use crate::work::LocalUpdate;
-use shoal_proto::v1::Fence;
+use shoal_proto::v1::{Fence, Task};
 use tonic::Code;
 
-/// A finished update that could not be delivered yet, with the fence of its round.
+/// A finished update that could not be delivered yet, with the fence of its round and the
+/// task it carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeptUpdate {
     /// The round the update belongs to.
     pub fence: Fence,
     /// The update itself.
     pub update: LocalUpdate,
+    /// The task it was computed for.
+    pub task: Task,
+}
+
+impl KeptUpdate {
+    /// Whether `task` asks for exactly the work this update did: the same task, but for the
+    /// fence's epoch (a new leader resuming the same round from the same checkpoint).
+    pub fn answers(&self, task: &Task) -> bool {
+        let without_epoch = |t: &Task| {
+            let mut t = t.clone();
+            if let Some(fence) = t.fence.as_mut() {
+                fence.epoch = 0;
+            }
+            t
+        };
+        without_epoch(&self.task) == without_epoch(task)
+    }
 }
 
 /// What to do with an update after a push attempt.

@@ -132,6 +132,9 @@ pub enum CoordinatorError {
         /// The epoch of the owner the state names now.
         owner: u64,
     },
+    /// The leader election in etcd could not be reached or refused this coordinator.
+    #[error("election: {0}")]
+    Election(String),
     /// Network or file I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -256,6 +259,7 @@ impl CoordinatorError {
             | E::TaskFailed { .. }
             | E::Codec { .. }
             | E::Internal(_)
+            | E::Election(_)
             | E::QuorumLost { .. }
             | E::Config(_)
             | E::Checkpoint(_)

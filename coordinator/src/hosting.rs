@@ -93,6 +93,15 @@ impl HostedRun {
         self.task.abort();
     }
 
+    /// A handle that steps this run's coordinator down, usable while [`HostedRun::finish`] is
+    /// awaited: a leader whose lease lapsed stops serving at once.
+    pub fn step_down_handle(&self) -> StepDown {
+        StepDown {
+            coordinator: self.coordinator.clone(),
+            task: self.task.abort_handle(),
+        }
+    }
+
     /// Waits for the run to end, for clients to hear so, and for the server to stop; returns
     /// what the run produced (or why it failed).
     pub async fn finish(self) -> Result<RunOutcome> {
@@ -102,6 +111,23 @@ impl HostedRun {
                 task: "hosted run",
                 source,
             })?
+    }
+}
+
+/// Steps a hosted run's coordinator down (see [`HostedRun::step_down_handle`]).
+#[derive(Debug)]
+pub struct StepDown {
+    coordinator: Coordinator,
+    task: tokio::task::AbortHandle,
+}
+
+impl StepDown {
+    /// Refuses every request from now on, without ending the run for clients (they move to
+    /// the new leader, see [`Coordinator::step_down`]), and stops driving and serving. Open
+    /// connections are closed gracefully once their last request was refused.
+    pub fn now(&self) {
+        self.coordinator.step_down();
+        self.task.abort();
     }
 }
 
@@ -143,7 +169,11 @@ impl Coordinator {
                     .observed_by(observer)
                     .run(shutdown)
                     .await;
-                coordinator.drain(drain_limit).await;
+                // A deposed coordinator's clients are not told anything: they find the leader
+                // that took over.
+                if !matches!(outcome, Err(CoordinatorError::Deposed { .. })) {
+                    coordinator.drain(drain_limit).await;
+                }
                 let _ = stop_server.send(());
                 outcome
             };

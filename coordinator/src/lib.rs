@@ -7,6 +7,8 @@
 //! * [`strategy`]: one algorithm per file (FedAvg, FedSGD, federated k-means), the task plan a
 //!   round follows and the results it folds;
 //! * [`store`]: checkpoints, the write-ahead round log and recovery;
+//! * [`leadership`]: the etcd election and lease that make one of several coordinators the
+//!   leader;
 //! * [`engine`]: the shared state, client requests, and the round loop;
 //! * [`net`]: the gRPC service, listener, TLS, authentication and development certificates;
 //! * [`hosting`]: start, serve, run, drain and stop a run as one handle.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod engine;
 mod error;
 pub mod hosting;
+pub mod leadership;
 pub mod net;
 pub mod refusal;
 pub mod store;
@@ -28,7 +31,7 @@ pub use engine::Coordinator;
 pub use engine::driver::RunOutcome;
 pub use error::{AuthError, CoordinatorError, Result};
 pub use hosting::{HostedRun, RunStart};
-pub use net::server::{Security, serve, serve_with};
+pub use net::server::{Security, serve, serve_standby, serve_with};
 pub use refusal::Refusal;
 pub use store::checkpoint::CheckpointStore;
 pub use store::metrics::{RoundRecord, RunSummary};

@@ -85,11 +85,13 @@ pub enum Refusal {
     ConnectionIdle,
     /// A connection sent no authenticated request in time.
     ConnectionUnauthenticated,
+    /// This coordinator is a standby; the status names the leader if one is elected.
+    Standby,
 }
 
 impl Refusal {
     /// Every refusal, for tables and tests.
-    pub const ALL: [Refusal; 37] = [
+    pub const ALL: [Refusal; 38] = [
         Self::UnknownClient,
         Self::TooManyClients,
         Self::BadClientId,
@@ -127,6 +129,7 @@ impl Refusal {
         Self::ConnectionSilent,
         Self::ConnectionIdle,
         Self::ConnectionUnauthenticated,
+        Self::Standby,
     ];
 
     /// The table: the gRPC code a client sees and the reason the refusal is counted under.
@@ -174,6 +177,8 @@ impl Refusal {
             R::ConnectionSilent => (Code::Unavailable, "connection_silent"),
             R::ConnectionIdle => (Code::Unavailable, "connection_idle"),
             R::ConnectionUnauthenticated => (Code::Unavailable, "connection_unauthenticated"),
+            // The client moves to the leader the status names, keeping any finished update.
+            R::Standby => (Code::Unavailable, "standby"),
         }
     }
 

@@ -16,6 +16,10 @@ pub use error::{ProtoError, Result};
 /// code says, so a client may treat it as transient and retry.
 pub const REASON_HEADER: &str = "shoal-reason";
 
+/// Metadata key a standby coordinator puts on its refusals (reason `standby`): the URL of the
+/// leader clients should move to, when one is elected.
+pub const LEADER_HEADER: &str = "shoal-leader";
+
 /// Generated protobuf messages and the tonic client/server for `shoal.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

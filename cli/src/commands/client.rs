@@ -9,7 +9,8 @@ use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
-use shoal_client::{ClientOptions, EdgeClient, cache::GlobalCache};
+use shoal_client::route::split_urls;
+use shoal_client::{ClientOptions, EdgeClient, Route, cache::GlobalCache};
 use shoal_coordinator::net::certs::bundle::parse_token_list;
 use shoal_datasets::{Dataset, DatasetSource};
 use std::path::{Path, PathBuf};
@@ -80,8 +81,9 @@ fn token_for(path: &Path, id: &str) -> Result<String> {
 /// Options of `shoal client`.
 #[derive(Debug, Args)]
 pub struct ClientCmd {
-    /// Coordinator URL.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    /// Coordinator URL; with standby coordinators, all their URLs, comma-separated (the
+    /// client follows whichever leads).
+    #[arg(long, value_name = "URL[,URL...]", default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     /// Stable client id [default: client-INDEX].
     #[arg(long)]
@@ -153,9 +155,19 @@ impl ClientCmd {
             Some(path) => BearerAuth::token(&token_for(path, &id)?)?,
             None => BearerAuth::none(),
         };
-        let connection = channel(&self.coordinator, tls.as_ref())
-            .with_context(|| format!("connecting to {}", self.coordinator))?;
-        let fleet = fleet_client(connection, auth);
+        let urls = split_urls(&self.coordinator);
+        if urls.is_empty() {
+            bail!("--coordinator needs a URL, or several separated by commas");
+        }
+        let fleets = urls
+            .iter()
+            .map(|url| {
+                channel(url, tls.as_ref())
+                    .map(|c| fleet_client(c, auth.clone()))
+                    .with_context(|| format!("connecting to {url}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let route = Route::new(fleets, urls.into(), Default::default());
         let options = ClientOptions {
             seed: plan.run.seed,
             give_up_after: std::time::Duration::from_secs(self.give_up_after),
@@ -165,7 +177,7 @@ impl ClientCmd {
         let client = EdgeClient::new(
             id.clone(),
             Arc::new(data),
-            fleet,
+            route,
             GlobalCache::default(),
             Arc::new(Semaphore::new(1)),
             options,

@@ -2,11 +2,14 @@
 //! over TLS or mutual TLS, with per-client bearer tokens if asked. Plaintext, or clients who
 //! prove no identity, are served only on a loopback address, unless `--insecure`.
 
+use crate::candidate::{CandidateSetup, Loaded, run_candidate};
+use crate::data::{finish_plan, load};
 use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
-use crate::options::RunOptions;
+use crate::options::{Plan, RunOptions};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use shoal_coordinator::Security;
+use shoal_client::route::split_urls;
+use shoal_coordinator::{Limits, Security};
 use shoal_coordinator::net::auth::TokenTable;
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
@@ -66,6 +69,27 @@ impl ServerSecurityArgs {
     }
 }
 
+/// Standby coordinators: leadership through an etcd election.
+#[derive(Debug, Default, Args)]
+pub struct HaArgs {
+    /// Campaign for leadership of the run in the etcd cluster at these URLs (comma-separated
+    /// http://HOST:PORT); every coordinator of the run gets the same --etcd, --election, run
+    /// options and --checkpoint-dir, and only the leader serves the run.
+    #[arg(long, value_name = "URL[,URL...]", requires_all = ["election", "checkpoint_dir"])]
+    etcd: Option<String>,
+    /// Name of the run's election (one per run).
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    election: Option<String>,
+    /// URL clients reach this coordinator at, told to them by standbys [default: the listen
+    /// address, http:// or https://].
+    #[arg(long, value_name = "URL", requires = "etcd")]
+    advertise: Option<String>,
+    /// Seconds a leader's lease lasts unrenewed: how long a dead leader holds the run up
+    /// before a standby takes over, 2..=3600.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, requires = "etcd")]
+    lease_ttl: u64,
+}
+
 /// Options of `shoal coordinator`.
 #[derive(Debug, Args)]
 pub struct CoordinatorCmd {
@@ -82,6 +106,8 @@ pub struct CoordinatorCmd {
     security: ServerSecurityArgs,
     #[command(flatten)]
     limits: crate::limits_args::LimitsArgs,
+    #[command(flatten)]
+    ha: HaArgs,
 }
 
 impl CoordinatorCmd {
@@ -90,6 +116,9 @@ impl CoordinatorCmd {
         let mut plan = self.options.resolve()?;
         let limits = self.limits.limits()?;
         let security = self.security.load()?;
+        if self.ha.etcd.is_some() {
+            return self.execute_as_candidate(plan, limits, security).await;
+        }
         let prepared = prepare(&mut plan, limits, &self.durability)?;
         let listener = TcpListener::bind(&self.listen)
             .await
@@ -105,8 +134,76 @@ impl CoordinatorCmd {
             plan.run.selection.min_available,
             describe(&security),
         );
-        host(&plan, prepared, listener, security, &self.outputs, ctrl_c()).await?;
+        host(
+            &plan,
+            prepared,
+            listener,
+            security,
+            &self.outputs,
+            ctrl_c(),
+            std::future::pending(),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// One of several coordinators of the run: a standby until elected in etcd.
+    async fn execute_as_candidate(
+        self,
+        mut plan: Plan,
+        limits: Limits,
+        security: Security,
+    ) -> Result<()> {
+        let ha = &self.ha;
+        if !(2..=3600).contains(&ha.lease_ttl) {
+            bail!("--lease-ttl {} is out of range 2..=3600 seconds", ha.lease_ttl);
+        }
+        let etcd = split_urls(ha.etcd.as_deref().unwrap_or_default());
+        if etcd.is_empty() {
+            bail!("--etcd needs at least one URL");
+        }
+        let split = load(&plan.data)?;
+        let spec = finish_plan(&mut plan, &split.train)?;
+        let listener = std::net::TcpListener::bind(&self.listen)
+            .with_context(|| format!("binding {}", self.listen))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        security.check_listener(addr).with_context(|| {
+            "give --tls-cert and --tls-key with --client-ca and/or --tokens (see `shoal certs`), \
+             listen on loopback, or pass --insecure"
+        })?;
+        let advertise = match &ha.advertise {
+            Some(url) => url.clone(),
+            None if addr.ip().is_unspecified() => {
+                bail!("listening on {addr}: give --advertise with the URL clients reach this coordinator at")
+            }
+            None => format!(
+                "{}://{addr}",
+                if security.is_tls() { "https" } else { "http" }
+            ),
+        };
+        let setup = CandidateSetup {
+            etcd,
+            election: ha.election.clone().unwrap_or_default(),
+            advertise,
+            lease_ttl: std::time::Duration::from_secs(ha.lease_ttl),
+        };
+        let loaded = Loaded {
+            plan,
+            split,
+            spec,
+            limits,
+        };
+        run_candidate(
+            setup,
+            loaded,
+            listener,
+            security,
+            &self.durability,
+            &self.outputs,
+            ctrl_c(),
+        )
+        .await
     }
 }
 

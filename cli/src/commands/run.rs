@@ -76,6 +76,7 @@ impl RunCmd {
             Security::plaintext(),
             &self.outputs,
             stop,
+            std::future::pending(),
         )
         .await;
         let _ = hosted_tx.send(());

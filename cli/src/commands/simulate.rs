@@ -21,8 +21,9 @@ type FaultRate = (f64, Duration);
 /// Options of `shoal simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateCmd {
-    /// Coordinator URL.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    /// Coordinator URL; with standby coordinators, all their URLs, comma-separated (the
+    /// client follows whichever leads).
+    #[arg(long, value_name = "URL[,URL...]", default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     #[command(flatten)]
     options: RunOptions,

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     /// A failure that must end the run (the round log cannot be written): set by whoever meets
     /// it, taken by the round driver, which stops the run with it.
     pub(crate) fatal: Mutex<Option<CoordinatorError>>,
+    /// Set once another coordinator leads the run (see [`Coordinator::step_down`]).
+    deposed: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to a running coordinator; clones share the same state.
@@ -126,6 +128,7 @@ impl Coordinator {
                 checkpoints,
                 refusals: Refusals::default(),
                 fatal: Mutex::new(None),
+                deposed: Default::default(),
             }),
         }
     }
@@ -201,6 +204,23 @@ impl Coordinator {
         }
         drop(fatal);
         self.shared.progress.notify_one();
+    }
+
+    /// Stops answering as the run's coordinator, without ending the run for clients: another
+    /// coordinator leads it now. Every request from now on, and every pull waiting, is refused
+    /// as `shutting_down`, so clients keep their updates and move to the new leader.
+    pub fn step_down(&self) {
+        self.shared
+            .deposed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.changed.send_modify(|v| *v += 1);
+    }
+
+    /// True once this coordinator stepped down.
+    pub fn has_stepped_down(&self) -> bool {
+        self.shared
+            .deposed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// True once the run has ended (every pull answers Finished), even while the server still
@@ -333,6 +353,9 @@ impl Coordinator {
         let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
+            if self.has_stepped_down() {
+                return Err(CoordinatorError::ShuttingDown);
+            }
             if let Some(reply) = self.try_pull(client_id)? {
                 return Ok(PullReply { reply: Some(reply) });
             }

@@ -122,13 +122,16 @@ impl RoundDriver {
     }
 
     /// Drives the run to its end: every round, or until the strategy converged, shutdown
-    /// resolved, or quorum was lost. However it ends, clients hear that it ended.
+    /// resolved, or quorum was lost. However it ends, clients hear that it ended, unless this
+    /// coordinator was deposed (the run goes on under the one that took over).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<RunOutcome> {
         let coordinator = self.coordinator.clone();
         let outcome = self.drive(shutdown).await;
         match &outcome {
             Ok(done) => coordinator.finish(&done.summary.stop_reason),
             Err(CoordinatorError::ShuttingDown) => coordinator.finish("coordinator shut down"),
+            // Another coordinator carries the run on: its clients must not hear it ended.
+            Err(CoordinatorError::Deposed { .. }) => coordinator.step_down(),
             Err(err) => coordinator.finish(&format!("the run failed: {err}")),
         }
         outcome

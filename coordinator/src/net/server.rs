@@ -13,7 +13,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use crate::leadership::Candidate;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::Server;
 use tracing::warn;
 
@@ -148,15 +150,37 @@ pub async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let fleet = FleetService::with_policy(coordinator.clone(), security.policy());
+    serve_fleet(listener, coordinator, security, fleet, shutdown).await
+}
+
+/// Serves as a standby until `shutdown` resolves: with the same security and limits as a
+/// leader, every request is refused with `standby` and the URL of the leader `leader` holds
+/// (`coordinator` only keeps the counts of those refusals).
+pub async fn serve_standby(
+    listener: TcpListener,
+    coordinator: Coordinator,
+    security: Security,
+    leader: watch::Receiver<Option<Candidate>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let fleet = FleetService::standby(coordinator.clone(), security.policy(), leader);
+    serve_fleet(listener, coordinator, security, fleet, shutdown).await
+}
+
+async fn serve_fleet(
+    listener: TcpListener,
+    coordinator: Coordinator,
+    security: Security,
+    fleet: FleetService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     security.check_listener(listener.local_addr()?)?;
     let limits = &coordinator.shared.limits;
     // Messages are chunked at 1 MiB; leave headroom for headers and framing.
     let max_message = limits.max_chunk_bytes + (64 << 10);
     let policy = security.policy();
-    let service = FleetServer::new(FleetService::with_policy(
-        coordinator.clone(),
-        policy.clone(),
-    ))
+    let service = FleetServer::new(fleet)
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     let service = crate::net::undecodable::CountUndecodable::new(service, coordinator.clone());

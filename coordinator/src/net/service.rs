@@ -5,6 +5,7 @@
 
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
+use crate::leadership::Candidate;
 use crate::net::auth::AuthPolicy;
 use crate::refusal::Refusal;
 use crate::strategy::results::ClientUpdate;
@@ -17,6 +18,7 @@ use shoal_proto::v1::{
 };
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -26,6 +28,8 @@ pub struct FleetService {
     coordinator: Coordinator,
     /// What each request must prove about the client id it claims.
     auth: Arc<AuthPolicy>,
+    /// Set on a standby: every request is refused with the leader's URL, as this watch has it.
+    standby: Option<watch::Receiver<Option<Candidate>>>,
 }
 
 impl FleetService {
@@ -39,7 +43,50 @@ impl FleetService {
         Self {
             coordinator,
             auth: Arc::new(auth),
+            standby: None,
         }
+    }
+
+    /// A standby's service: requests whose credentials satisfy `auth` are refused with
+    /// `standby`, naming the leader `leader` holds (clients move there).
+    pub fn standby(
+        coordinator: Coordinator,
+        auth: AuthPolicy,
+        leader: watch::Receiver<Option<Candidate>>,
+    ) -> Self {
+        Self {
+            standby: Some(leader),
+            ..Self::with_policy(coordinator, auth)
+        }
+    }
+
+    /// On a standby, the refusal that sends the client to the leader; on a coordinator that
+    /// stepped down, the refusal that sends it looking for one.
+    fn serving(&self) -> Result<(), Status> {
+        if self.coordinator.has_stepped_down() {
+            self.coordinator.count_refusal(Refusal::ShuttingDown);
+            return Err(Refusal::ShuttingDown
+                .status("this coordinator no longer leads the run; another one took it over"));
+        }
+        let Some(leader) = &self.standby else {
+            return Ok(());
+        };
+        self.coordinator.count_refusal(Refusal::Standby);
+        let leader = leader.borrow().clone();
+        Err(match leader {
+            Some(leader) => {
+                let mut status = Refusal::Standby.status(format!(
+                    "this coordinator is a standby; the leader is at {}",
+                    leader.url
+                ));
+                if let Ok(url) = leader.url.parse() {
+                    status.metadata_mut().insert(shoal_proto::LEADER_HEADER, url);
+                }
+                status
+            }
+            None => Refusal::Standby
+                .status("this coordinator is a standby; no leader is elected yet"),
+        })
     }
 
     /// Refuses `request` unless its credentials (the TLS client certificate, the bearer token)
@@ -124,6 +171,7 @@ impl FleetService {
 impl Fleet for FleetService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
         let req = request.into_inner();
         let reply = self
             .coordinator
@@ -134,6 +182,7 @@ impl Fleet for FleetService {
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
         let req = request.into_inner();
         let reply = self
             .coordinator
@@ -150,6 +199,7 @@ impl Fleet for FleetService {
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchGlobalStream>, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
         let req = request.into_inner();
         let fence = req
             .fence
@@ -184,6 +234,7 @@ impl Fleet for FleetService {
             }
         };
         self.authorize(&request, &header.client_id)?;
+        self.serving()?;
         let mut parts = request.into_inner();
         let admission = self
             .coordinator
@@ -226,6 +277,7 @@ impl Fleet for FleetService {
         request: Request<AbandonRequest>,
     ) -> Result<Response<AbandonReply>, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
         let req = request.into_inner();
         let fence = req.fence.ok_or_else(|| {
             self.refuse(CoordinatorError::Malformed("abandon has no fence".into()))
@@ -238,6 +290,7 @@ impl Fleet for FleetService {
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
         let req = request.into_inner();
         self.coordinator
             .leave(&req.client_id)
