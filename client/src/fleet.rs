@@ -14,11 +14,11 @@ use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
 use crate::route::{Route, split_urls};
-use std::sync::atomic::AtomicUsize;
 use shoal_datasets::Dataset;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::warn;
 

@@ -97,12 +97,9 @@ impl Route {
             return Moved::Stayed;
         }
         let next = (self.used + 1) % self.fleets.len();
-        let _ = self.current.compare_exchange(
-            self.used,
-            next,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.current
+                .compare_exchange(self.used, next, Ordering::Relaxed, Ordering::Relaxed);
         Moved::ToNext
     }
 }
@@ -146,9 +143,10 @@ mod tests {
             MetadataValue::from_static("standby"),
         );
         if let Some(leader) = leader {
-            status
-                .metadata_mut()
-                .insert(shoal_proto::LEADER_HEADER, MetadataValue::from_static(leader));
+            status.metadata_mut().insert(
+                shoal_proto::LEADER_HEADER,
+                MetadataValue::from_static(leader),
+            );
         }
         ClientError::Refused(status)
     }
@@ -156,7 +154,11 @@ mod tests {
     #[tokio::test]
     async fn clients_follow_the_named_leader_and_leave_dead_addresses_together() {
         let shared = Arc::new(AtomicUsize::new(0));
-        let urls = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"];
+        let urls = [
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        ];
         let mut a = route(&urls, shared.clone());
         let mut b = route(&urls, shared.clone());
         // Both fail at the first address at once: the fleet moves on once, not twice.

@@ -83,7 +83,11 @@ fn token_for(path: &Path, id: &str) -> Result<String> {
 pub struct ClientCmd {
     /// Coordinator URL; with standby coordinators, all their URLs, comma-separated (the
     /// client follows whichever leads).
-    #[arg(long, value_name = "URL[,URL...]", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Stable client id [default: client-INDEX].
     #[arg(long)]

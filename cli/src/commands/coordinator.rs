@@ -9,8 +9,8 @@ use crate::options::{Plan, RunOptions};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_client::route::split_urls;
-use shoal_coordinator::{Limits, Security};
 use shoal_coordinator::net::auth::TokenTable;
+use shoal_coordinator::{Limits, Security};
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 
@@ -156,7 +156,10 @@ impl CoordinatorCmd {
     ) -> Result<()> {
         let ha = &self.ha;
         if !(2..=3600).contains(&ha.lease_ttl) {
-            bail!("--lease-ttl {} is out of range 2..=3600 seconds", ha.lease_ttl);
+            bail!(
+                "--lease-ttl {} is out of range 2..=3600 seconds",
+                ha.lease_ttl
+            );
         }
         let etcd = split_urls(ha.etcd.as_deref().unwrap_or_default());
         if etcd.is_empty() {
@@ -175,7 +178,9 @@ impl CoordinatorCmd {
         let advertise = match &ha.advertise {
             Some(url) => url.clone(),
             None if addr.ip().is_unspecified() => {
-                bail!("listening on {addr}: give --advertise with the URL clients reach this coordinator at")
+                bail!(
+                    "listening on {addr}: give --advertise with the URL clients reach this coordinator at"
+                )
             }
             None => format!(
                 "{}://{addr}",

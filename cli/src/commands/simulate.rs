@@ -23,7 +23,11 @@ type FaultRate = (f64, Duration);
 pub struct SimulateCmd {
     /// Coordinator URL; with standby coordinators, all their URLs, comma-separated (the
     /// client follows whichever leads).
-    #[arg(long, value_name = "URL[,URL...]", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     #[command(flatten)]
     options: RunOptions,

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod runs;
 
 use std::io::{BufRead, BufReader, Read};
@@ -184,6 +185,19 @@ impl Running {
             stdout,
             stderr,
         }
+    }
+
+    /// Reads the stderr lines printed so far, without waiting, and returns all read yet.
+    pub fn pump(&mut self) -> &[String] {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        &self.stderr_seen
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The stderr lines read so far.

@@ -84,10 +84,11 @@ impl Election {
         let unreachable = |e: &dyn std::fmt::Display| {
             CoordinatorError::Election(format!("etcd at {listed} cannot be reached: {e}"))
         };
-        let mut client = tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
-            .await
-            .map_err(|_| unreachable(&"no answer within 5 s"))?
-            .map_err(|e| unreachable(&e))?;
+        let mut client =
+            tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+                .map_err(|_| unreachable(&"no answer within 5 s"))?
+                .map_err(|e| unreachable(&e))?;
         tokio::time::timeout(CALL_TIMEOUT, client.status())
             .await
             .map_err(|_| unreachable(&"no answer within 5 s"))?

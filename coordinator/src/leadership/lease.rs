@@ -38,10 +38,11 @@ impl Lease {
         let ttl = Duration::from_secs(seconds as u64);
         let mut client = election.client();
         let sent = Instant::now();
-        let granted = tokio::time::timeout(Duration::from_secs(5), client.lease_grant(seconds, None))
-            .await
-            .map_err(|_| CoordinatorError::Election("granting a lease took over 5 s".into()))?
-            .map_err(|e| CoordinatorError::Election(format!("granting a lease: {e}")))?;
+        let granted =
+            tokio::time::timeout(Duration::from_secs(5), client.lease_grant(seconds, None))
+                .await
+                .map_err(|_| CoordinatorError::Election("granting a lease took over 5 s".into()))?
+                .map_err(|e| CoordinatorError::Election(format!("granting a lease: {e}")))?;
         let id = granted.id();
         let (tx, lost) = watch::channel(false);
         let keeper = tokio::spawn(keep_alive(election.clone(), id, ttl, sent + ttl, tx));
@@ -122,6 +123,9 @@ async fn keep_alive(
             tokio::time::sleep_until((sent + every).min(alive_until)).await;
         }
     }
-    warn!(lease = id, "the lease lapsed (etcd unanswered for the whole TTL, or this process was paused)");
+    warn!(
+        lease = id,
+        "the lease lapsed (etcd unanswered for the whole TTL, or this process was paused)"
+    );
     let _ = lost.send(true);
 }

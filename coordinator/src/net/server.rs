@@ -3,6 +3,7 @@
 
 use crate::engine::Coordinator;
 use crate::error::{CoordinatorError, Result};
+use crate::leadership::Candidate;
 use crate::net::admission::{Admission, Gate};
 use crate::net::auth::{AuthPolicy, ClientCa, TokenTable};
 use crate::net::listener::Connections;
@@ -13,7 +14,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::leadership::Candidate;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -181,8 +181,8 @@ async fn serve_fleet(
     let max_message = limits.max_chunk_bytes + (64 << 10);
     let policy = security.policy();
     let service = FleetServer::new(fleet)
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let service = crate::net::undecodable::CountUndecodable::new(service, coordinator.clone());
     let connections = Connections::new(limits, coordinator.clone());
     let gate = Gate::new(coordinator.clone(), connections.clone(), &policy);

@@ -80,12 +80,15 @@ impl FleetService {
                     leader.url
                 ));
                 if let Ok(url) = leader.url.parse() {
-                    status.metadata_mut().insert(shoal_proto::LEADER_HEADER, url);
+                    status
+                        .metadata_mut()
+                        .insert(shoal_proto::LEADER_HEADER, url);
                 }
                 status
             }
-            None => Refusal::Standby
-                .status("this coordinator is a standby; no leader is elected yet"),
+            None => {
+                Refusal::Standby.status("this coordinator is a standby; no leader is elected yet")
+            }
         })
     }
 

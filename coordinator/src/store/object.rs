@@ -28,6 +28,8 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a request is retried (with backoff, 100 ms to 15 s apart) before the outage counts
 /// as a storage failure that stops the run.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a request may go unanswered before the log says the store is not answering.
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
 /// How to reach an S3-compatible store, beyond what the `AWS_*` environment variables say.
 #[derive(Debug, Clone, Default)]
@@ -162,7 +164,30 @@ impl Shared {
         self.handle.spawn(async move {
             let _ = tx.send(work.await);
         });
-        rx.recv().unwrap_or_else(|_| {
+        // Requests are retried inside object_store; say so while it takes long, and once it
+        // answers again, so an outage is visible in the log as it happens.
+        let started = std::time::Instant::now();
+        let mut told = false;
+        let answer = loop {
+            match rx.recv_timeout(SLOW_ANSWER) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if !told {
+                        tracing::warn!(
+                            location = %self.location,
+                            "the object store has not answered for {} s; retrying with backoff for up to {} s",
+                            SLOW_ANSWER.as_secs(),
+                            OUTAGE_PATIENCE.as_secs()
+                        );
+                        told = true;
+                    }
+                }
+                other => break other.map_err(|_| ()),
+            }
+        };
+        if told {
+            tracing::info!(location = %self.location, waited_s = started.elapsed().as_secs_f64(), "the object store answered again");
+        }
+        answer.unwrap_or_else(|()| {
             Err(object_store::Error::Generic {
                 store: "state",
                 source: "the state store stopped before answering".into(),

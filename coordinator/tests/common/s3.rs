@@ -72,10 +72,32 @@ impl S3Server {
     pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let (child, endpoint) = Self::spawn(root.path(), 0);
+        Self {
+            child,
+            endpoint,
+            root,
+        }
+    }
+
+    /// Starts the server again after [`S3Server::stop`], on the same port and objects.
+    pub fn restart(&mut self) {
+        let port = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap();
+        let (child, endpoint) = Self::spawn(self.root.path(), port);
+        assert_eq!(endpoint, self.endpoint, "restarted on another address");
+        self.child = child;
+    }
+
+    fn spawn(root: &std::path::Path, port: u16) -> (Child, String) {
         let mut child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
+            .arg(root)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,11 +119,7 @@ impl S3Server {
         let endpoint = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("s3s-fs did not say where it listens within 30 s");
-        Self {
-            child,
-            endpoint,
-            root,
-        }
+        (child, endpoint)
     }
 
     /// Settings that reach this server.
