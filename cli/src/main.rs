@@ -30,7 +30,7 @@ enum Command {
     /// Train end to end in one process: a coordinator on loopback and a simulated fleet.
     Run(commands::run::RunCmd),
     /// Serve a run to clients that dial in.
-    Coordinator(commands::coordinator::CoordinatorCmd),
+    Coordinator(Box<commands::coordinator::CoordinatorCmd>),
     /// Run one edge client on local data.
     Client(commands::client::ClientCmd),
     /// Run many simulated clients in this process against a coordinator.

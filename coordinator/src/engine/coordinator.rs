@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: Mutex<Option<CoordinatorError>>,
     /// Set once another coordinator leads the run (see [`Coordinator::step_down`]).
     deposed: std::sync::atomic::AtomicBool,
+    /// Set at the first update this coordinator accepted.
+    accepted_any: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to a running coordinator; clones share the same state.
@@ -129,6 +131,7 @@ impl Coordinator {
                 refusals: Refusals::default(),
                 fatal: Mutex::new(None),
                 deposed: Default::default(),
+                accepted_any: Default::default(),
             }),
         }
     }
@@ -591,6 +594,10 @@ impl Admission {
                 fold(&slot.accumulator, update, &slot.fence)
             })();
             slot.settle(folded.is_ok());
+            if folded.is_ok() && !slot.coordinator.shared.accepted_any.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                // Marks when a coordinator that took a run over is serving it again.
+                tracing::info!(round = slot.fence.round, epoch = slot.fence.epoch, "first update accepted by this coordinator");
+            }
             match folded {
                 Err(err @ CoordinatorError::Storage { .. }) => {
                     // The update cannot be made durable, so it cannot be accepted, nor can

@@ -13,6 +13,7 @@
 
 use crate::error::{CoordinatorError, Result};
 use crate::store::state::{StateStore, StreamWriter, Version};
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{
@@ -28,6 +29,8 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a request is retried (with backoff, 100 ms to 15 s apart) before the outage counts
 /// as a storage failure that stops the run.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(120);
+/// Records of a stream fetched at once when it is read back.
+const READ_AHEAD: usize = 16;
 /// How long a request may go unanswered before the log says the store is not answering.
 const SLOW_ANSWER: Duration = Duration::from_secs(2);
 
@@ -335,17 +338,36 @@ impl StateStore for ObjectState {
     }
 
     fn read_stream(&self, name: &str) -> Result<Vec<Vec<u8>>> {
-        let mut records = Vec::new();
-        for (n, record) in self.shared.level(Some(name))?.0.into_iter().enumerate() {
-            if record != record_name(name, n as u64) {
-                break;
-            }
-            match self.get(&record)? {
-                Some((bytes, _)) => records.push(bytes),
-                None => break,
-            }
-        }
-        Ok(records)
+        // The records numbered 0, 1, 2... without a gap, fetched several at a time: a
+        // coordinator taking a run over reads the round in flight's log before it serves.
+        let keys: Vec<Path> = self
+            .shared
+            .level(Some(name))?
+            .0
+            .into_iter()
+            .enumerate()
+            .take_while(|(n, record)| *record == record_name(name, *n as u64))
+            .map(|(_, record)| self.shared.key(&record))
+            .collect();
+        let store = self.shared.store.clone();
+        let fetched = self.shared.block(async move {
+            futures::stream::iter(keys)
+                .map(|key| {
+                    let store = store.clone();
+                    async move {
+                        match store.get(&key).await {
+                            Ok(got) => Ok(Some(got.bytes().await?.to_vec())),
+                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffered(READ_AHEAD)
+                .try_collect::<Vec<_>>()
+                .await
+        });
+        let fetched = fetched.map_err(|e| self.shared.err("read", name, e))?;
+        Ok(fetched.into_iter().map_while(|record| record).collect())
     }
 
     fn delete_stream(&self, name: &str) -> Result<()> {
