@@ -153,9 +153,15 @@ pub async fn run_candidate(
             }
             Err(e) => return Err(e),
         };
+        // The leader stops serving when its lease may have lapsed, and on Ctrl-C: then it
+        // hands the run over to a standby instead of ending it for the clients.
         let mut lost = lease.lost();
-        let lapsed = async move {
-            let _ = lost.wait_for(|l| *l).await;
+        let mut interrupted = stop_rx.clone();
+        let step_down = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| *l) => {}
+                _ = interrupted.wait_for(|s| *s) => {}
+            }
         };
         let served = host(
             &plan,
@@ -163,8 +169,8 @@ pub async fn run_candidate(
             tokio_listener(&listener)?,
             security.clone(),
             outputs,
-            stopped(stop_rx.clone()),
-            lapsed,
+            std::future::pending(),
+            step_down,
         )
         .await;
         match served {
@@ -172,6 +178,12 @@ pub async fn run_candidate(
                 // The run is over: hand over at once, so each standby finds it finished too.
                 leadership.resign().await;
                 lease.revoke(&election).await;
+                return Ok(());
+            }
+            Err(e) if e.is::<SteppedDown>() && *stop_rx.borrow() => {
+                leadership.resign().await;
+                lease.revoke(&election).await;
+                eprintln!("interrupted: the run is handed over to a standby coordinator");
                 return Ok(());
             }
             Err(e) if e.is::<SteppedDown>() || is_deposed(&e) => {

@@ -159,12 +159,14 @@ impl EdgeClient {
                                 .await;
                             if next.is_ok() {
                                 unreachable_since = None;
+                                self.route.answered();
                                 backoff.reset();
                             }
                             next
                         }
                         Reply::Wait(_) => {
                             unreachable_since = None;
+                            self.route.answered();
                             backoff.reset();
                             Ok(Next::Pull)
                         }
@@ -206,7 +208,15 @@ impl EdgeClient {
                             backoff.reset();
                             backoff.next_delay().min(FOLLOW_PACE)
                         }
-                        Moved::ToNext | Moved::Stayed => backoff.next_delay(),
+                        // Another coordinator may answer: try it soon. Back off only once
+                        // every one of them failed since one last answered.
+                        Moved::ToNext => {
+                            if !self.route.all_failed() {
+                                backoff.reset();
+                            }
+                            backoff.next_delay()
+                        }
+                        Moved::Stayed => backoff.next_delay(),
                     };
                     if moved != Moved::Stayed {
                         debug!(client = %self.id, ?moved, url = %self.route.url(), "following the leader");

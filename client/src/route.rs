@@ -22,6 +22,8 @@ pub struct Route {
     current: Arc<AtomicUsize>,
     /// The index the last request went to.
     used: usize,
+    /// Which coordinators failed to answer since one last did (this client's view).
+    failed: Vec<bool>,
 }
 
 /// Where a failed request sends the client next.
@@ -46,11 +48,13 @@ impl From<Fleet> for Route {
 impl Route {
     /// Talks to `fleets[i]` for `urls[i]`, starting at the shared index `current`.
     pub fn new(fleets: Vec<Fleet>, urls: Arc<[String]>, current: Arc<AtomicUsize>) -> Self {
+        let failed = vec![false; fleets.len()];
         Self {
             fleets,
             urls,
             current,
             used: 0,
+            failed,
         }
     }
 
@@ -61,9 +65,30 @@ impl Route {
         &mut self.fleets[at]
     }
 
+    /// How many coordinators this route knows.
+    pub fn len(&self) -> usize {
+        self.fleets.len()
+    }
+
+    /// True if it knows none (never, once built from a fleet).
+    pub fn is_empty(&self) -> bool {
+        self.fleets.is_empty()
+    }
+
     /// The URL of the coordinator talked to last.
     pub fn url(&self) -> &str {
         self.urls.get(self.used).map_or("", String::as_str)
+    }
+
+    /// A coordinator answered: none counts as failed any more.
+    pub fn answered(&mut self) {
+        self.failed.iter_mut().for_each(|f| *f = false);
+    }
+
+    /// True once every coordinator failed to answer since one last did: only then is it
+    /// worth backing off further.
+    pub fn all_failed(&self) -> bool {
+        self.failed.iter().all(|f| *f)
     }
 
     /// After a request failed with `err` (one worth retrying), decides where to go next.
@@ -71,6 +96,7 @@ impl Route {
         if let ClientError::Refused(status) = err
             && reason(status) == Some("standby")
         {
+            self.answered();
             let leader = status
                 .metadata()
                 .get(shoal_proto::LEADER_HEADER)
@@ -86,6 +112,9 @@ impl Route {
                 None if leader.is_some() => self.next(),
                 None => Moved::AwaitingLeader,
             };
+        }
+        if let Some(failed) = self.failed.get_mut(self.used) {
+            *failed = true;
         }
         self.next()
     }
@@ -192,6 +221,30 @@ mod tests {
             a.after_failure(&standby(Some("http://127.0.0.1:1"))),
             Moved::AwaitingLeader
         );
+    }
+
+    #[tokio::test]
+    async fn backing_off_waits_until_every_coordinator_failed() {
+        let mut route = route(
+            &["http://127.0.0.1:1", "http://127.0.0.1:2"],
+            Arc::default(),
+        );
+        let down = ClientError::Refused(Status::unavailable("connection refused"));
+        route.fleet();
+        route.after_failure(&down);
+        // The same address failing twice (other clients moved back to it) is not every one.
+        route.fleet();
+        route.current.store(0, Ordering::Relaxed);
+        route.fleet();
+        route.after_failure(&down);
+        assert!(!route.all_failed());
+        route.fleet();
+        assert_eq!(route.after_failure(&down), Moved::ToNext);
+        assert!(route.all_failed());
+        // A standby answering means someone is there: no longer all failed.
+        route.fleet();
+        route.after_failure(&standby(None));
+        assert!(!route.all_failed());
     }
 
     #[tokio::test]

@@ -328,12 +328,12 @@ fn failovers(binary: &str, dir: &Path, kills: usize, ttl: &str) -> Result<Vec<f6
         coordinators[leader].kill();
         let killed = Instant::now();
         let deadline = killed + Duration::from_secs(60);
-        let resumed = loop {
+        let (resumed, by) = loop {
             let at = coordinators
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| *i != leader)
-                .find_map(|(_, c)| c.arrived("first update accepted", killed));
+                .find_map(|(i, c)| Some((c.arrived("first update accepted", killed)?, i)));
             if let Some(at) = at {
                 break at;
             }
@@ -343,7 +343,23 @@ fn failovers(binary: &str, dir: &Path, kills: usize, ttl: &str) -> Result<Vec<f6
             std::thread::sleep(Duration::from_millis(1));
         };
         let seconds = resumed.duration_since(killed).as_secs_f64();
-        println!("  kill {}: {seconds:.3} s", kill + 1);
+        // Where the time went, from the new leader's own lines.
+        let steps: Vec<String> = [
+            ("elected leader", "elected"),
+            ("resumed from checkpoint", "checkpoint read"),
+            ("replaying the round log", "log read"),
+            ("first update accepted", "first update"),
+        ]
+        .iter()
+        .filter_map(|(needle, label)| {
+            let at = coordinators[by].arrived(needle, killed)?;
+            Some(format!(
+                "{label} +{:.3}",
+                at.duration_since(killed).as_secs_f64()
+            ))
+        })
+        .collect();
+        println!("  kill {}: {seconds:.3} s ({})", kill + 1, steps.join(", "));
         times.push(seconds);
         since = resumed;
         coordinators[leader] = launch.coordinator(ports[leader], &metrics)?;

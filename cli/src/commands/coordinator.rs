@@ -176,6 +176,9 @@ impl CoordinatorCmd {
              listen on loopback, or pass --insecure"
         })?;
         let advertise = match &ha.advertise {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                bail!("--advertise {url:?}: expected http://HOST:PORT or https://HOST:PORT")
+            }
             Some(url) => url.clone(),
             None if addr.ip().is_unspecified() => {
                 bail!(
