@@ -16,6 +16,8 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// The last lines any member printed, for messages.
+    last_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 struct Member {
@@ -46,21 +48,39 @@ fn binary() -> PathBuf {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `n` distinct free loopback ports (all held while they are picked, so none repeats).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect()
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until each serves clients.
+    /// Starts `size` members and waits until each serves clients. A port taken by another
+    /// process between picking it and etcd binding it makes a member exit: the cluster is
+    /// then started again on other ports (at most three times).
     pub fn start(size: usize) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(size) {
+                Ok(cluster) => return cluster,
+                Err(why) if attempt < 3 => eprintln!("etcd cluster did not start ({why}); again"),
+                Err(why) => panic!("etcd cluster did not start three times: {why}"),
+            }
+        }
+    }
+
+    fn try_start(size: usize) -> Result<Self, String> {
+        let ports = free_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 child: None,
             })
             .collect();
@@ -73,12 +93,23 @@ impl EtcdCluster {
             dir: tempfile::tempdir().expect("a temp dir"),
             members,
             initial_cluster,
+            last_lines: Default::default(),
         };
         let ready: Vec<_> = (0..size).map(|i| cluster.spawn(i)).collect();
         for (i, ready) in ready.into_iter().enumerate() {
-            wait_ready(&cluster.members[i].name, &ready);
+            ready.recv_timeout(READY).map_err(|_| {
+                format!(
+                    "member {} did not serve within {READY:?} (or exited); last lines:\n{}",
+                    cluster.members[i].name,
+                    cluster
+                        .last_lines
+                        .lock()
+                        .map(|l| l.join("\n"))
+                        .unwrap_or_default()
+                )
+            })?;
         }
-        cluster
+        Ok(cluster)
     }
 
     /// The client URLs, comma-separated, as `--etcd` takes them.
@@ -128,12 +159,19 @@ impl EtcdCluster {
             .expect("start etcd");
         let stderr = child.stderr.take().expect("stderr is piped");
         let (tx, rx) = channel();
+        let last = self.last_lines.clone();
         std::thread::spawn(move || {
             let mut told = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !told && line.contains("ready to serve client requests") {
                     told = true;
                     let _ = tx.send(());
+                }
+                if let Ok(mut last) = last.lock() {
+                    if last.len() == 20 {
+                        last.remove(0);
+                    }
+                    last.push(line);
                 }
             }
         });

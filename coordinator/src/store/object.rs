@@ -321,7 +321,25 @@ impl StateStore for ObjectState {
     fn delete(&self, name: &str) -> Result<()> {
         let store = self.shared.store.clone();
         let key = self.shared.key(name);
-        match self.shared.block(async move { store.delete(&key).await }) {
+        // object_store sends S3 deletes as a bulk-delete POST, which it does not retry when the
+        // request never got through; a delete is idempotent, so it is retried here, as every
+        // other request is inside object_store.
+        let deleted = self.shared.block(async move {
+            let started = tokio::time::Instant::now();
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match store.delete(&key).await {
+                    Err(object_store::Error::Generic { .. })
+                        if started.elapsed() < OUTAGE_PATIENCE =>
+                    {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                    other => return other,
+                }
+            }
+        });
+        match deleted {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.shared.err("delete", name, e)),
         }
