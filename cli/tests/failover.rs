@@ -273,14 +273,8 @@ fn a_paused_leader_steps_down_and_writes_nothing() {
         aggregated.iter().all(|r| *r <= committed + 1),
         "the paused leader aggregated rounds {aggregated:?} after round {committed} (the others reached {after})"
     );
-    let summary_before = ha.summaries.clone();
+    // `finish` checks each summary: 30 rounds recorded, the reference model.
     let stderr = ha.finish(fleet, &expected);
-    // Each round was recorded once, in order.
-    for path in summary_before.iter().filter(|p| p.exists()) {
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        assert_eq!(json["rounds_completed"].as_u64(), Some(30));
-    }
     assert!(
         stderr[paused].contains("elected leader") && stderr[paused].contains("standing by again"),
         "the paused coordinator must have led, then stood by"

@@ -16,7 +16,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use shoal_benches::flags::Flags;
-use shoal_benches::stats::Summary;
+use shoal_benches::stats::{Summary, round_seconds};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -253,25 +253,6 @@ impl Launch<'_> {
                 .args(self.run),
         )
     }
-}
-
-/// Seconds of each round, from a `--metrics-out` CSV.
-fn round_seconds(path: &Path) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("empty metrics")?.split(',').collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "seconds")
-        .context("no seconds column")?;
-    lines
-        .map(|l| {
-            l.split(',')
-                .nth(col)
-                .and_then(|v| v.parse().ok())
-                .context("bad seconds cell")
-        })
-        .collect()
 }
 
 fn urls(ports: &[u16]) -> String {

@@ -12,8 +12,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use shoal_benches::flags::Flags;
-use shoal_benches::stats::Summary;
-use std::path::Path;
+use shoal_benches::stats::{Summary, round_seconds};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,25 +22,6 @@ fn peak_kib(pid: u32) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Seconds of each round, from a `--metrics-out` CSV.
-fn round_seconds(path: &Path) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("empty metrics")?.split(',').collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "seconds")
-        .context("no seconds column")?;
-    lines
-        .map(|l| {
-            l.split(',')
-                .nth(col)
-                .and_then(|v| v.parse().ok())
-                .context("bad seconds cell")
-        })
-        .collect()
 }
 
 fn main() -> Result<()> {
