@@ -147,7 +147,10 @@ fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64)
 
     let ckpt = dir.path().join("ckpt");
     let summary = dir.path().join("summary.json");
-    let (mut coordinator, addr) = start_coordinator("127.0.0.1:0", &ckpt, &summary, run);
+    // Each incarnation listens where the last did: a port below the ephemeral range, which
+    // no client's outgoing connection can take while the coordinator is down.
+    let listen = format!("127.0.0.1:{}", common::ports::stable_ports(1)[0]);
+    let (mut coordinator, addr) = start_coordinator(&listen, &ckpt, &summary, run);
     let url = format!("http://{addr}");
     let mut sim_args = vec!["simulate", "--coordinator", &url];
     sim_args.extend_from_slice(run);

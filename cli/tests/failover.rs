@@ -6,13 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
-#[path = "../../coordinator/tests/common/s3.rs"]
-mod s3;
 
 use common::etcd::EtcdCluster;
 use common::runs::{newest_checkpoint, sha};
+use common::s3::{BUCKET, S3Server};
 use common::{Running, arg, finish, shoal_with};
-use s3::{BUCKET, S3Server};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -51,15 +49,8 @@ impl Ha {
     fn start(lease_ttl: &'static str) -> Self {
         let etcd = EtcdCluster::start(3);
         let s3 = S3Server::start();
-        let ports = (0..3)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
+        // Killed coordinators start again on their port: one below the ephemeral range.
+        let ports = common::ports::stable_ports(3);
         let mut ha = Self {
             etcd,
             s3,

@@ -5,12 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
-#[path = "../../coordinator/tests/common/s3.rs"]
-mod s3;
 
 use common::runs::{newest_checkpoint, sha};
+use common::s3::{BUCKET, S3Server};
 use common::{Running, arg, finish, shoal_with};
-use s3::{BUCKET, S3Server};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -64,7 +62,9 @@ fn a_run_kept_in_the_object_store_survives_sigkill_bit_identical() {
     let server = S3Server::start();
     let objects = server.root.path().join(BUCKET).join("run");
     let summary = dir.path().join("summary.json");
-    let (mut coordinator, addr) = start_coordinator(&server, "127.0.0.1:0", &summary, &run);
+    // Restarted coordinators listen where the first did (see `common::ports`).
+    let listen = format!("127.0.0.1:{}", common::ports::stable_ports(1)[0]);
+    let (mut coordinator, addr) = start_coordinator(&server, &listen, &summary, &run);
     let url = format!("http://{addr}");
     let mut sim_args = vec!["simulate", "--coordinator", &url];
     sim_args.extend_from_slice(&run);

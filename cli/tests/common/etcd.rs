@@ -2,6 +2,8 @@
 //! by `.ci/run`), members on loopback ports, each in its own data directory. A missing binary
 //! fails the test; it never skips.
 
+use super::ports;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -48,16 +50,6 @@ fn binary() -> PathBuf {
     found
 }
 
-/// `n` distinct free loopback ports (all held while they are picked, so none repeats).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("its address").port())
-        .collect()
-}
-
 impl EtcdCluster {
     /// Starts `size` members and waits until each serves clients. A port taken by another
     /// process between picking it and etcd binding it makes a member exit: the cluster is
@@ -75,7 +67,7 @@ impl EtcdCluster {
     }
 
     fn try_start(size: usize) -> Result<Self, String> {
-        let ports = free_ports(2 * size);
+        let ports = ports::stable_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),

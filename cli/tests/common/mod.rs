@@ -5,7 +5,11 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+#[path = "../../../coordinator/tests/common/ports.rs"]
+pub mod ports;
 pub mod runs;
+#[path = "../../../coordinator/tests/common/s3.rs"]
+pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

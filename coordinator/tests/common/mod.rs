@@ -1,6 +1,7 @@
 //! Shared helpers: a real coordinator on 127.0.0.1:0 and its data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod ports;
 pub mod s3;
 
 use shoal_coordinator::config::{FitSettings, SelectionConfig};

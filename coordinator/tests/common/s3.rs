@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::ports;
+
 /// Access key and secret the server is started with.
 pub const ACCESS_KEY: &str = "shoal-test-key";
 pub const SECRET_KEY: &str = "shoal-test-secret";
@@ -68,19 +70,30 @@ pub fn binary() -> PathBuf {
 }
 
 impl S3Server {
-    /// Starts a server with one empty bucket, [`BUCKET`].
+    /// Starts a server with one empty bucket, [`BUCKET`], on a port below the ephemeral
+    /// range so that [`S3Server::restart`] finds it free again.
     pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        let (child, endpoint) = Self::spawn(root.path(), 0);
-        Self {
-            child,
-            endpoint,
-            root,
+        let mut why = String::new();
+        for _ in 0..5 {
+            let port = ports::stable_ports(1)[0];
+            match Self::spawn(root.path(), port) {
+                Ok((child, endpoint)) => {
+                    return Self {
+                        child,
+                        endpoint,
+                        root,
+                    };
+                }
+                Err(e) => why = e,
+            }
         }
+        panic!("s3s-fs did not start five times: {why}")
     }
 
-    /// Starts the server again after [`S3Server::stop`], on the same port and objects.
+    /// Starts the server again after [`S3Server::stop`], on the same port and objects. The
+    /// old socket may linger a moment, so a failed bind is tried again for up to 30 s.
     pub fn restart(&mut self) {
         let port = self
             .endpoint
@@ -88,12 +101,24 @@ impl S3Server {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .unwrap();
-        let (child, endpoint) = Self::spawn(self.root.path(), port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (child, endpoint) = loop {
+            match Self::spawn(self.root.path(), port) {
+                Ok(started) => break started,
+                Err(why) if std::time::Instant::now() < deadline => {
+                    eprintln!("s3s-fs did not restart ({why}); again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(why) => panic!("s3s-fs did not restart on port {port} within 30 s: {why}"),
+            }
+        };
         assert_eq!(endpoint, self.endpoint, "restarted on another address");
         self.child = child;
     }
 
-    fn spawn(root: &std::path::Path, port: u16) -> (Child, String) {
+    /// Starts s3s-fs on `port`; an error if it exits (a port it cannot bind) or does not
+    /// say where it listens within 30 s.
+    fn spawn(root: &std::path::Path, port: u16) -> Result<(Child, String), String> {
         let mut child = Command::new(binary())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -116,10 +141,14 @@ impl S3Server {
                 }
             }
         });
-        let endpoint = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("s3s-fs did not say where it listens within 30 s");
-        (child, endpoint)
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(endpoint) => Ok((child, endpoint)),
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(format!("s3s-fs on port {port}: {e} ({status})"))
+            }
+        }
     }
 
     /// Settings that reach this server.
