@@ -51,6 +51,9 @@ pub enum ModelError {
     /// The tensor backend reported an error (reading tensor data back).
     #[error("tensor backend error: {0}")]
     Backend(String),
+    /// A model file (safetensors) is malformed or does not fit the model.
+    #[error("model file: {0}")]
+    ModelFile(String),
     /// Invalid input to a k-means routine.
     #[error("invalid k-means input: {0}")]
     KMeans(String),

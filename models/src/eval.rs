@@ -38,6 +38,34 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Eval
     evaluate_net(&net, data, spec.max_chunk())
 }
 
+/// The class `params` predicts for each example of `data` (highest logit; ties go to the
+/// lowest class), as [`evaluate`] counts them.
+pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<usize>> {
+    check_data(spec, data)?;
+    let device = inference_device();
+    let net = build_loaded(spec, params, &device)?;
+    let n = data.labels.len();
+    let chunk = spec.max_chunk().max(1);
+    let mut classes = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        let batch = Batch::range(data, start, end, &device);
+        let logits = tensor_values(net.forward(batch.inputs))?;
+        let width = spec.num_classes.max(1);
+        classes.extend(logits.chunks_exact(width).map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0
+        }));
+        start = end;
+    }
+    Ok(classes)
+}
+
 /// Evaluates a model loaded on the inference device over `data`.
 fn evaluate_net(net: &Net, data: &Dataset, chunk: usize) -> Result<EvalReport> {
     let device = inference_device();

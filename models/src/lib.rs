@@ -9,7 +9,8 @@
 //!
 //! * [`init_params`]: a seeded, bit-reproducible starting point.
 //! * [`train_local`]: plain SGD epochs on local data ([`TrainConfig`], [`TrainReport`]).
-//! * [`evaluate`]: loss and accuracy ([`EvalReport`]).
+//! * [`evaluate`]: loss and accuracy ([`EvalReport`]); [`predict`]: the predicted classes.
+//! * [`to_safetensors`] / [`from_safetensors`]: the model as a file others can load.
 //! * [`gradient`]: exact or mini-batch gradients ([`GradReport`]).
 //! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
 
@@ -18,6 +19,7 @@ mod conv;
 mod device;
 mod error;
 mod eval;
+mod export;
 mod grad;
 pub mod kmeans;
 mod loss;
@@ -32,7 +34,8 @@ mod train;
 mod test_util;
 
 pub use error::{ModelError, Result};
-pub use eval::{EvalReport, evaluate};
+pub use eval::{EvalReport, evaluate, predict};
+pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_safetensors};
 pub use grad::{GradReport, gradient};
 pub use manifest::{Manifest, ParamEntry};
 pub use params::init_params;
