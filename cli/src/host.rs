@@ -29,6 +29,10 @@ pub struct Outputs {
     /// Write the run summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub summary_out: Option<PathBuf>,
+    /// Write the final global model to FILE as safetensors (one named tensor per parameter;
+    /// k-means: the centroid matrix), readable by burn, Python's safetensors and PyTorch.
+    #[arg(long, value_name = "FILE")]
+    pub model_out: Option<PathBuf>,
     /// Print only the summary, not the per-round table.
     #[arg(long)]
     pub quiet: bool,
@@ -71,6 +75,8 @@ pub struct Prepared {
     pub resume: Resume,
     /// The strategy, restored from a checkpoint if there was one.
     pub strategy: Box<dyn Strategy>,
+    /// The model the coordinator announces.
+    pub spec: ModelSpec,
 }
 
 /// Loads data, fixes the plan, builds the strategy and the coordinator, and recovers from the
@@ -141,6 +147,7 @@ pub fn restore(
         split,
         resume,
         strategy,
+        spec: spec.clone(),
     })
 }
 
@@ -174,8 +181,16 @@ pub async fn host(
         split,
         resume,
         strategy,
-        ..
+        spec,
     } = prepared;
+    // Checked before the run, so a run never ends without the file it was asked for.
+    let layout = match &outputs.model_out {
+        Some(path) => {
+            crate::model_file::check_destination(path)?;
+            Some(crate::model_file::layout(&plan.run, &spec)?)
+        }
+        None => None,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let clustering = matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. });
     let bar = progress_bar(plan.run.rounds, outputs.quiet);
@@ -217,6 +232,17 @@ pub async fn host(
         &outcome.records,
         &outcome.summary,
     )?;
+    if let (Some(path), Some(layout)) = (&outputs.model_out, &layout) {
+        let s = &outcome.summary;
+        let meta = crate::model_file::metadata(
+            &plan.run,
+            &s.run_id,
+            &s.strategy,
+            s.rounds_completed,
+            &s.model_sha256,
+        );
+        crate::model_file::write(path, layout, &outcome.global, &meta)?;
+    }
     print_line(&summary_text(&outcome.summary));
     Ok(outcome)
 }

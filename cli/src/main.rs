@@ -6,6 +6,7 @@ mod commands;
 mod data;
 mod host;
 mod limits_args;
+mod model_file;
 mod options;
 mod report;
 

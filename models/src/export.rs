@@ -47,8 +47,37 @@ pub fn to_safetensors(
     let mut metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
     let order: Vec<&str> = manifest.entries.iter().map(|e| e.name.as_str()).collect();
     metadata.insert(ORDER_KEY.to_string(), order.join(","));
-    safetensors::serialize(tensors, Some(metadata))
-        .map_err(|e| ModelError::ModelFile(format!("writing safetensors: {e}")))
+    let bytes = safetensors::serialize(tensors, Some(metadata))
+        .map_err(|e| ModelError::ModelFile(format!("writing safetensors: {e}")))?;
+    canonical_header(bytes)
+}
+
+/// The same file with its JSON header's keys sorted: the crate writes metadata in a hash
+/// map's order, and a seeded run must give the same bytes every time.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |e: &dyn std::fmt::Display| ModelError::ModelFile(format!("safetensors header: {e}"));
+    let n = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| bad(&"shorter than 8 bytes"))? as usize;
+    let end = 8usize.checked_add(n).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| bad(&"header longer than the file"))?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e))?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta.take()).map_err(|e| bad(&e))?;
+        *meta = serde_json::to_value(sorted).map_err(|e| bad(&e))?;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| bad(&e))?;
+    // The data must start 8-byte aligned, as the format requires: pad with spaces.
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - end);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// The flat parameters held by a safetensors file, checked against `manifest`: every
@@ -119,7 +148,9 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(Manifest, Vec<f32>)> {
         let mut ordered = Vec::with_capacity(tensors.len());
         for name in names {
             let at = tensors.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                ModelError::ModelFile(format!("{ORDER_KEY} names {name}, which is not in the file"))
+                ModelError::ModelFile(format!(
+                    "{ORDER_KEY} names {name}, which is not in the file"
+                ))
             })?;
             ordered.push(tensors.swap_remove(at));
         }
@@ -177,6 +208,7 @@ mod tests {
         let params = init_params(&spec, 3).unwrap();
         let meta = BTreeMap::from([("round".to_string(), "7".to_string())]);
         let bytes = to_safetensors(&manifest, &params, &meta).unwrap();
+        assert_eq!(to_safetensors(&manifest, &params, &meta).unwrap(), bytes);
         let back = from_safetensors(&bytes, &manifest).unwrap();
         assert_eq!(back, params);
         let data = digits_head(300);
@@ -203,8 +235,7 @@ mod tests {
     fn a_file_for_another_model_is_refused() {
         let logreg = digits_spec(ModelKind::LogReg);
         let params = init_params(&logreg, 1).unwrap();
-        let bytes =
-            to_safetensors(&logreg.manifest().unwrap(), &params, &BTreeMap::new()).unwrap();
+        let bytes = to_safetensors(&logreg.manifest().unwrap(), &params, &BTreeMap::new()).unwrap();
         let err = from_safetensors(&bytes, &mlp_spec().manifest().unwrap()).unwrap_err();
         assert!(err.to_string().contains("layers.0.weight"), "{err}");
     }
@@ -214,7 +245,11 @@ mod tests {
         let spec = mlp_spec();
         let params = init_params(&spec, 1).unwrap();
         let bytes = to_safetensors(&spec.manifest().unwrap(), &params, &BTreeMap::new()).unwrap();
-        for bad in [&bytes[..bytes.len() - 3], &bytes[..5], b"not a model at all".as_slice()] {
+        for bad in [
+            &bytes[..bytes.len() - 3],
+            &bytes[..5],
+            b"not a model at all".as_slice(),
+        ] {
             assert!(matches!(
                 read_safetensors(bad),
                 Err(ModelError::ModelFile(_))
@@ -238,8 +273,7 @@ mod tests {
             assert_eq!(tensor["dtype"], "F32");
             let shape: Vec<usize> = serde_json::from_value(tensor["shape"].clone()).unwrap();
             assert_eq!(shape, entry.shape);
-            let range: Vec<usize> =
-                serde_json::from_value(tensor["data_offsets"].clone()).unwrap();
+            let range: Vec<usize> = serde_json::from_value(tensor["data_offsets"].clone()).unwrap();
             assert_eq!(range[1] - range[0], 4 * entry.len);
             let first = f32::from_le_bytes(data[range[0]..range[0] + 4].try_into().unwrap());
             assert_eq!(first, params[entry.offset]);

@@ -1,0 +1,157 @@
+//! The trained model leaves Shoal: `--model-out` and `shoal checkpoint export` write
+//! safetensors whose tensors reload into the burn model and predict exactly what the run
+//! reported, and whose flat parameters hash to the summary's `model_sha256`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::runs::sha;
+use common::{arg, finish, shoal_with};
+use sha2::{Digest, Sha256};
+use shoal_datasets::{DatasetSource, load};
+use shoal_models::{ModelKind, ModelSpec, evaluate, read_safetensors};
+use std::path::Path;
+
+fn sha_of(params: &[f32]) -> String {
+    let mut h = Sha256::new();
+    for v in params {
+        h.update(v.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn read(path: &Path) -> (shoal_models::Manifest, Vec<f32>) {
+    read_safetensors(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_final_model_reloads_and_predicts_what_the_run_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    let summary = dir.path().join("summary.json");
+    let ckpt = dir.path().join("ckpt");
+    finish(&mut shoal_with(&[
+        "run",
+        "--quiet",
+        "--rounds",
+        "6",
+        "--model",
+        "mlp",
+        "--checkpoint-dir",
+        arg(&ckpt),
+        "--summary-out",
+        arg(&summary),
+        "--model-out",
+        arg(&model),
+    ]))
+    .assert_success();
+    let (expected_sha, _) = sha(&summary);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let reported = json["final_accuracy"].as_f64().unwrap();
+
+    let (layout, params) = read(&model);
+    assert_eq!(sha_of(&params), expected_sha);
+    let names: Vec<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.1.weight",
+            "layers.1.bias"
+        ]
+    );
+    // The run's own held-out split (default fraction 0.2, default seed 0), evaluated with
+    // the model rebuilt from the file.
+    let split = load(&DatasetSource::Digits, 0.2, 0).unwrap();
+    let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &split.train);
+    assert_eq!(spec.manifest().unwrap(), layout);
+    let report = evaluate(&spec, &params, &split.test).unwrap();
+    assert_eq!(report.accuracy, reported);
+
+    // The newest checkpoint exports the very same file; an older round another model.
+    let newest = dir.path().join("newest.safetensors");
+    finish(&mut shoal_with(&[
+        "checkpoint",
+        "export",
+        arg(&ckpt),
+        "--out",
+        arg(&newest),
+    ]))
+    .assert_success();
+    assert_eq!(std::fs::read(&newest).unwrap(), std::fs::read(&model).unwrap());
+    let older = dir.path().join("round5.safetensors");
+    let out = finish(&mut shoal_with(&[
+        "checkpoint",
+        "export",
+        arg(&ckpt),
+        "--round",
+        "5",
+        "--out",
+        arg(&older),
+    ]));
+    out.assert_success();
+    assert!(out.stdout.contains("round 5 of run"), "{}", out.stdout);
+    let (older_layout, older_params) = read(&older);
+    assert_eq!(older_layout, layout);
+    assert_ne!(sha_of(&older_params), expected_sha);
+
+    // A round that was not kept: a clear error naming the rounds that were.
+    let missing = finish(&mut shoal_with(&[
+        "checkpoint",
+        "export",
+        arg(&ckpt),
+        "--round",
+        "1",
+        "--out",
+        arg(&dir.path().join("x.safetensors")),
+    ]));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        missing.stderr.contains("no usable checkpoint of round 1")
+            && missing.stderr.contains("it holds rounds 6, 5"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn k_means_leaves_as_its_centroid_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("centroids.safetensors");
+    let summary = dir.path().join("summary.json");
+    finish(&mut shoal_with(&[
+        "run",
+        "--quiet",
+        "--strategy",
+        "fedkmeans",
+        "--k",
+        "12",
+        "--summary-out",
+        arg(&summary),
+        "--model-out",
+        arg(&model),
+    ]))
+    .assert_success();
+    let (layout, params) = read(&model);
+    assert_eq!(layout.entries.len(), 1);
+    assert_eq!(layout.entries[0].name, "centroids");
+    assert_eq!(layout.entries[0].shape, vec![12, 64]);
+    assert_eq!(sha_of(&params), sha(&summary).0);
+}
+
+#[test]
+fn a_model_file_that_cannot_be_written_stops_the_run_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("no/such/dir/model.safetensors");
+    let out = finish(&mut shoal_with(&[
+        "run",
+        "--quiet",
+        "--model-out",
+        arg(&nowhere),
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
+    assert!(!out.stdout.contains("rounds in"), "the run went ahead: {}", out.stdout);
+}
