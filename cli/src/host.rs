@@ -4,10 +4,11 @@
 use crate::data::{finish_plan, load};
 use crate::options::Plan;
 use crate::report::{summary_text, table_header, table_row, write_outputs};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_coordinator::store::object::S3Settings;
 use shoal_coordinator::strategy::{self, Strategy};
+use shoal_coordinator::telemetry::serve_metrics;
 use shoal_coordinator::{
     CheckpointStore, Coordinator, Limits, Resume, RunOutcome, RunStart, Security, StrategyConfig,
     recover,
@@ -33,6 +34,10 @@ pub struct Outputs {
     /// k-means: the centroid matrix), readable by burn, Python's safetensors and PyTorch.
     #[arg(long, value_name = "FILE")]
     pub model_out: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run is hosted (round,
+    /// clients, updates, refusals by reason, bytes, round/fold/checkpoint durations).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Print only the summary, not the per-round table.
     #[arg(long)]
     pub quiet: bool,
@@ -206,6 +211,17 @@ pub async fn host(
             }
         })
     };
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = outputs.metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-addr {addr}: cannot listen there"))?;
+        let local = listener.local_addr()?;
+        eprintln!("metrics at http://{local}/metrics");
+        tokio::spawn(serve_metrics(listener, coordinator.clone(), async move {
+            let _ = metrics_stopped.await;
+        }));
+    }
     let start = RunStart::new(strategy, Arc::new(split.test))
         .resume(resume)
         .observer(tx)
@@ -224,6 +240,7 @@ pub async fn host(
         Err(e) => Err(e.into()),
     };
     let _ = printer.await;
+    let _ = metrics_stop.send(());
     bar.finish_and_clear();
     let outcome = outcome?;
     write_outputs(

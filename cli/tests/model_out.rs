@@ -80,7 +80,10 @@ fn the_final_model_reloads_and_predicts_what_the_run_reported() {
         arg(&newest),
     ]))
     .assert_success();
-    assert_eq!(std::fs::read(&newest).unwrap(), std::fs::read(&model).unwrap());
+    assert_eq!(
+        std::fs::read(&newest).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
     let older = dir.path().join("round5.safetensors");
     let out = finish(&mut shoal_with(&[
         "checkpoint",
@@ -153,5 +156,9 @@ fn a_model_file_that_cannot_be_written_stops_the_run_before_it_starts() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
-    assert!(!out.stdout.contains("rounds in"), "the run went ahead: {}", out.stdout);
+    assert!(
+        !out.stdout.contains("rounds in"),
+        "the run went ahead: {}",
+        out.stdout
+    );
 }

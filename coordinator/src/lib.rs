@@ -25,6 +25,7 @@ pub mod refusal;
 pub mod store;
 pub mod strategy;
 mod sync;
+pub mod telemetry;
 
 pub use config::{Limits, NormPolicy, PullRate, RunConfig, StrategyConfig};
 pub use engine::Coordinator;

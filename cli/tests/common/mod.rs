@@ -7,6 +7,7 @@
 pub mod etcd;
 #[path = "../../../coordinator/tests/common/ports.rs"]
 pub mod ports;
+pub mod prometheus;
 pub mod runs;
 #[path = "../../../coordinator/tests/common/s3.rs"]
 pub mod s3;

@@ -17,6 +17,7 @@ use crate::refusal::Refusal;
 use crate::store::checkpoint::CheckpointStore;
 use crate::strategy::results::ClientUpdate;
 use crate::sync::lock;
+use crate::telemetry::Telemetry;
 use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
 use shoal_proto::ProtoError;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) checkpoints: Option<CheckpointStore>,
     /// Refused requests by reason.
     pub(crate) refusals: Refusals,
+    /// Metrics for Prometheus.
+    pub(crate) telemetry: Telemetry,
     /// A failure that must end the run (the round log cannot be written): set by whoever meets
     /// it, taken by the round driver, which stops the run with it.
     pub(crate) fatal: Mutex<Option<CoordinatorError>>,
@@ -129,6 +132,7 @@ impl Coordinator {
                 progress: Notify::new(),
                 checkpoints,
                 refusals: Refusals::default(),
+                telemetry: Telemetry::default(),
                 fatal: Mutex::new(None),
                 deposed: Default::default(),
                 accepted_any: Default::default(),
@@ -154,6 +158,12 @@ impl Coordinator {
     /// Counts a refusal (a refused request, stream or connection) under its reason.
     pub fn count_refusal(&self, refusal: Refusal) {
         self.shared.refusals.record(refusal);
+        self.shared.telemetry.refused(refusal);
+    }
+
+    /// The metrics, as a Prometheus scrape reads them (see [`crate::telemetry`]).
+    pub fn metrics_text(&self) -> String {
+        self.shared.telemetry.render(self.registered())
     }
 
     /// Whether a log line about `refusal` may be written now; `Some(n)` counts the refusals
@@ -423,6 +433,12 @@ impl Coordinator {
         match &state.phase {
             Phase::Open(round) if round.fence == *fence => {
                 if round.selected.contains(client_id) {
+                    let bytes = round
+                        .global_chunks
+                        .iter()
+                        .map(|c| c.data.len() as u64)
+                        .sum();
+                    self.shared.telemetry.sent(bytes);
                     Ok(round.global_chunks.clone())
                 } else {
                     Err(CoordinatorError::NotSelected(client_id.to_owned()))
@@ -585,6 +601,8 @@ impl Admission {
             .ok_or(CoordinatorError::Internal("update delivered twice"))?;
         let bound = self.bound.take();
         let folded = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let bytes = 4 * update.payload.len() as u64;
             let folded = (|| {
                 if let Some(bound) = &bound
                     && let Some(norm) = bound.enforce(&mut update.payload)?
@@ -594,6 +612,9 @@ impl Admission {
                 fold(&slot.accumulator, update, &slot.fence)
             })();
             slot.settle(folded.is_ok());
+            if folded.is_ok() {
+                slot.coordinator.shared.telemetry.update_accepted(bytes, started.elapsed());
+            }
             if folded.is_ok() && !slot.coordinator.shared.accepted_any.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 // Marks when a coordinator that took a run over is serving it again.
                 tracing::info!(round = slot.fence.round, epoch = slot.fence.epoch, "first update accepted by this coordinator");

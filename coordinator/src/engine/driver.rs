@@ -172,6 +172,12 @@ impl RoundDriver {
             (strategy, record) = driving
                 .aggregate(strategy, round, gathered, round_started)
                 .await?;
+            driving.coordinator.shared.telemetry.round_completed(
+                record.clients,
+                record.seconds,
+                record.get("accuracy"),
+                record.get("loss"),
+            );
             if let Some(tx) = &observer {
                 let _ = tx.send(record.clone());
             }
@@ -367,6 +373,10 @@ impl Driving {
                 kept,
             );
             coordinator.open_round(open)?;
+            coordinator
+                .shared
+                .telemetry
+                .round_opened(round, selected.len());
             self.wait_for_updates().await;
             coordinator.close_round()?;
             let results =
@@ -593,19 +603,21 @@ impl Driving {
             written_unix_ms: unix_ms(),
         };
         let (strategy, written) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let written = strategy.snapshot().and_then(|state| {
                 checkpoint.strategy_state = state;
                 store.write(&checkpoint)?;
                 RoundLog::remove(&store)
             });
-            (strategy, written)
+            (strategy, written.map(|()| started.elapsed()))
         })
         .await
         .map_err(|source| CoordinatorError::TaskFailed {
             task: "checkpoint",
             source,
         })?;
-        written?;
+        let took = written?;
+        self.coordinator.shared.telemetry.checkpoint_written(took);
         Ok(strategy)
     }
 
