@@ -38,6 +38,8 @@ enum Command {
     Simulate(commands::simulate::SimulateCmd),
     /// Look into a checkpoint directory.
     Checkpoint(commands::checkpoint::CheckpointCmd),
+    /// Draw accuracy and loss per round of one or more runs (their --metrics-out CSVs).
+    Plot(commands::plot::PlotCmd),
     /// Make a development CA, certificates (and tokens) for a coordinator and its clients.
     Certs(commands::certs::CertsCmd),
 }
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
             Command::Simulate(cmd) => cmd.execute().await,
             Command::Checkpoint(cmd) => cmd.execute().await,
             Command::Certs(cmd) => cmd.execute().await,
+            Command::Plot(cmd) => cmd.execute().await,
         }
     });
     match outcome {
