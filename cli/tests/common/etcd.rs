@@ -1,6 +1,6 @@
-//! A real etcd cluster for the tests: Debian's `etcd` binary (package `etcd-server`, installed
-//! by `.ci/run`), members on loopback ports, each in its own data directory. A missing binary
-//! fails the test; it never skips.
+//! A real etcd cluster for the tests: Debian's `etcd` binary (package `etcd-server`, see
+//! [`super::packages`]), members on loopback ports, each in its own data directory. A machine
+//! without it fails the test; it never skips.
 
 use super::ports;
 
@@ -29,25 +29,10 @@ struct Member {
     child: Option<Child>,
 }
 
-/// The etcd binary: `SHOAL_ETCD`, else `etcd` on the PATH, else Debian's path.
+/// The etcd binary: `SHOAL_ETCD`, else `etcd` on the PATH or in /usr/bin, else installed
+/// from Debian's `etcd-server`.
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SHOAL_ETCD") {
-        return path.into();
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("etcd"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_default();
-    let found = on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
-    assert!(
-        found.is_file(),
-        "no etcd binary (looked on PATH and at /usr/bin/etcd): install Debian's etcd-server \
-         (apt-get install etcd-server), or set SHOAL_ETCD; the leadership tests need a real etcd"
-    );
-    found
+    super::packages::find_or_install("etcd", "SHOAL_ETCD", "etcd-server")
 }
 
 impl EtcdCluster {

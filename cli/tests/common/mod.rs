@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod packages;
 #[path = "../../../coordinator/tests/common/ports.rs"]
 pub mod ports;
 pub mod prometheus;

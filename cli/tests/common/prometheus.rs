@@ -1,4 +1,4 @@
-//! A real Prometheus server for the tests: Debian's `prometheus` (installed by `.ci/run`),
+//! A real Prometheus server for the tests: Debian's `prometheus` (see [`super::packages`]),
 //! scraping given targets every 100 ms, with its own data directory and a loopback port. A
 //! missing binary fails the test; it never skips.
 
@@ -17,25 +17,10 @@ pub struct Prometheus {
     pub addr: String,
 }
 
-/// The prometheus binary: `$SHOAL_PROMETHEUS`, else `prometheus` on the PATH, else
-/// `/usr/bin/prometheus`.
+/// The prometheus binary: `SHOAL_PROMETHEUS`, else `prometheus` on the PATH or in /usr/bin,
+/// else installed from Debian's `prometheus`.
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SHOAL_PROMETHEUS") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("prometheus"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    assert!(
-        found.is_file(),
-        "no prometheus binary (looked on PATH and at /usr/bin/prometheus): install Debian's \
-         prometheus (apt-get install prometheus), or set SHOAL_PROMETHEUS"
-    );
-    found
+    super::packages::find_or_install("prometheus", "SHOAL_PROMETHEUS", "prometheus")
 }
 
 impl Prometheus {
