@@ -8,7 +8,7 @@ use shoal_coordinator::config::{
     DEFAULT_CLIENTS, FitSettings, GradientSettings, MAX_ROUND_TIMEOUT_MS, SelectionConfig,
 };
 use shoal_coordinator::strategy::ServerOptimizer;
-use shoal_coordinator::{RunConfig, StrategyConfig};
+use shoal_coordinator::{EvalMode, RunConfig, StrategyConfig};
 use shoal_datasets::{DatasetSource, Partition};
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,13 @@ run_options! {
     /// got, if anything); wait (serve the last model and reopen the round once a quorum is
     /// back), or wait:SECONDS to give up after that long [default: stop].
     on_quorum_loss: String,
+    /// Where each round's model is evaluated: central (the coordinator's test set), federated
+    /// (the round's clients, on examples they hold out and never train on) or both
+    /// [default: central].
+    eval: String,
+    /// Fraction of each client's examples held out for federated evaluation, in (0, 1)
+    /// [default: 0.2].
+    eval_holdout: f64,
     /// Seed of every random choice [default: 0].
     seed: u64,
     /// Local epochs (FedAvg), at least 1 [default: 5].
@@ -225,6 +232,13 @@ impl RunOptions {
                     .parse()
                     .map_err(|e| anyhow::anyhow!("--on-quorum-loss {e}"))?,
                 None => defaults.on_quorum_loss,
+            },
+            eval: match (&o.eval, o.eval_holdout) {
+                (None, None) => defaults.eval,
+                (None, Some(_)) => bail!("--eval-holdout needs --eval federated or both"),
+                (Some(mode), holdout) => {
+                    EvalMode::parse(mode, holdout).map_err(|e| anyhow::anyhow!(e))?
+                }
             },
         };
         run.validate()?;

@@ -19,3 +19,4 @@ pub use error::{ClientError, Result};
 pub use faults::{Fault, Faults};
 pub use fleet::{Credentials, FleetConfig, FleetReport, run_fleet};
 pub use route::Route;
+pub use work::holdout_len;

@@ -3,7 +3,7 @@
 
 use crate::error::{ClientError, Result};
 use shoal_datasets::Dataset;
-use shoal_models::{ModelKind, ModelSpec, TrainConfig, gradient, kmeans, train_local};
+use shoal_models::{ModelKind, ModelSpec, TrainConfig, evaluate, gradient, kmeans, train_local};
 use shoal_proto::v1::{Task, TaskKind};
 use std::collections::BTreeMap;
 
@@ -46,15 +46,55 @@ pub fn model_spec(task: &Task, data: &Dataset) -> Result<ModelSpec> {
     })
 }
 
+/// How many of `n` local examples are held out for federated evaluation at `fraction`: the
+/// last `ceil(fraction * n)`, at least one and never all (none below two examples).
+pub fn holdout_len(n: usize, fraction: f64) -> usize {
+    if !(fraction > 0.0 && fraction < 1.0) || n < 2 {
+        return 0;
+    }
+    ((fraction * n as f64).ceil() as usize).clamp(1, n - 1)
+}
+
+/// The local data split as `task` asks: (examples to train on, held-out examples).
+fn split_local(task: &Task, data: &Dataset) -> Result<(Dataset, Dataset)> {
+    let n = data.len();
+    let held = holdout_len(n, task.holdout_fraction);
+    let part = |range: std::ops::Range<usize>| {
+        data.subset(&range.collect::<Vec<_>>())
+            .map_err(|e| ClientError::BadTask(format!("splitting local data: {e}")))
+    };
+    Ok((part(0..n - held)?, part(n - held..n)?))
+}
+
 /// Runs `task` on `data` starting from `global`.
 pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     if data.is_empty() {
         return Err(ClientError::BadTask("no local data".into()));
     }
     let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+    if !(task.holdout_fraction >= 0.0 && task.holdout_fraction < 1.0) {
+        return Err(ClientError::BadTask(format!(
+            "held-out fraction {} is outside [0, 1)",
+            task.holdout_fraction
+        )));
+    }
+    // With a held-out split, evaluation sees only it and everything else never sees it.
+    let part;
+    let data = if task.holdout_fraction > 0.0 {
+        let (train, held) = split_local(task, data)?;
+        part = if kind == TaskKind::Evaluate {
+            held
+        } else {
+            train
+        };
+        &part
+    } else {
+        data
+    };
     match kind {
         TaskKind::Fit => fit(task, global, data),
         TaskKind::Gradient => grad(task, global, data),
+        TaskKind::Evaluate => eval(task, global, data),
         TaskKind::KmeansInit => kmeans_init(task, data),
         TaskKind::KmeansStep => kmeans_step(task, global, data),
         TaskKind::Unspecified => Err(ClientError::BadTask(format!(
@@ -77,6 +117,26 @@ fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     Ok(LocalUpdate {
         num_examples: data.len() as u64,
         payload: params,
+        counts: Vec::new(),
+        metrics: BTreeMap::from([
+            ("loss".to_string(), report.loss),
+            ("accuracy".to_string(), report.accuracy),
+        ]),
+    })
+}
+
+/// Loss and accuracy of the global model on the held-out examples, weighted by their number.
+fn eval(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+    if task.holdout_fraction <= 0.0 || data.is_empty() {
+        return Err(ClientError::BadTask(
+            "an evaluation task needs held-out examples, and there are none".into(),
+        ));
+    }
+    let spec = model_spec(task, data)?;
+    let report = evaluate(&spec, global, data)?;
+    Ok(LocalUpdate {
+        num_examples: report.examples as u64,
+        payload: Vec::new(),
         counts: Vec::new(),
         metrics: BTreeMap::from([
             ("loss".to_string(), report.loss),

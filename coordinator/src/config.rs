@@ -138,6 +138,71 @@ pub struct RunConfig {
     /// of its hash, when it is the default: runs from before it existed keep their id).
     #[serde(default, skip_serializing_if = "QuorumPolicy::is_stop")]
     pub on_quorum_loss: QuorumPolicy,
+    /// Where the global model is evaluated after each round (left out of the config's JSON
+    /// when central, as runs from before it existed were).
+    #[serde(default, skip_serializing_if = "EvalMode::is_central")]
+    pub eval: EvalMode,
+}
+
+/// Where a round's new global model is evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum EvalMode {
+    /// On the coordinator's held-out test set.
+    #[default]
+    Central,
+    /// On the clients: after aggregating, the round's contributors evaluate the new model on
+    /// the last `holdout` fraction of their local examples (which they then never train on)
+    /// and report loss and accuracy weighted by their held-out examples.
+    Federated {
+        /// Fraction of each client's examples held out.
+        holdout: f64,
+    },
+    /// Both: central metrics as `loss`/`accuracy`, federated ones as `fed_loss`/`fed_accuracy`.
+    Both {
+        /// Fraction of each client's examples held out.
+        holdout: f64,
+    },
+}
+
+impl EvalMode {
+    /// Held out by clients when nothing else is said.
+    pub const HOLDOUT: f64 = 0.2;
+
+    /// True for the default, [`EvalMode::Central`].
+    pub fn is_central(&self) -> bool {
+        matches!(self, Self::Central)
+    }
+
+    /// Whether the coordinator evaluates on its own test set.
+    pub fn central(&self) -> bool {
+        matches!(self, Self::Central | Self::Both { .. })
+    }
+
+    /// The fraction clients hold out, when the clients evaluate.
+    pub fn holdout(&self) -> Option<f64> {
+        match self {
+            Self::Central => None,
+            Self::Federated { holdout } | Self::Both { holdout } => Some(*holdout),
+        }
+    }
+
+    /// `central`, `federated` or `both`, with clients holding out `holdout` (or
+    /// [`EvalMode::HOLDOUT`]).
+    pub fn parse(mode: &str, holdout: Option<f64>) -> std::result::Result<Self, String> {
+        let holdout = holdout.unwrap_or(Self::HOLDOUT);
+        if !(holdout > 0.0 && holdout < 1.0) {
+            return Err(format!("--eval-holdout must be in (0, 1), got {holdout}"));
+        }
+        match mode {
+            "central" => Ok(Self::Central),
+            "federated" => Ok(Self::Federated { holdout }),
+            "both" => Ok(Self::Both { holdout }),
+            other => Err(format!(
+                "--eval {other:?}: expected central, federated or both"
+            )),
+        }
+    }
 }
 
 /// What a run does when a round still has fewer updates than its quorum after all its
@@ -250,6 +315,18 @@ impl RunConfig {
                 "--max-retries must be in 0..={MAX_RETRIES}, got {}",
                 self.max_retries
             ));
+        }
+        if let Some(holdout) = self.eval.holdout() {
+            if !(holdout > 0.0 && holdout < 1.0) {
+                return invalid(format!("--eval-holdout must be in (0, 1), got {holdout}"));
+            }
+            if matches!(self.strategy, StrategyConfig::FedKMeans { .. }) {
+                return invalid(
+                    "--eval federated|both needs a classifier; federated k-means is scored \
+                     centrally"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -449,6 +526,7 @@ impl Default for RunConfig {
             round_timeout_ms: 60_000,
             max_retries: 3,
             on_quorum_loss: QuorumPolicy::Stop,
+            eval: EvalMode::Central,
         }
     }
 }

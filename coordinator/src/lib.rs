@@ -27,7 +27,7 @@ pub mod strategy;
 mod sync;
 pub mod telemetry;
 
-pub use config::{Limits, NormPolicy, PullRate, RunConfig, StrategyConfig};
+pub use config::{EvalMode, Limits, NormPolicy, PullRate, RunConfig, StrategyConfig};
 pub use engine::Coordinator;
 pub use engine::driver::RunOutcome;
 pub use error::{AuthError, CoordinatorError, Result};

@@ -10,7 +10,14 @@ impl Fence {
             run_id: run_id.to_owned(),
             epoch,
             round,
+            stage: 0,
         }
+    }
+
+    /// The same round's fence at `stage` (see [`Fence::stage`]).
+    pub fn with_stage(mut self, stage: u32) -> Self {
+        self.stage = stage;
+        self
     }
 }
 
@@ -20,6 +27,10 @@ impl std::fmt::Display for Fence {
             f,
             "run {} epoch {} round {}",
             self.run_id, self.epoch, self.round
-        )
+        )?;
+        if self.stage > 0 {
+            write!(f, " stage {}", self.stage)?;
+        }
+        Ok(())
     }
 }

@@ -117,7 +117,10 @@ impl NormBound {
         let reference = match kind {
             TaskKind::Fit => Some(global.clone()),
             TaskKind::Gradient => None,
-            TaskKind::KmeansInit | TaskKind::KmeansStep | TaskKind::Unspecified => return None,
+            TaskKind::KmeansInit
+            | TaskKind::KmeansStep
+            | TaskKind::Evaluate
+            | TaskKind::Unspecified => return None,
         };
         Some(Self {
             max_norm,

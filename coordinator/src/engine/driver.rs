@@ -22,6 +22,7 @@ use crate::strategy::{Metrics, Strategy, TaskPlan};
 use crate::sync::lock;
 use shoal_datasets::Dataset;
 use shoal_proto::v1::{Fence, ModelSpec as WireSpec};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -152,7 +153,8 @@ impl RoundDriver {
             gathered: false,
             resumed: resume.completed > 0 || resume.replay.is_some(),
         };
-        let rounds = driving.coordinator.config().rounds;
+        let config = driving.coordinator.config().clone();
+        let rounds = config.rounds;
         let started = Instant::now();
         let mut records = resume.records;
         let mut replay = resume.replay;
@@ -168,10 +170,18 @@ impl RoundDriver {
                 gathered = driving.gather(strategy.as_ref(), round, replay.take()) => gathered?,
                 () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
             };
-            let record;
+            let contributors: Vec<String> = gathered.results.reports.keys().cloned().collect();
+            let mut record;
             (strategy, record) = driving
                 .aggregate(strategy, round, gathered, round_started)
                 .await?;
+            if let Some(holdout) = config.eval.holdout() {
+                let scores = driving
+                    .evaluate_on_clients(strategy.global(), round, &contributors, holdout)
+                    .await?;
+                record.values.extend(scores);
+                record.seconds = round_started.elapsed().as_secs_f64();
+            }
             driving.coordinator.shared.telemetry.round_completed(
                 record.clients,
                 record.seconds,
@@ -243,11 +253,17 @@ impl Driving {
         let examples = results.total_weight();
         let client_metrics = client_averages(&results);
         let test = self.test.clone();
+        let central = self.coordinator.config().eval.central();
         let (strategy, outcome) = tokio::task::spawn_blocking(move || {
             let mut strategy = strategy;
-            let outcome = strategy
-                .aggregate(round, results)
-                .and_then(|agg| Ok((agg, strategy.evaluate(&test)?)));
+            let outcome = strategy.aggregate(round, results).and_then(|agg| {
+                let scores = if central {
+                    strategy.evaluate(&test)?
+                } else {
+                    Metrics::default()
+                };
+                Ok((agg, scores))
+            });
             (strategy, outcome)
         })
         .await
@@ -501,7 +517,10 @@ impl Driving {
             image_rows: rows as u32,
             image_cols: cols as u32,
         };
-        let task = plan.task(fence.clone(), model, global.len());
+        let mut task = plan.task(fence.clone(), model, global.len());
+        // With federated evaluation every task says what the clients hold out, so they never
+        // train on what they evaluate on.
+        task.holdout_fraction = shared.config.eval.holdout().unwrap_or(0.0);
         OpenRound {
             fence,
             plan,
@@ -518,6 +537,74 @@ impl Driving {
             deadline: tokio::time::Instant::now() + shared.config.round_timeout(),
             accumulator,
         }
+    }
+
+    /// The evaluation stage of `round`: the round's contributors still joined evaluate the new
+    /// `global` model on their held-out `holdout` fraction; the result is their weighted mean
+    /// loss and accuracy (as `loss`/`accuracy` when the coordinator does not evaluate itself,
+    /// else as `fed_loss`/`fed_accuracy`), with `fed_clients` and `fed_examples`. Nothing is
+    /// logged: a coordinator that crashes here redoes the round's aggregation from its log
+    /// and asks again. Clients that do not answer by the deadline are left out; if none
+    /// answers, the round has no federated scores.
+    async fn evaluate_on_clients(
+        &mut self,
+        global: &[f32],
+        round: u32,
+        contributors: &[String],
+        holdout: f64,
+    ) -> Result<BTreeMap<String, f64>> {
+        let coordinator = self.coordinator.clone();
+        coordinator.settle_round();
+        let asked: Vec<String> = {
+            let state = lock(&coordinator.shared.state);
+            contributors
+                .iter()
+                .filter(|c| state.registry.contains(c))
+                .cloned()
+                .collect()
+        };
+        if asked.is_empty() {
+            warn!(
+                round,
+                "no contributor of the round is still here to evaluate it"
+            );
+            return Ok(BTreeMap::new());
+        }
+        let plan = TaskPlan::evaluation();
+        let sink = RoundSink {
+            accumulator: RoundAccumulator::new(&plan),
+            log: None,
+        };
+        let accumulator = Arc::new(Mutex::new(Some(sink)));
+        let mut open = self.open_round(
+            global,
+            round,
+            plan,
+            &asked,
+            asked.len(),
+            accumulator.clone(),
+            Vec::new(),
+        );
+        open.fence = open.fence.with_stage(1);
+        open.task.fence = Some(open.fence.clone());
+        open.task.holdout_fraction = holdout;
+        coordinator.open_round(open)?;
+        self.wait_for_updates().await;
+        coordinator.close_round()?;
+        let results =
+            close(&accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
+        if let Some(fatal) = coordinator.take_fatal() {
+            return Err(fatal);
+        }
+        let scores = federated_scores(&results, !coordinator.config().eval.central());
+        info!(
+            round,
+            clients = results.contributors(),
+            asked = asked.len(),
+            accuracy = scores.get("accuracy").or(scores.get("fed_accuracy")),
+            "round evaluated on clients"
+        );
+        Ok(scores)
     }
 
     /// The round's sink: an accumulator, plus a fresh round log if the run is checkpointed.
@@ -731,4 +818,28 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Example-weighted mean loss and accuracy of an evaluation stage's reports, named `loss` and
+/// `accuracy` when they are the run's only scores (`primary`), else `fed_loss` and
+/// `fed_accuracy`; with `fed_clients` and `fed_examples`. Reports are summed in client-id
+/// order, so the result does not depend on arrival order.
+pub fn federated_scores(results: &RoundResults, primary: bool) -> BTreeMap<String, f64> {
+    let mut scores = BTreeMap::new();
+    let examples = results.total_weight();
+    if examples == 0 {
+        return scores;
+    }
+    let prefix = if primary { "" } else { "fed_" };
+    for metric in ["loss", "accuracy"] {
+        let total: f64 = results
+            .reports
+            .values()
+            .filter_map(|r| r.metrics.get(metric).map(|v| v * r.weight as f64))
+            .sum();
+        scores.insert(format!("{prefix}{metric}"), total / examples as f64);
+    }
+    scores.insert("fed_clients".into(), results.contributors() as f64);
+    scores.insert("fed_examples".into(), examples as f64);
+    scores
 }

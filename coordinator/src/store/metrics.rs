@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 /// Columns of the per-round CSV, in order; a record lacking a value leaves its cell empty.
-pub const CSV_COLUMNS: [&str; 13] = [
+pub const CSV_COLUMNS: [&str; 15] = [
     "round",
     "clients",
     "selected",
@@ -20,6 +20,8 @@ pub const CSV_COLUMNS: [&str; 13] = [
     "nmi",
     "ari",
     "seconds",
+    "fed_loss",
+    "fed_accuracy",
 ];
 
 /// One aggregated round.
@@ -58,6 +60,7 @@ impl RoundRecord {
         ];
         cells.extend(CSV_COLUMNS[4..12].iter().map(|k| cell(k)));
         cells.push(format!("{:.4}", self.seconds));
+        cells.extend(CSV_COLUMNS[13..].iter().map(|k| cell(k)));
         cells.join(",")
     }
 }

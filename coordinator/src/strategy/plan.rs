@@ -16,6 +16,8 @@ pub enum Work {
     Gradient(GradientConfig),
     /// k-FED seeding or a Lloyd step (federated k-means).
     KMeans(KMeansConfig),
+    /// Evaluation of the global model on held-out local data (no settings).
+    Evaluate,
 }
 
 /// How the engine combines the updates of one round before the strategy sees them.
@@ -49,6 +51,19 @@ pub struct TaskPlan {
 }
 
 impl TaskPlan {
+    /// The evaluation stage of a round: clients evaluate the new global model on their
+    /// held-out examples and send no payload, only their example count and metrics.
+    pub fn evaluation() -> Self {
+        Self {
+            kind: TaskKind::Evaluate,
+            work: Work::Evaluate,
+            update_len: 0,
+            counts_len: 0,
+            fold: FoldMode::Collect,
+            counts_sum_to_weight: Vec::new(),
+        }
+    }
+
     /// The task every selected client receives: this plan's work, for the round `fence` names,
     /// the run's `model`, and a global state of `global_len` values. Each client's seed is added
     /// when the task is handed out.
@@ -58,6 +73,7 @@ impl TaskPlan {
             Work::Fit(settings) => fit = Some(*settings),
             Work::Gradient(settings) => gradient = Some(*settings),
             Work::KMeans(settings) => kmeans = Some(*settings),
+            Work::Evaluate => {}
         }
         Task {
             fence: Some(fence),
@@ -70,6 +86,7 @@ impl TaskPlan {
             kmeans,
             update_len: self.update_len as u64,
             counts_len: self.counts_len as u64,
+            holdout_fraction: 0.0,
         }
     }
 }
