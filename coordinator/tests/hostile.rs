@@ -267,7 +267,7 @@ impl Probe {
             Code::NotFound => (Self::Unknown, "unknown_client"),
             Code::PermissionDenied => (Self::NotSelected, "not_selected"),
             Code::InvalidArgument => (Self::Awaited, "wrong_length"),
-            Code::Unavailable => (Self::Delivering, "duplicate"),
+            Code::Unavailable => (Self::Delivering, "in_flight"),
             Code::AlreadyExists => (Self::Delivered, "duplicate"),
             _ => panic!("unexpected probe answer {status:?}"),
         };

@@ -92,7 +92,9 @@ pub struct ClientCmd {
     /// Stable client id [default: client-INDEX].
     #[arg(long)]
     id: Option<String>,
-    /// This client's own data (e.g. csv:PATH); all of it is used for training.
+    /// This client's own data: csv:PATH trains on the whole file (a run with --eval federated
+    /// or both holds out its last rows for scoring, as the coordinator's tasks say);
+    /// csv:TRAIN,TEST trains on TRAIN; other sources on their training split.
     #[arg(long, value_name = "SOURCE")]
     data: Option<String>,
     /// Which partition of --dataset to use when --data is not given.
@@ -124,17 +126,22 @@ impl ClientCmd {
         let data: Dataset = match &self.data {
             Some(source) => {
                 let source: DatasetSource = source.parse()?;
-                let split = shoal_datasets::load(&source, plan.data.test_fraction, plan.data.seed)
-                    .with_context(|| format!("loading {source}"))?;
+                let local = match &source {
+                    // The client's own file is all its data: nothing is split off unseen.
+                    DatasetSource::Csv { train, test: None } => shoal_datasets::read_csv(train),
+                    _ => shoal_datasets::load(&source, plan.data.test_fraction, plan.data.seed)
+                        .map(|split| split.train),
+                }
+                .with_context(|| format!("loading {source}"))?;
                 if let Some(local_k) = plan.data.local_k
-                    && local_k > split.train.len()
+                    && local_k > local.len()
                 {
                     bail!(
                         "--local-k {local_k} is above this client's {} examples ({source})",
-                        split.train.len()
+                        local.len()
                     );
                 }
-                split.train
+                local
             }
             None => {
                 if self.index >= plan.data.clients {

@@ -123,15 +123,18 @@ mod tests {
             selected: 4,
             attempts: 1,
             examples: 100,
-            values: BTreeMap::from([("accuracy".to_string(), 0.5)]),
+            values: BTreeMap::from([
+                ("accuracy".to_string(), 0.5),
+                ("fed_accuracy".to_string(), 0.25),
+            ]),
             seconds: 1.25,
         };
         let mut out = Vec::new();
         write_csv(&mut out, &[r]).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0].split(',').count(), 13);
-        assert_eq!(lines[1], "2,3,4,100,,0.500000,,,,,,,1.2500");
+        assert_eq!(lines[0].split(',').count(), 15);
+        assert_eq!(lines[1], "2,3,4,100,,0.500000,,,,,,,1.2500,,0.250000");
     }
 
     #[test]
