@@ -4,8 +4,9 @@
 use crate::options::{DataPlan, Plan};
 use anyhow::{Context, Result, bail};
 use shoal_coordinator::StrategyConfig;
+use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_datasets::{Dataset, Split, partition};
-use shoal_models::{ModelKind, ModelSpec};
+use shoal_models::{ModelKind, ModelSpec, from_safetensors};
 
 /// Loads the dataset and splits off the held-out set.
 pub fn load(plan: &DataPlan) -> Result<Split> {
@@ -103,6 +104,16 @@ pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
     if !matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
         spec.validate()
             .with_context(|| format!("model {} on dataset {}", plan.run.model, plan.data.source))?;
+    }
+    if let Some(path) = &plan.init {
+        if matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
+            bail!("--init: federated k-means starts from its own seeding round, not a model file");
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("--init {}", path.display()))?;
+        let params = from_safetensors(&bytes, &spec.manifest()?)
+            .with_context(|| format!("--init {} for model {}", path.display(), plan.run.model))?;
+        plan.run.init_sha256 = Some(sha256_f32(&params));
+        plan.init_params = Some(params);
     }
     Ok(spec)
 }

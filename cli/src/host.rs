@@ -103,7 +103,7 @@ pub fn restore(
     durability: &Durability,
     epoch: Option<u64>,
 ) -> Result<Prepared> {
-    let mut strategy = strategy::build(&plan.run, spec)?;
+    let mut strategy = strategy::build_from(&plan.run, spec, plan.init_params.clone())?;
     let (coordinator, resume) = match &durability.checkpoint_dir {
         Some(dir) => {
             let s3 = S3Settings {

@@ -100,6 +100,9 @@ run_options! {
     /// Fraction of each client's examples held out for federated evaluation, in (0, 1)
     /// [default: 0.2].
     eval_holdout: f64,
+    /// Start from this model (safetensors, as --model-out writes it: every tensor of the
+    /// model by name and shape) instead of a seeded initialisation; FedAvg and FedSGD.
+    init: PathBuf,
     /// Seed of every random choice [default: 0].
     seed: u64,
     /// Local epochs (FedAvg), at least 1 [default: 5].
@@ -155,6 +158,10 @@ pub struct Plan {
     pub run: RunConfig,
     /// Where data comes from.
     pub data: DataPlan,
+    /// `--init`: a safetensors file holding the model to start from.
+    pub init: Option<PathBuf>,
+    /// Its parameters, once read against the model's layout (`data::finish_plan`).
+    pub init_params: Option<Vec<f32>>,
 }
 
 fn read_file(path: &Path) -> Result<FileOptions> {
@@ -240,6 +247,8 @@ impl RunOptions {
                     EvalMode::parse(mode, holdout).map_err(|e| anyhow::anyhow!(e))?
                 }
             },
+            // Set once the file is read against the model (`data::finish_plan`).
+            init_sha256: None,
         };
         run.validate()?;
         for (name, optimizer) in [
@@ -260,7 +269,12 @@ impl RunOptions {
                 _ => None,
             },
         };
-        Ok(Plan { run, data })
+        Ok(Plan {
+            run,
+            data,
+            init: o.init.clone(),
+            init_params: None,
+        })
     }
 }
 

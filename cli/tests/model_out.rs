@@ -162,3 +162,79 @@ fn a_model_file_that_cannot_be_written_stops_the_run_before_it_starts() {
         out.stdout
     );
 }
+
+/// A run started with `--init` from exactly the parameters the seed would have drawn ends
+/// with the same model as one without: the file replaces only the initial state.
+#[test]
+fn init_from_the_seeded_model_changes_nothing_but_the_run_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = load(&DatasetSource::Digits, 0.2, 0).unwrap();
+    let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &split.train);
+    let params =
+        shoal_models::init_params(&spec, shoal_coordinator::strategy::init_stream(0)).unwrap();
+    let init = dir.path().join("init.safetensors");
+    std::fs::write(
+        &init,
+        shoal_models::to_safetensors(&spec.manifest().unwrap(), &params, &Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let plain = dir.path().join("plain.json");
+    let started = dir.path().join("started.json");
+    for (summary, extra) in [(&plain, None), (&started, Some(&init))] {
+        let mut args = vec![
+            "run",
+            "--quiet",
+            "--rounds",
+            "3",
+            "--summary-out",
+            arg(summary),
+        ];
+        if let Some(init) = extra {
+            args.extend(["--init", arg(init)]);
+        }
+        finish(&mut shoal_with(&args)).assert_success();
+    }
+    assert_eq!(sha(&started).0, sha(&plain).0);
+    let id = |p: &Path| -> String {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        json["run_id"].as_str().unwrap().to_string()
+    };
+    assert_ne!(
+        id(&started),
+        id(&plain),
+        "the starting model is part of the run's identity"
+    );
+
+    // A file for another model, and k-means, are refused before anything runs.
+    let out = finish(&mut shoal_with(&[
+        "run",
+        "--quiet",
+        "--model",
+        "logreg",
+        "--init",
+        arg(&init),
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("layers.0.weight has shape [64, 128], the model needs [64, 10]"),
+        "{}",
+        out.stderr
+    );
+    let out = finish(&mut shoal_with(&[
+        "run",
+        "--quiet",
+        "--strategy",
+        "fedkmeans",
+        "--init",
+        arg(&init),
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("--init: federated k-means"),
+        "{}",
+        out.stderr
+    );
+}

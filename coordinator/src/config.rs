@@ -142,6 +142,10 @@ pub struct RunConfig {
     /// when central, as runs from before it existed were).
     #[serde(default, skip_serializing_if = "EvalMode::is_central")]
     pub eval: EvalMode,
+    /// SHA-256 of the initial parameters when the run starts from a given model (`--init`)
+    /// rather than from the seed; part of the run id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_sha256: Option<String>,
 }
 
 /// Where a round's new global model is evaluated.
@@ -527,6 +531,7 @@ impl Default for RunConfig {
             max_retries: 3,
             on_quorum_loss: QuorumPolicy::Stop,
             eval: EvalMode::Central,
+            init_sha256: None,
         }
     }
 }

@@ -5,6 +5,19 @@ use crate::config::{RunConfig, StrategyConfig};
 use crate::error::Result;
 use shoal_models::ModelSpec;
 
+/// [`build`], starting from `init` (a model trained elsewhere) when given.
+pub fn build_from(
+    config: &RunConfig,
+    spec: &ModelSpec,
+    init: Option<Vec<f32>>,
+) -> Result<Box<dyn Strategy>> {
+    let mut strategy = build(config, spec)?;
+    if let Some(params) = init {
+        strategy.start_from(params)?;
+    }
+    Ok(strategy)
+}
+
 /// Builds the strategy a run asks for, with its initial global state.
 pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> {
     Ok(match &config.strategy {

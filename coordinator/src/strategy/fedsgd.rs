@@ -108,6 +108,10 @@ impl Strategy for FedSgd {
         "fedsgd"
     }
 
+    fn start_from(&mut self, params: Vec<f32>) -> Result<()> {
+        super::replace_params(&mut self.params, params)
+    }
+
     fn configure(&self, _round: u32) -> TaskPlan {
         TaskPlan {
             kind: TaskKind::Gradient,
