@@ -11,6 +11,7 @@ use crate::faults::{Fault, Faults, fault_for};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
 use crate::route::{Moved, Route};
 pub use crate::stats::ClientStats;
+use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use crate::unreachable;
 use crate::work::{LocalUpdate, run_task};
 use shoal_datasets::Dataset;
@@ -89,6 +90,8 @@ pub struct EdgeClient {
     /// since its task: delivered under the new leader's fence if that leader sends the same
     /// task again (same round, model and seed), instead of training again.
     orphan: Option<KeptUpdate>,
+    /// The model code: the built-in models unless [`EdgeClient::with_trainer`] says otherwise.
+    trainer: Arc<dyn LocalTrainer>,
 }
 
 impl EdgeClient {
@@ -114,7 +117,14 @@ impl EdgeClient {
             faults: Faults::default(),
             last_task: None,
             orphan: None,
+            trainer: Arc::new(BuiltinTrainer),
         }
+    }
+
+    /// The same client, running `trainer`'s model code instead of the built-in models.
+    pub fn with_trainer(mut self, trainer: Arc<dyn LocalTrainer>) -> Self {
+        self.trainer = trainer;
+        self
     }
 
     /// The same client, suffering `faults` (simulation only), drawn from the seed in its
@@ -469,7 +479,8 @@ impl EdgeClient {
             .await
             .map_err(|e| ClientError::Worker(e.to_string()))?;
         let data = self.data.clone();
-        tokio::task::spawn_blocking(move || run_task(&task, &global, &data))
+        let trainer = self.trainer.clone();
+        tokio::task::spawn_blocking(move || run_task(trainer.as_ref(), &task, &global, &data))
             .await
             .map_err(|e| ClientError::Worker(e.to_string()))?
     }

@@ -14,6 +14,7 @@ use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
 use crate::route::{Route, split_urls};
+use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use shoal_datasets::Dataset;
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,6 +49,8 @@ pub struct FleetConfig {
     /// host of an in-process fleet stops the run then rather than wait for a client that will
     /// not come back [default: nobody].
     pub failures: Option<mpsc::UnboundedSender<(String, ClientError)>>,
+    /// The model code every client runs [default: the built-in models].
+    pub trainer: Arc<dyn LocalTrainer>,
 }
 
 /// What one client proves itself with.
@@ -71,6 +74,7 @@ impl FleetConfig {
             tls: None,
             credentials: HashMap::new(),
             failures: None,
+            trainer: Arc::new(BuiltinTrainer),
         }
     }
 }
@@ -163,7 +167,8 @@ pub async fn run_fleet(
             cpu.clone(),
             options.clone(),
         )
-        .with_faults(config.faults.clone());
+        .with_faults(config.faults.clone())
+        .with_trainer(config.trainer.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let id = client.id().to_owned();

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod forward;
 pub mod route;
 mod stats;
+pub mod trainer;
 mod unreachable;
 pub mod work;
 
@@ -19,4 +20,5 @@ pub use error::{ClientError, Result};
 pub use faults::{Fault, Faults};
 pub use fleet::{Credentials, FleetConfig, FleetReport, run_fleet};
 pub use route::Route;
+pub use trainer::{BuiltinTrainer, LocalTrainer};
 pub use work::holdout_len;

@@ -1,9 +1,11 @@
-//! Carrying out a task on local data: training, gradients, k-means steps. Pure and synchronous;
-//! callers run it on a blocking thread so the pull loop (the heartbeat) never stalls.
+//! Carrying out a task on local data: training, gradients and evaluation through the client's
+//! [`LocalTrainer`], k-means steps directly. Pure and synchronous; callers run it on a
+//! blocking thread so the pull loop (the heartbeat) never stalls.
 
 use crate::error::{ClientError, Result};
+use crate::trainer::LocalTrainer;
 use shoal_datasets::Dataset;
-use shoal_models::{ModelKind, ModelSpec, TrainConfig, evaluate, gradient, kmeans, train_local};
+use shoal_models::{TrainConfig, kmeans};
 use shoal_proto::v1::{Task, TaskKind};
 use std::collections::BTreeMap;
 
@@ -20,30 +22,11 @@ pub struct LocalUpdate {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// The model a task names, checked against the local data.
-pub fn model_spec(task: &Task, data: &Dataset) -> Result<ModelSpec> {
-    let wire = task
-        .model
+/// The model a task names (its kind, features, classes, image shape).
+fn task_model(task: &Task) -> Result<&shoal_proto::v1::ModelSpec> {
+    task.model
         .as_ref()
-        .ok_or_else(|| ClientError::BadTask("task has no model".into()))?;
-    let kind: ModelKind = wire
-        .kind
-        .parse()
-        .map_err(|e| ClientError::BadTask(format!("{e}")))?;
-    if wire.num_features as usize != data.num_features {
-        return Err(ClientError::BadTask(format!(
-            "task expects {} features, local data has {}",
-            wire.num_features, data.num_features
-        )));
-    }
-    let image_shape = (wire.image_rows > 0 && wire.image_cols > 0)
-        .then_some((wire.image_rows as usize, wire.image_cols as usize));
-    Ok(ModelSpec {
-        kind,
-        num_features: wire.num_features as usize,
-        num_classes: wire.num_classes as usize,
-        image_shape,
-    })
+        .ok_or_else(|| ClientError::BadTask("task has no model".into()))
 }
 
 /// How many of `n` local examples are held out for federated evaluation at `fraction`: the
@@ -66,8 +49,13 @@ fn split_local(task: &Task, data: &Dataset) -> Result<(Dataset, Dataset)> {
     Ok((part(0..n - held)?, part(n - held..n)?))
 }
 
-/// Runs `task` on `data` starting from `global`.
-pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+/// Runs `task` on `data` starting from `global`, with `trainer` for the model's work.
+pub fn run_task(
+    trainer: &dyn LocalTrainer,
+    task: &Task,
+    global: &[f32],
+    data: &Dataset,
+) -> Result<LocalUpdate> {
     if data.is_empty() {
         return Err(ClientError::BadTask("no local data".into()));
     }
@@ -92,9 +80,9 @@ pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpda
         data
     };
     match kind {
-        TaskKind::Fit => fit(task, global, data),
-        TaskKind::Gradient => grad(task, global, data),
-        TaskKind::Evaluate => eval(task, global, data),
+        TaskKind::Fit => fit(trainer, task, global, data),
+        TaskKind::Gradient => grad(trainer, task, global, data),
+        TaskKind::Evaluate => eval(trainer, task, global, data),
         TaskKind::KmeansInit => kmeans_init(task, data),
         TaskKind::KmeansStep => kmeans_step(task, global, data),
         TaskKind::Unspecified => Err(ClientError::BadTask(format!(
@@ -104,8 +92,12 @@ pub fn run_task(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpda
     }
 }
 
-fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
-    let spec = model_spec(task, data)?;
+fn fit(
+    trainer: &dyn LocalTrainer,
+    task: &Task,
+    global: &[f32],
+    data: &Dataset,
+) -> Result<LocalUpdate> {
     let cfg = task.fit.unwrap_or_default();
     let train = TrainConfig {
         epochs: cfg.epochs as usize,
@@ -113,9 +105,9 @@ fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
         lr: cfg.lr,
         seed: task.seed,
     };
-    let (params, report) = train_local(&spec, global, data, &train)?;
+    let (params, report) = trainer.fit(task_model(task)?, global, data, &train)?;
     Ok(LocalUpdate {
-        num_examples: data.len() as u64,
+        num_examples: report.examples as u64,
         payload: params,
         counts: Vec::new(),
         metrics: BTreeMap::from([
@@ -126,14 +118,18 @@ fn fit(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
 }
 
 /// Loss and accuracy of the global model on the held-out examples, weighted by their number.
-fn eval(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
+fn eval(
+    trainer: &dyn LocalTrainer,
+    task: &Task,
+    global: &[f32],
+    data: &Dataset,
+) -> Result<LocalUpdate> {
     if task.holdout_fraction <= 0.0 || data.is_empty() {
         return Err(ClientError::BadTask(
             "an evaluation task needs held-out examples, and there are none".into(),
         ));
     }
-    let spec = model_spec(task, data)?;
-    let report = evaluate(&spec, global, data)?;
+    let report = trainer.evaluate(task_model(task)?, global, data)?;
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
         payload: Vec::new(),
@@ -145,11 +141,15 @@ fn eval(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
     })
 }
 
-fn grad(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdate> {
-    let spec = model_spec(task, data)?;
+fn grad(
+    trainer: &dyn LocalTrainer,
+    task: &Task,
+    global: &[f32],
+    data: &Dataset,
+) -> Result<LocalUpdate> {
     let cfg = task.gradient.unwrap_or_default();
-    let (g, report) = gradient(
-        &spec,
+    let (g, report) = trainer.gradient(
+        task_model(task)?,
         global,
         data,
         cfg.batches as usize,

@@ -1,0 +1,109 @@
+//! The model code a client runs. A [`LocalTrainer`] trains, differentiates and evaluates a
+//! model given as a flat parameter vector, laid out as the coordinator's model says (names
+//! and shapes, see [`shoal_models::Manifest`]); the coordinator never runs it.
+//!
+//! The built-in models are one implementation, [`BuiltinTrainer`]; a team's own model is
+//! another, passed to [`crate::EdgeClient::with_trainer`] or [`crate::FleetConfig::trainer`].
+//! Everything else (joining, pulling tasks, fetching the global model, uploading, retries,
+//! held-out splits for federated evaluation) stays the client's.
+
+use crate::error::{ClientError, Result};
+use shoal_datasets::Dataset;
+use shoal_models::{
+    EvalReport, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport, evaluate, gradient,
+    train_local,
+};
+use shoal_proto::v1::ModelSpec as TaskModel;
+
+/// Training, gradients and evaluation of one family of models on flat parameters. Called on
+/// a blocking thread, one task at a time per client; implementations must be deterministic
+/// for a given seed if runs are to be replayable.
+pub trait LocalTrainer: Send + Sync + std::fmt::Debug {
+    /// Trains from `global` on `data` as `config` says (epochs, batch size, learning rate,
+    /// shuffle seed); returns the new parameters, same layout, and a report whose `examples`
+    /// is the update's weight.
+    fn fit(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        data: &Dataset,
+        config: &TrainConfig,
+    ) -> Result<(Vec<f32>, TrainReport)>;
+
+    /// The gradient of the local loss at `global`: over all of `data` when `batches` is 0,
+    /// else the mean over `batches` mini-batches of `batch_size` drawn with `seed`.
+    fn gradient(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        data: &Dataset,
+        batches: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<(Vec<f32>, GradReport)>;
+
+    /// Loss and accuracy of `global` on `data` (a held-out split).
+    fn evaluate(&self, model: &TaskModel, global: &[f32], data: &Dataset) -> Result<EvalReport>;
+}
+
+/// The built-in models (logistic regression, MLPs, the CNN), chosen by the task's model kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltinTrainer;
+
+impl BuiltinTrainer {
+    /// The built-in model a task names, checked against the local data.
+    pub fn spec(model: &TaskModel, data: &Dataset) -> Result<ModelSpec> {
+        let kind: ModelKind = model
+            .kind
+            .parse()
+            .map_err(|e| ClientError::BadTask(format!("{e}")))?;
+        if model.num_features as usize != data.num_features {
+            return Err(ClientError::BadTask(format!(
+                "task expects {} features, local data has {}",
+                model.num_features, data.num_features
+            )));
+        }
+        let image_shape = (model.image_rows > 0 && model.image_cols > 0)
+            .then_some((model.image_rows as usize, model.image_cols as usize));
+        Ok(ModelSpec {
+            kind,
+            num_features: model.num_features as usize,
+            num_classes: model.num_classes as usize,
+            image_shape,
+        })
+    }
+}
+
+impl LocalTrainer for BuiltinTrainer {
+    fn fit(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        data: &Dataset,
+        config: &TrainConfig,
+    ) -> Result<(Vec<f32>, TrainReport)> {
+        Ok(train_local(
+            &Self::spec(model, data)?,
+            global,
+            data,
+            config,
+        )?)
+    }
+
+    fn gradient(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        data: &Dataset,
+        batches: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<(Vec<f32>, GradReport)> {
+        let spec = Self::spec(model, data)?;
+        Ok(gradient(&spec, global, data, batches, batch_size, seed)?)
+    }
+
+    fn evaluate(&self, model: &TaskModel, global: &[f32], data: &Dataset) -> Result<EvalReport> {
+        Ok(evaluate(&Self::spec(model, data)?, global, data)?)
+    }
+}

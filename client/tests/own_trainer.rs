@@ -1,0 +1,77 @@
+//! A team's own model code behind [`LocalTrainer`]: the worked example in
+//! `examples/own_trainer.rs` (softmax regression written by hand, no burn) agrees with the
+//! built-in model of the same layout, and trains federatedly over gRPC to a stated accuracy.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+#[path = "../examples/own_trainer.rs"]
+mod example;
+
+use example::SoftmaxRegression;
+use shoal_client::{BuiltinTrainer, LocalTrainer};
+use shoal_datasets::{DatasetSource, load};
+use shoal_models::{ModelKind, ModelSpec, init_params};
+use shoal_proto::v1::ModelSpec as TaskModel;
+
+#[test]
+fn the_hand_written_model_means_what_the_built_in_one_means() {
+    let split = load(&DatasetSource::Digits, 0.2, 0).unwrap();
+    let spec = ModelSpec::for_dataset(ModelKind::LogReg, &split.train);
+    let model = TaskModel {
+        kind: "logreg".into(),
+        num_features: spec.num_features as u32,
+        num_classes: spec.num_classes as u32,
+        image_rows: 0,
+        image_cols: 0,
+    };
+    let params = init_params(&spec, 11).unwrap();
+    let data = split.test;
+    let (ours, our_report) = SoftmaxRegression
+        .gradient(&model, &params, &data, 0, 256, 0)
+        .unwrap();
+    let (theirs, their_report) = BuiltinTrainer
+        .gradient(&model, &params, &data, 0, 256, 0)
+        .unwrap();
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "gradients differ by {worst}");
+    assert!((our_report.loss - their_report.loss).abs() < 1e-5);
+    let ours = SoftmaxRegression.evaluate(&model, &params, &data).unwrap();
+    let theirs = BuiltinTrainer.evaluate(&model, &params, &data).unwrap();
+    assert_eq!(ours.accuracy, theirs.accuracy);
+    // A vector of the wrong length is refused, not indexed out of bounds.
+    assert!(
+        SoftmaxRegression
+            .evaluate(&model, &params[1..], &data)
+            .is_err()
+    );
+}
+
+#[test]
+fn the_example_trains_over_grpc_to_the_stated_accuracy() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples/own_trainer"))
+        .unwrap();
+    let out = std::process::Command::new(&example)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().filter(|l| l.starts_with("round")).count(), 15);
+    let accuracy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("final accuracy "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(accuracy >= 0.95, "{text}");
+}
