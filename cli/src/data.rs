@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use shoal_coordinator::StrategyConfig;
 use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_datasets::{Dataset, Split, partition};
-use shoal_models::{ModelKind, ModelSpec, from_safetensors};
+use shoal_models::{ModelKind, ModelSpec, from_safetensors, read_safetensors};
 
 /// Loads the dataset and splits off the held-out set.
 pub fn load(plan: &DataPlan) -> Result<Split> {
@@ -105,13 +105,25 @@ pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
         spec.validate()
             .with_context(|| format!("model {} on dataset {}", plan.run.model, plan.data.source))?;
     }
+    if spec.kind == ModelKind::External && plan.init.is_none() {
+        bail!("--model external needs --init FILE: the model's layout and starting point");
+    }
     if let Some(path) = &plan.init {
         if matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
             bail!("--init: federated k-means starts from its own seeding round, not a model file");
         }
         let bytes = std::fs::read(path).with_context(|| format!("--init {}", path.display()))?;
-        let params = from_safetensors(&bytes, &spec.manifest()?)
-            .with_context(|| format!("--init {} for model {}", path.display(), plan.run.model))?;
+        let params = if spec.kind == ModelKind::External {
+            // Shoal has no code for this model: the file's tensors are its layout.
+            let (layout, params) =
+                read_safetensors(&bytes).with_context(|| format!("--init {}", path.display()))?;
+            plan.init_layout = Some(layout);
+            params
+        } else {
+            from_safetensors(&bytes, &spec.manifest()?).with_context(|| {
+                format!("--init {} for model {}", path.display(), plan.run.model)
+            })?
+        };
         plan.run.init_sha256 = Some(sha256_f32(&params));
         plan.init_params = Some(params);
     }

@@ -192,7 +192,10 @@ pub async fn host(
     let layout = match &outputs.model_out {
         Some(path) => {
             crate::model_file::check_destination(path)?;
-            Some(crate::model_file::layout(&plan.run, &spec)?)
+            match &plan.init_layout {
+                Some(layout) => Some(layout.clone()),
+                None => Some(crate::model_file::layout(&plan.run, &spec)?),
+            }
         }
         None => None,
     };

@@ -65,7 +65,8 @@ macro_rules! run_options {
 run_options! {
     /// Algorithm [default: fedavg].
     strategy: StrategyName,
-    /// Model: logreg, mlp, mlp:H1,H2,..., cnn [default: mlp].
+    /// Model: logreg, mlp, mlp:H1,H2,..., cnn, or external (the clients' own code; needs
+    /// --init for its layout and --eval federated) [default: mlp].
     model: String,
     /// digits, fashion-mnist[:DIR], csv:TRAIN[,TEST], blobs[:CENTERS] [default: digits].
     dataset: String,
@@ -162,6 +163,8 @@ pub struct Plan {
     pub init: Option<PathBuf>,
     /// Its parameters, once read against the model's layout (`data::finish_plan`).
     pub init_params: Option<Vec<f32>>,
+    /// The layout read from it, for a model Shoal has no code for (`--model external`).
+    pub init_layout: Option<shoal_models::Manifest>,
 }
 
 fn read_file(path: &Path) -> Result<FileOptions> {
@@ -274,6 +277,7 @@ impl RunOptions {
             data,
             init: o.init.clone(),
             init_params: None,
+            init_layout: None,
         })
     }
 }

@@ -647,3 +647,19 @@ fn the_edges_of_the_ranges_are_accepted() {
         finish(&mut shoal_with(&all)).assert_success();
     }
 }
+
+#[test]
+fn an_external_model_needs_its_layout_federated_scores_and_its_own_clients() {
+    refused(
+        &["coordinator", "--model", "external"],
+        &["--model external", "--eval federated"],
+    );
+    refused(
+        &["coordinator", "--model", "external", "--eval", "federated"],
+        &["--model external needs --init FILE"],
+    );
+    refused(
+        &["run", "--model", "external", "--eval", "federated"],
+        &["simulated clients run the built-in models", "LocalTrainer"],
+    );
+}

@@ -1,18 +1,24 @@
 //! Bring your own model code: a client whose [`LocalTrainer`] is written here, in plain Rust
 //! (softmax regression with its own gradient and SGD loop, no burn), trains federatedly over
-//! gRPC against a real coordinator. The coordinator knows only the model's layout — here the
-//! built-in `logreg` layout, `layers.0.weight [features, classes]` then `layers.0.bias
-//! [classes]` — and scores each round's model with its own code, so the numbers it prints
-//! prove the two sides agree on every parameter's meaning.
+//! gRPC against a real coordinator that has no code for it (`model = "external"`): the
+//! coordinator knows the model only by its layout and starting point — two tensors,
+//! `softmax.weight [features, classes]` and `softmax.bias [classes]`, as a safetensors file
+//! would give them to `shoal coordinator --model external --init FILE` — and the clients
+//! score each round's model on examples they hold out (federated evaluation). At the end the
+//! trained model is exported as safetensors, read back and scored on the test split.
 //!
 //! `cargo run --release -p shoal-client --example own_trainer` prints one line per round and
-//! the final accuracy; the tests run it and hold it to a bar.
+//! the final accuracies; the tests run it and hold it to a bar.
 
 use shoal_client::{ClientError, FleetConfig, LocalTrainer, run_fleet};
-use shoal_coordinator::{Coordinator, Limits, RunConfig, RunStart, strategy};
+use shoal_coordinator::store::metrics::sha256_f32;
+use shoal_coordinator::{Coordinator, EvalMode, Limits, RunConfig, RunStart, strategy};
 use shoal_datasets::rng::rng_for;
 use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
-use shoal_models::{EvalReport, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport};
+use shoal_models::{
+    EvalReport, GradReport, Manifest, ModelKind, ModelSpec, ParamEntry, TrainConfig, TrainReport,
+    from_safetensors, read_safetensors, to_safetensors,
+};
 use shoal_proto::v1::ModelSpec as TaskModel;
 use std::sync::Arc;
 
@@ -160,6 +166,27 @@ impl LocalTrainer for SoftmaxRegression {
     }
 }
 
+/// The example model's layout: what the coordinator is told instead of its code.
+fn layout(features: usize, classes: usize) -> Manifest {
+    let weight = features * classes;
+    Manifest {
+        entries: vec![
+            ParamEntry {
+                name: "softmax.weight".into(),
+                shape: vec![features, classes],
+                offset: 0,
+                len: weight,
+            },
+            ParamEntry {
+                name: "softmax.bias".into(),
+                shape: vec![classes],
+                offset: weight,
+                len: classes,
+            },
+        ],
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let split = load(&DatasetSource::Digits, 0.2, 0)?;
@@ -174,17 +201,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .enumerate()
     .map(|(i, idx)| Ok((format!("client-{i:05}"), split.train.subset(idx)?)))
     .collect::<Result<_, shoal_datasets::DatasetError>>()?;
+    let (features, classes) = (split.train.num_features, split.train.num_classes);
+    let layout = layout(features, classes);
+    // The starting point a team would hand over as `--init FILE`: all zeros here.
+    let init = vec![0.0f32; layout.total()];
+    let init_file = to_safetensors(&layout, &init, &Default::default())?;
+    let (announced, init) = read_safetensors(&init_file)?;
+
     let mut config = RunConfig {
         rounds: 15,
+        model: "external".into(),
+        eval: EvalMode::Federated { holdout: 0.2 },
+        init_sha256: Some(sha256_f32(&init)),
         ..RunConfig::default()
     };
-    config.model = "logreg".into();
     config.selection.min_available = clients.len();
     config.fit.lr = 0.5;
-    // The coordinator needs the layout only; its built-in logreg scores the global model.
-    let spec = ModelSpec::for_dataset(ModelKind::LogReg, &split.train);
+    config.validate()?;
+    let spec = ModelSpec::for_dataset(ModelKind::External, &split.train);
+    let strategy = strategy::build_from(&config, &spec, Some(init))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let start = RunStart::new(strategy::build(&config, &spec)?, Arc::new(split.test));
+    // An empty test set: the coordinator cannot score a model it has no code for.
+    let no_test = Dataset::new(Vec::new(), Vec::new(), features, classes, None)?;
+    let start = RunStart::new(strategy, Arc::new(no_test));
     let hosted = Coordinator::new(config, Limits::default(), spec).host(
         listener,
         start,
@@ -197,15 +236,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     fleet.await??;
     for record in &outcome.records {
         println!(
-            "round {:2}  accuracy {:.4}  client train loss {:.4}",
+            "round {:2}  federated accuracy {:.4}  client train loss {:.4}",
             record.round,
             record.get("accuracy").unwrap_or(f64::NAN),
             record.get("train_loss").unwrap_or(f64::NAN)
         );
     }
     println!(
-        "final accuracy {:.4}",
+        "final federated accuracy {:.4}",
         outcome.summary.final_accuracy.unwrap_or(0.0)
     );
+
+    // The trained model leaves as safetensors and comes back in, checked against the layout.
+    let path = std::env::temp_dir().join(format!("own-trainer-{}.safetensors", std::process::id()));
+    std::fs::write(
+        &path,
+        to_safetensors(&announced, &outcome.global, &Default::default())?,
+    )?;
+    let reloaded = from_safetensors(&std::fs::read(&path)?, &announced)?;
+    std::fs::remove_file(&path)?;
+    let model = TaskModel {
+        kind: "external".into(),
+        num_features: features as u32,
+        num_classes: classes as u32,
+        image_rows: 0,
+        image_cols: 0,
+    };
+    let test = SoftmaxRegression.evaluate(&model, &reloaded, &split.test)?;
+    println!(
+        "reloaded model: sha256 {} test accuracy {:.4}",
+        sha256_f32(&reloaded),
+        test.accuracy
+    );
+    println!("summary model sha256 {}", outcome.summary.model_sha256);
     Ok(())
 }

@@ -320,6 +320,13 @@ impl RunConfig {
                 self.max_retries
             ));
         }
+        if self.model.trim().eq_ignore_ascii_case("external") && self.eval.central() {
+            return invalid(
+                "--model external: the coordinator has no code to score it; give --eval \
+                 federated (the clients score it with their own trainer)"
+                    .into(),
+            );
+        }
         if let Some(holdout) = self.eval.holdout() {
             if !(holdout > 0.0 && holdout < 1.0) {
                 return invalid(format!("--eval-holdout must be in (0, 1), got {holdout}"));

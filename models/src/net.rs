@@ -39,6 +39,9 @@ impl Net {
                 Net::Dense(DenseNet::new(&spec.dense_widths(), device))
             }
             ModelKind::Cnn => Net::Cnn(CnnNet::new(spec.num_classes, device)),
+            ModelKind::External => {
+                return Err(crate::ModelError::InvalidSpec(crate::spec::EXTERNAL.into()));
+            }
         })
     }
 

@@ -41,6 +41,9 @@ pub enum ModelKind {
     /// (32 and 64 channels, "same" padding) each followed by ReLU and 2x2 max-pooling, a
     /// 512-unit fully connected ReLU layer and a linear output layer.
     Cnn,
+    /// A model whose code Shoal does not have: it runs only in the clients' own trainer, and
+    /// the coordinator knows it by its layout (from an initial model file) alone.
+    External,
 }
 
 impl fmt::Display for ModelKind {
@@ -48,6 +51,7 @@ impl fmt::Display for ModelKind {
         match self {
             ModelKind::LogReg => f.write_str("logreg"),
             ModelKind::Cnn => f.write_str("cnn"),
+            ModelKind::External => f.write_str("external"),
             ModelKind::Mlp { hidden } => {
                 let widths: Vec<String> = hidden.iter().map(usize::to_string).collect();
                 write!(f, "mlp:{}", widths.join(","))
@@ -72,6 +76,7 @@ impl FromStr for ModelKind {
         match (name, args) {
             ("logreg", None) => Ok(ModelKind::LogReg),
             ("cnn", None) => Ok(ModelKind::Cnn),
+            ("external", None) => Ok(ModelKind::External),
             ("mlp", None) => Ok(ModelKind::Mlp {
                 hidden: vec![DEFAULT_MLP_HIDDEN],
             }),
@@ -91,8 +96,12 @@ impl FromStr for ModelKind {
                     .collect::<Result<Vec<_>>>()?;
                 Ok(ModelKind::Mlp { hidden })
             }
-            ("logreg" | "cnn", Some(_)) => Err(refuse("this model kind takes no arguments")),
-            _ => Err(refuse("expected one of logreg, mlp, mlp:<w1,w2,..>, cnn")),
+            ("logreg" | "cnn" | "external", Some(_)) => {
+                Err(refuse("this model kind takes no arguments"))
+            }
+            _ => Err(refuse(
+                "expected one of logreg, mlp, mlp:<w1,w2,..>, cnn, external",
+            )),
         }
     }
 }
@@ -110,6 +119,10 @@ impl From<ModelKind> for String {
         kind.to_string()
     }
 }
+
+/// Why Shoal cannot build, train or evaluate an external model itself.
+pub(crate) const EXTERNAL: &str = "the external model runs only in the clients' own trainer (LocalTrainer); Shoal has no \
+     code for it";
 
 /// A model architecture together with the input and output sizes it is built for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,6 +166,8 @@ impl ModelSpec {
             ));
         }
         match &self.kind {
+            // Its size is its layout's, which the coordinator reads from the model file.
+            ModelKind::External => Ok(()),
             ModelKind::Mlp { hidden } if hidden.is_empty() || hidden.contains(&0) => {
                 invalid("mlp hidden widths must be non-empty and positive".into())
             }
@@ -212,6 +227,7 @@ impl ModelSpec {
             })
         };
         match self.kind {
+            ModelKind::External => Err(ModelError::InvalidSpec(EXTERNAL.into())),
             ModelKind::Cnn => {
                 let convs = (25 + 1) * 32 + (32 * 25 + 1) * 64;
                 let fc = dense(&[64 * 7 * 7, 512, self.num_classes])?;
@@ -227,10 +243,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_external_model_is_valid_but_never_built_here() {
+        let spec = ModelSpec {
+            kind: ModelKind::External,
+            num_features: 64,
+            num_classes: 10,
+            image_shape: None,
+        };
+        assert!(spec.validate().is_ok());
+        let err = spec.manifest().unwrap_err().to_string();
+        assert!(err.contains("clients' own trainer"), "{err}");
+        assert!(crate::init_params(&spec, 0).is_err());
+    }
+
+    #[test]
     fn kinds_parse_and_display_round_trip() {
         let cases = [
             ("logreg", ModelKind::LogReg),
             ("cnn", ModelKind::Cnn),
+            ("external", ModelKind::External),
             ("mlp", ModelKind::Mlp { hidden: vec![128] }),
             (
                 "mlp:256,128",

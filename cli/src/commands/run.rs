@@ -32,6 +32,13 @@ impl RunCmd {
     pub async fn execute(self) -> Result<()> {
         check_channels(self.channels)?;
         let mut plan = self.options.resolve()?;
+        if plan.run.model.trim().eq_ignore_ascii_case("external") {
+            anyhow::bail!(
+                "--model external: shoal run's simulated clients run the built-in models; serve \
+                 it with shoal coordinator to clients built with your own LocalTrainer (see \
+                 client/examples/own_trainer.rs)"
+            );
+        }
         let prepared = prepare(&mut plan, Limits::default(), &self.durability)?;
         let clients = partitions(&plan.data, &prepared.split.train, "client")?;
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -2,7 +2,7 @@
 
 use super::{FedAvg, FedKMeans, FedSgd, Strategy};
 use crate::config::{RunConfig, StrategyConfig};
-use crate::error::Result;
+use crate::error::{CoordinatorError, Result};
 use shoal_models::ModelSpec;
 
 /// [`build`], starting from `init` (a model trained elsewhere) when given.
@@ -11,11 +11,33 @@ pub fn build_from(
     spec: &ModelSpec,
     init: Option<Vec<f32>>,
 ) -> Result<Box<dyn Strategy>> {
-    let mut strategy = build(config, spec)?;
-    if let Some(params) = init {
-        strategy.start_from(params)?;
+    let Some(params) = init else {
+        return build(config, spec);
+    };
+    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+        return Err(CoordinatorError::Config(format!(
+            "--init: parameter {i} is not finite"
+        )));
     }
-    Ok(strategy)
+    Ok(match &config.strategy {
+        StrategyConfig::FedAvg => Box::new(FedAvg::from_params(
+            spec.clone(),
+            params,
+            config.fit.clone(),
+        )),
+        StrategyConfig::FedSgd { optimizer } => Box::new(FedSgd::from_params(
+            spec.clone(),
+            params,
+            optimizer.clone(),
+            config.gradient.clone(),
+        )),
+        StrategyConfig::FedKMeans { .. } => {
+            return Err(CoordinatorError::Config(
+                "--init: federated k-means starts from its own seeding round, not a model file"
+                    .into(),
+            ));
+        }
+    })
 }
 
 /// Builds the strategy a run asks for, with its initial global state.

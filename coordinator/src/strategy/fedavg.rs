@@ -28,15 +28,16 @@ impl FedAvg {
         let params = init_params(&spec, init_stream(seed))?;
         Ok(Self { spec, params, fit })
     }
+
+    /// Starts from `params`, a model made elsewhere (`--init`), already checked to fit.
+    pub fn from_params(spec: ModelSpec, params: Vec<f32>, fit: FitSettings) -> Self {
+        Self { spec, params, fit }
+    }
 }
 
 impl Strategy for FedAvg {
     fn name(&self) -> &'static str {
         "fedavg"
-    }
-
-    fn start_from(&mut self, params: Vec<f32>) -> Result<()> {
-        super::replace_params(&mut self.params, params)
     }
 
     fn configure(&self, _round: u32) -> TaskPlan {

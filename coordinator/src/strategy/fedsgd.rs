@@ -51,18 +51,28 @@ impl FedSgd {
         gradient: GradientSettings,
     ) -> Result<Self> {
         let params = init_params(&spec, init_stream(seed))?;
+        Ok(Self::from_params(spec, params, optimizer, gradient))
+    }
+
+    /// Starts from `params`, a model made elsewhere (`--init`), already checked to fit.
+    pub fn from_params(
+        spec: ModelSpec,
+        params: Vec<f32>,
+        optimizer: ServerOptimizer,
+        gradient: GradientSettings,
+    ) -> Self {
         let state = OptimizerState {
             steps: 0,
             first: vec![0.0; params.len()],
             second: vec![0.0; params.len()],
         };
-        Ok(Self {
+        Self {
             spec,
             params,
             optimizer,
             state,
             gradient,
-        })
+        }
     }
 }
 
@@ -106,10 +116,6 @@ fn step(optimizer: &ServerOptimizer, params: &mut [f32], grad: &[f32], state: &m
 impl Strategy for FedSgd {
     fn name(&self) -> &'static str {
         "fedsgd"
-    }
-
-    fn start_from(&mut self, params: Vec<f32>) -> Result<()> {
-        super::replace_params(&mut self.params, params)
     }
 
     fn configure(&self, _round: u32) -> TaskPlan {

@@ -61,34 +61,6 @@ pub trait Strategy: Send + Sync {
 
     /// Restores a [`Strategy::snapshot`].
     fn restore(&mut self, bytes: &[u8]) -> Result<()>;
-
-    /// Replaces the initial global state with `params` (a model trained elsewhere, read from
-    /// `--init FILE`), before round 1. Strategies whose state is not model parameters refuse.
-    fn start_from(&mut self, params: Vec<f32>) -> Result<()> {
-        let _ = params;
-        Err(crate::CoordinatorError::Config(format!(
-            "--init: {} does not start from given parameters",
-            self.name()
-        )))
-    }
-}
-
-/// Replaces `current` with `params` after checking they fit: same length, all finite.
-pub(crate) fn replace_params(current: &mut Vec<f32>, params: Vec<f32>) -> Result<()> {
-    if params.len() != current.len() {
-        return Err(crate::CoordinatorError::Config(format!(
-            "--init holds {} parameters, the model has {}",
-            params.len(),
-            current.len()
-        )));
-    }
-    if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-        return Err(crate::CoordinatorError::Config(format!(
-            "--init: parameter {i} is not finite"
-        )));
-    }
-    *current = params;
-    Ok(())
 }
 
 /// Stream tag for model initialisation in the run's RNG tree.
