@@ -19,6 +19,10 @@ fn behaves_as_a_state_store(store: &dyn StateStore) {
     assert!(store.get("missing").unwrap().is_none());
     assert!(store.create("a", b"one").unwrap());
     assert!(!store.create("a", b"two").unwrap(), "create-only");
+    assert!(
+        store.create("a", b"one").unwrap(),
+        "the same bytes again: a retried write that had landed"
+    );
     assert_eq!(store.get("a").unwrap().unwrap().0, b"one");
 
     let v1 = store.swap("m", b"first", None).unwrap().unwrap();

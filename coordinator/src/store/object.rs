@@ -205,13 +205,38 @@ impl Shared {
         }
     }
 
+    /// A conditional write. The client retries a request whose answer was lost (the store
+    /// went away mid-request), and the retry of a create or compare-and-swap that had in fact
+    /// landed is refused by its own precondition: so a refusal is checked against what the
+    /// store holds, and the very bytes this write was to leave there count as success.
     fn put(&self, name: &str, bytes: &[u8], mode: PutMode) -> object_store::Result<Version> {
         let store = self.store.clone();
         let key = self.key(name);
         let payload = PutPayload::from(bytes.to_vec());
         let options = PutOptions::from(mode);
-        self.block(async move { store.put_opts(&key, payload, options).await })
-            .map(|done| Version(done.e_tag.unwrap_or_default()))
+        let refused = match self.block(async move { store.put_opts(&key, payload, options).await })
+        {
+            Ok(done) => return Ok(Version(done.e_tag.unwrap_or_default())),
+            Err(
+                e @ (object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }),
+            ) => e,
+            Err(e) => return Err(e),
+        };
+        let store = self.store.clone();
+        let key = self.key(name);
+        let held = self.block(async move {
+            let got = store.get(&key).await?;
+            let version = Version(got.meta.e_tag.clone().unwrap_or_default());
+            Ok((got.bytes().await?, version))
+        });
+        match held {
+            Ok((held, version)) if held.as_ref() == bytes => {
+                tracing::info!(object = name, "a retried write had already landed");
+                Ok(version)
+            }
+            _ => Err(refused),
+        }
     }
 
     /// Names relative to the store's prefix: the objects directly under `dir` (the store's

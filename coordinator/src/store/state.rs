@@ -30,12 +30,15 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// The object `name` and its version, or `None` if there is none.
     fn get(&self, name: &str) -> Result<Option<(Vec<u8>, Version)>>;
 
-    /// Writes `name` whole, only if no object has that name; `Ok(false)` if one has.
+    /// Writes `name` whole, only if no object has that name; `Ok(false)` if one has, unless
+    /// it holds exactly `bytes` (the same write again: a client that retried a request whose
+    /// answer was lost meets its own landed write).
     fn create(&self, name: &str, bytes: &[u8]) -> Result<bool>;
 
     /// Replaces `name` whole, only if its current version is `expected` (`None`: only if
     /// there is no such object). Returns the new version, or `None` if the precondition
-    /// failed: someone else wrote it since.
+    /// failed: someone else wrote it since. (In an object store a refused retry finding
+    /// exactly `bytes` in place counts as done: see [`StateStore::create`].)
     fn swap(&self, name: &str, bytes: &[u8], expected: Option<&Version>)
     -> Result<Option<Version>>;
 
