@@ -37,8 +37,8 @@ pub use error::{ModelError, Result};
 pub use eval::{EvalReport, evaluate, predict};
 pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_safetensors};
 pub use grad::{GradReport, gradient};
-pub use manifest::{Manifest, ParamEntry};
-pub use params::init_params;
+pub use manifest::{Manifest, ParamEntry, module_layout};
+pub use params::{init_params, load_module, module_params};
 pub use spec::{
     CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, EVAL_BATCH_SIZE, MAX_PARAMS, ModelKind, ModelSpec,
 };

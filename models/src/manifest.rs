@@ -61,11 +61,20 @@ impl Manifest {
 
     /// The manifest of an already built model.
     pub(crate) fn of(net: &Net) -> Manifest {
-        let mut collector = LayoutCollector::default();
-        net.visit(&mut collector);
-        Manifest {
-            entries: collector.entries,
-        }
+        module_layout(net)
+    }
+}
+
+/// The layout of any burn module's float parameters, in the order burn visits them: names
+/// are module paths (`conv.weight`, `head.bias`), shapes as burn stores them. With
+/// [`crate::module_params`] and [`crate::load_module`], this is what a team's own model needs
+/// to be federated: the coordinator is given this layout (as a safetensors file), the
+/// clients' trainer moves the module to and from the flat vector.
+pub fn module_layout<M: Module>(module: &M) -> Manifest {
+    let mut collector = LayoutCollector::default();
+    module.visit(&mut collector);
+    Manifest {
+        entries: collector.entries,
     }
 }
 

@@ -61,6 +61,13 @@ fn fan_in(manifest: &Manifest, entry: &ParamEntry) -> Result<usize> {
 
 /// Every float parameter of `net`, flattened in manifest order.
 pub(crate) fn flatten(net: &Net) -> Result<Vec<f32>> {
+    module_params(net)
+}
+
+/// Every float parameter of any burn module, flattened in the order burn visits them (the
+/// order of [`module_layout`]): how a team's own model becomes the vector Shoal federates.
+pub fn module_params<M: Module>(module: &M) -> Result<Vec<f32>> {
+    let net = module;
     let mut collector = ValueCollector {
         values: Vec::new(),
         error: None,
@@ -76,6 +83,13 @@ pub(crate) fn flatten(net: &Net) -> Result<Vec<f32>> {
 ///
 /// `params` must already be checked against the manifest of `net` (length).
 pub(crate) fn load(net: Net, params: &[f32], device: &Device) -> Result<Net> {
+    load_module(net, params, device)
+}
+
+/// Any burn module with every float parameter replaced by its slice of `params`, in the order
+/// of [`module_layout`], created on `device` (each keeps its id and gradient requirement, so
+/// the module stays trainable). A vector of another length is an error.
+pub fn load_module<M: Module>(net: M, params: &[f32], device: &Device) -> Result<M> {
     let mut loader = Loader {
         params,
         offset: 0,
