@@ -51,36 +51,59 @@ fn the_hand_written_model_means_what_the_built_in_one_means() {
     );
 }
 
-#[test]
-fn the_example_trains_over_grpc_to_the_stated_accuracy() {
+/// Runs example `name` (cargo builds examples with the tests) and returns what it printed.
+fn run_example(name: &str) -> String {
     let exe = std::env::current_exe().unwrap();
     let example = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples/own_trainer"))
+        .map(|dir| dir.join("examples").join(name))
         .unwrap();
     let out = std::process::Command::new(&example)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", example.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+/// The value printed right after `prefix` in `text`.
+fn after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    let line = text.lines().find(|l| l.contains(prefix)).unwrap();
+    let at = line.find(prefix).unwrap() + prefix.len();
+    line[at..].split_whitespace().next().unwrap()
+}
+
+#[test]
+fn a_burn_model_outside_the_zoo_trains_over_grpc_and_reloads_into_burn() {
+    let text = run_example("burn_signals");
+    let rounds: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("round"))
+        .map(|l| after(l, "federated accuracy ").parse().unwrap())
+        .collect();
+    assert_eq!(rounds.len(), 12, "{text}");
+    assert!(rounds[0] < rounds[11], "it did not learn: {text}");
+    assert_eq!(after(&text, "same predictions "), "true", "{text}");
+    let test: f64 = after(&text, "test accuracy ").parse().unwrap();
+    assert!(test >= 0.95, "{text}");
+}
+
+#[test]
+fn the_example_trains_over_grpc_to_the_stated_accuracy() {
+    let text = run_example("own_trainer");
     assert_eq!(text.lines().filter(|l| l.starts_with("round")).count(), 15);
-    let after = |prefix: &str| -> &str {
-        let line = text.lines().find(|l| l.contains(prefix)).unwrap();
-        let at = line.find(prefix).unwrap() + prefix.len();
-        line[at..].split_whitespace().next().unwrap()
-    };
-    let federated: f64 = after("final federated accuracy ").parse().unwrap();
+    let federated: f64 = after(&text, "final federated accuracy ").parse().unwrap();
     assert!(federated >= 0.9, "{text}");
     // Exported, read back against its layout, scored on the test split the run never saw.
-    let test: f64 = after("test accuracy ").parse().unwrap();
+    let test: f64 = after(&text, "test accuracy ").parse().unwrap();
     assert!(test >= 0.94, "{text}");
     assert_eq!(
-        after("reloaded model: sha256 "),
-        after("summary model sha256 ")
+        after(&text, "reloaded model: sha256 "),
+        after(&text, "summary model sha256 ")
     );
 }

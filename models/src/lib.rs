@@ -39,6 +39,7 @@ pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_sa
 pub use grad::{GradReport, gradient};
 pub use manifest::{Manifest, ParamEntry, module_layout};
 pub use params::{init_params, load_module, module_params};
+pub use sgd::sgd_step;
 pub use spec::{
     CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, EVAL_BATCH_SIZE, MAX_PARAMS, ModelKind, ModelSpec,
 };

@@ -6,10 +6,9 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Gradients, Tensor};
 
-use crate::net::Net;
-
-/// `net` after one step `w <- w - lr * grad` on every parameter that has a gradient.
-pub(crate) fn sgd_step(net: Net, mut grads: Gradients, lr: f64) -> Net {
+/// `net` (any burn module on an autodiff device) after one step `w <- w - lr * grad` on every
+/// parameter that has a gradient in `grads`: the step a team's own trainer can use too.
+pub fn sgd_step<M: Module>(net: M, mut grads: Gradients, lr: f64) -> M {
     net.map(&mut SgdMapper {
         grads: &mut grads,
         lr,
