@@ -19,7 +19,9 @@ pub fn layout(run: &RunConfig, spec: &ModelSpec) -> Result<Manifest> {
                 name: CENTROIDS.to_string(),
                 shape: vec![k, spec.num_features],
                 offset: 0,
-                len: k * spec.num_features,
+                len: k
+                    .checked_mul(spec.num_features)
+                    .context("k × features overflows")?,
             }],
         }),
         _ => spec

@@ -243,9 +243,11 @@ impl RunOptions {
                     .map_err(|e| anyhow::anyhow!("--on-quorum-loss {e}"))?,
                 None => defaults.on_quorum_loss,
             },
-            eval: match (&o.eval, o.eval_holdout) {
+            eval: match (o.eval.as_deref(), o.eval_holdout) {
                 (None, None) => defaults.eval,
-                (None, Some(_)) => bail!("--eval-holdout needs --eval federated or both"),
+                (None | Some("central"), Some(_)) => {
+                    bail!("--eval-holdout needs --eval federated or both")
+                }
                 (Some(mode), holdout) => {
                     EvalMode::parse(mode, holdout).map_err(|e| anyhow::anyhow!(e))?
                 }

@@ -89,7 +89,7 @@ impl Default for Telemetry {
         );
         registry.register(
             "updates_accepted",
-            "Client updates accepted (folded and logged)",
+            "Client updates accepted, training updates and evaluation reports alike",
             t.updates_accepted.clone(),
         );
         registry.register(

@@ -24,7 +24,14 @@ pub fn to_safetensors(
     params: &[f32],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
+    manifest.check_layout()?;
     manifest.check_params(params)?;
+    if let Some(bad) = manifest.entries.iter().find(|e| e.name.contains(',')) {
+        return Err(ModelError::ModelFile(format!(
+            "tensor name {:?} contains a comma, which {ORDER_KEY} cannot carry",
+            bad.name
+        )));
+    }
     let views = manifest
         .entries
         .iter()
@@ -83,6 +90,7 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
 /// The flat parameters held by a safetensors file, checked against `manifest`: every
 /// tensor it names must be present as f32 with its shape, finite, and nothing else.
 pub fn from_safetensors(bytes: &[u8], manifest: &Manifest) -> Result<Vec<f32>> {
+    manifest.check_layout()?;
     let (found, params) = read_safetensors(bytes)?;
     for entry in &manifest.entries {
         match found.entry(&entry.name) {
@@ -135,8 +143,14 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(Manifest, Vec<f32>)> {
         .into_iter()
         .map(|(name, view)| (name.to_string(), view))
         .collect();
-    tensors.sort_by_key(|(_, view)| view.data().as_ptr() as usize);
-    if let Some(order) = safetensors_metadata(bytes)?.get(ORDER_KEY) {
+    // Data order, ties (empty tensors) by name: the same order for the same file every time.
+    tensors.sort_by(|(a, va), (b, vb)| {
+        (va.data().as_ptr() as usize, a).cmp(&(vb.data().as_ptr() as usize, b))
+    });
+    if let Some(order) = safetensors_metadata(bytes)?
+        .get(ORDER_KEY)
+        .filter(|o| !o.is_empty())
+    {
         let names: Vec<&str> = order.split(',').collect();
         if names.len() != tensors.len() {
             return Err(ModelError::ModelFile(format!(

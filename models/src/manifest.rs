@@ -45,6 +45,30 @@ impl Manifest {
         self.entries.iter().find(|e| e.name == name)
     }
 
+    /// Checks that the entries tile the flat vector: each starts where the previous ended and
+    /// holds the product of its shape, without overflow. A layout built by hand (for a model
+    /// outside the zoo) is checked before anything is read through it.
+    pub fn check_layout(&self) -> Result<()> {
+        let mut offset = 0usize;
+        for entry in &self.entries {
+            let len = entry
+                .shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d));
+            if entry.offset != offset || len != Some(entry.len) {
+                return Err(ModelError::InvalidSpec(format!(
+                    "layout entry {} (offset {}, {} values, shape {:?}) does not follow the \
+                     previous entries (which end at {offset})",
+                    entry.name, entry.offset, entry.len, entry.shape
+                )));
+            }
+            offset = offset
+                .checked_add(entry.len)
+                .ok_or_else(|| ModelError::InvalidSpec("layout size overflows".into()))?;
+        }
+        Ok(())
+    }
+
     /// Checks that `params` has exactly [`Manifest::total`] values, all finite.
     pub fn check_params(&self, params: &[f32]) -> Result<()> {
         if params.len() != self.total() {

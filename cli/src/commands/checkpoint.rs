@@ -134,7 +134,7 @@ fn inspect(dir: &Path) -> Result<()> {
                     item.bytes,
                     c.round,
                     c.strategy,
-                    &c.config_hash[..12],
+                    c.config_hash.get(..12).unwrap_or(&c.config_hash),
                     c.epoch,
                     if newest_usable {
                         "  (resumes here)"

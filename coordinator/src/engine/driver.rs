@@ -176,9 +176,10 @@ impl RoundDriver {
                 .aggregate(strategy, round, gathered, round_started)
                 .await?;
             if let Some(holdout) = config.eval.holdout() {
-                let scores = driving
-                    .evaluate_on_clients(strategy.global(), round, &contributors, holdout)
-                    .await?;
+                let scores = tokio::select! {
+                    scores = driving.evaluate_on_clients(strategy.global(), round, &contributors, holdout) => scores?,
+                    () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
+                };
                 record.values.extend(scores);
                 record.seconds = round_started.elapsed().as_secs_f64();
             }
@@ -822,24 +823,78 @@ fn unix_ms() -> u64 {
 
 /// Example-weighted mean loss and accuracy of an evaluation stage's reports, named `loss` and
 /// `accuracy` when they are the run's only scores (`primary`), else `fed_loss` and
-/// `fed_accuracy`; with `fed_clients` and `fed_examples`. Reports are summed in client-id
-/// order, so the result does not depend on arrival order.
+/// `fed_accuracy`; with `fed_clients` and `fed_examples` (the reports counted). A report
+/// counts only with both metrics in range (accuracy in [0, 1], loss finite and ≥ 0): a
+/// client cannot drag the means with a missing or absurd score. Each metric has its own
+/// weights, summed in client-id order, so the result does not depend on arrival order.
 pub fn federated_scores(results: &RoundResults, primary: bool) -> BTreeMap<String, f64> {
+    let counted: Vec<(f64, f64, f64)> = results
+        .reports
+        .values()
+        .filter_map(|r| {
+            let loss = *r.metrics.get("loss")?;
+            let accuracy = *r.metrics.get("accuracy")?;
+            let sane = loss.is_finite() && loss >= 0.0 && (0.0..=1.0).contains(&accuracy);
+            sane.then_some((r.weight as f64, loss, accuracy))
+        })
+        .collect();
+    let examples: f64 = counted.iter().map(|c| c.0).sum();
     let mut scores = BTreeMap::new();
-    let examples = results.total_weight();
-    if examples == 0 {
+    if counted.is_empty() || !(examples > 0.0 && examples.is_finite()) {
         return scores;
     }
     let prefix = if primary { "" } else { "fed_" };
-    for metric in ["loss", "accuracy"] {
-        let total: f64 = results
-            .reports
-            .values()
-            .filter_map(|r| r.metrics.get(metric).map(|v| v * r.weight as f64))
-            .sum();
-        scores.insert(format!("{prefix}{metric}"), total / examples as f64);
-    }
-    scores.insert("fed_clients".into(), results.contributors() as f64);
-    scores.insert("fed_examples".into(), examples as f64);
+    let loss: f64 = counted.iter().map(|(w, l, _)| w * l).sum();
+    let accuracy: f64 = counted.iter().map(|(w, _, a)| w * a).sum();
+    scores.insert(format!("{prefix}loss"), loss / examples);
+    scores.insert(format!("{prefix}accuracy"), accuracy / examples);
+    scores.insert("fed_clients".into(), counted.len() as f64);
+    scores.insert("fed_examples".into(), examples);
     scores
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::results::ClientReport;
+
+    fn report(weight: u64, metrics: &[(&str, f64)]) -> ClientReport {
+        ClientReport {
+            weight,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn federated_scores_weigh_by_examples_and_ignore_absurd_reports() {
+        let results = RoundResults {
+            sum: None,
+            counts: Vec::new(),
+            collected: Vec::new(),
+            reports: BTreeMap::from([
+                ("a".into(), report(30, &[("loss", 1.0), ("accuracy", 0.5)])),
+                ("b".into(), report(10, &[("loss", 3.0), ("accuracy", 1.0)])),
+                // No scores, a score out of range, a negative loss: not counted.
+                ("c".into(), report(1_000_000, &[])),
+                ("d".into(), report(500, &[("loss", 1.0), ("accuracy", 7.0)])),
+                (
+                    "e".into(),
+                    report(500, &[("loss", -1.0), ("accuracy", 0.5)]),
+                ),
+            ]),
+        };
+        let primary = federated_scores(&results, true);
+        assert_eq!(primary["loss"], (30.0 + 30.0) / 40.0);
+        assert_eq!(primary["accuracy"], (15.0 + 10.0) / 40.0);
+        assert_eq!(primary["fed_clients"], 2.0);
+        assert_eq!(primary["fed_examples"], 40.0);
+        let beside = federated_scores(&results, false);
+        assert_eq!(beside["fed_accuracy"], primary["accuracy"]);
+        assert!(!beside.contains_key("accuracy"));
+        let nobody = RoundResults {
+            reports: BTreeMap::from([("c".into(), report(5, &[]))]),
+            ..results
+        };
+        assert!(federated_scores(&nobody, true).is_empty());
+    }
 }
