@@ -6,15 +6,12 @@
 
 mod common;
 
+use common::runs::{read_model, summary};
 use common::{Running, arg, finish, shoal_with};
 use shoal_client::holdout_len;
 use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
-use shoal_models::{ModelKind, ModelSpec, evaluate, read_safetensors};
+use shoal_models::{ModelKind, ModelSpec, evaluate};
 use std::time::Duration;
-
-fn summary(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// The union of the held-out examples of `clients` IID clients of digits (seed 0), as a
 /// client holding out `fraction` keeps them: the last ones of its partition.
@@ -59,7 +56,7 @@ fn federated_accuracy_is_central_accuracy_on_the_union_of_held_out_splits() {
         arg(&model),
     ]))
     .assert_success();
-    let (_, params) = read_safetensors(&std::fs::read(&model).unwrap()).unwrap();
+    let (_, params) = read_model(&model);
     let (held, test) = held_out_union(10, 0.25);
     let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &held);
     let union = evaluate(&spec, &params, &held).unwrap();
@@ -102,7 +99,7 @@ fn federated_only_reports_the_clients_scores_as_the_runs_accuracy() {
         arg(&model),
     ]))
     .assert_success();
-    let (_, params) = read_safetensors(&std::fs::read(&model).unwrap()).unwrap();
+    let (_, params) = read_model(&model);
     let (held, _) = held_out_union(10, 0.2);
     let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &held);
     let union = evaluate(&spec, &params, &held).unwrap();

@@ -5,24 +5,12 @@
 
 mod common;
 
-use common::runs::sha;
+use common::runs::{self, read_model, sha};
 use common::{arg, finish, shoal_with};
-use sha2::{Digest, Sha256};
+use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_datasets::{DatasetSource, load};
-use shoal_models::{ModelKind, ModelSpec, evaluate, read_safetensors};
+use shoal_models::{ModelKind, ModelSpec, evaluate};
 use std::path::Path;
-
-fn sha_of(params: &[f32]) -> String {
-    let mut h = Sha256::new();
-    for v in params {
-        h.update(v.to_le_bytes());
-    }
-    hex::encode(h.finalize())
-}
-
-fn read(path: &Path) -> (shoal_models::Manifest, Vec<f32>) {
-    read_safetensors(&std::fs::read(path).unwrap()).unwrap()
-}
 
 #[test]
 fn the_final_model_reloads_and_predicts_what_the_run_reported() {
@@ -46,12 +34,11 @@ fn the_final_model_reloads_and_predicts_what_the_run_reported() {
     ]))
     .assert_success();
     let (expected_sha, _) = sha(&summary);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let json = runs::summary(&summary);
     let reported = json["final_accuracy"].as_f64().unwrap();
 
-    let (layout, params) = read(&model);
-    assert_eq!(sha_of(&params), expected_sha);
+    let (layout, params) = read_model(&model);
+    assert_eq!(sha256_f32(&params), expected_sha);
     let names: Vec<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
@@ -96,9 +83,9 @@ fn the_final_model_reloads_and_predicts_what_the_run_reported() {
     ]));
     out.assert_success();
     assert!(out.stdout.contains("round 5 of run"), "{}", out.stdout);
-    let (older_layout, older_params) = read(&older);
+    let (older_layout, older_params) = read_model(&older);
     assert_eq!(older_layout, layout);
-    assert_ne!(sha_of(&older_params), expected_sha);
+    assert_ne!(sha256_f32(&older_params), expected_sha);
 
     // A round that was not kept: a clear error naming the rounds that were.
     let missing = finish(&mut shoal_with(&[
@@ -137,11 +124,11 @@ fn k_means_leaves_as_its_centroid_matrix() {
         arg(&model),
     ]))
     .assert_success();
-    let (layout, params) = read(&model);
+    let (layout, params) = read_model(&model);
     assert_eq!(layout.entries.len(), 1);
     assert_eq!(layout.entries[0].name, "centroids");
     assert_eq!(layout.entries[0].shape, vec![12, 64]);
-    assert_eq!(sha_of(&params), sha(&summary).0);
+    assert_eq!(sha256_f32(&params), sha(&summary).0);
 }
 
 #[test]
@@ -196,11 +183,7 @@ fn init_from_the_seeded_model_changes_nothing_but_the_run_id() {
         finish(&mut shoal_with(&args)).assert_success();
     }
     assert_eq!(sha(&started).0, sha(&plain).0);
-    let id = |p: &Path| -> String {
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-        json["run_id"].as_str().unwrap().to_string()
-    };
+    let id = |p: &Path| -> String { runs::summary(p)["run_id"].as_str().unwrap().to_string() };
     assert_ne!(
         id(&started),
         id(&plain),

@@ -9,6 +9,9 @@
 //!
 //! `cargo run --release -p shoal-client --example burn_signals`; the tests run it.
 
+#[path = "shared/federate.rs"]
+mod federate;
+
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Linear, LinearConfig};
@@ -16,14 +19,13 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use rand::seq::SliceRandom;
-use shoal_client::{ClientError, FleetConfig, LocalTrainer, run_fleet};
-use shoal_coordinator::store::metrics::sha256_f32;
-use shoal_coordinator::{Coordinator, EvalMode, Limits, RunConfig, RunStart, strategy};
+use shoal_client::{ClientError, LocalTrainer};
+use shoal_coordinator::RunConfig;
+use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
-use shoal_datasets::{Dataset, Partition, partition};
 use shoal_models::{
-    EvalReport, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport, from_safetensors,
-    load_module, module_layout, module_params, sgd_step, to_safetensors,
+    EvalReport, GradReport, TrainConfig, TrainReport, from_safetensors, load_module, module_layout,
+    module_params, sgd_step, to_safetensors,
 };
 use shoal_proto::v1::ModelSpec as TaskModel;
 use std::f32::consts::PI;
@@ -222,11 +224,7 @@ fn signals(n: usize, seed: u64) -> Result<Dataset, shoal_datasets::DatasetError>
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train = signals(960, 1)?;
     let test = signals(300, 2)?;
-    let clients: Vec<(String, Dataset)> = partition(&train.labels, CLASSES, 8, &Partition::Iid, 0)?
-        .iter()
-        .enumerate()
-        .map(|(i, idx)| Ok((format!("client-{i:05}"), train.subset(idx)?)))
-        .collect::<Result<_, shoal_datasets::DatasetError>>()?;
+    let clients = federate::clients_of(&train, 8)?;
 
     // The starting point handed to the coordinator: the module's layout with seeded values
     // (burn's own initialisation is not seeded), as a safetensors file would carry them.
@@ -252,45 +250,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = RunConfig {
         rounds: 12,
-        model: "external".into(),
         dataset: "signals".into(),
-        eval: EvalMode::Federated { holdout: 0.2 },
-        init_sha256: Some(sha256_f32(&init)),
         ..RunConfig::default()
     };
-    config.selection.min_available = clients.len();
     config.fit.epochs = 2;
     config.fit.batch_size = 16;
     config.fit.lr = 0.1;
-    config.validate()?;
-    let spec = ModelSpec::for_dataset(ModelKind::External, &train);
-    let strategy =
-        strategy::build_from(&config, &spec, Some(from_safetensors(&init_file, &layout)?))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let no_test = Dataset::new(Vec::new(), Vec::new(), LENGTH, CLASSES, None)?;
-    let start = RunStart::new(strategy, Arc::new(no_test));
-    let hosted = Coordinator::new(config, Limits::default(), spec).host(
-        listener,
-        start,
-        std::future::pending(),
-    )?;
-    let mut fleet = FleetConfig::new(hosted.url.clone());
-    fleet.trainer = Arc::new(SignalTrainer);
-    let fleet = tokio::spawn(run_fleet(fleet, clients, std::future::pending()));
-    let outcome = hosted.finish().await?;
-    fleet.await??;
-    for record in &outcome.records {
-        println!(
-            "round {:2}  federated accuracy {:.4}  client train loss {:.4}",
-            record.round,
-            record.get("accuracy").unwrap_or(f64::NAN),
-            record.get("train_loss").unwrap_or(f64::NAN)
-        );
-    }
-    println!(
-        "final federated accuracy {:.4}",
-        outcome.summary.final_accuracy.unwrap_or(0.0)
-    );
+    let init = from_safetensors(&init_file, &layout)?;
+    let outcome = federate::federate(config, init, Arc::new(SignalTrainer), clients).await?;
 
     // Out as safetensors, back into a fresh burn module: the same predictions.
     let file = to_safetensors(&layout, &outcome.global, &Default::default())?;

@@ -10,14 +10,17 @@
 //! `cargo run --release -p shoal-client --example own_trainer` prints one line per round and
 //! the final accuracies; the tests run it and hold it to a bar.
 
-use shoal_client::{ClientError, FleetConfig, LocalTrainer, run_fleet};
+#[path = "shared/federate.rs"]
+mod federate;
+
+use shoal_client::{ClientError, LocalTrainer};
+use shoal_coordinator::RunConfig;
 use shoal_coordinator::store::metrics::sha256_f32;
-use shoal_coordinator::{Coordinator, EvalMode, Limits, RunConfig, RunStart, strategy};
 use shoal_datasets::rng::rng_for;
-use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
+use shoal_datasets::{Dataset, DatasetSource, load};
 use shoal_models::{
-    EvalReport, GradReport, Manifest, ModelKind, ModelSpec, ParamEntry, TrainConfig, TrainReport,
-    from_safetensors, read_safetensors, to_safetensors,
+    EvalReport, GradReport, Manifest, ParamEntry, TrainConfig, TrainReport, from_safetensors,
+    read_safetensors, to_safetensors,
 };
 use shoal_proto::v1::ModelSpec as TaskModel;
 use std::sync::Arc;
@@ -190,17 +193,7 @@ fn layout(features: usize, classes: usize) -> Manifest {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let split = load(&DatasetSource::Digits, 0.2, 0)?;
-    let clients: Vec<(String, Dataset)> = partition(
-        &split.train.labels,
-        split.train.num_classes,
-        8,
-        &Partition::Iid,
-        0,
-    )?
-    .iter()
-    .enumerate()
-    .map(|(i, idx)| Ok((format!("client-{i:05}"), split.train.subset(idx)?)))
-    .collect::<Result<_, shoal_datasets::DatasetError>>()?;
+    let clients = federate::clients_of(&split.train, 8)?;
     let (features, classes) = (split.train.num_features, split.train.num_classes);
     let layout = layout(features, classes);
     // The starting point a team would hand over as `--init FILE`: all zeros here.
@@ -210,42 +203,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = RunConfig {
         rounds: 15,
-        model: "external".into(),
-        eval: EvalMode::Federated { holdout: 0.2 },
-        init_sha256: Some(sha256_f32(&init)),
         ..RunConfig::default()
     };
-    config.selection.min_available = clients.len();
     config.fit.lr = 0.5;
-    config.validate()?;
-    let spec = ModelSpec::for_dataset(ModelKind::External, &split.train);
-    let strategy = strategy::build_from(&config, &spec, Some(init))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    // An empty test set: the coordinator cannot score a model it has no code for.
-    let no_test = Dataset::new(Vec::new(), Vec::new(), features, classes, None)?;
-    let start = RunStart::new(strategy, Arc::new(no_test));
-    let hosted = Coordinator::new(config, Limits::default(), spec).host(
-        listener,
-        start,
-        std::future::pending(),
-    )?;
-    let mut fleet = FleetConfig::new(hosted.url.clone());
-    fleet.trainer = Arc::new(SoftmaxRegression);
-    let fleet = tokio::spawn(run_fleet(fleet, clients, std::future::pending()));
-    let outcome = hosted.finish().await?;
-    fleet.await??;
-    for record in &outcome.records {
-        println!(
-            "round {:2}  federated accuracy {:.4}  client train loss {:.4}",
-            record.round,
-            record.get("accuracy").unwrap_or(f64::NAN),
-            record.get("train_loss").unwrap_or(f64::NAN)
-        );
-    }
-    println!(
-        "final federated accuracy {:.4}",
-        outcome.summary.final_accuracy.unwrap_or(0.0)
-    );
+    let outcome = federate::federate(config, init, Arc::new(SoftmaxRegression), clients).await?;
 
     // The trained model leaves as safetensors and comes back in, checked against the layout.
     let path = std::env::temp_dir().join(format!("own-trainer-{}.safetensors", std::process::id()));

@@ -282,6 +282,11 @@ impl RunConfig {
         hex::encode(Sha256::digest(json))
     }
 
+    /// Whether the model is one Shoal has no code for (`--model external`).
+    pub fn external_model(&self) -> bool {
+        matches!(self.model.parse(), Ok(shoal_models::ModelKind::External))
+    }
+
     /// The run id: a short prefix of the config hash.
     pub fn run_id(&self) -> String {
         self.hash()[..16].to_string()
@@ -320,7 +325,7 @@ impl RunConfig {
                 self.max_retries
             ));
         }
-        if self.model.trim().eq_ignore_ascii_case("external") && self.eval.central() {
+        if self.external_model() && self.eval.central() {
             return invalid(
                 "--model external: the coordinator has no code to score it; give --eval \
                  federated (the clients score it with their own trainer)"

@@ -32,7 +32,7 @@ impl RunCmd {
     pub async fn execute(self) -> Result<()> {
         check_channels(self.channels)?;
         let mut plan = self.options.resolve()?;
-        if plan.run.model.trim().eq_ignore_ascii_case("external") {
+        if plan.run.external_model() {
             anyhow::bail!(
                 "--model external: shoal run's simulated clients run the built-in models; serve \
                  it with shoal coordinator to clients built with your own LocalTrainer (see \

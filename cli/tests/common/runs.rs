@@ -18,6 +18,13 @@ pub fn summary(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()))
 }
 
+/// The layout and flat parameters of a safetensors model file (`--model-out`, export).
+pub fn read_model(path: &Path) -> (shoal_models::Manifest, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    shoal_models::read_safetensors(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not a model file: {e}", path.display()))
+}
+
 pub fn rounds_completed(s: &Value) -> u64 {
     s["rounds_completed"]
         .as_u64()

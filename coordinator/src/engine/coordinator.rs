@@ -433,12 +433,8 @@ impl Coordinator {
         match &state.phase {
             Phase::Open(round) if round.fence == *fence => {
                 if round.selected.contains(client_id) {
-                    let bytes = round
-                        .global_chunks
-                        .iter()
-                        .map(|c| c.data.len() as u64)
-                        .sum();
-                    self.shared.telemetry.sent(bytes);
+                    // The chunks carry the global state as 4-byte floats.
+                    self.shared.telemetry.sent(4 * round.global.len() as u64);
                     Ok(round.global_chunks.clone())
                 } else {
                     Err(CoordinatorError::NotSelected(client_id.to_owned()))

@@ -40,6 +40,11 @@ pub struct RunOutcome {
     pub global: Vec<f32>,
 }
 
+/// The stages of a round (`Fence::stage`): its training (or clustering) step, then, with
+/// federated evaluation, the clients scoring the new model.
+const TRAINING: u32 = 0;
+const EVALUATION: u32 = 1;
+
 /// Round-record values that say how the quorum-loss policy degraded a round.
 const SHRUNK: &str = "quorum_shrunk";
 const WAITED: &str = "quorum_wait_s";
@@ -175,9 +180,9 @@ impl RoundDriver {
             (strategy, record) = driving
                 .aggregate(strategy, round, gathered, round_started)
                 .await?;
-            if let Some(holdout) = config.eval.holdout() {
+            if config.eval.holdout().is_some() {
                 let scores = tokio::select! {
-                    scores = driving.evaluate_on_clients(strategy.global(), round, &contributors, holdout) => scores?,
+                    scores = driving.evaluate_on_clients(strategy.global(), round, &contributors) => scores?,
                     () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
                 };
                 record.values.extend(scores);
@@ -382,25 +387,18 @@ impl Driving {
             });
             let open = self.open_round(
                 strategy.global(),
-                round,
+                (round, TRAINING),
                 plan,
                 &selected,
                 wanted,
                 accumulator.clone(),
                 kept,
             );
-            coordinator.open_round(open)?;
             coordinator
                 .shared
                 .telemetry
                 .round_opened(round, selected.len());
-            self.wait_for_updates().await;
-            coordinator.close_round()?;
-            let results =
-                close(&accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
-            if let Some(fatal) = coordinator.take_fatal() {
-                return Err(fatal);
-            }
+            let results = self.run_stage(open, &accumulator).await?;
             if results.contributors() >= quorum {
                 let degraded = waiting.map(|(since, _)| Degraded::Waited(since.elapsed()));
                 return Ok(Gathered {
@@ -494,13 +492,13 @@ impl Driving {
         ))
     }
 
-    /// The open round: the strategy's plan and task for `selected`, against the `global`
-    /// state, with `done` (replayed) clients already delivered.
+    /// The open round at `(round, stage)`: the plan's task for `selected`, against the
+    /// `global` state, with `done` (replayed) clients already delivered.
     #[allow(clippy::too_many_arguments)]
     fn open_round(
         &self,
         global: &[f32],
-        round: u32,
+        (round, stage): (u32, u32),
         plan: TaskPlan,
         selected: &[String],
         wanted: usize,
@@ -508,7 +506,7 @@ impl Driving {
         done: Vec<String>,
     ) -> OpenRound {
         let shared = &self.coordinator.shared;
-        let fence = Fence::at(&shared.run_id, shared.epoch, round);
+        let fence = Fence::at(&shared.run_id, shared.epoch, round).with_stage(stage);
         let spec = &shared.spec;
         let (rows, cols) = spec.image_shape.unwrap_or((0, 0));
         let model = WireSpec {
@@ -541,18 +539,17 @@ impl Driving {
     }
 
     /// The evaluation stage of `round`: the round's contributors still joined evaluate the new
-    /// `global` model on their held-out `holdout` fraction; the result is their weighted mean
-    /// loss and accuracy (as `loss`/`accuracy` when the coordinator does not evaluate itself,
-    /// else as `fed_loss`/`fed_accuracy`), with `fed_clients` and `fed_examples`. Nothing is
-    /// logged: a coordinator that crashes here redoes the round's aggregation from its log
-    /// and asks again. Clients that do not answer by the deadline are left out; if none
-    /// answers, the round has no federated scores.
+    /// `global` model on the examples they hold out (every task of the run says how many);
+    /// the result is their weighted mean loss and accuracy (as `loss`/`accuracy` when the
+    /// coordinator does not evaluate itself, else as `fed_loss`/`fed_accuracy`), with
+    /// `fed_clients` and `fed_examples`. Nothing is logged: a coordinator that crashes here
+    /// redoes the round's aggregation from its log and asks again. Clients that do not answer
+    /// by the deadline are left out; if none answers, the round has no federated scores.
     async fn evaluate_on_clients(
         &mut self,
         global: &[f32],
         round: u32,
         contributors: &[String],
-        holdout: f64,
     ) -> Result<BTreeMap<String, f64>> {
         let coordinator = self.coordinator.clone();
         coordinator.settle_round();
@@ -577,26 +574,16 @@ impl Driving {
             log: None,
         };
         let accumulator = Arc::new(Mutex::new(Some(sink)));
-        let mut open = self.open_round(
+        let open = self.open_round(
             global,
-            round,
+            (round, EVALUATION),
             plan,
             &asked,
             asked.len(),
             accumulator.clone(),
             Vec::new(),
         );
-        open.fence = open.fence.with_stage(1);
-        open.task.fence = Some(open.fence.clone());
-        open.task.holdout_fraction = holdout;
-        coordinator.open_round(open)?;
-        self.wait_for_updates().await;
-        coordinator.close_round()?;
-        let results =
-            close(&accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
-        if let Some(fatal) = coordinator.take_fatal() {
-            return Err(fatal);
-        }
+        let results = self.run_stage(open, &accumulator).await?;
         let scores = federated_scores(&results, !coordinator.config().eval.central());
         info!(
             round,
@@ -606,6 +593,24 @@ impl Driving {
             "round evaluated on clients"
         );
         Ok(scores)
+    }
+
+    /// Serves `open` until it is complete or its deadline passes, then closes it and takes
+    /// what its `accumulator` gathered; a failure that must end the run ends it here.
+    async fn run_stage(
+        &self,
+        open: OpenRound,
+        accumulator: &SharedAccumulator,
+    ) -> Result<RoundResults> {
+        let coordinator = &self.coordinator;
+        coordinator.open_round(open)?;
+        self.wait_for_updates().await;
+        coordinator.close_round()?;
+        let results = close(accumulator).ok_or(CoordinatorError::Internal("round closed twice"))?;
+        match coordinator.take_fatal() {
+            Some(fatal) => Err(fatal),
+            None => Ok(results),
+        }
     }
 
     /// The round's sink: an accumulator, plus a fresh round log if the run is checkpointed.
