@@ -19,8 +19,21 @@ pub fn client_id(prefix: &str, index: usize) -> String {
     format!("{prefix}-{index:05}")
 }
 
+/// Refuses a dataset that names only the data's shape where clients are to train on it.
+pub fn require_examples(plan: &DataPlan) -> Result<()> {
+    if !plan.source.holds_examples() {
+        bail!(
+            "--dataset {} names only the data's shape: clients need examples to train on \
+             (only `shoal coordinator` runs without data)",
+            plan.source
+        );
+    }
+    Ok(())
+}
+
 /// The training set's examples of each of `plan.clients` clients (indices into `train`).
 fn split(plan: &DataPlan, train: &Dataset) -> Result<Vec<Vec<usize>>> {
+    require_examples(plan)?;
     partition(
         &train.labels,
         train.num_classes,

@@ -263,7 +263,8 @@ pub async fn host(
         );
         crate::model_file::write(path, layout, &outcome.global, &meta)?;
     }
-    print_line(&summary_text(&outcome.summary));
+    let on_clients = !plan.run.eval.central();
+    print_line(&summary_text(&outcome.summary, on_clients));
     Ok(outcome)
 }
 

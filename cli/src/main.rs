@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train end to end in one process: a coordinator on loopback and a simulated fleet.
-    Run(commands::run::RunCmd),
+    Run(Box<commands::run::RunCmd>),
     /// Serve a run to clients that dial in.
     Coordinator(Box<commands::coordinator::CoordinatorCmd>),
     /// Run one edge client on local data.

@@ -9,7 +9,7 @@ use shoal_coordinator::config::{
 };
 use shoal_coordinator::strategy::ServerOptimizer;
 use shoal_coordinator::{EvalMode, RunConfig, StrategyConfig};
-use shoal_datasets::{DatasetSource, Partition};
+use shoal_datasets::{DEFAULT_TEST_FRACTION, DatasetSource, Partition};
 use std::path::{Path, PathBuf};
 
 /// The algorithms a run can use.
@@ -34,104 +34,151 @@ pub enum OptimizerName {
     Adam,
 }
 
-macro_rules! run_options {
-    ($( $(#[$doc:meta])* $name:ident : $ty:ty ),* $(,)?) => {
-        /// Options that decide what a run computes. Flags override the config file.
+macro_rules! options {
+    ($(#[$sdoc:meta])* $name:ident / $file:ident { $( $(#[$doc:meta])* $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[$sdoc])*
         #[derive(Debug, Clone, Default, Args)]
-        pub struct RunOptions {
-            /// TOML file with any of these options (keys as the flags, with underscores).
-            #[arg(long, value_name = "FILE")]
-            pub config: Option<PathBuf>,
-            $( $(#[$doc])* #[arg(long, allow_negative_numbers = true)] pub $name: Option<$ty>, )*
+        pub struct $name {
+            $( $(#[$doc])* #[arg(long, allow_negative_numbers = true)] pub $field: Option<$ty>, )*
         }
 
-        /// The same options as read from a TOML file.
+        /// The same options as read from a config file (other keys are another group's).
         #[derive(Debug, Clone, Default, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct FileOptions {
-            $( $name: Option<$ty>, )*
+        struct $file {
+            $( $field: Option<$ty>, )*
         }
 
-        impl RunOptions {
+        impl $name {
+            /// The keys of these options in a config file.
+            const KEYS: &[&str] = &[$( stringify!($field) ),*];
+
             /// Fills every option the flags left unset from `file`.
-            fn merge(mut self, file: FileOptions) -> Self {
-                $( if self.$name.is_none() { self.$name = file.$name; } )*
+            fn merge(mut self, file: $file) -> Self {
+                $( if self.$field.is_none() { self.$field = file.$field; } )*
                 self
             }
         }
     };
 }
 
-run_options! {
-    /// Algorithm [default: fedavg].
-    strategy: StrategyName,
-    /// Model: logreg, mlp, mlp:H1,H2,..., cnn, or external (the clients' own code; needs
-    /// --init for its layout and --eval federated) [default: mlp].
-    model: String,
-    /// digits, fashion-mnist[:DIR], csv:TRAIN[,TEST], blobs[:CENTERS] [default: digits].
-    dataset: String,
-    /// iid, dirichlet:ALPHA or shards:K [default: iid].
-    partition: String,
-    /// Simulated clients / clients to wait for before the first round, at least 1 [default: 10].
-    clients: usize,
-    /// Rounds to run, at least 1 [default: 20].
-    rounds: u32,
-    /// Clients asked per round, 1..=--clients [default: all, see --fraction].
-    clients_per_round: usize,
-    /// Fraction of available clients asked per round, in (0, 1] [default: 1.0].
-    fraction: f64,
-    /// Quorum: fewest updates a round may aggregate, 1..=--clients and at most
-    /// --clients-per-round [default: 1].
-    min_clients: usize,
-    /// Ask this many times more clients than needed; close when enough answered; at least 1
-    /// [default: 1.0].
-    over_select: f64,
-    /// Round deadline in seconds, 0.001 to 604800 (a week) [default: 60].
-    round_timeout: f64,
-    /// Retries of a round below quorum before its quorum counts as lost, 0..=1000 [default: 3].
-    max_retries: u32,
-    /// When a round's quorum is lost: stop the run; shrink (aggregate what the last attempt
-    /// got, if anything); wait (serve the last model and reopen the round once a quorum is
-    /// back), or wait:SECONDS to give up after that long [default: stop].
-    on_quorum_loss: String,
-    /// Where each round's model is evaluated: central (the coordinator's test set), federated
-    /// (the round's clients, on examples they hold out and never train on) or both
-    /// [default: central].
-    eval: String,
-    /// Fraction of each client's examples held out for federated evaluation, in (0, 1)
-    /// [default: 0.2].
-    eval_holdout: f64,
-    /// Start from this model (safetensors, as --model-out writes it: every tensor of the
-    /// model by name and shape) instead of a seeded initialisation; FedAvg and FedSGD.
-    init: PathBuf,
-    /// Seed of every random choice [default: 0].
-    seed: u64,
-    /// Local epochs (FedAvg), at least 1 [default: 5].
-    epochs: u32,
-    /// Mini-batch size: of local training (FedAvg), and of each gradient (FedSGD; with
-    /// --grad-batches 0 the whole partition is processed in chunks of this size)
-    /// [default: 32 for fedavg, 256 for fedsgd].
-    batch_size: u32,
-    /// Local learning rate (FedAvg), above 0 [default: 0.1].
-    lr: f64,
-    /// Mini-batches per gradient, 0 = whole partition (FedSGD); --grad-batches × --batch-size
-    /// at most 2^31 [default: 0].
-    grad_batches: u32,
-    /// Server optimiser (FedSGD) [default: sgd].
-    server_optimizer: OptimizerName,
-    /// Server learning rate (FedSGD), above 0 [default: 0.5 for sgd, 0.01 for adam].
-    server_lr: f64,
-    /// Server momentum (FedSGD with sgd), in [0, 1) [default: 0].
-    server_momentum: f64,
-    /// Clusters (k-means), 1 to the number of training examples [default: number of classes].
-    k: usize,
-    /// Clusters of each client's local k-means in the k-FED seeding round, 1 to the smallest
-    /// client's number of examples [default: k, capped by each client's examples].
-    local_k: usize,
-    /// Stop k-means when no centroid moves more than this, at least 0 [default: 1e-4].
-    tol: f64,
-    /// Held-out fraction when the dataset has no test file, in (0, 1) [default: 0.2].
-    test_fraction: f64,
+options! {
+    /// Which data the clients hold and how it is split among them: all a client needs to
+    /// know of a run (the coordinator's tasks say the rest).
+    DataOptions / DataFile {
+        /// digits, fashion-mnist[:DIR], csv:TRAIN[,TEST], blobs[:CENTERS], or (coordinator
+        /// only) shape:FEATURES,CLASSES / shape:ROWSxCOLS,CLASSES for a coordinator that holds
+        /// no data [default: digits].
+        dataset: String,
+        /// iid, dirichlet:ALPHA or shards:K [default: iid].
+        partition: String,
+        /// Clients the training set is split among; for a coordinator also the clients to
+        /// wait for before the first round; at least 1 [default: 10].
+        clients: usize,
+        /// Seed of every random choice [default: 0].
+        seed: u64,
+        /// Held-out fraction when the dataset has no test file, in (0, 1) [default: 0.2].
+        test_fraction: f64,
+    }
+}
+
+/// The flags of `shoal client` and `shoal simulate`: the data options, from flags or the run's
+/// config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientDataOptions {
+    /// The run's TOML config file; only its data keys (dataset, partition, clients, seed,
+    /// test_fraction) matter to clients.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataOptions,
+}
+
+impl ClientDataOptions {
+    /// The data plan: flags, then the config file, then defaults.
+    pub fn resolve(&self) -> Result<DataPlan> {
+        let data = match &self.config {
+            Some(path) => self.data.clone().merge(read_file(path)?.0),
+            None => self.data.clone(),
+        };
+        data.resolve()
+    }
+}
+
+/// Options that decide what a run computes. Flags override the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunOptions {
+    /// TOML file with any of these options (keys as the flags, with underscores).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataOptions,
+    #[command(flatten)]
+    pub training: TrainingOptions,
+}
+
+options! {
+    /// What the coordinator runs on the data: algorithm, model, rounds, selection, evaluation.
+    TrainingOptions / TrainingFile {
+        /// Algorithm [default: fedavg].
+        strategy: StrategyName,
+        /// Model: logreg, mlp, mlp:H1,H2,..., cnn, or external (the clients' own code; needs
+        /// --init for its layout and --eval federated) [default: mlp].
+        model: String,
+        /// Rounds to run, at least 1 [default: 20].
+        rounds: u32,
+        /// Clients asked per round, 1..=--clients [default: all, see --fraction].
+        clients_per_round: usize,
+        /// Fraction of available clients asked per round, in (0, 1] [default: 1.0].
+        fraction: f64,
+        /// Quorum: fewest updates a round may aggregate, 1..=--clients and at most
+        /// --clients-per-round [default: 1].
+        min_clients: usize,
+        /// Ask this many times more clients than needed; close when enough answered; at least 1
+        /// [default: 1.0].
+        over_select: f64,
+        /// Round deadline in seconds, 0.001 to 604800 (a week) [default: 60].
+        round_timeout: f64,
+        /// Retries of a round below quorum before its quorum counts as lost, 0..=1000 [default: 3].
+        max_retries: u32,
+        /// When a round's quorum is lost: stop the run; shrink (aggregate what the last attempt
+        /// got, if anything); wait (serve the last model and reopen the round once a quorum is
+        /// back), or wait:SECONDS to give up after that long [default: stop].
+        on_quorum_loss: String,
+        /// Where each round's model is evaluated: central (the coordinator's test set), federated
+        /// (the round's clients, on examples they hold out and never train on) or both
+        /// [default: central].
+        eval: String,
+        /// Fraction of each client's examples held out for federated evaluation, in (0, 1)
+        /// [default: 0.2].
+        eval_holdout: f64,
+        /// Start from this model (safetensors, as --model-out writes it: every tensor of the
+        /// model by name and shape) instead of a seeded initialisation; FedAvg and FedSGD.
+        init: PathBuf,
+        /// Local epochs (FedAvg), at least 1 [default: 5].
+        epochs: u32,
+        /// Mini-batch size: of local training (FedAvg), and of each gradient (FedSGD; with
+        /// --grad-batches 0 the whole partition is processed in chunks of this size)
+        /// [default: 32 for fedavg, 256 for fedsgd].
+        batch_size: u32,
+        /// Local learning rate (FedAvg), above 0 [default: 0.1].
+        lr: f64,
+        /// Mini-batches per gradient, 0 = whole partition (FedSGD); --grad-batches × --batch-size
+        /// at most 2^31 [default: 0].
+        grad_batches: u32,
+        /// Server optimiser (FedSGD) [default: sgd].
+        server_optimizer: OptimizerName,
+        /// Server learning rate (FedSGD), above 0 [default: 0.5 for sgd, 0.01 for adam].
+        server_lr: f64,
+        /// Server momentum (FedSGD with sgd), in [0, 1) [default: 0].
+        server_momentum: f64,
+        /// Clusters (k-means), 1 to the number of training examples [default: number of classes].
+        k: usize,
+        /// Clusters of each client's local k-means in the k-FED seeding round, 1 to the smallest
+        /// client's number of examples [default: k, capped by each client's examples].
+        local_k: usize,
+        /// Stop k-means when no centroid moves more than this, at least 0 [default: 1e-4].
+        tol: f64,
+    }
 }
 
 /// Where the data comes from and how it is split among clients.
@@ -167,10 +214,56 @@ pub struct Plan {
     pub init_layout: Option<shoal_models::Manifest>,
 }
 
-fn read_file(path: &Path) -> Result<FileOptions> {
+/// Reads a config file: both groups of options, refusing a key neither knows (a typo would
+/// otherwise be ignored without a word).
+fn read_file(path: &Path) -> Result<(DataFile, TrainingFile)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+    if let Some(key) = table.keys().find(|key| {
+        !DataOptions::KEYS.contains(&key.as_str()) && !TrainingOptions::KEYS.contains(&key.as_str())
+    }) {
+        bail!(
+            "config file {}: unknown option {key:?}; the options are {} and {}",
+            path.display(),
+            DataOptions::KEYS.join(", "),
+            TrainingOptions::KEYS.join(", ")
+        );
+    }
+    let parse = || format!("parsing config file {}", path.display());
+    let data = table.clone().try_into().with_context(parse)?;
+    let training = table.try_into().with_context(parse)?;
+    Ok((data, training))
+}
+
+impl DataOptions {
+    /// The data plan these options describe, defaults filled from the library's.
+    fn resolve(&self) -> Result<DataPlan> {
+        let defaults = RunConfig::default();
+        let source: DatasetSource = self
+            .dataset
+            .as_deref()
+            .unwrap_or(&defaults.dataset)
+            .parse()?;
+        let partition: Partition = self
+            .partition
+            .as_deref()
+            .unwrap_or(&defaults.partition)
+            .parse()?;
+        let test_fraction = self.test_fraction.unwrap_or(DEFAULT_TEST_FRACTION);
+        if !(test_fraction > 0.0 && test_fraction < 1.0) {
+            bail!("--test-fraction must be in (0, 1), got {test_fraction}");
+        }
+        Ok(DataPlan {
+            source,
+            partition,
+            clients: self.clients.unwrap_or(DEFAULT_CLIENTS),
+            test_fraction,
+            seed: self.seed.unwrap_or(defaults.seed),
+            local_k: None,
+        })
+    }
 }
 
 impl RunOptions {
@@ -178,22 +271,19 @@ impl RunOptions {
     /// ([`RunConfig::validate`]) and those of the options only the CLI has. Options of another
     /// strategy than the chosen one are checked too: a bad value is a mistake either way.
     pub fn resolve(&self) -> Result<Plan> {
-        let o = match &self.config {
-            Some(path) => self.clone().merge(read_file(path)?),
-            None => self.clone(),
+        let (data, o) = match &self.config {
+            Some(path) => {
+                let (data, training) = read_file(path)?;
+                (
+                    self.data.clone().merge(data),
+                    self.training.clone().merge(training),
+                )
+            }
+            None => (self.data.clone(), self.training.clone()),
         };
         // Every default comes from the library's: flags and file only override.
         let defaults = RunConfig::default();
-        let source: DatasetSource = o.dataset.as_deref().unwrap_or(&defaults.dataset).parse()?;
-        let partition: Partition = o
-            .partition
-            .as_deref()
-            .unwrap_or(&defaults.partition)
-            .parse()?;
-        let test_fraction = o.test_fraction.unwrap_or(0.2);
-        if !(test_fraction > 0.0 && test_fraction < 1.0) {
-            bail!("--test-fraction must be in (0, 1), got {test_fraction}");
-        }
+        let mut data = data.resolve()?;
         // 0 stands for "from the data" in the run config, so it cannot be asked for.
         if o.k == Some(0) {
             bail!("--k must be at least 1, got 0");
@@ -205,25 +295,24 @@ impl RunOptions {
         model.parse::<shoal_models::ModelKind>()?;
         let strategy = o.strategy.unwrap_or(StrategyName::Fedavg);
         let optimizer = o.server_optimizer.unwrap_or(OptimizerName::Sgd);
-        let clients = o.clients.unwrap_or(DEFAULT_CLIENTS);
         let round_timeout_ms = match o.round_timeout {
             Some(seconds) => round_timeout_ms(seconds)?,
             None => defaults.round_timeout_ms,
         };
         let selection = &defaults.selection;
         let run = RunConfig {
-            seed: o.seed.unwrap_or(defaults.seed),
+            seed: data.seed,
             rounds: o.rounds.unwrap_or(defaults.rounds),
             strategy: strategy_config(&o, strategy, optimizer),
             model,
-            dataset: source.to_string(),
-            partition: partition.to_string(),
+            dataset: data.source.to_string(),
+            partition: data.partition.to_string(),
             selection: SelectionConfig {
                 clients_per_round: o.clients_per_round.or(selection.clients_per_round),
                 fraction: o.fraction.unwrap_or(selection.fraction),
                 min_clients: o.min_clients.unwrap_or(selection.min_clients),
                 over_select: o.over_select.unwrap_or(selection.over_select),
-                min_available: clients,
+                min_available: data.clients,
             },
             // One --batch-size flag sets both batch sizes; each has its own default.
             fit: FitSettings {
@@ -244,7 +333,14 @@ impl RunOptions {
                 None => defaults.on_quorum_loss,
             },
             eval: match (o.eval.as_deref(), o.eval_holdout) {
+                // A coordinator with no examples has nothing to score on itself.
+                (None, None) if !data.source.holds_examples() => EvalMode::Federated {
+                    holdout: EvalMode::HOLDOUT,
+                },
                 (None, None) => defaults.eval,
+                (None, Some(holdout)) if !data.source.holds_examples() => {
+                    EvalMode::parse("federated", Some(holdout)).map_err(|e| anyhow::anyhow!(e))?
+                }
                 (None | Some("central"), Some(_)) => {
                     bail!("--eval-holdout needs --eval federated or both")
                 }
@@ -255,6 +351,22 @@ impl RunOptions {
             // Set once the file is read against the model (`data::finish_plan`).
             init_sha256: None,
         };
+        if !data.source.holds_examples() {
+            if run.eval.central() {
+                bail!(
+                    "--dataset {}: the coordinator holds no examples to score on; give --eval \
+                     federated (the default without data)",
+                    data.source
+                );
+            }
+            if strategy == StrategyName::Fedkmeans {
+                bail!(
+                    "--dataset {}: federated k-means is scored on the coordinator's examples; \
+                     give it a dataset",
+                    data.source
+                );
+            }
+        }
         run.validate()?;
         for (name, optimizer) in [
             (StrategyName::Fedsgd, OptimizerName::Sgd),
@@ -263,17 +375,9 @@ impl RunOptions {
         ] {
             strategy_config(&o, name, optimizer).validate()?;
         }
-        let data = DataPlan {
-            source,
-            partition,
-            clients,
-            test_fraction,
-            seed: run.seed,
-            local_k: match strategy {
-                StrategyName::Fedkmeans => o.local_k,
-                _ => None,
-            },
-        };
+        if strategy == StrategyName::Fedkmeans {
+            data.local_k = o.local_k;
+        }
         Ok(Plan {
             run,
             data,
@@ -295,7 +399,11 @@ fn round_timeout_ms(seconds: f64) -> Result<u64> {
 }
 
 /// The settings of algorithm `name` from `o` (with `optimizer` for FedSGD), defaults filled.
-fn strategy_config(o: &RunOptions, name: StrategyName, optimizer: OptimizerName) -> StrategyConfig {
+fn strategy_config(
+    o: &TrainingOptions,
+    name: StrategyName,
+    optimizer: OptimizerName,
+) -> StrategyConfig {
     match name {
         StrategyName::Fedavg => StrategyConfig::FedAvg,
         StrategyName::Fedsgd => StrategyConfig::FedSgd {

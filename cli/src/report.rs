@@ -50,15 +50,17 @@ pub fn table_row(r: &RoundRecord, clustering: bool) -> String {
     }
 }
 
-/// The closing lines of a run.
-pub fn summary_text(s: &RunSummary) -> String {
+/// The closing lines of a run; `on_clients` when its accuracy is the clients' (federated
+/// evaluation only).
+pub fn summary_text(s: &RunSummary, on_clients: bool) -> String {
     let mut out = format!(
         "{} run {}: {} rounds in {:.2}s ({})\n",
         s.strategy, s.run_id, s.rounds_completed, s.wall_seconds, s.stop_reason
     );
     if let Some(a) = s.final_accuracy {
         out.push_str(&format!(
-            "final test accuracy {a:.4}, loss {:.4}\n",
+            "final {} accuracy {a:.4}, loss {:.4}\n",
+            if on_clients { "federated" } else { "test" },
             s.final_loss.unwrap_or(f64::NAN)
         ));
     }

@@ -153,7 +153,7 @@ fn survives_kills(run: &[&str], kills: usize, seed: u64, lo_ms: u64, hi_ms: u64)
     let (mut coordinator, addr) = start_coordinator(&listen, &ckpt, &summary, run);
     let url = format!("http://{addr}");
     let mut sim_args = vec!["simulate", "--coordinator", &url];
-    sim_args.extend_from_slice(run);
+    sim_args.extend(common::runs::data_args(run));
     let fleet = Running::spawn(&mut shoal_with(&sim_args));
     // First a crash with accepted updates in the round log, which the next incarnation must
     // take over.

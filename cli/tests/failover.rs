@@ -125,7 +125,7 @@ impl Ha {
     fn fleet(&self) -> Running {
         let urls = self.urls();
         let mut args = vec!["simulate", "--coordinator", &urls];
-        args.extend_from_slice(&RUN);
+        args.extend(common::runs::data_args(&RUN));
         Running::spawn(&mut shoal_with(&args))
     }
 

@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::runs::{read_model, summary};
+use common::runs::{one_process_run, read_model, start_coordinator, summary};
 use common::{Running, arg, finish, shoal_with};
 use shoal_client::holdout_len;
+use shoal_coordinator::EvalMode;
 use shoal_datasets::{Dataset, DatasetSource, Partition, load, partition};
 use shoal_models::{ModelKind, ModelSpec, evaluate};
 use std::time::Duration;
@@ -105,6 +106,52 @@ fn federated_only_reports_the_clients_scores_as_the_runs_accuracy() {
     let union = evaluate(&spec, &params, &held).unwrap();
     let reported = summary(&out)["final_accuracy"].as_f64().unwrap();
     // Weighted mean of per-client accuracies: equal to the union's up to rounding.
+    assert!(
+        (reported - union.accuracy).abs() < 1e-12,
+        "{reported} vs {}",
+        union.accuracy
+    );
+}
+
+#[test]
+fn a_coordinator_with_no_data_runs_on_the_clients_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = one_process_run(
+        dir.path(),
+        "run.json",
+        &["--rounds", "3", "--eval", "federated"],
+    );
+    // The coordinator knows only the examples' shape: it evaluates on the clients by default.
+    let out = dir.path().join("summary.json");
+    let model = dir.path().join("model.safetensors");
+    let (coordinator, url) = start_coordinator(&[
+        "--dataset",
+        "shape:64,10",
+        "--rounds",
+        "3",
+        "--quiet",
+        "--summary-out",
+        arg(&out),
+        "--model-out",
+        arg(&model),
+    ]);
+    let fleet = Running::spawn(&mut shoal_with(&["simulate", "--coordinator", &url]));
+    let done = coordinator.finish(Duration::from_secs(120));
+    done.assert_success();
+    assert!(
+        done.stdout.contains("final federated accuracy"),
+        "{}",
+        done.stdout
+    );
+    fleet.finish(Duration::from_secs(60)).assert_success();
+    let s = summary(&out);
+    // Same seed, same model and clients: the data the coordinator lacks changed nothing.
+    assert_eq!(s["model_sha256"], reference["model_sha256"]);
+    let (_, params) = read_model(&model);
+    let (held, _) = held_out_union(10, EvalMode::HOLDOUT);
+    let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &held);
+    let union = evaluate(&spec, &params, &held).unwrap();
+    let reported = s["final_accuracy"].as_f64().unwrap();
     assert!(
         (reported - union.accuracy).abs() < 1e-12,
         "{reported} vs {}",

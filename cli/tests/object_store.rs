@@ -67,7 +67,7 @@ fn a_run_kept_in_the_object_store_survives_sigkill_bit_identical() {
     let (mut coordinator, addr) = start_coordinator(&server, &listen, &summary, &run);
     let url = format!("http://{addr}");
     let mut sim_args = vec!["simulate", "--coordinator", &url];
-    sim_args.extend_from_slice(&run);
+    sim_args.extend(common::runs::data_args(&run));
     let fleet = Running::spawn(&mut shoal_with(&sim_args));
     let mut last = 0;
     for delay_ms in [7, 23] {

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::runs::{model_sha256, one_process_run, rounds_completed, start_coordinator, summary};
+use common::runs::{
+    data_args, model_sha256, one_process_run, rounds_completed, start_coordinator, summary,
+};
 use common::{DEADLINE, Finished, Running, arg, finish, shoal, shoal_with};
 use std::path::Path;
 
@@ -217,7 +219,7 @@ fn separate_client_processes_compute_the_model_of_the_one_process_run() {
         .map(|i| {
             let index = i.to_string();
             let mut cmd = shoal_with(&["client", "--coordinator", &url, "--index", &index]);
-            cmd.args(common);
+            cmd.args(data_args(&common));
             Running::spawn(&mut cmd)
         })
         .collect();

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::runs::data_args;
 use common::{DEADLINE, Running, arg, finish, shoal_with};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,7 +66,7 @@ fn certs_coordinator_simulate_and_client_finish_a_mutual_tls_run() {
 
     // Client 0 from a simulated fleet, client 1 as its own process.
     let mut simulate = shoal_with(&["simulate", "--coordinator", &url, "--indices", "0..1"]);
-    simulate.args(run).args([
+    simulate.args(data_args(&run)).args([
         "--certs-dir",
         arg(&certs),
         "--tokens-file",
@@ -73,7 +74,7 @@ fn certs_coordinator_simulate_and_client_finish_a_mutual_tls_run() {
     ]);
     let simulate = Running::spawn(&mut simulate);
     let mut client = shoal_with(&["client", "--coordinator", &url, "--index", "1"]);
-    client.args(run).args([
+    client.args(data_args(&run)).args([
         "--ca",
         &file(&certs, "ca.pem"),
         "--cert",

@@ -33,4 +33,4 @@ pub use fashion_mnist::{DEFAULT_FASHION_MNIST_DIR, fashion_mnist};
 pub use idx::{read_idx_images, read_idx_labels};
 pub use partition::{MAX_DIRICHLET_ATTEMPTS, Partition, partition};
 pub use source::{DatasetSource, load};
-pub use split::train_test_split;
+pub use split::{DEFAULT_TEST_FRACTION, train_test_split};

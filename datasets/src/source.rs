@@ -11,6 +11,8 @@
 //! | `blobs`                    | Gaussian blobs with [`BlobsConfig::default`]          |
 //! | `blobs:CENTERS`            | the default blobs with another number of centres      |
 //! | `blobs:KEY=VALUE,...`      | keys `samples features centers std box seed`          |
+//! | `shape:FEATURES,CLASSES`   | no examples, only their shape (a coordinator's)       |
+//! | `shape:ROWSxCOLS,CLASSES`  | the same for single-channel images                    |
 //!
 //! The first `,` after `csv:` separates the two paths, so a training path cannot itself
 //! contain a comma. [`Display`](std::fmt::Display) prints the shortest form that parses back
@@ -33,7 +35,8 @@ use crate::split::train_test_split;
 
 /// The accepted forms, quoted in every parse error.
 pub(crate) const SOURCE_FORMS: &str = "digits, fashion-mnist, fashion-mnist:DIR, csv:PATH, \
-     csv:TRAIN,TEST, blobs, blobs:CENTERS, blobs:samples=N,features=N,centers=N,std=X,box=X,seed=N";
+     csv:TRAIN,TEST, blobs, blobs:CENTERS, blobs:samples=N,features=N,centers=N,std=X,box=X,seed=N, \
+     shape:FEATURES,CLASSES, shape:ROWSxCOLS,CLASSES";
 
 /// Where a dataset comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +58,24 @@ pub enum DatasetSource {
     },
     /// Synthetic Gaussian blobs (`blobs`, `blobs:CENTERS`, `blobs:KEY=VALUE,...`).
     Blobs(BlobsConfig),
+    /// No examples at all, only the shape clients' examples have (`shape:FEATURES,CLASSES` or
+    /// `shape:ROWSxCOLS,CLASSES`): what a coordinator that never sees data needs to announce
+    /// the model its clients build.
+    Shape {
+        /// Values per example.
+        features: usize,
+        /// Number of classes.
+        classes: usize,
+        /// `(rows, cols)` when each example is an image.
+        image: Option<(usize, usize)>,
+    },
+}
+
+impl DatasetSource {
+    /// Whether loading this source gives examples (every source but `shape:`).
+    pub fn holds_examples(&self) -> bool {
+        !matches!(self, DatasetSource::Shape { .. })
+    }
 }
 
 impl FromStr for DatasetSource {
@@ -96,7 +117,8 @@ impl FromStr for DatasetSource {
             ("blobs", Some(args)) => parse_blobs(args)
                 .map(DatasetSource::Blobs)
                 .map_err(|reason| reject(&reason)),
-            ("digits" | "fashion-mnist" | "csv", _) => {
+            ("shape", Some(args)) => parse_shape(args).map_err(|reason| reject(&reason)),
+            ("digits" | "fashion-mnist" | "csv" | "shape", _) => {
                 Err(reject("missing or unexpected argument"))
             }
             _ => Err(reject("unknown dataset")),
@@ -118,6 +140,14 @@ impl fmt::Display for DatasetSource {
                 test: Some(test),
             } => write!(f, "csv:{},{}", train.display(), test.display()),
             DatasetSource::Blobs(cfg) => f.write_str(&format_blobs(cfg)),
+            DatasetSource::Shape {
+                image: Some((rows, cols)),
+                classes,
+                ..
+            } => write!(f, "shape:{rows}x{cols},{classes}"),
+            DatasetSource::Shape {
+                features, classes, ..
+            } => write!(f, "shape:{features},{classes}"),
         }
     }
 }
@@ -152,6 +182,17 @@ pub fn load(source: &DatasetSource, test_fraction: f64, seed: u64) -> Result<Spl
             test: Some(test),
         } => join_csv(read_csv(train)?, read_csv(test)?)?,
         DatasetSource::Blobs(cfg) => train_test_split(&blobs(cfg)?, test_fraction, seed)?,
+        DatasetSource::Shape {
+            features,
+            classes,
+            image,
+        } => {
+            let none = Dataset::new(Vec::new(), Vec::new(), *features, *classes, *image)?;
+            Split {
+                train: none.clone(),
+                test: none,
+            }
+        }
     };
     tracing::debug!(
         %source,
@@ -162,6 +203,35 @@ pub fn load(source: &DatasetSource, test_fraction: f64, seed: u64) -> Result<Spl
         "loaded dataset"
     );
     Ok(split)
+}
+
+/// Parses the `FEATURES,CLASSES` or `ROWSxCOLS,CLASSES` of `shape:`.
+fn parse_shape(args: &str) -> std::result::Result<DatasetSource, String> {
+    let count = |text: &str, what: &str| match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{what} must be a positive whole number, got {text:?}"
+        )),
+    };
+    let (size, classes) = args
+        .split_once(',')
+        .ok_or_else(|| "expected FEATURES,CLASSES or ROWSxCOLS,CLASSES".to_owned())?;
+    let classes = count(classes, "the number of classes")?;
+    let (features, image) = match size.split_once('x') {
+        Some((rows, cols)) => {
+            let (rows, cols) = (count(rows, "rows")?, count(cols, "columns")?);
+            let features = rows
+                .checked_mul(cols)
+                .ok_or_else(|| format!("{rows}x{cols} features are too many"))?;
+            (features, Some((rows, cols)))
+        }
+        None => (count(size, "the number of features")?, None),
+    };
+    Ok(DatasetSource::Shape {
+        features,
+        classes,
+        image,
+    })
 }
 
 /// Pairs separately read train and test CSVs, giving both the larger class count so a model

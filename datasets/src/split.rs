@@ -6,6 +6,9 @@ use crate::dataset::{Dataset, Split};
 use crate::error::{DatasetError, Result};
 use crate::rng::{self, purpose};
 
+/// The share of a dataset held out for testing when nothing else is said.
+pub const DEFAULT_TEST_FRACTION: f64 = 0.2;
+
 /// Shuffles `data` with a generator derived from `seed` and holds out
 /// `round(len * test_fraction)` examples as the test set.
 ///

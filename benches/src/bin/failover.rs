@@ -250,9 +250,24 @@ impl Launch<'_> {
         Proc::spawn(
             Command::new(self.binary)
                 .args(["simulate", "--coordinator", urls])
-                .args(self.run),
+                .args(data_args(self.run)),
         )
     }
+}
+
+/// The options of a run its clients take (the data and its split): `FLAG VALUE` pairs.
+fn data_args(run: &[String]) -> Vec<&String> {
+    const DATA_FLAGS: [&str; 5] = [
+        "--dataset",
+        "--partition",
+        "--clients",
+        "--seed",
+        "--test-fraction",
+    ];
+    run.chunks(2)
+        .filter(|pair| DATA_FLAGS.contains(&pair[0].as_str()))
+        .flatten()
+        .collect()
 }
 
 fn urls(ports: &[u16]) -> String {

@@ -5,7 +5,7 @@
 
 use crate::data::{client_id, load, partitions};
 use crate::host::ctrl_c;
-use crate::options::RunOptions;
+use crate::options::ClientDataOptions;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
@@ -101,7 +101,7 @@ pub struct ClientCmd {
     #[arg(long, default_value_t = 0)]
     index: usize,
     #[command(flatten)]
-    options: RunOptions,
+    options: ClientDataOptions,
     #[command(flatten)]
     tls: TlsArgs,
     /// Mutual TLS: this client's certificate (PEM, e.g. client-ID.pem from `shoal certs`).
@@ -129,30 +129,25 @@ impl ClientCmd {
                 let local = match &source {
                     // The client's own file is all its data: nothing is split off unseen.
                     DatasetSource::Csv { train, test: None } => shoal_datasets::read_csv(train),
-                    _ => shoal_datasets::load(&source, plan.data.test_fraction, plan.data.seed)
+                    _ => shoal_datasets::load(&source, plan.test_fraction, plan.seed)
                         .map(|split| split.train),
                 }
                 .with_context(|| format!("loading {source}"))?;
-                if let Some(local_k) = plan.data.local_k
-                    && local_k > local.len()
-                {
-                    bail!(
-                        "--local-k {local_k} is above this client's {} examples ({source})",
-                        local.len()
-                    );
+                if local.is_empty() {
+                    bail!("--data {source} holds no examples to train on");
                 }
                 local
             }
             None => {
-                if self.index >= plan.data.clients {
+                if self.index >= plan.clients {
                     bail!(
                         "--index {} is out of range for --clients {}",
                         self.index,
-                        plan.data.clients
+                        plan.clients
                     );
                 }
-                let split = load(&plan.data)?;
-                partitions(&plan.data, &split.train, "client")?
+                let split = load(&plan)?;
+                partitions(&plan, &split.train, "client")?
                     .swap_remove(self.index)
                     .1
             }
@@ -180,7 +175,7 @@ impl ClientCmd {
             .collect::<Result<Vec<_>>>()?;
         let route = Route::new(fleets, urls.into(), Default::default());
         let options = ClientOptions {
-            seed: plan.run.seed,
+            seed: plan.seed,
             give_up_after: std::time::Duration::from_secs(self.give_up_after),
             coordinator_url: self.coordinator.clone(),
             ..ClientOptions::default()

@@ -2,7 +2,7 @@
 //! the same process, with a progress bar, a per-round table and a summary.
 
 use crate::commands::simulate::check_channels;
-use crate::data::partitions;
+use crate::data::{partitions, require_examples};
 use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
 use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
@@ -39,6 +39,7 @@ impl RunCmd {
                  client/examples/own_trainer.rs)"
             );
         }
+        require_examples(&plan.data)?;
         let prepared = prepare(&mut plan, Limits::default(), &self.durability)?;
         let clients = partitions(&plan.data, &prepared.split.train, "client")?;
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -6,7 +6,7 @@
 use crate::commands::client::{TlsArgs, identity, read_tokens};
 use crate::data::{load, partitions};
 use crate::host::ctrl_c;
-use crate::options::RunOptions;
+use crate::options::ClientDataOptions;
 use anyhow::{Result, bail};
 use clap::Args;
 use shoal_client::faults::DEFAULT_CRASH_DOWNTIME;
@@ -30,7 +30,7 @@ pub struct SimulateCmd {
     )]
     coordinator: String,
     #[command(flatten)]
-    options: RunOptions,
+    options: ClientDataOptions,
     /// HTTP/2 channels the clients share, 1..=65535.
     #[arg(long, default_value_t = 4)]
     channels: usize,
@@ -131,8 +131,8 @@ impl SimulateCmd {
     pub async fn execute(self) -> Result<()> {
         check_channels(self.channels)?;
         let plan = self.options.resolve()?;
-        let split = load(&plan.data)?;
-        let mut clients = partitions(&plan.data, &split.train, &self.id_prefix)?;
+        let split = load(&plan)?;
+        let mut clients = partitions(&plan, &split.train, &self.id_prefix)?;
         if let Some(range) = &self.indices {
             if range.end > clients.len() {
                 bail!(
@@ -166,7 +166,7 @@ impl SimulateCmd {
             fleet.credentials.insert(id.clone(), credentials);
         }
         fleet.channels = self.channels;
-        fleet.options.seed = plan.run.seed;
+        fleet.options.seed = plan.seed;
         fleet.faults = Faults {
             dropout: self.dropout.unwrap_or(0.0),
             straggle: self.straggle,

@@ -10,6 +10,25 @@ use std::time::Duration;
 /// How long a coordinator may take to load its data and start listening.
 pub const STARTUP: Duration = Duration::from_secs(30);
 
+/// The options a client takes (`shoal client`/`shoal simulate`): which data and how it is
+/// split. The rest of a run's options are the coordinator's alone.
+const DATA_FLAGS: [&str; 5] = [
+    "--dataset",
+    "--partition",
+    "--clients",
+    "--seed",
+    "--test-fraction",
+];
+
+/// The data options among a run's `FLAG VALUE` pairs: what its clients are given.
+pub fn data_args<'a>(run: &[&'a str]) -> Vec<&'a str> {
+    run.chunks(2)
+        .filter(|pair| DATA_FLAGS.contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// Reads a `--summary-out` file.
 pub fn summary(path: &Path) -> Value {
     let text =

@@ -64,6 +64,13 @@ fn rejects_junk_with_the_valid_forms() {
         "fashion-mnist:",
         "blobs:zero",
         "blobs:0",
+        "shape",
+        "shape:64",
+        "shape:0,10",
+        "shape:64,0",
+        "shape:8x,10",
+        "shape:x8,10",
+        "shape:-1,2",
         ":",
     ] {
         let message = junk
@@ -92,7 +99,7 @@ fn string_conversions_used_by_serde_match_display_and_parse() {
 proptest! {
     #[test]
     fn display_round_trips(
-        kind in 0usize..6,
+        kind in 0usize..8,
         path in "[a-zA-Z0-9_./-]{1,20}",
         other in "[a-zA-Z0-9_./-]{1,20}",
         centers in 1usize..50,
@@ -105,11 +112,31 @@ proptest! {
             2 => DatasetSource::Csv { train: path.into(), test: None },
             3 => DatasetSource::Csv { train: path.into(), test: Some(other.into()) },
             4 => DatasetSource::Blobs(BlobsConfig { centers, ..Default::default() }),
+            5 => DatasetSource::Shape { features: centers, classes: centers + 1, image: None },
+            6 => DatasetSource::Shape { features: centers * 3, classes: 2, image: Some((centers, 3)) },
             _ => DatasetSource::Blobs(BlobsConfig { centers, seed, cluster_std: std, ..Default::default() }),
         };
         let text = source.to_string();
         prop_assert_eq!(text.parse::<DatasetSource>().ok(), Some(source), "{}", text);
     }
+}
+
+#[test]
+fn a_shape_holds_no_examples_only_their_size() {
+    assert_eq!(
+        parsed("shape:28x28,10"),
+        DatasetSource::Shape {
+            features: 784,
+            classes: 10,
+            image: Some((28, 28))
+        }
+    );
+    let source = parsed("shape:64,10");
+    assert!(!source.holds_examples());
+    assert!(DatasetSource::Digits.holds_examples());
+    let split = load(&source, 0.2, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(split.train.is_empty() && split.test.is_empty());
+    assert_eq!((split.train.num_features, split.test.num_classes), (64, 10));
 }
 
 #[test]
