@@ -4,14 +4,14 @@
 //! safetensors, like `--model-out` writes at the end of a run.
 
 use crate::model_file;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use shoal_coordinator::CheckpointStore;
 use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_coordinator::store::round_log::RoundLog;
 use shoal_coordinator::strategy;
-use shoal_datasets::DatasetSource;
-use shoal_models::{ModelKind, ModelSpec};
+use shoal_datasets::{DEFAULT_TEST_FRACTION, DatasetSource};
+use shoal_models::{Manifest, ModelKind, ModelSpec, read_safetensors};
 use std::path::{Path, PathBuf};
 
 /// Options of `shoal checkpoint`.
@@ -38,6 +38,10 @@ enum Action {
         /// The safetensors file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// For a model Shoal has no code for (`--model external`): the file the run started
+        /// from (its --init), which gives the tensors' names and shapes.
+        #[arg(long, value_name = "FILE")]
+        layout: Option<PathBuf>,
     },
 }
 
@@ -46,7 +50,12 @@ impl CheckpointCmd {
     pub async fn execute(self) -> Result<()> {
         match self.action {
             Action::Inspect { dir } => inspect(&dir),
-            Action::Export { dir, round, out } => export(&dir, round, &out),
+            Action::Export {
+                dir,
+                round,
+                out,
+                layout,
+            } => export(&dir, round, &out, layout.as_deref()),
         }
     }
 }
@@ -61,8 +70,9 @@ fn open(dir: &Path) -> Result<CheckpointStore> {
 
 /// Writes the global model of the checkpoint of `round` (else the newest usable one) to
 /// `out`. The model's layout comes from the run's config and its dataset, which must be
-/// readable here (the dataset is read for its shape only).
-fn export(dir: &Path, round: Option<u32>, out: &Path) -> Result<()> {
+/// readable here (the dataset is read for its shape only), or for an external model from
+/// `layout`, the run's --init file.
+fn export(dir: &Path, round: Option<u32>, out: &Path, layout: Option<&Path>) -> Result<()> {
     model_file::check_destination(out)?;
     let store = open(dir)?;
     let listed = store.list()?;
@@ -87,13 +97,34 @@ fn export(dir: &Path, round: Option<u32>, out: &Path) -> Result<()> {
         .dataset
         .parse()
         .with_context(|| format!("the run's dataset {:?}", run.dataset))?;
-    let data = shoal_datasets::load(&source, 0.2, run.seed)
+    let data = shoal_datasets::load(&source, DEFAULT_TEST_FRACTION, run.seed)
         .with_context(|| format!("reading dataset {source} for the model's shape"))?;
     let kind: ModelKind = run.model.parse()?;
     let spec = ModelSpec::for_dataset(kind, &data.train);
-    let mut strategy = strategy::build(&run, &spec)?;
+    let (layout, init) = match (run.external_model(), layout) {
+        (true, Some(path)) => {
+            let (layout, init) = external_layout(path, run.init_sha256.as_deref())?;
+            (layout, Some(init))
+        }
+        (true, None) => bail!(
+            "the run's model is external: give --layout FILE, the model file it started from \
+             (its --init), for the tensors' names and shapes"
+        ),
+        (false, Some(_)) => bail!(
+            "--layout is for external models; the run's model {} has its own layout",
+            run.model
+        ),
+        (false, None) => (model_file::layout(&run, &spec)?, None),
+    };
+    let mut strategy = strategy::build_from(&run, &spec, init)?;
     strategy.restore(&checkpoint.strategy_state)?;
-    let layout = model_file::layout(&run, &spec)?;
+    if strategy.global().len() != layout.total() {
+        bail!(
+            "the checkpoint holds {} parameters but the layout has {}",
+            strategy.global().len(),
+            layout.total()
+        );
+    }
     let global = strategy.global();
     let meta = model_file::metadata(
         &run,
@@ -112,6 +143,24 @@ fn export(dir: &Path, round: Option<u32>, out: &Path) -> Result<()> {
         sha256_f32(global)
     );
     Ok(())
+}
+
+/// The layout in `path`, an external model's --init file, and its parameters, checked to be
+/// the file the run started from (`init_sha256`).
+fn external_layout(path: &Path, init_sha256: Option<&str>) -> Result<(Manifest, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("--layout {}", path.display()))?;
+    let (layout, params) =
+        read_safetensors(&bytes).with_context(|| format!("--layout {}", path.display()))?;
+    let sha = sha256_f32(&params);
+    if init_sha256.is_some_and(|expected| expected != sha) {
+        bail!(
+            "--layout {}: not the model file this run started from (its parameters' sha256 is \
+             {sha}, the run's --init had {})",
+            path.display(),
+            init_sha256.unwrap_or_default()
+        );
+    }
+    Ok((layout, params))
 }
 
 fn inspect(dir: &Path) -> Result<()> {
