@@ -50,11 +50,14 @@ pub struct ClientOptions {
     pub coordinator_url: String,
 }
 
+/// How long a client waits for an unreachable coordinator before it gives up, by default.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(120);
+
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             seed: 0,
-            give_up_after: Duration::from_secs(120),
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(5),
             coordinator_url: String::new(),

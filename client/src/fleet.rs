@@ -62,12 +62,15 @@ pub struct Credentials {
     pub token: Option<String>,
 }
 
+/// HTTP/2 channels a fleet's clients share by default.
+pub const DEFAULT_CHANNELS: usize = 4;
+
 impl FleetConfig {
-    /// Defaults for `url`: 4 channels, one worker per core.
+    /// Defaults for `url`: [`DEFAULT_CHANNELS`] channels, one worker per core.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            channels: 4,
+            channels: DEFAULT_CHANNELS,
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             options: ClientOptions::default(),
             faults: Faults::default(),

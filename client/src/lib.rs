@@ -15,10 +15,10 @@ pub mod trainer;
 mod unreachable;
 pub mod work;
 
-pub use edge::{ClientOptions, ClientStats, EdgeClient};
+pub use edge::{ClientOptions, ClientStats, DEFAULT_GIVE_UP_AFTER, EdgeClient};
 pub use error::{ClientError, Result};
 pub use faults::{Fault, Faults};
-pub use fleet::{Credentials, FleetConfig, FleetReport, run_fleet};
+pub use fleet::{Credentials, DEFAULT_CHANNELS, FleetConfig, FleetReport, run_fleet};
 pub use route::Route;
 pub use trainer::{BuiltinTrainer, LocalTrainer};
 pub use work::holdout_len;

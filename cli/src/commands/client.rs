@@ -115,7 +115,7 @@ pub struct ClientCmd {
     #[arg(long, value_name = "FILE")]
     token: Option<PathBuf>,
     /// Give up after the coordinator has been unreachable this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, value_name = "SECONDS", default_value_t = shoal_client::DEFAULT_GIVE_UP_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     give_up_after: u64,
 }
 

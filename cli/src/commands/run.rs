@@ -23,7 +23,7 @@ pub struct RunCmd {
     #[command(flatten)]
     durability: Durability,
     /// HTTP/2 channels the simulated fleet shares, 1..=65535.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = shoal_client::DEFAULT_CHANNELS)]
     channels: usize,
 }
 

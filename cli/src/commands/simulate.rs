@@ -32,7 +32,7 @@ pub struct SimulateCmd {
     #[command(flatten)]
     options: ClientDataOptions,
     /// HTTP/2 channels the clients share, 1..=65535.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = shoal_client::DEFAULT_CHANNELS)]
     channels: usize,
     /// Client ids are PREFIX-00000, PREFIX-00001, ... (the ids seed each client's work, so
     /// keep the default to reproduce a `shoal run`).
