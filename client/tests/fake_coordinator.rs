@@ -10,8 +10,8 @@ use shoal_datasets::Dataset;
 use shoal_proto::v1::fleet_server::{Fleet, FleetServer};
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, Fence, FetchRequest, Finished, JoinReply, JoinRequest,
-    KMeansConfig, LeaveReply, LeaveRequest, PullReply, PullRequest, PushReply, Task, TaskKind,
-    UpdatePart, pull_reply::Reply,
+    KMeansConfig, LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, Task,
+    TaskKind, UpdatePart, pull_reply::Reply,
 };
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -121,6 +121,14 @@ impl Fleet for Fake {
     async fn leave(&self, _: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
         self.record("leave");
         Ok(Response::new(LeaveReply {}))
+    }
+
+    async fn push_partial(
+        &self,
+        _: Request<Streaming<PartialPart>>,
+    ) -> Result<Response<PushReply>, Status> {
+        self.record("push_partial");
+        Err(Status::unimplemented("clients never send partial sums"))
     }
 }
 

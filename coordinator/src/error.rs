@@ -241,6 +241,7 @@ impl CoordinatorError {
             E::InvalidUpdate(A::CountsMismatch { .. }) => R::CountsMismatch,
             E::InvalidUpdate(A::OutOfRange(_)) => R::OutOfRange,
             E::InvalidUpdate(A::NormTooLarge { .. }) => R::NormTooLarge,
+            E::InvalidUpdate(A::NotSummed | A::NoContributors) => R::Malformed,
             E::Malformed(_) | E::Payload(ProtoError::MissingField(_)) => R::Malformed,
             E::Payload(ProtoError::Misaligned(_)) => R::ChunkMisaligned,
             E::Payload(ProtoError::ChunkTooLarge { .. }) => R::ChunkTooLarge,

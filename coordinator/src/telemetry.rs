@@ -168,9 +168,10 @@ impl Telemetry {
         }
     }
 
-    /// An update of `bytes` payload bytes was accepted after a fold of `took`.
-    pub fn update_accepted(&self, bytes: u64, took: Duration) {
-        self.updates_accepted.inc();
+    /// `updates` client updates (one, or a partial sum's) of `bytes` payload bytes were accepted
+    /// after a fold of `took`.
+    pub fn update_accepted(&self, updates: u64, bytes: u64, took: Duration) {
+        self.updates_accepted.inc_by(updates);
         self.bytes_received.inc_by(bytes);
         self.fold_seconds.observe(took.as_secs_f64());
     }

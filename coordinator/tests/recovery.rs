@@ -82,7 +82,7 @@ async fn a_restart_mid_round_keeps_the_logged_updates_and_asks_only_the_others()
         "{:?}",
         log.opened
     );
-    let logged: Vec<&str> = log.updates.iter().map(|u| u.client_id.as_str()).collect();
+    let logged: Vec<&str> = log.updates.iter().flat_map(|u| u.clients()).collect();
     assert_eq!(logged, ["a", "b"]);
     let global = fetch(&mut c, "c", &fence2, t.global_len).await.unwrap();
     assert_eq!(global.len(), n);

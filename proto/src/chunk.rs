@@ -13,16 +13,55 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 20;
 /// Chunk size senders use unless told otherwise.
 pub const DEFAULT_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
 
+/// A value that travels in chunks as fixed-width little-endian bytes: f32 for models and
+/// updates, i128 for a sub-aggregator's exact sums.
+pub trait WireValue: Copy {
+    /// Bytes per value.
+    const WIDTH: usize;
+    /// Appends the value's little-endian bytes.
+    fn put(self, out: &mut Vec<u8>);
+    /// The value of exactly [`WireValue::WIDTH`] bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+impl WireValue for f32 {
+    const WIDTH: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}
+
+impl WireValue for i128 {
+    const WIDTH: usize = 16;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn get(bytes: &[u8]) -> Self {
+        let mut le = [0u8; 16];
+        le.copy_from_slice(&bytes[..16]);
+        i128::from_le_bytes(le)
+    }
+}
+
 /// Splits `values` into chunks of at most `chunk_bytes` bytes (rounded down to whole values).
-pub fn encode_chunks(values: &[f32], chunk_bytes: usize) -> impl Iterator<Item = Chunk> + '_ {
-    let per_chunk = (chunk_bytes.clamp(4, MAX_CHUNK_BYTES) / 4).max(1);
-    values
-        .chunks(per_chunk)
-        .enumerate()
-        .map(move |(i, part)| Chunk {
+pub fn encode_chunks<T: WireValue>(
+    values: &[T],
+    chunk_bytes: usize,
+) -> impl Iterator<Item = Chunk> + '_ {
+    let per_chunk = (chunk_bytes.clamp(T::WIDTH, MAX_CHUNK_BYTES) / T::WIDTH).max(1);
+    values.chunks(per_chunk).enumerate().map(move |(i, part)| {
+        let mut data = Vec::with_capacity(part.len() * T::WIDTH);
+        for v in part {
+            v.put(&mut data);
+        }
+        Chunk {
             offset: (i * per_chunk) as u64,
-            data: Bytes::from(encode_f32(part)),
-        })
+            data: Bytes::from(data),
+        }
+    })
 }
 
 /// Little-endian bytes of `values`.
@@ -50,13 +89,13 @@ pub fn decode_f32(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
 /// Reassembles a payload of a declared length from chunks that must arrive in order, without
 /// gaps, overlaps or excess, refusing anything larger than the receiver's limit up front.
 #[derive(Debug)]
-pub struct ChunkAssembler {
+pub struct ChunkAssembler<T = f32> {
     declared: usize,
     max_chunk_bytes: usize,
-    values: Vec<f32>,
+    values: Vec<T>,
 }
 
-impl ChunkAssembler {
+impl<T: WireValue> ChunkAssembler<T> {
     /// Starts a payload of `declared` values; `max_values` and `max_chunk_bytes` are the
     /// receiver's limits.
     pub fn new(declared: u64, max_values: usize, max_chunk_bytes: usize) -> Result<Self> {
@@ -71,7 +110,7 @@ impl ChunkAssembler {
             declared: declared_usize,
             max_chunk_bytes,
             // Grow as verified chunks arrive: the declared length is only a claim.
-            values: Vec::with_capacity(declared_usize.min(MAX_CHUNK_BYTES / 4)),
+            values: Vec::with_capacity(declared_usize.min(MAX_CHUNK_BYTES / T::WIDTH)),
         })
     }
 
@@ -91,12 +130,17 @@ impl ChunkAssembler {
                 expected,
             });
         }
-        if self.values.len() + len / 4 > self.declared {
+        if !len.is_multiple_of(T::WIDTH) {
+            return Err(ProtoError::Misaligned(len));
+        }
+        if self.values.len() + len / T::WIDTH > self.declared {
             return Err(ProtoError::Overflow {
                 declared: self.declared,
             });
         }
-        decode_f32(&chunk.data, &mut self.values)
+        self.values
+            .extend(chunk.data.chunks_exact(T::WIDTH).map(T::get));
+        Ok(())
     }
 
     /// Values received so far.
@@ -105,7 +149,7 @@ impl ChunkAssembler {
     }
 
     /// The complete payload, or an error if values are missing.
-    pub fn finish(self) -> Result<Vec<f32>> {
+    pub fn finish(self) -> Result<Vec<T>> {
         if self.values.len() != self.declared {
             return Err(ProtoError::Truncated {
                 got: self.values.len(),
@@ -122,7 +166,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn assemble(values: &[f32], chunk_bytes: usize) -> Result<Vec<f32>> {
-        let mut asm = ChunkAssembler::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES)?;
+        let mut asm = ChunkAssembler::<f32>::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES)?;
         for c in encode_chunks(values, chunk_bytes) {
             asm.push(&c)?;
         }
@@ -130,6 +174,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn exact_sums_round_trip(values in proptest::collection::vec(any::<i128>(), 0..300), chunk in 16usize..512) {
+            let mut asm = ChunkAssembler::<i128>::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES).unwrap();
+            for c in encode_chunks(&values, chunk) {
+                prop_assert!(c.data.len() <= chunk.max(16));
+                asm.push(&c).unwrap();
+            }
+            prop_assert_eq!(asm.finish().unwrap(), values);
+        }
+
         #[test]
         fn round_trips_bit_exactly(values in proptest::collection::vec(any::<f32>(), 0..2000), chunk in 4usize..512) {
             let back = assemble(&values, chunk).unwrap();
@@ -151,7 +205,7 @@ mod tests {
     fn refuses_out_of_order_duplicate_and_overflow() {
         let values = [1.0f32, 2.0, 3.0, 4.0];
         let chunks: Vec<Chunk> = encode_chunks(&values, 8).collect();
-        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         assert!(matches!(
             asm.push(&chunks[1]),
             Err(ProtoError::OutOfOrder { .. })
@@ -171,7 +225,7 @@ mod tests {
 
     #[test]
     fn refuses_truncation_misalignment_and_oversize() {
-        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         asm.push(&Chunk {
             offset: 0,
             data: Bytes::from(encode_f32(&[1.0])),
@@ -184,17 +238,17 @@ mod tests {
                 declared: 4
             })
         ));
-        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         let bad = Chunk {
             offset: 0,
             data: Bytes::from_static(&[0, 0, 0]),
         };
         assert!(matches!(asm.push(&bad), Err(ProtoError::Misaligned(3))));
         assert!(matches!(
-            ChunkAssembler::new(101, 100, MAX_CHUNK_BYTES),
+            ChunkAssembler::<f32>::new(101, 100, MAX_CHUNK_BYTES),
             Err(ProtoError::TooLarge { .. })
         ));
-        let mut asm = ChunkAssembler::new(1_000_000, 1_000_000, 16).unwrap();
+        let mut asm = ChunkAssembler::<f32>::new(1_000_000, 1_000_000, 16).unwrap();
         let big = Chunk {
             offset: 0,
             data: Bytes::from(encode_f32(&[0.0; 5])),

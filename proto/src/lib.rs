@@ -8,7 +8,9 @@ pub mod chunk;
 mod error;
 pub mod fence;
 
-pub use chunk::{ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, decode_f32, encode_chunks};
+pub use chunk::{
+    ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, WireValue, decode_f32, encode_chunks,
+};
 pub use error::{ProtoError, Result};
 
 /// Metadata key of the refusal reason the coordinator puts on every status it sends itself

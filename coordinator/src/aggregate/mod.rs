@@ -76,6 +76,12 @@ pub enum AggregateError {
     /// Folding this update could exceed the exact range of the accumulator.
     #[error("update magnitude {0:e} would exceed the aggregation range")]
     OutOfRange(f64),
+    /// A partial sum was sent for a round whose updates are kept one by one, not summed.
+    #[error("this round keeps every update whole; partial sums cannot be folded into it")]
+    NotSummed,
+    /// A partial sum names no client.
+    #[error("a partial sum must name the clients it folded")]
+    NoContributors,
     /// The update's L2 norm is over the configured bound (see [`crate::aggregate::norm`]).
     #[error("update norm {norm} exceeds the bound {bound}")]
     NormTooLarge {
@@ -260,6 +266,63 @@ impl ExactSum {
             *l -= c * UNIT;
         }
         self.since_carry = 0;
+    }
+
+    /// The exact totals Σ w·x, one per value, counted in units of the grid (2^-40): the same
+    /// integers whatever the order of the folds or the timing of carries, so a sum can travel
+    /// (a sub-aggregator's partial) and be added elsewhere without losing a bit.
+    pub fn totals(&self) -> Vec<i128> {
+        self.hi
+            .iter()
+            .zip(&self.lo)
+            .map(|(&h, &l)| (i128::from(h) << (FRAC_BITS + HI_BITS)) + i128::from(l))
+            .collect()
+    }
+
+    /// Adds another sum's [`ExactSum::totals`], which folded `count` vectors of total weight
+    /// `weight`: the result is the bits of having folded those vectors here. The totals' own
+    /// magnitude counts against this sum's range (checked before anything changes); on error
+    /// nothing changes.
+    pub fn merge(
+        &mut self,
+        totals: &[i128],
+        count: u32,
+        weight: u64,
+    ) -> Result<(), AggregateError> {
+        if totals.len() != self.len() {
+            return Err(AggregateError::WrongLength {
+                got: totals.len(),
+                expected: self.len(),
+            });
+        }
+        let largest = totals.iter().map(|t| t.unsigned_abs()).max().unwrap_or(0);
+        // In the sum's units: |total| · 2^-40, below the range every fold respects.
+        let magnitude = largest as f64 * (-FRAC_BITS as f64).exp2();
+        if self.magnitude + magnitude >= RANGE_LIMIT {
+            return Err(AggregateError::OutOfRange(magnitude));
+        }
+        let total_weight = self
+            .total_weight
+            .checked_add(weight)
+            .ok_or(AggregateError::OutOfRange(weight as f64))?;
+        let folded = self
+            .folded
+            .checked_add(count)
+            .ok_or(AggregateError::OutOfRange(f64::from(count)))?;
+        const UNIT: i128 = 1 << (FRAC_BITS + HI_BITS);
+        for ((h, l), t) in self.hi.iter_mut().zip(self.lo.iter_mut()).zip(totals) {
+            // Both terms are below 2^102 units (the range), so neither this sum nor the high
+            // limb (below 2^51) can overflow.
+            let v = (i128::from(*h) << (FRAC_BITS + HI_BITS)) + i128::from(*l) + t;
+            *h = v.div_euclid(UNIT) as i64;
+            *l = v.rem_euclid(UNIT) as i64;
+        }
+        self.magnitude += magnitude;
+        self.total_weight = total_weight;
+        self.folded = folded;
+        // Every low limb was just normalised into [0, UNIT).
+        self.since_carry = 0;
+        Ok(())
     }
 
     /// The weighted mean Σ w·x / Σ w, rounded to f32; `None` if nothing was folded in.
@@ -503,6 +566,63 @@ mod tests {
             validate(&[-f32::NAN], 1),
             Err(AggregateError::NonFinite { index: 0 })
         );
+    }
+
+    #[test]
+    fn a_merge_out_of_range_or_of_another_length_changes_nothing() {
+        let mut s = ExactSum::new(2);
+        s.fold(2, &[1.0, -1.0]).unwrap();
+        let before = s.totals();
+        assert!(matches!(
+            s.merge(&[0], 1, 1),
+            Err(AggregateError::WrongLength {
+                got: 1,
+                expected: 2
+            })
+        ));
+        assert!(matches!(
+            s.merge(&[i128::MAX, 0], 1, 1),
+            Err(AggregateError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            s.merge(&[0, i128::MIN], 1, 1),
+            Err(AggregateError::OutOfRange(_))
+        ));
+        assert_eq!(s.totals(), before);
+        assert_eq!((s.count(), s.total_weight()), (1, 2));
+    }
+
+    proptest! {
+        #[test]
+        fn partial_sums_merged_give_the_bits_of_one_flat_sum(
+            rows in proptest::collection::vec(
+                (1u64..100_000, proptest::collection::vec(-1e4f32..1e4, 6)), 1..40),
+            cuts in proptest::collection::vec(0usize..40, 0..4),
+        ) {
+            let mut flat = ExactSum::new(6);
+            for (w, v) in &rows {
+                flat.fold(*w, v).unwrap();
+            }
+            // The rows split among subtrees at `cuts`, each summed on its own, then merged.
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (rows.len() + 1)).collect();
+            bounds.extend([0, rows.len()]);
+            bounds.sort_unstable();
+            let mut root = ExactSum::new(6);
+            for pair in bounds.windows(2) {
+                let mut part = ExactSum::new(6);
+                for (w, v) in &rows[pair[0]..pair[1]] {
+                    part.fold(*w, v).unwrap();
+                }
+                root.merge(&part.totals(), part.count(), part.total_weight()).unwrap();
+            }
+            prop_assert_eq!(root.totals(), flat.totals());
+            prop_assert_eq!(bits(&root.mean().unwrap()), bits(&flat.mean().unwrap()));
+            prop_assert_eq!((root.count(), root.total_weight()), (flat.count(), flat.total_weight()));
+            // Folds after a merge land on the same bits too.
+            root.fold(3, &rows[0].1).unwrap();
+            flat.fold(3, &rows[0].1).unwrap();
+            prop_assert_eq!(root.totals(), flat.totals());
+        }
     }
 
     proptest! {

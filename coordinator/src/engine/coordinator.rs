@@ -15,14 +15,15 @@ use crate::engine::round::{OpenRound, SharedAccumulator, fold};
 use crate::error::{CoordinatorError, Result};
 use crate::refusal::Refusal;
 use crate::store::checkpoint::CheckpointStore;
-use crate::strategy::results::ClientUpdate;
+use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
 use shoal_proto::ProtoError;
 use shoal_proto::v1::{
-    Chunk, Fence, Finished, JoinReply, PullReply, Task, UpdateHeader, Wait, pull_reply::Reply,
+    Chunk, Fence, Finished, JoinReply, PartialHeader, PullReply, Task, UpdateHeader, Wait,
+    pull_reply::Reply,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -487,7 +488,7 @@ impl Coordinator {
                 Ok(Admission {
                     slot: Some(Slot {
                         coordinator: self.clone(),
-                        client_id: header.client_id.clone(),
+                        clients: vec![header.client_id.clone()],
                         fence,
                         accumulator: round.accumulator.clone(),
                     }),
@@ -497,6 +498,72 @@ impl Coordinator {
                         limits.max_update_norm,
                         limits.norm_policy,
                     ),
+                    max_values: limits.max_update_values,
+                    max_chunk_bytes: limits.max_chunk_bytes,
+                })
+            }
+            phase => Err(stale(&fence, phase)),
+        }
+    }
+}
+
+impl Coordinator {
+    /// Checks a sub-aggregator's partial sum header before its sum is received: every client
+    /// it names must be known, selected, not yet delivered and not uploading; on success their
+    /// slots are held until the returned admission is delivered or dropped. Partial sums are
+    /// folded as they come, so the clients count, not the aggregators.
+    pub fn admit_partial(&self, header: &PartialHeader) -> Result<Admission> {
+        let limits = &self.shared.limits;
+        let fence = header
+            .fence
+            .clone()
+            .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
+        if header.sum_len > limits.max_update_values as u64 {
+            return Err(ProtoError::TooLarge {
+                declared: header.sum_len,
+                limit: limits.max_update_values,
+            }
+            .into());
+        }
+        let mut clients = Vec::with_capacity(header.contributions.len());
+        let mut seen = std::collections::HashSet::new();
+        for c in &header.contributions {
+            check_client_id(&c.client_id)?;
+            if c.num_examples == 0 || c.num_examples > limits.max_examples {
+                return Err(AggregateError::BadWeight {
+                    weight: c.num_examples,
+                    max: limits.max_examples,
+                }
+                .into());
+            }
+            check_metrics(&c.metrics)?;
+            if !seen.insert(c.client_id.as_str()) {
+                return Err(CoordinatorError::Duplicate(c.client_id.clone()));
+            }
+            clients.push(c.client_id.clone());
+        }
+        let mut state = lock(&self.shared.state);
+        if let Some(unknown) = clients.iter().find(|id| !state.registry.contains(id)) {
+            return Err(CoordinatorError::UnknownClient(unknown.clone()));
+        }
+        let state = &mut *state;
+        match &mut state.phase {
+            Phase::Open(round) => {
+                round.admit_partial(&clients, &fence, header.sum_len, header.counts.len())?;
+                let now = Instant::now();
+                for client in &clients {
+                    state.registry.touch(client, now)?;
+                    round.in_flight.insert(client.clone());
+                }
+                Ok(Admission {
+                    slot: Some(Slot {
+                        coordinator: self.clone(),
+                        clients,
+                        fence,
+                        accumulator: round.accumulator.clone(),
+                    }),
+                    // Each update met the norm rule at the aggregator that folded it.
+                    bound: None,
                     max_values: limits.max_update_values,
                     max_chunk_bytes: limits.max_chunk_bytes,
                 })
@@ -590,7 +657,17 @@ impl Admission {
     /// then records the delivery; returns the number of updates accepted in the round so far.
     /// The delivery is recorded by the blocking fold itself, so an upload whose request is
     /// cancelled while its update is being folded still counts as delivered.
-    pub async fn deliver(mut self, mut update: ClientUpdate) -> Result<u32> {
+    pub async fn deliver(self, update: ClientUpdate) -> Result<u32> {
+        self.deliver_any(Delivery::Update(update)).await
+    }
+
+    /// Folds in a received partial sum for the clients admitted with it, as
+    /// [`Admission::deliver`] does an update.
+    pub async fn deliver_partial(self, partial: PartialSum) -> Result<u32> {
+        self.deliver_any(Delivery::Partial(partial)).await
+    }
+
+    async fn deliver_any(mut self, mut delivery: Delivery) -> Result<u32> {
         let slot = self
             .slot
             .take()
@@ -598,18 +675,23 @@ impl Admission {
         let bound = self.bound.take();
         let folded = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let bytes = 4 * update.payload.len() as u64;
+            let bytes = match &delivery {
+                Delivery::Update(update) => 4 * update.payload.len() as u64,
+                Delivery::Partial(partial) => 16 * partial.totals.len() as u64,
+            };
+            let updates = delivery.clients().len() as u64;
             let folded = (|| {
-                if let Some(bound) = &bound
+                if let Delivery::Update(update) = &mut delivery
+                    && let Some(bound) = &bound
                     && let Some(norm) = bound.enforce(&mut update.payload)?
                 {
                     tracing::info!(client = %update.client_id, norm, "update clipped to the norm bound");
                 }
-                fold(&slot.accumulator, update, &slot.fence)
+                fold(&slot.accumulator, delivery, &slot.fence)
             })();
             slot.settle(folded.is_ok());
             if folded.is_ok() {
-                slot.coordinator.shared.telemetry.update_accepted(bytes, started.elapsed());
+                slot.coordinator.shared.telemetry.update_accepted(updates, bytes, started.elapsed());
             }
             if folded.is_ok() && !slot.coordinator.shared.accepted_any.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 // Marks when a coordinator that took a run over is serving it again.
@@ -641,7 +723,8 @@ impl Admission {
 #[derive(Debug)]
 struct Slot {
     coordinator: Coordinator,
-    client_id: String,
+    /// The client, or every client of a partial sum.
+    clients: Vec<String>,
     fence: Fence,
     accumulator: SharedAccumulator,
 }
@@ -658,12 +741,14 @@ impl Slot {
             && round.fence == self.fence
             && Arc::ptr_eq(&round.accumulator, &self.accumulator)
         {
-            round.in_flight.remove(&self.client_id);
-            if delivered {
-                round.delivered.insert(self.client_id.clone());
-                if round.complete() {
-                    shared.progress.notify_one();
+            for client in &self.clients {
+                round.in_flight.remove(client);
+                if delivered {
+                    round.delivered.insert(client.clone());
                 }
+            }
+            if delivered && round.complete() {
+                shared.progress.notify_one();
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::store::checkpoint::Checkpoint;
 use crate::store::metrics::{RoundRecord, RunSummary, sha256_f32};
 use crate::store::recovery::Resume;
 use crate::store::round_log::{LoggedRound, RoundLog, RoundOpened};
-use crate::strategy::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::strategy::results::{Delivery, RoundAccumulator, RoundResults};
 use crate::strategy::{Metrics, Strategy, TaskPlan};
 use crate::sync::lock;
 use shoal_datasets::Dataset;
@@ -647,7 +647,7 @@ impl Driving {
         &self,
         accumulator: &SharedAccumulator,
         round: u32,
-        updates: Vec<ClientUpdate>,
+        updates: Vec<Delivery>,
     ) -> Vec<String> {
         let fence = shoal_proto::v1::Fence::at(
             &self.coordinator.shared.run_id,
@@ -655,11 +655,11 @@ impl Driving {
             round,
         );
         let mut kept = Vec::new();
-        for update in updates {
-            let id = update.client_id.clone();
-            match fold(accumulator, update, &fence) {
-                Ok(_) => kept.push(id),
-                Err(e) => warn!(client = %id, error = %e, "logged update not replayed"),
+        for delivery in updates {
+            let ids: Vec<String> = delivery.clients().into_iter().map(str::to_owned).collect();
+            match fold(accumulator, delivery, &fence) {
+                Ok(_) => kept.extend(ids),
+                Err(e) => warn!(clients = ?ids, error = %e, "logged update not replayed"),
             }
         }
         if !kept.is_empty() {

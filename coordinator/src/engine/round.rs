@@ -6,7 +6,7 @@
 use crate::error::{CoordinatorError, Result};
 use crate::store::round_log::{LogRecord, RoundLog};
 use crate::strategy::TaskPlan;
-use crate::strategy::results::{ClientUpdate, RoundAccumulator, RoundResults};
+use crate::strategy::results::{Delivery, RoundAccumulator, RoundResults};
 use crate::sync::lock;
 use shoal_proto::v1::{Chunk, Fence, Task};
 use std::collections::{BTreeSet, HashSet};
@@ -103,6 +103,33 @@ impl OpenRound {
         Ok(())
     }
 
+    /// Refuses a partial sum's header unless it is for this round and every client it names
+    /// is selected, has not delivered, and has no upload arriving; its sum must have the
+    /// plan's shape.
+    pub fn admit_partial(
+        &self,
+        clients: &[String],
+        fence: &Fence,
+        sum_len: u64,
+        counts_len: usize,
+    ) -> Result<()> {
+        if clients.is_empty() {
+            return Err(crate::aggregate::AggregateError::NoContributors.into());
+        }
+        for client in clients {
+            self.admit(client, fence, self.plan.update_len as u64, counts_len)?;
+        }
+        if sum_len != self.plan.update_len as u64 {
+            return Err(CoordinatorError::InvalidUpdate(
+                crate::aggregate::AggregateError::WrongLength {
+                    got: usize::try_from(sum_len).unwrap_or(usize::MAX),
+                    expected: self.plan.update_len,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// True once the round can close before its deadline: enough updates arrived, or every
     /// selected client has either delivered or dropped out, so nothing more can come.
     pub fn complete(&self) -> bool {
@@ -150,25 +177,30 @@ impl OpenRound {
     }
 }
 
-/// Folds one admitted update into a round's accumulator (blocking: call off the runtime).
-/// Fails with a stale-fence error if the round closed meanwhile.
-pub fn fold(accumulator: &SharedAccumulator, update: ClientUpdate, fence: &Fence) -> Result<usize> {
+/// Folds one admitted update or partial sum into a round's accumulator (blocking: call off
+/// the runtime). Fails with a stale-fence error if the round closed meanwhile.
+pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) -> Result<usize> {
     let mut guard = lock(accumulator);
     let sink = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
         got: fence.to_string(),
         open: "none (round closed)".into(),
     })?;
     // Once per client and round, whatever the admission bookkeeping says: a stream left over
-    // from an earlier attempt of this round must never get a client counted twice.
-    if sink.accumulator.has(&update.client_id) {
-        return Err(CoordinatorError::Duplicate(update.client_id));
+    // from an earlier attempt of this round, or a partial sum overlapping one already folded,
+    // must never get a client counted twice.
+    if let Some(id) = delivery
+        .clients()
+        .into_iter()
+        .find(|id| sink.accumulator.has(id))
+    {
+        return Err(CoordinatorError::Duplicate(id.to_owned()));
     }
-    // Validate, then make it durable, then fold: a logged update always folds cleanly.
-    sink.accumulator.check(&update)?;
+    // Validate, then make it durable, then fold: a logged delivery always folds cleanly.
+    sink.accumulator.check_delivery(&delivery)?;
     if let Some(log) = &mut sink.log {
-        log.append(&LogRecord::Update(update.clone()))?;
+        log.append(&LogRecord::from(delivery.clone()))?;
     }
-    sink.accumulator.accept(update)?;
+    sink.accumulator.accept_delivery(delivery)?;
     Ok(sink.accumulator.accepted())
 }
 
@@ -182,16 +214,17 @@ pub fn close(accumulator: &SharedAccumulator) -> Option<RoundResults> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::results::ClientUpdate;
     use crate::strategy::{FoldMode, TaskPlan};
 
-    fn update(client: &str, value: f32) -> ClientUpdate {
-        ClientUpdate {
+    fn update(client: &str, value: f32) -> Delivery {
+        Delivery::Update(ClientUpdate {
             client_id: client.into(),
             weight: 2,
             payload: vec![value; 3],
             counts: Vec::new(),
             metrics: Default::default(),
-        }
+        })
     }
 
     #[test]

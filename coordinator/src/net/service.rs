@@ -8,13 +8,14 @@ use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
 use crate::net::auth::AuthPolicy;
 use crate::refusal::Refusal;
-use crate::strategy::results::ClientUpdate;
+use crate::strategy::results::{ClientReport, ClientUpdate, PartialSum};
 use futures::{Stream, StreamExt};
 use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PullReply, PullRequest, PushReply, UpdatePart, update_part::Part,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
+    update_part::Part,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -139,10 +140,10 @@ impl FleetService {
     /// The next message of an update stream, or an error status once the stream has sent
     /// nothing for [`MESSAGE_GAP`]: a stream that stops sending would hold its slot in the
     /// round.
-    async fn next_part(
+    async fn next_part<T>(
         &self,
-        parts: &mut Streaming<UpdatePart>,
-    ) -> Result<Option<Result<UpdatePart, Status>>, Status> {
+        parts: &mut Streaming<T>,
+    ) -> Result<Option<Result<T, Status>>, Status> {
         tokio::time::timeout(MESSAGE_GAP, parts.next())
             .await
             .map_err(|_| {
@@ -270,6 +271,73 @@ impl Fleet for FleetService {
         };
         let accepted_in_round = admission
             .deliver(update)
+            .await
+            .map_err(|e| self.refuse(e))?;
+        Ok(Response::new(PushReply { accepted_in_round }))
+    }
+
+    async fn push_partial(
+        &self,
+        mut request: Request<Streaming<PartialPart>>,
+    ) -> Result<Response<PushReply>, Status> {
+        let header = match self.next_part(request.get_mut()).await? {
+            Some(Ok(PartialPart {
+                part: Some(partial_part::Part::Header(h)),
+            })) => h,
+            Some(Ok(_)) => {
+                return Err(self.refuse(CoordinatorError::Malformed(
+                    "a partial sum must start with its header".into(),
+                )));
+            }
+            Some(Err(status)) => return Err(self.refuse_stream(status)),
+            None => {
+                return Err(self.refuse(CoordinatorError::Malformed(
+                    "empty partial sum stream".into(),
+                )));
+            }
+        };
+        self.authorize(&request, &header.aggregator_id)?;
+        self.serving()?;
+        let mut parts = request.into_inner();
+        let admission = self
+            .coordinator
+            .admit_partial(&header)
+            .map_err(|e| self.refuse(e))?;
+        let mut sum = ChunkAssembler::<i128>::new(
+            header.sum_len,
+            admission.max_values,
+            admission.max_chunk_bytes,
+        )
+        .map_err(|e| self.refuse(e.into()))?;
+        while let Some(part) = self.next_part(&mut parts).await? {
+            match part.map_err(|status| self.refuse_stream(status))?.part {
+                Some(partial_part::Part::Chunk(chunk)) => {
+                    sum.push(&chunk).map_err(|e| self.refuse(e.into()))?
+                }
+                _ => {
+                    return Err(self.refuse(CoordinatorError::Malformed(
+                        "only chunks may follow the header".into(),
+                    )));
+                }
+            }
+        }
+        let partial = PartialSum {
+            totals: sum.finish().map_err(|e| self.refuse(e.into()))?,
+            counts: header.counts,
+            reports: header
+                .contributions
+                .into_iter()
+                .map(|c| {
+                    let report = ClientReport {
+                        weight: c.num_examples,
+                        metrics: c.metrics.into_iter().collect(),
+                    };
+                    (c.client_id, report)
+                })
+                .collect(),
+        };
+        let accepted_in_round = admission
+            .deliver_partial(partial)
             .await
             .map_err(|e| self.refuse(e))?;
         Ok(Response::new(PushReply { accepted_in_round }))

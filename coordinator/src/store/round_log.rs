@@ -13,7 +13,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::store::checkpoint::CheckpointStore;
 use crate::store::manifest;
 use crate::store::state::StreamWriter;
-use crate::strategy::results::ClientUpdate;
+use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use serde::{Deserialize, Serialize};
 
 /// Streams of round logs start with this.
@@ -28,6 +28,17 @@ pub enum LogRecord {
     Open(RoundOpened),
     /// An update was accepted.
     Update(ClientUpdate),
+    /// A sub-aggregator's partial sum was accepted.
+    Partial(PartialSum),
+}
+
+impl From<Delivery> for LogRecord {
+    fn from(delivery: Delivery) -> Self {
+        match delivery {
+            Delivery::Update(update) => LogRecord::Update(update),
+            Delivery::Partial(partial) => LogRecord::Partial(partial),
+        }
+    }
 }
 
 /// The identity and selection of the round the log belongs to.
@@ -50,8 +61,8 @@ pub struct RoundOpened {
 pub struct LoggedRound {
     /// The round.
     pub opened: RoundOpened,
-    /// Updates accepted before the crash, in log order.
-    pub updates: Vec<ClientUpdate>,
+    /// Updates and partial sums accepted before the crash, in log order.
+    pub updates: Vec<Delivery>,
 }
 
 /// An open log being appended to.
@@ -125,7 +136,8 @@ impl RoundLog {
         };
         let updates = records
             .filter_map(|r| match r {
-                LogRecord::Update(u) => Some(u),
+                LogRecord::Update(u) => Some(Delivery::Update(u)),
+                LogRecord::Partial(p) => Some(Delivery::Partial(p)),
                 LogRecord::Open(_) => None,
             })
             .collect();
@@ -180,7 +192,10 @@ mod tests {
         next.claim(10).unwrap();
         let read = RoundLog::read(&next).unwrap().unwrap();
         assert_eq!(read.opened, opened());
-        assert_eq!(read.updates, vec![update("a"), update("b")]);
+        assert_eq!(
+            read.updates,
+            vec![Delivery::Update(update("a")), Delivery::Update(update("b"))]
+        );
         RoundLog::remove(&next).unwrap();
         assert!(RoundLog::read(&next).unwrap().is_none());
     }
@@ -224,7 +239,7 @@ mod tests {
         std::fs::write(&path, &full[..full.len() - 3]).unwrap();
         assert_eq!(
             RoundLog::read(&store).unwrap().unwrap().updates,
-            vec![update("a")]
+            vec![Delivery::Update(update("a"))]
         );
         let mut flipped = full.clone();
         let at = full.len() - 5;

@@ -4,7 +4,7 @@
 //! only what is the run's, not the algorithm's: the fence, the model and each client's seed.
 
 use shoal_proto::v1::{
-    Fence, FitConfig, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task, TaskKind,
+    Fence, FitConfig, FoldKind, GradientConfig, KMeansConfig, ModelSpec as WireSpec, Task, TaskKind,
 };
 
 /// The settings of the clients' local work, sent with every task of the round.
@@ -87,6 +87,23 @@ impl TaskPlan {
             update_len: self.update_len as u64,
             counts_len: self.counts_len as u64,
             holdout_fraction: 0.0,
+            fold: self.fold.wire() as i32,
+            counts_sum_to_weight: self
+                .counts_sum_to_weight
+                .iter()
+                .flat_map(|r| [r.start as u64, r.end as u64])
+                .collect(),
+        }
+    }
+}
+
+impl FoldMode {
+    /// The fold as tasks announce it.
+    pub fn wire(self) -> FoldKind {
+        match self {
+            FoldMode::WeightedSum => FoldKind::WeightedSum,
+            FoldMode::Sum => FoldKind::Sum,
+            FoldMode::Collect => FoldKind::Collect,
         }
     }
 }

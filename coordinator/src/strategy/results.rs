@@ -1,7 +1,7 @@
 //! Collecting one round's updates: what the engine hands a strategy when the round closes.
 
 use super::plan::{FoldMode, TaskPlan};
-use crate::aggregate::{AggregateError, ExactSum, validate};
+use crate::aggregate::{AggregateError, ExactSum, MAX_WEIGHT, validate};
 use std::collections::BTreeMap;
 
 /// One client's contribution to a round, after transport decoding.
@@ -20,12 +20,44 @@ pub struct ClientUpdate {
 }
 
 /// What the coordinator keeps of every contributor: its weight and reported metrics.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientReport {
     /// Weight of its update.
     pub weight: u64,
     /// Metrics it reported.
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// Several clients' updates of one round, summed exactly by a sub-aggregator: what it sends
+/// upstream instead of the updates themselves. Folding it is folding those updates, to the bit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartialSum {
+    /// The exact totals of the folded payloads ([`ExactSum::totals`]).
+    pub totals: Vec<i128>,
+    /// Element-wise total of the clients' counts.
+    pub counts: Vec<u64>,
+    /// Every client folded in, with its weight and metrics: the coordinator counts these.
+    pub reports: BTreeMap<String, ClientReport>,
+}
+
+/// What arrives for a round: one client's update, or a sub-aggregator's partial sum of
+/// several clients' updates.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Delivery {
+    /// One client's update.
+    Update(ClientUpdate),
+    /// Several clients' updates, summed exactly.
+    Partial(PartialSum),
+}
+
+impl Delivery {
+    /// The clients it delivers for.
+    pub fn clients(&self) -> Vec<&str> {
+        match self {
+            Delivery::Update(update) => vec![update.client_id.as_str()],
+            Delivery::Partial(partial) => partial.reports.keys().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Folds updates in as they arrive; memory O(model) unless the plan says [`FoldMode::Collect`].
@@ -141,6 +173,115 @@ impl RoundAccumulator {
             self.collected.insert(update.client_id.clone(), update);
         }
         Ok(())
+    }
+
+    /// Checks everything about `partial` that [`RoundAccumulator::merge`] would, changing
+    /// nothing.
+    pub fn check_partial(&self, partial: &PartialSum) -> Result<(), AggregateError> {
+        self.partial_terms(partial).map(|_| ())
+    }
+
+    /// The checks of a partial, and the count and weight its sum folded.
+    fn partial_terms(&self, partial: &PartialSum) -> Result<(u32, u64), AggregateError> {
+        let Some(sum) = &self.sum else {
+            // Kept updates are each needed whole: they travel on their own.
+            return Err(AggregateError::NotSummed);
+        };
+        if partial.totals.len() != sum.len() {
+            return Err(AggregateError::WrongLength {
+                got: partial.totals.len(),
+                expected: sum.len(),
+            });
+        }
+        if partial.counts.len() != self.counts_len {
+            return Err(AggregateError::WrongCounts {
+                got: partial.counts.len(),
+                expected: self.counts_len,
+            });
+        }
+        if partial.reports.is_empty() {
+            return Err(AggregateError::NoContributors);
+        }
+        let mut weight = 0u64;
+        let mut examples = 0u64;
+        for report in partial.reports.values() {
+            if report.weight == 0 || report.weight > MAX_WEIGHT {
+                return Err(AggregateError::BadWeight {
+                    weight: report.weight,
+                    max: MAX_WEIGHT,
+                });
+            }
+            weight += if self.weighted { report.weight } else { 1 };
+            examples += report.weight;
+        }
+        // What every client's counts must satisfy holds for their sums too.
+        for range in &self.counts_sum_to_weight {
+            let sum = partial.counts[range.clone()]
+                .iter()
+                .try_fold(0u64, |a, c| a.checked_add(*c));
+            if sum != Some(examples) {
+                return Err(AggregateError::CountsMismatch {
+                    range: range.clone(),
+                    sum: sum.unwrap_or(u64::MAX),
+                    weight: examples,
+                });
+            }
+        }
+        for (total, c) in self.counts.iter().zip(&partial.counts) {
+            total
+                .checked_add(*c)
+                .ok_or(AggregateError::OutOfRange(*c as f64))?;
+        }
+        let count = u32::try_from(partial.reports.len())
+            .map_err(|_| AggregateError::OutOfRange(partial.reports.len() as f64))?;
+        Ok((count, weight))
+    }
+
+    /// Folds in a sub-aggregator's partial sum: every client it names counts as delivered
+    /// with its own weight and metrics. The caller makes sure none of them was folded before.
+    /// On error nothing changes.
+    pub fn merge(&mut self, partial: PartialSum) -> Result<(), AggregateError> {
+        let (count, weight) = self.partial_terms(&partial)?;
+        if let Some(sum) = &mut self.sum {
+            sum.merge(&partial.totals, count, weight)?;
+        }
+        for (total, c) in self.counts.iter_mut().zip(&partial.counts) {
+            *total += *c;
+        }
+        self.reports.extend(partial.reports);
+        Ok(())
+    }
+
+    /// Hands over what was folded so far as a partial sum and starts again from nothing (a
+    /// sub-aggregator sending upstream); `None` if nothing was folded since the last time.
+    pub fn take_partial(&mut self) -> Option<PartialSum> {
+        let sum = self.sum.as_mut()?;
+        if self.reports.is_empty() {
+            return None;
+        }
+        let totals = sum.totals();
+        *sum = ExactSum::new(sum.len());
+        Some(PartialSum {
+            totals,
+            counts: std::mem::replace(&mut self.counts, vec![0; self.counts_len]),
+            reports: std::mem::take(&mut self.reports),
+        })
+    }
+
+    /// Checks a delivery as [`RoundAccumulator::accept_delivery`] would, changing nothing.
+    pub fn check_delivery(&self, delivery: &Delivery) -> Result<(), AggregateError> {
+        match delivery {
+            Delivery::Update(update) => self.check(update),
+            Delivery::Partial(partial) => self.check_partial(partial),
+        }
+    }
+
+    /// Folds in a delivery of either kind; on error nothing changes.
+    pub fn accept_delivery(&mut self, delivery: Delivery) -> Result<(), AggregateError> {
+        match delivery {
+            Delivery::Update(update) => self.accept(update),
+            Delivery::Partial(partial) => self.merge(partial),
+        }
     }
 
     /// Closes the round's collection.
