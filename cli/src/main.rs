@@ -32,6 +32,8 @@ enum Command {
     Run(Box<commands::run::RunCmd>),
     /// Serve a run to clients that dial in.
     Coordinator(Box<commands::coordinator::CoordinatorCmd>),
+    /// Sit between clients and the coordinator, folding their updates into exact partial sums.
+    Aggregator(commands::aggregator::AggregatorCmd),
     /// Run one edge client on local data.
     Client(commands::client::ClientCmd),
     /// Run many simulated clients in this process against a coordinator.
@@ -47,7 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.command {
-        Command::Coordinator(_) => "info",
+        Command::Coordinator(_) | Command::Aggregator(_) => "info",
         _ => "warn",
     };
     let filter = std::env::var("RUST_LOG")
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(cmd) => cmd.execute().await,
             Command::Coordinator(cmd) => cmd.execute().await,
+            Command::Aggregator(cmd) => cmd.execute().await,
             Command::Client(cmd) => cmd.execute().await,
             Command::Simulate(cmd) => cmd.execute().await,
             Command::Checkpoint(cmd) => cmd.execute().await,

@@ -11,7 +11,9 @@
 //!   leader;
 //! * [`engine`]: the shared state, client requests, and the round loop;
 //! * [`net`]: the gRPC service, listener, TLS, authentication and development certificates;
-//! * [`hosting`]: start, serve, run, drain and stop a run as one handle.
+//! * [`hosting`]: start, serve, run, drain and stop a run as one handle;
+//! * [`sub_aggregator`]: a process between clients and the coordinator that folds their updates
+//!   into exact partial sums.
 
 pub mod aggregate;
 pub mod bounded;
@@ -24,6 +26,7 @@ pub mod net;
 pub mod refusal;
 pub mod store;
 pub mod strategy;
+pub mod sub_aggregator;
 mod sync;
 pub mod telemetry;
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod aggregator;
 pub mod certs;
 pub mod checkpoint;
 pub mod client;

@@ -74,6 +74,41 @@ pub struct RoundAccumulator {
 }
 
 impl RoundAccumulator {
+    /// An empty accumulator for the updates of `task`, as a sub-aggregator folds them (it knows
+    /// the round only from its task); `None` when the task's updates are not summed and must
+    /// travel whole.
+    pub fn for_task(task: &shoal_proto::v1::Task) -> Option<Self> {
+        use shoal_proto::v1::FoldKind;
+        let fold = match task.fold() {
+            FoldKind::WeightedSum => FoldMode::WeightedSum,
+            FoldKind::Sum => FoldMode::Sum,
+            FoldKind::Collect | FoldKind::Unspecified => return None,
+        };
+        let update_len = usize::try_from(task.update_len).ok()?;
+        let counts_len = usize::try_from(task.counts_len).ok()?;
+        let counts_sum_to_weight = task
+            .counts_sum_to_weight
+            .chunks_exact(2)
+            .map(|r| Some(usize::try_from(r[0]).ok()?..usize::try_from(r[1]).ok()?))
+            .collect::<Option<Vec<_>>>()?;
+        if counts_sum_to_weight
+            .iter()
+            .any(|r| r.start > r.end || r.end > counts_len)
+        {
+            return None;
+        }
+        Some(Self {
+            weighted: fold == FoldMode::WeightedSum,
+            update_len,
+            counts_len,
+            counts_sum_to_weight,
+            sum: Some(ExactSum::new(update_len)),
+            counts: vec![0; counts_len],
+            collected: BTreeMap::new(),
+            reports: BTreeMap::new(),
+        })
+    }
+
     /// An empty accumulator for a round planned as `plan`.
     pub fn new(plan: &TaskPlan) -> Self {
         Self {

@@ -1,0 +1,187 @@
+//! A sub-aggregator: a process between clients and the coordinator (or another sub-aggregator)
+//! that spreads the coordinator's load. Clients speak the unchanged fleet protocol to it and
+//! cannot tell it from a coordinator.
+//!
+//! * Join, Pull, Abandon and Leave are relayed upstream under the client's own id, so the
+//!   coordinator still registers, selects, fences and times out *clients*; the aggregator only
+//!   notes which clients were handed which round's task.
+//! * Each round's global state is fetched upstream once and served to every client from here.
+//! * Updates are folded here into the same exact sum the coordinator keeps ([`crate::aggregate`])
+//!   and sent upstream as one partial sum (PushPartial) once every client handed the task here
+//!   delivered or is gone, or once the oldest has waited `hold`: integer sums add exactly, so
+//!   a tree of aggregators gives the bits of a flat run. Rounds whose updates must stay whole
+//!   (k-FED seeding, evaluation) are relayed update by update.
+//! * A child aggregator's partial sums are folded like updates, so trees have any depth.
+//!
+//! An aggregator keeps nothing that cannot be redone: if it dies, its clients move to another
+//! address of their list, join again, are handed their task again by the coordinator (which
+//! never saw their update) and recompute it, seeded, to the same bits.
+
+mod rounds;
+mod service;
+mod upstream;
+
+pub use service::AggregatorService;
+pub use upstream::Upstream;
+
+use crate::error::{CoordinatorError, Result};
+use crate::strategy::results::PartialSum;
+use rounds::Rounds;
+use shoal_proto::v1::fleet_server::FleetServer;
+use shoal_proto::v1::{Chunk, Contribution, Fence, PartialHeader, PartialPart, partial_part};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// How often pending partial sums are looked at.
+const FLUSH_TICK: Duration = Duration::from_millis(20);
+
+/// How long a sub-aggregator keeps serving after it relayed the end of the run, so its other
+/// clients hear it too.
+const FINISH_GRACE: Duration = Duration::from_secs(3);
+
+/// Settings of one sub-aggregator.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// Its id upstream (on its partial sums).
+    pub id: String,
+    /// Longest an update waits here for the round's other clients before it is sent up.
+    pub hold: Duration,
+    /// Largest update or sum accepted, in values.
+    pub max_values: usize,
+    /// Largest chunk accepted, in bytes; also the chunk size of the partial sums sent up.
+    pub max_chunk_bytes: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        let limits = crate::Limits::default();
+        Self {
+            id: "aggregator".into(),
+            hold: Duration::from_millis(200),
+            max_values: limits.max_update_values,
+            max_chunk_bytes: limits.max_chunk_bytes,
+        }
+    }
+}
+
+/// What the service and the flusher share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: AggregatorConfig,
+    pub(crate) upstream: Upstream,
+    pub(crate) rounds: Rounds,
+    /// Wakes the flusher when an update arrives or a client goes.
+    pub(crate) wake: Notify,
+    /// Set once the run is over upstream.
+    pub(crate) finished: Notify,
+}
+
+/// Serves clients on `listener` until `shutdown` resolves or a grace period after the run
+/// ended upstream; partial sums still pending are sent before it returns.
+pub async fn serve(
+    config: AggregatorConfig,
+    upstream: Upstream,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let shared = Arc::new(Shared {
+        config,
+        upstream,
+        rounds: Rounds::default(),
+        wake: Notify::new(),
+        finished: Notify::new(),
+    });
+    let flusher = tokio::spawn(flush_loop(shared.clone()));
+    let service = FleetServer::new(AggregatorService::new(shared.clone()))
+        .max_decoding_message_size(2 * shared.config.max_chunk_bytes + 64 * 1024)
+        .max_encoding_message_size(2 * shared.config.max_chunk_bytes + 64 * 1024);
+    let ended = {
+        let shared = shared.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = async {
+                    shared.finished.notified().await;
+                    tokio::time::sleep(FINISH_GRACE).await;
+                } => info!("the run is over upstream; stopping"),
+            }
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            ended,
+        )
+        .await;
+    flusher.abort();
+    flush_all(&shared, Duration::ZERO).await;
+    served.map_err(|e| CoordinatorError::Io(std::io::Error::other(e)))
+}
+
+/// Sends every partial sum that is due, until aborted.
+async fn flush_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(FLUSH_TICK) => {}
+        }
+        flush_all(&shared, shared.config.hold).await;
+    }
+}
+
+/// Sends the partial sums due after `hold`.
+async fn flush_all(shared: &Shared, hold: Duration) {
+    for (fence, state) in shared.rounds.all() {
+        if let Some(partial) = state.take_due(hold) {
+            send_partial(shared, fence, partial).await;
+        }
+    }
+}
+
+/// Streams one partial sum upstream; a refusal is logged (its updates' round is over, or
+/// they were counted already), not retried.
+async fn send_partial(shared: &Shared, fence: Fence, partial: PartialSum) {
+    let clients = partial.reports.len();
+    let header = PartialHeader {
+        aggregator_id: shared.config.id.clone(),
+        fence: Some(fence.clone()),
+        contributions: partial
+            .reports
+            .into_iter()
+            .map(|(client_id, report)| Contribution {
+                client_id,
+                num_examples: report.weight,
+                metrics: report.metrics.into_iter().collect(),
+            })
+            .collect(),
+        sum_len: partial.totals.len() as u64,
+        counts: partial.counts,
+    };
+    let chunks: Vec<Chunk> =
+        shoal_proto::encode_chunks(&partial.totals, shared.config.max_chunk_bytes).collect();
+    let parts = std::iter::once(partial_part::Part::Header(header))
+        .chain(chunks.into_iter().map(partial_part::Part::Chunk))
+        .map(|part| PartialPart { part: Some(part) });
+    let mut client = shared.upstream.client();
+    match client
+        .push_partial(tonic::Request::new(tokio_stream::iter(parts)))
+        .await
+    {
+        Ok(reply) => info!(
+            %fence,
+            clients,
+            accepted_in_round = reply.get_ref().accepted_in_round,
+            "partial sum sent upstream"
+        ),
+        Err(status) => {
+            shared.upstream.failed(&status);
+            warn!(%fence, clients, status = %status.message(), code = ?status.code(), "partial sum refused upstream");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! What a sub-aggregator knows of the rounds passing through it: which of its clients (or its
+//! child aggregators' clients) were handed each round's task, the global state it fetched once
+//! for them, and the exact sum of the updates that came back and are not yet sent upstream.
+
+use crate::aggregate::AggregateError;
+use crate::error::{CoordinatorError, Result};
+use crate::strategy::results::{Delivery, PartialSum, RoundAccumulator};
+use crate::sync::lock;
+use shoal_proto::v1::{Chunk, Fence, Task};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// Rounds kept at once: the open one and the one before it (whose last partial sum may still
+/// be on its way up).
+const ROUNDS_KEPT: usize = 2;
+
+/// One round as seen from a sub-aggregator.
+#[derive(Debug)]
+pub struct RoundState {
+    /// The task as the round's first client received it (seed aside, the same for all).
+    pub task: Task,
+    /// The global state, fetched upstream once for every client of the round.
+    pub global: OnceCell<Arc<[Chunk]>>,
+    folding: Mutex<Folding>,
+}
+
+/// The round's running sum and who is in it.
+#[derive(Debug)]
+struct Folding {
+    /// `None` when the round's updates are not summed: they are relayed whole.
+    accumulator: Option<RoundAccumulator>,
+    /// Clients handed the task through this aggregator.
+    tasked: HashSet<String>,
+    /// Clients whose update is in a sum (sent upstream or waiting to be).
+    folded: HashSet<String>,
+    /// Clients that will not deliver through here (abandoned, left, relayed whole).
+    gone: HashSet<String>,
+    /// When the oldest update not yet sent upstream was folded.
+    oldest_unsent: Option<Instant>,
+}
+
+impl RoundState {
+    fn new(task: Task) -> Self {
+        let accumulator = RoundAccumulator::for_task(&task);
+        Self {
+            task,
+            global: OnceCell::new(),
+            folding: Mutex::new(Folding {
+                accumulator,
+                tasked: HashSet::new(),
+                folded: HashSet::new(),
+                gone: HashSet::new(),
+                oldest_unsent: None,
+            }),
+        }
+    }
+
+    /// True when updates are summed here rather than relayed whole.
+    pub fn sums(&self) -> bool {
+        lock(&self.folding).accumulator.is_some()
+    }
+
+    /// Folds an update, or a child aggregator's partial sum, of clients handed this round's
+    /// task through here (blocking: call off the runtime for large models). On error nothing
+    /// changes.
+    pub fn fold(&self, delivery: Delivery) -> Result<usize> {
+        let mut f = lock(&self.folding);
+        let clients: Vec<String> = delivery.clients().into_iter().map(str::to_owned).collect();
+        for client in &clients {
+            if !f.tasked.contains(client) {
+                return Err(CoordinatorError::NotSelected(client.clone()));
+            }
+            if f.folded.contains(client) {
+                return Err(CoordinatorError::Duplicate(client.clone()));
+            }
+        }
+        let accumulator = f
+            .accumulator
+            .as_mut()
+            .ok_or(CoordinatorError::InvalidUpdate(AggregateError::NotSummed))?;
+        accumulator.check_delivery(&delivery)?;
+        accumulator.accept_delivery(delivery)?;
+        f.folded.extend(clients);
+        f.oldest_unsent.get_or_insert_with(Instant::now);
+        Ok(f.folded.len())
+    }
+
+    /// A client handed the task through here will not deliver through here.
+    pub fn gone(&self, client: &str) {
+        let mut f = lock(&self.folding);
+        if f.tasked.contains(client) && !f.folded.contains(client) {
+            f.gone.insert(client.to_owned());
+        }
+    }
+
+    /// The partial sum to send upstream now, if any: when every client handed the task here
+    /// has delivered or is gone (nothing more can come), or when the oldest update has waited
+    /// `hold` (stragglers must not hold back the rest).
+    pub fn take_due(&self, hold: Duration) -> Option<PartialSum> {
+        let mut f = lock(&self.folding);
+        let oldest = f.oldest_unsent?;
+        let waiting = f
+            .tasked
+            .iter()
+            .any(|c| !f.folded.contains(c) && !f.gone.contains(c));
+        if waiting && oldest.elapsed() < hold {
+            return None;
+        }
+        f.oldest_unsent = None;
+        f.accumulator.as_mut()?.take_partial()
+    }
+}
+
+/// The rounds passing through, by fence.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    rounds: Mutex<BTreeMap<(u64, u32, u32), Arc<RoundState>>>,
+}
+
+fn key(fence: &Fence) -> (u64, u32, u32) {
+    (fence.epoch, fence.round, fence.stage)
+}
+
+impl Rounds {
+    /// Records that `client` was handed `task`; the first task of a round opens its state and
+    /// retires rounds older than the last [`ROUNDS_KEPT`].
+    pub fn tasked(&self, client: &str, task: &Task) -> Option<Arc<RoundState>> {
+        let fence = task.fence.as_ref()?;
+        let mut rounds = lock(&self.rounds);
+        let state = rounds
+            .entry(key(fence))
+            .or_insert_with(|| Arc::new(RoundState::new(task.clone())))
+            .clone();
+        while rounds.len() > ROUNDS_KEPT {
+            rounds.pop_first();
+        }
+        drop(rounds);
+        let mut f = lock(&state.folding);
+        f.tasked.insert(client.to_owned());
+        // A client handed the task again (it rejoined) may deliver again.
+        f.gone.remove(client);
+        drop(f);
+        Some(state)
+    }
+
+    /// The state of the round `fence` names, if it passes through here.
+    pub fn get(&self, fence: &Fence) -> Result<Arc<RoundState>> {
+        lock(&self.rounds)
+            .get(&key(fence))
+            .cloned()
+            .ok_or_else(|| CoordinatorError::StaleFence {
+                got: fence.to_string(),
+                open: "none passing through this aggregator".into(),
+            })
+    }
+
+    /// Every round, newest last.
+    pub fn all(&self) -> Vec<(Fence, Arc<RoundState>)> {
+        lock(&self.rounds)
+            .values()
+            .filter_map(|s| Some((s.task.fence.clone()?, s.clone())))
+            .collect()
+    }
+
+    /// A client left: it delivers nothing more through here.
+    pub fn left(&self, client: &str) {
+        for state in lock(&self.rounds).values() {
+            state.gone(client);
+        }
+    }
+}

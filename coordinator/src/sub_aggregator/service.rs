@@ -1,0 +1,298 @@
+//! The fleet protocol as a sub-aggregator serves it: relayed where the coordinator decides
+//! (joins, pulls, departures), answered here where the load is (global state, updates).
+
+use super::Shared;
+use crate::error::CoordinatorError;
+use crate::strategy::results::{ClientReport, ClientUpdate, Delivery, PartialSum};
+use futures::{Stream, StreamExt};
+use shoal_proto::ChunkAssembler;
+use shoal_proto::v1::fleet_server::Fleet;
+use shoal_proto::v1::{
+    AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
+    pull_reply::Reply, update_part,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+/// Metadata passed on with relayed requests: the client's bearer token, so the coordinator
+/// authenticates the client itself.
+const FORWARDED: [&str; 1] = ["authorization"];
+
+/// The fleet service of a sub-aggregator.
+#[derive(Debug, Clone)]
+pub struct AggregatorService {
+    shared: Arc<Shared>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+
+impl AggregatorService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// `message` as a request upstream, with the client's forwarded metadata.
+    fn relayed<M>(from: &MetadataMap, message: M) -> Request<M> {
+        let mut request = Request::new(message);
+        for key in FORWARDED {
+            if let Some(value) = from.get(key) {
+                request.metadata_mut().insert(key, value.clone());
+            }
+        }
+        request
+    }
+
+    /// Notes an upstream failure and passes its status to the client unchanged.
+    fn upstream_failed(&self, status: Status) -> Status {
+        self.shared.upstream.failed(&status);
+        status
+    }
+
+    /// Folds a delivery off the runtime and wakes the flusher.
+    async fn fold(
+        &self,
+        fence: &shoal_proto::v1::Fence,
+        delivery: Delivery,
+    ) -> Result<u32, Status> {
+        let state = self.shared.rounds.get(fence)?;
+        let folded = tokio::task::spawn_blocking(move || state.fold(delivery))
+            .await
+            .map_err(|source| CoordinatorError::TaskFailed {
+                task: "fold",
+                source,
+            })??;
+        self.shared.wake.notify_one();
+        Ok(u32::try_from(folded).unwrap_or(u32::MAX))
+    }
+}
+
+#[tonic::async_trait]
+impl Fleet for AggregatorService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
+        let mut upstream = self.shared.upstream.client();
+        upstream
+            .join(relayed)
+            .await
+            .map_err(|s| self.upstream_failed(s))
+    }
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        let client = request.get_ref().client_id.clone();
+        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
+        let mut upstream = self.shared.upstream.client();
+        let reply = upstream
+            .pull(relayed)
+            .await
+            .map_err(|s| self.upstream_failed(s))?;
+        match &reply.get_ref().reply {
+            Some(Reply::Task(task)) => {
+                self.shared.rounds.tasked(&client, task);
+            }
+            Some(Reply::Finished(_)) => self.shared.finished.notify_one(),
+            _ => {}
+        }
+        Ok(reply)
+    }
+
+    type FetchGlobalStream = ChunkStream;
+
+    async fn fetch_global(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::FetchGlobalStream>, Status> {
+        let fence = request
+            .get_ref()
+            .fence
+            .clone()
+            .ok_or_else(|| CoordinatorError::Malformed("fetch has no fence".into()))?;
+        let state = self.shared.rounds.get(&fence)?;
+        let chunks = state
+            .global
+            .get_or_try_init(|| async {
+                // Once per round for all clients: the first fetch goes up under its client's id.
+                let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
+                let mut upstream = self.shared.upstream.client();
+                let mut stream = upstream
+                    .fetch_global(relayed)
+                    .await
+                    .map_err(|s| self.upstream_failed(s))?
+                    .into_inner();
+                let mut chunks = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    chunks.push(chunk?);
+                }
+                debug!(%fence, chunks = chunks.len(), "global state fetched upstream");
+                Ok::<_, Status>(Arc::<[Chunk]>::from(chunks))
+            })
+            .await?
+            .clone();
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
+        ))))
+    }
+
+    async fn push_update(
+        &self,
+        request: Request<Streaming<UpdatePart>>,
+    ) -> Result<Response<PushReply>, Status> {
+        let metadata = request.metadata().clone();
+        let mut parts = request.into_inner();
+        let header = match parts.next().await {
+            Some(Ok(UpdatePart {
+                part: Some(update_part::Part::Header(h)),
+            })) => h,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(CoordinatorError::Malformed(
+                    "an update must start with its header".into(),
+                )
+                .into());
+            }
+        };
+        let fence = header
+            .fence
+            .clone()
+            .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
+        let state = self.shared.rounds.get(&fence)?;
+        if !state.sums() {
+            // Kept whole upstream: pass the stream on as it came.
+            let mut all = vec![UpdatePart {
+                part: Some(update_part::Part::Header(header.clone())),
+            }];
+            while let Some(part) = parts.next().await {
+                all.push(part?);
+            }
+            state.gone(&header.client_id);
+            self.shared.wake.notify_one();
+            let relayed = Self::relayed(&metadata, tokio_stream::iter(all));
+            let mut upstream = self.shared.upstream.client();
+            return upstream
+                .push_update(relayed)
+                .await
+                .map_err(|s| self.upstream_failed(s));
+        }
+        let config = &self.shared.config;
+        let mut payload = ChunkAssembler::<f32>::new(
+            header.payload_len,
+            config.max_values,
+            config.max_chunk_bytes,
+        )
+        .map_err(CoordinatorError::from)?;
+        while let Some(part) = parts.next().await {
+            match part?.part {
+                Some(update_part::Part::Chunk(chunk)) => {
+                    payload.push(&chunk).map_err(CoordinatorError::from)?
+                }
+                _ => {
+                    return Err(CoordinatorError::Malformed(
+                        "only chunks may follow the header".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        let update = ClientUpdate {
+            client_id: header.client_id,
+            weight: header.num_examples,
+            payload: payload.finish().map_err(CoordinatorError::from)?,
+            counts: header.counts,
+            metrics: header.metrics.into_iter().collect(),
+        };
+        let accepted_in_round = self.fold(&fence, Delivery::Update(update)).await?;
+        Ok(Response::new(PushReply { accepted_in_round }))
+    }
+
+    async fn push_partial(
+        &self,
+        request: Request<Streaming<PartialPart>>,
+    ) -> Result<Response<PushReply>, Status> {
+        let mut parts = request.into_inner();
+        let header = match parts.next().await {
+            Some(Ok(PartialPart {
+                part: Some(partial_part::Part::Header(h)),
+            })) => h,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(CoordinatorError::Malformed(
+                    "a partial sum must start with its header".into(),
+                )
+                .into());
+            }
+        };
+        let fence = header
+            .fence
+            .clone()
+            .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
+        let config = &self.shared.config;
+        let mut sum =
+            ChunkAssembler::<i128>::new(header.sum_len, config.max_values, config.max_chunk_bytes)
+                .map_err(CoordinatorError::from)?;
+        while let Some(part) = parts.next().await {
+            match part?.part {
+                Some(partial_part::Part::Chunk(chunk)) => {
+                    sum.push(&chunk).map_err(CoordinatorError::from)?
+                }
+                _ => {
+                    return Err(CoordinatorError::Malformed(
+                        "only chunks may follow the header".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        let partial = PartialSum {
+            totals: sum.finish().map_err(CoordinatorError::from)?,
+            counts: header.counts,
+            reports: header
+                .contributions
+                .into_iter()
+                .map(|c| {
+                    let report = ClientReport {
+                        weight: c.num_examples,
+                        metrics: c.metrics.into_iter().collect(),
+                    };
+                    (c.client_id, report)
+                })
+                .collect(),
+        };
+        let accepted_in_round = self.fold(&fence, Delivery::Partial(partial)).await?;
+        Ok(Response::new(PushReply { accepted_in_round }))
+    }
+
+    async fn abandon(
+        &self,
+        request: Request<AbandonRequest>,
+    ) -> Result<Response<AbandonReply>, Status> {
+        let req = request.get_ref().clone();
+        if let Some(state) = req
+            .fence
+            .as_ref()
+            .and_then(|f| self.shared.rounds.get(f).ok())
+        {
+            state.gone(&req.client_id);
+            self.shared.wake.notify_one();
+        }
+        let relayed = Self::relayed(request.metadata(), req);
+        let mut upstream = self.shared.upstream.client();
+        upstream
+            .abandon(relayed)
+            .await
+            .map_err(|s| self.upstream_failed(s))
+    }
+
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.shared.rounds.left(&request.get_ref().client_id);
+        self.shared.wake.notify_one();
+        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
+        let mut upstream = self.shared.upstream.client();
+        upstream
+            .leave(relayed)
+            .await
+            .map_err(|s| self.upstream_failed(s))
+    }
+}
