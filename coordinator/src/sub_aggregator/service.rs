@@ -48,7 +48,9 @@ impl AggregatorService {
 
     /// Notes an upstream failure and passes its status to the client unchanged.
     fn upstream_failed(&self, status: Status) -> Status {
-        self.shared.upstream.failed(&status);
+        if self.shared.upstream.failed(&status) {
+            super::resend_after_move(self.shared.clone());
+        }
         status
     }
 

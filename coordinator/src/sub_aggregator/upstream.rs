@@ -58,13 +58,15 @@ impl Upstream {
     }
 
     /// Notes a failed call: one the upstream did not answer itself (no refusal reason; the
-    /// connection failed) moves to the next address.
-    pub fn failed(&self, status: &Status) {
+    /// connection failed) moves to the next address. True if it moved.
+    pub fn failed(&self, status: &Status) -> bool {
         let transport = status.metadata().get(shoal_proto::REASON_HEADER).is_none()
             && matches!(status.code(), Code::Unavailable | Code::Unknown);
-        if transport && self.clients.len() > 1 {
-            let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.clients.len();
-            warn!(upstream = %self.urls[next], status = %status.message(), "upstream unreachable; moving on");
+        if !transport || self.clients.len() < 2 {
+            return false;
         }
+        let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.clients.len();
+        warn!(upstream = %self.urls[next], status = %status.message(), "upstream unreachable; moving on");
+        true
     }
 }

@@ -1,0 +1,158 @@
+//! Sub-aggregators between clients and the coordinator, as real processes: a root coordinator,
+//! an aggregator under it and one under that, and three `shoal simulate` processes (one per
+//! level). The tree computes the bits of `shoal run` with the same options, for every
+//! strategy, and survives aggregators killed with SIGKILL mid-run.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::runs::{one_process_run, start_coordinator, summary};
+use common::{DEADLINE, Running, arg, shoal_with};
+use std::time::Duration;
+
+/// The run every tree here computes (30 clients, 10 per simulate process).
+const RUN: [&str; 6] = ["--clients", "30", "--rounds", "10", "--seed", "7"];
+
+/// `shoal aggregator` under `upstream` (comma-separated URLs) on `listen`; its URL.
+fn start_aggregator(upstream: &str, listen: &str) -> (Running, String) {
+    let mut aggregator = Running::spawn(&mut shoal_with(&[
+        "aggregator",
+        "--upstream",
+        upstream,
+        "--listen",
+        listen,
+    ]));
+    let line = aggregator.wait_for_stderr("listening on ", Duration::from_secs(30));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap();
+    (aggregator, format!("http://{addr}"))
+}
+
+/// `shoal simulate` of partitions `indices` against `urls`.
+fn fleet(urls: &str, indices: &str, run: &[&str]) -> Running {
+    let mut cmd = shoal_with(&["simulate", "--coordinator", urls, "--indices", indices]);
+    cmd.args(common::runs::data_args(run));
+    Running::spawn(&mut cmd)
+}
+
+/// Root, aggregator A under it, B under A; a simulate process at each level. Returns the
+/// root's model hash and what each aggregator printed.
+fn tree(dir: &std::path::Path, run: &[&str]) -> (String, Vec<String>) {
+    let out = dir.join("tree.json");
+    let mut args = run.to_vec();
+    args.extend(["--quiet", "--summary-out", arg(&out)]);
+    let (root, root_url) = start_coordinator(&args);
+    let (a, a_url) = start_aggregator(&root_url, "127.0.0.1:0");
+    let (b, b_url) = start_aggregator(&a_url, "127.0.0.1:0");
+    let fleets = [
+        fleet(&a_url, "0..10", run),
+        fleet(&b_url, "10..20", run),
+        fleet(&root_url, "20..30", run),
+    ];
+    root.finish(DEADLINE).assert_success();
+    for fleet in fleets {
+        fleet.finish(DEADLINE).assert_success();
+    }
+    // Each aggregator stops by itself once the run is over.
+    let logs = [a, b]
+        .map(|agg| {
+            let done = agg.finish(Duration::from_secs(30));
+            done.assert_success();
+            done.stderr
+        })
+        .to_vec();
+    (summary(&out)["model_sha256"].to_string(), logs)
+}
+
+fn same_bits_as_one_process(extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = RUN.to_vec();
+    run.extend(extra);
+    let reference = one_process_run(dir.path(), "flat.json", &run);
+    let (sha, logs) = tree(dir.path(), &run);
+    assert_eq!(sha, reference["model_sha256"].to_string());
+    for log in &logs {
+        assert!(log.contains("partial sum sent upstream"), "{log}");
+    }
+    // A's sums hold B's clients too: 20 clients a round.
+    assert!(logs[0].contains("clients=20"), "{}", logs[0]);
+}
+
+#[test]
+fn a_tree_of_aggregators_gives_the_bits_of_a_flat_fedavg_run() {
+    same_bits_as_one_process(&[]);
+}
+
+#[test]
+fn a_tree_of_aggregators_gives_the_bits_of_a_flat_fedsgd_run() {
+    same_bits_as_one_process(&["--strategy", "fedsgd", "--server-optimizer", "adam"]);
+}
+
+#[test]
+fn a_tree_of_aggregators_gives_the_bits_of_a_flat_kmeans_run() {
+    // k-FED's seeding round keeps every update whole: it is relayed, the Lloyd rounds summed.
+    same_bits_as_one_process(&["--strategy", "fedkmeans", "--tol", "0"]);
+}
+
+#[test]
+fn killed_aggregators_lose_nothing_that_cannot_be_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = ["--clients", "30", "--rounds", "16", "--seed", "7"];
+    let reference = one_process_run(dir.path(), "flat.json", &run);
+    let out = dir.path().join("tree.json");
+    let mut args = run.to_vec();
+    args.extend(["--summary-out", arg(&out)]);
+    let (mut root, root_url) = start_coordinator(&args);
+    // A is restarted where it was: a port below the ephemeral range (see `common::ports`).
+    let a_listen = format!("127.0.0.1:{}", common::ports::stable_ports(1)[0]);
+    let (a, a_url) = start_aggregator(&root_url, &a_listen);
+    let b_upstream = format!("{a_url},{root_url}");
+    let (b, b_url) = start_aggregator(&b_upstream, "127.0.0.1:0");
+    let fleets = [
+        fleet(&format!("{a_url},{root_url}"), "0..10", &run),
+        fleet(&format!("{b_url},{a_url},{root_url}"), "10..20", &run),
+        fleet(&root_url, "20..30", &run),
+    ];
+    // Kill A while a round is open (its clients and B's partial sums are in flight), start
+    // it again, then kill B for good.
+    root.wait_for_stderr_count("round aggregated", 3, DEADLINE);
+    a.kill();
+    root.wait_for_stderr_count("round aggregated", 6, DEADLINE);
+    let (a, _) = start_aggregator(&root_url, &a_listen);
+    root.wait_for_stderr_count("round aggregated", 9, DEADLINE);
+    b.kill();
+    let done = root.finish(DEADLINE);
+    done.assert_success();
+    let reconnects: Vec<u64> = fleets
+        .map(|fleet| {
+            let done = fleet.finish(DEADLINE);
+            done.assert_success();
+            let line = done
+                .stderr
+                .lines()
+                .find(|l| l.contains("simulated clients:"))
+                .unwrap()
+                .to_owned();
+            line.split(", ")
+                .find_map(|part| part.strip_suffix(" reconnects"))
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .to_vec();
+    // The clients behind A and behind B had to find another way up; those of the root did not.
+    assert!(reconnects[0] > 0 && reconnects[1] > 0, "{reconnects:?}");
+    assert_eq!(reconnects[2], 0, "{reconnects:?}");
+    a.kill();
+    let s = summary(&out);
+    assert_eq!(s["rounds_completed"], 16, "{s}");
+    assert_eq!(s["model_sha256"], reference["model_sha256"]);
+    // No round waited for its deadline (60 s): nothing was lost that had to be waited for.
+    assert!(
+        s["wall_seconds"].as_f64().unwrap() < 50.0,
+        "the run waited out a deadline: {s}"
+    );
+}
