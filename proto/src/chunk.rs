@@ -89,13 +89,19 @@ pub fn decode_f32(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
 /// Reassembles a payload of a declared length from chunks that must arrive in order, without
 /// gaps, overlaps or excess, refusing anything larger than the receiver's limit up front.
 #[derive(Debug)]
-pub struct ChunkAssembler<T = f32> {
+pub struct Assembler<T> {
     declared: usize,
     max_chunk_bytes: usize,
     values: Vec<T>,
 }
 
-impl<T: WireValue> ChunkAssembler<T> {
+/// Reassembles a model or an update (f32 values).
+pub type ChunkAssembler = Assembler<f32>;
+
+/// Reassembles a sub-aggregator's exact sum (i128 values).
+pub type SumAssembler = Assembler<i128>;
+
+impl<T: WireValue> Assembler<T> {
     /// Starts a payload of `declared` values; `max_values` and `max_chunk_bytes` are the
     /// receiver's limits.
     pub fn new(declared: u64, max_values: usize, max_chunk_bytes: usize) -> Result<Self> {
@@ -166,7 +172,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn assemble(values: &[f32], chunk_bytes: usize) -> Result<Vec<f32>> {
-        let mut asm = ChunkAssembler::<f32>::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES)?;
+        let mut asm = ChunkAssembler::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES)?;
         for c in encode_chunks(values, chunk_bytes) {
             asm.push(&c)?;
         }
@@ -176,7 +182,7 @@ mod tests {
     proptest! {
         #[test]
         fn exact_sums_round_trip(values in proptest::collection::vec(any::<i128>(), 0..300), chunk in 16usize..512) {
-            let mut asm = ChunkAssembler::<i128>::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES).unwrap();
+            let mut asm = SumAssembler::new(values.len() as u64, usize::MAX, MAX_CHUNK_BYTES).unwrap();
             for c in encode_chunks(&values, chunk) {
                 prop_assert!(c.data.len() <= chunk.max(16));
                 asm.push(&c).unwrap();
@@ -205,7 +211,7 @@ mod tests {
     fn refuses_out_of_order_duplicate_and_overflow() {
         let values = [1.0f32, 2.0, 3.0, 4.0];
         let chunks: Vec<Chunk> = encode_chunks(&values, 8).collect();
-        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         assert!(matches!(
             asm.push(&chunks[1]),
             Err(ProtoError::OutOfOrder { .. })
@@ -225,7 +231,7 @@ mod tests {
 
     #[test]
     fn refuses_truncation_misalignment_and_oversize() {
-        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         asm.push(&Chunk {
             offset: 0,
             data: Bytes::from(encode_f32(&[1.0])),
@@ -238,17 +244,17 @@ mod tests {
                 declared: 4
             })
         ));
-        let mut asm = ChunkAssembler::<f32>::new(4, 100, MAX_CHUNK_BYTES).unwrap();
+        let mut asm = ChunkAssembler::new(4, 100, MAX_CHUNK_BYTES).unwrap();
         let bad = Chunk {
             offset: 0,
             data: Bytes::from_static(&[0, 0, 0]),
         };
         assert!(matches!(asm.push(&bad), Err(ProtoError::Misaligned(3))));
         assert!(matches!(
-            ChunkAssembler::<f32>::new(101, 100, MAX_CHUNK_BYTES),
+            ChunkAssembler::new(101, 100, MAX_CHUNK_BYTES),
             Err(ProtoError::TooLarge { .. })
         ));
-        let mut asm = ChunkAssembler::<f32>::new(1_000_000, 1_000_000, 16).unwrap();
+        let mut asm = ChunkAssembler::new(1_000_000, 1_000_000, 16).unwrap();
         let big = Chunk {
             offset: 0,
             data: Bytes::from(encode_f32(&[0.0; 5])),

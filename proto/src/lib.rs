@@ -9,7 +9,8 @@ mod error;
 pub mod fence;
 
 pub use chunk::{
-    ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, WireValue, decode_f32, encode_chunks,
+    Assembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler, WireValue,
+    decode_f32, encode_chunks,
 };
 pub use error::{ProtoError, Result};
 

@@ -10,13 +10,13 @@ use crate::net::auth::AuthPolicy;
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientReport, ClientUpdate, PartialSum};
 use futures::{Stream, StreamExt};
-use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
     LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
     update_part::Part,
 };
+use shoal_proto::{ChunkAssembler, SumAssembler};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -303,7 +303,7 @@ impl Fleet for FleetService {
             .coordinator
             .admit_partial(&header)
             .map_err(|e| self.refuse(e))?;
-        let mut sum = ChunkAssembler::<i128>::new(
+        let mut sum = SumAssembler::new(
             header.sum_len,
             admission.max_values,
             admission.max_chunk_bytes,

@@ -5,13 +5,13 @@ use super::Shared;
 use crate::error::CoordinatorError;
 use crate::strategy::results::{ClientReport, ClientUpdate, Delivery, PartialSum};
 use futures::{Stream, StreamExt};
-use shoal_proto::ChunkAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
     LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
     pull_reply::Reply, update_part,
 };
+use shoal_proto::{ChunkAssembler, SumAssembler};
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
@@ -179,7 +179,7 @@ impl Fleet for AggregatorService {
                 .map_err(|s| self.upstream_failed(s));
         }
         let config = &self.shared.config;
-        let mut payload = ChunkAssembler::<f32>::new(
+        let mut payload = ChunkAssembler::new(
             header.payload_len,
             config.max_values,
             config.max_chunk_bytes,
@@ -231,9 +231,8 @@ impl Fleet for AggregatorService {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
         let config = &self.shared.config;
-        let mut sum =
-            ChunkAssembler::<i128>::new(header.sum_len, config.max_values, config.max_chunk_bytes)
-                .map_err(CoordinatorError::from)?;
+        let mut sum = SumAssembler::new(header.sum_len, config.max_values, config.max_chunk_bytes)
+            .map_err(CoordinatorError::from)?;
         while let Some(part) = parts.next().await {
             match part?.part {
                 Some(partial_part::Part::Chunk(chunk)) => {
