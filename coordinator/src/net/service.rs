@@ -8,7 +8,7 @@ use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
 use crate::net::auth::AuthPolicy;
 use crate::refusal::Refusal;
-use crate::strategy::results::{ClientReport, ClientUpdate, PartialSum};
+use crate::strategy::results::{ClientUpdate, PartialSum};
 use futures::{Stream, StreamExt};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
@@ -321,21 +321,8 @@ impl Fleet for FleetService {
                 }
             }
         }
-        let partial = PartialSum {
-            totals: sum.finish().map_err(|e| self.refuse(e.into()))?,
-            counts: header.counts,
-            reports: header
-                .contributions
-                .into_iter()
-                .map(|c| {
-                    let report = ClientReport {
-                        weight: c.num_examples,
-                        metrics: c.metrics.into_iter().collect(),
-                    };
-                    (c.client_id, report)
-                })
-                .collect(),
-        };
+        let totals = sum.finish().map_err(|e| self.refuse(e.into()))?;
+        let partial = PartialSum::from_wire(header, totals);
         let accepted_in_round = admission
             .deliver_partial(partial)
             .await

@@ -2,6 +2,7 @@
 
 use super::plan::{FoldMode, TaskPlan};
 use crate::aggregate::{AggregateError, ExactSum, MAX_WEIGHT, validate};
+use shoal_proto::v1::{Contribution, Fence, PartialHeader};
 use std::collections::BTreeMap;
 
 /// One client's contribution to a round, after transport decoding.
@@ -38,6 +39,47 @@ pub struct PartialSum {
     pub counts: Vec<u64>,
     /// Every client folded in, with its weight and metrics: the coordinator counts these.
     pub reports: BTreeMap<String, ClientReport>,
+}
+
+impl PartialSum {
+    /// The partial sum a [`PartialHeader`] announces, with the `totals` that followed it.
+    pub fn from_wire(header: PartialHeader, totals: Vec<i128>) -> Self {
+        Self {
+            totals,
+            counts: header.counts,
+            reports: header
+                .contributions
+                .into_iter()
+                .map(|c| {
+                    let report = ClientReport {
+                        weight: c.num_examples,
+                        metrics: c.metrics.into_iter().collect(),
+                    };
+                    (c.client_id, report)
+                })
+                .collect(),
+        }
+    }
+
+    /// Its header on the wire, sent by `aggregator` for the round `fence` names; the totals
+    /// go in the chunks that follow.
+    pub fn header(&self, aggregator: &str, fence: Fence) -> PartialHeader {
+        PartialHeader {
+            aggregator_id: aggregator.to_owned(),
+            fence: Some(fence),
+            contributions: self
+                .reports
+                .iter()
+                .map(|(client_id, report)| Contribution {
+                    client_id: client_id.clone(),
+                    num_examples: report.weight,
+                    metrics: report.metrics.clone().into_iter().collect(),
+                })
+                .collect(),
+            sum_len: self.totals.len() as u64,
+            counts: self.counts.clone(),
+        }
+    }
 }
 
 /// What arrives for a round: one client's update, or a sub-aggregator's partial sum of

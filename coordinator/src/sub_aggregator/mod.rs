@@ -28,7 +28,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::PartialSum;
 use rounds::Rounds;
 use shoal_proto::v1::fleet_server::FleetServer;
-use shoal_proto::v1::{Chunk, Contribution, Fence, PartialHeader, PartialPart, partial_part};
+use shoal_proto::v1::{Chunk, Fence, PartialPart, partial_part};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,21 +185,7 @@ async fn send_partial(shared: &Arc<Shared>, fence: Fence, partial: PartialSum) {
 /// the kept partial sums follow.
 async fn push(shared: &Arc<Shared>, fence: Fence, partial: PartialSum) {
     let clients = partial.reports.len();
-    let header = PartialHeader {
-        aggregator_id: shared.config.id.clone(),
-        fence: Some(fence.clone()),
-        contributions: partial
-            .reports
-            .into_iter()
-            .map(|(client_id, report)| Contribution {
-                client_id,
-                num_examples: report.weight,
-                metrics: report.metrics.into_iter().collect(),
-            })
-            .collect(),
-        sum_len: partial.totals.len() as u64,
-        counts: partial.counts,
-    };
+    let header = partial.header(&shared.config.id, fence.clone());
     let chunks: Vec<Chunk> =
         shoal_proto::encode_chunks(&partial.totals, shared.config.max_chunk_bytes).collect();
     let parts = std::iter::once(partial_part::Part::Header(header))

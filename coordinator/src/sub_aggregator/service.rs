@@ -3,7 +3,7 @@
 
 use super::Shared;
 use crate::error::CoordinatorError;
-use crate::strategy::results::{ClientReport, ClientUpdate, Delivery, PartialSum};
+use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::{Stream, StreamExt};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
@@ -246,21 +246,8 @@ impl Fleet for AggregatorService {
                 }
             }
         }
-        let partial = PartialSum {
-            totals: sum.finish().map_err(CoordinatorError::from)?,
-            counts: header.counts,
-            reports: header
-                .contributions
-                .into_iter()
-                .map(|c| {
-                    let report = ClientReport {
-                        weight: c.num_examples,
-                        metrics: c.metrics.into_iter().collect(),
-                    };
-                    (c.client_id, report)
-                })
-                .collect(),
-        };
+        let totals = sum.finish().map_err(CoordinatorError::from)?;
+        let partial = PartialSum::from_wire(header, totals);
         let accepted_in_round = self.fold(&fence, Delivery::Partial(partial)).await?;
         Ok(Response::new(PushReply { accepted_in_round }))
     }
