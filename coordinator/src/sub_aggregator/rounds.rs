@@ -23,6 +23,8 @@ pub struct RoundState {
     pub task: Task,
     /// The global state, fetched upstream once for every client of the round.
     pub global: OnceCell<Arc<[Chunk]>>,
+    /// The round's update-norm rule, made once from the global state.
+    pub norm: OnceCell<Option<Arc<crate::aggregate::norm::NormBound>>>,
     folding: Mutex<Folding>,
 }
 
@@ -47,6 +49,7 @@ impl RoundState {
         Self {
             task,
             global: OnceCell::new(),
+            norm: OnceCell::new(),
             folding: Mutex::new(Folding {
                 accumulator,
                 tasked: HashSet::new(),

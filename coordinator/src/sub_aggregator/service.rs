@@ -2,6 +2,8 @@
 //! (joins, pulls, departures), answered here where the load is (global state, updates).
 
 use super::Shared;
+use super::rounds::RoundState;
+use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::{Stream, StreamExt};
@@ -72,6 +74,82 @@ impl AggregatorService {
     }
 }
 
+impl AggregatorService {
+    /// The round's global state, fetched upstream the first time any client asks for it
+    /// (under that client's id).
+    async fn global(
+        &self,
+        state: &RoundState,
+        metadata: &MetadataMap,
+        fetch: FetchRequest,
+    ) -> Result<Arc<[Chunk]>, Status> {
+        let chunks = state
+            .global
+            .get_or_try_init(|| async {
+                let relayed = Self::relayed(metadata, fetch);
+                let mut upstream = self.shared.upstream.client();
+                let mut stream = upstream
+                    .fetch_global(relayed)
+                    .await
+                    .map_err(|s| self.upstream_failed(s))?
+                    .into_inner();
+                let mut chunks = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    chunks.push(chunk?);
+                }
+                debug!(chunks = chunks.len(), "global state fetched upstream");
+                Ok::<_, Status>(Arc::<[Chunk]>::from(chunks))
+            })
+            .await?;
+        Ok(chunks.clone())
+    }
+
+    /// The coordinator's update-norm rule for the round, against its global state (made once
+    /// per round).
+    async fn norm_bound(
+        &self,
+        state: &RoundState,
+        metadata: &MetadataMap,
+        client: &str,
+        fence: &shoal_proto::v1::Fence,
+    ) -> Result<Option<Arc<NormBound>>, Status> {
+        let config = &self.shared.config;
+        if config.max_update_norm.is_none() {
+            return Ok(None);
+        }
+        let bound = state
+            .norm
+            .get_or_try_init(|| async {
+                let fetch = FetchRequest {
+                    client_id: client.to_owned(),
+                    fence: Some(fence.clone()),
+                };
+                let chunks = self.global(state, metadata, fetch).await?;
+                let mut global = ChunkAssembler::new(
+                    state.task.global_len,
+                    usize::MAX,
+                    shoal_proto::MAX_CHUNK_BYTES,
+                )
+                .map_err(CoordinatorError::from)?;
+                for chunk in chunks.iter() {
+                    global.push(chunk).map_err(CoordinatorError::from)?;
+                }
+                let global = Arc::new(global.finish().map_err(CoordinatorError::from)?);
+                Ok::<_, Status>(
+                    NormBound::for_task(
+                        state.task.kind(),
+                        &global,
+                        config.max_update_norm,
+                        config.norm_policy,
+                    )
+                    .map(Arc::new),
+                )
+            })
+            .await?;
+        Ok(bound.clone())
+    }
+}
+
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
@@ -113,26 +191,9 @@ impl Fleet for AggregatorService {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("fetch has no fence".into()))?;
         let state = self.shared.rounds.get(&fence)?;
-        let chunks = state
-            .global
-            .get_or_try_init(|| async {
-                // Once per round for all clients: the first fetch goes up under its client's id.
-                let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
-                let mut upstream = self.shared.upstream.client();
-                let mut stream = upstream
-                    .fetch_global(relayed)
-                    .await
-                    .map_err(|s| self.upstream_failed(s))?
-                    .into_inner();
-                let mut chunks = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    chunks.push(chunk?);
-                }
-                debug!(%fence, chunks = chunks.len(), "global state fetched upstream");
-                Ok::<_, Status>(Arc::<[Chunk]>::from(chunks))
-            })
-            .await?
-            .clone();
+        let chunks = self
+            .global(&state, request.metadata(), request.get_ref().clone())
+            .await?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
         ))))
@@ -198,10 +259,19 @@ impl Fleet for AggregatorService {
                 }
             }
         }
+        let mut payload = payload.finish().map_err(CoordinatorError::from)?;
+        if let Some(bound) = self
+            .norm_bound(&state, &metadata, &header.client_id, &fence)
+            .await?
+        {
+            bound
+                .enforce(&mut payload)
+                .map_err(CoordinatorError::from)?;
+        }
         let update = ClientUpdate {
             client_id: header.client_id,
             weight: header.num_examples,
-            payload: payload.finish().map_err(CoordinatorError::from)?,
+            payload,
             counts: header.counts,
             metrics: header.metrics.into_iter().collect(),
         };
