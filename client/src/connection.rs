@@ -193,7 +193,7 @@ impl Interceptor for BearerAuth {
 /// A fleet client over `channel`, sending `auth` with every request, with message limits
 /// matching the server's.
 pub fn fleet_client(channel: Channel, auth: BearerAuth) -> Fleet {
-    let max = MAX_CHUNK_BYTES + (64 << 10);
+    let max = shoal_proto::message_limit(MAX_CHUNK_BYTES);
     FleetClient::with_interceptor(channel, auth)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max)

@@ -10,6 +10,12 @@ use bytes::Bytes;
 
 /// Hard upper bound on one chunk: 1 MiB.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+/// The largest gRPC message that carries chunks of at most `chunk_bytes`: a chunk plus
+/// headroom for the message's other fields and framing.
+pub fn message_limit(chunk_bytes: usize) -> usize {
+    chunk_bytes + (64 << 10)
+}
+
 /// Chunk size senders use unless told otherwise.
 pub const DEFAULT_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
 

@@ -10,7 +10,7 @@ pub mod fence;
 
 pub use chunk::{
     Assembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler, WireValue,
-    decode_f32, encode_chunks,
+    decode_f32, encode_chunks, message_limit,
 };
 pub use error::{ProtoError, Result};
 

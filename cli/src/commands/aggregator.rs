@@ -61,7 +61,7 @@ impl AggregatorCmd {
         config.id = self
             .id
             .unwrap_or_else(|| format!("aggregator-{}", addr.port()));
-        let upstream = Upstream::new(&urls, 2 * config.max_chunk_bytes + 64 * 1024)?;
+        let upstream = Upstream::new(&urls, shoal_proto::message_limit(config.max_chunk_bytes))?;
         eprintln!(
             "aggregator {} listening on {addr}, upstream {}",
             config.id,

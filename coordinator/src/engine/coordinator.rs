@@ -448,56 +448,115 @@ impl Coordinator {
     /// Checks an update's header before its payload is received; on success the client's slot
     /// in the round is held until the returned admission is delivered or dropped.
     pub fn admit(&self, header: &UpdateHeader) -> Result<Admission> {
+        let client = Contributor {
+            id: &header.client_id,
+            examples: header.num_examples,
+            metrics: &header.metrics,
+        };
+        let upload = Upload {
+            fence: header.fence.as_ref(),
+            what: "update header",
+            len: header.payload_len,
+            counts_len: header.counts.len(),
+            // The update is folded here: the round's norm rule applies to it.
+            norm: true,
+        };
+        self.hold_slots(&[client], upload)
+    }
+
+    /// Checks a sub-aggregator's partial sum header before its sum is received: every client
+    /// it names must be known, selected, not yet delivered and not uploading, and named once;
+    /// on success their slots are held until the returned admission is delivered or dropped.
+    /// Partial sums are folded as they come, so the clients count, not the aggregators.
+    pub fn admit_partial(&self, header: &PartialHeader) -> Result<Admission> {
+        let clients: Vec<Contributor<'_>> = header
+            .contributions
+            .iter()
+            .map(|c| Contributor {
+                id: &c.client_id,
+                examples: c.num_examples,
+                metrics: &c.metrics,
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        if let Some(repeated) = clients.iter().find(|c| !seen.insert(c.id)) {
+            return Err(CoordinatorError::Duplicate(repeated.id.to_owned()));
+        }
+        let upload = Upload {
+            fence: header.fence.as_ref(),
+            what: "partial sum",
+            len: header.sum_len,
+            counts_len: header.counts.len(),
+            // Each update met the norm rule at the aggregator that folded it.
+            norm: false,
+        };
+        self.hold_slots(&clients, upload)
+    }
+
+    /// What an upload of `clients`' work must satisfy before its payload is received: each
+    /// client's id, examples and metrics well-formed, the payload within the limit, the fence
+    /// of the open round, every client known, selected, not yet delivered and not uploading.
+    /// On success their slots in the round are held until the admission is delivered or
+    /// dropped.
+    fn hold_slots(&self, clients: &[Contributor<'_>], upload: Upload<'_>) -> Result<Admission> {
         let limits = &self.shared.limits;
-        check_client_id(&header.client_id)?;
-        if header.payload_len > limits.max_update_values as u64 {
+        for client in clients {
+            check_client_id(client.id)?;
+        }
+        if upload.len > limits.max_update_values as u64 {
             return Err(ProtoError::TooLarge {
-                declared: header.payload_len,
+                declared: upload.len,
                 limit: limits.max_update_values,
             }
             .into());
         }
-        let fence = header
+        let fence = upload
             .fence
-            .clone()
-            .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
-        if header.num_examples == 0 || header.num_examples > limits.max_examples {
-            return Err(AggregateError::BadWeight {
-                weight: header.num_examples,
-                max: limits.max_examples,
+            .cloned()
+            .ok_or_else(|| CoordinatorError::Malformed(format!("{} has no fence", upload.what)))?;
+        for client in clients {
+            if client.examples == 0 || client.examples > limits.max_examples {
+                return Err(AggregateError::BadWeight {
+                    weight: client.examples,
+                    max: limits.max_examples,
+                }
+                .into());
             }
-            .into());
+            check_metrics(client.metrics)?;
         }
-        check_metrics(&header.metrics)?;
         let mut state = lock(&self.shared.state);
-        if !state.registry.contains(&header.client_id) {
-            return Err(CoordinatorError::UnknownClient(header.client_id.clone()));
+        if let Some(unknown) = clients.iter().find(|c| !state.registry.contains(c.id)) {
+            return Err(CoordinatorError::UnknownClient(unknown.id.to_owned()));
         }
         let state = &mut *state;
         match &mut state.phase {
             Phase::Open(round) => {
-                round.admit(
-                    &header.client_id,
-                    &fence,
-                    header.payload_len,
-                    header.counts.len(),
-                )?;
+                let ids: Vec<String> = clients.iter().map(|c| c.id.to_owned()).collect();
+                round.admit_clients(&ids, &fence, upload.len, upload.counts_len)?;
                 // Only an admitted header counts as a heartbeat: a refusal changes nothing.
-                state.registry.touch(&header.client_id, Instant::now())?;
-                round.in_flight.insert(header.client_id.clone());
-                Ok(Admission {
-                    slot: Some(Slot {
-                        coordinator: self.clone(),
-                        clients: vec![header.client_id.clone()],
-                        fence,
-                        accumulator: round.accumulator.clone(),
-                    }),
-                    bound: NormBound::for_task(
+                let now = Instant::now();
+                for id in &ids {
+                    state.registry.touch(id, now)?;
+                    round.in_flight.insert(id.clone());
+                }
+                let bound = if upload.norm {
+                    NormBound::for_task(
                         round.plan.kind,
                         &round.global,
                         limits.max_update_norm,
                         limits.norm_policy,
-                    ),
+                    )
+                } else {
+                    None
+                };
+                Ok(Admission {
+                    slot: Some(Slot {
+                        coordinator: self.clone(),
+                        clients: ids,
+                        fence,
+                        accumulator: round.accumulator.clone(),
+                    }),
+                    bound,
                     max_values: limits.max_update_values,
                     max_chunk_bytes: limits.max_chunk_bytes,
                 })
@@ -507,70 +566,24 @@ impl Coordinator {
     }
 }
 
-impl Coordinator {
-    /// Checks a sub-aggregator's partial sum header before its sum is received: every client
-    /// it names must be known, selected, not yet delivered and not uploading; on success their
-    /// slots are held until the returned admission is delivered or dropped. Partial sums are
-    /// folded as they come, so the clients count, not the aggregators.
-    pub fn admit_partial(&self, header: &PartialHeader) -> Result<Admission> {
-        let limits = &self.shared.limits;
-        let fence = header
-            .fence
-            .clone()
-            .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
-        if header.sum_len > limits.max_update_values as u64 {
-            return Err(ProtoError::TooLarge {
-                declared: header.sum_len,
-                limit: limits.max_update_values,
-            }
-            .into());
-        }
-        let mut clients = Vec::with_capacity(header.contributions.len());
-        let mut seen = std::collections::HashSet::new();
-        for c in &header.contributions {
-            check_client_id(&c.client_id)?;
-            if c.num_examples == 0 || c.num_examples > limits.max_examples {
-                return Err(AggregateError::BadWeight {
-                    weight: c.num_examples,
-                    max: limits.max_examples,
-                }
-                .into());
-            }
-            check_metrics(&c.metrics)?;
-            if !seen.insert(c.client_id.as_str()) {
-                return Err(CoordinatorError::Duplicate(c.client_id.clone()));
-            }
-            clients.push(c.client_id.clone());
-        }
-        let mut state = lock(&self.shared.state);
-        if let Some(unknown) = clients.iter().find(|id| !state.registry.contains(id)) {
-            return Err(CoordinatorError::UnknownClient(unknown.clone()));
-        }
-        let state = &mut *state;
-        match &mut state.phase {
-            Phase::Open(round) => {
-                round.admit_partial(&clients, &fence, header.sum_len, header.counts.len())?;
-                let now = Instant::now();
-                for client in &clients {
-                    state.registry.touch(client, now)?;
-                    round.in_flight.insert(client.clone());
-                }
-                Ok(Admission {
-                    slot: Some(Slot {
-                        coordinator: self.clone(),
-                        clients,
-                        fence,
-                        accumulator: round.accumulator.clone(),
-                    }),
-                    // Each update met the norm rule at the aggregator that folded it.
-                    bound: None,
-                    max_values: limits.max_update_values,
-                    max_chunk_bytes: limits.max_chunk_bytes,
-                })
-            }
-            phase => Err(stale(&fence, phase)),
-        }
-    }
+/// A client an upload delivers for, as its header names it.
+struct Contributor<'a> {
+    id: &'a str,
+    examples: u64,
+    metrics: &'a HashMap<String, f64>,
+}
+
+/// What an upload's header says of the upload itself.
+struct Upload<'a> {
+    fence: Option<&'a Fence>,
+    /// Its name in errors.
+    what: &'static str,
+    /// Values of its payload.
+    len: u64,
+    /// Integer counts it carries.
+    counts_len: usize,
+    /// Whether the round's update-norm rule applies to its payload.
+    norm: bool,
 }
 
 /// Refuses reported metrics that could poison the round records: too many, badly named, or

@@ -103,29 +103,20 @@ impl OpenRound {
         Ok(())
     }
 
-    /// Refuses a partial sum's header unless it is for this round and every client it names
-    /// is selected, has not delivered, and has no upload arriving; its sum must have the
-    /// plan's shape.
-    pub fn admit_partial(
+    /// Refuses an upload's header unless it is for this round and every client it delivers
+    /// for (one for an update, several for a partial sum) passes [`OpenRound::admit`].
+    pub fn admit_clients(
         &self,
         clients: &[String],
         fence: &Fence,
-        sum_len: u64,
+        len: u64,
         counts_len: usize,
     ) -> Result<()> {
         if clients.is_empty() {
             return Err(crate::aggregate::AggregateError::NoContributors.into());
         }
         for client in clients {
-            self.admit(client, fence, self.plan.update_len as u64, counts_len)?;
-        }
-        if sum_len != self.plan.update_len as u64 {
-            return Err(CoordinatorError::InvalidUpdate(
-                crate::aggregate::AggregateError::WrongLength {
-                    got: usize::try_from(sum_len).unwrap_or(usize::MAX),
-                    expected: self.plan.update_len,
-                },
-            ));
+            self.admit(client, fence, len, counts_len)?;
         }
         Ok(())
     }

@@ -177,8 +177,7 @@ async fn serve_fleet(
 ) -> Result<()> {
     security.check_listener(listener.local_addr()?)?;
     let limits = &coordinator.shared.limits;
-    // Messages are chunked at 1 MiB; leave headroom for headers and framing.
-    let max_message = limits.max_chunk_bytes + (64 << 10);
+    let max_message = shoal_proto::message_limit(limits.max_chunk_bytes);
     let policy = security.policy();
     let service = FleetServer::new(fleet)
         .max_decoding_message_size(max_message)

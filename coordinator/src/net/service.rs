@@ -7,14 +7,14 @@ use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
 use crate::net::auth::AuthPolicy;
+use crate::net::upload::{self, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
-    update_part::Part,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart,
 };
 use shoal_proto::{ChunkAssembler, SumAssembler};
 use std::pin::Pin;
@@ -121,11 +121,16 @@ impl FleetService {
     }
 }
 
-/// Longest an update stream may go without sending its next message (header or chunk). An
-/// honest client streams a chunk (at most 1 MiB) well within it; a stalled stream is ended.
-const MESSAGE_GAP: std::time::Duration = std::time::Duration::from_secs(30);
+/// A download of chunks.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
+/// Streams `chunks`, shared: clones of the reference-counted chunks one at a time, no copy of
+/// the model per download.
+pub fn chunk_stream(chunks: Arc<[Chunk]>) -> ChunkStream {
+    Box::pin(futures::stream::iter(
+        (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
+    ))
+}
 
 impl FleetService {
     /// The one place an error becomes a refusal: counts it by reason (see
@@ -137,22 +142,16 @@ impl FleetService {
         err.into()
     }
 
-    /// The next message of an update stream, or an error status once the stream has sent
-    /// nothing for [`MESSAGE_GAP`]: a stream that stops sending would hold its slot in the
-    /// round.
-    async fn next_part<T>(
-        &self,
-        parts: &mut Streaming<T>,
-    ) -> Result<Option<Result<T, Status>>, Status> {
-        tokio::time::timeout(MESSAGE_GAP, parts.next())
-            .await
-            .map_err(|_| {
+    /// Counts a refused upload by its reason and turns it into its status.
+    fn refuse_upload(&self, err: UploadError) -> Status {
+        match err {
+            UploadError::Stream(status) => self.refuse_stream(status),
+            UploadError::Refused(err) => self.refuse(err),
+            stalled @ UploadError::Stalled => {
                 self.coordinator.count_refusal(Refusal::StreamStalled);
-                Refusal::StreamStalled.status(format!(
-                    "update stream sent nothing for {} s",
-                    MESSAGE_GAP.as_secs()
-                ))
-            })
+                stalled.status()
+            }
+        }
     }
 
     /// Counts an update stream that tonic ended with an error (a message over the size limit,
@@ -213,30 +212,16 @@ impl Fleet for FleetService {
             .global_for(&req.client_id, &fence)
             .await
             .map_err(|e| self.refuse(e))?;
-        // Clones of the round's shared chunks, one at a time: no copy of the model per fetch.
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
-        ))))
+        Ok(Response::new(chunk_stream(chunks)))
     }
 
     async fn push_update(
         &self,
         mut request: Request<Streaming<UpdatePart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let header = match self.next_part(request.get_mut()).await? {
-            Some(Ok(UpdatePart {
-                part: Some(Part::Header(h)),
-            })) => h,
-            Some(Ok(_)) => {
-                return Err(self.refuse(CoordinatorError::Malformed(
-                    "an update must start with its header".into(),
-                )));
-            }
-            Some(Err(status)) => return Err(self.refuse_stream(status)),
-            None => {
-                return Err(self.refuse(CoordinatorError::Malformed("empty update stream".into())));
-            }
-        };
+        let header = upload::header(request.get_mut())
+            .await
+            .map_err(|e| self.refuse_upload(e))?;
         self.authorize(&request, &header.client_id)?;
         self.serving()?;
         let mut parts = request.into_inner();
@@ -244,28 +229,19 @@ impl Fleet for FleetService {
             .coordinator
             .admit(&header)
             .map_err(|e| self.refuse(e))?;
-        let mut payload = ChunkAssembler::new(
+        let payload = ChunkAssembler::new(
             header.payload_len,
             admission.max_values,
             admission.max_chunk_bytes,
         )
         .map_err(|e| self.refuse(e.into()))?;
-        while let Some(part) = self.next_part(&mut parts).await? {
-            match part.map_err(|status| self.refuse_stream(status))?.part {
-                Some(Part::Chunk(chunk)) => {
-                    payload.push(&chunk).map_err(|e| self.refuse(e.into()))?
-                }
-                _ => {
-                    return Err(self.refuse(CoordinatorError::Malformed(
-                        "only chunks may follow the header".into(),
-                    )));
-                }
-            }
-        }
+        let payload = upload::payload(&mut parts, payload)
+            .await
+            .map_err(|e| self.refuse_upload(e))?;
         let update = ClientUpdate {
             client_id: header.client_id,
             weight: header.num_examples,
-            payload: payload.finish().map_err(|e| self.refuse(e.into()))?,
+            payload,
             counts: header.counts,
             metrics: header.metrics.into_iter().collect(),
         };
@@ -280,22 +256,9 @@ impl Fleet for FleetService {
         &self,
         mut request: Request<Streaming<PartialPart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let header = match self.next_part(request.get_mut()).await? {
-            Some(Ok(PartialPart {
-                part: Some(partial_part::Part::Header(h)),
-            })) => h,
-            Some(Ok(_)) => {
-                return Err(self.refuse(CoordinatorError::Malformed(
-                    "a partial sum must start with its header".into(),
-                )));
-            }
-            Some(Err(status)) => return Err(self.refuse_stream(status)),
-            None => {
-                return Err(self.refuse(CoordinatorError::Malformed(
-                    "empty partial sum stream".into(),
-                )));
-            }
-        };
+        let header = upload::header(request.get_mut())
+            .await
+            .map_err(|e| self.refuse_upload(e))?;
         self.authorize(&request, &header.aggregator_id)?;
         self.serving()?;
         let mut parts = request.into_inner();
@@ -303,25 +266,15 @@ impl Fleet for FleetService {
             .coordinator
             .admit_partial(&header)
             .map_err(|e| self.refuse(e))?;
-        let mut sum = SumAssembler::new(
+        let sum = SumAssembler::new(
             header.sum_len,
             admission.max_values,
             admission.max_chunk_bytes,
         )
         .map_err(|e| self.refuse(e.into()))?;
-        while let Some(part) = self.next_part(&mut parts).await? {
-            match part.map_err(|status| self.refuse_stream(status))?.part {
-                Some(partial_part::Part::Chunk(chunk)) => {
-                    sum.push(&chunk).map_err(|e| self.refuse(e.into()))?
-                }
-                _ => {
-                    return Err(self.refuse(CoordinatorError::Malformed(
-                        "only chunks may follow the header".into(),
-                    )));
-                }
-            }
-        }
-        let totals = sum.finish().map_err(|e| self.refuse(e.into()))?;
+        let totals = upload::payload(&mut parts, sum)
+            .await
+            .map_err(|e| self.refuse_upload(e))?;
         let partial = PartialSum::from_wire(header, totals);
         let accepted_in_round = admission
             .deliver_partial(partial)

@@ -85,24 +85,21 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// Set once the run is over upstream.
     pub(crate) finished: Notify,
-    /// Partial sums sent up for the rounds still kept: if the upstream they went to dies, the
-    /// next one gets them again (it refuses them whole if they arrived after all).
-    pub(crate) sent: std::sync::Mutex<Vec<(Fence, PartialSum)>>,
 }
 
-/// Partial sums kept for a resend: those of the newest rounds only.
-const SENT_KEPT: usize = 64;
-
-/// After moving to another upstream address: sends every kept partial sum there.
-pub(crate) fn resend_after_move(shared: Arc<Shared>) {
-    let kept = crate::sync::lock(&shared.sent).clone();
-    if kept.is_empty() {
+/// Notes a failed upstream call: if it moved the aggregator to its next upstream address,
+/// every partial sum sent up for the rounds still passing through is sent there again.
+pub(crate) fn upstream_failed(shared: &Arc<Shared>, status: &tonic::Status) {
+    if !shared.upstream.failed(status) {
         return;
     }
+    let shared = shared.clone();
     tokio::spawn(async move {
-        for (fence, partial) in kept {
-            info!(%fence, clients = partial.reports.len(), "partial sum sent again to the new upstream");
-            push(&shared, fence, partial).await;
+        for state in shared.rounds.all() {
+            for partial in state.sent() {
+                info!(fence = %state.fence, clients = partial.reports.len(), "partial sum sent again to the new upstream");
+                push(&shared, &state.fence, &partial).await;
+            }
         }
     });
 }
@@ -121,12 +118,11 @@ pub async fn serve(
         rounds: Rounds::default(),
         wake: Notify::new(),
         finished: Notify::new(),
-        sent: std::sync::Mutex::new(Vec::new()),
     });
     let flusher = tokio::spawn(flush_loop(shared.clone()));
     let service = FleetServer::new(AggregatorService::new(shared.clone()))
-        .max_decoding_message_size(2 * shared.config.max_chunk_bytes + 64 * 1024)
-        .max_encoding_message_size(2 * shared.config.max_chunk_bytes + 64 * 1024);
+        .max_decoding_message_size(shoal_proto::message_limit(shared.config.max_chunk_bytes))
+        .max_encoding_message_size(shoal_proto::message_limit(shared.config.max_chunk_bytes));
     let ended = {
         let shared = shared.clone();
         async move {
@@ -165,32 +161,17 @@ async fn flush_loop(shared: Arc<Shared>) {
 
 /// Sends the partial sums due after `hold`.
 async fn flush_all(shared: &Arc<Shared>, hold: Duration) {
-    for (fence, state) in shared.rounds.all() {
+    for state in shared.rounds.all() {
         if let Some(partial) = state.take_due(hold) {
-            send_partial(shared, fence, partial).await;
+            push(shared, &state.fence, &partial).await;
         }
     }
-}
-
-/// Sends one partial sum upstream and keeps it for a resend should that upstream die.
-async fn send_partial(shared: &Arc<Shared>, fence: Fence, partial: PartialSum) {
-    {
-        let mut sent = crate::sync::lock(&shared.sent);
-        // Only the rounds still passing through matter; the oldest go first.
-        let current: Vec<Fence> = shared.rounds.all().into_iter().map(|(f, _)| f).collect();
-        sent.retain(|(f, _)| current.contains(f));
-        if sent.len() >= SENT_KEPT {
-            sent.remove(0);
-        }
-        sent.push((fence.clone(), partial.clone()));
-    }
-    push(shared, fence, partial).await;
 }
 
 /// Streams one partial sum upstream; a refusal is logged (its updates' round is over, or
 /// they were counted already), not retried; a lost upstream moves to the next address and
 /// the kept partial sums follow.
-async fn push(shared: &Arc<Shared>, fence: Fence, partial: PartialSum) {
+async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
     let clients = partial.reports.len();
     let header = partial.header(&shared.config.id, fence.clone());
     let chunks: Vec<Chunk> =
@@ -210,9 +191,7 @@ async fn push(shared: &Arc<Shared>, fence: Fence, partial: PartialSum) {
             "partial sum sent upstream"
         ),
         Err(status) => {
-            if shared.upstream.failed(&status) {
-                resend_after_move(shared.clone());
-            }
+            upstream_failed(shared, &status);
             warn!(%fence, clients, status = %status.message(), code = ?status.code(), "partial sum refused upstream");
         }
     }

@@ -19,6 +19,8 @@ const ROUNDS_KEPT: usize = 2;
 /// One round as seen from a sub-aggregator.
 #[derive(Debug)]
 pub struct RoundState {
+    /// The round.
+    pub fence: Fence,
     /// The task as the round's first client received it (seed aside, the same for all).
     pub task: Task,
     /// The global state, fetched upstream once for every client of the round.
@@ -26,6 +28,9 @@ pub struct RoundState {
     /// The round's update-norm rule, made once from the global state.
     pub norm: OnceCell<Option<Arc<crate::aggregate::norm::NormBound>>>,
     folding: Mutex<Folding>,
+    /// Partial sums sent upstream: should the upstream they went to die, the next one gets
+    /// them again (and refuses them whole if they had arrived after all).
+    sent: Mutex<Vec<Arc<PartialSum>>>,
 }
 
 /// The round's running sum and who is in it.
@@ -37,16 +42,18 @@ struct Folding {
     tasked: HashSet<String>,
     /// Clients whose update is in a sum (sent upstream or waiting to be).
     folded: HashSet<String>,
-    /// Clients that will not deliver through here (abandoned, left, relayed whole).
-    gone: HashSet<String>,
+    /// Clients handed the task here that may still deliver here: kept as they change, so
+    /// whether the round is done here is known without a pass over its clients.
+    outstanding: HashSet<String>,
     /// When the oldest update not yet sent upstream was folded.
     oldest_unsent: Option<Instant>,
 }
 
 impl RoundState {
-    fn new(task: Task) -> Self {
+    fn new(fence: Fence, task: Task) -> Self {
         let accumulator = RoundAccumulator::for_task(&task);
         Self {
+            fence,
             task,
             global: OnceCell::new(),
             norm: OnceCell::new(),
@@ -54,9 +61,10 @@ impl RoundState {
                 accumulator,
                 tasked: HashSet::new(),
                 folded: HashSet::new(),
-                gone: HashSet::new(),
+                outstanding: HashSet::new(),
                 oldest_unsent: None,
             }),
+            sent: Mutex::new(Vec::new()),
         }
     }
 
@@ -79,40 +87,41 @@ impl RoundState {
                 return Err(CoordinatorError::Duplicate(client.clone()));
             }
         }
-        let accumulator = f
-            .accumulator
+        f.accumulator
             .as_mut()
-            .ok_or(CoordinatorError::InvalidUpdate(AggregateError::NotSummed))?;
-        accumulator.check_delivery(&delivery)?;
-        accumulator.accept_delivery(delivery)?;
-        f.folded.extend(clients);
+            .ok_or(CoordinatorError::InvalidUpdate(AggregateError::NotSummed))?
+            .accept_delivery(delivery)?;
+        for client in clients {
+            f.outstanding.remove(&client);
+            f.folded.insert(client);
+        }
         f.oldest_unsent.get_or_insert_with(Instant::now);
         Ok(f.folded.len())
     }
 
     /// A client handed the task through here will not deliver through here.
     pub fn gone(&self, client: &str) {
-        let mut f = lock(&self.folding);
-        if f.tasked.contains(client) && !f.folded.contains(client) {
-            f.gone.insert(client.to_owned());
-        }
+        lock(&self.folding).outstanding.remove(client);
     }
 
     /// The partial sum to send upstream now, if any: when every client handed the task here
     /// has delivered or is gone (nothing more can come), or when the oldest update has waited
-    /// `hold` (stragglers must not hold back the rest).
-    pub fn take_due(&self, hold: Duration) -> Option<PartialSum> {
+    /// `hold` (stragglers must not hold back the rest). It is kept for a resend.
+    pub fn take_due(&self, hold: Duration) -> Option<Arc<PartialSum>> {
         let mut f = lock(&self.folding);
         let oldest = f.oldest_unsent?;
-        let waiting = f
-            .tasked
-            .iter()
-            .any(|c| !f.folded.contains(c) && !f.gone.contains(c));
-        if waiting && oldest.elapsed() < hold {
+        if !f.outstanding.is_empty() && oldest.elapsed() < hold {
             return None;
         }
         f.oldest_unsent = None;
-        f.accumulator.as_mut()?.take_partial()
+        let partial = Arc::new(f.accumulator.as_mut()?.take_partial()?);
+        lock(&self.sent).push(partial.clone());
+        Some(partial)
+    }
+
+    /// The partial sums sent upstream so far.
+    pub fn sent(&self) -> Vec<Arc<PartialSum>> {
+        lock(&self.sent).clone()
     }
 }
 
@@ -129,12 +138,14 @@ fn key(fence: &Fence) -> (u64, u32, u32) {
 impl Rounds {
     /// Records that `client` was handed `task`; the first task of a round opens its state and
     /// retires rounds older than the last [`ROUNDS_KEPT`].
-    pub fn tasked(&self, client: &str, task: &Task) -> Option<Arc<RoundState>> {
-        let fence = task.fence.as_ref()?;
+    pub fn tasked(&self, client: &str, task: &Task) {
+        let Some(fence) = &task.fence else {
+            return;
+        };
         let mut rounds = lock(&self.rounds);
         let state = rounds
             .entry(key(fence))
-            .or_insert_with(|| Arc::new(RoundState::new(task.clone())))
+            .or_insert_with(|| Arc::new(RoundState::new(fence.clone(), task.clone())))
             .clone();
         while rounds.len() > ROUNDS_KEPT {
             rounds.pop_first();
@@ -142,10 +153,10 @@ impl Rounds {
         drop(rounds);
         let mut f = lock(&state.folding);
         f.tasked.insert(client.to_owned());
-        // A client handed the task again (it rejoined) may deliver again.
-        f.gone.remove(client);
-        drop(f);
-        Some(state)
+        // Handed the task again (it rejoined), it may deliver again, unless it did.
+        if !f.folded.contains(client) {
+            f.outstanding.insert(client.to_owned());
+        }
     }
 
     /// The state of the round `fence` names, if it passes through here.
@@ -160,11 +171,8 @@ impl Rounds {
     }
 
     /// Every round, newest last.
-    pub fn all(&self) -> Vec<(Fence, Arc<RoundState>)> {
-        lock(&self.rounds)
-            .values()
-            .filter_map(|s| Some((s.task.fence.clone()?, s.clone())))
-            .collect()
+    pub fn all(&self) -> Vec<Arc<RoundState>> {
+        lock(&self.rounds).values().cloned().collect()
     }
 
     /// A client left: it delivers nothing more through here.

@@ -5,18 +5,22 @@ use super::Shared;
 use super::rounds::RoundState;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
+use crate::net::service::{ChunkStream, chunk_stream};
+use crate::net::upload::{self, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
+use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, partial_part,
-    pull_reply::Reply, update_part,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, pull_reply::Reply,
+    update_part,
 };
 use shoal_proto::{ChunkAssembler, SumAssembler};
-use std::pin::Pin;
+use std::future::Future;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -30,15 +34,20 @@ pub struct AggregatorService {
     shared: Arc<Shared>,
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
-
 impl AggregatorService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 
+    /// A client's request as it goes upstream: its message, and of its metadata only what
+    /// is forwarded.
+    fn relayed<M>(request: Request<M>) -> Request<M> {
+        let (metadata, _, message) = request.into_parts();
+        Self::forwarded(&metadata, message)
+    }
+
     /// `message` as a request upstream, with the client's forwarded metadata.
-    fn relayed<M>(from: &MetadataMap, message: M) -> Request<M> {
+    fn forwarded<M>(from: &MetadataMap, message: M) -> Request<M> {
         let mut request = Request::new(message);
         for key in FORWARDED {
             if let Some(value) = from.get(key) {
@@ -48,33 +57,43 @@ impl AggregatorService {
         request
     }
 
-    /// Notes an upstream failure and passes its status to the client unchanged.
-    fn upstream_failed(&self, status: Status) -> Status {
-        if self.shared.upstream.failed(&status) {
-            super::resend_after_move(self.shared.clone());
-        }
-        status
+    /// Makes one call upstream; a failure is passed to the client unchanged, after the
+    /// upstream had a chance to move to its next address (and the kept partial sums with it).
+    async fn upstream<R, F>(
+        &self,
+        call: impl FnOnce(FleetClient<Channel>) -> F,
+    ) -> Result<R, Status>
+    where
+        F: Future<Output = Result<R, Status>>,
+    {
+        call(self.shared.upstream.client())
+            .await
+            .inspect_err(|status| super::upstream_failed(&self.shared, status))
     }
 
-    /// Folds a delivery off the runtime and wakes the flusher.
+    /// Applies the norm rule (`bound`) to an update and folds it into `state`, off the
+    /// runtime; wakes the flusher.
     async fn fold(
         &self,
-        fence: &shoal_proto::v1::Fence,
-        delivery: Delivery,
+        state: Arc<RoundState>,
+        mut delivery: Delivery,
+        bound: Option<Arc<NormBound>>,
     ) -> Result<u32, Status> {
-        let state = self.shared.rounds.get(fence)?;
-        let folded = tokio::task::spawn_blocking(move || state.fold(delivery))
-            .await
-            .map_err(|source| CoordinatorError::TaskFailed {
-                task: "fold",
-                source,
-            })??;
+        let folded = tokio::task::spawn_blocking(move || {
+            if let (Delivery::Update(update), Some(bound)) = (&mut delivery, &bound) {
+                bound.enforce(&mut update.payload)?;
+            }
+            state.fold(delivery)
+        })
+        .await
+        .map_err(|source| CoordinatorError::TaskFailed {
+            task: "fold",
+            source,
+        })??;
         self.shared.wake.notify_one();
         Ok(u32::try_from(folded).unwrap_or(u32::MAX))
     }
-}
 
-impl AggregatorService {
     /// The round's global state, fetched upstream the first time any client asks for it
     /// (under that client's id).
     async fn global(
@@ -86,12 +105,10 @@ impl AggregatorService {
         let chunks = state
             .global
             .get_or_try_init(|| async {
-                let relayed = Self::relayed(metadata, fetch);
-                let mut upstream = self.shared.upstream.client();
-                let mut stream = upstream
-                    .fetch_global(relayed)
-                    .await
-                    .map_err(|s| self.upstream_failed(s))?
+                let relayed = Self::forwarded(metadata, fetch);
+                let mut stream = self
+                    .upstream(|mut up| async move { up.fetch_global(relayed).await })
+                    .await?
                     .into_inner();
                 let mut chunks = Vec::new();
                 while let Some(chunk) = stream.next().await {
@@ -153,22 +170,17 @@ impl AggregatorService {
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
-        let mut upstream = self.shared.upstream.client();
-        upstream
-            .join(relayed)
+        let relayed = Self::relayed(request);
+        self.upstream(|mut up| async move { up.join(relayed).await })
             .await
-            .map_err(|s| self.upstream_failed(s))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
         let client = request.get_ref().client_id.clone();
-        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
-        let mut upstream = self.shared.upstream.client();
-        let reply = upstream
-            .pull(relayed)
-            .await
-            .map_err(|s| self.upstream_failed(s))?;
+        let relayed = Self::relayed(request);
+        let reply = self
+            .upstream(|mut up| async move { up.pull(relayed).await })
+            .await?;
         match &reply.get_ref().reply {
             Some(Reply::Task(task)) => {
                 self.shared.rounds.tasked(&client, task);
@@ -194,9 +206,7 @@ impl Fleet for AggregatorService {
         let chunks = self
             .global(&state, request.metadata(), request.get_ref().clone())
             .await?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            (0..chunks.len()).map(move |i| Ok(chunks[i].clone())),
-        ))))
+        Ok(Response::new(chunk_stream(chunks)))
     }
 
     async fn push_update(
@@ -205,18 +215,9 @@ impl Fleet for AggregatorService {
     ) -> Result<Response<PushReply>, Status> {
         let metadata = request.metadata().clone();
         let mut parts = request.into_inner();
-        let header = match parts.next().await {
-            Some(Ok(UpdatePart {
-                part: Some(update_part::Part::Header(h)),
-            })) => h,
-            Some(Err(status)) => return Err(status),
-            _ => {
-                return Err(CoordinatorError::Malformed(
-                    "an update must start with its header".into(),
-                )
-                .into());
-            }
-        };
+        let header = upload::header(&mut parts)
+            .await
+            .map_err(UploadError::status)?;
         let fence = header
             .fence
             .clone()
@@ -227,47 +228,31 @@ impl Fleet for AggregatorService {
             let mut all = vec![UpdatePart {
                 part: Some(update_part::Part::Header(header.clone())),
             }];
-            while let Some(part) = parts.next().await {
-                all.push(part?);
-            }
+            all.extend(
+                upload::rest(&mut parts)
+                    .await
+                    .map_err(UploadError::status)?,
+            );
             state.gone(&header.client_id);
             self.shared.wake.notify_one();
-            let relayed = Self::relayed(&metadata, tokio_stream::iter(all));
-            let mut upstream = self.shared.upstream.client();
-            return upstream
-                .push_update(relayed)
-                .await
-                .map_err(|s| self.upstream_failed(s));
+            let relayed = Self::forwarded(&metadata, tokio_stream::iter(all));
+            return self
+                .upstream(|mut up| async move { up.push_update(relayed).await })
+                .await;
         }
         let config = &self.shared.config;
-        let mut payload = ChunkAssembler::new(
+        let payload = ChunkAssembler::new(
             header.payload_len,
             config.max_values,
             config.max_chunk_bytes,
         )
         .map_err(CoordinatorError::from)?;
-        while let Some(part) = parts.next().await {
-            match part?.part {
-                Some(update_part::Part::Chunk(chunk)) => {
-                    payload.push(&chunk).map_err(CoordinatorError::from)?
-                }
-                _ => {
-                    return Err(CoordinatorError::Malformed(
-                        "only chunks may follow the header".into(),
-                    )
-                    .into());
-                }
-            }
-        }
-        let mut payload = payload.finish().map_err(CoordinatorError::from)?;
-        if let Some(bound) = self
+        let payload = upload::payload(&mut parts, payload)
+            .await
+            .map_err(UploadError::status)?;
+        let bound = self
             .norm_bound(&state, &metadata, &header.client_id, &fence)
-            .await?
-        {
-            bound
-                .enforce(&mut payload)
-                .map_err(CoordinatorError::from)?;
-        }
+            .await?;
         let update = ClientUpdate {
             client_id: header.client_id,
             weight: header.num_examples,
@@ -275,7 +260,7 @@ impl Fleet for AggregatorService {
             counts: header.counts,
             metrics: header.metrics.into_iter().collect(),
         };
-        let accepted_in_round = self.fold(&fence, Delivery::Update(update)).await?;
+        let accepted_in_round = self.fold(state, Delivery::Update(update), bound).await?;
         Ok(Response::new(PushReply { accepted_in_round }))
     }
 
@@ -284,41 +269,22 @@ impl Fleet for AggregatorService {
         request: Request<Streaming<PartialPart>>,
     ) -> Result<Response<PushReply>, Status> {
         let mut parts = request.into_inner();
-        let header = match parts.next().await {
-            Some(Ok(PartialPart {
-                part: Some(partial_part::Part::Header(h)),
-            })) => h,
-            Some(Err(status)) => return Err(status),
-            _ => {
-                return Err(CoordinatorError::Malformed(
-                    "a partial sum must start with its header".into(),
-                )
-                .into());
-            }
-        };
+        let header = upload::header(&mut parts)
+            .await
+            .map_err(UploadError::status)?;
         let fence = header
             .fence
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
+        let state = self.shared.rounds.get(&fence)?;
         let config = &self.shared.config;
-        let mut sum = SumAssembler::new(header.sum_len, config.max_values, config.max_chunk_bytes)
+        let sum = SumAssembler::new(header.sum_len, config.max_values, config.max_chunk_bytes)
             .map_err(CoordinatorError::from)?;
-        while let Some(part) = parts.next().await {
-            match part?.part {
-                Some(partial_part::Part::Chunk(chunk)) => {
-                    sum.push(&chunk).map_err(CoordinatorError::from)?
-                }
-                _ => {
-                    return Err(CoordinatorError::Malformed(
-                        "only chunks may follow the header".into(),
-                    )
-                    .into());
-                }
-            }
-        }
-        let totals = sum.finish().map_err(CoordinatorError::from)?;
+        let totals = upload::payload(&mut parts, sum)
+            .await
+            .map_err(UploadError::status)?;
         let partial = PartialSum::from_wire(header, totals);
-        let accepted_in_round = self.fold(&fence, Delivery::Partial(partial)).await?;
+        let accepted_in_round = self.fold(state, Delivery::Partial(partial), None).await?;
         Ok(Response::new(PushReply { accepted_in_round }))
     }
 
@@ -326,7 +292,7 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<AbandonRequest>,
     ) -> Result<Response<AbandonReply>, Status> {
-        let req = request.get_ref().clone();
+        let req = request.get_ref();
         if let Some(state) = req
             .fence
             .as_ref()
@@ -335,22 +301,16 @@ impl Fleet for AggregatorService {
             state.gone(&req.client_id);
             self.shared.wake.notify_one();
         }
-        let relayed = Self::relayed(request.metadata(), req);
-        let mut upstream = self.shared.upstream.client();
-        upstream
-            .abandon(relayed)
+        let relayed = Self::relayed(request);
+        self.upstream(|mut up| async move { up.abandon(relayed).await })
             .await
-            .map_err(|s| self.upstream_failed(s))
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
         self.shared.rounds.left(&request.get_ref().client_id);
         self.shared.wake.notify_one();
-        let relayed = Self::relayed(request.metadata(), request.get_ref().clone());
-        let mut upstream = self.shared.upstream.client();
-        upstream
-            .leave(relayed)
+        let relayed = Self::relayed(request);
+        self.upstream(|mut up| async move { up.leave(relayed).await })
             .await
-            .map_err(|s| self.upstream_failed(s))
     }
 }

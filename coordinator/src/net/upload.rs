@@ -1,0 +1,139 @@
+//! Receiving a streamed upload — a client's update, a sub-aggregator's partial sum — by one set
+//! of rules, for the coordinator's service and a sub-aggregator's alike: the header comes
+//! first, then only chunks, each message within [`MESSAGE_GAP`].
+
+use crate::error::CoordinatorError;
+use crate::refusal::Refusal;
+use futures::StreamExt;
+use shoal_proto::v1::{Chunk, PartialHeader, PartialPart, UpdateHeader, UpdatePart};
+use shoal_proto::v1::{partial_part, update_part};
+use shoal_proto::{Assembler, WireValue};
+use std::time::Duration;
+use tonic::{Status, Streaming};
+
+/// Longest an upload may go without sending its next message (header or chunk). An honest
+/// sender streams a chunk (at most 1 MiB) well within it; a stalled stream would hold its
+/// senders' places in the round, so it is ended.
+pub const MESSAGE_GAP: Duration = Duration::from_secs(30);
+
+/// Why an upload could not be received.
+#[derive(Debug)]
+pub enum UploadError {
+    /// The stream itself failed (a message over the size limit, bytes that are not protobuf, a
+    /// cancelled stream): tonic's status.
+    Stream(Status),
+    /// Nothing arrived for [`MESSAGE_GAP`].
+    Stalled,
+    /// The messages broke the protocol: no header first, something else than chunks after it,
+    /// chunks that do not make up the declared payload.
+    Refused(CoordinatorError),
+}
+
+impl UploadError {
+    /// The refusal, as the sender hears it.
+    pub fn status(self) -> Status {
+        match self {
+            UploadError::Stream(status) => status,
+            UploadError::Stalled => Refusal::StreamStalled.status(format!(
+                "update stream sent nothing for {} s",
+                MESSAGE_GAP.as_secs()
+            )),
+            UploadError::Refused(err) => err.into(),
+        }
+    }
+}
+
+impl From<shoal_proto::ProtoError> for UploadError {
+    fn from(err: shoal_proto::ProtoError) -> Self {
+        UploadError::Refused(err.into())
+    }
+}
+
+/// One message of an upload: its header, or a chunk of its payload.
+pub enum Piece<H> {
+    /// The header.
+    Header(H),
+    /// A chunk.
+    Chunk(Chunk),
+}
+
+/// The messages of one kind of upload.
+pub trait UploadPart {
+    /// Its header message.
+    type Header;
+    /// What is uploaded, for messages: "an update".
+    const WHAT: &'static str;
+    /// The message as a header or a chunk (`None`: neither was set).
+    fn piece(self) -> Option<Piece<Self::Header>>;
+}
+
+impl UploadPart for UpdatePart {
+    type Header = UpdateHeader;
+    const WHAT: &'static str = "an update";
+    fn piece(self) -> Option<Piece<UpdateHeader>> {
+        match self.part? {
+            update_part::Part::Header(h) => Some(Piece::Header(h)),
+            update_part::Part::Chunk(c) => Some(Piece::Chunk(c)),
+        }
+    }
+}
+
+impl UploadPart for PartialPart {
+    type Header = PartialHeader;
+    const WHAT: &'static str = "a partial sum";
+    fn piece(self) -> Option<Piece<PartialHeader>> {
+        match self.part? {
+            partial_part::Part::Header(h) => Some(Piece::Header(h)),
+            partial_part::Part::Chunk(c) => Some(Piece::Chunk(c)),
+        }
+    }
+}
+
+/// The next message, within [`MESSAGE_GAP`]; `None` at the end of the stream.
+async fn next<P>(parts: &mut Streaming<P>) -> Result<Option<P>, UploadError> {
+    match tokio::time::timeout(MESSAGE_GAP, parts.next()).await {
+        Err(_) => Err(UploadError::Stalled),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(status))) => Err(UploadError::Stream(status)),
+        Ok(Some(Ok(part))) => Ok(Some(part)),
+    }
+}
+
+/// Reads the upload's header, which must be its first message.
+pub async fn header<P: UploadPart>(parts: &mut Streaming<P>) -> Result<P::Header, UploadError> {
+    match next(parts).await?.map(UploadPart::piece) {
+        Some(Some(Piece::Header(header))) => Ok(header),
+        Some(_) => Err(malformed(format!("{} must start with its header", P::WHAT))),
+        None => Err(malformed(format!(
+            "empty stream: {} must start with its header",
+            P::WHAT
+        ))),
+    }
+}
+
+/// Reads the chunks after the header into `payload` until the stream ends; the whole payload.
+pub async fn payload<P: UploadPart, T: WireValue>(
+    parts: &mut Streaming<P>,
+    mut payload: Assembler<T>,
+) -> Result<Vec<T>, UploadError> {
+    while let Some(part) = next(parts).await? {
+        match part.piece() {
+            Some(Piece::Chunk(chunk)) => payload.push(&chunk)?,
+            _ => return Err(malformed("only chunks may follow the header".into())),
+        }
+    }
+    Ok(payload.finish()?)
+}
+
+/// The rest of the stream as it came, to pass it on whole.
+pub async fn rest<P>(parts: &mut Streaming<P>) -> Result<Vec<P>, UploadError> {
+    let mut rest = Vec::new();
+    while let Some(part) = next(parts).await? {
+        rest.push(part);
+    }
+    Ok(rest)
+}
+
+fn malformed(message: String) -> UploadError {
+    UploadError::Refused(CoordinatorError::Malformed(message))
+}
