@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use shoal_coordinator::StrategyConfig;
 use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_datasets::{Dataset, Split, partition};
-use shoal_models::{ModelKind, ModelSpec, from_safetensors, read_safetensors};
+use shoal_models::{ModelKind, ModelSpec, from_safetensors};
 
 /// Loads the dataset and splits off the held-out set.
 pub fn load(plan: &DataPlan) -> Result<Split> {
@@ -125,14 +125,13 @@ pub fn finish_plan(plan: &mut Plan, train: &Dataset) -> Result<ModelSpec> {
         if matches!(plan.run.strategy, StrategyConfig::FedKMeans { .. }) {
             bail!("--init: federated k-means starts from its own seeding round, not a model file");
         }
-        let bytes = std::fs::read(path).with_context(|| format!("--init {}", path.display()))?;
         let params = if spec.kind == ModelKind::External {
-            // Shoal has no code for this model: the file's tensors are its layout.
-            let (layout, params) =
-                read_safetensors(&bytes).with_context(|| format!("--init {}", path.display()))?;
+            let (layout, params) = crate::model_file::read_external(path, "--init")?;
             plan.init_layout = Some(layout);
             params
         } else {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("--init {}", path.display()))?;
             from_safetensors(&bytes, &spec.manifest()?).with_context(|| {
                 format!("--init {} for model {}", path.display(), plan.run.model)
             })?

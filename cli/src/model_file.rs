@@ -7,6 +7,13 @@ use shoal_models::{Manifest, ModelSpec, ParamEntry, to_safetensors};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The layout and parameters of a model file for a model Shoal has no code for: its tensors,
+/// as the file names and shapes them, are the layout. `flag` names the option that gave it.
+pub fn read_external(path: &Path, flag: &str) -> Result<(Manifest, Vec<f32>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))?;
+    shoal_models::read_safetensors(&bytes).with_context(|| format!("{flag} {}", path.display()))
+}
+
 /// Name of the one tensor a k-means model has: the `[k, features]` centroid matrix.
 pub const CENTROIDS: &str = "centroids";
 

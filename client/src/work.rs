@@ -110,11 +110,16 @@ fn fit(
         num_examples: report.examples as u64,
         payload: params,
         counts: Vec::new(),
-        metrics: BTreeMap::from([
-            ("loss".to_string(), report.loss),
-            ("accuracy".to_string(), report.accuracy),
-        ]),
+        metrics: loss_and_accuracy(report.loss, report.accuracy),
     })
+}
+
+/// The metrics a classifier's update reports.
+fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("loss".to_string(), loss),
+        ("accuracy".to_string(), accuracy),
+    ])
 }
 
 /// Loss and accuracy of the global model on the held-out examples, weighted by their number.
@@ -134,10 +139,7 @@ fn eval(
         num_examples: report.examples as u64,
         payload: Vec::new(),
         counts: Vec::new(),
-        metrics: BTreeMap::from([
-            ("loss".to_string(), report.loss),
-            ("accuracy".to_string(), report.accuracy),
-        ]),
+        metrics: loss_and_accuracy(report.loss, report.accuracy),
     })
 }
 

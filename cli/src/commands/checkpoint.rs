@@ -11,7 +11,7 @@ use shoal_coordinator::store::metrics::sha256_f32;
 use shoal_coordinator::store::round_log::RoundLog;
 use shoal_coordinator::strategy;
 use shoal_datasets::{DEFAULT_TEST_FRACTION, DatasetSource};
-use shoal_models::{Manifest, ModelKind, ModelSpec, read_safetensors};
+use shoal_models::{Manifest, ModelKind, ModelSpec};
 use std::path::{Path, PathBuf};
 
 /// Options of `shoal checkpoint`.
@@ -148,9 +148,7 @@ fn export(dir: &Path, round: Option<u32>, out: &Path, layout: Option<&Path>) -> 
 /// The layout in `path`, an external model's --init file, and its parameters, checked to be
 /// the file the run started from (`init_sha256`).
 fn external_layout(path: &Path, init_sha256: Option<&str>) -> Result<(Manifest, Vec<f32>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("--layout {}", path.display()))?;
-    let (layout, params) =
-        read_safetensors(&bytes).with_context(|| format!("--layout {}", path.display()))?;
+    let (layout, params) = model_file::read_external(path, "--layout")?;
     let sha = sha256_f32(&params);
     if init_sha256.is_some_and(|expected| expected != sha) {
         bail!(

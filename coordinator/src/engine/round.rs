@@ -4,7 +4,7 @@
 //! handlers stay thin and the rules of DESIGN.md ("Round rules") read in one place.
 
 use crate::error::{CoordinatorError, Result};
-use crate::store::round_log::{LogRecord, RoundLog};
+use crate::store::round_log::RoundLog;
 use crate::strategy::TaskPlan;
 use crate::strategy::results::{Delivery, RoundAccumulator, RoundResults};
 use crate::sync::lock;
@@ -189,7 +189,7 @@ pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) 
     // Validate, then make it durable, then fold: a logged delivery always folds cleanly.
     sink.accumulator.check_delivery(&delivery)?;
     if let Some(log) = &mut sink.log {
-        log.append(&LogRecord::from(delivery.clone()))?;
+        log.append_delivery(&delivery)?;
     }
     sink.accumulator.accept_delivery(delivery)?;
     Ok(sink.accumulator.accepted())

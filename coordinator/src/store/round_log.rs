@@ -32,13 +32,13 @@ pub enum LogRecord {
     Partial(PartialSum),
 }
 
-impl From<Delivery> for LogRecord {
-    fn from(delivery: Delivery) -> Self {
-        match delivery {
-            Delivery::Update(update) => LogRecord::Update(update),
-            Delivery::Partial(partial) => LogRecord::Partial(partial),
-        }
-    }
+/// A [`LogRecord`] by reference: the same variants in the same order, so it encodes to the
+/// same bytes, and appending an accepted update or partial sum copies nothing.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Open(&'a RoundOpened),
+    Update(&'a ClientUpdate),
+    Partial(&'a PartialSum),
 }
 
 /// The identity and selection of the round the log belongs to.
@@ -93,13 +93,25 @@ impl RoundLog {
         store.claim(opened.epoch)?;
         let writer = store.state().start_stream(&stream_name(opened.epoch))?;
         let mut log = Self { writer };
-        log.append(&LogRecord::Open(opened))?;
+        log.append_encoded(&RecordRef::Open(&opened))?;
         Ok(log)
     }
 
     /// Appends a record; durable when this returns. After a failed append the log accepts
     /// nothing more.
     pub fn append(&mut self, record: &LogRecord) -> Result<()> {
+        self.append_encoded(record)
+    }
+
+    /// Appends an accepted delivery, as [`LogRecord::Update`] or [`LogRecord::Partial`].
+    pub fn append_delivery(&mut self, delivery: &Delivery) -> Result<()> {
+        match delivery {
+            Delivery::Update(update) => self.append_encoded(&RecordRef::Update(update)),
+            Delivery::Partial(partial) => self.append_encoded(&RecordRef::Partial(partial)),
+        }
+    }
+
+    fn append_encoded(&mut self, record: &impl Serialize) -> Result<()> {
         let payload = bincode::serde::encode_to_vec(record, bincode::config::standard())
             .map_err(|e| CoordinatorError::codec("encode log record", e))?;
         self.writer.append(&payload)
@@ -178,6 +190,25 @@ mod tests {
             selected: vec!["a".into(), "b".into()],
             wanted: 2,
         }
+    }
+
+    #[test]
+    fn a_delivery_appended_by_reference_is_the_record_it_stands_for() {
+        let config = bincode::config::standard();
+        let update = update("a");
+        let partial = PartialSum {
+            totals: vec![1, -(1 << 100)],
+            counts: vec![3],
+            reports: BTreeMap::new(),
+        };
+        assert_eq!(
+            bincode::serde::encode_to_vec(RecordRef::Update(&update), config).unwrap(),
+            bincode::serde::encode_to_vec(LogRecord::Update(update.clone()), config).unwrap()
+        );
+        assert_eq!(
+            bincode::serde::encode_to_vec(RecordRef::Partial(&partial), config).unwrap(),
+            bincode::serde::encode_to_vec(LogRecord::Partial(partial.clone()), config).unwrap()
+        );
     }
 
     #[test]

@@ -139,27 +139,39 @@ impl RoundAccumulator {
         {
             return None;
         }
-        Some(Self {
-            weighted: fold == FoldMode::WeightedSum,
+        Some(Self::with_shape(
+            fold,
             update_len,
             counts_len,
             counts_sum_to_weight,
-            sum: Some(ExactSum::new(update_len)),
-            counts: vec![0; counts_len],
-            collected: BTreeMap::new(),
-            reports: BTreeMap::new(),
-        })
+        ))
     }
 
     /// An empty accumulator for a round planned as `plan`.
     pub fn new(plan: &TaskPlan) -> Self {
+        Self::with_shape(
+            plan.fold,
+            plan.update_len,
+            plan.counts_len,
+            plan.counts_sum_to_weight.clone(),
+        )
+    }
+
+    /// An empty accumulator for updates of `update_len` values and `counts_len` counts,
+    /// combined as `fold` says.
+    fn with_shape(
+        fold: FoldMode,
+        update_len: usize,
+        counts_len: usize,
+        counts_sum_to_weight: Vec<std::ops::Range<usize>>,
+    ) -> Self {
         Self {
-            weighted: plan.fold == FoldMode::WeightedSum,
-            update_len: plan.update_len,
-            counts_len: plan.counts_len,
-            counts_sum_to_weight: plan.counts_sum_to_weight.clone(),
-            sum: (plan.fold != FoldMode::Collect).then(|| ExactSum::new(plan.update_len)),
-            counts: vec![0; plan.counts_len],
+            weighted: fold == FoldMode::WeightedSum,
+            update_len,
+            counts_len,
+            counts_sum_to_weight,
+            sum: (fold != FoldMode::Collect).then(|| ExactSum::new(update_len)),
+            counts: vec![0; counts_len],
             collected: BTreeMap::new(),
             reports: BTreeMap::new(),
         }
@@ -196,25 +208,32 @@ impl RoundAccumulator {
 
     /// The checks on everything but the payload, which [`ExactSum::fold`] validates itself.
     fn check_counts(&self, update: &ClientUpdate) -> Result<(), AggregateError> {
-        if update.counts.len() != self.counts_len {
-            return Err(AggregateError::WrongLength {
-                got: update.counts.len(),
+        self.check_counts_of(&update.counts, update.weight)
+    }
+
+    /// Checks counts that come with `examples` examples (one client's, or the sum of a
+    /// partial's clients): their length, the ranges that must add up to the examples, and
+    /// room in the round's totals.
+    fn check_counts_of(&self, counts: &[u64], examples: u64) -> Result<(), AggregateError> {
+        if counts.len() != self.counts_len {
+            return Err(AggregateError::WrongCounts {
+                got: counts.len(),
                 expected: self.counts_len,
             });
         }
         for range in &self.counts_sum_to_weight {
-            let sum = update.counts[range.clone()]
+            let sum = counts[range.clone()]
                 .iter()
                 .try_fold(0u64, |a, c| a.checked_add(*c));
-            if sum != Some(update.weight) {
+            if sum != Some(examples) {
                 return Err(AggregateError::CountsMismatch {
                     range: range.clone(),
                     sum: sum.unwrap_or(u64::MAX),
-                    weight: update.weight,
+                    weight: examples,
                 });
             }
         }
-        for (total, c) in self.counts.iter().zip(&update.counts) {
+        for (total, c) in self.counts.iter().zip(counts) {
             total
                 .checked_add(*c)
                 .ok_or(AggregateError::OutOfRange(*c as f64))?;
@@ -270,12 +289,6 @@ impl RoundAccumulator {
                 expected: sum.len(),
             });
         }
-        if partial.counts.len() != self.counts_len {
-            return Err(AggregateError::WrongCounts {
-                got: partial.counts.len(),
-                expected: self.counts_len,
-            });
-        }
         if partial.reports.is_empty() {
             return Err(AggregateError::NoContributors);
         }
@@ -292,23 +305,7 @@ impl RoundAccumulator {
             examples += report.weight;
         }
         // What every client's counts must satisfy holds for their sums too.
-        for range in &self.counts_sum_to_weight {
-            let sum = partial.counts[range.clone()]
-                .iter()
-                .try_fold(0u64, |a, c| a.checked_add(*c));
-            if sum != Some(examples) {
-                return Err(AggregateError::CountsMismatch {
-                    range: range.clone(),
-                    sum: sum.unwrap_or(u64::MAX),
-                    weight: examples,
-                });
-            }
-        }
-        for (total, c) in self.counts.iter().zip(&partial.counts) {
-            total
-                .checked_add(*c)
-                .ok_or(AggregateError::OutOfRange(*c as f64))?;
-        }
+        self.check_counts_of(&partial.counts, examples)?;
         let count = u32::try_from(partial.reports.len())
             .map_err(|_| AggregateError::OutOfRange(partial.reports.len() as f64))?;
         Ok((count, weight))
