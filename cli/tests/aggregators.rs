@@ -98,6 +98,31 @@ fn a_tree_of_aggregators_gives_the_bits_of_a_flat_kmeans_run() {
 }
 
 #[test]
+fn aggregators_apply_the_coordinators_norm_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = RUN.to_vec();
+    // Well below the norms of these updates: every one is clipped.
+    run.extend(["--max-update-norm", "0.05", "--norm-policy", "clip"]);
+    // The same coordinator with all its clients connected directly.
+    let out = dir.path().join("flat.json");
+    let mut args = run.clone();
+    args.extend(["--quiet", "--summary-out", arg(&out)]);
+    let (root, root_url) = start_coordinator(&args);
+    let fleet = fleet(&root_url, "0..30", &run);
+    root.finish(DEADLINE).assert_success();
+    fleet.finish(DEADLINE).assert_success();
+    let flat = summary(&out)["model_sha256"].to_string();
+    let (sha, _) = tree(dir.path(), &run);
+    assert_eq!(sha, flat, "the tree clipped otherwise than the coordinator");
+    let unclipped = one_process_run(dir.path(), "unclipped.json", &RUN);
+    assert_ne!(
+        flat,
+        unclipped["model_sha256"].to_string(),
+        "nothing was clipped"
+    );
+}
+
+#[test]
 fn killed_aggregators_lose_nothing_that_cannot_be_redone() {
     let dir = tempfile::tempdir().unwrap();
     let run = ["--clients", "30", "--rounds", "16", "--seed", "7"];

@@ -7,7 +7,7 @@
 //! failed attempts the run stops with a clear error rather than waiting forever. However the
 //! run ends, clients hear that it ended (their pulls answer Finished).
 
-use crate::config::QuorumPolicy;
+use crate::config::{NormPolicy, QuorumPolicy};
 use crate::engine::Coordinator;
 use crate::engine::registry::name_some;
 use crate::engine::round::{OpenRound, RoundSink, SharedAccumulator, close, fold};
@@ -520,6 +520,9 @@ impl Driving {
         // With federated evaluation every task says what the clients hold out, so they never
         // train on what they evaluate on.
         task.holdout_fraction = shared.config.eval.holdout().unwrap_or(0.0);
+        // Updates folded by sub-aggregators meet the same norm rule as those folded here.
+        task.max_update_norm = shared.limits.max_update_norm.unwrap_or(0.0);
+        task.clip_to_norm = shared.limits.norm_policy == NormPolicy::Clip;
         OpenRound {
             fence,
             plan,

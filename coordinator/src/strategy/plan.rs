@@ -93,6 +93,9 @@ impl TaskPlan {
                 .iter()
                 .flat_map(|r| [r.start as u64, r.end as u64])
                 .collect(),
+            // The run's, not the algorithm's: set where the task is made for a round.
+            max_update_norm: 0.0,
+            clip_to_norm: false,
         }
     }
 }

@@ -54,11 +54,6 @@ pub struct AggregatorConfig {
     pub max_values: usize,
     /// Largest chunk accepted, in bytes; also the chunk size of the partial sums sent up.
     pub max_chunk_bytes: usize,
-    /// The update-norm rule the coordinator applies (`--max-update-norm`, `--norm-policy`),
-    /// applied here to the updates folded here.
-    pub max_update_norm: Option<f64>,
-    /// What happens to an update over the norm bound.
-    pub norm_policy: crate::NormPolicy,
 }
 
 impl Default for AggregatorConfig {
@@ -69,8 +64,6 @@ impl Default for AggregatorConfig {
             hold: Duration::from_millis(200),
             max_values: limits.max_update_values,
             max_chunk_bytes: limits.max_chunk_bytes,
-            max_update_norm: limits.max_update_norm,
-            norm_policy: limits.norm_policy,
         }
     }
 }

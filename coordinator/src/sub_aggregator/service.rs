@@ -3,6 +3,7 @@
 
 use super::Shared;
 use super::rounds::RoundState;
+use crate::NormPolicy;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
 use crate::net::service::{ChunkStream, chunk_stream};
@@ -121,8 +122,8 @@ impl AggregatorService {
         Ok(chunks.clone())
     }
 
-    /// The coordinator's update-norm rule for the round, against its global state (made once
-    /// per round).
+    /// The coordinator's update-norm rule for the round, as its task states it, against the
+    /// round's global state (made once per round).
     async fn norm_bound(
         &self,
         state: &RoundState,
@@ -130,8 +131,8 @@ impl AggregatorService {
         client: &str,
         fence: &shoal_proto::v1::Fence,
     ) -> Result<Option<Arc<NormBound>>, Status> {
-        let config = &self.shared.config;
-        if config.max_update_norm.is_none() {
+        let task = &state.task;
+        if task.max_update_norm <= 0.0 {
             return Ok(None);
         }
         let bound = state
@@ -154,10 +155,14 @@ impl AggregatorService {
                 let global = Arc::new(global.finish().map_err(CoordinatorError::from)?);
                 Ok::<_, Status>(
                     NormBound::for_task(
-                        state.task.kind(),
+                        task.kind(),
                         &global,
-                        config.max_update_norm,
-                        config.norm_policy,
+                        Some(task.max_update_norm),
+                        if task.clip_to_norm {
+                            NormPolicy::Clip
+                        } else {
+                            NormPolicy::Reject
+                        },
                     )
                     .map(Arc::new),
                 )
