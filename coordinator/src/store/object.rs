@@ -149,6 +149,19 @@ impl ObjectState {
     }
 }
 
+/// True if `err` is a failure of the connection itself (no answer from the store), not an
+/// answer the store gave.
+fn transport_failed(err: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<object_store::client::HttpError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl Shared {
     fn key(&self, name: &str) -> Path {
         if self.prefix.is_empty() {
@@ -209,19 +222,31 @@ impl Shared {
     /// went away mid-request), and the retry of a create or compare-and-swap that had in fact
     /// landed is refused by its own precondition: so a refusal is checked against what the
     /// store holds, and the very bytes this write was to leave there count as success.
+    ///
+    /// For the same reason a write whose connection failed (the client does not retry a
+    /// write it may have sent, e.g. on a pooled connection the store closed as it went down)
+    /// is tried again here, with backoff, for as long as the store's outage patience.
     fn put(&self, name: &str, bytes: &[u8], mode: PutMode) -> object_store::Result<Version> {
-        let store = self.store.clone();
-        let key = self.key(name);
         let payload = PutPayload::from(bytes.to_vec());
-        let options = PutOptions::from(mode);
-        let refused = match self.block(async move { store.put_opts(&key, payload, options).await })
-        {
-            Ok(done) => return Ok(Version(done.e_tag.unwrap_or_default())),
-            Err(
-                e @ (object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }),
-            ) => e,
-            Err(e) => return Err(e),
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        let refused = loop {
+            let store = self.store.clone();
+            let key = self.key(name);
+            let (payload, options) = (payload.clone(), PutOptions::from(mode.clone()));
+            match self.block(async move { store.put_opts(&key, payload, options).await }) {
+                Ok(done) => return Ok(Version(done.e_tag.unwrap_or_default())),
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => break e,
+                Err(e) if transport_failed(&e) && started.elapsed() < OUTAGE_PATIENCE => {
+                    tracing::info!(object = name, error = %e, "a write's connection failed; trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
         };
         let store = self.store.clone();
         let key = self.key(name);
@@ -456,5 +481,33 @@ impl StreamWriter for ObjectStream {
         done.map_err(|e| self.shared.err("append", &name, e))?;
         self.next += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::client::{HttpError, HttpErrorKind};
+
+    #[test]
+    fn only_a_failed_connection_is_tried_again() {
+        let dropped = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                HttpErrorKind::Interrupted,
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            )),
+        };
+        assert!(transport_failed(&dropped));
+        let answered = object_store::Error::Precondition {
+            path: "manifest.json".into(),
+            source: "412".into(),
+        };
+        assert!(!transport_failed(&answered));
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "400 bad request".into(),
+        };
+        assert!(!transport_failed(&other));
     }
 }
