@@ -11,11 +11,14 @@ use common::{assert_refused, config, digits, fetch, header, join, push, raw, spe
 use shoal_coordinator::Limits;
 use shoal_coordinator::aggregate::ExactSum;
 use shoal_proto::v1::fleet_client::FleetClient;
-use shoal_proto::v1::{Contribution, Fence, PartialHeader, PartialPart, PushReply, partial_part};
+use shoal_proto::v1::{
+    Contribution, Contributions, Fence, PartialHeader, PartialPart, PushReply, partial_part,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Sends a partial sum of `totals` for `clients` (each with `examples`) under `fence`.
+/// Sends a partial sum of `totals` for `clients` (each with `examples`) under `fence`, all
+/// named in its header.
 async fn send(
     c: &mut FleetClient<Channel>,
     fence: &Fence,
@@ -23,21 +26,40 @@ async fn send(
     examples: u64,
     totals: &[i128],
 ) -> Result<PushReply, Status> {
+    let all = clients.len();
+    send_split(c, fence, clients, examples, totals, all, all as u64).await
+}
+
+/// Sends a partial sum whose header names the first `in_header` of `clients` and declares
+/// `declared` in all; each further client follows in a message of its own.
+async fn send_split(
+    c: &mut FleetClient<Channel>,
+    fence: &Fence,
+    clients: &[&str],
+    examples: u64,
+    totals: &[i128],
+    in_header: usize,
+    declared: u64,
+) -> Result<PushReply, Status> {
+    let mut contributions = clients.iter().map(|id| Contribution {
+        client_id: (*id).into(),
+        num_examples: examples,
+        metrics: Default::default(),
+    });
     let header = PartialHeader {
         aggregator_id: "aggregator-test".into(),
         fence: Some(fence.clone()),
-        contributions: clients
-            .iter()
-            .map(|id| Contribution {
-                client_id: (*id).into(),
-                num_examples: examples,
-                metrics: Default::default(),
-            })
-            .collect(),
+        contributions: contributions.by_ref().take(in_header).collect(),
         sum_len: totals.len() as u64,
         counts: vec![],
+        contribution_count: declared,
     };
     let parts: Vec<PartialPart> = std::iter::once(partial_part::Part::Header(header))
+        .chain(contributions.map(|one| {
+            partial_part::Part::More(Contributions {
+                contributions: vec![one],
+            })
+        }))
         .chain(
             shoal_proto::encode_chunks(totals, shoal_proto::MAX_CHUNK_BYTES)
                 .map(partial_part::Part::Chunk),
@@ -123,6 +145,18 @@ async fn bad_partial_sums_are_refused_and_a_good_one_counts_its_clients() {
             Code::InvalidArgument,
             "wrong_length",
         ),
+        // Declares more contributions than come before the sum.
+        (
+            send_split(&mut c, &fence, &["b", "c"], 10, &good, 1, 3).await,
+            Code::InvalidArgument,
+            "malformed",
+        ),
+        // Its header alone holds more than it declares.
+        (
+            send_split(&mut c, &fence, &["b", "c"], 10, &good, 2, 1).await,
+            Code::InvalidArgument,
+            "malformed",
+        ),
         (
             send(&mut c, &fence, &["b", "c"], 0, &good).await,
             Code::InvalidArgument,
@@ -137,8 +171,11 @@ async fn bad_partial_sums_are_refused_and_a_good_one_counts_its_clients() {
     for (result, code, reason) in refused {
         assert_refused(result, code, reason);
     }
-    // Nothing above counted "b" or "c": the good sum is accepted whole.
-    let reply = send(&mut c, &fence, &["b", "c"], 10, &good).await.unwrap();
+    // Nothing above counted "b" or "c": the good sum is accepted whole, "c" named after the
+    // header.
+    let reply = send_split(&mut c, &fence, &["b", "c"], 10, &good, 1, 2)
+        .await
+        .unwrap();
     assert_eq!(reply.accepted_in_round, 3);
 
     let outcome = running.finish().await.unwrap();
@@ -153,7 +190,7 @@ async fn bad_partial_sums_are_refused_and_a_good_one_counts_its_clients() {
         ("duplicate", 2),
         ("not_selected", 1),
         ("unknown_client", 1),
-        ("malformed", 1),
+        ("malformed", 3),
         ("stale_fence", 1),
         ("wrong_length", 1),
         ("bad_weight", 1),

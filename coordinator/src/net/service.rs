@@ -256,12 +256,15 @@ impl Fleet for FleetService {
         &self,
         mut request: Request<Streaming<PartialPart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let header = upload::header(request.get_mut())
+        let mut header = upload::header(request.get_mut())
             .await
             .map_err(|e| self.refuse_upload(e))?;
         self.authorize(&request, &header.aggregator_id)?;
         self.serving()?;
         let mut parts = request.into_inner();
+        upload::contributions(&mut parts, &mut header)
+            .await
+            .map_err(|e| self.refuse_upload(e))?;
         let admission = self
             .coordinator
             .admit_partial(&header)

@@ -85,6 +85,8 @@ impl UploadPart for PartialPart {
         match self.part? {
             partial_part::Part::Header(h) => Some(Piece::Header(h)),
             partial_part::Part::Chunk(c) => Some(Piece::Chunk(c)),
+            // Contributions belong right after the header: see [`contributions`].
+            partial_part::Part::More(_) => None,
         }
     }
 }
@@ -109,6 +111,45 @@ pub async fn header<P: UploadPart>(parts: &mut Streaming<P>) -> Result<P::Header
             P::WHAT
         ))),
     }
+}
+
+/// Most clients one partial sum may name (its contributions are held before its clients are
+/// checked against the round, so their number is bounded here).
+pub const MAX_CONTRIBUTIONS: u64 = 1 << 20;
+
+/// Reads the contributions that follow a partial sum's `header` into it, so that it names
+/// every client.
+pub async fn contributions(
+    parts: &mut Streaming<PartialPart>,
+    header: &mut PartialHeader,
+) -> Result<(), UploadError> {
+    let count = match header.contribution_count {
+        0 => header.contributions.len() as u64,
+        declared => declared,
+    };
+    if count > MAX_CONTRIBUTIONS || header.contributions.len() as u64 > count {
+        return Err(malformed(format!(
+            "a partial sum declares {count} contributions and its header holds {} (at most {MAX_CONTRIBUTIONS})",
+            header.contributions.len()
+        )));
+    }
+    while (header.contributions.len() as u64) < count {
+        let had = header.contributions.len();
+        match next(parts).await?.and_then(|p| p.part) {
+            Some(partial_part::Part::More(more))
+                if (had + more.contributions.len()) as u64 <= count =>
+            {
+                header.contributions.extend(more.contributions);
+            }
+            _ => {
+                return Err(malformed(format!(
+                    "a partial sum declares {count} contributions and sent {had} before something else"
+                )));
+            }
+        }
+    }
+    header.contribution_count = count;
+    Ok(())
 }
 
 /// Reads the chunks after the header into `payload` until the stream ends; the whole payload.

@@ -2,8 +2,15 @@
 
 use super::plan::{FoldMode, TaskPlan};
 use crate::aggregate::{AggregateError, ExactSum, MAX_WEIGHT, validate};
-use shoal_proto::v1::{Contribution, Fence, PartialHeader};
+use prost::Message;
+use shoal_proto::v1::{
+    Contribution, Contributions, Fence, PartialHeader, PartialPart, partial_part,
+};
 use std::collections::BTreeMap;
+
+/// Encoded size of the contributions one message of a partial sum carries (about 3,000
+/// clients): well inside every message limit.
+pub const CONTRIBUTION_BATCH_BYTES: usize = 256 << 10;
 
 /// One client's contribution to a round, after transport decoding.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -61,24 +68,49 @@ impl PartialSum {
         }
     }
 
-    /// Its header on the wire, sent by `aggregator` for the round `fence` names; the totals
-    /// go in the chunks that follow.
-    pub fn header(&self, aggregator: &str, fence: Fence) -> PartialHeader {
-        PartialHeader {
+    /// Its messages on the wire, sent by `aggregator` for the round `fence` names: the header
+    /// with the first contributions, the rest in batches of at most [`CONTRIBUTION_BATCH_BYTES`]
+    /// (so no message outgrows the limit whatever the number of clients), then the totals in
+    /// chunks of at most `chunk_bytes`.
+    pub fn to_wire(&self, aggregator: &str, fence: Fence, chunk_bytes: usize) -> Vec<PartialPart> {
+        let mut batches: Vec<Vec<Contribution>> = vec![Vec::new()];
+        let mut batch_bytes = 0;
+        for (client_id, report) in &self.reports {
+            let contribution = Contribution {
+                client_id: client_id.clone(),
+                num_examples: report.weight,
+                metrics: report.metrics.clone().into_iter().collect(),
+            };
+            let bytes = contribution.encoded_len();
+            if batch_bytes + bytes > CONTRIBUTION_BATCH_BYTES && batch_bytes > 0 {
+                batches.push(Vec::new());
+                batch_bytes = 0;
+            }
+            batch_bytes += bytes;
+            if let Some(batch) = batches.last_mut() {
+                batch.push(contribution);
+            }
+        }
+        let mut batches = batches.into_iter();
+        let header = PartialHeader {
             aggregator_id: aggregator.to_owned(),
             fence: Some(fence),
-            contributions: self
-                .reports
-                .iter()
-                .map(|(client_id, report)| Contribution {
-                    client_id: client_id.clone(),
-                    num_examples: report.weight,
-                    metrics: report.metrics.clone().into_iter().collect(),
-                })
-                .collect(),
+            contributions: batches.next().unwrap_or_default(),
             sum_len: self.totals.len() as u64,
             counts: self.counts.clone(),
-        }
+            contribution_count: self.reports.len() as u64,
+        };
+        std::iter::once(partial_part::Part::Header(header))
+            .chain(
+                batches
+                    .map(|contributions| partial_part::Part::More(Contributions { contributions })),
+            )
+            .chain(
+                shoal_proto::encode_chunks(&self.totals, chunk_bytes)
+                    .map(partial_part::Part::Chunk),
+            )
+            .map(|part| PartialPart { part: Some(part) })
+            .collect()
     }
 }
 
@@ -485,5 +517,46 @@ mod tests {
             .map(|u| u.client_id)
             .collect();
         assert_eq!(ids, vec!["a", "z"]);
+    }
+
+    #[test]
+    fn a_partial_sum_of_any_number_of_clients_travels_in_small_messages() {
+        let reports: BTreeMap<String, ClientReport> = (0..100_000)
+            .map(|i| {
+                let report = ClientReport {
+                    weight: 3,
+                    metrics: BTreeMap::from([("loss".to_string(), 0.5), ("accuracy".into(), 0.25)]),
+                };
+                (format!("sim-{i:06}"), report)
+            })
+            .collect();
+        let partial = PartialSum {
+            totals: vec![7; 300_000],
+            counts: vec![],
+            reports,
+        };
+        let chunk_bytes = shoal_proto::MAX_CHUNK_BYTES;
+        let parts = partial.to_wire("agg", Fence::default(), chunk_bytes);
+        let mut named = Vec::new();
+        let mut declared = 0;
+        for part in &parts {
+            assert!(part.encoded_len() <= shoal_proto::message_limit(chunk_bytes));
+            match part.part.as_ref() {
+                Some(partial_part::Part::Header(h)) => {
+                    declared = h.contribution_count;
+                    named.extend(h.contributions.iter().map(|c| c.client_id.clone()));
+                }
+                Some(partial_part::Part::More(more)) => {
+                    named.extend(more.contributions.iter().map(|c| c.client_id.clone()));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(declared, 100_000);
+        assert!(named.iter().eq(partial.reports.keys()));
+        assert!(
+            parts.len() > 10,
+            "contributions spread over several messages"
+        );
     }
 }

@@ -27,8 +27,8 @@ pub use upstream::Upstream;
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::PartialSum;
 use rounds::Rounds;
+use shoal_proto::v1::Fence;
 use shoal_proto::v1::fleet_server::FleetServer;
-use shoal_proto::v1::{Chunk, Fence, PartialPart, partial_part};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,12 +166,11 @@ async fn flush_all(shared: &Arc<Shared>, hold: Duration) {
 /// the kept partial sums follow.
 async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
     let clients = partial.reports.len();
-    let header = partial.header(&shared.config.id, fence.clone());
-    let chunks: Vec<Chunk> =
-        shoal_proto::encode_chunks(&partial.totals, shared.config.max_chunk_bytes).collect();
-    let parts = std::iter::once(partial_part::Part::Header(header))
-        .chain(chunks.into_iter().map(partial_part::Part::Chunk))
-        .map(|part| PartialPart { part: Some(part) });
+    let parts = partial.to_wire(
+        &shared.config.id,
+        fence.clone(),
+        shared.config.max_chunk_bytes,
+    );
     let mut client = shared.upstream.client();
     match client
         .push_partial(tonic::Request::new(tokio_stream::iter(parts)))

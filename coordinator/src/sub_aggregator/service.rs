@@ -274,7 +274,10 @@ impl Fleet for AggregatorService {
         request: Request<Streaming<PartialPart>>,
     ) -> Result<Response<PushReply>, Status> {
         let mut parts = request.into_inner();
-        let header = upload::header(&mut parts)
+        let mut header = upload::header(&mut parts)
+            .await
+            .map_err(UploadError::status)?;
+        upload::contributions(&mut parts, &mut header)
             .await
             .map_err(UploadError::status)?;
         let fence = header
