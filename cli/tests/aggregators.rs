@@ -15,13 +15,20 @@ const RUN: [&str; 6] = ["--clients", "30", "--rounds", "10", "--seed", "7"];
 
 /// `shoal aggregator` under `upstream` (comma-separated URLs) on `listen`; its URL.
 fn start_aggregator(upstream: &str, listen: &str) -> (Running, String) {
-    let mut aggregator = Running::spawn(&mut shoal_with(&[
-        "aggregator",
-        "--upstream",
-        upstream,
-        "--listen",
-        listen,
-    ]));
+    start_aggregator_with(upstream, listen, &[])
+}
+
+/// An aggregator that holds its clients' updates up to 20 s for the rest of its clients, so
+/// that each round's partial sum holds them all however slow the machine (the tests count
+/// them in its log).
+fn start_whole_aggregator(upstream: &str, listen: &str) -> (Running, String) {
+    start_aggregator_with(upstream, listen, &["--hold", "20"])
+}
+
+fn start_aggregator_with(upstream: &str, listen: &str, extra: &[&str]) -> (Running, String) {
+    let mut cmd = shoal_with(&["aggregator", "--upstream", upstream, "--listen", listen]);
+    cmd.args(extra);
+    let mut aggregator = Running::spawn(&mut cmd);
     let line = aggregator.wait_for_stderr("listening on ", Duration::from_secs(30));
     let addr = line
         .split("listening on ")
@@ -45,8 +52,8 @@ fn tree(dir: &std::path::Path, run: &[&str]) -> (String, Vec<String>) {
     let mut args = run.to_vec();
     args.extend(["--quiet", "--summary-out", arg(&out)]);
     let (root, root_url) = start_coordinator(&args);
-    let (a, a_url) = start_aggregator(&root_url, "127.0.0.1:0");
-    let (b, b_url) = start_aggregator(&a_url, "127.0.0.1:0");
+    let (a, a_url) = start_whole_aggregator(&root_url, "127.0.0.1:0");
+    let (b, b_url) = start_whole_aggregator(&a_url, "127.0.0.1:0");
     let fleets = [
         fleet(&a_url, "0..10", run),
         fleet(&b_url, "10..20", run),
@@ -95,6 +102,30 @@ fn a_tree_of_aggregators_gives_the_bits_of_a_flat_fedsgd_run() {
 fn a_tree_of_aggregators_gives_the_bits_of_a_flat_kmeans_run() {
     // k-FED's seeding round keeps every update whole: it is relayed, the Lloyd rounds summed.
     same_bits_as_one_process(&["--strategy", "fedkmeans", "--tol", "0"]);
+}
+
+#[test]
+fn one_fleet_spread_over_two_aggregators_gives_the_bits_of_a_flat_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = one_process_run(dir.path(), "flat.json", &RUN);
+    let out = dir.path().join("spread.json");
+    let mut args = RUN.to_vec();
+    args.extend(["--quiet", "--summary-out", arg(&out)]);
+    let (root, root_url) = start_coordinator(&args);
+    let (a, a_url) = start_whole_aggregator(&root_url, "127.0.0.1:0");
+    let (b, b_url) = start_whole_aggregator(&root_url, "127.0.0.1:0");
+    let mut cmd = shoal_with(&["simulate", "--coordinator", &format!("{a_url},{b_url}")]);
+    cmd.arg("--spread").args(common::runs::data_args(&RUN));
+    let fleet = Running::spawn(&mut cmd);
+    root.finish(DEADLINE).assert_success();
+    fleet.finish(DEADLINE).assert_success();
+    for agg in [a, b] {
+        let done = agg.finish(Duration::from_secs(30));
+        done.assert_success();
+        // Half of the fleet started here, and stayed.
+        assert!(done.stderr.contains("clients=15"), "{}", done.stderr);
+    }
+    assert_eq!(summary(&out)["model_sha256"], reference["model_sha256"]);
 }
 
 #[test]

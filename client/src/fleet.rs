@@ -51,6 +51,11 @@ pub struct FleetConfig {
     pub failures: Option<mpsc::UnboundedSender<(String, ClientError)>>,
     /// The model code every client runs [default: the built-in models].
     pub trainer: Arc<dyn LocalTrainer>,
+    /// Spread the clients over the URLs: client `i` starts at URL `i mod n`, and the clients
+    /// that started at one URL move along the list together when it fails — a fleet feeding
+    /// several sub-aggregators. Otherwise all start at the first URL and move together (a
+    /// leader and its standbys) [default: false].
+    pub spread: bool,
 }
 
 /// What one client proves itself with.
@@ -78,6 +83,7 @@ impl FleetConfig {
             credentials: HashMap::new(),
             failures: None,
             trainer: Arc::new(BuiltinTrainer),
+            spread: false,
         }
     }
 }
@@ -122,7 +128,11 @@ pub async fn run_fleet(
         .map(|url| (0..shared).map(|_| channel(url, tls)).collect())
         .collect::<Result<Vec<Vec<_>>>>()?;
     let urls: Arc<[String]> = urls.into();
-    let current = Arc::new(AtomicUsize::new(0));
+    // Where each group of clients talks now: one group, or one per URL when spread.
+    let groups = if config.spread { urls.len() } else { 1 };
+    let currents: Vec<Arc<AtomicUsize>> = (0..groups)
+        .map(|start| Arc::new(AtomicUsize::new(start)))
+        .collect();
     let cache = GlobalCache::default();
     let cpu = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -165,7 +175,7 @@ pub async fn run_fleet(
         let client = EdgeClient::new(
             id,
             Arc::new(data),
-            Route::new(fleets, urls.clone(), current.clone()),
+            Route::new(fleets, urls.clone(), currents[i % groups].clone()),
             cache.clone(),
             cpu.clone(),
             options.clone(),

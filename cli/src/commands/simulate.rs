@@ -29,6 +29,10 @@ pub struct SimulateCmd {
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// Spread the clients over the --coordinator URLs (client i starts at URL i mod n; when
+    /// one fails, its clients move along the list): one process feeding several sub-aggregators.
+    #[arg(long)]
+    spread: bool,
     #[command(flatten)]
     options: ClientDataOptions,
     /// HTTP/2 channels the clients share, 1..=65535.
@@ -166,6 +170,7 @@ impl SimulateCmd {
             fleet.credentials.insert(id.clone(), credentials);
         }
         fleet.channels = self.channels;
+        fleet.spread = self.spread;
         fleet.options.seed = plan.seed;
         fleet.faults = Faults {
             dropout: self.dropout.unwrap_or(0.0),
