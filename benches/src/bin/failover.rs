@@ -16,100 +16,13 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use shoal_benches::flags::Flags;
+use shoal_benches::process::Proc;
 use shoal_benches::stats::{Summary, round_seconds};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
-
-/// A child process whose stderr lines arrive, stamped, on a channel.
-struct Proc {
-    child: Child,
-    lines: Receiver<(Instant, String)>,
-    seen: Vec<(Instant, String)>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    fn pump(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    /// When a line containing `needle` arrived after `after`, if one did.
-    fn arrived(&mut self, needle: &str, after: Instant) -> Option<Instant> {
-        self.pump();
-        self.seen
-            .iter()
-            .find(|(at, l)| *at > after && l.contains(needle))
-            .map(|(at, _)| *at)
-    }
-
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> Result<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (at, line) = self
-                .lines
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("no line with {needle:?} within {limit:?}"))?;
-            self.seen.push((at, line.clone()));
-            if line.contains(needle) {
-                return Ok(line);
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn wait(&mut self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("exited with {status}");
-                }
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        bail!("still running after {limit:?}")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -306,8 +219,7 @@ fn failovers(binary: &str, dir: &Path, kills: usize, ttl: &str) -> Result<Vec<f6
         let deadline = Instant::now() + Duration::from_secs(120);
         let leader = loop {
             let found = coordinators.iter_mut().position(|c| {
-                c.pump();
-                c.seen
+                c.lines()
                     .iter()
                     .filter(|(at, l)| *at > since && l.contains("round aggregated"))
                     .count()

@@ -12,17 +12,10 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use shoal_benches::flags::Flags;
+use shoal_benches::process::peak_kib;
 use shoal_benches::stats::{Summary, round_seconds};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Peak resident memory of process `pid` so far, in KiB, if it still runs.
-fn peak_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
