@@ -92,7 +92,7 @@ fn replayable(ckpt: &Path) -> Option<(u32, usize)> {
 
 /// Kills `coordinator` with SIGKILL while the round in flight has accepted updates in its log;
 /// returns the round and how many. The log is polled; once it holds updates the process is
-/// stopped (SIGSTOP) and the log read again: a stopped process cannot change it, so what is
+/// stopped (SIGSTOP, waiting until every thread is) and the log read again: a stopped process cannot change it, so what is
 /// read then is exactly what the next incarnation finds. If the round closed in between, the
 /// process continues (SIGCONT) and the polling goes on.
 fn kill_mid_round(coordinator: Running, ckpt: &Path) -> (u32, usize) {
@@ -103,7 +103,7 @@ fn kill_mid_round(coordinator: Running, ckpt: &Path) -> (u32, usize) {
             "no round had accepted updates in its log within a minute"
         );
         if replayable(ckpt).is_some() {
-            coordinator.signal("STOP");
+            coordinator.freeze();
             if let Some(found) = replayable(ckpt) {
                 coordinator.kill();
                 return found;

@@ -220,6 +220,34 @@ impl Running {
         assert!(status.success(), "kill -{name} {} failed", self.child.id());
     }
 
+    /// Freezes the process (SIGSTOP) and waits until every one of its threads is stopped: a
+    /// thread in the middle of a write finishes it first, and only then can nothing change.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = || -> bool {
+            let Ok(entries) = std::fs::read_dir(&tasks) else {
+                return false;
+            };
+            entries.flatten().all(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    // The state follows the command name, which is in parentheses.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {} did not stop within 10 s",
+                self.child.id()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// SIGINT, as Ctrl-C in a terminal: the process shuts down its own way.
     pub fn interrupt(&self) {
         self.signal("INT");
