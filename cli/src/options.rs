@@ -154,7 +154,8 @@ options! {
         /// Start from this model (safetensors, as --model-out writes it: every tensor of the
         /// model by name and shape) instead of a seeded initialisation; FedAvg and FedSGD.
         init: PathBuf,
-        /// Local epochs (FedAvg), at least 1 [default: 5].
+        /// Local epochs (FedAvg); 0 trains nothing: each client scores the global model and sends
+        /// it back unchanged, which measures orchestration alone [default: 5].
         epochs: u32,
         /// Mini-batch size: of local training (FedAvg), and of each gradient (FedSGD; with
         /// --grad-batches 0 the whole partition is processed in chunks of this size)

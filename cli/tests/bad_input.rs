@@ -609,8 +609,23 @@ fn gradients_claiming_more_examples_than_an_update_may_carry() {
 }
 
 #[test]
-fn zero_epochs_or_batch_size() {
-    refused(&["run", "--epochs", "0"], &["--epochs", "at least 1"]);
+fn zero_epochs_train_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("m.csv");
+    let args = ["run", "--quiet", "--epochs", "0", "--rounds", "3"];
+    finish(shoal_with(&args).args(["--metrics-out", arg(&metrics)])).assert_success();
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let mut rows = text.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let at = header.iter().position(|h| *h == "accuracy").unwrap();
+    let accuracies: Vec<&str> = rows.map(|r| r.split(',').nth(at).unwrap()).collect();
+    assert_eq!(accuracies.len(), 3, "{text}");
+    // The model never moves: every round scores the initial model.
+    assert!(accuracies.iter().all(|a| *a == accuracies[0]), "{text}");
+}
+
+#[test]
+fn zero_batch_size() {
     refused(
         &["run", "--batch-size", "0"],
         &["--batch-size", "at least 1"],

@@ -92,7 +92,7 @@ pub struct SelectionConfig {
 /// Local training settings sent with every FedAvg task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitSettings {
-    /// Local epochs.
+    /// Local epochs; 0 trains nothing (clients send the global model back, scored).
     pub epochs: u32,
     /// Mini-batch size.
     pub batch_size: u32,
@@ -469,9 +469,6 @@ impl SelectionConfig {
 impl FitSettings {
     /// Checks the local training settings against their ranges (see [`RunConfig::validate`]).
     pub fn validate(&self) -> crate::Result<()> {
-        if self.epochs == 0 {
-            return invalid("--epochs must be at least 1, got 0".into());
-        }
         if self.batch_size == 0 {
             return invalid("--batch-size must be at least 1, got 0".into());
         }
@@ -765,8 +762,9 @@ mod validate_tests {
         run.rounds = 0;
         refused(&run, &["--rounds", "at least 1"]);
         run.rounds = 20;
+        // No local training at all is a setting (orchestration alone), not a mistake.
         run.fit.epochs = 0;
-        refused(&run, &["--epochs", "at least 1"]);
+        assert!(run.validate().is_ok());
         run.fit.epochs = 5;
         run.fit.batch_size = 0;
         refused(&run, &["--batch-size", "at least 1"]);
