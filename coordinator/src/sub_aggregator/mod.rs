@@ -82,8 +82,8 @@ pub(crate) struct Shared {
 
 /// Notes a failed upstream call: if it moved the aggregator to its next upstream address,
 /// every partial sum sent up for the rounds still passing through is sent there again.
-pub(crate) fn upstream_failed(shared: &Arc<Shared>, status: &tonic::Status) {
-    if !shared.upstream.failed(status) {
+pub(crate) fn upstream_failed(shared: &Arc<Shared>, status: &tonic::Status, used: usize) {
+    if !shared.upstream.failed(status, used) {
         return;
     }
     let shared = shared.clone();
@@ -171,7 +171,7 @@ async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
         fence.clone(),
         shared.config.max_chunk_bytes,
     );
-    let mut client = shared.upstream.client();
+    let (used, mut client) = shared.upstream.client();
     match client
         .push_partial(tonic::Request::new(tokio_stream::iter(parts)))
         .await
@@ -183,7 +183,7 @@ async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
             "partial sum sent upstream"
         ),
         Err(status) => {
-            upstream_failed(shared, &status);
+            upstream_failed(shared, &status, used);
             warn!(%fence, clients, status = %status.message(), code = ?status.code(), "partial sum refused upstream");
         }
     }

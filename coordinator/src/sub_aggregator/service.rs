@@ -67,9 +67,10 @@ impl AggregatorService {
     where
         F: Future<Output = Result<R, Status>>,
     {
-        call(self.shared.upstream.client())
+        let (used, client) = self.shared.upstream.client();
+        call(client)
             .await
-            .inspect_err(|status| super::upstream_failed(&self.shared, status))
+            .inspect_err(|status| super::upstream_failed(&self.shared, status, used))
     }
 
     /// Applies the norm rule (`bound`) to an update and folds it into `state`, off the

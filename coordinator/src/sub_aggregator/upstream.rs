@@ -8,12 +8,21 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::warn;
 
+/// Connections to each upstream address. Every client's long-poll is relayed as a request of
+/// its own, and an upstream takes a bounded number of requests in flight per connection (1,024
+/// by default), so the relayed requests are spread over several connections: 128 carry
+/// 100,000 clients' polls at under 800 each. They connect on first use.
+pub const CONNECTIONS_PER_UPSTREAM: usize = 128;
+
 /// The upstream addresses, one in use at a time.
 #[derive(Debug)]
 pub struct Upstream {
     urls: Vec<String>,
-    clients: Vec<FleetClient<Channel>>,
+    /// Per address, its connections.
+    clients: Vec<Vec<FleetClient<Channel>>>,
     current: AtomicUsize,
+    /// Turns over the connections of the address in use.
+    next_connection: AtomicUsize,
 }
 
 impl Upstream {
@@ -35,38 +44,52 @@ impl Upstream {
                         "upstream {url:?}: aggregators reach their upstream over plaintext only"
                     )));
                 }
-                let channel = endpoint
+                let endpoint = endpoint
                     .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
-                Ok(FleetClient::new(channel)
-                    .max_decoding_message_size(max_message_bytes)
-                    .max_encoding_message_size(max_message_bytes))
+                    .keep_alive_while_idle(true);
+                Ok((0..CONNECTIONS_PER_UPSTREAM)
+                    .map(|_| {
+                        FleetClient::new(endpoint.connect_lazy())
+                            .max_decoding_message_size(max_message_bytes)
+                            .max_encoding_message_size(max_message_bytes)
+                    })
+                    .collect())
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             urls: urls.to_vec(),
             clients,
             current: AtomicUsize::new(0),
+            next_connection: AtomicUsize::new(0),
         })
     }
 
-    /// A client of the upstream in use.
-    pub fn client(&self) -> FleetClient<Channel> {
+    /// A client of the upstream in use, on the next of its connections in turn, and which
+    /// address that is (for [`Upstream::failed`]).
+    pub fn client(&self) -> (usize, FleetClient<Channel>) {
         let i = self.current.load(Ordering::Relaxed) % self.clients.len();
-        self.clients[i].clone()
+        let connections = &self.clients[i];
+        let j = self.next_connection.fetch_add(1, Ordering::Relaxed) % connections.len();
+        (i, connections[j].clone())
     }
 
-    /// Notes a failed call: one the upstream did not answer itself (no refusal reason; the
-    /// connection failed) moves to the next address. True if it moved.
-    pub fn failed(&self, status: &Status) -> bool {
+    /// Notes a failed call to address `used`: one the upstream did not answer itself (no
+    /// refusal reason; the connection failed) moves to the next address, once however many
+    /// calls to `used` fail together. True if it moved.
+    pub fn failed(&self, status: &Status, used: usize) -> bool {
         let transport = status.metadata().get(shoal_proto::REASON_HEADER).is_none()
             && matches!(status.code(), Code::Unavailable | Code::Unknown);
         if !transport || self.clients.len() < 2 {
             return false;
         }
-        let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.clients.len();
-        warn!(upstream = %self.urls[next], status = %status.message(), "upstream unreachable; moving on");
-        true
+        let next = (used + 1) % self.clients.len();
+        let moved = self
+            .current
+            .compare_exchange(used, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if moved {
+            warn!(upstream = %self.urls[next], status = %status.message(), "upstream unreachable; moving on");
+        }
+        moved
     }
 }
