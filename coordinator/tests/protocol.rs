@@ -206,3 +206,35 @@ async fn bad_updates_are_refused_and_change_nothing() {
     assert_eq!(outcome.records[0].clients, 2);
     assert_eq!(outcome.records[0].examples, 40);
 }
+
+/// A pull whose connection died unnoticed is still open at the coordinator when the client,
+/// reconnected, joins and pulls again: the round's task goes to the newest pull, and the old
+/// one (whose answer would be lost) is told to wait.
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_goes_to_the_newest_pull_of_a_client() {
+    use shoal_proto::v1::pull_reply::Reply;
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    // The old pull, not handed the task, waits out its poll: a short one.
+    let limits = Limits {
+        poll_timeout: std::time::Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let running = common::start(common::config(2, 1), spec, split.test, limits).await;
+    let c = running.coordinator.clone();
+    c.join("a", 10).unwrap();
+    let pull = |c: shoal_coordinator::Coordinator| {
+        tokio::spawn(async move { c.pull("a").await.unwrap().reply.unwrap() })
+    };
+    let old = pull(c.clone());
+    // One thread: the old pull runs until it waits for a round.
+    tokio::task::yield_now().await;
+    c.join("a", 10).unwrap();
+    let new = pull(c.clone());
+    tokio::task::yield_now().await;
+    // The second client opens the round.
+    c.join("b", 10).unwrap();
+    assert!(matches!(new.await.unwrap(), Reply::Task(_)));
+    assert!(matches!(old.await.unwrap(), Reply::Wait(_)));
+    running.abort();
+}

@@ -363,14 +363,14 @@ impl Coordinator {
     /// over the client's rate are first delayed, then refused (see [`crate::engine::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
         self.pace(client_id).await?;
-        let _polling = Polling::start(self, client_id);
+        let polling = Polling::start(self, client_id);
         let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
         let mut changed = self.shared.changed.subscribe();
         loop {
             if self.has_stepped_down() {
                 return Err(CoordinatorError::ShuttingDown);
             }
-            if let Some(reply) = self.try_pull(client_id)? {
+            if let Some(reply) = self.try_pull(client_id, polling.pull)? {
                 return Ok(PullReply { reply: Some(reply) });
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
@@ -385,13 +385,18 @@ impl Coordinator {
         }
     }
 
-    fn try_pull(&self, client_id: &str) -> Result<Option<Reply>> {
+    fn try_pull(&self, client_id: &str, pull: u64) -> Result<Option<Reply>> {
         let mut state = lock(&self.shared.state);
         state.registry.touch(client_id, Instant::now())?;
+        let newest = state.registry.is_newest_pull(client_id, pull);
         match &mut state.phase {
             Phase::Finished(reason) => Ok(Some(Reply::Finished(Finished {
                 reason: reason.clone(),
             }))),
+            // A later request of this client superseded this pull: the task is for that one.
+            Phase::Open(round) if !newest && round.owes_task(client_id) => {
+                Ok(Some(Reply::Wait(Wait { retry_after_ms: 0 })))
+            }
             Phase::Open(round) if round.owes_task(client_id) => {
                 round.tasked.insert(client_id.to_owned());
                 let mut task: Task = round.task.clone();
@@ -629,16 +634,19 @@ fn stale(fence: &Fence, phase: &Phase) -> CoordinatorError {
 struct Polling<'a> {
     coordinator: &'a Coordinator,
     client_id: &'a str,
+    /// Its number among the client's requests ([`crate::engine::registry::ClientRecord::newest_pull`]).
+    pull: u64,
 }
 
 impl<'a> Polling<'a> {
     fn start(coordinator: &'a Coordinator, client_id: &'a str) -> Self {
-        lock(&coordinator.shared.state)
+        let pull = lock(&coordinator.shared.state)
             .registry
-            .polling(client_id, true);
+            .pull_started(client_id);
         Self {
             coordinator,
             client_id,
+            pull,
         }
     }
 }
@@ -647,7 +655,7 @@ impl Drop for Polling<'_> {
     fn drop(&mut self) {
         lock(&self.coordinator.shared.state)
             .registry
-            .polling(self.client_id, false);
+            .pull_ended(self.client_id);
     }
 }
 

@@ -23,6 +23,11 @@ pub struct ClientRecord {
     /// Pulls it holds open right now: a client waiting in a long-poll is alive however long
     /// ago the poll started (its connection would drop, and the poll with it, if it died).
     pub polling: u32,
+    /// Bumped by each pull it starts and each join: only its newest pull may take a task.
+    /// A client holds one request at a time, so an older pull still open is one whose
+    /// connection died unnoticed; a task it took would be answered into the void and the
+    /// round would wait for the client's update until its deadline.
+    pub newest_pull: u64,
 }
 
 impl ClientRecord {
@@ -87,9 +92,10 @@ impl Registry {
             return Err(CoordinatorError::TooManyClients(max_clients));
         }
         self.heard += 1;
-        let (pacer, polling) = match self.clients.get(id) {
-            Some(record) => (record.pacer, record.polling),
-            None => (self.departed.remove(id).unwrap_or_default(), 0),
+        let (pacer, polling, newest_pull) = match self.clients.get(id) {
+            // Joining again (a reconnect) supersedes the pulls it had open.
+            Some(record) => (record.pacer, record.polling, record.newest_pull + 1),
+            None => (self.departed.remove(id).unwrap_or_default(), 0, 0),
         };
         self.clients.insert(
             id.to_owned(),
@@ -98,6 +104,7 @@ impl Registry {
                 last_seen: now,
                 pacer,
                 polling,
+                newest_pull,
             },
         );
         Ok(())
@@ -132,15 +139,31 @@ impl Registry {
         }
     }
 
-    /// A pull from `id` started (`true`) or ended (`false`); see [`ClientRecord::polling`].
-    pub fn polling(&mut self, id: &str, started: bool) {
-        if let Some(record) = self.clients.get_mut(id) {
-            record.polling = if started {
-                record.polling.saturating_add(1)
-            } else {
-                record.polling.saturating_sub(1)
-            };
+    /// A pull from `id` started: it is counted as open ([`ClientRecord::polling`]) and becomes
+    /// the client's newest; its number, for [`Registry::is_newest_pull`].
+    pub fn pull_started(&mut self, id: &str) -> u64 {
+        match self.clients.get_mut(id) {
+            Some(record) => {
+                record.polling = record.polling.saturating_add(1);
+                record.newest_pull += 1;
+                record.newest_pull
+            }
+            None => 0,
         }
+    }
+
+    /// A pull from `id` ended.
+    pub fn pull_ended(&mut self, id: &str) {
+        if let Some(record) = self.clients.get_mut(id) {
+            record.polling = record.polling.saturating_sub(1);
+        }
+    }
+
+    /// True if pull number `pull` is the newest request `id` made (no later pull or join).
+    pub fn is_newest_pull(&self, id: &str, pull: u64) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|record| record.newest_pull == pull)
     }
 
     /// True if `id` has joined and not left.
@@ -224,13 +247,20 @@ mod tests {
             r.touch("zz", later),
             Err(CoordinatorError::UnknownClient(_))
         ));
-        r.polling("a", true);
+        let first = r.pull_started("a");
         assert_eq!(
             r.available(later, Duration::from_secs(1)),
             vec!["a", "b"],
             "a client waiting in a pull is alive"
         );
-        r.polling("a", false);
+        assert!(r.is_newest_pull("a", first));
+        // A second pull, then a join, each supersede the one before.
+        let second = r.pull_started("a");
+        assert!(!r.is_newest_pull("a", first) && r.is_newest_pull("a", second));
+        r.join("a", 10, 10, later).unwrap();
+        assert!(!r.is_newest_pull("a", second));
+        r.pull_ended("a");
+        r.pull_ended("a");
         r.leave("b").unwrap();
         assert!(!r.contains("b"));
         let much_later = t0 + Duration::from_secs(10);
