@@ -39,8 +39,8 @@ use tracing::{info, warn};
 /// How often pending partial sums are looked at.
 const FLUSH_TICK: Duration = Duration::from_millis(20);
 
-/// How long a sub-aggregator keeps serving after it relayed the end of the run, so its other
-/// clients hear it too.
+/// Once the run is over upstream, a sub-aggregator tells its clients so itself, and stops
+/// when none came to hear it for this long.
 const FINISH_GRACE: Duration = Duration::from_secs(3);
 
 /// Settings of one sub-aggregator.
@@ -76,8 +76,13 @@ pub(crate) struct Shared {
     pub(crate) rounds: Rounds,
     /// Wakes the flusher when an update arrives or a client goes.
     pub(crate) wake: Notify,
-    /// Set once the run is over upstream.
+    /// Woken once the run is over upstream.
     pub(crate) finished: Notify,
+    /// How the run ended upstream, once it has: clients are then told here, without a relay
+    /// (the upstream may be gone).
+    pub(crate) run_over: std::sync::OnceLock<shoal_proto::v1::Finished>,
+    /// Requests answered with the end of the run: the aggregator stops once they stop coming.
+    pub(crate) told_over: std::sync::atomic::AtomicU64,
 }
 
 /// Notes a failed upstream call: if it moved the aggregator to its next upstream address,
@@ -111,6 +116,8 @@ pub async fn serve(
         rounds: Rounds::default(),
         wake: Notify::new(),
         finished: Notify::new(),
+        run_over: std::sync::OnceLock::new(),
+        told_over: std::sync::atomic::AtomicU64::new(0),
     });
     let flusher = tokio::spawn(flush_loop(shared.clone()));
     let service = FleetServer::new(AggregatorService::new(shared.clone()))
@@ -123,8 +130,14 @@ pub async fn serve(
                 () = shutdown => {}
                 () = async {
                     shared.finished.notified().await;
-                    tokio::time::sleep(FINISH_GRACE).await;
-                } => info!("the run is over upstream; stopping"),
+                    loop {
+                        let told = shared.told_over.load(std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(FINISH_GRACE).await;
+                        if shared.told_over.load(std::sync::atomic::Ordering::Relaxed) == told {
+                            break;
+                        }
+                    }
+                } => info!("the run is over upstream and every client heard so; stopping"),
             }
         }
     };

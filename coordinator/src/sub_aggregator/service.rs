@@ -58,6 +58,15 @@ impl AggregatorService {
         request
     }
 
+    /// How the run ended upstream, if it has; counts the request it is told to.
+    fn run_over(&self) -> Option<shoal_proto::v1::Finished> {
+        let finished = self.shared.run_over.get()?.clone();
+        self.shared
+            .told_over
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(finished)
+    }
+
     /// Makes one call upstream; a failure is passed to the client unchanged, after the
     /// upstream had a chance to move to its next address (and the kept partial sums with it).
     async fn upstream<R, F>(
@@ -176,12 +185,25 @@ impl AggregatorService {
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        if self.run_over().is_some() {
+            // Its next pull hears the end of the run, from here.
+            return Ok(Response::new(JoinReply {
+                max_chunk_bytes: u32::try_from(self.shared.config.max_chunk_bytes)
+                    .unwrap_or(u32::MAX),
+                ..JoinReply::default()
+            }));
+        }
         let relayed = Self::relayed(request);
         self.upstream(|mut up| async move { up.join(relayed).await })
             .await
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        if let Some(finished) = self.run_over() {
+            return Ok(Response::new(PullReply {
+                reply: Some(Reply::Finished(finished)),
+            }));
+        }
         let client = request.get_ref().client_id.clone();
         let relayed = Self::relayed(request);
         let reply = self
@@ -191,7 +213,11 @@ impl Fleet for AggregatorService {
             Some(Reply::Task(task)) => {
                 self.shared.rounds.tasked(&client, task);
             }
-            Some(Reply::Finished(_)) => self.shared.finished.notify_one(),
+            Some(Reply::Finished(finished)) => {
+                if self.shared.run_over.set(finished.clone()).is_ok() {
+                    self.shared.finished.notify_one();
+                }
+            }
             _ => {}
         }
         Ok(reply)
@@ -318,6 +344,10 @@ impl Fleet for AggregatorService {
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
         self.shared.rounds.left(&request.get_ref().client_id);
         self.shared.wake.notify_one();
+        if self.shared.run_over.get().is_some() {
+            // Nothing upstream to tell: the run is over there.
+            return Ok(Response::new(LeaveReply {}));
+        }
         let relayed = Self::relayed(request);
         self.upstream(|mut up| async move { up.leave(relayed).await })
             .await
