@@ -213,10 +213,10 @@ impl Fleet for AggregatorService {
             Some(Reply::Task(task)) => {
                 self.shared.rounds.tasked(&client, task);
             }
-            Some(Reply::Finished(finished)) => {
-                if self.shared.run_over.set(finished.clone()).is_ok() {
-                    self.shared.finished.notify_one();
-                }
+            Some(Reply::Finished(finished))
+                if self.shared.run_over.set(finished.clone()).is_ok() =>
+            {
+                self.shared.finished.notify_one();
             }
             _ => {}
         }
