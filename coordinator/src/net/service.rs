@@ -238,13 +238,7 @@ impl Fleet for FleetService {
         let payload = upload::payload(&mut parts, payload)
             .await
             .map_err(|e| self.refuse_upload(e))?;
-        let update = ClientUpdate {
-            client_id: header.client_id,
-            weight: header.num_examples,
-            payload,
-            counts: header.counts,
-            metrics: header.metrics.into_iter().collect(),
-        };
+        let update = ClientUpdate::from_wire(header, payload);
         let accepted_in_round = admission
             .deliver(update)
             .await

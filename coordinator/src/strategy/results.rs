@@ -4,7 +4,7 @@ use super::plan::{FoldMode, TaskPlan};
 use crate::aggregate::{AggregateError, ExactSum, MAX_WEIGHT, validate};
 use prost::Message;
 use shoal_proto::v1::{
-    Contribution, Contributions, Fence, PartialHeader, PartialPart, partial_part,
+    Contribution, Contributions, Fence, PartialHeader, PartialPart, UpdateHeader, partial_part,
 };
 use std::collections::BTreeMap;
 
@@ -25,6 +25,19 @@ pub struct ClientUpdate {
     pub counts: Vec<u64>,
     /// Metrics the client reported (loss, accuracy, inertia...).
     pub metrics: BTreeMap<String, f64>,
+}
+
+impl ClientUpdate {
+    /// The update an [`UpdateHeader`] announces, with the `payload` that followed it.
+    pub fn from_wire(header: UpdateHeader, payload: Vec<f32>) -> Self {
+        Self {
+            client_id: header.client_id,
+            weight: header.num_examples,
+            payload,
+            counts: header.counts,
+            metrics: header.metrics.into_iter().collect(),
+        }
+    }
 }
 
 /// What the coordinator keeps of every contributor: its weight and reported metrics.

@@ -285,13 +285,7 @@ impl Fleet for AggregatorService {
         let bound = self
             .norm_bound(&state, &metadata, &header.client_id, &fence)
             .await?;
-        let update = ClientUpdate {
-            client_id: header.client_id,
-            weight: header.num_examples,
-            payload,
-            counts: header.counts,
-            metrics: header.metrics.into_iter().collect(),
-        };
+        let update = ClientUpdate::from_wire(header, payload);
         let accepted_in_round = self.fold(state, Delivery::Update(update), bound).await?;
         Ok(Response::new(PushReply { accepted_in_round }))
     }
