@@ -86,8 +86,8 @@ impl PartialSum {
     /// (so no message outgrows the limit whatever the number of clients), then the totals in
     /// chunks of at most `chunk_bytes`.
     pub fn to_wire(&self, aggregator: &str, fence: Fence, chunk_bytes: usize) -> Vec<PartialPart> {
-        let mut batches: Vec<Vec<Contribution>> = vec![Vec::new()];
-        let mut batch_bytes = 0;
+        let mut batches = Vec::new();
+        let (mut batch, mut batch_bytes) = (Vec::new(), 0);
         for (client_id, report) in &self.reports {
             let contribution = Contribution {
                 client_id: client_id.clone(),
@@ -95,15 +95,14 @@ impl PartialSum {
                 metrics: report.metrics.clone().into_iter().collect(),
             };
             let bytes = contribution.encoded_len();
-            if batch_bytes + bytes > CONTRIBUTION_BATCH_BYTES && batch_bytes > 0 {
-                batches.push(Vec::new());
+            if batch_bytes + bytes > CONTRIBUTION_BATCH_BYTES && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
             batch_bytes += bytes;
-            if let Some(batch) = batches.last_mut() {
-                batch.push(contribution);
-            }
+            batch.push(contribution);
         }
+        batches.push(batch);
         let mut batches = batches.into_iter();
         let header = PartialHeader {
             aggregator_id: aggregator.to_owned(),

@@ -58,8 +58,9 @@ impl AggregatorService {
         request
     }
 
-    /// How the run ended upstream, if it has; counts the request it is told to.
-    fn run_over(&self) -> Option<shoal_proto::v1::Finished> {
+    /// The end of the run to tell a client, if the run is over upstream; counts the client as
+    /// told (the aggregator stops once nobody comes to hear it).
+    fn end_to_tell(&self) -> Option<shoal_proto::v1::Finished> {
         let finished = self.shared.run_over.get()?.clone();
         self.shared
             .told_over
@@ -185,7 +186,7 @@ impl AggregatorService {
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        if self.run_over().is_some() {
+        if self.end_to_tell().is_some() {
             // Its next pull hears the end of the run, from here.
             return Ok(Response::new(JoinReply {
                 max_chunk_bytes: u32::try_from(self.shared.config.max_chunk_bytes)
@@ -199,7 +200,7 @@ impl Fleet for AggregatorService {
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
-        if let Some(finished) = self.run_over() {
+        if let Some(finished) = self.end_to_tell() {
             return Ok(Response::new(PullReply {
                 reply: Some(Reply::Finished(finished)),
             }));
