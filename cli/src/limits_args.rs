@@ -1,8 +1,9 @@
 //! The `shoal coordinator` flags for its limits: how long pulls are held, when a silent client
 //! stops being offered work, what one client may send (message and update sizes, example
 //! counts, how often it pulls, the L2 norm of its update), and what all peers together may
-//! hold (connections, streams, and how long a connection or request may stay silent). Defaults come from
-//! [`Limits::default`], so the flags and the library agree.
+//! hold (connections, streams, and how long a connection or request may stay silent). The
+//! last two groups are [`ServingLimitsArgs`], which `shoal aggregator` takes too. Defaults come
+//! from [`Limits::default`], so the flags and the library agree.
 
 use anyhow::{Result, bail};
 use shoal_coordinator::{Limits, NormPolicy, PullRate};
@@ -11,20 +12,14 @@ use std::time::Duration;
 /// Limits of `shoal coordinator`, on time and on what one client may send.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitsArgs {
+    #[command(flatten)]
+    pub serving: ServingLimitsArgs,
     /// Longest a client's pull is held open, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().poll_timeout.as_secs_f64())]
     pub poll_timeout: f64,
     /// Seconds of silence after which a client is no longer offered work.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().liveness.as_secs_f64())]
     pub liveness: f64,
-    /// Largest update accepted, in f32 values; a larger declared payload is refused before
-    /// anything is allocated.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_update_values)]
-    pub max_update_values: usize,
-    /// Largest payload chunk accepted, in bytes (at most 1 MiB); a gRPC message may be this
-    /// plus 64 KiB, anything longer is refused before it is decoded.
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_chunk_bytes)]
-    pub max_chunk_bytes: usize,
     /// Most clients registered at once; further joins are refused (ResourceExhausted).
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_clients)]
     pub max_clients: usize,
@@ -46,6 +41,20 @@ pub struct LimitsArgs {
     /// down to the bound).
     #[arg(long, value_name = "reject|clip", default_value_t = NormPolicy::Reject)]
     pub norm_policy: NormPolicy,
+}
+
+/// The limits every Shoal server has, coordinator and sub-aggregator alike: what one upload
+/// may hold, and what all peers together may hold open.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServingLimitsArgs {
+    /// Largest update accepted, in f32 values; a larger declared payload is refused before
+    /// anything is allocated.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_update_values)]
+    pub max_update_values: usize,
+    /// Largest payload chunk accepted, in bytes (at most 1 MiB); a gRPC message may be this
+    /// plus 64 KiB, anything longer is refused before it is decoded.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_chunk_bytes)]
+    pub max_chunk_bytes: usize,
     /// Most connections open at once (lowered to fit the open-file limit). At the cap a new
     /// connection sheds one that never spoke or is idle longest, or is closed.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
@@ -119,8 +128,6 @@ impl LimitsArgs {
         let limits = Limits {
             poll_timeout: seconds("--poll-timeout", self.poll_timeout)?,
             liveness: seconds("--liveness", self.liveness)?,
-            max_update_values: self.max_update_values,
-            max_chunk_bytes: self.max_chunk_bytes,
             max_clients: self.max_clients,
             max_examples: self.max_examples,
             pull_rate: (rate > 0.0).then_some(PullRate {
@@ -129,12 +136,26 @@ impl LimitsArgs {
             }),
             max_update_norm: self.max_update_norm.0,
             norm_policy: self.norm_policy,
+            ..self.serving.limits()?
+        };
+        limits.check()?;
+        Ok(limits)
+    }
+}
+
+impl ServingLimitsArgs {
+    /// The default limits with these flags' values.
+    pub fn limits(&self) -> Result<Limits> {
+        let limits = Limits {
+            max_update_values: self.max_update_values,
+            max_chunk_bytes: self.max_chunk_bytes,
             max_connections: self.max_connections,
             max_streams_per_connection: self.max_streams_per_connection,
             max_streams: self.max_streams,
             first_bytes_timeout: seconds("--first-bytes-timeout", self.first_bytes_timeout)?,
             idle_timeout: seconds("--idle-timeout", self.idle_timeout)?,
             request_timeout: seconds("--request-timeout", self.request_timeout)?,
+            ..Limits::default()
         };
         limits.check()?;
         Ok(limits)

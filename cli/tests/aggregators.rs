@@ -35,29 +35,66 @@ fn start_aggregator_with(upstream: &str, listen: &str, extra: &[&str]) -> (Runni
         .nth(1)
         .and_then(|rest| rest.split(',').next())
         .unwrap();
-    (aggregator, format!("http://{addr}"))
+    let scheme = if extra.contains(&"--tls-cert") {
+        "https"
+    } else {
+        "http"
+    };
+    (aggregator, format!("{scheme}://{addr}"))
 }
 
 /// `shoal simulate` of partitions `indices` against `urls`.
 fn fleet(urls: &str, indices: &str, run: &[&str]) -> Running {
+    fleet_with(urls, indices, run, &[])
+}
+
+fn fleet_with(urls: &str, indices: &str, run: &[&str], extra: &[&str]) -> Running {
     let mut cmd = shoal_with(&["simulate", "--coordinator", urls, "--indices", indices]);
-    cmd.args(common::runs::data_args(run));
+    cmd.args(common::runs::data_args(run)).args(extra);
     Running::spawn(&mut cmd)
+}
+
+/// The extra flags of each process of a tree (transport security and credentials).
+#[derive(Default)]
+struct TreeFlags {
+    root: Vec<String>,
+    a: Vec<String>,
+    b: Vec<String>,
+    fleets: Vec<String>,
 }
 
 /// Root, aggregator A under it, B under A; a simulate process at each level. Returns the
 /// root's model hash and what each aggregator printed.
 fn tree(dir: &std::path::Path, run: &[&str]) -> (String, Vec<String>) {
+    tree_with(dir, run, &TreeFlags::default())
+}
+
+fn strs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// `extra` and a hold long enough that each round's partial sum holds every client.
+fn whole(mut extra: Vec<&str>) -> Vec<&str> {
+    extra.extend(["--hold", "20"]);
+    extra
+}
+
+fn tree_with(dir: &std::path::Path, run: &[&str], flags: &TreeFlags) -> (String, Vec<String>) {
     let out = dir.join("tree.json");
     let mut args = run.to_vec();
     args.extend(["--quiet", "--summary-out", arg(&out)]);
-    let (root, root_url) = start_coordinator(&args);
-    let (a, a_url) = start_whole_aggregator(&root_url, "127.0.0.1:0");
-    let (b, b_url) = start_whole_aggregator(&a_url, "127.0.0.1:0");
+    args.extend(strs(&flags.root));
+    let (root, mut root_url) = start_coordinator(&args);
+    if flags.root.iter().any(|f| f == "--tls-cert") {
+        root_url = root_url.replacen("http://", "https://", 1);
+    }
+    let (a, a_url) = start_aggregator_with(&root_url, "127.0.0.1:0", &whole(strs(&flags.a)));
+    let (b, b_url) = start_aggregator_with(&a_url, "127.0.0.1:0", &whole(strs(&flags.b)));
+    let fleet_flags = strs(&flags.fleets);
     let fleets = [
-        fleet(&a_url, "0..10", run),
-        fleet(&b_url, "10..20", run),
-        fleet(&root_url, "20..30", run),
+        fleet_with(&a_url, "0..10", run, &fleet_flags),
+        fleet_with(&b_url, "10..20", run, &fleet_flags),
+        fleet_with(&root_url, "20..30", run, &fleet_flags),
     ];
     root.finish(DEADLINE).assert_success();
     for fleet in fleets {
@@ -91,6 +128,71 @@ fn same_bits_as_one_process(extra: &[&str]) {
 #[test]
 fn a_tree_of_aggregators_gives_the_bits_of_a_flat_fedavg_run() {
     same_bits_as_one_process(&[]);
+}
+
+/// Every hop over mutual TLS with bearer tokens: clients prove themselves to the aggregator
+/// they reach, each aggregator proves its own id upstream, and each upstream lets only the
+/// aggregators it lists relay for clients and send partial sums.
+#[test]
+fn a_tree_over_mutual_tls_and_tokens_gives_the_bits_of_a_flat_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    for who in [&["--num-clients", "30"][..], &["--clients", "agg-a,agg-b"]] {
+        let mut cmd = shoal_with(&["certs", "--out", arg(&certs), "--tokens"]);
+        common::finish(cmd.args(who)).assert_success();
+    }
+    let file = |name: &str| arg(&certs.join(name)).to_owned();
+    let serving = |aggregators: &str| {
+        let mut flags = vec![
+            "--tls-cert".into(),
+            file("server.pem"),
+            "--tls-key".into(),
+            file("server.key"),
+            "--client-ca".into(),
+            file("ca.pem"),
+            "--tokens".into(),
+            file("tokens.sha256"),
+        ];
+        if !aggregators.is_empty() {
+            flags.extend(["--aggregators".into(), aggregators.into()]);
+        }
+        flags
+    };
+    let upstream_as = |id: &str| {
+        vec![
+            "--id".into(),
+            id.into(),
+            "--ca".into(),
+            file("ca.pem"),
+            "--cert".into(),
+            file(&format!("client-{id}.pem")),
+            "--key".into(),
+            file(&format!("client-{id}.key")),
+            "--token".into(),
+            file("tokens.txt"),
+        ]
+    };
+    let flags = TreeFlags {
+        root: serving("agg-a"),
+        a: [serving("agg-b"), upstream_as("agg-a")].concat(),
+        b: [serving(""), upstream_as("agg-b")].concat(),
+        fleets: vec![
+            "--certs-dir".into(),
+            arg(&certs).into(),
+            "--tokens-file".into(),
+            file("tokens.txt"),
+        ],
+    };
+    let reference = one_process_run(dir.path(), "flat.json", &RUN);
+    let (sha, logs) = tree_with(dir.path(), &RUN, &flags);
+    assert_eq!(sha, reference["model_sha256"].to_string());
+    assert!(
+        logs[0].contains("mutual tls + tokens, aggregators agg-b"),
+        "{}",
+        logs[0]
+    );
+    assert!(logs[0].contains("clients=20"), "{}", logs[0]);
+    assert!(logs[1].contains("partial sum sent upstream"), "{}", logs[1]);
 }
 
 #[test]

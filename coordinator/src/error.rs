@@ -166,6 +166,15 @@ pub enum AuthError {
         /// The id the request claims.
         claimed: String,
     },
+    /// A partial sum from a party that is not one of the server's sub-aggregators.
+    #[error(
+        "{identity:?} is not a sub-aggregator of this server: only the identities it lists as \
+         aggregators may send partial sums"
+    )]
+    NotAnAggregator {
+        /// The identity the credentials prove.
+        identity: String,
+    },
     /// Tokens are required and the request carried none.
     #[error("missing bearer token: send `authorization: Bearer TOKEN`")]
     NoToken,
@@ -206,7 +215,9 @@ impl AuthError {
     pub fn is_impersonation(&self) -> bool {
         matches!(
             self,
-            Self::CertificateMismatch { .. } | Self::TokenMismatch { .. }
+            Self::CertificateMismatch { .. }
+                | Self::TokenMismatch { .. }
+                | Self::NotAnAggregator { .. }
         )
     }
 }

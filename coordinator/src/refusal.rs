@@ -6,7 +6,19 @@
 //! from the transport, not from the coordinator. Reasons are also the keys refusals are counted
 //! under (`refusals` in the run summary), so they never change once released.
 
+use std::sync::Arc;
 use tonic::Code;
+
+/// Where a server counts what it refuses: the coordinator's counters (and its metrics), or a
+/// sub-aggregator's. The listener, the request gate and the undecodable-request counter take
+/// one, so coordinators and sub-aggregators serve behind the same defences.
+pub trait CountRefusals: Send + Sync + std::fmt::Debug {
+    /// Counts one refusal.
+    fn count_refusal(&self, refusal: Refusal);
+}
+
+/// A shared [`CountRefusals`].
+pub type RefusalCounter = Arc<dyn CountRefusals>;
 
 /// Why a request, stream or connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,8 +16,8 @@ use shoal_coordinator::net::certs::{CertifiedPem, DevCa, Validity, self_signed_c
 use shoal_coordinator::{Limits, Security};
 use shoal_datasets::Partition;
 use shoal_proto::v1::{
-    Fence, FetchRequest, JoinRequest, LeaveRequest, PullRequest, UpdateHeader, UpdatePart,
-    update_part::Part,
+    Fence, FetchRequest, JoinRequest, LeaveRequest, PartialHeader, PartialPart, PullRequest,
+    UpdateHeader, UpdatePart, partial_part, update_part::Part,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +27,8 @@ use tonic::{Code, Status};
 
 const A: &str = "client-00000";
 const B: &str = "client-00001";
+/// A sub-aggregator's identity.
+const AGG: &str = "aggregator-1";
 
 /// A `shoal certs` directory for clients A and B, with tokens.
 struct Certs {
@@ -39,7 +41,7 @@ impl Certs {
         let dir = tempfile::tempdir().unwrap();
         let spec = BundleSpec {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
-            clients: vec![A.into(), B.into()],
+            clients: vec![A.into(), B.into(), AGG.into()],
             days: 1,
             tokens: true,
         };
@@ -543,4 +545,78 @@ async fn a_client_with_an_expired_certificate_stops_at_once_with_the_reason() {
     let refusals = running.coordinator.refusals();
     assert_eq!(refusals.get("unauthenticated"), Some(&1), "{refusals:?}");
     assert_eq!(running.coordinator.registered(), 0);
+}
+
+/// Sends the header of a partial sum from `aggregator` (nothing else: it is refused or not on
+/// its credentials alone).
+async fn push_partial(fleet: &mut Fleet, aggregator: &str) -> Result<(), Status> {
+    let header = PartialHeader {
+        aggregator_id: aggregator.into(),
+        ..PartialHeader::default()
+    };
+    let part = PartialPart {
+        part: Some(partial_part::Part::Header(header)),
+    };
+    fleet
+        .push_partial(tokio_stream::iter([part]))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_aggregator_speaks_for_its_clients_and_only_it_sends_partial_sums() {
+    let certs = Certs::new();
+    let security = certs
+        .server()
+        .with_client_ca(certs.read(CA_CERT))
+        .unwrap()
+        .with_tokens(certs.token_table())
+        .with_aggregators([AGG])
+        .unwrap();
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let running = common::start_with(
+        common::config(3, 1),
+        spec,
+        split.test,
+        Limits::default(),
+        security,
+    )
+    .await;
+    let url = running.url.clone();
+    let (token_a, token_agg) = (certs.tokens[A].as_str(), certs.tokens[AGG].as_str());
+
+    // The aggregator, with its own certificate and token, joins clients it vouches for.
+    let mut aggregator = dial(
+        &url,
+        certs.tls(),
+        Some(certs.identity(AGG)),
+        Some(token_agg),
+    );
+    join(&mut aggregator, A).await.unwrap();
+    join(&mut aggregator, B).await.unwrap();
+    assert_eq!(running.coordinator.registered(), 2);
+
+    // A client is no aggregator: it may not send a partial sum, under its id or another's.
+    let mut client = dial(&url, certs.tls(), Some(certs.identity(A)), Some(token_a));
+    assert_refused(
+        push_partial(&mut client, A).await,
+        impersonation("is not a sub-aggregator of this server"),
+    );
+    let reason = format!("client certificate is for \"{A}\", but the request claims \"{AGG}\"");
+    assert_refused(push_partial(&mut client, AGG).await, impersonation(&reason));
+    // Nor speak for another client.
+    let reason = format!("client certificate is for \"{A}\", but the request claims \"{B}\"");
+    assert_refused(join(&mut client, B).await, impersonation(&reason));
+    // The aggregator's own partial sum passes authentication (and is then judged on its
+    // contents: this one names no fence).
+    let status = push_partial(&mut aggregator, AGG).await.unwrap_err();
+    assert_ne!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_ne!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Naming aggregators needs client authentication to name them by.
+    let err = Security::plaintext().with_aggregators([AGG]).unwrap_err();
+    assert!(
+        err.to_string().contains("needs client authentication"),
+        "{err}"
+    );
 }

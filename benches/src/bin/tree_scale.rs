@@ -71,6 +71,8 @@ impl Layout<'_> {
             "127.0.0.1:0",
             "--hold",
             self.hold,
+            "--max-streams",
+            "1000000",
         ]))?;
         let url = url_of(&agg.wait_for("listening on ", Duration::from_secs(30))?)?;
         Ok((agg, url))

@@ -2,12 +2,22 @@
 //! aggregator). Clients connect to it as to a coordinator; it relays their joins and pulls,
 //! serves each round's global state once fetched, and sends their updates upstream as exact
 //! partial sums, so a tree of aggregators computes the bits of a flat run.
+//!
+//! Towards its clients it is a server like `shoal coordinator` (the same TLS, client
+//! certificate and token flags and limits); towards its upstream it is a client like
+//! `shoal client` (`--ca`, `--cert`, `--key`, `--token`), proving its own id, which the
+//! upstream must list in its `--aggregators`.
 
+use crate::commands::client::{TlsArgs, identity, token_for};
+use crate::commands::coordinator::{ServerSecurityArgs, describe};
 use crate::host::ctrl_c;
+use crate::limits_args::ServingLimitsArgs;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use shoal_client::connection::channel;
 use shoal_client::route::split_urls;
 use shoal_coordinator::sub_aggregator::{AggregatorConfig, Upstream, serve};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -21,17 +31,30 @@ pub struct AggregatorCmd {
     /// Address clients connect to.
     #[arg(long, default_value = "127.0.0.1:7071")]
     listen: String,
-    /// This aggregator's id on its partial sums [default: aggregator-PORT].
+    /// This aggregator's id: on its partial sums, and the identity its --cert or --token
+    /// proves upstream [default: aggregator-PORT].
     #[arg(long)]
     id: Option<String>,
     /// Longest an update waits for the round's other clients before it is sent upstream,
     /// in seconds (0.001 to 60).
     #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
     hold: f64,
-    /// Serve plaintext on a non-loopback address (anyone on the network can then read and
-    /// alter the traffic).
-    #[arg(long)]
-    insecure: bool,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
+    #[command(flatten)]
+    limits: ServingLimitsArgs,
+    #[command(flatten)]
+    upstream_tls: TlsArgs,
+    /// Mutual TLS upstream: this aggregator's certificate (PEM, naming its --id).
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// This aggregator's bearer token upstream: a file holding the token, or a
+    /// `CLIENT_ID TOKEN` list with a line for its --id.
+    #[arg(long, value_name = "FILE")]
+    token: Option<PathBuf>,
 }
 
 impl AggregatorCmd {
@@ -43,30 +66,42 @@ impl AggregatorCmd {
                 self.hold
             );
         }
+        let security = self.security.load()?;
+        let limits = self.limits.limits()?;
         let urls = split_urls(&self.upstream);
+        let mut tls = self.upstream_tls.load(None)?;
+        if let (Some(tls), Some(cert), Some(key)) = (&mut tls, &self.cert, &self.key) {
+            tls.identity = Some(identity(cert, key)?);
+        }
         let listener = TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() && !self.insecure {
-            bail!(
-                "aggregators serve plaintext: listen on a loopback address, or pass --insecure \
-                 to serve {addr} anyway"
-            );
-        }
-        let mut config = AggregatorConfig {
-            hold: Duration::from_secs_f64(self.hold),
-            ..AggregatorConfig::default()
-        };
-        config.id = self
+        security.check_listener(addr).with_context(|| {
+            "give --tls-cert and --tls-key with --client-ca and/or --tokens (see `shoal certs`), \
+             listen on loopback, or pass --insecure"
+        })?;
+        let id = self
             .id
             .unwrap_or_else(|| format!("aggregator-{}", addr.port()));
-        let upstream = Upstream::new(&urls, shoal_proto::message_limit(config.max_chunk_bytes))?;
+        let max_message = shoal_proto::message_limit(limits.max_chunk_bytes);
+        let mut upstream = Upstream::with_channels(&urls, max_message, |url| {
+            channel(url, tls.as_ref()).map_err(|e| e.to_string())
+        })?;
+        if let Some(path) = &self.token {
+            upstream = upstream.with_token(&token_for(path, &id)?)?;
+        }
         eprintln!(
-            "aggregator {} listening on {addr}, upstream {}",
-            config.id,
-            urls.join(",")
+            "aggregator {id} listening on {addr}, upstream {}, {}",
+            urls.join(","),
+            describe(&security)
         );
+        let config = AggregatorConfig {
+            id,
+            hold: Duration::from_secs_f64(self.hold),
+            limits,
+            security,
+        };
         serve(config, upstream, listener, ctrl_c()).await?;
         Ok(())
     }

@@ -67,7 +67,7 @@ pub fn read_tokens(path: &Path) -> Result<std::collections::BTreeMap<String, Str
 
 /// The token of client `id` in `path`: the file's only word, or the `id` line of a
 /// `CLIENT_ID TOKEN` list.
-fn token_for(path: &Path, id: &str) -> Result<String> {
+pub fn token_for(path: &Path, id: &str) -> Result<String> {
     let text = read(path, "token file")?;
     let words: Vec<&str> = text.split_whitespace().collect();
     if let [token] = words.as_slice() {

@@ -31,6 +31,11 @@ pub struct ServerSecurityArgs {
     /// tokens.sha256 from `shoal certs --tokens`.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Sub-aggregators: these ids (as their certificate or token proves them) may relay the
+    /// requests of clients they authenticated themselves, and send partial sums. Needs
+    /// --client-ca or --tokens.
+    #[arg(long, value_name = "ID[,ID...]", value_delimiter = ',')]
+    aggregators: Vec<String>,
     /// Allow plaintext, or clients without a certificate or token, on a non-loopback address:
     /// anyone on the network can then read and alter the traffic (tokens included), or take
     /// part under any client id.
@@ -64,6 +69,11 @@ impl ServerSecurityArgs {
                 bail!("token file {} lists no client", path.display());
             }
             security = security.with_tokens(table);
+        }
+        if !self.aggregators.is_empty() {
+            security = security
+                .with_aggregators(self.aggregators.iter().map(|id| id.trim()))
+                .context("--aggregators")?;
         }
         Ok(security.allow_insecure(self.insecure))
     }
@@ -216,7 +226,7 @@ impl CoordinatorCmd {
 }
 
 /// "plaintext", "tls", "mutual tls + tokens"...
-fn describe(security: &Security) -> String {
+pub fn describe(security: &Security) -> String {
     let policy = security.policy();
     let mut parts = vec![match (security.is_tls(), policy.client_ca.is_some()) {
         (false, _) => "plaintext",
@@ -226,5 +236,10 @@ fn describe(security: &Security) -> String {
     if policy.tokens.is_some() {
         parts.push("tokens");
     }
-    parts.join(" + ")
+    let mut described = parts.join(" + ");
+    if !policy.relays.is_empty() {
+        let ids: Vec<&str> = policy.relays.iter().map(String::as_str).collect();
+        described.push_str(&format!(", aggregators {}", ids.join(",")));
+    }
+    described
 }

@@ -162,6 +162,12 @@ impl Coordinator {
         self.shared.telemetry.refused(refusal);
     }
 
+    /// This coordinator's refusal counter, for the network layers that refuse before the
+    /// service does.
+    pub(crate) fn refusal_counter(&self) -> crate::refusal::RefusalCounter {
+        std::sync::Arc::new(self.clone())
+    }
+
     /// The metrics, as a Prometheus scrape reads them (see [`crate::telemetry`]).
     pub fn metrics_text(&self) -> String {
         self.shared.telemetry.render(self.registered())
@@ -782,5 +788,11 @@ impl Drop for Admission {
         if let Some(slot) = self.slot.take() {
             slot.settle(false);
         }
+    }
+}
+
+impl crate::refusal::CountRefusals for Coordinator {
+    fn count_refusal(&self, refusal: Refusal) {
+        Coordinator::count_refusal(self, refusal);
     }
 }

@@ -27,6 +27,12 @@ pub struct Refusals {
     logged: Mutex<BTreeMap<&'static str, (Instant, u64)>>,
 }
 
+impl crate::refusal::CountRefusals for Refusals {
+    fn count_refusal(&self, refusal: Refusal) {
+        self.record(refusal);
+    }
+}
+
 impl Refusals {
     /// Counts one refusal.
     pub fn record(&self, refusal: Refusal) {

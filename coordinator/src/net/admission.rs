@@ -23,11 +23,11 @@
 //!   far above the longest honest wait (a Pull is held `Limits::poll_timeout`), and should
 //!   leave room for the largest upload over the slowest link.
 
-use crate::engine::Coordinator;
+use crate::config::Limits;
 use crate::error::CoordinatorError;
 use crate::net::auth::{AuthError, AuthPolicy};
 use crate::net::listener::{Conn, Connections, request_addrs};
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCounter};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +42,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 /// What every request is admitted against, shared by all connections.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    coordinator: Coordinator,
+    refusals: RefusalCounter,
     connections: Connections,
     /// The client CA, under mutual TLS.
     client_ca: Option<crate::net::auth::ClientCa>,
@@ -56,21 +56,22 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// A gate for requests under `policy` on `connections`, with the stream cap and request
-    /// timeout of `coordinator`'s limits.
+    /// timeout of `limits`, counting what it refuses in `refusals`.
     pub(crate) fn new(
-        coordinator: Coordinator,
+        limits: &Limits,
+        refusals: RefusalCounter,
         connections: Connections,
         policy: &AuthPolicy,
     ) -> Arc<Self> {
-        let limits = &coordinator.shared.limits;
         let (max_streams, request_timeout) = (limits.max_streams, limits.request_timeout);
         Arc::new(Self {
-            coordinator,
+            refusals,
             connections,
             client_ca: policy.client_ca.clone(),
             tokens: policy.tokens.clone().map(|tokens| AuthPolicy {
                 client_ca: None,
                 tokens: Some(tokens),
+                relays: Default::default(),
             }),
             open: AtomicUsize::new(0),
             max_streams,
@@ -123,15 +124,15 @@ impl Gate {
 
     fn refused(&self, refusal: Refusal, message: String) -> http::Response<tonic::body::Body> {
         tracing::debug!(%refusal, %message, "request refused before its body");
-        self.coordinator.count_refusal(refusal);
+        self.refusals.count_refusal(refusal);
         refusal.status(message).into_http()
     }
 
     fn timed_out(&self) -> Status {
-        self.coordinator.count_refusal(Refusal::RequestTimeout);
+        self.refusals.count_refusal(Refusal::RequestTimeout);
         tracing::debug!(timeout = ?self.request_timeout, "request timed out");
         Refusal::RequestTimeout.status(format!(
-            "request not finished within {} s (the coordinator's request timeout)",
+            "request not finished within {} s (the server's request timeout)",
             self.request_timeout.as_secs_f64()
         ))
     }

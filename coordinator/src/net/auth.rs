@@ -6,12 +6,17 @@
 //! the configured CA and is valid now, and it names the client in a `shoal://client/ID` URI, see
 //! [`crate::net::certs`]), with a bearer token (`authorization: Bearer TOKEN`, looked up by its
 //! SHA-256 in a token table), or both. Every mechanism the coordinator is configured with is
-//! required, and each identity must equal the client id the request claims: nobody acts under
-//! another client's id.
+//! required, they must prove the same identity, and that identity must equal the client id the
+//! request claims: nobody acts under another client's id.
+//!
+//! The one exception is a sub-aggregator: an identity the server lists as an aggregator
+//! ([`AuthPolicy::relays`]) authenticated its own clients itself and relays their requests
+//! under their ids; only such an identity may send partial sums
+//! ([`AuthPolicy::check_aggregator`]).
 
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -220,6 +225,9 @@ pub struct AuthPolicy {
     pub client_ca: Option<ClientCa>,
     /// A bearer token from this table must belong to the claimed client.
     pub tokens: Option<TokenTable>,
+    /// Identities that may act for any client: sub-aggregators, which authenticate their own
+    /// clients. Meaningful only with a CA or tokens.
+    pub relays: BTreeSet<String>,
 }
 
 impl AuthPolicy {
@@ -233,40 +241,102 @@ impl AuthPolicy {
         self.client_ca.is_none() && self.tokens.is_none()
     }
 
-    /// Checks a request's credentials against the id it claims. `peer_certs` is the chain the
-    /// client presented in the TLS handshake (leaf first), `metadata` the request's headers.
+    /// Checks a request's credentials against the id it claims: they must prove that client,
+    /// or one of the [`AuthPolicy::relays`]. `peer_certs` is the chain the client presented in
+    /// the TLS handshake (leaf first), `metadata` the request's headers.
     pub fn check(
         &self,
         peer_certs: Option<&[CertificateDer<'static>]>,
         metadata: &MetadataMap,
         claimed: &str,
     ) -> Result<(), AuthError> {
-        if let Some(ca) = &self.client_ca {
-            let chain = peer_certs.unwrap_or_default();
-            let certified = ca.verify_now(chain)?;
-            if certified != claimed {
-                return Err(AuthError::CertificateMismatch {
-                    certified,
-                    claimed: claimed.to_owned(),
-                });
-            }
+        let Some(identity) = self.identity(peer_certs, metadata, claimed)? else {
+            return Ok(());
+        };
+        if identity == claimed || self.relays.contains(&identity) {
+            return Ok(());
         }
-        if let Some(tokens) = &self.tokens {
-            let header = metadata
-                .get("authorization")
-                .ok_or(AuthError::NoToken)?
-                .to_str()
-                .map_err(|_| AuthError::MalformedToken)?;
-            let token = bearer(header).ok_or(AuthError::MalformedToken)?;
-            let owner = tokens.owner(token).ok_or(AuthError::UnknownToken)?;
-            if owner != claimed {
-                return Err(AuthError::TokenMismatch {
-                    owner: owner.to_owned(),
-                    claimed: claimed.to_owned(),
-                });
-            }
+        Err(self.mismatch(identity, claimed))
+    }
+
+    /// Checks the credentials of a partial sum from sub-aggregator `aggregator`: they must
+    /// prove that identity, and it must be one of the [`AuthPolicy::relays`].
+    pub fn check_aggregator(
+        &self,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+        metadata: &MetadataMap,
+        aggregator: &str,
+    ) -> Result<(), AuthError> {
+        let Some(identity) = self.identity(peer_certs, metadata, aggregator)? else {
+            return Ok(());
+        };
+        if identity != aggregator {
+            return Err(self.mismatch(identity, aggregator));
+        }
+        if !self.relays.contains(&identity) {
+            return Err(AuthError::NotAnAggregator { identity });
         }
         Ok(())
+    }
+
+    /// The identity the credentials prove, or `None` if the policy checks nothing. A
+    /// certificate and a token of two different clients prove nothing: the refusal names the
+    /// one that is not `claimed`'s.
+    fn identity(
+        &self,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+        metadata: &MetadataMap,
+        claimed: &str,
+    ) -> Result<Option<String>, AuthError> {
+        let certified = match &self.client_ca {
+            Some(ca) => Some(ca.verify_now(peer_certs.unwrap_or_default())?),
+            None => None,
+        };
+        let owner = match &self.tokens {
+            Some(tokens) => {
+                let header = metadata
+                    .get("authorization")
+                    .ok_or(AuthError::NoToken)?
+                    .to_str()
+                    .map_err(|_| AuthError::MalformedToken)?;
+                let token = bearer(header).ok_or(AuthError::MalformedToken)?;
+                Some(
+                    tokens
+                        .owner(token)
+                        .ok_or(AuthError::UnknownToken)?
+                        .to_owned(),
+                )
+            }
+            None => None,
+        };
+        match (certified, owner) {
+            (Some(certified), Some(owner)) if certified != owner => {
+                let claimed = claimed.to_owned();
+                Err(if certified == claimed {
+                    AuthError::TokenMismatch { owner, claimed }
+                } else {
+                    AuthError::CertificateMismatch { certified, claimed }
+                })
+            }
+            (Some(id), _) | (None, Some(id)) => Ok(Some(id)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The refusal of `identity` acting as `claimed`, named after the credential that proved it.
+    fn mismatch(&self, identity: String, claimed: &str) -> AuthError {
+        let claimed = claimed.to_owned();
+        if self.client_ca.is_some() {
+            AuthError::CertificateMismatch {
+                certified: identity,
+                claimed,
+            }
+        } else {
+            AuthError::TokenMismatch {
+                owner: identity,
+                claimed,
+            }
+        }
     }
 }
 
@@ -301,6 +371,7 @@ mod tests {
         AuthPolicy {
             client_ca: None,
             tokens: Some(table()),
+            relays: BTreeSet::new(),
         }
     }
 
@@ -340,11 +411,61 @@ mod tests {
     }
 
     #[test]
+    fn only_listed_aggregators_speak_for_others_and_send_partial_sums() {
+        let p = AuthPolicy {
+            relays: BTreeSet::from(["client-b".to_owned()]),
+            ..tokens_only()
+        };
+        let (a, b) = (with_auth("Bearer secret-a"), with_auth("Bearer secret-b"));
+        // The aggregator relays for any client; a client still only for itself.
+        assert_eq!(p.check(None, &b, "client-a"), Ok(()));
+        assert_eq!(p.check(None, &b, "client-zzz"), Ok(()));
+        assert_eq!(
+            p.check(None, &a, "client-b"),
+            Err(AuthError::TokenMismatch {
+                owner: "client-a".into(),
+                claimed: "client-b".into()
+            })
+        );
+        // Partial sums: only a listed aggregator, under its own id.
+        assert_eq!(p.check_aggregator(None, &b, "client-b"), Ok(()));
+        assert_eq!(
+            p.check_aggregator(None, &a, "client-a"),
+            Err(AuthError::NotAnAggregator {
+                identity: "client-a".into()
+            })
+        );
+        assert_eq!(
+            p.check_aggregator(None, &b, "client-a"),
+            Err(AuthError::TokenMismatch {
+                owner: "client-b".into(),
+                claimed: "client-a".into()
+            })
+        );
+        assert!(
+            AuthError::NotAnAggregator {
+                identity: "x".into()
+            }
+            .is_impersonation()
+        );
+        assert_eq!(
+            p.check_aggregator(None, &with_auth("Bearer nope"), "client-b"),
+            Err(AuthError::UnknownToken)
+        );
+        // An open server checks nothing, partial sums included.
+        assert_eq!(
+            AuthPolicy::open().check_aggregator(None, &MetadataMap::new(), "anyone"),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn mutual_tls_needs_a_certificate() {
         let ca = crate::net::certs::DevCa::generate(crate::net::certs::Validity::days(1)).unwrap();
         let p = AuthPolicy {
             client_ca: Some(ClientCa::from_pem(ca.pem().cert.as_bytes()).unwrap()),
             tokens: None,
+            relays: BTreeSet::new(),
         };
         assert_eq!(
             p.check(None, &MetadataMap::new(), "client-a"),

@@ -52,9 +52,8 @@
 //! bounded in total by `Limits::max_streams`.
 
 use crate::config::Limits;
-use crate::engine::Coordinator;
 use crate::net::auth::AuthError;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCounter};
 use futures::Stream;
 use futures::task::AtomicWaker;
 use std::collections::HashMap;
@@ -170,7 +169,7 @@ struct Table {
     idle: Duration,
     /// Origin of the millisecond clocks in [`Conn`].
     epoch: Instant,
-    coordinator: Coordinator,
+    refusals: RefusalCounter,
     open: Mutex<Open>,
 }
 
@@ -182,10 +181,10 @@ struct Open {
 }
 
 impl Connections {
-    /// The table for `limits`, counting what it sheds in `coordinator`'s refusals. Raises the
+    /// The table for `limits`, counting what it sheds in `refusals`. Raises the
     /// process's soft open-file limit to the hard one, and lowers the connection cap to fit
     /// under it.
-    pub(crate) fn new(limits: &Limits, coordinator: Coordinator) -> Self {
+    pub(crate) fn new(limits: &Limits, refusals: RefusalCounter) -> Self {
         let cap = fit_to_file_limit(limits.max_connections);
         Self {
             table: Arc::new(Table {
@@ -193,7 +192,7 @@ impl Connections {
                 first_bytes: limits.first_bytes_timeout,
                 idle: limits.idle_timeout,
                 epoch: Instant::now(),
-                coordinator,
+                refusals,
                 open: Mutex::default(),
             }),
         }
@@ -247,7 +246,7 @@ impl Connections {
             let full = open.conns.len() - open.shedding >= table.cap;
             if full && (open.shedding >= MAX_SHEDDING || !table.shed_one(&mut open, now)) {
                 drop(open);
-                table.coordinator.count_refusal(Refusal::ConnectionLimit);
+                table.refusals.count_refusal(Refusal::ConnectionLimit);
                 debug!(peer = %key.1, cap = table.cap, "connection refused: at the connection cap");
                 return None;
             }
@@ -259,7 +258,7 @@ impl Connections {
             full
         };
         if full {
-            table.coordinator.count_refusal(Refusal::ConnectionLimit);
+            table.refusals.count_refusal(Refusal::ConnectionLimit);
         }
         Some(Guarded {
             inner: stream,
@@ -282,7 +281,7 @@ impl Connections {
             open.shedding < MAX_SHEDDING && table.shed_one(&mut open, Instant::now())
         };
         if shed {
-            table.coordinator.count_refusal(Refusal::ConnectionLimit);
+            table.refusals.count_refusal(Refusal::ConnectionLimit);
         }
     }
 }
@@ -588,7 +587,7 @@ impl<T> Guarded<T> {
             self.failed = true;
             if refusal != Refusal::ConnectionLimit {
                 // Shed connections were counted when the table chose them.
-                self.table.coordinator.count_refusal(refusal);
+                self.table.refusals.count_refusal(refusal);
             }
             debug!(peer = %self.conn.key.1, %refusal, "connection closed");
         }
@@ -753,6 +752,7 @@ pub(crate) fn request_addrs<B>(request: &tonic::codegen::http::Request<B>) -> Op
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::engine::Coordinator;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn coordinator() -> Coordinator {
@@ -809,7 +809,7 @@ mod tests {
     #[tokio::test]
     async fn silent_and_idle_connections_are_closed_and_counted() {
         let coordinator = coordinator();
-        let connections = Connections::new(&limits(100, 300, 600), coordinator.clone());
+        let connections = Connections::new(&limits(100, 300, 600), coordinator.refusal_counter());
         let addr = echo_server(connections.clone()).await;
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut talker = TcpStream::connect(addr).await.unwrap();
@@ -834,7 +834,8 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_the_silent_go_first_and_the_busy_stay() {
         let coordinator = coordinator();
-        let connections = Connections::new(&limits(2, 60_000, 60_000), coordinator.clone());
+        let connections =
+            Connections::new(&limits(2, 60_000, 60_000), coordinator.refusal_counter());
         assert_eq!(connections.cap(), 2);
         let addr = echo_server(connections.clone()).await;
         // One connection that speaks and is admitted, one silent one.
@@ -872,7 +873,8 @@ mod tests {
     #[tokio::test]
     async fn a_refused_certificate_closes_the_connection_soon() {
         let coordinator = coordinator();
-        let connections = Connections::new(&limits(10, 60_000, 60_000), coordinator.clone());
+        let connections =
+            Connections::new(&limits(10, 60_000, 60_000), coordinator.refusal_counter());
         let addr = echo_server(connections.clone()).await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(b"x").await.unwrap();
@@ -892,7 +894,8 @@ mod tests {
     #[tokio::test]
     async fn connections_wait_until_they_speak() {
         let coordinator = coordinator();
-        let connections = Connections::new(&limits(10, 60_000, 60_000), coordinator);
+        let connections =
+            Connections::new(&limits(10, 60_000, 60_000), coordinator.refusal_counter());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upgraded = upgrade(accept(listener, connections), |s| async { Some(s) });

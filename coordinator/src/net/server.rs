@@ -1,6 +1,7 @@
 //! Serving the fleet protocol on a listener until a shutdown future resolves, in plaintext, over
 //! TLS, or over mutual TLS (`tls`), with the client authentication of [`crate::net::auth`].
 
+use crate::config::Limits;
 use crate::engine::Coordinator;
 use crate::error::{CoordinatorError, Result};
 use crate::leadership::Candidate;
@@ -9,7 +10,9 @@ use crate::net::auth::{AuthPolicy, ClientCa, TokenTable};
 use crate::net::listener::Connections;
 use crate::net::service::FleetService;
 use crate::net::tls::ServerKeys;
-use shoal_proto::v1::fleet_server::FleetServer;
+use crate::refusal::RefusalCounter;
+use shoal_proto::v1::fleet_server::{Fleet, FleetServer};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub struct Security {
     client_ca: Option<ClientCa>,
     /// Clients' token digests; `Some` requires a bearer token on every request.
     tokens: Option<TokenTable>,
+    /// Identities that may relay for clients and send partial sums: sub-aggregators.
+    aggregators: BTreeSet<String>,
     /// Plaintext is acceptable on a non-loopback address.
     insecure: bool,
 }
@@ -40,6 +45,7 @@ impl std::fmt::Debug for Security {
             .field("tls", &self.is_tls())
             .field("mutual_tls", &self.client_ca.is_some())
             .field("tokens", &self.tokens.as_ref().map(TokenTable::len))
+            .field("aggregators", &self.aggregators)
             .field("insecure", &self.insecure)
             .finish()
     }
@@ -79,6 +85,29 @@ impl Security {
         self
     }
 
+    /// Lets the parties proving these ids act for their clients and send partial sums:
+    /// sub-aggregators, which authenticate their clients themselves. Needs client
+    /// authentication first ([`Security::with_client_ca`], [`Security::with_tokens`]): on an
+    /// open server anyone may already do anything.
+    pub fn with_aggregators<I, S>(mut self, ids: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if self.policy().is_open() {
+            return Err(CoordinatorError::Config(
+                "naming aggregators needs client authentication (a client CA or tokens)".into(),
+            ));
+        }
+        for id in ids {
+            let id = id.into();
+            crate::engine::registry::check_client_id(&id)
+                .map_err(|e| CoordinatorError::Config(format!("aggregator id {id:?}: {e}")))?;
+            self.aggregators.insert(id);
+        }
+        Ok(self)
+    }
+
     /// Allows plaintext on a non-loopback address (with a warning), when `insecure`.
     pub fn allow_insecure(mut self, insecure: bool) -> Self {
         self.insecure = insecure;
@@ -95,6 +124,7 @@ impl Security {
         AuthPolicy {
             client_ca: self.client_ca.clone(),
             tokens: self.tokens.clone(),
+            relays: self.aggregators.clone(),
         }
     }
 
@@ -138,12 +168,8 @@ pub async fn serve(
     serve_with(listener, coordinator, Security::plaintext(), shutdown).await
 }
 
-/// Serves `coordinator` on `listener` with `security` until `shutdown` resolves.
-///
-/// The server stays responsive when peers crowd it: connections are capped, and silent or idle
-/// ones closed (`listener.rs`); requests are admitted before their bodies are read, with
-/// a cap on open streams and a deadline (`admission.rs`). HTTP/2 settings are hyper's
-/// defaults, written out because the memory bound in `listener.rs` rests on them.
+/// Serves `coordinator` on `listener` with `security` until `shutdown` resolves, responsive
+/// when peers crowd it (see [`serve_guarded`]).
 pub async fn serve_with(
     listener: TcpListener,
     coordinator: Coordinator,
@@ -175,16 +201,34 @@ async fn serve_fleet(
     fleet: FleetService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let limits = coordinator.shared.limits.clone();
+    let refusals = coordinator.refusal_counter();
+    serve_guarded(listener, &limits, refusals, &security, fleet, shutdown).await
+}
+
+/// Serves the fleet protocol as `fleet` implements it (a coordinator's, a sub-aggregator's) on
+/// `listener` with `security`, behind the defences every Shoal server has, until `shutdown`
+/// resolves: connections are capped, and silent or idle ones closed (`listener.rs`); requests
+/// are admitted before their bodies are read, with a cap on open streams and a deadline
+/// (`admission.rs`); what is refused is counted in `refusals`. HTTP/2 settings are hyper's
+/// defaults, written out because the memory bound in `listener.rs` rests on them.
+pub(crate) async fn serve_guarded<F: Fleet>(
+    listener: TcpListener,
+    limits: &Limits,
+    refusals: RefusalCounter,
+    security: &Security,
+    fleet: F,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     security.check_listener(listener.local_addr()?)?;
-    let limits = &coordinator.shared.limits;
     let max_message = shoal_proto::message_limit(limits.max_chunk_bytes);
     let policy = security.policy();
     let service = FleetServer::new(fleet)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let service = crate::net::undecodable::CountUndecodable::new(service, coordinator.clone());
-    let connections = Connections::new(limits, coordinator.clone());
-    let gate = Gate::new(coordinator.clone(), connections.clone(), &policy);
+    let service = crate::net::undecodable::CountUndecodable::new(service, refusals.clone());
+    let connections = Connections::new(limits, refusals.clone());
+    let gate = Gate::new(limits, refusals, connections.clone(), &policy);
     let service = Admission::new(service, gate);
     let router = Server::builder()
         // Every live peer has something to send within the idle timeout: the ping's answer.

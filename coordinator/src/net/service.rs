@@ -94,13 +94,34 @@ impl FleetService {
     }
 
     /// Refuses `request` unless its credentials (the TLS client certificate, the bearer token)
-    /// prove the client id it claims.
+    /// prove the client id it claims, or a sub-aggregator relaying for it.
     fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
+        self.authorize_as(request, claimed, AuthPolicy::check)
+    }
+
+    /// Refuses a partial sum unless its credentials prove the sub-aggregator it names, and
+    /// that one is listed as an aggregator.
+    fn authorize_aggregator<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
+        self.authorize_as(request, claimed, AuthPolicy::check_aggregator)
+    }
+
+    fn authorize_as<T>(
+        &self,
+        request: &Request<T>,
+        claimed: &str,
+        check: impl FnOnce(
+            &AuthPolicy,
+            Option<&[rustls_pki_types::CertificateDer<'static>]>,
+            &tonic::metadata::MetadataMap,
+            &str,
+        ) -> Result<(), crate::net::auth::AuthError>,
+    ) -> Result<(), Status> {
         if self.auth.is_open() {
             return Ok(());
         }
         let certs = request.peer_certs();
-        let checked = self.auth.check(
+        let checked = check(
+            &self.auth,
             certs.as_deref().map(Vec::as_slice),
             request.metadata(),
             claimed,
@@ -253,7 +274,7 @@ impl Fleet for FleetService {
         let mut header = upload::header(request.get_mut())
             .await
             .map_err(|e| self.refuse_upload(e))?;
-        self.authorize(&request, &header.aggregator_id)?;
+        self.authorize_aggregator(&request, &header.aggregator_id)?;
         self.serving()?;
         let mut parts = request.into_inner();
         upload::contributions(&mut parts, &mut header)

@@ -5,8 +5,7 @@
 //! reason, so an error status without one is tonic's. Update streams are counted by the
 //! handler itself, which sees their errors as they arrive.
 
-use crate::engine::Coordinator;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCounter};
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -16,13 +15,13 @@ use tonic::server::NamedService;
 #[derive(Debug, Clone)]
 pub(crate) struct CountUndecodable<S> {
     inner: S,
-    coordinator: Coordinator,
+    refusals: RefusalCounter,
 }
 
 impl<S> CountUndecodable<S> {
-    /// Counts `inner`'s undecodable requests in `coordinator`'s refusals.
-    pub(crate) fn new(inner: S, coordinator: Coordinator) -> Self {
-        Self { inner, coordinator }
+    /// Counts `inner`'s undecodable requests in `refusals`.
+    pub(crate) fn new(inner: S, refusals: RefusalCounter) -> Self {
+        Self { inner, refusals }
     }
 }
 
@@ -55,14 +54,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let streamed_upload = request.uri().path().ends_with("/PushUpdate");
+        // Streamed uploads are counted by their handlers, which see their errors.
+        let path = request.uri().path();
+        let streamed_upload = path.ends_with("/PushUpdate") || path.ends_with("/PushPartial");
         let response = self.inner.call(request);
-        let coordinator = self.coordinator.clone();
+        let refusals = self.refusals.clone();
         Box::pin(async move {
             let response = response.await?;
             if !streamed_upload && let Some(refusal) = undecodable(response.headers()) {
                 tracing::debug!(%refusal, "undecodable request refused");
-                coordinator.count_refusal(refusal);
+                refusals.count_refusal(refusal);
             }
             Ok(response)
         })

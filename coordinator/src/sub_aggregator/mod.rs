@@ -12,6 +12,11 @@
 //!   a tree of aggregators gives the bits of a flat run. Rounds whose updates must stay whole
 //!   (k-FED seeding, evaluation) are relayed update by update.
 //! * A child aggregator's partial sums are folded like updates, so trees have any depth.
+//! * Clients meet the defences and authentication of a coordinator ([`AggregatorConfig`]'s
+//!   `security` and `limits`); the aggregator checks every request's client id itself and
+//!   relays it upstream with its *own* credentials ([`Upstream::with_token`], a client
+//!   certificate on its channels). The upstream lets it act for clients and send partial sums
+//!   only if it lists its id as an aggregator ([`crate::net::auth::AuthPolicy::relays`]).
 //!
 //! An aggregator keeps nothing that cannot be redone: if it dies, its clients move to another
 //! address of their list, join again, are handed their task again by the coordinator (which
@@ -24,11 +29,13 @@ mod upstream;
 pub use service::AggregatorService;
 pub use upstream::Upstream;
 
-use crate::error::{CoordinatorError, Result};
+use crate::engine::refusals::Refusals;
+use crate::error::Result;
+use crate::net::auth::AuthPolicy;
 use crate::strategy::results::PartialSum;
+use crate::{Limits, Security};
 use rounds::Rounds;
 use shoal_proto::v1::Fence;
-use shoal_proto::v1::fleet_server::FleetServer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,20 +57,23 @@ pub struct AggregatorConfig {
     pub id: String,
     /// Longest an update waits here for the round's other clients before it is sent up.
     pub hold: Duration,
-    /// Largest update or sum accepted, in values.
-    pub max_values: usize,
-    /// Largest chunk accepted, in bytes; also the chunk size of the partial sums sent up.
-    pub max_chunk_bytes: usize,
+    /// What clients may send and hold open, as on a coordinator: the largest update
+    /// (`max_update_values`) and chunk (`max_chunk_bytes`, also the chunk size of the partial
+    /// sums sent up), connections, streams and timeouts. The run's rules (norm bound, pacing)
+    /// come from upstream.
+    pub limits: Limits,
+    /// How clients connect and prove who they are, as on a coordinator; identities listed as
+    /// aggregators may be child aggregators.
+    pub security: Security,
 }
 
 impl Default for AggregatorConfig {
     fn default() -> Self {
-        let limits = crate::Limits::default();
         Self {
             id: "aggregator".into(),
             hold: Duration::from_millis(200),
-            max_values: limits.max_update_values,
-            max_chunk_bytes: limits.max_chunk_bytes,
+            limits: Limits::default(),
+            security: Security::plaintext(),
         }
     }
 }
@@ -83,6 +93,10 @@ pub(crate) struct Shared {
     pub(crate) run_over: std::sync::OnceLock<shoal_proto::v1::Finished>,
     /// Requests answered with the end of the run: the aggregator stops once they stop coming.
     pub(crate) told_over: std::sync::atomic::AtomicU64,
+    /// What clients must prove (from `config.security`).
+    pub(crate) auth: AuthPolicy,
+    /// Requests and connections refused, by reason.
+    pub(crate) refusals: Arc<Refusals>,
 }
 
 /// Notes a failed upstream call: if it moved the aggregator to its next upstream address,
@@ -103,14 +117,16 @@ pub(crate) fn upstream_failed(shared: &Arc<Shared>, status: &tonic::Status, used
 }
 
 /// Serves clients on `listener` until `shutdown` resolves or a grace period after the run
-/// ended upstream; partial sums still pending are sent before it returns.
+/// ended upstream; partial sums still pending are sent before it returns. Clients meet the
+/// same defences and authentication as at a coordinator (see [`crate::net::server`]).
 pub async fn serve(
     config: AggregatorConfig,
     upstream: Upstream,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let shared = Arc::new(Shared {
+        auth: config.security.policy(),
         config,
         upstream,
         rounds: Rounds::default(),
@@ -118,11 +134,9 @@ pub async fn serve(
         finished: Notify::new(),
         run_over: std::sync::OnceLock::new(),
         told_over: std::sync::atomic::AtomicU64::new(0),
+        refusals: Arc::new(Refusals::default()),
     });
     let flusher = tokio::spawn(flush_loop(shared.clone()));
-    let service = FleetServer::new(AggregatorService::new(shared.clone()))
-        .max_decoding_message_size(shoal_proto::message_limit(shared.config.max_chunk_bytes))
-        .max_encoding_message_size(shoal_proto::message_limit(shared.config.max_chunk_bytes));
     let ended = {
         let shared = shared.clone();
         async move {
@@ -141,17 +155,22 @@ pub async fn serve(
             }
         }
     };
-    let served = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            ended,
-        )
-        .await;
+    let served = crate::net::server::serve_guarded(
+        listener,
+        &shared.config.limits,
+        shared.refusals.clone(),
+        &shared.config.security,
+        AggregatorService::new(shared.clone()),
+        ended,
+    )
+    .await;
     flusher.abort();
     flush_all(&shared, Duration::ZERO).await;
-    served.map_err(|e| CoordinatorError::Io(std::io::Error::other(e)))
+    let refused = shared.refusals.snapshot();
+    if !refused.is_empty() {
+        info!(?refused, "requests refused while serving");
+    }
+    served
 }
 
 /// Sends every partial sum that is due, until aborted.
@@ -182,11 +201,11 @@ async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
     let parts = partial.to_wire(
         &shared.config.id,
         fence.clone(),
-        shared.config.max_chunk_bytes,
+        shared.config.limits.max_chunk_bytes,
     );
     let (used, mut client) = shared.upstream.client();
     match client
-        .push_partial(tonic::Request::new(tokio_stream::iter(parts)))
+        .push_partial(shared.upstream.request(tokio_stream::iter(parts)))
         .await
     {
         Ok(reply) => info!(

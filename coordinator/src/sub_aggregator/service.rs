@@ -6,6 +6,7 @@ use super::rounds::RoundState;
 use crate::NormPolicy;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
+use crate::net::auth::AuthPolicy;
 use crate::net::service::{ChunkStream, chunk_stream};
 use crate::net::upload::{self, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
@@ -25,10 +26,6 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-/// Metadata passed on with relayed requests: the client's bearer token, so the coordinator
-/// authenticates the client itself.
-const FORWARDED: [&str; 1] = ["authorization"];
-
 /// The fleet service of a sub-aggregator.
 #[derive(Debug, Clone)]
 pub struct AggregatorService {
@@ -40,22 +37,52 @@ impl AggregatorService {
         Self { shared }
     }
 
-    /// A client's request as it goes upstream: its message, and of its metadata only what
-    /// is forwarded.
-    fn relayed<M>(request: Request<M>) -> Request<M> {
-        let (metadata, _, message) = request.into_parts();
-        Self::forwarded(&metadata, message)
+    /// Refuses `request` unless its credentials prove the client id it claims (or a child
+    /// aggregator relaying for it), as a coordinator would.
+    fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
+        self.authorize_as(request, claimed, AuthPolicy::check)
     }
 
-    /// `message` as a request upstream, with the client's forwarded metadata.
-    fn forwarded<M>(from: &MetadataMap, message: M) -> Request<M> {
-        let mut request = Request::new(message);
-        for key in FORWARDED {
-            if let Some(value) = from.get(key) {
-                request.metadata_mut().insert(key, value.clone());
-            }
+    /// Refuses a partial sum unless its credentials prove the child aggregator it names, and
+    /// that one is listed as an aggregator here.
+    fn authorize_aggregator<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
+        self.authorize_as(request, claimed, AuthPolicy::check_aggregator)
+    }
+
+    fn authorize_as<T>(
+        &self,
+        request: &Request<T>,
+        claimed: &str,
+        check: impl FnOnce(
+            &AuthPolicy,
+            Option<&[rustls_pki_types::CertificateDer<'static>]>,
+            &MetadataMap,
+            &str,
+        ) -> Result<(), crate::net::auth::AuthError>,
+    ) -> Result<(), Status> {
+        let auth = &self.shared.auth;
+        if auth.is_open() {
+            return Ok(());
         }
-        request
+        let certs = request.peer_certs();
+        check(
+            auth,
+            certs.as_deref().map(Vec::as_slice),
+            request.metadata(),
+            claimed,
+        )
+        .map_err(|err| {
+            let err = CoordinatorError::from(err);
+            let refusal = err.refusal();
+            self.shared.refusals.record(refusal);
+            debug!(client = %claimed, peer = ?request.remote_addr(), error = %err, %refusal, "request refused");
+            Status::from(err)
+        })
+    }
+
+    /// `message` as a request upstream, with this aggregator's credentials.
+    fn relayed<M>(&self, request: Request<M>) -> Request<M> {
+        self.shared.upstream.request(request.into_inner())
     }
 
     /// The end of the run to tell a client, if the run is over upstream; counts the client as
@@ -111,13 +138,12 @@ impl AggregatorService {
     async fn global(
         &self,
         state: &RoundState,
-        metadata: &MetadataMap,
         fetch: FetchRequest,
     ) -> Result<Arc<[Chunk]>, Status> {
         let chunks = state
             .global
             .get_or_try_init(|| async {
-                let relayed = Self::forwarded(metadata, fetch);
+                let relayed = self.shared.upstream.request(fetch);
                 let mut stream = self
                     .upstream(|mut up| async move { up.fetch_global(relayed).await })
                     .await?
@@ -138,7 +164,6 @@ impl AggregatorService {
     async fn norm_bound(
         &self,
         state: &RoundState,
-        metadata: &MetadataMap,
         client: &str,
         fence: &shoal_proto::v1::Fence,
     ) -> Result<Option<Arc<NormBound>>, Status> {
@@ -153,7 +178,7 @@ impl AggregatorService {
                     client_id: client.to_owned(),
                     fence: Some(fence.clone()),
                 };
-                let chunks = self.global(state, metadata, fetch).await?;
+                let chunks = self.global(state, fetch).await?;
                 let mut global = ChunkAssembler::new(
                     state.task.global_len,
                     usize::MAX,
@@ -186,27 +211,29 @@ impl AggregatorService {
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         if self.end_to_tell().is_some() {
             // Its next pull hears the end of the run, from here.
             return Ok(Response::new(JoinReply {
-                max_chunk_bytes: u32::try_from(self.shared.config.max_chunk_bytes)
+                max_chunk_bytes: u32::try_from(self.shared.config.limits.max_chunk_bytes)
                     .unwrap_or(u32::MAX),
                 ..JoinReply::default()
             }));
         }
-        let relayed = Self::relayed(request);
+        let relayed = self.relayed(request);
         self.upstream(|mut up| async move { up.join(relayed).await })
             .await
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         if let Some(finished) = self.end_to_tell() {
             return Ok(Response::new(PullReply {
                 reply: Some(Reply::Finished(finished)),
             }));
         }
         let client = request.get_ref().client_id.clone();
-        let relayed = Self::relayed(request);
+        let relayed = self.relayed(request);
         let reply = self
             .upstream(|mut up| async move { up.pull(relayed).await })
             .await?;
@@ -230,27 +257,26 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchGlobalStream>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let fence = request
             .get_ref()
             .fence
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("fetch has no fence".into()))?;
         let state = self.shared.rounds.get(&fence)?;
-        let chunks = self
-            .global(&state, request.metadata(), request.get_ref().clone())
-            .await?;
+        let chunks = self.global(&state, request.into_inner()).await?;
         Ok(Response::new(chunk_stream(chunks)))
     }
 
     async fn push_update(
         &self,
-        request: Request<Streaming<UpdatePart>>,
+        mut request: Request<Streaming<UpdatePart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let metadata = request.metadata().clone();
-        let mut parts = request.into_inner();
-        let header = upload::header(&mut parts)
+        let header = upload::header(request.get_mut())
             .await
             .map_err(UploadError::status)?;
+        self.authorize(&request, &header.client_id)?;
+        let mut parts = request.into_inner();
         let fence = header
             .fence
             .clone()
@@ -268,24 +294,22 @@ impl Fleet for AggregatorService {
             );
             state.gone(&header.client_id);
             self.shared.wake.notify_one();
-            let relayed = Self::forwarded(&metadata, tokio_stream::iter(all));
+            let relayed = self.shared.upstream.request(tokio_stream::iter(all));
             return self
                 .upstream(|mut up| async move { up.push_update(relayed).await })
                 .await;
         }
-        let config = &self.shared.config;
+        let limits = &self.shared.config.limits;
         let payload = ChunkAssembler::new(
             header.payload_len,
-            config.max_values,
-            config.max_chunk_bytes,
+            limits.max_update_values,
+            limits.max_chunk_bytes,
         )
         .map_err(CoordinatorError::from)?;
         let payload = upload::payload(&mut parts, payload)
             .await
             .map_err(UploadError::status)?;
-        let bound = self
-            .norm_bound(&state, &metadata, &header.client_id, &fence)
-            .await?;
+        let bound = self.norm_bound(&state, &header.client_id, &fence).await?;
         let update = ClientUpdate::from_wire(header, payload);
         let accepted_in_round = self.fold(state, Delivery::Update(update), bound).await?;
         Ok(Response::new(PushReply { accepted_in_round }))
@@ -293,12 +317,13 @@ impl Fleet for AggregatorService {
 
     async fn push_partial(
         &self,
-        request: Request<Streaming<PartialPart>>,
+        mut request: Request<Streaming<PartialPart>>,
     ) -> Result<Response<PushReply>, Status> {
-        let mut parts = request.into_inner();
-        let mut header = upload::header(&mut parts)
+        let mut header = upload::header(request.get_mut())
             .await
             .map_err(UploadError::status)?;
+        self.authorize_aggregator(&request, &header.aggregator_id)?;
+        let mut parts = request.into_inner();
         upload::contributions(&mut parts, &mut header)
             .await
             .map_err(UploadError::status)?;
@@ -307,9 +332,13 @@ impl Fleet for AggregatorService {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("partial sum has no fence".into()))?;
         let state = self.shared.rounds.get(&fence)?;
-        let config = &self.shared.config;
-        let sum = SumAssembler::new(header.sum_len, config.max_values, config.max_chunk_bytes)
-            .map_err(CoordinatorError::from)?;
+        let limits = &self.shared.config.limits;
+        let sum = SumAssembler::new(
+            header.sum_len,
+            limits.max_update_values,
+            limits.max_chunk_bytes,
+        )
+        .map_err(CoordinatorError::from)?;
         let totals = upload::payload(&mut parts, sum)
             .await
             .map_err(UploadError::status)?;
@@ -322,6 +351,7 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<AbandonRequest>,
     ) -> Result<Response<AbandonReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         let req = request.get_ref();
         if let Some(state) = req
             .fence
@@ -331,19 +361,20 @@ impl Fleet for AggregatorService {
             state.gone(&req.client_id);
             self.shared.wake.notify_one();
         }
-        let relayed = Self::relayed(request);
+        let relayed = self.relayed(request);
         self.upstream(|mut up| async move { up.abandon(relayed).await })
             .await
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
         self.shared.rounds.left(&request.get_ref().client_id);
         self.shared.wake.notify_one();
         if self.shared.run_over.get().is_some() {
             // Nothing upstream to tell: the run is over there.
             return Ok(Response::new(LeaveReply {}));
         }
-        let relayed = Self::relayed(request);
+        let relayed = self.relayed(request);
         self.upstream(|mut up| async move { up.leave(relayed).await })
             .await
     }

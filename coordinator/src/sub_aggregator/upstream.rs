@@ -4,8 +4,9 @@
 use crate::error::{CoordinatorError, Result};
 use shoal_proto::v1::fleet_client::FleetClient;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 use tracing::warn;
 
 /// Connections to each upstream address. Every client's long-poll is relayed as a request of
@@ -14,7 +15,7 @@ use tracing::warn;
 /// 100,000 clients' polls at under 800 each. They connect on first use.
 pub const CONNECTIONS_PER_UPSTREAM: usize = 128;
 
-/// The upstream addresses, one in use at a time.
+/// The upstream addresses, one in use at a time, and how this aggregator proves itself there.
 #[derive(Debug)]
 pub struct Upstream {
     urls: Vec<String>,
@@ -23,11 +24,35 @@ pub struct Upstream {
     current: AtomicUsize,
     /// Turns over the connections of the address in use.
     next_connection: AtomicUsize,
+    /// `Bearer TOKEN`, this aggregator's own token, sent with every request.
+    bearer: Option<MetadataValue<Ascii>>,
 }
 
 impl Upstream {
-    /// Channels to every URL (`http://HOST:PORT`), connected on first use.
+    /// Plaintext channels to every URL (`http://HOST:PORT`), connected on first use; no
+    /// credentials.
     pub fn new(urls: &[String], max_message_bytes: usize) -> Result<Self> {
+        Self::with_channels(urls, max_message_bytes, |url| {
+            if !url.starts_with("http://") {
+                return Err(format!(
+                    "{url:?}: expected http://HOST:PORT (https:// needs the CA to check it against)"
+                ));
+            }
+            let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+            Ok(endpoint
+                .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+                .connect_lazy())
+        })
+    }
+
+    /// [`CONNECTIONS_PER_UPSTREAM`] channels to every URL, each made by `connect` (which sets
+    /// up TLS and the client certificate, as a client's channel is made).
+    pub fn with_channels(
+        urls: &[String],
+        max_message_bytes: usize,
+        mut connect: impl FnMut(&str) -> std::result::Result<Channel, String>,
+    ) -> Result<Self> {
         if urls.is_empty() {
             return Err(CoordinatorError::Config(
                 "an aggregator needs at least one upstream URL".into(),
@@ -36,24 +61,16 @@ impl Upstream {
         let clients = urls
             .iter()
             .map(|url| {
-                let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| {
-                    CoordinatorError::Config(format!("upstream {url:?} is not a URL: {e}"))
-                })?;
-                if url.starts_with("https://") {
-                    return Err(CoordinatorError::Config(format!(
-                        "upstream {url:?}: aggregators reach their upstream over plaintext only"
-                    )));
-                }
-                let endpoint = endpoint
-                    .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-                    .keep_alive_while_idle(true);
-                Ok((0..CONNECTIONS_PER_UPSTREAM)
+                (0..CONNECTIONS_PER_UPSTREAM)
                     .map(|_| {
-                        FleetClient::new(endpoint.connect_lazy())
+                        let channel = connect(url).map_err(|e| {
+                            CoordinatorError::Config(format!("upstream {url}: {e}"))
+                        })?;
+                        Ok(FleetClient::new(channel)
                             .max_decoding_message_size(max_message_bytes)
-                            .max_encoding_message_size(max_message_bytes)
+                            .max_encoding_message_size(max_message_bytes))
                     })
-                    .collect())
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -61,7 +78,34 @@ impl Upstream {
             clients,
             current: AtomicUsize::new(0),
             next_connection: AtomicUsize::new(0),
+            bearer: None,
         })
+    }
+
+    /// Sends `token` as this aggregator's bearer token with every request upstream.
+    pub fn with_token(mut self, token: &str) -> Result<Self> {
+        let token = token.trim();
+        let bad = || CoordinatorError::Config("a bearer token must be printable ASCII".into());
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad());
+        }
+        let mut header: MetadataValue<Ascii> =
+            format!("Bearer {token}").parse().map_err(|_| bad())?;
+        header.set_sensitive(true);
+        self.bearer = Some(header);
+        Ok(self)
+    }
+
+    /// `message` as a request upstream, carrying this aggregator's credentials (never a
+    /// client's: the aggregator authenticated its clients itself).
+    pub fn request<M>(&self, message: M) -> Request<M> {
+        let mut request = Request::new(message);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        request
     }
 
     /// A client of the upstream in use, on the next of its connections in turn, and which
