@@ -14,6 +14,12 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// Every process moves many update-sized buffers (tens of KiB to MiB) between threads:
+/// mimalloc recycles them per thread where glibc's allocator spent a fifth of a round
+/// consolidating and searching its bins.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Federated learning: a crash-safe coordinator and edge clients that keep their data.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about)]

@@ -21,13 +21,39 @@ pub const DEFAULT_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
 
 /// A value that travels in chunks as fixed-width little-endian bytes: f32 for models and
 /// updates, i128 for a sub-aggregator's exact sums.
-pub trait WireValue: Copy {
+pub trait WireValue: Copy + bytemuck::Pod {
     /// Bytes per value.
     const WIDTH: usize;
     /// Appends the value's little-endian bytes.
     fn put(self, out: &mut Vec<u8>);
     /// The value of exactly [`WireValue::WIDTH`] bytes.
     fn get(bytes: &[u8]) -> Self;
+
+    /// Appends the little-endian bytes of every value: one copy on a little-endian machine.
+    fn put_all(values: &[Self], out: &mut Vec<u8>) {
+        if cfg!(target_endian = "little") {
+            out.extend_from_slice(bytemuck::cast_slice(values));
+        } else {
+            for v in values {
+                v.put(out);
+            }
+        }
+    }
+
+    /// Appends the values of `bytes` (a whole number of values, little-endian): one copy on a
+    /// little-endian machine, whatever the alignment of `bytes`.
+    fn get_all(bytes: &[u8], out: &mut Vec<Self>) {
+        if cfg!(target_endian = "little") {
+            let start = out.len();
+            out.resize(
+                start + bytes.len() / Self::WIDTH,
+                <Self as bytemuck::Zeroable>::zeroed(),
+            );
+            bytemuck::cast_slice_mut::<Self, u8>(&mut out[start..]).copy_from_slice(bytes);
+        } else {
+            out.extend(bytes.chunks_exact(Self::WIDTH).map(Self::get));
+        }
+    }
 }
 
 impl WireValue for f32 {
@@ -60,9 +86,7 @@ pub fn encode_chunks<T: WireValue>(
     let per_chunk = (chunk_bytes.clamp(T::WIDTH, MAX_CHUNK_BYTES) / T::WIDTH).max(1);
     values.chunks(per_chunk).enumerate().map(move |(i, part)| {
         let mut data = Vec::with_capacity(part.len() * T::WIDTH);
-        for v in part {
-            v.put(&mut data);
-        }
+        T::put_all(part, &mut data);
         Chunk {
             offset: (i * per_chunk) as u64,
             data: Bytes::from(data),
@@ -73,9 +97,7 @@ pub fn encode_chunks<T: WireValue>(
 /// Little-endian bytes of `values`.
 pub fn encode_f32(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    f32::put_all(values, &mut out);
     out
 }
 
@@ -84,11 +106,7 @@ pub fn decode_f32(bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
     if !bytes.len().is_multiple_of(4) {
         return Err(ProtoError::Misaligned(bytes.len()));
     }
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-    );
+    f32::get_all(bytes, out);
     Ok(())
 }
 
@@ -150,8 +168,7 @@ impl<T: WireValue> Assembler<T> {
                 declared: self.declared,
             });
         }
-        self.values
-            .extend(chunk.data.chunks_exact(T::WIDTH).map(T::get));
+        T::get_all(&chunk.data, &mut self.values);
         Ok(())
     }
 
