@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 
 /// Peak resident memory (`VmHWM`) of process `pid` so far, in KiB, if it still runs.
 pub fn peak_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory (`VmRSS`) of process `pid` now, in KiB, if it still runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -107,6 +116,11 @@ impl Proc {
     /// Its peak resident memory so far, in KiB (0 once it has exited).
     pub fn peak_kib(&self) -> u64 {
         peak_kib(self.child.id()).unwrap_or(0)
+    }
+
+    /// Its resident memory now, in KiB (0 once it has exited).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id()).unwrap_or(0)
     }
 
     /// Every line printed so far.

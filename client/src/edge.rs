@@ -5,6 +5,7 @@
 //! faults ([`crate::faults`]).
 
 use crate::backoff::Backoff;
+use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
@@ -95,6 +96,9 @@ pub struct EdgeClient {
     orphan: Option<KeptUpdate>,
     /// The model code: the built-in models unless [`EdgeClient::with_trainer`] says otherwise.
     trainer: Arc<dyn LocalTrainer>,
+    /// Shared with the process's other clients: a finished update holds its share from
+    /// before the work to the end of its push (none for a lone client).
+    budget: Option<UpdateBudget>,
 }
 
 impl EdgeClient {
@@ -121,7 +125,15 @@ impl EdgeClient {
             last_task: None,
             orphan: None,
             trainer: Arc::new(BuiltinTrainer),
+            budget: None,
         }
+    }
+
+    /// The same client, holding its finished updates within `budget` (shared with the other
+    /// clients of its process).
+    pub fn with_update_budget(mut self, budget: UpdateBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The same client, running `trainer`'s model code instead of the built-in models.
@@ -397,6 +409,11 @@ impl EdgeClient {
             }
             Some(Fault::Straggle(_)) | None => {}
         }
+        // The update's share of the process's budget, held until its push is over.
+        let _held = match &self.budget {
+            Some(budget) => budget.hold(task.global_len).await,
+            None => None,
+        };
         let orphan = self.orphan.take().filter(|o| o.answers(&task));
         let finished = match orphan {
             Some(orphan) => {

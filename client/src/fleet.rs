@@ -8,6 +8,7 @@
 //! none carries more than [`CLIENTS_PER_CHANNEL`], well under the coordinator's per-connection
 //! stream cap: a crowded connection would queue or reset streams, and its clients would starve.
 
+use crate::budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 use crate::cache::GlobalCache;
 use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
@@ -56,6 +57,9 @@ pub struct FleetConfig {
     /// several sub-aggregators. Otherwise all start at the first URL and move together (a
     /// leader and its standbys) [default: false].
     pub spread: bool,
+    /// Bytes of finished updates the fleet holds at once, across its clients (see
+    /// [`crate::budget`]) [default: [`DEFAULT_UPDATE_BUDGET`]].
+    pub update_budget: usize,
 }
 
 /// What one client proves itself with.
@@ -84,6 +88,7 @@ impl FleetConfig {
             failures: None,
             trainer: Arc::new(BuiltinTrainer),
             spread: false,
+            update_budget: DEFAULT_UPDATE_BUDGET,
         }
     }
 }
@@ -135,6 +140,7 @@ pub async fn run_fleet(
         .collect();
     let cache = GlobalCache::default();
     let cpu = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let budget = UpdateBudget::new(config.update_budget);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -181,6 +187,7 @@ pub async fn run_fleet(
             options.clone(),
         )
         .with_faults(config.faults.clone())
+        .with_update_budget(budget.clone())
         .with_trainer(config.trainer.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {

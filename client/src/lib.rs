@@ -2,6 +2,7 @@
 //! that runs many simulated clients in one process.
 
 mod backoff;
+pub mod budget;
 pub mod cache;
 pub mod connection;
 pub mod edge;
@@ -15,6 +16,7 @@ pub mod trainer;
 mod unreachable;
 pub mod work;
 
+pub use budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 pub use edge::{ClientOptions, ClientStats, DEFAULT_GIVE_UP_AFTER, EdgeClient};
 pub use error::{ClientError, Result};
 pub use faults::{Fault, Faults};

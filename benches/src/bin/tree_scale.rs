@@ -2,9 +2,11 @@
 //! memory of every process, all real processes of the `shoal` binary on this machine.
 //!
 //! `cargo run --release -p shoal-benches --bin tree_scale -- --binary target/release/shoal
-//! [--clients 100000 --rounds 4 --levels 0,1,2 --fleets 2 --per-client 2 --hold 0.2]`
+//! [--clients 100000 --rounds 4 --levels 0,1,2 --fleets 2 --per-client 2 --hold 0.2
+//! --model mlp --memory-budget-gib 20]`
 //!
-//! The model is the MLP 64-128-10 (9,610 parameters) on `blobs` (64 features, 10 centres,
+//! The model is the MLP 64-128-10 (9,610 parameters; `--model mlp:13500` has 1,012,510) on
+//! `blobs` (64 features, 10 centres,
 //! `per-client` training examples a client, so every client holds examples), FedAvg with no
 //! local work (`--epochs 0`: a client's update is the global model it fetched), every client in
 //! every round. The clients run in `--fleets` `shoal simulate` processes. Levels: 0, every
@@ -29,6 +31,10 @@ struct Layout<'a> {
     fleets: usize,
     per_client: usize,
     hold: &'a str,
+    model: &'a str,
+    /// All processes together may hold this much resident memory; past it the run is
+    /// stopped and reported as not fitting (instead of the machine running out).
+    budget_kib: u64,
 }
 
 /// What one run measured.
@@ -84,7 +90,7 @@ impl Layout<'_> {
         let mut coordinator = Proc::spawn(
             Command::new(self.binary)
                 .args(["coordinator", "--listen", "127.0.0.1:0", "--quiet"])
-                .args(["--model", "mlp", "--epochs", "0"])
+                .args(["--model", self.model, "--epochs", "0"])
                 .args(["--rounds", &self.rounds.to_string()])
                 .args(["--round-timeout", "600", "--max-streams", "1000000"])
                 .args(self.data_args())
@@ -119,6 +125,14 @@ impl Layout<'_> {
         loop {
             for (peak, (_, p)) in peaks.iter_mut().zip(&procs) {
                 *peak = (*peak).max(p.peak_kib());
+            }
+            let resident: u64 = procs.iter().map(|(_, p)| p.rss_kib()).sum();
+            if resident > self.budget_kib {
+                bail!(
+                    "does not fit: {} MiB resident across the processes, over the budget of {} MiB",
+                    resident / 1024,
+                    self.budget_kib / 1024
+                );
             }
             if let Some(status) = procs[0].1.child.try_wait()? {
                 if !status.success() {
@@ -166,6 +180,10 @@ fn main() -> Result<()> {
     };
     let binary = get("binary", "target/release/shoal")?;
     let hold = get("hold", "0.2")?;
+    let model = get("model", "mlp")?;
+    let budget_gib: u64 = get("memory-budget-gib", "20")?
+        .parse()
+        .context("--memory-budget-gib")?;
     let layout = Layout {
         binary: &binary,
         clients: get("clients", "100000")?.parse().context("--clients")?,
@@ -173,6 +191,8 @@ fn main() -> Result<()> {
         fleets: get("fleets", "2")?.parse().context("--fleets")?,
         per_client: get("per-client", "2")?.parse().context("--per-client")?,
         hold: &hold,
+        model: &model,
+        budget_kib: budget_gib << 20,
     };
     if layout.fleets == 0 || layout.rounds < 2 {
         bail!("--fleets must be at least 1 and --rounds at least 2");

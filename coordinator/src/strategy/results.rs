@@ -81,6 +81,19 @@ impl PartialSum {
         }
     }
 
+    /// Adds `other` into this sum: the sum of both sets of clients, as if folded together
+    /// (integer totals add exactly; one beyond range is refused upstream).
+    pub fn absorb(&mut self, other: &PartialSum) {
+        for (total, t) in self.totals.iter_mut().zip(&other.totals) {
+            *total = total.saturating_add(*t);
+        }
+        for (count, c) in self.counts.iter_mut().zip(&other.counts) {
+            *count = count.saturating_add(*c);
+        }
+        self.reports
+            .extend(other.reports.iter().map(|(id, r)| (id.clone(), r.clone())));
+    }
+
     /// Its messages on the wire, sent by `aggregator` for the round `fence` names: the header
     /// with the first contributions, the rest in batches of at most [`CONTRIBUTION_BATCH_BYTES`]
     /// (so no message outgrows the limit whatever the number of clients), then the totals in
@@ -507,6 +520,31 @@ mod tests {
         assert_eq!(r.sum.as_ref().unwrap().mean().unwrap(), vec![2.0, 1.0]);
         assert_eq!(r.weighted_metric("loss"), Some((9.0 + 1.0) / 4.0));
         assert_eq!(r.summed_metric("loss"), Some(4.0));
+    }
+
+    #[test]
+    fn two_partial_sums_absorbed_into_one_fold_to_the_bits_of_both() {
+        let plan = TaskPlan {
+            kind: TaskKind::Fit,
+            work: Work::Fit(FitConfig::default()),
+            update_len: 3,
+            counts_len: 1,
+            fold: FoldMode::WeightedSum,
+            counts_sum_to_weight: vec![],
+        };
+        let partial_of = |updates: Vec<ClientUpdate>| {
+            let mut acc = RoundAccumulator::new(&plan);
+            for u in updates {
+                acc.accept(u).unwrap();
+            }
+            acc.take_partial().unwrap()
+        };
+        let a = || update("a", 3, vec![0.1, -2.5, 1e-3], vec![4]);
+        let b = || update("b", 7, vec![3.25, 0.7, -1e-4], vec![1]);
+        let c = || update("c", 2, vec![-0.3, 9.0, 0.0], vec![2]);
+        let mut first = partial_of(vec![a(), b()]);
+        first.absorb(&partial_of(vec![c()]));
+        assert_eq!(first, partial_of(vec![a(), b(), c()]));
     }
 
     #[test]

@@ -34,8 +34,7 @@ use crate::error::Result;
 use crate::net::auth::AuthPolicy;
 use crate::strategy::results::PartialSum;
 use crate::{Limits, Security};
-use rounds::Rounds;
-use shoal_proto::v1::Fence;
+use rounds::{RoundState, Rounds};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +109,7 @@ pub(crate) fn upstream_failed(shared: &Arc<Shared>, status: &tonic::Status, used
         for state in shared.rounds.all() {
             for partial in state.sent() {
                 info!(fence = %state.fence, clients = partial.reports.len(), "partial sum sent again to the new upstream");
-                push(&shared, &state.fence, &partial).await;
+                push(&shared, &state, &partial).await;
             }
         }
     });
@@ -188,15 +187,17 @@ async fn flush_loop(shared: Arc<Shared>) {
 async fn flush_all(shared: &Arc<Shared>, hold: Duration) {
     for state in shared.rounds.all() {
         if let Some(partial) = state.take_due(hold) {
-            push(shared, &state.fence, &partial).await;
+            push(shared, &state, &partial).await;
         }
     }
 }
 
-/// Streams one partial sum upstream; a refusal is logged (its updates' round is over, or
-/// they were counted already), not retried; a lost upstream moves to the next address and
-/// the kept partial sums follow.
-async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
+/// Streams one partial sum of the round `state` upstream; a refusal is logged (its updates'
+/// round is over, or they were counted already) and its clients forgotten here, so any the
+/// upstream hands their task again deliver again; a lost upstream moves to the next address
+/// and the kept partial sums follow.
+async fn push(shared: &Arc<Shared>, state: &RoundState, partial: &PartialSum) {
+    let fence = &state.fence;
     let clients = partial.reports.len();
     let parts = partial.to_wire(
         &shared.config.id,
@@ -215,6 +216,9 @@ async fn push(shared: &Arc<Shared>, fence: &Fence, partial: &PartialSum) {
             "partial sum sent upstream"
         ),
         Err(status) => {
+            if status.metadata().get(shoal_proto::REASON_HEADER).is_some() {
+                state.forget(partial);
+            }
             upstream_failed(shared, &status, used);
             warn!(%fence, clients, status = %status.message(), code = ?status.code(), "partial sum refused upstream");
         }

@@ -16,6 +16,10 @@ use tokio::sync::OnceCell;
 /// be on its way up).
 const ROUNDS_KEPT: usize = 2;
 
+/// Partial sums of a round kept apart for a resend; later ones are added into the last, so a
+/// long round of a big model keeps a few sums (16 bytes a value each), not one per flush.
+const SENT_KEPT: usize = 4;
+
 /// One round as seen from a sub-aggregator.
 #[derive(Debug)]
 pub struct RoundState {
@@ -28,8 +32,9 @@ pub struct RoundState {
     /// The round's update-norm rule, made once from the global state.
     pub norm: OnceCell<Option<Arc<crate::aggregate::norm::NormBound>>>,
     folding: Mutex<Folding>,
-    /// Partial sums sent upstream: should the upstream they went to die, the next one gets
-    /// them again (and refuses them whole if they had arrived after all).
+    /// Partial sums sent upstream (at most [`SENT_KEPT`]): should the upstream they went to
+    /// die, the next one gets them again (and refuses them whole if they had arrived after
+    /// all, see [`RoundState::forget`]).
     sent: Mutex<Vec<Arc<PartialSum>>>,
 }
 
@@ -115,8 +120,25 @@ impl RoundState {
         }
         f.oldest_unsent = None;
         let partial = Arc::new(f.accumulator.as_mut()?.take_partial()?);
-        lock(&self.sent).push(partial.clone());
+        let mut sent = lock(&self.sent);
+        let full = sent.len() >= SENT_KEPT;
+        match sent.last_mut() {
+            Some(last) if full => Arc::make_mut(last).absorb(&partial),
+            _ => sent.push(partial.clone()),
+        }
         Some(partial)
+    }
+
+    /// The upstream refused `partial` (a resend that overlaps sums it already has, a round
+    /// over there): its clients may deliver here again, so those the upstream never counted,
+    /// and hands their task again, are not stuck behind this aggregator.
+    pub fn forget(&self, partial: &PartialSum) {
+        let mut f = lock(&self.folding);
+        for client in partial.reports.keys() {
+            if f.folded.remove(client) && f.tasked.contains(client) {
+                f.outstanding.insert(client.clone());
+            }
+        }
     }
 
     /// The partial sums sent upstream so far.
