@@ -136,7 +136,7 @@ impl LimitsArgs {
             }),
             max_update_norm: self.max_update_norm.0,
             norm_policy: self.norm_policy,
-            ..self.serving.limits()?
+            ..self.serving.unchecked()?
         };
         limits.check()?;
         Ok(limits)
@@ -144,9 +144,17 @@ impl LimitsArgs {
 }
 
 impl ServingLimitsArgs {
-    /// The default limits with these flags' values.
+    /// The default limits with these flags' values, checked.
     pub fn limits(&self) -> Result<Limits> {
-        let limits = Limits {
+        let limits = self.unchecked()?;
+        limits.check()?;
+        Ok(limits)
+    }
+
+    /// The default limits with these flags' values, each flag checked alone (the whole is
+    /// checked once the other flags are in).
+    fn unchecked(&self) -> Result<Limits> {
+        Ok(Limits {
             max_update_values: self.max_update_values,
             max_chunk_bytes: self.max_chunk_bytes,
             max_connections: self.max_connections,
@@ -156,9 +164,7 @@ impl ServingLimitsArgs {
             idle_timeout: seconds("--idle-timeout", self.idle_timeout)?,
             request_timeout: seconds("--request-timeout", self.request_timeout)?,
             ..Limits::default()
-        };
-        limits.check()?;
-        Ok(limits)
+        })
     }
 }
 
