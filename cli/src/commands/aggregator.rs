@@ -8,7 +8,7 @@
 //! `shoal client` (`--ca`, `--cert`, `--key`, `--token`), proving its own id, which the
 //! upstream must list in its `--aggregators`.
 
-use crate::commands::client::{TlsArgs, identity, token_for};
+use crate::commands::client::{CredentialArgs, TlsArgs};
 use crate::commands::coordinator::{ServerSecurityArgs, describe};
 use crate::host::ctrl_c;
 use crate::limits_args::ServingLimitsArgs;
@@ -17,7 +17,6 @@ use clap::Args;
 use shoal_client::connection::channel;
 use shoal_client::route::split_urls;
 use shoal_coordinator::sub_aggregator::{AggregatorConfig, Upstream, serve};
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -43,18 +42,12 @@ pub struct AggregatorCmd {
     security: ServerSecurityArgs,
     #[command(flatten)]
     limits: ServingLimitsArgs,
+    // Towards the upstream: how its certificate is checked (--ca, --tls-domain).
     #[command(flatten)]
     upstream_tls: TlsArgs,
-    /// Mutual TLS upstream: this aggregator's certificate (PEM, naming its --id).
-    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
-    cert: Option<PathBuf>,
-    /// The private key of --cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
-    /// This aggregator's bearer token upstream: a file holding the token, or a
-    /// `CLIENT_ID TOKEN` list with a line for its --id.
-    #[arg(long, value_name = "FILE")]
-    token: Option<PathBuf>,
+    // Towards the upstream: this aggregator's certificate and/or token, naming its --id.
+    #[command(flatten)]
+    credentials: CredentialArgs,
 }
 
 impl AggregatorCmd {
@@ -70,9 +63,7 @@ impl AggregatorCmd {
         let limits = self.limits.limits()?;
         let urls = split_urls(&self.upstream);
         let mut tls = self.upstream_tls.load(None)?;
-        if let (Some(tls), Some(cert), Some(key)) = (&mut tls, &self.cert, &self.key) {
-            tls.identity = Some(identity(cert, key)?);
-        }
+        self.credentials.add_identity(&mut tls)?;
         let listener = TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;
@@ -88,8 +79,8 @@ impl AggregatorCmd {
         let mut upstream = Upstream::with_channels(&urls, max_message, |url| {
             channel(url, tls.as_ref()).map_err(|e| e.to_string())
         })?;
-        if let Some(path) = &self.token {
-            upstream = upstream.with_token(&token_for(path, &id)?)?;
+        if let Some(token) = self.credentials.token(&id)? {
+            upstream = upstream.with_token(&token)?;
         }
         eprintln!(
             "aggregator {id} listening on {addr}, upstream {}, {}",

@@ -46,6 +46,40 @@ impl TlsArgs {
     }
 }
 
+/// How a client, or an aggregator towards its upstream, proves its id (shared by `client`
+/// and `aggregator`).
+#[derive(Debug, Default, Clone, Args)]
+pub struct CredentialArgs {
+    /// Mutual TLS: the certificate naming this id (PEM, e.g. client-ID.pem from `shoal certs`).
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The bearer token of this id: a file holding the token, or a `CLIENT_ID TOKEN` list
+    /// (tokens.txt from `shoal certs --tokens`) with a line for it.
+    #[arg(long, value_name = "FILE")]
+    pub token: Option<PathBuf>,
+}
+
+impl CredentialArgs {
+    /// Adds the client certificate to `tls`, if both are given.
+    pub fn add_identity(&self, tls: &mut Option<ClientTls>) -> Result<()> {
+        if let (Some(tls), Some(cert), Some(key)) = (tls, &self.cert, &self.key) {
+            tls.identity = Some(identity(cert, key)?);
+        }
+        Ok(())
+    }
+
+    /// The bearer token of `id`, if a token file is given.
+    pub fn token(&self, id: &str) -> Result<Option<String>> {
+        self.token
+            .as_deref()
+            .map(|path| token_for(path, id))
+            .transpose()
+    }
+}
+
 /// Reads a text file, naming it in the error.
 pub fn read(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
@@ -67,7 +101,7 @@ pub fn read_tokens(path: &Path) -> Result<std::collections::BTreeMap<String, Str
 
 /// The token of client `id` in `path`: the file's only word, or the `id` line of a
 /// `CLIENT_ID TOKEN` list.
-pub fn token_for(path: &Path, id: &str) -> Result<String> {
+fn token_for(path: &Path, id: &str) -> Result<String> {
     let text = read(path, "token file")?;
     let words: Vec<&str> = text.split_whitespace().collect();
     if let [token] = words.as_slice() {
@@ -104,16 +138,8 @@ pub struct ClientCmd {
     options: ClientDataOptions,
     #[command(flatten)]
     tls: TlsArgs,
-    /// Mutual TLS: this client's certificate (PEM, e.g. client-ID.pem from `shoal certs`).
-    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
-    cert: Option<PathBuf>,
-    /// The private key of --cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    key: Option<PathBuf>,
-    /// This client's bearer token: a file holding the token, or a `CLIENT_ID TOKEN` list
-    /// (tokens.txt from `shoal certs --tokens`).
-    #[arg(long, value_name = "FILE")]
-    token: Option<PathBuf>,
+    #[command(flatten)]
+    credentials: CredentialArgs,
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = shoal_client::DEFAULT_GIVE_UP_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     give_up_after: u64,
@@ -154,11 +180,9 @@ impl ClientCmd {
         };
         let id = self.id.unwrap_or_else(|| client_id("client", self.index));
         let mut tls = self.tls.load(None)?;
-        if let (Some(tls), Some(cert), Some(key)) = (&mut tls, &self.cert, &self.key) {
-            tls.identity = Some(identity(cert, key)?);
-        }
-        let auth = match &self.token {
-            Some(path) => BearerAuth::token(&token_for(path, &id)?)?,
+        self.credentials.add_identity(&mut tls)?;
+        let auth = match self.credentials.token(&id)? {
+            Some(token) => BearerAuth::token(&token)?,
             None => BearerAuth::none(),
         };
         let urls = split_urls(&self.coordinator);

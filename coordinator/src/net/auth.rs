@@ -218,6 +218,16 @@ fn untrusted_reason(err: &webpki::Error, self_signed: bool) -> String {
     }
 }
 
+/// What a request claims to be: a client (or an aggregator relaying for it), or the
+/// sub-aggregator sending a partial sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The id is a client's: [`AuthPolicy::check`].
+    Client,
+    /// The id is the sub-aggregator's own: [`AuthPolicy::check_aggregator`].
+    Aggregator,
+}
+
 /// What a request must prove, as configured on the coordinator.
 #[derive(Debug, Clone, Default)]
 pub struct AuthPolicy {
@@ -239,6 +249,25 @@ impl AuthPolicy {
     /// True if the policy checks nothing.
     pub fn is_open(&self) -> bool {
         self.client_ca.is_none() && self.tokens.is_none()
+    }
+
+    /// Checks the credentials of `request` (its TLS client certificate, its bearer token)
+    /// against the id it claims, as a client or as a sub-aggregator.
+    pub fn check_request<T>(
+        &self,
+        request: &tonic::Request<T>,
+        claimed: &str,
+        claim: Claim,
+    ) -> Result<(), AuthError> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let certs = request.peer_certs();
+        let certs = certs.as_deref().map(Vec::as_slice);
+        match claim {
+            Claim::Client => self.check(certs, request.metadata(), claimed),
+            Claim::Aggregator => self.check_aggregator(certs, request.metadata(), claimed),
+        }
     }
 
     /// Checks a request's credentials against the id it claims: they must prove that client,

@@ -6,7 +6,7 @@
 use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
-use crate::net::auth::AuthPolicy;
+use crate::net::auth::{AuthPolicy, Claim};
 use crate::net::upload::{self, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
@@ -96,36 +96,22 @@ impl FleetService {
     /// Refuses `request` unless its credentials (the TLS client certificate, the bearer token)
     /// prove the client id it claims, or a sub-aggregator relaying for it.
     fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
-        self.authorize_as(request, claimed, AuthPolicy::check)
+        self.authorize_as(request, claimed, Claim::Client)
     }
 
     /// Refuses a partial sum unless its credentials prove the sub-aggregator it names, and
     /// that one is listed as an aggregator.
     fn authorize_aggregator<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
-        self.authorize_as(request, claimed, AuthPolicy::check_aggregator)
+        self.authorize_as(request, claimed, Claim::Aggregator)
     }
 
     fn authorize_as<T>(
         &self,
         request: &Request<T>,
         claimed: &str,
-        check: impl FnOnce(
-            &AuthPolicy,
-            Option<&[rustls_pki_types::CertificateDer<'static>]>,
-            &tonic::metadata::MetadataMap,
-            &str,
-        ) -> Result<(), crate::net::auth::AuthError>,
+        claim: Claim,
     ) -> Result<(), Status> {
-        if self.auth.is_open() {
-            return Ok(());
-        }
-        let certs = request.peer_certs();
-        let checked = check(
-            &self.auth,
-            certs.as_deref().map(Vec::as_slice),
-            request.metadata(),
-            claimed,
-        );
+        let checked = self.auth.check_request(request, claimed, claim);
         checked.map_err(|err| {
             let err = CoordinatorError::from(err);
             let refusal = err.refusal();

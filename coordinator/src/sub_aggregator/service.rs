@@ -6,7 +6,7 @@ use super::rounds::RoundState;
 use crate::NormPolicy;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
-use crate::net::auth::AuthPolicy;
+use crate::net::auth::Claim;
 use crate::net::service::{ChunkStream, chunk_stream};
 use crate::net::upload::{self, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
@@ -21,7 +21,6 @@ use shoal_proto::v1::{
 use shoal_proto::{ChunkAssembler, SumAssembler};
 use std::future::Future;
 use std::sync::Arc;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -38,46 +37,24 @@ impl AggregatorService {
     }
 
     /// Refuses `request` unless its credentials prove the client id it claims (or a child
-    /// aggregator relaying for it), as a coordinator would.
-    fn authorize<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
-        self.authorize_as(request, claimed, AuthPolicy::check)
-    }
-
-    /// Refuses a partial sum unless its credentials prove the child aggregator it names, and
-    /// that one is listed as an aggregator here.
-    fn authorize_aggregator<T>(&self, request: &Request<T>, claimed: &str) -> Result<(), Status> {
-        self.authorize_as(request, claimed, AuthPolicy::check_aggregator)
-    }
-
-    fn authorize_as<T>(
+    /// aggregator relaying for it, or, with [`Claim::Aggregator`], that it is a child
+    /// aggregator listed here), as a coordinator would.
+    fn authorize<T>(
         &self,
         request: &Request<T>,
         claimed: &str,
-        check: impl FnOnce(
-            &AuthPolicy,
-            Option<&[rustls_pki_types::CertificateDer<'static>]>,
-            &MetadataMap,
-            &str,
-        ) -> Result<(), crate::net::auth::AuthError>,
+        claim: Claim,
     ) -> Result<(), Status> {
-        let auth = &self.shared.auth;
-        if auth.is_open() {
-            return Ok(());
-        }
-        let certs = request.peer_certs();
-        check(
-            auth,
-            certs.as_deref().map(Vec::as_slice),
-            request.metadata(),
-            claimed,
-        )
-        .map_err(|err| {
-            let err = CoordinatorError::from(err);
-            let refusal = err.refusal();
-            self.shared.refusals.record(refusal);
-            debug!(client = %claimed, peer = ?request.remote_addr(), error = %err, %refusal, "request refused");
-            Status::from(err)
-        })
+        self.shared
+            .auth
+            .check_request(request, claimed, claim)
+            .map_err(|err| {
+                let err = CoordinatorError::from(err);
+                let refusal = err.refusal();
+                self.shared.refusals.record(refusal);
+                debug!(client = %claimed, peer = ?request.remote_addr(), error = %err, %refusal, "request refused");
+                Status::from(err)
+            })
     }
 
     /// `message` as a request upstream, with this aggregator's credentials.
@@ -211,7 +188,7 @@ impl AggregatorService {
 #[tonic::async_trait]
 impl Fleet for AggregatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
+        self.authorize(&request, &request.get_ref().client_id, Claim::Client)?;
         if self.end_to_tell().is_some() {
             // Its next pull hears the end of the run, from here.
             return Ok(Response::new(JoinReply {
@@ -226,7 +203,7 @@ impl Fleet for AggregatorService {
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
+        self.authorize(&request, &request.get_ref().client_id, Claim::Client)?;
         if let Some(finished) = self.end_to_tell() {
             return Ok(Response::new(PullReply {
                 reply: Some(Reply::Finished(finished)),
@@ -257,7 +234,7 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchGlobalStream>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
+        self.authorize(&request, &request.get_ref().client_id, Claim::Client)?;
         let fence = request
             .get_ref()
             .fence
@@ -275,7 +252,7 @@ impl Fleet for AggregatorService {
         let header = upload::header(request.get_mut())
             .await
             .map_err(UploadError::status)?;
-        self.authorize(&request, &header.client_id)?;
+        self.authorize(&request, &header.client_id, Claim::Client)?;
         let mut parts = request.into_inner();
         let fence = header
             .fence
@@ -322,7 +299,7 @@ impl Fleet for AggregatorService {
         let mut header = upload::header(request.get_mut())
             .await
             .map_err(UploadError::status)?;
-        self.authorize_aggregator(&request, &header.aggregator_id)?;
+        self.authorize(&request, &header.aggregator_id, Claim::Aggregator)?;
         let mut parts = request.into_inner();
         upload::contributions(&mut parts, &mut header)
             .await
@@ -351,7 +328,7 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<AbandonRequest>,
     ) -> Result<Response<AbandonReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
+        self.authorize(&request, &request.get_ref().client_id, Claim::Client)?;
         let req = request.get_ref();
         if let Some(state) = req
             .fence
@@ -367,7 +344,7 @@ impl Fleet for AggregatorService {
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
+        self.authorize(&request, &request.get_ref().client_id, Claim::Client)?;
         self.shared.rounds.left(&request.get_ref().client_id);
         self.shared.wake.notify_one();
         if self.shared.run_over.get().is_some() {
