@@ -89,6 +89,21 @@ fn identity(pem: &CertifiedPem) -> TlsIdentity {
     }
 }
 
+/// A coordinator of a one-round logistic-regression run for three clients, served with
+/// `security`.
+async fn serve_logreg(security: Security) -> common::Running {
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    common::start_with(
+        common::config(3, 1),
+        spec,
+        split.test,
+        Limits::default(),
+        security,
+    )
+    .await
+}
+
 /// A protocol client over TLS presenting `cert` (if any) and `token` (if any).
 fn dial(url: &str, tls: ClientTls, cert: Option<TlsIdentity>, token: Option<&str>) -> Fleet {
     let tls = match cert {
@@ -400,16 +415,7 @@ async fn a_mutual_tls_run_completes_while_impostors_are_refused() {
 async fn tokens_over_tls_authenticate_without_client_certificates() {
     let certs = Certs::new();
     let security = certs.server().with_tokens(certs.token_table());
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let running = common::start_with(
-        common::config(3, 1),
-        spec,
-        split.test,
-        Limits::default(),
-        security,
-    )
-    .await;
+    let running = serve_logreg(security).await;
     let url = running.url.clone();
     let mut fleet = dial(&url, certs.tls(), None, Some(&certs.tokens[A]));
     join(&mut fleet, A).await.unwrap();
@@ -426,16 +432,7 @@ async fn tokens_over_tls_authenticate_without_client_certificates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_check_the_coordinator_certificate() {
     let certs = Certs::new();
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let running = common::start_with(
-        common::config(3, 1),
-        spec,
-        split.test,
-        Limits::default(),
-        certs.server(),
-    )
-    .await;
+    let running = serve_logreg(certs.server()).await;
     let url = running.url.clone();
     // The right CA and name: in.
     join(&mut dial(&url, certs.tls(), None, None), A)
@@ -573,16 +570,7 @@ async fn a_listed_aggregator_speaks_for_its_clients_and_only_it_sends_partial_su
         .with_tokens(certs.token_table())
         .with_aggregators([AGG])
         .unwrap();
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let running = common::start_with(
-        common::config(3, 1),
-        spec,
-        split.test,
-        Limits::default(),
-        security,
-    )
-    .await;
+    let running = serve_logreg(security).await;
     let url = running.url.clone();
     let (token_a, token_agg) = (certs.tokens[A].as_str(), certs.tokens[AGG].as_str());
 
