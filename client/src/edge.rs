@@ -411,7 +411,7 @@ impl EdgeClient {
         }
         // The update's share of the process's budget, held until its push is over.
         let _held = match &self.budget {
-            Some(budget) => budget.hold(task.global_len).await,
+            Some(budget) => budget.hold(task.update_len).await,
             None => None,
         };
         let orphan = self.orphan.take().filter(|o| o.answers(&task));

@@ -383,6 +383,11 @@ impl RoundAccumulator {
         Ok(())
     }
 
+    /// True if `client`'s update is in what was folded since the last partial sum.
+    pub fn holds(&self, client: &str) -> bool {
+        self.reports.contains_key(client)
+    }
+
     /// Hands over what was folded so far as a partial sum and starts again from nothing (a
     /// sub-aggregator sending upstream); `None` if nothing was folded since the last time.
     pub fn take_partial(&mut self) -> Option<PartialSum> {

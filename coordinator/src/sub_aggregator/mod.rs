@@ -196,7 +196,7 @@ async fn flush_all(shared: &Arc<Shared>, hold: Duration) {
 /// round is over, or they were counted already) and its clients forgotten here, so any the
 /// upstream hands their task again deliver again; a lost upstream moves to the next address
 /// and the kept partial sums follow.
-async fn push(shared: &Arc<Shared>, state: &RoundState, partial: &PartialSum) {
+async fn push(shared: &Arc<Shared>, state: &RoundState, partial: &Arc<PartialSum>) {
     let fence = &state.fence;
     let clients = partial.reports.len();
     let parts = partial.to_wire(
@@ -209,12 +209,15 @@ async fn push(shared: &Arc<Shared>, state: &RoundState, partial: &PartialSum) {
         .push_partial(shared.upstream.request(tokio_stream::iter(parts)))
         .await
     {
-        Ok(reply) => info!(
-            %fence,
-            clients,
-            accepted_in_round = reply.get_ref().accepted_in_round,
-            "partial sum sent upstream"
-        ),
+        Ok(reply) => {
+            state.acknowledged(partial);
+            info!(
+                %fence,
+                clients,
+                accepted_in_round = reply.get_ref().accepted_in_round,
+                "partial sum sent upstream"
+            );
+        }
         Err(status) => {
             if status.metadata().get(shoal_proto::REASON_HEADER).is_some() {
                 state.forget(partial);

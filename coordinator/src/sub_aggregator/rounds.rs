@@ -16,9 +16,19 @@ use tokio::sync::OnceCell;
 /// be on its way up).
 const ROUNDS_KEPT: usize = 2;
 
-/// Partial sums of a round kept apart for a resend; later ones are added into the last, so a
-/// long round of a big model keeps a few sums (16 bytes a value each), not one per flush.
+/// Partial sums of a round kept apart for a resend; past it, sums the upstream acknowledged
+/// are added together, so a long round of a big model keeps a few sums (16 bytes a value
+/// each), not one per flush. Sums not acknowledged yet are never merged: a resend of those
+/// must not be refused for the sake of sums the upstream already has.
 const SENT_KEPT: usize = 4;
+
+/// A partial sum sent upstream, kept for a resend.
+#[derive(Debug)]
+struct Sent {
+    partial: Arc<PartialSum>,
+    /// The upstream accepted it.
+    acknowledged: bool,
+}
 
 /// One round as seen from a sub-aggregator.
 #[derive(Debug)]
@@ -35,7 +45,7 @@ pub struct RoundState {
     /// Partial sums sent upstream (at most [`SENT_KEPT`]): should the upstream they went to
     /// die, the next one gets them again (and refuses them whole if they had arrived after
     /// all, see [`RoundState::forget`]).
-    sent: Mutex<Vec<Arc<PartialSum>>>,
+    sent: Mutex<Vec<Sent>>,
 }
 
 /// The round's running sum and who is in it.
@@ -120,30 +130,53 @@ impl RoundState {
         }
         f.oldest_unsent = None;
         let partial = Arc::new(f.accumulator.as_mut()?.take_partial()?);
-        let mut sent = lock(&self.sent);
-        let full = sent.len() >= SENT_KEPT;
-        match sent.last_mut() {
-            Some(last) if full => Arc::make_mut(last).absorb(&partial),
-            _ => sent.push(partial.clone()),
-        }
+        lock(&self.sent).push(Sent {
+            partial: partial.clone(),
+            acknowledged: false,
+        });
         Some(partial)
     }
 
+    /// The upstream accepted `partial`: it may now be merged with other acknowledged sums.
+    pub fn acknowledged(&self, partial: &Arc<PartialSum>) {
+        let mut sent = lock(&self.sent);
+        if let Some(entry) = sent.iter_mut().find(|s| Arc::ptr_eq(&s.partial, partial)) {
+            entry.acknowledged = true;
+        }
+        while sent.len() > SENT_KEPT {
+            let mut acked = sent.iter().enumerate().filter(|(_, s)| s.acknowledged);
+            let (Some((first, _)), Some((second, _))) = (acked.next(), acked.next()) else {
+                break;
+            };
+            let merged = sent.remove(second).partial;
+            Arc::make_mut(&mut sent[first].partial).absorb(&merged);
+        }
+    }
+
     /// The upstream refused `partial` (a resend that overlaps sums it already has, a round
-    /// over there): its clients may deliver here again, so those the upstream never counted,
-    /// and hands their task again, are not stuck behind this aggregator.
-    pub fn forget(&self, partial: &PartialSum) {
+    /// over there, a full server): it is not kept for a resend, and its clients may deliver
+    /// here again, so those the upstream never counted, and hands their task again, are not
+    /// stuck behind this aggregator. A client whose update waits in the sum not yet sent
+    /// stays counted here: no update is ever in one sum twice.
+    pub fn forget(&self, partial: &Arc<PartialSum>) {
+        lock(&self.sent).retain(|s| !Arc::ptr_eq(&s.partial, partial));
         let mut f = lock(&self.folding);
         for client in partial.reports.keys() {
-            if f.folded.remove(client) && f.tasked.contains(client) {
+            let pending = f.accumulator.as_ref().is_some_and(|a| a.holds(client));
+            if !pending && f.folded.remove(client) && f.tasked.contains(client) {
                 f.outstanding.insert(client.clone());
             }
         }
     }
 
+    /// True if `client` was handed this round's task through here.
+    pub fn was_tasked(&self, client: &str) -> bool {
+        lock(&self.folding).tasked.contains(client)
+    }
+
     /// The partial sums sent upstream so far.
     pub fn sent(&self) -> Vec<Arc<PartialSum>> {
-        lock(&self.sent).clone()
+        lock(&self.sent).iter().map(|s| s.partial.clone()).collect()
     }
 }
 
@@ -202,5 +235,95 @@ impl Rounds {
         for state in lock(&self.rounds).values() {
             state.gone(client);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::strategy::results::ClientUpdate;
+    use shoal_proto::v1::FoldKind;
+
+    /// A round of two-value updates summed by weight, its task handed to `clients`.
+    fn round(clients: &[&str]) -> (Rounds, Arc<RoundState>) {
+        let fence = Fence {
+            epoch: 1,
+            round: 1,
+            ..Fence::default()
+        };
+        let task = Task {
+            fence: Some(fence.clone()),
+            update_len: 2,
+            global_len: 2,
+            fold: FoldKind::WeightedSum as i32,
+            ..Task::default()
+        };
+        let rounds = Rounds::default();
+        for client in clients {
+            rounds.tasked(client, &task);
+        }
+        let state = rounds.get(&fence).unwrap();
+        (rounds, state)
+    }
+
+    fn deliver(state: &RoundState, client: &str) -> Result<usize> {
+        state.fold(Delivery::Update(ClientUpdate {
+            client_id: client.into(),
+            weight: 1,
+            payload: vec![1.0, 2.0],
+            counts: vec![],
+            metrics: BTreeMap::new(),
+        }))
+    }
+
+    #[test]
+    fn only_acknowledged_sums_are_merged_for_a_resend() {
+        let ids: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (_rounds, state) = round(&names);
+        let mut sums = Vec::new();
+        for id in &names {
+            deliver(&state, id).unwrap();
+            sums.push(state.take_due(Duration::ZERO).unwrap());
+        }
+        // Nothing acknowledged: all seven kept apart.
+        assert_eq!(state.sent().len(), 7);
+        for sum in &sums[..5] {
+            state.acknowledged(sum);
+        }
+        // Five acknowledged sums merged down to the cap; the two in flight stay apart.
+        let sent = state.sent();
+        assert_eq!(sent.len(), SENT_KEPT);
+        assert_eq!(sent[0].reports.len(), 4);
+        assert!(sent.iter().any(|s| Arc::ptr_eq(s, &sums[6])));
+        let clients: usize = sent.iter().map(|s| s.reports.len()).sum();
+        assert_eq!(clients, 7);
+    }
+
+    #[test]
+    fn a_refused_sum_frees_its_clients_but_never_one_waiting_in_the_next_sum() {
+        let (_rounds, state) = round(&["a", "b"]);
+        deliver(&state, "a").unwrap();
+        let first = state.take_due(Duration::ZERO).unwrap();
+        // Refused upstream: "a" may deliver again, once.
+        state.forget(&first);
+        assert!(state.sent().is_empty());
+        deliver(&state, "a").unwrap();
+        assert!(matches!(
+            deliver(&state, "a"),
+            Err(CoordinatorError::Duplicate(_))
+        ));
+        // Another refusal of the old sum while "a" waits in the next one: "a" stays counted.
+        state.forget(&first);
+        assert!(matches!(
+            deliver(&state, "a"),
+            Err(CoordinatorError::Duplicate(_))
+        ));
+        assert!(matches!(
+            deliver(&state, "nobody"),
+            Err(CoordinatorError::NotSelected(_))
+        ));
+        assert!(state.was_tasked("b") && !state.was_tasked("nobody"));
     }
 }

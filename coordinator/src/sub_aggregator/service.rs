@@ -57,6 +57,16 @@ impl AggregatorService {
             })
     }
 
+    /// Refuses a client that was not handed the round's task here, before any work for it
+    /// (the round's global state is for the clients the coordinator selected).
+    fn check_tasked(state: &RoundState, client: &str) -> Result<(), Status> {
+        if state.was_tasked(client) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::NotSelected(client.to_owned()).into())
+        }
+    }
+
     /// `message` as a request upstream, with this aggregator's credentials.
     fn relayed<M>(&self, request: Request<M>) -> Request<M> {
         self.shared.upstream.request(request.into_inner())
@@ -241,6 +251,7 @@ impl Fleet for AggregatorService {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("fetch has no fence".into()))?;
         let state = self.shared.rounds.get(&fence)?;
+        Self::check_tasked(&state, &request.get_ref().client_id)?;
         let chunks = self.global(&state, request.into_inner()).await?;
         Ok(Response::new(chunk_stream(chunks)))
     }
@@ -259,6 +270,7 @@ impl Fleet for AggregatorService {
             .clone()
             .ok_or_else(|| CoordinatorError::Malformed("update header has no fence".into()))?;
         let state = self.shared.rounds.get(&fence)?;
+        Self::check_tasked(&state, &header.client_id)?;
         if !state.sums() {
             // Kept whole upstream: pass the stream on as it came.
             let mut all = vec![UpdatePart {
