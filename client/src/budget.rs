@@ -44,12 +44,6 @@ impl UpdateBudget {
     }
 }
 
-impl Default for UpdateBudget {
-    fn default() -> Self {
-        Self::new(DEFAULT_UPDATE_BUDGET)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

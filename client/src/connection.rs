@@ -163,16 +163,9 @@ impl BearerAuth {
 
     /// Sends `token` (printable ASCII, no spaces).
     pub fn token(token: &str) -> Result<Self> {
-        let token = token.trim();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ClientError::Credentials(
-                "a bearer token must be printable ASCII without spaces".into(),
-            ));
-        }
-        let mut header: MetadataValue<Ascii> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Credentials("bearer token is not a valid header".into()))?;
-        header.set_sensitive(true);
+        let header = shoal_proto::bearer_header(token).ok_or_else(|| {
+            ClientError::Credentials("a bearer token must be printable ASCII without spaces".into())
+        })?;
         Ok(Self {
             header: Some(header),
         })

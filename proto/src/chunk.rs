@@ -21,9 +21,10 @@ pub const DEFAULT_CHUNK_BYTES: usize = MAX_CHUNK_BYTES;
 
 /// A value that travels in chunks as fixed-width little-endian bytes: f32 for models and
 /// updates, i128 for a sub-aggregator's exact sums.
-pub trait WireValue: Copy + bytemuck::Pod {
-    /// Bytes per value.
-    const WIDTH: usize;
+pub trait WireValue: bytemuck::Pod {
+    /// Bytes per value: the value's own size (a plain-old-data type, sent as it lies in memory
+    /// on a little-endian machine).
+    const WIDTH: usize = std::mem::size_of::<Self>();
     /// Appends the value's little-endian bytes.
     fn put(self, out: &mut Vec<u8>);
     /// The value of exactly [`WireValue::WIDTH`] bytes.
@@ -40,9 +41,10 @@ pub trait WireValue: Copy + bytemuck::Pod {
         }
     }
 
-    /// Appends the values of `bytes` (a whole number of values, little-endian): one copy on a
-    /// little-endian machine, whatever the alignment of `bytes`.
+    /// Appends the values of `bytes` (little-endian; a trailing partial value is ignored): one
+    /// copy on a little-endian machine, whatever the alignment of `bytes`.
     fn get_all(bytes: &[u8], out: &mut Vec<Self>) {
+        let bytes = &bytes[..bytes.len() - bytes.len() % Self::WIDTH];
         if cfg!(target_endian = "little") {
             let start = out.len();
             out.resize(
@@ -57,7 +59,6 @@ pub trait WireValue: Copy + bytemuck::Pod {
 }
 
 impl WireValue for f32 {
-    const WIDTH: usize = 4;
     fn put(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
     }
@@ -67,7 +68,6 @@ impl WireValue for f32 {
 }
 
 impl WireValue for i128 {
-    const WIDTH: usize = 16;
     fn put(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
     }

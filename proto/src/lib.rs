@@ -19,6 +19,22 @@ pub use error::{ProtoError, Result};
 /// code says, so a client may treat it as transient and retry.
 pub const REASON_HEADER: &str = "shoal-reason";
 
+/// The `authorization` value of bearer `token` (`Bearer TOKEN`, marked sensitive so it is
+/// never logged), as clients and sub-aggregators send it; `None` unless the token, trimmed, is
+/// printable ASCII without spaces.
+pub fn bearer_header(
+    token: &str,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let token = token.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse().ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
 /// Metadata key a standby coordinator puts on its refusals (reason `standby`): the URL of the
 /// leader clients should move to, when one is elected.
 pub const LEADER_HEADER: &str = "shoal-leader";

@@ -399,11 +399,12 @@ impl Coordinator {
             Phase::Finished(reason) => Ok(Some(Reply::Finished(Finished {
                 reason: reason.clone(),
             }))),
-            // A later request of this client superseded this pull: the task is for that one.
-            Phase::Open(round) if !newest && round.owes_task(client_id) => {
-                Ok(Some(Reply::Wait(Wait { retry_after_ms: 0 })))
-            }
             Phase::Open(round) if round.owes_task(client_id) => {
+                if !newest {
+                    // A later request of this client superseded this pull: the task is for
+                    // that one.
+                    return Ok(Some(Reply::Wait(Wait { retry_after_ms: 0 })));
+                }
                 round.tasked.insert(client_id.to_owned());
                 let mut task: Task = round.task.clone();
                 task.seed = derive_seed(

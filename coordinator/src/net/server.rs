@@ -94,7 +94,7 @@ impl Security {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        if self.policy().is_open() {
+        if self.client_ca.is_none() && self.tokens.is_none() {
             return Err(CoordinatorError::Config(
                 "naming aggregators needs client authentication (a client CA or tokens)".into(),
             ));
@@ -201,9 +201,9 @@ async fn serve_fleet(
     fleet: FleetService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let limits = coordinator.shared.limits.clone();
     let refusals = coordinator.refusal_counter();
-    serve_guarded(listener, &limits, refusals, &security, fleet, shutdown).await
+    let limits = &coordinator.shared.limits;
+    serve_guarded(listener, limits, refusals, &security, fleet, shutdown).await
 }
 
 /// Serves the fleet protocol as `fleet` implements it (a coordinator's, a sub-aggregator's) on

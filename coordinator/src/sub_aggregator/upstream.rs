@@ -5,7 +5,7 @@ use crate::error::{CoordinatorError, Result};
 use shoal_proto::v1::fleet_client::FleetClient;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::warn;
 
@@ -29,23 +29,6 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Plaintext channels to every URL (`http://HOST:PORT`), connected on first use; no
-    /// credentials.
-    pub fn new(urls: &[String], max_message_bytes: usize) -> Result<Self> {
-        Self::with_channels(urls, max_message_bytes, |url| {
-            if !url.starts_with("http://") {
-                return Err(format!(
-                    "{url:?}: expected http://HOST:PORT (https:// needs the CA to check it against)"
-                ));
-            }
-            let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
-            Ok(endpoint
-                .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-                .keep_alive_while_idle(true)
-                .connect_lazy())
-        })
-    }
-
     /// [`CONNECTIONS_PER_UPSTREAM`] channels to every URL, each made by `connect` (which sets
     /// up TLS and the client certificate, as a client's channel is made).
     pub fn with_channels(
@@ -84,14 +67,9 @@ impl Upstream {
 
     /// Sends `token` as this aggregator's bearer token with every request upstream.
     pub fn with_token(mut self, token: &str) -> Result<Self> {
-        let token = token.trim();
-        let bad = || CoordinatorError::Config("a bearer token must be printable ASCII".into());
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad());
-        }
-        let mut header: MetadataValue<Ascii> =
-            format!("Bearer {token}").parse().map_err(|_| bad())?;
-        header.set_sensitive(true);
+        let header = shoal_proto::bearer_header(token).ok_or_else(|| {
+            CoordinatorError::Config("a bearer token must be printable ASCII without spaces".into())
+        })?;
         self.bearer = Some(header);
         Ok(self)
     }
