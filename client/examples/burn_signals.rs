@@ -63,8 +63,7 @@ impl SignalNet {
 }
 
 fn cpu() -> Device {
-    #[allow(deprecated)]
-    Device::ndarray()
+    Device::flex()
 }
 
 /// Rows `idx` of `data` as a `[n, LENGTH]` tensor and their labels.

@@ -4,7 +4,7 @@
 //! Everything crosses crate boundaries as plain data: a [`ModelSpec`] says which model,
 //! a `Vec<f32>` laid out by its [`Manifest`] holds the parameters, and a
 //! [`shoal_datasets::Dataset`] holds the examples. The functions here build the burn model
-//! once per call, run synchronously on the CPU (ndarray backend) and return plain data again;
+//! once per call, run synchronously on the CPU (burn's flex backend) and return plain data again;
 //! callers on an async runtime should run them on a blocking thread.
 //!
 //! * [`init_params`]: a seeded, bit-reproducible starting point.
@@ -15,7 +15,6 @@
 //! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
 
 mod batch;
-mod conv;
 mod device;
 mod error;
 mod eval;
@@ -26,6 +25,7 @@ mod loss;
 mod manifest;
 mod net;
 mod params;
+mod peak;
 mod sgd;
 mod spec;
 mod train;
@@ -39,6 +39,7 @@ pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_sa
 pub use grad::{GradReport, gradient};
 pub use manifest::{Manifest, ParamEntry, module_layout};
 pub use params::{init_params, load_module, module_params};
+pub use peak::gemm_gflops;
 pub use sgd::sgd_step;
 pub use spec::{
     CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, EVAL_BATCH_SIZE, MAX_PARAMS, ModelKind, ModelSpec,

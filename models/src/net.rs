@@ -11,7 +11,6 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::conv::conv2d_same;
 use crate::error::Result;
 use crate::spec::{CNN_IMAGE_SIDE, ModelKind, ModelSpec};
 
@@ -88,7 +87,7 @@ impl DenseNet {
 }
 
 /// conv5x5(32) relu pool2, conv5x5(64) relu pool2, fc 512 relu, fc classes. The
-/// convolutions keep burn's `Conv2d` parameters but run through [`conv2d_same`].
+/// convolutions are burn's own (im2col and a matrix product on the flex backend).
 #[derive(Module, Debug)]
 pub(crate) struct CnnNet {
     conv1: Conv2d,
@@ -124,8 +123,8 @@ impl CnnNet {
     fn forward(&self, input: Tensor<2>) -> Tensor<2> {
         let [batch, _] = input.dims();
         let x = input.reshape([batch, 1, CNN_IMAGE_SIDE, CNN_IMAGE_SIDE]);
-        let x = self.pool.forward(relu(conv2d_same(x, &self.conv1)));
-        let x = self.pool.forward(relu(conv2d_same(x, &self.conv2)));
+        let x = self.pool.forward(relu(self.conv1.forward(x)));
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(self.fc1.forward(x));
         self.fc2.forward(x)

@@ -202,19 +202,29 @@ mod tests {
         assert_ne!(a, c);
     }
 
+    /// The backend spreads products and convolutions over a thread pool; two trainings at
+    /// once share it, and neither may see its numbers change.
     #[test]
     fn concurrent_runs_match_sequential_ones() {
-        let data = digits_head(200);
-        let spec = mlp_spec();
-        let params = init_params(&spec, 1).unwrap();
-        let run =
-            |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg(2) }).unwrap();
-        let sequential = [run(1), run(2)];
-        let concurrent = std::thread::scope(|s| {
-            let handles = [s.spawn(|| run(1)), s.spawn(|| run(2))];
-            handles.map(|h| h.join().unwrap())
-        });
-        assert_eq!(sequential, concurrent);
+        for (spec, data) in [
+            (mlp_spec(), digits_head(200)),
+            (cnn_spec(), tiny_images(24)),
+        ] {
+            let params = init_params(&spec, 1).unwrap();
+            let cfg = TrainConfig {
+                batch_size: 8,
+                ..cfg(2)
+            };
+            let run =
+                |seed| train_local(&spec, &params, &data, &TrainConfig { seed, ..cfg }).unwrap();
+            let sequential = [run(1), run(2)];
+            let concurrent = std::thread::scope(|s| {
+                let handles = [s.spawn(|| run(1)), s.spawn(|| run(2))];
+                handles.map(|h| h.join().unwrap())
+            });
+            assert_eq!(sequential, concurrent, "{}", spec.kind);
+            assert_ne!(sequential[0].0, params, "{}", spec.kind);
+        }
     }
 
     #[test]

@@ -34,8 +34,7 @@ impl SignalNet {
 }
 
 fn device() -> Device {
-    #[allow(deprecated)]
-    Device::ndarray()
+    Device::flex()
 }
 
 fn values(t: Tensor<2>) -> Vec<f32> {
