@@ -154,6 +154,10 @@ options! {
         /// Start from this model (safetensors, as --model-out writes it: every tensor of the
         /// model by name and shape) instead of a seeded initialisation; FedAvg and FedSGD.
         init: PathBuf,
+        /// How clients send FedAvg and FedSGD updates: none (f32), fp16, int8 (a scale per 256
+        /// values), or topk:FRACTION (the largest-magnitude share, in (0, 1], the rest carried
+        /// into the client's next update) [default: none].
+        compress: String,
         /// Local epochs (FedAvg); 0 trains nothing: each client scores the global model and sends
         /// it back unchanged, which measures orchestration alone [default: 5].
         epochs: u32,
@@ -351,6 +355,11 @@ impl RunOptions {
             },
             // Set once the file is read against the model (`data::finish_plan`).
             init_sha256: None,
+            compress: match o.compress.as_deref().map(str::parse::<shoal_proto::Codec>) {
+                None | Some(Ok(shoal_proto::Codec::None)) => None,
+                Some(Ok(codec)) => Some(codec.to_string()),
+                Some(Err(e)) => bail!("--compress: {e}"),
+            },
         };
         if !data.source.holds_examples() {
             if run.eval.central() {

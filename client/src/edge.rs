@@ -7,6 +7,7 @@
 use crate::backoff::Backoff;
 use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
+use crate::compress::{ErrorFeedback, encode_update};
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
@@ -18,8 +19,8 @@ use crate::work::{LocalUpdate, run_task};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
 use shoal_proto::v1::{
-    AbandonRequest, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader, UpdatePart,
-    pull_reply::Reply, update_part::Part,
+    AbandonRequest, Compression, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader,
+    UpdatePart, pull_reply::Reply, update_part::Part,
 };
 use shoal_proto::{DEFAULT_CHUNK_BYTES, encode_chunks};
 use std::future::Future;
@@ -99,6 +100,8 @@ pub struct EdgeClient {
     /// Shared with the process's other clients: a finished update holds its share from
     /// before the work to the end of its push (none for a lone client).
     budget: Option<UpdateBudget>,
+    /// What top-k compression left out of this client's recent updates.
+    feedback: ErrorFeedback,
 }
 
 impl EdgeClient {
@@ -126,6 +129,7 @@ impl EdgeClient {
             orphan: None,
             trainer: Arc::new(BuiltinTrainer),
             budget: None,
+            feedback: ErrorFeedback::default(),
         }
     }
 
@@ -500,9 +504,16 @@ impl EdgeClient {
             .map_err(|e| ClientError::Worker(e.to_string()))?;
         let data = self.data.clone();
         let trainer = self.trainer.clone();
-        tokio::task::spawn_blocking(move || run_task(trainer.as_ref(), &task, &global, &data))
-            .await
-            .map_err(|e| ClientError::Worker(e.to_string()))?
+        let mut feedback = std::mem::take(&mut self.feedback);
+        let (update, feedback) = tokio::task::spawn_blocking(move || {
+            let update = run_task(trainer.as_ref(), &task, &global, &data)
+                .and_then(|u| encode_update(&task, &global, u, &mut feedback));
+            (update, feedback)
+        })
+        .await
+        .map_err(|e| ClientError::Worker(e.to_string()))?;
+        self.feedback = feedback;
+        update
     }
 
     async fn push(&mut self, fence: &Fence, update: &LocalUpdate) -> Result<()> {
@@ -510,7 +521,15 @@ impl EdgeClient {
             client_id: self.id.clone(),
             fence: Some(fence.clone()),
             num_examples: update.num_examples,
-            payload_len: update.payload.len() as u64,
+            payload_len: update
+                .encoded
+                .as_ref()
+                .map_or(update.payload.len() as u64, |e| e.values),
+            compression: update
+                .encoded
+                .as_ref()
+                .map_or(Compression::None, |e| e.compression) as i32,
+            encoded_len: update.encoded.as_ref().map_or(0, |e| e.bytes.len() as u64),
             counts: update.counts.clone(),
             metrics: update
                 .metrics
@@ -521,11 +540,15 @@ impl EdgeClient {
         let mut parts = vec![UpdatePart {
             part: Some(Part::Header(header)),
         }];
-        parts.extend(
-            encode_chunks(&update.payload, self.chunk_bytes).map(|c| UpdatePart {
-                part: Some(Part::Chunk(c)),
-            }),
-        );
+        let chunk = |c| UpdatePart {
+            part: Some(Part::Chunk(c)),
+        };
+        match &update.encoded {
+            Some(encoded) => {
+                parts.extend(encode_chunks(&encoded.bytes, self.chunk_bytes).map(chunk))
+            }
+            None => parts.extend(encode_chunks(&update.payload, self.chunk_bytes).map(chunk)),
+        }
         self.route
             .fleet()
             .push_update(futures::stream::iter(parts))

@@ -4,6 +4,7 @@
 mod backoff;
 pub mod budget;
 pub mod cache;
+pub mod compress;
 pub mod connection;
 pub mod edge;
 mod error;

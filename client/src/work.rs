@@ -2,6 +2,7 @@
 //! [`LocalTrainer`], k-means steps directly. Pure and synchronous; callers run it on a
 //! blocking thread so the pull loop (the heartbeat) never stalls.
 
+use crate::compress::Encoded;
 use crate::error::{ClientError, Result};
 use crate::trainer::LocalTrainer;
 use shoal_datasets::Dataset;
@@ -20,6 +21,8 @@ pub struct LocalUpdate {
     pub counts: Vec<u64>,
     /// Metrics to report.
     pub metrics: BTreeMap<String, f64>,
+    /// The payload as the task asks it sent, when compressed (then `payload` is empty).
+    pub encoded: Option<Encoded>,
 }
 
 /// The model a task names (its kind, features, classes, image shape).
@@ -111,6 +114,7 @@ fn fit(
         payload: params,
         counts: Vec::new(),
         metrics: loss_and_accuracy(report.loss, report.accuracy),
+        encoded: None,
     })
 }
 
@@ -140,6 +144,7 @@ fn eval(
         payload: Vec::new(),
         counts: Vec::new(),
         metrics: loss_and_accuracy(report.loss, report.accuracy),
+        encoded: None,
     })
 }
 
@@ -163,6 +168,7 @@ fn grad(
         payload: g,
         counts: Vec::new(),
         metrics: BTreeMap::from([("loss".to_string(), report.loss)]),
+        encoded: None,
     })
 }
 
@@ -192,6 +198,7 @@ fn kmeans_init(task: &Task, data: &Dataset) -> Result<LocalUpdate> {
         payload: centres,
         counts,
         metrics: BTreeMap::new(),
+        encoded: None,
     })
 }
 
@@ -213,5 +220,6 @@ fn kmeans_step(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdat
         payload: stats.sums,
         counts,
         metrics: BTreeMap::from([("inertia".to_string(), stats.inertia)]),
+        encoded: None,
     })
 }

@@ -8,6 +8,7 @@
 pub use crate::aggregate::norm::NormPolicy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use shoal_proto::Codec;
 use std::time::Duration;
 
 /// The server's optimiser; its state is part of the strategy state (and of checkpoints).
@@ -146,6 +147,11 @@ pub struct RunConfig {
     /// rather than from the seed; part of the run id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_sha256: Option<String>,
+    /// How clients encode FedAvg and FedSGD updates (`--compress`: fp16, int8, topk:FRACTION);
+    /// `None` for plain f32 (left out of the JSON, so runs from before it existed keep their
+    /// id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
 }
 
 /// Where a round's new global model is evaluated.
@@ -297,6 +303,16 @@ impl RunConfig {
         Duration::from_millis(self.round_timeout_ms)
     }
 
+    /// How clients encode their updates (`Codec::None` without `--compress`).
+    pub fn codec(&self) -> crate::Result<Codec> {
+        match &self.compress {
+            None => Ok(Codec::None),
+            Some(name) => name
+                .parse()
+                .map_err(|e| crate::CoordinatorError::Config(format!("--compress: {e}"))),
+        }
+    }
+
     /// Checks every value against its range and against the others, without looking at data.
     ///
     /// Messages name the `shoal` flag that sets the value (the config file uses the same names
@@ -331,6 +347,13 @@ impl RunConfig {
                  federated (the clients score it with their own trainer)"
                     .into(),
             );
+        }
+        let codec = self.codec()?;
+        if codec != Codec::None && matches!(self.strategy, StrategyConfig::FedKMeans { .. }) {
+            return invalid(format!(
+                "--compress {codec}: federated k-means sends counts and centroid sums, which are \
+                 not compressed; drop --compress"
+            ));
         }
         if let Some(holdout) = self.eval.holdout() {
             if !(holdout > 0.0 && holdout < 1.0) {
@@ -541,6 +564,7 @@ impl Default for RunConfig {
             on_quorum_loss: QuorumPolicy::Stop,
             eval: EvalMode::Central,
             init_sha256: None,
+            compress: None,
         }
     }
 }

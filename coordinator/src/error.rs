@@ -253,7 +253,8 @@ impl CoordinatorError {
             E::InvalidUpdate(A::OutOfRange(_)) => R::OutOfRange,
             E::InvalidUpdate(A::NormTooLarge { .. }) => R::NormTooLarge,
             E::InvalidUpdate(A::NotSummed | A::NoContributors) => R::Malformed,
-            E::Malformed(_) | E::Payload(ProtoError::MissingField(_)) => R::Malformed,
+            E::Malformed(_)
+            | E::Payload(ProtoError::MissingField(_) | ProtoError::BadEncoding(_)) => R::Malformed,
             E::Payload(ProtoError::Misaligned(_)) => R::ChunkMisaligned,
             E::Payload(ProtoError::ChunkTooLarge { .. }) => R::ChunkTooLarge,
             E::Payload(ProtoError::OutOfOrder { .. }) => R::ChunkOutOfOrder,

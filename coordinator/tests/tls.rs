@@ -186,6 +186,7 @@ async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, refused: Refu
         payload_len: 0,
         counts: vec![],
         metrics: Default::default(),
+        ..Default::default()
     };
     let parts = vec![UpdatePart {
         part: Some(Part::Header(header)),

@@ -67,6 +67,16 @@ impl WireValue for f32 {
     }
 }
 
+/// Bytes: the chunks of a compressed update.
+impl WireValue for u8 {
+    fn put(self, out: &mut Vec<u8>) {
+        out.push(self);
+    }
+    fn get(bytes: &[u8]) -> Self {
+        bytes[0]
+    }
+}
+
 impl WireValue for i128 {
     fn put(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
@@ -121,6 +131,9 @@ pub struct Assembler<T> {
 
 /// Reassembles a model or an update (f32 values).
 pub type ChunkAssembler = Assembler<f32>;
+
+/// Reassembles a compressed update (bytes).
+pub type ByteAssembler = Assembler<u8>;
 
 /// Reassembles a sub-aggregator's exact sum (i128 values).
 pub type SumAssembler = Assembler<i128>;

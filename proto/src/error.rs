@@ -5,6 +5,9 @@ use thiserror::Error;
 /// Why a payload from a peer could not be accepted.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ProtoError {
+    /// Compressed bytes that no encoder makes, or an unknown encoding.
+    #[error("bad update encoding: {0}")]
+    BadEncoding(String),
     /// A chunk's byte length is not a whole number of f32 values.
     #[error("chunk of {0} bytes is not a multiple of 4")]
     Misaligned(usize),

@@ -5,13 +5,15 @@
 //! these types and convert them at their edges.
 
 pub mod chunk;
+pub mod compress;
 mod error;
 pub mod fence;
 
 pub use chunk::{
-    Assembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler, WireValue,
-    decode_f32, encode_chunks, message_limit,
+    Assembler, ByteAssembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler,
+    WireValue, decode_f32, encode_chunks, message_limit,
 };
+pub use compress::Codec;
 pub use error::{ProtoError, Result};
 
 /// Metadata key of the refusal reason the coordinator puts on every status it sends itself

@@ -311,5 +311,6 @@ fn header(update: &ClientUpdate, fence: &Fence) -> UpdateHeader {
         payload_len: update.payload.len() as u64,
         counts: update.counts.clone(),
         metrics: Default::default(),
+        ..Default::default()
     }
 }

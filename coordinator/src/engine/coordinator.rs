@@ -13,6 +13,7 @@ use crate::engine::refusals::Refusals;
 use crate::engine::registry::{Registry, check_client_id};
 use crate::engine::round::{OpenRound, SharedAccumulator, fold};
 use crate::error::{CoordinatorError, Result};
+use crate::net::upload::Decoding;
 use crate::refusal::Refusal;
 use crate::store::checkpoint::CheckpointStore;
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
@@ -20,11 +21,11 @@ use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
-use shoal_proto::ProtoError;
 use shoal_proto::v1::{
     Chunk, Fence, Finished, JoinReply, PartialHeader, PullReply, Task, UpdateHeader, Wait,
     pull_reply::Reply,
 };
+use shoal_proto::{Codec, ProtoError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) config: RunConfig,
     pub(crate) limits: Limits,
     pub(crate) spec: ModelSpec,
+    /// How clients encode FedAvg and FedSGD updates.
+    pub(crate) codec: Codec,
     pub(crate) state: Mutex<State>,
     /// Bumped whenever a round opens or the run ends: wakes long-polling clients.
     pub(crate) changed: watch::Sender<u64>,
@@ -122,6 +125,8 @@ impl Coordinator {
             shared: Arc::new(Shared {
                 run_id: config.run_id(),
                 epoch,
+                // A run's configuration is validated before a coordinator is built for it.
+                codec: config.codec().unwrap_or(Codec::None),
                 config,
                 limits,
                 spec,
@@ -562,6 +567,11 @@ impl Coordinator {
                     None
                 };
                 Ok(Admission {
+                    decoding: Decoding::for_round(
+                        round.plan.kind,
+                        self.shared.codec,
+                        &round.global,
+                    ),
                     slot: Some(Slot {
                         coordinator: self.clone(),
                         clients: ids,
@@ -669,6 +679,8 @@ impl Drop for Polling<'_> {
 /// A client's reserved slot in the open round, between header and folded payload.
 #[derive(Debug)]
 pub struct Admission {
+    /// How the update's payload arrives.
+    pub decoding: Decoding,
     /// The client's place in the round; taken by [`Admission::deliver`], freed on drop if
     /// still here.
     slot: Option<Slot>,

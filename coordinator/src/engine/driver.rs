@@ -523,6 +523,10 @@ impl Driving {
         // Updates folded by sub-aggregators meet the same norm rule as those folded here.
         task.max_update_norm = shared.limits.max_update_norm.unwrap_or(0.0);
         task.clip_to_norm = shared.limits.norm_policy == NormPolicy::Clip;
+        // Checked when the run was configured.
+        let (compression, topk_fraction) = shared.codec.wire();
+        task.compression = compression as i32;
+        task.topk_fraction = topk_fraction;
         OpenRound {
             fence,
             plan,

@@ -11,12 +11,12 @@ use crate::net::upload::{self, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
 use futures::Stream;
+use shoal_proto::SumAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
     LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart,
 };
-use shoal_proto::{ChunkAssembler, SumAssembler};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -236,13 +236,14 @@ impl Fleet for FleetService {
             .coordinator
             .admit(&header)
             .map_err(|e| self.refuse(e))?;
-        let payload = ChunkAssembler::new(
-            header.payload_len,
-            admission.max_values,
-            admission.max_chunk_bytes,
-        )
-        .map_err(|e| self.refuse(e.into()))?;
-        let payload = upload::payload(&mut parts, payload)
+        let payload = admission
+            .decoding
+            .receive(
+                &mut parts,
+                &header,
+                admission.max_values,
+                admission.max_chunk_bytes,
+            )
             .await
             .map_err(|e| self.refuse_upload(e))?;
         let update = ClientUpdate::from_wire(header, payload);

@@ -6,8 +6,10 @@ use crate::error::CoordinatorError;
 use crate::refusal::Refusal;
 use futures::StreamExt;
 use shoal_proto::v1::{Chunk, PartialHeader, PartialPart, UpdateHeader, UpdatePart};
+use shoal_proto::v1::{Compression, TaskKind};
 use shoal_proto::v1::{partial_part, update_part};
-use shoal_proto::{Assembler, WireValue};
+use shoal_proto::{Assembler, ByteAssembler, ChunkAssembler, Codec, ProtoError, WireValue};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Status, Streaming};
 
@@ -164,6 +166,89 @@ pub async fn payload<P: UploadPart, T: WireValue>(
         }
     }
     Ok(payload.finish()?)
+}
+
+/// How a round's updates arrive: plain, or encoded as its task asks (`--compress`), FedAvg's
+/// as differences from the round's global state.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    codec: Codec,
+    /// What decoded values are added to: the global state for FIT rounds.
+    base: Option<Arc<Vec<f32>>>,
+}
+
+impl Decoding {
+    /// The decoding of a round of `kind` whose tasks name `codec` and whose global state is
+    /// `global`: only FIT and GRADIENT updates are ever compressed.
+    pub fn for_round(kind: TaskKind, codec: Codec, global: &Arc<Vec<f32>>) -> Self {
+        match kind {
+            TaskKind::Fit => Decoding {
+                codec,
+                base: Some(global.clone()),
+            },
+            TaskKind::Gradient => Decoding { codec, base: None },
+            _ => Decoding {
+                codec: Codec::None,
+                base: None,
+            },
+        }
+    }
+
+    /// Receives the payload `header` announces (chunks after the header until the stream
+    /// ends) and returns its values: an update compressed otherwise than the round asks, bytes
+    /// that do not decode, or more than `max_values` values are refused.
+    pub async fn receive(
+        &self,
+        parts: &mut Streaming<UpdatePart>,
+        header: &UpdateHeader,
+        max_values: usize,
+        max_chunk_bytes: usize,
+    ) -> Result<Vec<f32>, UploadError> {
+        let asked = self.codec.wire().0;
+        if header.compression != asked as i32 {
+            return Err(malformed(format!(
+                "update encoded as {}, the round asks for {} (--compress {})",
+                Compression::try_from(header.compression).map_or_else(
+                    |_| header.compression.to_string(),
+                    |c| c.as_str_name().to_owned()
+                ),
+                asked.as_str_name(),
+                self.codec
+            )));
+        }
+        if self.codec == Codec::None {
+            let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?;
+            return payload(parts, values).await;
+        }
+        if header.payload_len > max_values as u64 {
+            return Err(ProtoError::TooLarge {
+                declared: header.payload_len,
+                limit: max_values,
+            }
+            .into());
+        }
+        let len = header.payload_len as usize;
+        let bytes = ByteAssembler::new(
+            header.encoded_len,
+            self.codec.encoded_len(len),
+            max_chunk_bytes,
+        )?;
+        let bytes = payload(parts, bytes).await?;
+        let mut values = self.codec.decode(&bytes, len)?;
+        if let Some(base) = &self.base {
+            if base.len() != len {
+                return Err(malformed(format!(
+                    "update of {len} values for a global state of {}",
+                    base.len()
+                )));
+            }
+            values
+                .iter_mut()
+                .zip(base.iter())
+                .for_each(|(v, g)| *v += g);
+        }
+        Ok(values)
+    }
 }
 
 /// The rest of the stream as it came, to pass it on whole.

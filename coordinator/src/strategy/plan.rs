@@ -96,6 +96,8 @@ impl TaskPlan {
             // The run's, not the algorithm's: set where the task is made for a round.
             max_update_norm: 0.0,
             clip_to_norm: false,
+            compression: 0,
+            topk_fraction: 0.0,
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct RoundState {
     pub global: OnceCell<Arc<[Chunk]>>,
     /// The round's update-norm rule, made once from the global state.
     pub norm: OnceCell<Option<Arc<crate::aggregate::norm::NormBound>>>,
+    /// The global state as values, assembled once when a rule needs them (the norm bound,
+    /// compressed FedAvg updates).
+    pub values: OnceCell<Arc<Vec<f32>>>,
     folding: Mutex<Folding>,
     /// Partial sums sent upstream (at most [`SENT_KEPT`]): should the upstream they went to
     /// die, the next one gets them again (and refuses them whole if they had arrived after
@@ -72,6 +75,7 @@ impl RoundState {
             task,
             global: OnceCell::new(),
             norm: OnceCell::new(),
+            values: OnceCell::new(),
             folding: Mutex::new(Folding {
                 accumulator,
                 tasked: HashSet::new(),

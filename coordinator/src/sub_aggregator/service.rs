@@ -8,17 +8,17 @@ use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
 use crate::net::auth::Claim;
 use crate::net::service::{ChunkStream, chunk_stream};
-use crate::net::upload::{self, UploadError};
+use crate::net::upload::{self, Decoding, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::StreamExt;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart, pull_reply::Reply,
-    update_part,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, TaskKind, UpdatePart,
+    pull_reply::Reply, update_part,
 };
-use shoal_proto::{ChunkAssembler, SumAssembler};
+use shoal_proto::{ChunkAssembler, Codec, SumAssembler};
 use std::future::Future;
 use std::sync::Arc;
 use tonic::transport::Channel;
@@ -146,20 +146,15 @@ impl AggregatorService {
         Ok(chunks.clone())
     }
 
-    /// The coordinator's update-norm rule for the round, as its task states it, against the
-    /// round's global state (made once per round).
-    async fn norm_bound(
+    /// The round's global state as values, assembled from its chunks once per round.
+    async fn global_values(
         &self,
         state: &RoundState,
         client: &str,
         fence: &shoal_proto::v1::Fence,
-    ) -> Result<Option<Arc<NormBound>>, Status> {
-        let task = &state.task;
-        if task.max_update_norm <= 0.0 {
-            return Ok(None);
-        }
-        let bound = state
-            .norm
+    ) -> Result<Arc<Vec<f32>>, Status> {
+        let values = state
+            .values
             .get_or_try_init(|| async {
                 let fetch = FetchRequest {
                     client_id: client.to_owned(),
@@ -175,7 +170,28 @@ impl AggregatorService {
                 for chunk in chunks.iter() {
                     global.push(chunk).map_err(CoordinatorError::from)?;
                 }
-                let global = Arc::new(global.finish().map_err(CoordinatorError::from)?);
+                Ok::<_, Status>(Arc::new(global.finish().map_err(CoordinatorError::from)?))
+            })
+            .await?;
+        Ok(values.clone())
+    }
+
+    /// The coordinator's update-norm rule for the round, as its task states it, against the
+    /// round's global state (made once per round).
+    async fn norm_bound(
+        &self,
+        state: &RoundState,
+        client: &str,
+        fence: &shoal_proto::v1::Fence,
+    ) -> Result<Option<Arc<NormBound>>, Status> {
+        let task = &state.task;
+        if task.max_update_norm <= 0.0 {
+            return Ok(None);
+        }
+        let bound = state
+            .norm
+            .get_or_try_init(|| async {
+                let global = self.global_values(state, client, fence).await?;
                 Ok::<_, Status>(
                     NormBound::for_task(
                         task.kind(),
@@ -289,13 +305,22 @@ impl Fleet for AggregatorService {
                 .await;
         }
         let limits = &self.shared.config.limits;
-        let payload = ChunkAssembler::new(
-            header.payload_len,
-            limits.max_update_values,
-            limits.max_chunk_bytes,
-        )
-        .map_err(CoordinatorError::from)?;
-        let payload = upload::payload(&mut parts, payload)
+        let codec = Codec::from_wire(state.task.compression, state.task.topk_fraction)
+            .map_err(CoordinatorError::from)?;
+        let kind = state.task.kind();
+        let global = if codec != Codec::None && kind == TaskKind::Fit {
+            self.global_values(&state, &header.client_id, &fence)
+                .await?
+        } else {
+            Arc::default()
+        };
+        let payload = Decoding::for_round(kind, codec, &global)
+            .receive(
+                &mut parts,
+                &header,
+                limits.max_update_values,
+                limits.max_chunk_bytes,
+            )
             .await
             .map_err(UploadError::status)?;
         let bound = self.norm_bound(&state, &header.client_id, &fence).await?;

@@ -227,6 +227,7 @@ pub fn header(id: &str, fence: &Fence, examples: u64, len: usize) -> UpdateHeade
         payload_len: len as u64,
         counts: vec![],
         metrics: Default::default(),
+        ..Default::default()
     }
 }
 

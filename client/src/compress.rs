@@ -1,0 +1,175 @@
+//! Encoding a finished update as its task asks (`--compress`), with top-k's error feedback.
+//!
+//! A FedAvg update travels as its difference from the round's global state (that is what
+//! shrinks well: the model itself does not), a FedSGD gradient as itself; the receiver adds
+//! the global state back. Top-k leaves most of the difference behind; the client keeps what it
+//! left out and adds it to its next update (Stich et al. 2018), so nothing is lost for good,
+//! only late.
+
+use crate::error::{ClientError, Result};
+use crate::work::LocalUpdate;
+use shoal_proto::Codec;
+use shoal_proto::v1::{Compression, Task, TaskKind};
+
+/// An update encoded for the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// The encoding.
+    pub compression: Compression,
+    /// The bytes sent in chunks.
+    pub bytes: Vec<u8>,
+    /// Values they decode to.
+    pub values: u64,
+}
+
+/// What top-k left out of a client's updates: one vector per client, kept between rounds.
+///
+/// Two are kept: what entered the newest round the client worked on, and what that round left
+/// out. A round asked again (a retried attempt, a coordinator that resumed the run) starts
+/// from the first, so its update is the same bytes as before; a later round from the second.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFeedback {
+    /// The newest round worked on, what entered it, and what it left out.
+    newest: Option<(u32, Vec<f32>, Vec<f32>)>,
+}
+
+impl ErrorFeedback {
+    /// What to add to round `round`'s update before choosing its top values (empty: nothing).
+    fn entering(&self, round: u32) -> &[f32] {
+        match &self.newest {
+            Some((r, entering, _)) if *r == round => entering,
+            Some((r, _, left)) if *r < round => left,
+            _ => &[],
+        }
+    }
+
+    /// Records that round `round` started from `entering` and left out `left`.
+    fn record(&mut self, round: u32, entering: Vec<f32>, left: Vec<f32>) {
+        self.newest = Some((round, entering, left));
+    }
+}
+
+/// `update` encoded as `task` asks, or unchanged when the task asks for plain values (or is
+/// not a FedAvg or FedSGD task). `global` is the round's global state; `feedback` the client's
+/// error feedback, used and updated by top-k.
+pub fn encode_update(
+    task: &Task,
+    global: &[f32],
+    mut update: LocalUpdate,
+    feedback: &mut ErrorFeedback,
+) -> Result<LocalUpdate> {
+    let codec = Codec::from_wire(task.compression, task.topk_fraction)
+        .map_err(|e| ClientError::BadTask(e.to_string()))?;
+    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+    if codec == Codec::None || !matches!(kind, TaskKind::Fit | TaskKind::Gradient) {
+        return Ok(update);
+    }
+    let mut values = std::mem::take(&mut update.payload);
+    if kind == TaskKind::Fit {
+        if global.len() != values.len() {
+            return Err(ClientError::BadTask(format!(
+                "update of {} values for a global state of {}",
+                values.len(),
+                global.len()
+            )));
+        }
+        values.iter_mut().zip(global).for_each(|(v, g)| *v -= g);
+    }
+    if let Codec::TopK { fraction } = codec {
+        let round = task.fence.as_ref().map_or(0, |f| f.round);
+        let entering = feedback.entering(round).to_vec();
+        if entering.len() == values.len() {
+            values.iter_mut().zip(&entering).for_each(|(v, e)| *v += e);
+        }
+        let mut left = values.clone();
+        for i in Codec::topk_indices(&values, fraction) {
+            left[i] = 0.0;
+        }
+        feedback.record(round, entering, left);
+    }
+    update.encoded = Some(Encoded {
+        compression: codec.wire().0,
+        bytes: codec.encode(&values),
+        values: values.len() as u64,
+    });
+    Ok(update)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::v1::Fence;
+
+    fn task(kind: TaskKind, codec: Codec, round: u32) -> Task {
+        let (compression, topk_fraction) = codec.wire();
+        Task {
+            kind: kind as i32,
+            compression: compression as i32,
+            topk_fraction,
+            fence: Some(Fence {
+                round,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn update(payload: Vec<f32>) -> LocalUpdate {
+        LocalUpdate {
+            num_examples: 1,
+            payload,
+            counts: Vec::new(),
+            metrics: Default::default(),
+            encoded: None,
+        }
+    }
+
+    fn decoded(codec: Codec, u: &LocalUpdate) -> Vec<f32> {
+        let e = u.encoded.as_ref().unwrap();
+        codec.decode(&e.bytes, e.values as usize).unwrap()
+    }
+
+    #[test]
+    fn fit_updates_travel_as_their_difference_from_the_global_state() {
+        let global = vec![10.0, 20.0, 30.0];
+        let t = task(TaskKind::Fit, Codec::Fp16, 1);
+        let mut fb = ErrorFeedback::default();
+        let u = encode_update(&t, &global, update(vec![10.5, 19.0, 30.25]), &mut fb).unwrap();
+        assert!(u.payload.is_empty());
+        assert_eq!(decoded(Codec::Fp16, &u), vec![0.5, -1.0, 0.25]);
+        let none = task(TaskKind::Fit, Codec::None, 1);
+        let plain = encode_update(&none, &global, update(vec![1.0; 3]), &mut fb).unwrap();
+        assert_eq!((plain.payload, plain.encoded), (vec![1.0; 3], None));
+    }
+
+    #[test]
+    fn topk_carries_what_it_left_out_into_the_next_round_and_a_retry_repeats_itself() {
+        let codec = Codec::topk(0.5).unwrap();
+        let global = vec![0.0; 4];
+        let mut fb = ErrorFeedback::default();
+        let first = |fb: &mut ErrorFeedback| {
+            let t = task(TaskKind::Fit, codec, 3);
+            encode_update(&t, &global, update(vec![4.0, 1.0, -3.0, 0.5]), fb).unwrap()
+        };
+        let a = first(&mut fb);
+        assert_eq!(decoded(codec, &a), vec![4.0, 0.0, -3.0, 0.0]);
+        // The same round again starts from what entered it, not from what it left out.
+        assert_eq!(first(&mut fb), a);
+        // The next round adds what round 3 left out (1.0 and 0.5).
+        let t = task(TaskKind::Fit, codec, 4);
+        let b = encode_update(&t, &global, update(vec![0.0, 0.25, 0.0, 0.75]), &mut fb).unwrap();
+        assert_eq!(decoded(codec, &b), vec![0.0, 1.25, 0.0, 1.25]);
+    }
+
+    #[test]
+    fn kmeans_updates_are_never_compressed() {
+        let t = task(TaskKind::KmeansStep, Codec::Int8, 1);
+        let u = encode_update(
+            &t,
+            &[],
+            update(vec![1.0, 2.0]),
+            &mut ErrorFeedback::default(),
+        );
+        assert_eq!(u.unwrap().encoded, None);
+    }
+}
