@@ -213,6 +213,25 @@ fn fedavg_survives_sigkill_at_random_moments() {
     survives_kills(&run, 6, 1, 0, 60);
 }
 
+/// Top-k keeps client state (what it left out) between rounds; a client asked for a round
+/// again after the coordinator's restart must send the same bytes as before.
+#[test]
+fn compressed_fedavg_with_error_feedback_survives_sigkill() {
+    let run = [
+        "--rounds",
+        "100",
+        "--epochs",
+        "20",
+        "--clients",
+        "5",
+        "--seed",
+        "4",
+        "--compress",
+        "topk:0.1",
+    ];
+    survives_kills(&run, 3, 5, 0, 60);
+}
+
 #[test]
 fn fedsgd_survives_sigkill_at_random_moments() {
     let run = [

@@ -126,6 +126,32 @@ fn the_default_run_reaches_its_known_accuracy_and_model() {
 }
 
 #[test]
+fn compressed_runs_are_deterministic_and_keep_their_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = one_process_run(dir.path(), "plain.json", &[]);
+    let mut models = vec![model_sha256(&plain)];
+    for (codec, at_least) in [("fp16", 345), ("int8", 340), ("topk:0.1", 330)] {
+        let a = one_process_run(dir.path(), "a.json", &["--compress", codec]);
+        let b = one_process_run(dir.path(), "b.json", &["--compress", codec]);
+        assert_eq!(model_sha256(&a), model_sha256(&b), "{codec}");
+        assert_eq!(rounds_completed(&a), 20, "{a}");
+        let accuracy = a["final_accuracy"].as_f64().unwrap();
+        assert!(
+            accuracy * 359.0 >= f64::from(at_least) - 0.5,
+            "{codec}: {accuracy}"
+        );
+        models.push(model_sha256(&a));
+    }
+    models.sort();
+    models.dedup();
+    assert_eq!(
+        models.len(),
+        4,
+        "every encoding changes the model: {models:?}"
+    );
+}
+
+#[test]
 fn same_seed_gives_the_same_model_and_another_seed_another() {
     let dir = tempfile::tempdir().unwrap();
     let first = one_process_run(dir.path(), "a.json", &["--rounds", "3"]);

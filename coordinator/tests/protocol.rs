@@ -238,3 +238,78 @@ async fn a_task_goes_to_the_newest_pull_of_a_client() {
     assert!(matches!(old.await.unwrap(), Reply::Wait(_)));
     running.abort();
 }
+
+/// Pushes `bytes` as a compressed update of `len` values encoded as `compression`.
+async fn push_encoded(
+    c: &mut shoal_proto::v1::fleet_client::FleetClient<tonic::transport::Channel>,
+    id: &str,
+    fence: &shoal_proto::v1::Fence,
+    compression: shoal_proto::v1::Compression,
+    len: usize,
+    bytes: &[u8],
+) -> Result<shoal_proto::v1::PushReply, tonic::Status> {
+    let mut h = header(id, fence, 5, len);
+    h.compression = compression as i32;
+    h.encoded_len = bytes.len() as u64;
+    let mut parts = vec![UpdatePart {
+        part: Some(Part::Header(h)),
+    }];
+    parts.extend(shoal_proto::encode_chunks(bytes, 1000).map(|c| UpdatePart {
+        part: Some(Part::Chunk(c)),
+    }));
+    push_parts(c, parts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_updates_decode_onto_the_global_state_and_others_are_refused() {
+    use shoal_proto::Codec;
+    use shoal_proto::v1::Compression;
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let mut config = common::config(1, 2);
+    config.compress = Some("int8".into());
+    let running = common::start(config, spec, split.test, Limits::default()).await;
+    let mut c = raw(&running.url).await;
+    join(&mut c, "a", 5).await;
+    let t = task(&mut c, "a").await;
+    assert_eq!(t.compression, Compression::Int8 as i32);
+    let fence = t.fence.clone().unwrap();
+    let global = fetch(&mut c, "a", &fence, t.global_len).await.unwrap();
+    let n = global.len();
+    let delta: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let bytes = Codec::Int8.encode(&delta);
+
+    // Plain values where the round asks for int8, another encoding, and bytes that do not
+    // decode (a NaN scale, a short payload) are refused; the round stays open.
+    let plain = push(&mut c, header("a", &fence, 5, n), &global).await;
+    assert_refused(plain.unwrap_err(), Code::InvalidArgument, "malformed");
+    let fp16 = Codec::Fp16.encode(&delta);
+    let other = push_encoded(&mut c, "a", &fence, Compression::Fp16, n, &fp16).await;
+    assert!(
+        other
+            .unwrap_err()
+            .message()
+            .contains("asks for COMPRESSION_INT8"),
+        "the refusal names the encoding asked for"
+    );
+    let mut nan = bytes.clone();
+    nan[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let bad = push_encoded(&mut c, "a", &fence, Compression::Int8, n, &nan).await;
+    assert_refused(bad.unwrap_err(), Code::InvalidArgument, "malformed");
+    let short = push_encoded(&mut c, "a", &fence, Compression::Int8, n, &bytes[..100]).await;
+    assert!(short.is_err());
+
+    push_encoded(&mut c, "a", &fence, Compression::Int8, n, &bytes)
+        .await
+        .unwrap();
+    let t2 = task(&mut c, "a").await;
+    let fence2 = t2.fence.clone().unwrap();
+    let next = fetch(&mut c, "a", &fence2, t2.global_len).await.unwrap();
+    let decoded = Codec::Int8.decode(&bytes, n).unwrap();
+    let expected: Vec<f32> = global.iter().zip(&decoded).map(|(g, d)| g + d).collect();
+    assert_eq!(
+        bits(&next),
+        bits(&expected),
+        "the mean of one update is the global state plus its decoded difference"
+    );
+}
