@@ -4,6 +4,7 @@
 mod candidate;
 mod commands;
 mod data;
+mod fault_args;
 mod host;
 mod limits_args;
 mod model_file;

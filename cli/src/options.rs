@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+use shoal_coordinator::aggregate::robust::Rule;
 use shoal_coordinator::config::{
     DEFAULT_CLIENTS, FitSettings, GradientSettings, MAX_ROUND_TIMEOUT_MS, SelectionConfig,
 };
@@ -24,14 +25,20 @@ pub enum StrategyName {
     Fedkmeans,
 }
 
-/// The server optimiser for FedSGD.
+/// The server optimiser: FedSGD's, or FedAvg's (FedOpt) when given with fedavg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
     /// SGD, with optional momentum.
     Sgd,
+    /// SGD with momentum (FedAvgM; --server-momentum, 0.9 unless given).
+    Momentum,
     /// Adam.
     Adam,
+    /// Adagrad (Reddi et al. 2021).
+    Adagrad,
+    /// Yogi (Reddi et al. 2021).
+    Yogi,
 }
 
 macro_rules! options {
@@ -158,6 +165,12 @@ options! {
         /// values), or topk:FRACTION (the largest-magnitude share, in (0, 1], the rest carried
         /// into the client's next update) [default: none].
         compress: String,
+        /// How a round's FedAvg/FedSGD updates are combined: mean (their exact weighted mean),
+        /// or a robust rule over every update of the round, held in memory at once: median,
+        /// trimmed-mean:BETA (BETA in [0, 0.5) cut at each end), krum:F, multi-krum:F:M or
+        /// bulyan:F (F attackers tolerated; every round needs 2F+3, max(2F+3, M+F) and 4F+3
+        /// updates, see --min-clients) [default: mean].
+        aggregator: String,
         /// Local epochs (FedAvg); 0 trains nothing: each client scores the global model and sends
         /// it back unchanged, which measures orchestration alone [default: 5].
         epochs: u32,
@@ -170,12 +183,24 @@ options! {
         /// Mini-batches per gradient, 0 = whole partition (FedSGD); --grad-batches × --batch-size
         /// at most 2^31 [default: 0].
         grad_batches: u32,
-        /// Server optimiser (FedSGD) [default: sgd].
+        /// Server optimiser of FedSGD; given with fedavg, FedOpt: the server steps along
+        /// global − combined update instead of taking the combined update [default: sgd for
+        /// fedsgd, none for fedavg].
         server_optimizer: OptimizerName,
-        /// Server learning rate (FedSGD), above 0 [default: 0.5 for sgd, 0.01 for adam].
+        /// Server learning rate, above 0 [default: fedsgd: 0.5 for sgd, 0.01 for adam;
+        /// fedavg: 1 for sgd and momentum, 0.01 for adam; 0.1 for adagrad, 0.01 for yogi].
         server_lr: f64,
-        /// Server momentum (FedSGD with sgd), in [0, 1) [default: 0].
+        /// Server momentum (sgd, momentum), in [0, 1) [default: 0; 0.9 for momentum].
         server_momentum: f64,
+        /// First-moment decay of adam, adagrad and yogi, in [0, 1) [default: 0.9; 0 for
+        /// adagrad].
+        server_beta1: f64,
+        /// Second-moment decay of adam and yogi, in [0, 1) [default: 0.999 for adam, 0.99 for
+        /// yogi].
+        server_beta2: f64,
+        /// Adaptivity τ of adagrad and yogi (Adam's ε), above 0 [default: 1e-3; 1e-8 for
+        /// adam].
+        server_tau: f64,
         /// Clusters (k-means), 1 to the number of training examples [default: number of classes].
         k: usize,
         /// Clusters of each client's local k-means in the k-FED seeding round, 1 to the smallest
@@ -360,6 +385,11 @@ impl RunOptions {
                 Some(Ok(codec)) => Some(codec.to_string()),
                 Some(Err(e)) => bail!("--compress: {e}"),
             },
+            aggregator: match o.aggregator.as_deref().map(str::parse::<Rule>) {
+                None | Some(Ok(Rule::Mean)) => None,
+                Some(Ok(rule)) => Some(rule.to_string()),
+                Some(Err(e)) => bail!("{e}"),
+            },
         };
         if !data.source.holds_examples() {
             if run.eval.central() {
@@ -378,9 +408,16 @@ impl RunOptions {
             }
         }
         run.validate()?;
+        if strategy == StrategyName::Fedkmeans && o.server_optimizer.is_some() {
+            bail!(
+                "--server-optimizer: federated k-means computes its centroids directly; it has no server optimiser"
+            );
+        }
         for (name, optimizer) in [
             (StrategyName::Fedsgd, OptimizerName::Sgd),
             (StrategyName::Fedsgd, OptimizerName::Adam),
+            (StrategyName::Fedsgd, OptimizerName::Adagrad),
+            (StrategyName::Fedsgd, OptimizerName::Yogi),
             (StrategyName::Fedkmeans, optimizer),
         ] {
             strategy_config(&o, name, optimizer).validate()?;
@@ -395,6 +432,28 @@ impl RunOptions {
             init_params: None,
             init_layout: None,
         })
+    }
+}
+
+/// The server optimiser `name` with the flags given and defaults for the rest (`sgd_lr` for
+/// SGD and momentum).
+fn server_optimizer(o: &TrainingOptions, name: OptimizerName, sgd_lr: f64) -> ServerOptimizer {
+    let lr = o.server_lr;
+    match name {
+        OptimizerName::Sgd => ServerOptimizer::sgd(lr.or(Some(sgd_lr)), o.server_momentum),
+        OptimizerName::Momentum => {
+            ServerOptimizer::sgd(lr.or(Some(sgd_lr)), o.server_momentum.or(Some(0.9)))
+        }
+        OptimizerName::Adam => ServerOptimizer::Adam {
+            lr: lr.unwrap_or(ServerOptimizer::ADAM_LR),
+            beta1: o.server_beta1.unwrap_or(0.9),
+            beta2: o.server_beta2.unwrap_or(0.999),
+            eps: o.server_tau.unwrap_or(1e-8),
+        },
+        OptimizerName::Adagrad => ServerOptimizer::adagrad(lr, o.server_beta1, o.server_tau),
+        OptimizerName::Yogi => {
+            ServerOptimizer::yogi(lr, o.server_beta1, o.server_beta2, o.server_tau)
+        }
     }
 }
 
@@ -415,12 +474,15 @@ fn strategy_config(
     optimizer: OptimizerName,
 ) -> StrategyConfig {
     match name {
-        StrategyName::Fedavg => StrategyConfig::FedAvg,
-        StrategyName::Fedsgd => StrategyConfig::FedSgd {
-            optimizer: match optimizer {
-                OptimizerName::Sgd => ServerOptimizer::sgd(o.server_lr, o.server_momentum),
-                OptimizerName::Adam => ServerOptimizer::adam(o.server_lr),
+        StrategyName::Fedavg => match o.server_optimizer {
+            None => StrategyConfig::FedAvg,
+            // FedOpt: SGD at learning rate 1 is FedAvg itself.
+            Some(_) => StrategyConfig::FedOpt {
+                optimizer: server_optimizer(o, optimizer, 1.0),
             },
+        },
+        StrategyName::Fedsgd => StrategyConfig::FedSgd {
+            optimizer: server_optimizer(o, optimizer, ServerOptimizer::SGD_LR),
         },
         // k 0: the number of classes, fixed once the data is loaded (`data::finish_plan`).
         StrategyName::Fedkmeans => StrategyConfig::fedkmeans(o.k, o.local_k, o.tol),

@@ -152,6 +152,77 @@ fn compressed_runs_are_deterministic_and_keep_their_accuracy() {
 }
 
 #[test]
+fn fedopt_with_sgd_at_learning_rate_one_is_fedavg_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fedavg = one_process_run(dir.path(), "fedavg.json", &["--rounds", "5"]);
+    let sgd = one_process_run(
+        dir.path(),
+        "sgd.json",
+        &[
+            "--rounds",
+            "5",
+            "--server-optimizer",
+            "sgd",
+            "--server-lr",
+            "1",
+        ],
+    );
+    assert_eq!(model_sha256(&sgd), model_sha256(&fedavg));
+    let mut models = vec![model_sha256(&fedavg)];
+    for optimizer in ["momentum", "adam", "adagrad", "yogi"] {
+        let args = ["--rounds", "5", "--server-optimizer", optimizer];
+        let a = one_process_run(dir.path(), "a.json", &args);
+        let b = one_process_run(dir.path(), "b.json", &args);
+        assert_eq!(model_sha256(&a), model_sha256(&b), "{optimizer}");
+        assert_eq!(rounds_completed(&a), 5, "{a}");
+        models.push(model_sha256(&a));
+    }
+    models.sort();
+    models.dedup();
+    assert_eq!(
+        models.len(),
+        5,
+        "each optimiser takes its own steps: {models:?}"
+    );
+}
+
+/// Two of ten clients send their change negated: the mean loses more than two points, each
+/// robust rule stays within two points of its own clean run, and attacked runs replay exactly.
+#[test]
+fn robust_aggregators_hold_under_sign_flip_attackers() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |rule: &str, attacked: bool| {
+        let mut args = vec!["--min-clients", "10", "--aggregator", rule];
+        if attacked {
+            args.extend(["--byzantine", "0.2:sign-flip"]);
+        }
+        let s = one_process_run(dir.path(), "run.json", &args);
+        (s["final_accuracy"].as_f64().unwrap(), model_sha256(&s))
+    };
+    let (clean, _) = run("mean", false);
+    let (hurt, _) = run("mean", true);
+    assert!(
+        hurt < clean - 0.02,
+        "the attack must hurt the mean: {hurt} vs {clean}"
+    );
+    for rule in [
+        "median",
+        "trimmed-mean:0.3",
+        "krum:2",
+        "multi-krum:2:6",
+        "bulyan:1",
+    ] {
+        let (clean, _) = run(rule, false);
+        let (attacked, model) = run(rule, true);
+        assert!(
+            attacked >= clean - 0.02,
+            "{rule}: {attacked} vs clean {clean}"
+        );
+        assert_eq!(run(rule, true).1, model, "{rule} replays");
+    }
+}
+
+#[test]
 fn same_seed_gives_the_same_model_and_another_seed_another() {
     let dir = tempfile::tempdir().unwrap();
     let first = one_process_run(dir.path(), "a.json", &["--rounds", "3"]);

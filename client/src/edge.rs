@@ -4,6 +4,7 @@
 //! delivered after the reconnect ([`crate::forward`]). A simulated fleet can also inject seeded
 //! faults ([`crate::faults`]).
 
+use crate::attack::Attack;
 use crate::backoff::Backoff;
 use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
@@ -102,6 +103,8 @@ pub struct EdgeClient {
     budget: Option<UpdateBudget>,
     /// What top-k compression left out of this client's recent updates.
     feedback: ErrorFeedback,
+    /// A simulated Byzantine client's lie, applied to each update it computes.
+    attack: Option<Attack>,
 }
 
 impl EdgeClient {
@@ -130,7 +133,15 @@ impl EdgeClient {
             trainer: Arc::new(BuiltinTrainer),
             budget: None,
             feedback: ErrorFeedback::default(),
+            attack: None,
         }
+    }
+
+    /// The same client as a simulated attacker: every update it computes is corrupted by
+    /// `attack` (its data is the caller's to poison, see [`Attack::poison`]).
+    pub fn with_attack(mut self, attack: Attack) -> Self {
+        self.attack = Some(attack);
+        self
     }
 
     /// The same client, holding its finished updates within `budget` (shared with the other
@@ -505,8 +516,13 @@ impl EdgeClient {
         let data = self.data.clone();
         let trainer = self.trainer.clone();
         let mut feedback = std::mem::take(&mut self.feedback);
+        let attack = self.attack;
         let (update, feedback) = tokio::task::spawn_blocking(move || {
             let update = run_task(trainer.as_ref(), &task, &global, &data)
+                .and_then(|u| match attack {
+                    Some(attack) => attack.corrupt(&task, &global, u),
+                    None => Ok(u),
+                })
                 .and_then(|u| encode_update(&task, &global, u, &mut feedback));
             (update, feedback)
         })

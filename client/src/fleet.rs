@@ -8,6 +8,7 @@
 //! none carries more than [`CLIENTS_PER_CHANNEL`], well under the coordinator's per-connection
 //! stream cap: a crowded connection would queue or reset streams, and its clients would starve.
 
+use crate::attack::Byzantine;
 use crate::budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 use crate::cache::GlobalCache;
 use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
@@ -42,6 +43,9 @@ pub struct FleetConfig {
     pub options: ClientOptions,
     /// Simulated faults, drawn from `options.seed` per (client, round) [default: none].
     pub faults: Faults,
+    /// Simulated attackers: a seeded share of the fleet's clients whose updates lie
+    /// [default: none].
+    pub byzantine: Option<Byzantine>,
     /// TLS towards the coordinator (CA, server name) for every client; `None` for plaintext.
     pub tls: Option<ClientTls>,
     /// Each client's own credentials, by client id [default: none].
@@ -83,6 +87,7 @@ impl FleetConfig {
             concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             options: ClientOptions::default(),
             faults: Faults::default(),
+            byzantine: None,
             tls: None,
             credentials: HashMap::new(),
             failures: None,
@@ -150,8 +155,23 @@ pub async fn run_fleet(
     if options.coordinator_url.is_empty() {
         options.coordinator_url.clone_from(&config.url);
     }
+    let attackers: std::collections::HashSet<String> = match &config.byzantine {
+        Some(b) => b
+            .attackers(options.seed, clients.iter().map(|(id, _)| id.as_str()))
+            .into_iter()
+            .collect(),
+        None => Default::default(),
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
+        let attack = config
+            .byzantine
+            .filter(|_| attackers.contains(&id))
+            .map(|b| b.attack);
+        let data = match attack {
+            Some(attack) => attack.poison(data),
+            None => data,
+        };
         let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
         let connections = match (credentials.identity, tls) {
             (None, _) => channels
@@ -189,6 +209,10 @@ pub async fn run_fleet(
         .with_faults(config.faults.clone())
         .with_update_budget(budget.clone())
         .with_trainer(config.trainer.clone());
+        let client = match attack {
+            Some(attack) => client.with_attack(attack),
+            None => client,
+        };
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             let id = client.id().to_owned();

@@ -1,6 +1,7 @@
 //! The Shoal client side: an edge client that trains on data that never leaves it, and a fleet
 //! that runs many simulated clients in one process.
 
+pub mod attack;
 mod backoff;
 pub mod budget;
 pub mod cache;

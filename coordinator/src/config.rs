@@ -6,6 +6,7 @@
 //! clipping something an honest client sent.
 
 pub use crate::aggregate::norm::NormPolicy;
+use crate::aggregate::robust::{Rule, RuleError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shoal_proto::Codec;
@@ -32,6 +33,27 @@ pub enum ServerOptimizer {
         beta2: f64,
         /// Denominator guard.
         eps: f64,
+    },
+    /// Adagrad as in Reddi et al. 2021: m ← β1·m + (1−β1)·g; v ← v + g²; p ← p − η·m/(√v + τ).
+    Adagrad {
+        /// Server learning rate η.
+        lr: f64,
+        /// First-moment decay β1 (0: no momentum).
+        beta1: f64,
+        /// Adaptivity τ: the smaller, the more adaptive.
+        tau: f64,
+    },
+    /// Yogi (Zaheer et al. 2018; Reddi et al. 2021): as Adam without bias correction, but
+    /// v ← v − (1−β2)·g²·sign(v − g²), so v grows slowly and shrinks fast.
+    Yogi {
+        /// Server learning rate η.
+        lr: f64,
+        /// First-moment decay β1.
+        beta1: f64,
+        /// Second-moment decay β2.
+        beta2: f64,
+        /// Adaptivity τ.
+        tau: f64,
     },
 }
 
@@ -61,6 +83,12 @@ pub enum StrategyConfig {
     FedAvg,
     /// Federated gradient averaging with a server optimiser.
     FedSgd {
+        /// The server's optimiser.
+        optimizer: ServerOptimizer,
+    },
+    /// FedOpt (Reddi et al. 2021): FedAvg whose server steps along the pseudo-gradient
+    /// (global − combined update) with an optimiser; SGD with learning rate 1 is FedAvg.
+    FedOpt {
         /// The server's optimiser.
         optimizer: ServerOptimizer,
     },
@@ -152,6 +180,11 @@ pub struct RunConfig {
     /// id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<String>,
+    /// How a round's FedAvg or FedSGD updates are combined (`--aggregator`): `None` for the
+    /// exact weighted mean, else a robust rule (median, trimmed-mean:BETA, krum:F,
+    /// multi-krum:F:M, bulyan:F; left out of the JSON when the mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<String>,
 }
 
 /// Where a round's new global model is evaluated.
@@ -313,6 +346,16 @@ impl RunConfig {
         }
     }
 
+    /// How a round's updates are combined (`Rule::Mean` without `--aggregator`).
+    pub fn rule(&self) -> crate::Result<Rule> {
+        match &self.aggregator {
+            None => Ok(Rule::Mean),
+            Some(name) => name
+                .parse()
+                .map_err(|e: RuleError| crate::CoordinatorError::Config(e.to_string())),
+        }
+    }
+
     /// Checks every value against its range and against the others, without looking at data.
     ///
     /// Messages name the `shoal` flag that sets the value (the config file uses the same names
@@ -354,6 +397,24 @@ impl RunConfig {
                 "--compress {codec}: federated k-means sends counts and centroid sums, which are \
                  not compressed; drop --compress"
             ));
+        }
+        let rule = self.rule()?;
+        if rule.collects() {
+            if matches!(self.strategy, StrategyConfig::FedKMeans { .. }) {
+                return invalid(format!(
+                    "--aggregator {rule}: robust rules combine FedAvg and FedSGD updates; \
+                     federated k-means has its own"
+                ));
+            }
+            let quorum = self.selection.min_clients;
+            if rule.min_updates() > quorum {
+                return invalid(format!(
+                    "--aggregator {rule} needs at least {} updates in every round it \
+                     aggregates: raise --min-clients (now {quorum}) to {0} or more, or \
+                     tolerate fewer attackers",
+                    rule.min_updates()
+                ));
+            }
         }
         if let Some(holdout) = self.eval.holdout() {
             if !(holdout > 0.0 && holdout < 1.0) {
@@ -399,42 +460,7 @@ impl StrategyConfig {
     pub fn validate(&self) -> crate::Result<()> {
         match self {
             Self::FedAvg => {}
-            Self::FedSgd { optimizer } => match *optimizer {
-                ServerOptimizer::Sgd { lr, momentum } => {
-                    if !positive(lr) {
-                        return invalid(format!(
-                            "--server-lr must be a finite number above 0, got {lr}"
-                        ));
-                    }
-                    if !unit_open(momentum) {
-                        return invalid(format!(
-                            "--server-momentum must be in [0, 1), got {momentum}"
-                        ));
-                    }
-                }
-                ServerOptimizer::Adam {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                } => {
-                    if !positive(lr) {
-                        return invalid(format!(
-                            "--server-lr must be a finite number above 0, got {lr}"
-                        ));
-                    }
-                    if !(unit_open(beta1) && unit_open(beta2)) {
-                        return invalid(format!(
-                            "Adam's beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}"
-                        ));
-                    }
-                    if !positive(eps) {
-                        return invalid(format!(
-                            "Adam's eps must be a finite number above 0, got {eps}"
-                        ));
-                    }
-                }
-            },
+            Self::FedSgd { optimizer } | Self::FedOpt { optimizer } => optimizer.validate()?,
             Self::FedKMeans { tol, .. } => {
                 if !(tol.is_finite() && *tol >= 0.0) {
                     return invalid(format!("--tol must be a finite number ≥ 0, got {tol}"));
@@ -565,11 +591,70 @@ impl Default for RunConfig {
             eval: EvalMode::Central,
             init_sha256: None,
             compress: None,
+            aggregator: None,
         }
     }
 }
 
 impl ServerOptimizer {
+    /// Checks the optimiser's settings against their ranges.
+    pub fn validate(&self) -> crate::Result<()> {
+        let lr = match *self {
+            Self::Sgd { lr, .. }
+            | Self::Adam { lr, .. }
+            | Self::Adagrad { lr, .. }
+            | Self::Yogi { lr, .. } => lr,
+        };
+        if !positive(lr) {
+            return invalid(format!(
+                "--server-lr must be a finite number above 0, got {lr}"
+            ));
+        }
+        match *self {
+            Self::Sgd { momentum, .. } if !unit_open(momentum) => invalid(format!(
+                "--server-momentum must be in [0, 1), got {momentum}"
+            )),
+            Self::Adam { beta1, beta2, .. } | Self::Yogi { beta1, beta2, .. }
+                if !(unit_open(beta1) && unit_open(beta2)) =>
+            {
+                invalid(format!(
+                    "--server-beta1 and --server-beta2 must be in [0, 1), got {beta1} and {beta2}"
+                ))
+            }
+            Self::Adagrad { beta1, .. } if !unit_open(beta1) => {
+                invalid(format!("--server-beta1 must be in [0, 1), got {beta1}"))
+            }
+            Self::Adam { eps: tau, .. } | Self::Adagrad { tau, .. } | Self::Yogi { tau, .. }
+                if !positive(tau) =>
+            {
+                invalid(format!(
+                    "--server-tau must be a finite number above 0, got {tau}"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adagrad with Reddi et al.'s defaults for what is not given (η 0.1, β1 0, τ 1e-3).
+    pub fn adagrad(lr: Option<f64>, beta1: Option<f64>, tau: Option<f64>) -> Self {
+        Self::Adagrad {
+            lr: lr.unwrap_or(0.1),
+            beta1: beta1.unwrap_or(0.0),
+            tau: tau.unwrap_or(1e-3),
+        }
+    }
+
+    /// Yogi with Reddi et al.'s defaults for what is not given (η 0.01, β1 0.9, β2 0.99,
+    /// τ 1e-3).
+    pub fn yogi(lr: Option<f64>, beta1: Option<f64>, beta2: Option<f64>, tau: Option<f64>) -> Self {
+        Self::Yogi {
+            lr: lr.unwrap_or(0.01),
+            beta1: beta1.unwrap_or(0.9),
+            beta2: beta2.unwrap_or(0.99),
+            tau: tau.unwrap_or(1e-3),
+        }
+    }
+
     /// Server learning rate of SGD when none is given.
     pub const SGD_LR: f64 = 0.5;
     /// Server learning rate of Adam when none is given.

@@ -3,6 +3,7 @@
 
 use crate::commands::simulate::check_channels;
 use crate::data::{partitions, require_examples};
+use crate::fault_args::FaultArgs;
 use crate::host::{Durability, Outputs, ctrl_c, host, prepare};
 use crate::options::RunOptions;
 use anyhow::{Context, Result, bail};
@@ -25,6 +26,8 @@ pub struct RunCmd {
     /// HTTP/2 channels the simulated fleet shares, 1..=65535.
     #[arg(long, default_value_t = shoal_client::DEFAULT_CHANNELS)]
     channels: usize,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 impl RunCmd {
@@ -48,6 +51,7 @@ impl RunCmd {
         let mut fleet = FleetConfig::new(format!("http://{}", listener.local_addr()?));
         fleet.channels = self.channels;
         fleet.options.seed = plan.run.seed;
+        self.faults.apply(&mut fleet);
         // The fleet stops when the coordinator says the run is over, on Ctrl-C, or at the latest
         // a grace period after the coordinator stopped serving.
         let (hosted_tx, hosted_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,18 +5,14 @@
 
 use crate::commands::client::{TlsArgs, identity, read_tokens};
 use crate::data::{load, partitions};
+use crate::fault_args::FaultArgs;
 use crate::host::ctrl_c;
 use crate::options::ClientDataOptions;
 use anyhow::{Result, bail};
 use clap::Args;
-use shoal_client::faults::DEFAULT_CRASH_DOWNTIME;
-use shoal_client::{Credentials, Faults, FleetConfig, run_fleet};
+use shoal_client::{Credentials, FleetConfig, run_fleet};
 use shoal_coordinator::net::certs::bundle::{CA_CERT, client_cert_file, client_key_file};
 use std::path::PathBuf;
-use std::time::Duration;
-
-/// A fault's probability per (client, round) and its duration.
-type FaultRate = (f64, Duration);
 
 /// Options of `shoal simulate`.
 #[derive(Debug, Args)]
@@ -45,17 +41,8 @@ pub struct SimulateCmd {
     /// Run only these partitions, e.g. 0..10, leaving the rest to other processes [default: all].
     #[arg(long, value_name = "START..END", value_parser = parse_range)]
     indices: Option<std::ops::Range<usize>>,
-    /// Simulated dropouts: with probability P per round a client takes its task and never
-    /// delivers the update [default: 0].
-    #[arg(long, value_name = "P", value_parser = parse_probability)]
-    dropout: Option<f64>,
-    /// Simulated stragglers: with probability P per round a client delays its push by SECONDS.
-    #[arg(long, value_name = "P:SECONDS", value_parser = parse_straggle)]
-    straggle: Option<FaultRate>,
-    /// Simulated crashes: with probability P per round a client dies mid-round, stays silent
-    /// for SECONDS [default: 2], then joins again under the same id.
-    #[arg(long, value_name = "P[:SECONDS]", value_parser = parse_crash)]
-    crash: Option<FaultRate>,
+    #[command(flatten)]
+    faults: FaultArgs,
     #[command(flatten)]
     tls: TlsArgs,
     /// Mutual TLS: a directory with client-ID.pem and client-ID.key for every simulated client
@@ -78,40 +65,6 @@ pub fn check_channels(channels: usize) -> Result<()> {
         bail!("--channels must be in 1..={MAX_CHANNELS}, got {channels}");
     }
     Ok(())
-}
-
-/// Parses a probability in [0, 1].
-fn parse_probability(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(format!("expected a probability between 0 and 1, got {s:?}")),
-    }
-}
-
-/// Parses a non-negative number of seconds.
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|secs| *secs >= 0.0)
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("expected a number of seconds >= 0, got {s:?}"))
-}
-
-/// Parses "P:SECONDS".
-fn parse_straggle(s: &str) -> Result<FaultRate, String> {
-    let (p, secs) = s
-        .split_once(':')
-        .ok_or_else(|| format!("expected P:SECONDS, e.g. 0.2:3, got {s:?}"))?;
-    Ok((parse_probability(p)?, parse_seconds(secs)?))
-}
-
-/// Parses "P" or "P:SECONDS" (the downtime defaults to two seconds).
-fn parse_crash(s: &str) -> Result<FaultRate, String> {
-    match s.split_once(':') {
-        Some((p, secs)) => Ok((parse_probability(p)?, parse_seconds(secs)?)),
-        None => Ok((parse_probability(s)?, DEFAULT_CRASH_DOWNTIME)),
-    }
 }
 
 /// Parses "START..END".
@@ -172,11 +125,7 @@ impl SimulateCmd {
         fleet.channels = self.channels;
         fleet.spread = self.spread;
         fleet.options.seed = plan.seed;
-        fleet.faults = Faults {
-            dropout: self.dropout.unwrap_or(0.0),
-            straggle: self.straggle,
-            crash: self.crash,
-        };
+        self.faults.apply(&mut fleet);
         let faulty = !fleet.faults.is_none();
         let report = run_fleet(fleet, clients, ctrl_c()).await?;
         let t = &report.totals;
@@ -204,51 +153,7 @@ impl SimulateCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probabilities_must_lie_in_the_unit_interval() {
-        assert_eq!(parse_probability("0"), Ok(0.0));
-        assert_eq!(parse_probability(" 0.25 "), Ok(0.25));
-        assert_eq!(parse_probability("1"), Ok(1.0));
-        for bad in ["-0.1", "1.5", "NaN", "inf", "half", ""] {
-            let err = parse_probability(bad).unwrap_err();
-            assert!(err.contains("between 0 and 1"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn straggle_needs_a_probability_and_seconds() {
-        assert_eq!(parse_straggle("0.2:3"), Ok((0.2, Duration::from_secs(3))));
-        assert_eq!(
-            parse_straggle("1:0.5"),
-            Ok((1.0, Duration::from_millis(500)))
-        );
-        assert!(parse_straggle("0.2").unwrap_err().contains("P:SECONDS"));
-        assert!(
-            parse_straggle("2:3")
-                .unwrap_err()
-                .contains("between 0 and 1")
-        );
-        assert!(
-            parse_straggle("0.2:-1")
-                .unwrap_err()
-                .contains("seconds >= 0")
-        );
-        assert!(
-            parse_straggle("0.2:x")
-                .unwrap_err()
-                .contains("seconds >= 0")
-        );
-        assert!(parse_straggle("0.2:1e300").is_err());
-    }
-
-    #[test]
-    fn crash_downtime_defaults_to_two_seconds() {
-        assert_eq!(parse_crash("0.1"), Ok((0.1, Duration::from_secs(2))));
-        assert_eq!(parse_crash("0.1:0"), Ok((0.1, Duration::ZERO)));
-        assert!(parse_crash("-1").is_err());
-        assert!(parse_crash("0.1:soon").is_err());
-    }
+    use std::time::Duration;
 
     #[test]
     fn the_flags_reach_the_command() {
@@ -266,11 +171,19 @@ mod tests {
             "0.2:3",
             "--crash",
             "0.1",
+            "--byzantine",
+            "0.2:sign-flip",
         ])
         .unwrap();
-        assert_eq!(cli.simulate.dropout, Some(0.5));
-        assert_eq!(cli.simulate.straggle, Some((0.2, Duration::from_secs(3))));
-        assert_eq!(cli.simulate.crash, Some((0.1, Duration::from_secs(2))));
+        let mut fleet = FleetConfig::new("http://127.0.0.1:1");
+        cli.simulate.faults.apply(&mut fleet);
+        assert_eq!(fleet.faults.dropout, 0.5);
+        assert_eq!(fleet.faults.straggle, Some((0.2, Duration::from_secs(3))));
+        assert_eq!(fleet.faults.crash, Some((0.1, Duration::from_secs(2))));
+        assert_eq!(
+            fleet.byzantine.map(|b| b.to_string()),
+            Some("0.2:sign-flip".into())
+        );
         let err = Cli::try_parse_from(["shoal", "--dropout", "1.2"]).unwrap_err();
         assert!(err.to_string().contains("between 0 and 1"), "{err}");
     }

@@ -11,6 +11,7 @@
 //! Σ w·max|x| must stay below 2^62, which [`ExactSum::fold`] checks before touching anything.
 
 pub mod norm;
+pub mod robust;
 
 use thiserror::Error;
 

@@ -14,23 +14,30 @@ pub fn build_from(
     let Some(params) = init else {
         return build(config, spec);
     };
+    let rule = config.rule()?;
     if let Some(i) = params.iter().position(|v| !v.is_finite()) {
         return Err(CoordinatorError::Config(format!(
             "--init: parameter {i} is not finite"
         )));
     }
     Ok(match &config.strategy {
-        StrategyConfig::FedAvg => Box::new(FedAvg::from_params(
-            spec.clone(),
-            params,
-            config.fit.clone(),
-        )),
-        StrategyConfig::FedSgd { optimizer } => Box::new(FedSgd::from_params(
-            spec.clone(),
-            params,
-            optimizer.clone(),
-            config.gradient.clone(),
-        )),
+        StrategyConfig::FedAvg => {
+            Box::new(FedAvg::from_params(spec.clone(), params, config.fit.clone()).with_rule(rule))
+        }
+        StrategyConfig::FedOpt { optimizer } => Box::new(
+            FedAvg::from_params(spec.clone(), params, config.fit.clone())
+                .with_rule(rule)
+                .with_optimizer(optimizer.clone()),
+        ),
+        StrategyConfig::FedSgd { optimizer } => Box::new(
+            FedSgd::from_params(
+                spec.clone(),
+                params,
+                optimizer.clone(),
+                config.gradient.clone(),
+            )
+            .with_rule(rule),
+        ),
         StrategyConfig::FedKMeans { .. } => {
             return Err(CoordinatorError::Config(
                 "--init: federated k-means starts from its own seeding round, not a model file"
@@ -42,16 +49,25 @@ pub fn build_from(
 
 /// Builds the strategy a run asks for, with its initial global state.
 pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> {
+    let rule = config.rule()?;
     Ok(match &config.strategy {
         StrategyConfig::FedAvg => {
-            Box::new(FedAvg::new(spec.clone(), config.seed, config.fit.clone())?)
+            Box::new(FedAvg::new(spec.clone(), config.seed, config.fit.clone())?.with_rule(rule))
         }
-        StrategyConfig::FedSgd { optimizer } => Box::new(FedSgd::new(
-            spec.clone(),
-            config.seed,
-            optimizer.clone(),
-            config.gradient.clone(),
-        )?),
+        StrategyConfig::FedOpt { optimizer } => Box::new(
+            FedAvg::new(spec.clone(), config.seed, config.fit.clone())?
+                .with_rule(rule)
+                .with_optimizer(optimizer.clone()),
+        ),
+        StrategyConfig::FedSgd { optimizer } => Box::new(
+            FedSgd::new(
+                spec.clone(),
+                config.seed,
+                optimizer.clone(),
+                config.gradient.clone(),
+            )?
+            .with_rule(rule),
+        ),
         StrategyConfig::FedKMeans { k, local_k, tol } => Box::new(FedKMeans::new(
             spec.num_features,
             spec.num_classes,

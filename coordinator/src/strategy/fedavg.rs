@@ -5,11 +5,15 @@
 //! parameters; the next global model is their mean weighted by example counts.
 
 use super::{
-    FoldMode, Metrics, Strategy, TaskPlan, Work, eval_metrics, from_bytes, init_stream, to_bytes,
+    Metrics, Strategy, TaskPlan, Work, combine, eval_metrics, fold_for, from_bytes, init_stream,
+    to_bytes,
 };
-use crate::config::FitSettings;
+use crate::aggregate::robust::Rule;
+use crate::config::{FitSettings, ServerOptimizer};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
+use crate::strategy::server_opt::{OptimizerState, step};
+use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 use shoal_proto::v1::{FitConfig, TaskKind};
@@ -20,24 +24,62 @@ pub struct FedAvg {
     spec: ModelSpec,
     params: Vec<f32>,
     fit: FitSettings,
+    /// How the round's updates are combined.
+    rule: Rule,
+    /// FedOpt: the server's optimiser, stepping along global − combined update.
+    optimizer: Option<ServerOptimizer>,
+    /// Its state (moments and steps), checkpointed with the parameters.
+    state: OptimizerState,
+}
+
+/// A FedOpt checkpoint: parameters and optimiser state (plain FedAvg keeps the parameters only).
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    params: Vec<f32>,
+    state: OptimizerState,
 }
 
 impl FedAvg {
     /// Starts from parameters initialised by the run seed; clients train with `fit`.
     pub fn new(spec: ModelSpec, seed: u64, fit: FitSettings) -> Result<Self> {
         let params = init_params(&spec, init_stream(seed))?;
-        Ok(Self { spec, params, fit })
+        Ok(Self::from_params(spec, params, fit))
     }
 
     /// Starts from `params`, a model made elsewhere (`--init`), already checked to fit.
     pub fn from_params(spec: ModelSpec, params: Vec<f32>, fit: FitSettings) -> Self {
-        Self { spec, params, fit }
+        Self {
+            spec,
+            params,
+            fit,
+            rule: Rule::Mean,
+            optimizer: None,
+            state: OptimizerState::default(),
+        }
+    }
+
+    /// FedOpt: the same strategy whose server steps with `optimizer` along the
+    /// pseudo-gradient instead of taking the combined update as the next model.
+    pub fn with_optimizer(mut self, optimizer: ServerOptimizer) -> Self {
+        self.state = OptimizerState::new(self.params.len());
+        self.optimizer = Some(optimizer);
+        self
+    }
+
+    /// The same strategy combining each round's updates by `rule` instead of their mean.
+    pub fn with_rule(mut self, rule: Rule) -> Self {
+        self.rule = rule;
+        self
     }
 }
 
 impl Strategy for FedAvg {
     fn name(&self) -> &'static str {
-        "fedavg"
+        if self.optimizer.is_some() {
+            "fedopt"
+        } else {
+            "fedavg"
+        }
     }
 
     fn configure(&self, _round: u32) -> TaskPlan {
@@ -50,7 +92,7 @@ impl Strategy for FedAvg {
             }),
             update_len: self.params.len(),
             counts_len: 0,
-            fold: FoldMode::WeightedSum,
+            fold: fold_for(&self.rule),
             counts_sum_to_weight: Vec::new(),
         }
     }
@@ -60,10 +102,25 @@ impl Strategy for FedAvg {
     }
 
     fn aggregate(&mut self, _round: u32, results: RoundResults) -> Result<Metrics> {
-        self.params = results
-            .sum
-            .and_then(|s| s.mean())
-            .ok_or_else(|| CoordinatorError::Strategy("fedavg: no updates to average".into()))?;
+        let combined = combine(&self.rule, results, self.name())?;
+        match &self.optimizer {
+            None => self.params = combined,
+            Some(optimizer) => {
+                // Exact in f64: with SGD at learning rate 1 the step lands on `combined`.
+                let pseudo_gradient: Vec<f64> = self
+                    .params
+                    .iter()
+                    .zip(&combined)
+                    .map(|(p, c)| f64::from(*p) - f64::from(*c))
+                    .collect();
+                step(
+                    optimizer,
+                    &mut self.params,
+                    &pseudo_gradient,
+                    &mut self.state,
+                );
+            }
+        }
         Ok(Metrics::new())
     }
 
@@ -72,19 +129,38 @@ impl Strategy for FedAvg {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>> {
-        to_bytes(&self.params)
+        match self.optimizer {
+            None => to_bytes(&self.params),
+            Some(_) => to_bytes(&Snapshot {
+                params: self.params.clone(),
+                state: self.state.clone(),
+            }),
+        }
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let params: Vec<f32> = from_bytes(bytes)?;
-        if params.len() != self.params.len() {
+        let n = self.params.len();
+        let (params, state) = match self.optimizer {
+            None => (from_bytes::<Vec<f32>>(bytes)?, OptimizerState::default()),
+            Some(_) => {
+                let snap: Snapshot = from_bytes(bytes)?;
+                if !snap.state.fits(n) {
+                    return Err(CoordinatorError::Checkpoint(
+                        "fedopt optimiser state does not fit the model".into(),
+                    ));
+                }
+                (snap.params, snap.state)
+            }
+        };
+        if params.len() != n {
             return Err(CoordinatorError::Checkpoint(format!(
-                "fedavg state has {} parameters, model needs {}",
-                params.len(),
-                self.params.len()
+                "{} state has {} parameters, model needs {n}",
+                self.name(),
+                params.len()
             )));
         }
         self.params = params;
+        self.state = state;
         Ok(())
     }
 }

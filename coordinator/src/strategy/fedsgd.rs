@@ -7,23 +7,18 @@
 //! on the union of the clients' data.
 
 use super::{
-    FoldMode, Metrics, Strategy, TaskPlan, Work, eval_metrics, from_bytes, init_stream, to_bytes,
+    Metrics, Strategy, TaskPlan, Work, combine, eval_metrics, fold_for, from_bytes, init_stream,
+    to_bytes,
 };
+use crate::aggregate::robust::Rule;
 use crate::config::{GradientSettings, ServerOptimizer};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
+use crate::strategy::server_opt::{OptimizerState, step};
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 use shoal_proto::v1::{GradientConfig, TaskKind};
-
-/// Optimiser state that must survive a restart.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct OptimizerState {
-    steps: u64,
-    first: Vec<f32>,
-    second: Vec<f32>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -39,6 +34,8 @@ pub struct FedSgd {
     optimizer: ServerOptimizer,
     state: OptimizerState,
     gradient: GradientSettings,
+    /// How the round's gradients are combined.
+    rule: Rule,
 }
 
 impl FedSgd {
@@ -61,55 +58,21 @@ impl FedSgd {
         optimizer: ServerOptimizer,
         gradient: GradientSettings,
     ) -> Self {
-        let state = OptimizerState {
-            steps: 0,
-            first: vec![0.0; params.len()],
-            second: vec![0.0; params.len()],
-        };
+        let state = OptimizerState::new(params.len());
         Self {
             spec,
             params,
             optimizer,
             state,
             gradient,
+            rule: Rule::Mean,
         }
     }
-}
 
-/// One optimiser step of `params` along `grad`, updating `state`; pure, so tests can compare it
-/// with a centralised step.
-fn step(optimizer: &ServerOptimizer, params: &mut [f32], grad: &[f32], state: &mut OptimizerState) {
-    state.steps += 1;
-    match *optimizer {
-        ServerOptimizer::Sgd { lr, momentum } => {
-            for ((p, g), v) in params.iter_mut().zip(grad).zip(state.first.iter_mut()) {
-                let velocity = momentum * f64::from(*v) + f64::from(*g);
-                *v = velocity as f32;
-                *p = (f64::from(*p) - lr * velocity) as f32;
-            }
-        }
-        ServerOptimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } => {
-            let t = state.steps as i32;
-            let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-            for (((p, g), m), v) in params
-                .iter_mut()
-                .zip(grad)
-                .zip(state.first.iter_mut())
-                .zip(state.second.iter_mut())
-            {
-                let g = f64::from(*g);
-                let m1 = beta1 * f64::from(*m) + (1.0 - beta1) * g;
-                let v1 = beta2 * f64::from(*v) + (1.0 - beta2) * g * g;
-                *m = m1 as f32;
-                *v = v1 as f32;
-                *p = (f64::from(*p) - lr * (m1 / c1) / ((v1 / c2).sqrt() + eps)) as f32;
-            }
-        }
+    /// The same strategy combining each round's gradients by `rule` instead of their mean.
+    pub fn with_rule(mut self, rule: Rule) -> Self {
+        self.rule = rule;
+        self
     }
 }
 
@@ -127,7 +90,7 @@ impl Strategy for FedSgd {
             }),
             update_len: self.params.len(),
             counts_len: 0,
-            fold: FoldMode::WeightedSum,
+            fold: fold_for(&self.rule),
             counts_sum_to_weight: Vec::new(),
         }
     }
@@ -137,15 +100,13 @@ impl Strategy for FedSgd {
     }
 
     fn aggregate(&mut self, _round: u32, results: RoundResults) -> Result<Metrics> {
-        let grad = results
-            .sum
-            .and_then(|s| s.mean())
-            .ok_or_else(|| CoordinatorError::Strategy("fedsgd: no gradients to average".into()))?;
+        let grad = combine(&self.rule, results, "fedsgd")?;
         let norm = grad
             .iter()
             .map(|g| f64::from(*g).powi(2))
             .sum::<f64>()
             .sqrt();
+        let grad: Vec<f64> = grad.iter().map(|&g| f64::from(g)).collect();
         step(&self.optimizer, &mut self.params, &grad, &mut self.state);
         Ok(Metrics::from([("grad_norm".to_string(), norm)]))
     }
@@ -164,7 +125,7 @@ impl Strategy for FedSgd {
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let snap: Snapshot = from_bytes(bytes)?;
         let n = self.params.len();
-        if snap.params.len() != n || snap.state.first.len() != n || snap.state.second.len() != n {
+        if snap.params.len() != n || !snap.state.fits(n) {
             return Err(CoordinatorError::Checkpoint(
                 "fedsgd state does not fit the model".into(),
             ));
@@ -172,68 +133,5 @@ impl Strategy for FedSgd {
         self.params = snap.params;
         self.state = snap.state;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sgd_without_momentum_is_gradient_descent() {
-        let mut p = vec![1.0f32, -2.0];
-        let mut s = OptimizerState {
-            steps: 0,
-            first: vec![0.0; 2],
-            second: vec![0.0; 2],
-        };
-        step(
-            &ServerOptimizer::Sgd {
-                lr: 0.5,
-                momentum: 0.0,
-            },
-            &mut p,
-            &[2.0, -4.0],
-            &mut s,
-        );
-        assert_eq!(p, vec![0.0, 0.0]);
-    }
-
-    #[test]
-    fn momentum_accumulates_velocity() {
-        let mut p = vec![0.0f32];
-        let mut s = OptimizerState {
-            steps: 0,
-            first: vec![0.0],
-            second: vec![0.0],
-        };
-        let opt = ServerOptimizer::Sgd {
-            lr: 1.0,
-            momentum: 0.5,
-        };
-        step(&opt, &mut p, &[1.0], &mut s);
-        step(&opt, &mut p, &[1.0], &mut s);
-        assert_eq!(p, vec![-2.5]);
-    }
-
-    #[test]
-    fn adam_first_step_moves_by_lr() {
-        let mut p = vec![0.0f32, 0.0];
-        let mut s = OptimizerState {
-            steps: 0,
-            first: vec![0.0; 2],
-            second: vec![0.0; 2],
-        };
-        let opt = ServerOptimizer::Adam {
-            lr: 0.1,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        };
-        step(&opt, &mut p, &[3.0, -0.01], &mut s);
-        assert!(
-            (p[0] + 0.1).abs() < 1e-6 && (p[1] - 0.1).abs() < 1e-5,
-            "{p:?}"
-        );
     }
 }

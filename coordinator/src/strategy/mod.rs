@@ -12,6 +12,7 @@ mod fedkmeans;
 mod fedsgd;
 mod plan;
 pub mod results;
+mod server_opt;
 
 pub use build::{build, build_from};
 pub use fedavg::FedAvg;
@@ -21,6 +22,7 @@ pub use plan::{FoldMode, TaskPlan, Work};
 
 pub use crate::config::ServerOptimizer;
 
+use crate::aggregate::robust::Rule;
 use crate::error::Result;
 use crate::strategy::results::RoundResults;
 use shoal_datasets::Dataset;
@@ -70,6 +72,34 @@ const INIT_STREAM: u64 = 0x1417;
 /// rebuild the initial model).
 pub fn init_stream(seed: u64) -> u64 {
     shoal_datasets::rng::derive_seed(seed, &[INIT_STREAM])
+}
+
+/// A round's combined update: the exact weighted mean of its sum, or `rule` over every
+/// collected update (sorted by client id, so the result does not depend on arrival order).
+pub(crate) fn combine(rule: &Rule, results: RoundResults, name: &str) -> Result<Vec<f32>> {
+    if rule.collects() {
+        let updates: Vec<&[f32]> = results
+            .collected
+            .iter()
+            .map(|u| u.payload.as_slice())
+            .collect();
+        return rule
+            .apply(&updates)
+            .map_err(|e| crate::CoordinatorError::Strategy(format!("{name}: {e}")));
+    }
+    results
+        .sum
+        .and_then(|s| s.mean())
+        .ok_or_else(|| crate::CoordinatorError::Strategy(format!("{name}: no updates to combine")))
+}
+
+/// How a round of `rule` folds its updates: summed as they come, or collected whole.
+pub(crate) fn fold_for(rule: &Rule) -> FoldMode {
+    if rule.collects() {
+        FoldMode::Collect
+    } else {
+        FoldMode::WeightedSum
+    }
 }
 
 /// Test loss and accuracy of classification parameters.
