@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub enum StrategyName {
     /// Federated averaging.
     Fedavg,
+    /// FedAvg with a proximal term in the clients' objective (--proximal-mu).
+    Fedprox,
     /// Federated gradients with a server optimiser.
     Fedsgd,
     /// Federated k-means (k-FED seeding, then Lloyd rounds).
@@ -201,6 +203,9 @@ options! {
         /// Adaptivity τ of adagrad and yogi (Adam's ε), above 0 [default: 1e-3; 1e-8 for
         /// adam].
         server_tau: f64,
+        /// FedProx's proximal strength μ ≥ 0: clients add μ/2·‖w − w_global‖² to their local
+        /// loss [default: 0.01].
+        proximal_mu: f64,
         /// Clusters (k-means), 1 to the number of training examples [default: number of classes].
         k: usize,
         /// Clusters of each client's local k-means in the k-FED seeding round, 1 to the smallest
@@ -408,6 +413,14 @@ impl RunOptions {
             }
         }
         run.validate()?;
+        if strategy != StrategyName::Fedprox && o.proximal_mu.is_some() {
+            bail!("--proximal-mu is FedProx's: give --strategy fedprox");
+        }
+        if strategy == StrategyName::Fedprox && o.server_optimizer.is_some() {
+            bail!(
+                "--server-optimizer: FedProx's server averages; use --strategy fedavg --server-optimizer for FedOpt"
+            );
+        }
         if strategy == StrategyName::Fedkmeans && o.server_optimizer.is_some() {
             bail!(
                 "--server-optimizer: federated k-means computes its centroids directly; it has no server optimiser"
@@ -480,6 +493,9 @@ fn strategy_config(
             Some(_) => StrategyConfig::FedOpt {
                 optimizer: server_optimizer(o, optimizer, 1.0),
             },
+        },
+        StrategyName::Fedprox => StrategyConfig::FedProx {
+            mu: o.proximal_mu.unwrap_or(0.01),
         },
         StrategyName::Fedsgd => StrategyConfig::FedSgd {
             optimizer: server_optimizer(o, optimizer, ServerOptimizer::SGD_LR),

@@ -232,6 +232,50 @@ fn compressed_fedavg_with_error_feedback_survives_sigkill() {
     survives_kills(&run, 3, 5, 0, 60);
 }
 
+/// FedOpt's optimiser state is checkpointed, and a robust rule's collected updates come back
+/// from the round log.
+#[test]
+fn fedopt_with_a_robust_aggregator_survives_sigkill() {
+    let run = [
+        "--rounds",
+        "100",
+        "--epochs",
+        "20",
+        "--clients",
+        "5",
+        "--min-clients",
+        "5",
+        "--seed",
+        "6",
+        "--server-optimizer",
+        "yogi",
+        "--aggregator",
+        "median",
+    ];
+    survives_kills(&run, 3, 7, 0, 60);
+}
+
+#[test]
+fn fedprox_survives_sigkill() {
+    let run = [
+        "--strategy",
+        "fedprox",
+        "--proximal-mu",
+        "0.1",
+        "--rounds",
+        "100",
+        "--epochs",
+        "20",
+        "--clients",
+        "5",
+        "--seed",
+        "8",
+        "--partition",
+        "dirichlet:0.5",
+    ];
+    survives_kills(&run, 2, 9, 0, 60);
+}
+
 #[test]
 fn fedsgd_survives_sigkill_at_random_moments() {
     let run = [

@@ -152,6 +152,26 @@ fn compressed_runs_are_deterministic_and_keep_their_accuracy() {
 }
 
 #[test]
+fn fedprox_with_mu_zero_is_fedavg_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fedavg = one_process_run(dir.path(), "fedavg.json", &["--rounds", "5"]);
+    let prox = |mu: &str| {
+        let args = [
+            "--rounds",
+            "5",
+            "--strategy",
+            "fedprox",
+            "--proximal-mu",
+            mu,
+        ];
+        model_sha256(&one_process_run(dir.path(), "prox.json", &args))
+    };
+    assert_eq!(prox("0"), model_sha256(&fedavg));
+    assert_ne!(prox("0.1"), model_sha256(&fedavg));
+    assert_eq!(prox("0.1"), prox("0.1"));
+}
+
+#[test]
 fn fedopt_with_sgd_at_learning_rate_one_is_fedavg_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let fedavg = one_process_run(dir.path(), "fedavg.json", &["--rounds", "5"]);

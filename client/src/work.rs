@@ -107,6 +107,7 @@ fn fit(
         batch_size: cfg.batch_size as usize,
         lr: cfg.lr,
         seed: task.seed,
+        proximal_mu: cfg.proximal_mu,
     };
     let (params, report) = trainer.fit(task_model(task)?, global, data, &train)?;
     Ok(LocalUpdate {

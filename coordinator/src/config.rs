@@ -92,6 +92,12 @@ pub enum StrategyConfig {
         /// The server's optimiser.
         optimizer: ServerOptimizer,
     },
+    /// FedProx (Li et al. 2020): FedAvg whose clients add μ/2·‖w − w_global‖² to their
+    /// local objective.
+    FedProx {
+        /// The proximal strength μ, finite and ≥ 0 (0 is FedAvg).
+        mu: f64,
+    },
     /// Federated k-means: k-FED seeding, then Lloyd rounds.
     FedKMeans {
         /// Number of global clusters.
@@ -461,6 +467,13 @@ impl StrategyConfig {
         match self {
             Self::FedAvg => {}
             Self::FedSgd { optimizer } | Self::FedOpt { optimizer } => optimizer.validate()?,
+            Self::FedProx { mu } => {
+                if !(mu.is_finite() && *mu >= 0.0) {
+                    return invalid(format!(
+                        "--proximal-mu must be a finite number ≥ 0, got {mu}"
+                    ));
+                }
+            }
             Self::FedKMeans { tol, .. } => {
                 if !(tol.is_finite() && *tol >= 0.0) {
                     return invalid(format!("--tol must be a finite number ≥ 0, got {tol}"));

@@ -4,7 +4,9 @@
 //! bookkeeping, which matters at the small batch sizes federated clients use.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::{Gradients, Tensor, TensorData};
+
+use crate::device::inference_device;
 
 /// `net` (any burn module on an autodiff device) after one step `w <- w - lr * grad` on every
 /// parameter that has a gradient in `grads`: the step a team's own trainer can use too.
@@ -27,6 +29,79 @@ impl ModuleMapper for SgdMapper<'_> {
                 .autodiff()
                 .require_grad(),
             None => tensor,
+        })
+    }
+}
+
+/// The anchor of FedProx's proximal term: the round's global parameters, one flat tensor per
+/// parameter in the order burn visits them (the layout of [`crate::Manifest`]).
+pub(crate) struct ProximalAnchor {
+    mu: f64,
+    tensors: Vec<Tensor<1>>,
+}
+
+impl ProximalAnchor {
+    /// The anchor at `params` laid out by `lens` (each parameter's number of values), pulling
+    /// with strength `mu`.
+    pub(crate) fn new(mu: f64, params: &[f32], lens: impl Iterator<Item = usize>) -> Self {
+        let device = inference_device();
+        let mut offset = 0;
+        let tensors = lens
+            .map(|len| {
+                let slice = params[offset..offset + len].to_vec();
+                offset += len;
+                Tensor::from_data(TensorData::new(slice, [len]), &device)
+            })
+            .collect();
+        Self { mu, tensors }
+    }
+}
+
+/// One FedProx step (Li et al. 2020): `w <- w - lr * (grad + mu * (w - anchor))`, the SGD step
+/// on the local loss plus `mu / 2 * ||w - anchor||^2`.
+pub(crate) fn proximal_step<M: Module>(
+    net: M,
+    mut grads: Gradients,
+    lr: f64,
+    anchor: &ProximalAnchor,
+) -> M {
+    net.map(&mut ProximalMapper {
+        grads: &mut grads,
+        lr,
+        anchor,
+        next: 0,
+    })
+}
+
+struct ProximalMapper<'a> {
+    grads: &'a mut Gradients,
+    lr: f64,
+    anchor: &'a ProximalAnchor,
+    next: usize,
+}
+
+impl ModuleMapper for ProximalMapper<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let index = self.next;
+        self.next += 1;
+        param.map(|tensor| {
+            match (
+                tensor.grad_remove(self.grads),
+                self.anchor.tensors.get(index),
+            ) {
+                (Some(grad), Some(anchor)) => {
+                    let weights = tensor.inner();
+                    let pull = (weights.clone() - anchor.clone().reshape(weights.dims()))
+                        .mul_scalar(self.anchor.mu);
+                    (weights - (grad + pull).mul_scalar(self.lr))
+                        .autodiff()
+                        .require_grad()
+                }
+                (Some(grad), None) => (tensor.inner() - grad.mul_scalar(self.lr))
+                    .autodiff()
+                    .require_grad(),
+                (None, _) => tensor,
+            }
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::eval::evaluate;
 use crate::loss::{Tally, cross_entropy_backward};
 use crate::params::{build_loaded, flatten};
-use crate::sgd::sgd_step;
+use crate::sgd::{ProximalAnchor, proximal_step, sgd_step};
 use crate::spec::ModelSpec;
 
 /// How to train locally.
@@ -28,6 +28,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Seed of the per-epoch shuffles (`rng_for(seed, &[epoch])`).
     pub seed: u64,
+    /// FedProx's proximal strength μ: each step also pulls the parameters toward the ones
+    /// training started from by μ·(w − w_start); 0 is plain SGD (bit for bit).
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 impl TrainConfig {
@@ -38,6 +42,12 @@ impl TrainConfig {
             return Err(ModelError::InvalidConfig(
                 "batch_size must be positive".into(),
             ));
+        }
+        if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
+            return Err(ModelError::InvalidConfig(format!(
+                "proximal mu must be finite and non-negative, got {}",
+                self.proximal_mu
+            )));
         }
         if !self.lr.is_finite() || self.lr < 0.0 {
             return Err(ModelError::InvalidConfig(format!(
@@ -97,6 +107,13 @@ pub fn train_local(
 
     let device = training_device();
     let mut net = build_loaded(spec, params, &device)?;
+    let anchor = (cfg.proximal_mu > 0.0).then(|| {
+        let lens = spec
+            .manifest()
+            .map(|m| m.entries.into_iter().map(|e| e.len));
+        lens.map(|lens| ProximalAnchor::new(cfg.proximal_mu, params, lens))
+    });
+    let anchor = anchor.transpose()?;
     let mut steps = 0;
     let mut last = Tally::default();
     for epoch in 0..cfg.epochs {
@@ -107,7 +124,10 @@ pub fn train_local(
             let batch = Batch::gather(data, chunk, &device);
             let logits: Tensor<2> = net.forward(batch.inputs);
             let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
-            net = sgd_step(net, grads, cfg.lr);
+            net = match &anchor {
+                Some(anchor) => proximal_step(net, grads, cfg.lr, anchor),
+                None => sgd_step(net, grads, cfg.lr),
+            };
             steps += 1;
         }
         if !tally.loss_sum.is_finite() {
@@ -154,6 +174,7 @@ mod tests {
             batch_size: 32,
             lr: 0.1,
             seed: 4,
+            proximal_mu: 0.0,
         }
     }
 
@@ -323,6 +344,51 @@ mod tests {
     }
 
     #[test]
+    fn the_proximal_term_pulls_toward_the_start_and_vanishes_at_zero() {
+        let data = digits_head(200);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let train = |mu| {
+            train_local(
+                &spec,
+                &params,
+                &data,
+                &TrainConfig {
+                    proximal_mu: mu,
+                    ..cfg(3)
+                },
+            )
+            .unwrap()
+            .0
+        };
+        let distance = |w: &[f32]| -> f64 {
+            w.iter()
+                .zip(&params)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum()
+        };
+        let plain = train(0.0);
+        let (near, nearer) = (train(0.5), train(5.0));
+        assert!(
+            distance(&near) < distance(&plain),
+            "{} vs {}",
+            distance(&near),
+            distance(&plain)
+        );
+        assert!(distance(&nearer) < distance(&near));
+        // mu = 0 is the plain SGD path, and a tiny mu is not.
+        assert_ne!(train(1e-3), plain);
+        let bad = TrainConfig {
+            proximal_mu: -1.0,
+            ..cfg(1)
+        };
+        assert!(matches!(
+            train_local(&spec, &params, &data, &bad),
+            Err(ModelError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
     fn divergence_is_reported() {
         let data = digits_head(64);
         let spec = mlp_spec();
@@ -339,6 +405,7 @@ mod tests {
             batch_size: 4,
             lr: 0.05,
             seed: 1,
+            proximal_mu: 0.0,
         };
         let digits = digits_head(64);
         let images = tiny_images(8);

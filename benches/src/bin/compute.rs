@@ -150,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 batch_size: batch,
                 lr: 0.01,
                 seed: 3,
+                proximal_mu: 0.0,
             };
             let work = || {
                 if let Err(e) = train_local(&spec, &params, &data, &cfg) {

@@ -24,6 +24,11 @@ pub fn build_from(
         StrategyConfig::FedAvg => {
             Box::new(FedAvg::from_params(spec.clone(), params, config.fit.clone()).with_rule(rule))
         }
+        StrategyConfig::FedProx { mu } => Box::new(
+            FedAvg::from_params(spec.clone(), params, config.fit.clone())
+                .with_rule(rule)
+                .with_proximal_mu(*mu),
+        ),
         StrategyConfig::FedOpt { optimizer } => Box::new(
             FedAvg::from_params(spec.clone(), params, config.fit.clone())
                 .with_rule(rule)
@@ -54,6 +59,11 @@ pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> 
         StrategyConfig::FedAvg => {
             Box::new(FedAvg::new(spec.clone(), config.seed, config.fit.clone())?.with_rule(rule))
         }
+        StrategyConfig::FedProx { mu } => Box::new(
+            FedAvg::new(spec.clone(), config.seed, config.fit.clone())?
+                .with_rule(rule)
+                .with_proximal_mu(*mu),
+        ),
         StrategyConfig::FedOpt { optimizer } => Box::new(
             FedAvg::new(spec.clone(), config.seed, config.fit.clone())?
                 .with_rule(rule)

@@ -30,6 +30,8 @@ pub struct FedAvg {
     optimizer: Option<ServerOptimizer>,
     /// Its state (moments and steps), checkpointed with the parameters.
     state: OptimizerState,
+    /// FedProx: the clients' proximal strength μ (0 for FedAvg).
+    proximal_mu: f64,
 }
 
 /// A FedOpt checkpoint: parameters and optimiser state (plain FedAvg keeps the parameters only).
@@ -55,7 +57,15 @@ impl FedAvg {
             rule: Rule::Mean,
             optimizer: None,
             state: OptimizerState::default(),
+            proximal_mu: 0.0,
         }
+    }
+
+    /// FedProx (Li et al. 2020): the same strategy whose clients add μ/2·‖w − w_global‖² to
+    /// their local objective; μ = 0 is FedAvg.
+    pub fn with_proximal_mu(mut self, mu: f64) -> Self {
+        self.proximal_mu = mu;
+        self
     }
 
     /// FedOpt: the same strategy whose server steps with `optimizer` along the
@@ -77,6 +87,8 @@ impl Strategy for FedAvg {
     fn name(&self) -> &'static str {
         if self.optimizer.is_some() {
             "fedopt"
+        } else if self.proximal_mu > 0.0 {
+            "fedprox"
         } else {
             "fedavg"
         }
@@ -89,6 +101,7 @@ impl Strategy for FedAvg {
                 epochs: self.fit.epochs,
                 batch_size: self.fit.batch_size,
                 lr: self.fit.lr,
+                proximal_mu: self.proximal_mu,
             }),
             update_len: self.params.len(),
             counts_len: 0,
