@@ -171,13 +171,7 @@ mod tests {
     use super::*;
 
     fn update(payload: Vec<f32>) -> LocalUpdate {
-        LocalUpdate {
-            num_examples: 1,
-            payload,
-            counts: Vec::new(),
-            metrics: Default::default(),
-            encoded: None,
-        }
+        LocalUpdate::plain(1, payload)
     }
 
     fn fit(seed: u64) -> Task {

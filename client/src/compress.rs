@@ -115,13 +115,7 @@ mod tests {
     }
 
     fn update(payload: Vec<f32>) -> LocalUpdate {
-        LocalUpdate {
-            num_examples: 1,
-            payload,
-            counts: Vec::new(),
-            metrics: Default::default(),
-            encoded: None,
-        }
+        LocalUpdate::plain(1, payload)
     }
 
     fn decoded(codec: Codec, u: &LocalUpdate) -> Vec<f32> {

@@ -25,6 +25,19 @@ pub struct LocalUpdate {
     pub encoded: Option<Encoded>,
 }
 
+impl LocalUpdate {
+    /// An update of plain values with weight `num_examples`, no counts and no metrics.
+    pub fn plain(num_examples: u64, payload: Vec<f32>) -> Self {
+        Self {
+            num_examples,
+            payload,
+            counts: Vec::new(),
+            metrics: BTreeMap::new(),
+            encoded: None,
+        }
+    }
+}
+
 /// The model a task names (its kind, features, classes, image shape).
 fn task_model(task: &Task) -> Result<&shoal_proto::v1::ModelSpec> {
     task.model

@@ -413,6 +413,13 @@ impl RunConfig {
                 ));
             }
             let quorum = self.selection.min_clients;
+            if rule.min_updates() > 1 && self.on_quorum_loss == QuorumPolicy::Shrink {
+                return invalid(format!(
+                    "--aggregator {rule} needs {} updates a round, and --on-quorum-loss shrink \
+                     would aggregate fewer; use stop or wait",
+                    rule.min_updates()
+                ));
+            }
             if rule.min_updates() > quorum {
                 return invalid(format!(
                     "--aggregator {rule} needs at least {} updates in every round it \
@@ -727,6 +734,87 @@ mod validate_tests {
             assert!(err.contains(word), "{word:?} not in {err:?}");
         }
         assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn nonsensical_strategy_settings_are_refused_at_start() {
+        let base = RunConfig::default();
+        let id = base.run_id();
+        let with = |f: &dyn Fn(&mut RunConfig)| {
+            let mut run = base.clone();
+            f(&mut run);
+            run
+        };
+        refused(
+            &with(&|r| r.aggregator = Some("krum:2".into())),
+            &["krum:2", "--min-clients", "7"],
+        );
+        let quorate = with(&|r| {
+            r.aggregator = Some("krum:2".into());
+            r.selection.min_clients = 7;
+        });
+        quorate.validate().unwrap();
+        assert_ne!(quorate.run_id(), id, "the rule is part of the run");
+        refused(
+            &with(&|r| r.aggregator = Some("trimmed-mean:0.5".into())),
+            &["[0, 0.5)"],
+        );
+        refused(
+            &with(&|r| {
+                r.aggregator = Some("krum:1".into());
+                r.selection.min_clients = 5;
+                r.on_quorum_loss = QuorumPolicy::Shrink;
+            }),
+            &["shrink"],
+        );
+        let kmeans = StrategyConfig::fedkmeans(None, None, None);
+        refused(
+            &with(&|r| {
+                r.strategy = kmeans.clone();
+                r.aggregator = Some("median".into());
+            }),
+            &["k-means"],
+        );
+        refused(
+            &with(&|r| {
+                r.strategy = kmeans.clone();
+                r.compress = Some("int8".into());
+            }),
+            &["k-means"],
+        );
+        refused(
+            &with(&|r| r.strategy = StrategyConfig::FedProx { mu: -1.0 }),
+            &["--proximal-mu"],
+        );
+        refused(
+            &with(&|r| {
+                r.strategy = StrategyConfig::FedOpt {
+                    optimizer: ServerOptimizer::yogi(None, Some(1.0), None, None),
+                }
+            }),
+            &["--server-beta1"],
+        );
+        refused(
+            &with(&|r| {
+                r.strategy = StrategyConfig::FedOpt {
+                    optimizer: ServerOptimizer::adagrad(None, None, Some(0.0)),
+                }
+            }),
+            &["--server-tau"],
+        );
+        refused(
+            &with(&|r| r.compress = Some("topk:2".into())),
+            &["--compress"],
+        );
+        // Plain values and the mean leave the run id of runs from before either existed.
+        assert_eq!(
+            with(&|r| {
+                r.compress = None;
+                r.aggregator = None;
+            })
+            .run_id(),
+            id
+        );
     }
 
     #[test]

@@ -117,20 +117,28 @@ impl Rule {
                     mean(&column[cut..column.len() - cut])
                 })
             }
-            Rule::Krum { f } => updates[krum_order(updates, f)[0]].to_vec(),
+            Rule::Krum { f } => {
+                let all: Vec<usize> = (0..n).collect();
+                updates[krum_order(&distances(updates), &all, f)[0]].to_vec()
+            }
             Rule::MultiKrum { f, m } => {
-                let mut best = krum_order(updates, f);
+                let all: Vec<usize> = (0..n).collect();
+                let mut best = krum_order(&distances(updates), &all, f);
                 best.truncate(m);
                 best.sort_unstable();
                 let chosen: Vec<&[f32]> = best.iter().map(|&i| updates[i]).collect();
                 coordinate_wise(&chosen, |column| mean(column))
             }
             Rule::Bulyan { f } => {
-                let mut left: Vec<&[f32]> = updates.to_vec();
+                // Krum over what is left, n - 2f times; the distances are computed once.
+                let distance = distances(updates);
+                let mut left: Vec<usize> = (0..n).collect();
                 let mut chosen = Vec::with_capacity(n - 2 * f);
                 while chosen.len() < n - 2 * f {
-                    let pick = krum_order(&left, f.min(left.len().saturating_sub(3) / 2))[0];
-                    chosen.push(left.remove(pick));
+                    let pick =
+                        krum_order(&distance, &left, f.min(left.len().saturating_sub(3) / 2))[0];
+                    left.retain(|&i| i != pick);
+                    chosen.push(updates[pick]);
                 }
                 let keep = n - 4 * f;
                 coordinate_wise(&chosen, |column| {
@@ -174,9 +182,8 @@ fn mean(values: &[f32]) -> f32 {
     (values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64) as f32
 }
 
-/// Indices of `updates` from the best Krum score to the worst (ties to the lower index): an
-/// update's score is the sum of squared distances to its `n - f - 2` nearest others.
-fn krum_order(updates: &[&[f32]], f: usize) -> Vec<usize> {
+/// Squared Euclidean distances between every two updates, row-major `n × n`.
+fn distances(updates: &[&[f32]]) -> Vec<f64> {
     let n = updates.len();
     let mut distance = vec![0.0f64; n * n];
     for i in 0..n {
@@ -190,20 +197,27 @@ fn krum_order(updates: &[&[f32]], f: usize) -> Vec<usize> {
             distance[j * n + i] = d;
         }
     }
-    let neighbours = n.saturating_sub(f + 2).max(1);
-    let scores: Vec<f64> = (0..n)
-        .map(|i| {
-            let mut others: Vec<f64> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| distance[i * n + j])
-                .collect();
-            others.sort_unstable_by(f64::total_cmp);
-            others.iter().take(neighbours).sum()
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    order
+    distance
+}
+
+/// `members` (indices into the `distance` matrix) from the best Krum score to the worst, ties
+/// to the lower index: a member's score is the sum of its squared distances to its
+/// `len - f - 2` nearest other members.
+fn krum_order(distance: &[f64], members: &[usize], f: usize) -> Vec<usize> {
+    let n = (distance.len() as f64).sqrt() as usize;
+    let neighbours = members.len().saturating_sub(f + 2).max(1);
+    let score = |i: usize| -> f64 {
+        let mut others: Vec<f64> = members
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|&j| distance[i * n + j])
+            .collect();
+        others.sort_unstable_by(f64::total_cmp);
+        others.iter().take(neighbours).sum()
+    };
+    let mut scored: Vec<(f64, usize)> = members.iter().map(|&i| (score(i), i)).collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, i)| i).collect()
 }
 
 impl fmt::Display for Rule {
