@@ -200,6 +200,26 @@ fn a_tree_of_aggregators_gives_the_bits_of_a_flat_fedsgd_run() {
     same_bits_as_one_process(&["--strategy", "fedsgd", "--server-optimizer", "adam"]);
 }
 
+/// Aggregators decode compressed updates onto the round's global state before they fold them.
+#[test]
+fn a_tree_of_aggregators_decodes_compressed_updates_to_the_bits_of_a_flat_run() {
+    same_bits_as_one_process(&["--compress", "int8"]);
+}
+
+/// A robust rule needs every update at the root: aggregators relay them whole.
+#[test]
+fn a_tree_relays_the_updates_of_a_robust_rule_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = RUN.to_vec();
+    run.extend(["--aggregator", "median", "--min-clients", "30"]);
+    let reference = one_process_run(dir.path(), "flat.json", &run);
+    let (sha, logs) = tree(dir.path(), &run);
+    assert_eq!(sha, reference["model_sha256"].to_string());
+    for log in &logs {
+        assert!(!log.contains("partial sum sent upstream"), "{log}");
+    }
+}
+
 #[test]
 fn a_tree_of_aggregators_gives_the_bits_of_a_flat_kmeans_run() {
     // k-FED's seeding round keeps every update whole: it is relayed, the Lloyd rounds summed.
