@@ -164,7 +164,14 @@ impl Codec {
                 }
                 Ok(out)
             }
-            Codec::TopK { .. } => {
+            Codec::TopK { fraction } => {
+                let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                if count as usize != Codec::topk_count(fraction, len) {
+                    return Err(bad(format!(
+                        "top-k update says it keeps {count} values, the fraction keeps {}",
+                        Codec::topk_count(fraction, len)
+                    )));
+                }
                 let mut out = vec![0.0f32; len];
                 let mut next = 0usize;
                 for pair in bytes[4..].chunks_exact(8) {
@@ -292,6 +299,9 @@ mod tests {
         let topk = Codec::topk(0.01).unwrap();
         let mut bytes = topk.encode(&v);
         assert!(topk.decode(&bytes, 3).is_err(), "wrong length");
+        let mut miscounted = bytes.clone();
+        miscounted[0] ^= 1;
+        assert!(topk.decode(&miscounted, 300).is_err(), "count");
         // Swap the first two pairs: indices no longer increase.
         let (a, b) = (bytes[4..12].to_vec(), bytes[12..20].to_vec());
         bytes[4..12].copy_from_slice(&b);
