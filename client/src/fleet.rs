@@ -46,6 +46,10 @@ pub struct FleetConfig {
     /// Simulated attackers: a seeded share of the fleet's clients whose updates lie
     /// [default: none].
     pub byzantine: Option<Byzantine>,
+    /// Every client id of the simulated population when it is split over several processes,
+    /// so that the attackers are the same share (and the same clients) whatever the split
+    /// [default: empty, this fleet's own clients].
+    pub population: Vec<String>,
     /// TLS towards the coordinator (CA, server name) for every client; `None` for plaintext.
     pub tls: Option<ClientTls>,
     /// Each client's own credentials, by client id [default: none].
@@ -88,6 +92,7 @@ impl FleetConfig {
             options: ClientOptions::default(),
             faults: Faults::default(),
             byzantine: None,
+            population: Vec::new(),
             tls: None,
             credentials: HashMap::new(),
             failures: None,
@@ -156,8 +161,12 @@ pub async fn run_fleet(
         options.coordinator_url.clone_from(&config.url);
     }
     let attackers: std::collections::HashSet<String> = match &config.byzantine {
-        Some(b) => b
+        Some(b) if config.population.is_empty() => b
             .attackers(options.seed, clients.iter().map(|(id, _)| id.as_str()))
+            .into_iter()
+            .collect(),
+        Some(b) => b
+            .attackers(options.seed, config.population.iter().map(String::as_str))
             .into_iter()
             .collect(),
         None => Default::default(),

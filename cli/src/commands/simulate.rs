@@ -90,6 +90,8 @@ impl SimulateCmd {
         let plan = self.options.resolve()?;
         let split = load(&plan)?;
         let mut clients = partitions(&plan, &split.train, &self.id_prefix)?;
+        // Attackers are a share of every client, whichever process runs them.
+        let population: Vec<String> = clients.iter().map(|(id, _)| id.clone()).collect();
         if let Some(range) = &self.indices {
             if range.end > clients.len() {
                 bail!(
@@ -126,6 +128,7 @@ impl SimulateCmd {
         fleet.spread = self.spread;
         fleet.options.seed = plan.seed;
         self.faults.apply(&mut fleet);
+        fleet.population = population;
         let faulty = !fleet.faults.is_none();
         let report = run_fleet(fleet, clients, ctrl_c()).await?;
         let t = &report.totals;

@@ -79,9 +79,13 @@ impl Rule {
     pub fn min_updates(&self) -> usize {
         match *self {
             Rule::Mean | Rule::Median | Rule::TrimmedMean { .. } => 1,
-            Rule::Krum { f } => 2 * f + 3,
-            Rule::MultiKrum { f, m } => (2 * f + 3).max(m + f),
-            Rule::Bulyan { f } => 4 * f + 3,
+            // Saturating: an absurd F asks for more updates than any round has, never fewer.
+            Rule::Krum { f } => f.saturating_mul(2).saturating_add(3),
+            Rule::MultiKrum { f, m } => f
+                .saturating_mul(2)
+                .saturating_add(3)
+                .max(m.saturating_add(f)),
+            Rule::Bulyan { f } => f.saturating_mul(4).saturating_add(3),
         }
     }
 
@@ -135,8 +139,7 @@ impl Rule {
                 let mut left: Vec<usize> = (0..n).collect();
                 let mut chosen = Vec::with_capacity(n - 2 * f);
                 while chosen.len() < n - 2 * f {
-                    let pick =
-                        krum_order(&distance, &left, f.min(left.len().saturating_sub(3) / 2))[0];
+                    let pick = krum_order(&distance, &left, f)[0];
                     left.retain(|&i| i != pick);
                     chosen.push(updates[pick]);
                 }
@@ -327,6 +330,9 @@ mod tests {
         ));
         assert!(Rule::Bulyan { f: 1 }.apply(&views).is_err());
         assert!(Rule::Krum { f: 0 }.apply(&views).is_ok());
+        let absurd = "bulyan:4611686018427387904".parse::<Rule>().unwrap();
+        assert_eq!(absurd.min_updates(), usize::MAX);
+        assert!(absurd.apply(&views).is_err());
     }
 
     #[test]

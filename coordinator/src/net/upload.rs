@@ -228,6 +228,13 @@ impl Decoding {
             .into());
         }
         let len = header.payload_len as usize;
+        // Before a byte arrives: decoding allocates `len` values, whatever the bytes say.
+        if let Some(base) = self.base.as_ref().filter(|b| b.len() != len) {
+            return Err(malformed(format!(
+                "update of {len} values for a global state of {}",
+                base.len()
+            )));
+        }
         let bytes = ByteAssembler::new(
             header.encoded_len,
             self.codec.encoded_len(len),
@@ -236,12 +243,6 @@ impl Decoding {
         let bytes = payload(parts, bytes).await?;
         let mut values = self.codec.decode(&bytes, len)?;
         if let Some(base) = &self.base {
-            if base.len() != len {
-                return Err(malformed(format!(
-                    "update of {len} values for a global state of {}",
-                    base.len()
-                )));
-            }
             values
                 .iter_mut()
                 .zip(base.iter())

@@ -4,6 +4,7 @@
 use super::Shared;
 use super::rounds::RoundState;
 use crate::NormPolicy;
+use crate::aggregate::AggregateError;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
 use crate::net::auth::Claim;
@@ -305,6 +306,16 @@ impl Fleet for AggregatorService {
                 .await;
         }
         let limits = &self.shared.config.limits;
+        // The round's length, before anything is received or allocated for it.
+        if header.payload_len != state.task.update_len {
+            return Err(
+                CoordinatorError::InvalidUpdate(AggregateError::WrongLength {
+                    got: usize::try_from(header.payload_len).unwrap_or(usize::MAX),
+                    expected: state.task.update_len as usize,
+                })
+                .into(),
+            );
+        }
         let codec = Codec::from_wire(state.task.compression, state.task.topk_fraction)
             .map_err(CoordinatorError::from)?;
         let kind = state.task.kind();
