@@ -334,3 +334,71 @@ fn killed_aggregators_lose_nothing_that_cannot_be_redone() {
         "the run waited out a deadline: {s}"
     );
 }
+
+/// An aggregator takes no declared length on trust: a compressed update whose header claims
+/// more values than the round's model is refused before anything is received or decoded.
+#[test]
+fn an_aggregator_refuses_an_update_of_the_wrong_length_before_receiving_it() {
+    use shoal_proto::v1::fleet_client::FleetClient;
+    use shoal_proto::v1::{
+        Compression, JoinRequest, PullRequest, UpdateHeader, UpdatePart, pull_reply::Reply,
+        update_part::Part,
+    };
+    let (_root, url) = start_coordinator(&[
+        "--clients",
+        "1",
+        "--rounds",
+        "1",
+        "--compress",
+        "topk:0.01",
+        "--quiet",
+    ]);
+    let (_aggregator, agg) = start_aggregator(&url, "127.0.0.1:0");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        let mut c = FleetClient::connect(agg).await.unwrap();
+        c.join(JoinRequest {
+            client_id: "raw".into(),
+            num_examples: 5,
+        })
+        .await
+        .unwrap();
+        let task = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let reply = c
+                    .pull(PullRequest {
+                        client_id: "raw".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if let Some(Reply::Task(task)) = reply.reply {
+                    return task;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let header = UpdateHeader {
+            client_id: "raw".into(),
+            fence: task.fence.clone(),
+            num_examples: 5,
+            // A billion values claimed, 12 bytes sent.
+            payload_len: 1 << 30,
+            compression: Compression::Topk as i32,
+            encoded_len: 12,
+            ..Default::default()
+        };
+        let parts = vec![UpdatePart {
+            part: Some(Part::Header(header)),
+        }];
+        c.push_update(futures::stream::iter(parts))
+            .await
+            .unwrap_err()
+    });
+    let reason = status
+        .metadata()
+        .get(shoal_proto::REASON_HEADER)
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(reason, Some("wrong_length"), "{status:?}");
+}
