@@ -12,10 +12,10 @@ use std::str::FromStr;
 use rand_distr::{Distribution, Normal};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, derive_seed, rng_for};
-use shoal_proto::v1::{Task, TaskKind};
+use shoal_proto::v1::Task;
 
 use crate::error::{ClientError, Result};
-use crate::work::LocalUpdate;
+use crate::work::{LocalUpdate, change_base};
 
 /// Stream tag for choosing attackers and drawing their noise.
 const ATTACK_STREAM: u64 = u64::from_be_bytes(*b"byzantin");
@@ -79,19 +79,9 @@ impl Attack {
         global: &[f32],
         mut update: LocalUpdate,
     ) -> Result<LocalUpdate> {
-        let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
-        let base: &[f32] = match kind {
-            TaskKind::Fit => global,
-            TaskKind::Gradient => &[],
-            _ => return Ok(update),
+        let Some(base) = change_base(task, global, update.payload.len())? else {
+            return Ok(update);
         };
-        if !base.is_empty() && base.len() != update.payload.len() {
-            return Err(ClientError::BadTask(format!(
-                "update of {} values for a global state of {}",
-                update.payload.len(),
-                base.len()
-            )));
-        }
         let at = |i: usize| base.get(i).copied().unwrap_or(0.0);
         match *self {
             Attack::LabelFlip => {}
@@ -169,6 +159,7 @@ impl FromStr for Byzantine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_proto::v1::TaskKind;
 
     fn update(payload: Vec<f32>) -> LocalUpdate {
         LocalUpdate::plain(1, payload)

@@ -7,9 +7,9 @@
 //! only late.
 
 use crate::error::{ClientError, Result};
-use crate::work::LocalUpdate;
+use crate::work::{LocalUpdate, change_base};
 use shoal_proto::Codec;
-use shoal_proto::v1::{Compression, Task, TaskKind};
+use shoal_proto::v1::{Compression, Task};
 
 /// An update encoded for the wire.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,36 +60,33 @@ pub fn encode_update(
 ) -> Result<LocalUpdate> {
     let codec = Codec::from_wire(task.compression, task.topk_fraction)
         .map_err(|e| ClientError::BadTask(e.to_string()))?;
-    let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
-    if codec == Codec::None || !matches!(kind, TaskKind::Fit | TaskKind::Gradient) {
+    if codec == Codec::None {
         return Ok(update);
     }
+    let Some(base) = change_base(task, global, update.payload.len())? else {
+        return Ok(update);
+    };
     let mut values = std::mem::take(&mut update.payload);
-    if kind == TaskKind::Fit {
-        if global.len() != values.len() {
-            return Err(ClientError::BadTask(format!(
-                "update of {} values for a global state of {}",
-                values.len(),
-                global.len()
-            )));
+    values.iter_mut().zip(base).for_each(|(v, g)| *v -= g);
+    let bytes = match codec {
+        Codec::TopK { fraction } => {
+            let round = task.fence.as_ref().map_or(0, |f| f.round);
+            let entering = feedback.entering(round).to_vec();
+            if entering.len() == values.len() {
+                values.iter_mut().zip(&entering).for_each(|(v, e)| *v += e);
+            }
+            let kept = Codec::topk_indices(&values, fraction);
+            let bytes = Codec::encode_kept(&values, &kept);
+            let mut left = values.clone();
+            kept.iter().for_each(|&i| left[i] = 0.0);
+            feedback.record(round, entering, left);
+            bytes
         }
-        values.iter_mut().zip(global).for_each(|(v, g)| *v -= g);
-    }
-    if let Codec::TopK { fraction } = codec {
-        let round = task.fence.as_ref().map_or(0, |f| f.round);
-        let entering = feedback.entering(round).to_vec();
-        if entering.len() == values.len() {
-            values.iter_mut().zip(&entering).for_each(|(v, e)| *v += e);
-        }
-        let mut left = values.clone();
-        for i in Codec::topk_indices(&values, fraction) {
-            left[i] = 0.0;
-        }
-        feedback.record(round, entering, left);
-    }
+        _ => codec.encode(&values),
+    };
     update.encoded = Some(Encoded {
         compression: codec.wire().0,
-        bytes: codec.encode(&values),
+        bytes,
         values: values.len() as u64,
     });
     Ok(update)
@@ -99,6 +96,7 @@ pub fn encode_update(
 mod tests {
     use super::*;
     use shoal_proto::v1::Fence;
+    use shoal_proto::v1::TaskKind;
 
     fn task(kind: TaskKind, codec: Codec, round: u32) -> Task {
         let (compression, topk_fraction) = codec.wire();

@@ -533,19 +533,17 @@ impl EdgeClient {
     }
 
     async fn push(&mut self, fence: &Fence, update: &LocalUpdate) -> Result<()> {
+        let (payload_len, compression, encoded_len) = match &update.encoded {
+            Some(e) => (e.values, e.compression, e.bytes.len() as u64),
+            None => (update.payload.len() as u64, Compression::None, 0),
+        };
         let header = UpdateHeader {
             client_id: self.id.clone(),
             fence: Some(fence.clone()),
             num_examples: update.num_examples,
-            payload_len: update
-                .encoded
-                .as_ref()
-                .map_or(update.payload.len() as u64, |e| e.values),
-            compression: update
-                .encoded
-                .as_ref()
-                .map_or(Compression::None, |e| e.compression) as i32,
-            encoded_len: update.encoded.as_ref().map_or(0, |e| e.bytes.len() as u64),
+            payload_len,
+            compression: compression as i32,
+            encoded_len,
             counts: update.counts.clone(),
             metrics: update
                 .metrics

@@ -38,6 +38,26 @@ impl LocalUpdate {
     }
 }
 
+/// What a task's update is a change from: the round's global state for FIT tasks (the change
+/// is `update − global`), nothing for GRADIENT tasks (a gradient is its own change, `Some(&[])`),
+/// and `None` for tasks whose updates are no change of the model (k-means, evaluation).
+/// Compression and simulated attacks both work on the change.
+pub(crate) fn change_base<'a>(
+    task: &Task,
+    global: &'a [f32],
+    update_len: usize,
+) -> Result<Option<&'a [f32]>> {
+    match TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified) {
+        TaskKind::Fit if global.len() != update_len => Err(ClientError::BadTask(format!(
+            "update of {update_len} values for a global state of {}",
+            global.len()
+        ))),
+        TaskKind::Fit => Ok(Some(global)),
+        TaskKind::Gradient => Ok(Some(&[])),
+        _ => Ok(None),
+    }
+}
+
 /// The model a task names (its kind, features, classes, image shape).
 fn task_model(task: &Task) -> Result<&shoal_proto::v1::ModelSpec> {
     task.model

@@ -11,26 +11,12 @@ use crate::device::inference_device;
 /// `net` (any burn module on an autodiff device) after one step `w <- w - lr * grad` on every
 /// parameter that has a gradient in `grads`: the step a team's own trainer can use too.
 pub fn sgd_step<M: Module>(net: M, mut grads: Gradients, lr: f64) -> M {
-    net.map(&mut SgdMapper {
+    net.map(&mut StepMapper {
         grads: &mut grads,
         lr,
+        anchor: None,
+        next: 0,
     })
-}
-
-struct SgdMapper<'a> {
-    grads: &'a mut Gradients,
-    lr: f64,
-}
-
-impl ModuleMapper for SgdMapper<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|tensor| match tensor.grad_remove(self.grads) {
-            Some(grad) => (tensor.inner() - grad.mul_scalar(self.lr))
-                .autodiff()
-                .require_grad(),
-            None => tensor,
-        })
-    }
 }
 
 /// The anchor of FedProx's proximal term: the round's global parameters, one flat tensor per
@@ -65,43 +51,45 @@ pub(crate) fn proximal_step<M: Module>(
     lr: f64,
     anchor: &ProximalAnchor,
 ) -> M {
-    net.map(&mut ProximalMapper {
+    net.map(&mut StepMapper {
         grads: &mut grads,
         lr,
-        anchor,
+        anchor: Some(anchor),
         next: 0,
     })
 }
 
-struct ProximalMapper<'a> {
+/// One step on every parameter, in the order burn visits them: plain SGD, or with the pull of
+/// a proximal anchor.
+struct StepMapper<'a> {
     grads: &'a mut Gradients,
     lr: f64,
-    anchor: &'a ProximalAnchor,
+    anchor: Option<&'a ProximalAnchor>,
+    /// The index of the next parameter (its anchor tensor's).
     next: usize,
 }
 
-impl ModuleMapper for ProximalMapper<'_> {
+impl ModuleMapper for StepMapper<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let index = self.next;
+        let pull = self
+            .anchor
+            .and_then(|a| Some((a.mu, a.tensors.get(self.next)?)));
         self.next += 1;
-        param.map(|tensor| {
-            match (
-                tensor.grad_remove(self.grads),
-                self.anchor.tensors.get(index),
-            ) {
-                (Some(grad), Some(anchor)) => {
-                    let weights = tensor.inner();
-                    let pull = (weights.clone() - anchor.clone().reshape(weights.dims()))
-                        .mul_scalar(self.anchor.mu);
-                    (weights - (grad + pull).mul_scalar(self.lr))
-                        .autodiff()
-                        .require_grad()
-                }
-                (Some(grad), None) => (tensor.inner() - grad.mul_scalar(self.lr))
+        param.map(|tensor| match tensor.grad_remove(self.grads) {
+            Some(grad) => {
+                let weights = tensor.inner();
+                let step = match pull {
+                    Some((mu, anchor)) => {
+                        grad + (weights.clone() - anchor.clone().reshape(weights.dims()))
+                            .mul_scalar(mu)
+                    }
+                    None => grad,
+                };
+                (weights - step.mul_scalar(self.lr))
                     .autodiff()
-                    .require_grad(),
-                (None, _) => tensor,
+                    .require_grad()
             }
+            None => tensor,
         })
     }
 }

@@ -12,6 +12,7 @@ use crate::device::training_device;
 use crate::error::{ModelError, Result};
 use crate::eval::evaluate;
 use crate::loss::{Tally, cross_entropy_backward};
+use crate::manifest::Manifest;
 use crate::params::{build_loaded, flatten};
 use crate::sgd::{ProximalAnchor, proximal_step, sgd_step};
 use crate::spec::ModelSpec;
@@ -108,12 +109,9 @@ pub fn train_local(
     let device = training_device();
     let mut net = build_loaded(spec, params, &device)?;
     let anchor = (cfg.proximal_mu > 0.0).then(|| {
-        let lens = spec
-            .manifest()
-            .map(|m| m.entries.into_iter().map(|e| e.len));
-        lens.map(|lens| ProximalAnchor::new(cfg.proximal_mu, params, lens))
+        let lens = Manifest::of(&net).entries.into_iter().map(|e| e.len);
+        ProximalAnchor::new(cfg.proximal_mu, params, lens)
     });
-    let anchor = anchor.transpose()?;
     let mut steps = 0;
     let mut last = Tally::default();
     for epoch in 0..cfg.epochs {

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use half::f16;
 
+use crate::chunk::WireValue;
 use crate::error::{ProtoError, Result};
 use crate::v1::Compression;
 
@@ -82,12 +83,15 @@ impl Codec {
         }
     }
 
-    /// The bytes of `values`. Top-k's sender keeps what it leaves out itself: see
-    /// [`Codec::topk_indices`].
+    /// The bytes of `values`. Top-k's sender keeps what it leaves out itself: it chooses with
+    /// [`Codec::topk_indices`] and encodes that choice with [`Codec::encode_kept`].
     pub fn encode(&self, values: &[f32]) -> Vec<u8> {
+        if let Codec::TopK { fraction } = *self {
+            return Codec::encode_kept(values, &Codec::topk_indices(values, fraction));
+        }
         let mut out = Vec::with_capacity(self.encoded_len(values.len()));
         match *self {
-            Codec::None => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            Codec::None | Codec::TopK { .. } => f32::put_all(values, &mut out),
             Codec::Fp16 => out.extend(
                 values
                     .iter()
@@ -100,14 +104,18 @@ impl Codec {
                     out.extend(block.iter().map(|&v| quantize(v, scale) as u8));
                 }
             }
-            Codec::TopK { fraction } => {
-                let kept = Codec::topk_indices(values, fraction);
-                out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
-                for i in kept {
-                    out.extend_from_slice(&(i as u32).to_le_bytes());
-                    out.extend_from_slice(&values[i].to_le_bytes());
-                }
-            }
+        }
+        out
+    }
+
+    /// Top-k's bytes for the values of `values` at `kept` (ascending, as
+    /// [`Codec::topk_indices`] returns them).
+    pub fn encode_kept(values: &[f32], kept: &[usize]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 8 * kept.len());
+        out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+        for &i in kept {
+            out.extend_from_slice(&(i as u32).to_le_bytes());
+            out.extend_from_slice(&values[i].to_le_bytes());
         }
         out
     }
@@ -139,10 +147,11 @@ impl Codec {
             )));
         }
         match *self {
-            Codec::None => Ok(bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()),
+            Codec::None => {
+                let mut out = Vec::with_capacity(len);
+                f32::get_all(bytes, &mut out);
+                Ok(out)
+            }
             Codec::Fp16 => Ok(bytes
                 .chunks_exact(2)
                 .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())

@@ -107,12 +107,7 @@ impl Rule {
             Rule::Mean => coordinate_wise(updates, |column| mean(column)),
             Rule::Median => coordinate_wise(updates, |column| {
                 column.sort_unstable_by(f32::total_cmp);
-                let mid = column.len() / 2;
-                if column.len() % 2 == 1 {
-                    column[mid]
-                } else {
-                    ((f64::from(column[mid - 1]) + f64::from(column[mid])) / 2.0) as f32
-                }
+                median_of_sorted(column) as f32
             }),
             Rule::TrimmedMean { beta } => {
                 let cut = (beta * n as f64).floor() as usize;
@@ -146,12 +141,7 @@ impl Rule {
                 let keep = n - 4 * f;
                 coordinate_wise(&chosen, |column| {
                     column.sort_unstable_by(f32::total_cmp);
-                    let mid = column.len() / 2;
-                    let median = if column.len() % 2 == 1 {
-                        f64::from(column[mid])
-                    } else {
-                        (f64::from(column[mid - 1]) + f64::from(column[mid])) / 2.0
-                    };
+                    let median = median_of_sorted(column);
                     // The `keep` values closest to the median, ties to the smaller value.
                     column.sort_by(|a, b| {
                         (f64::from(*a) - median)
@@ -178,6 +168,16 @@ fn coordinate_wise(updates: &[&[f32]], mut combine: impl FnMut(&mut [f32]) -> f3
             combine(&mut column)
         })
         .collect()
+}
+
+/// The middle value of sorted `values`, or the mean of the middle two (in f64).
+fn median_of_sorted(values: &[f32]) -> f64 {
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        f64::from(values[mid])
+    } else {
+        (f64::from(values[mid - 1]) + f64::from(values[mid])) / 2.0
+    }
 }
 
 /// Mean in f64, summed in order.
