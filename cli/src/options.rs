@@ -21,6 +21,8 @@ pub enum StrategyName {
     Fedavg,
     /// FedAvg with a proximal term in the clients' objective (--proximal-mu).
     Fedprox,
+    /// FedAvg with control variates correcting each client's drift (SCAFFOLD).
+    Scaffold,
     /// Federated gradients with a server optimiser.
     Fedsgd,
     /// Federated k-means (k-FED seeding, then Lloyd rounds).
@@ -421,6 +423,12 @@ impl RunOptions {
                 "--server-optimizer: FedProx's server averages; use --strategy fedavg --server-optimizer for FedOpt"
             );
         }
+        if strategy == StrategyName::Scaffold && o.server_optimizer.is_some() {
+            bail!(
+                "--server-optimizer: SCAFFOLD's server averages models and control variates; \
+                 use --strategy fedavg --server-optimizer for FedOpt"
+            );
+        }
         if strategy == StrategyName::Fedkmeans && o.server_optimizer.is_some() {
             bail!(
                 "--server-optimizer: federated k-means computes its centroids directly; it has no server optimiser"
@@ -497,6 +505,7 @@ fn strategy_config(
         StrategyName::Fedprox => StrategyConfig::FedProx {
             mu: o.proximal_mu.unwrap_or(0.01),
         },
+        StrategyName::Scaffold => StrategyConfig::Scaffold,
         StrategyName::Fedsgd => StrategyConfig::FedSgd {
             optimizer: server_optimizer(o, optimizer, ServerOptimizer::SGD_LR),
         },

@@ -473,6 +473,28 @@ fn options_of_another_strategy_are_checked_too() {
 }
 
 #[test]
+fn scaffold_with_a_server_optimizer_or_a_robust_rule() {
+    for sub in ["run", "coordinator"] {
+        refused(
+            &[sub, "--strategy", "scaffold", "--server-optimizer", "adam"],
+            &["--server-optimizer", "SCAFFOLD"],
+        );
+        refused(
+            &[
+                sub,
+                "--strategy",
+                "scaffold",
+                "--aggregator",
+                "median",
+                "--min-clients",
+                "3",
+            ],
+            &["--aggregator median", "SCAFFOLD", "mean only"],
+        );
+    }
+}
+
+#[test]
 fn k_zero_or_above_the_training_examples() {
     refused(
         &["run", "--strategy", "fedkmeans", "--k", "0"],

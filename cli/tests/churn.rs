@@ -144,6 +144,73 @@ fn a_fleet_restarted_mid_round_gets_its_tasks_again_and_changes_nothing() {
     );
 }
 
+/// A SCAFFOLD client killed mid-run and started again keeps its control variate (its
+/// `--state-dir` file): the run ends with the model of the run without the restart. Started
+/// again with its state lost, it ends with another model, so the file is what carried it.
+#[test]
+fn a_restarted_scaffold_client_keeps_its_control_variate() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "--strategy",
+        "scaffold",
+        "--rounds",
+        "40",
+        "--epochs",
+        "20",
+        "--clients",
+        "2",
+        "--seed",
+        "12",
+        "--partition",
+        "shards:2",
+    ];
+    let reference = model_sha256(&one_process_run(dir.path(), "run.json", &common));
+    let restarted_with = |state: &str, fresh_state: &str| {
+        let summary_path = dir.path().join(format!("{fresh_state}.json"));
+        let mut args = common.to_vec();
+        // A round waits for the killed client however long its restart takes.
+        args.extend([
+            "--round-timeout",
+            "600",
+            "--log",
+            "info",
+            "--summary-out",
+            arg(&summary_path),
+        ]);
+        let (mut coordinator, url) = start_coordinator(&args);
+        let data = ["--clients", "2", "--seed", "12", "--partition", "shards:2"];
+        let start = |index: &str, state: &str| {
+            let mut args = data.to_vec();
+            args.extend(["--index", index, "--state-dir", state]);
+            client(&url, &args)
+        };
+        let (state_a, state_b) = (dir.path().join(state), dir.path().join("b"));
+        let a = start("0", arg(&state_a));
+        let b = start("1", arg(&state_b));
+        coordinator.wait_for_stderr_count("round aggregated", 3, DEADLINE);
+        a.kill();
+        assert!(
+            state_a.join("client-00000.scaffold").is_file(),
+            "the client keeps its variate on disk"
+        );
+        let again = start("0", arg(&dir.path().join(fresh_state)));
+        let again = again.finish(DEADLINE);
+        again.assert_success();
+        assert!(
+            !again.stderr.contains(": 0 updates accepted"),
+            "the restarted client must have contributed: {}",
+            again.stderr
+        );
+        coordinator.finish(DEADLINE).assert_success();
+        b.finish(DEADLINE).assert_success();
+        let s = summary(&summary_path);
+        assert_eq!(rounds_completed(&s), 40, "{s}");
+        model_sha256(&s)
+    };
+    assert_eq!(restarted_with("a", "a"), reference);
+    assert_ne!(restarted_with("a2", "lost"), reference);
+}
+
 /// Clients whose local work fails say so, and the round stops waiting for them: the run stops
 /// on quorum loss right away, not after deadlines of ten minutes.
 #[test]

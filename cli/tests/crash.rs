@@ -276,6 +276,27 @@ fn fedprox_survives_sigkill() {
     survives_kills(&run, 2, 9, 0, 60);
 }
 
+/// The server's control variate is in the checkpoint, the clients' stay with the fleet; a
+/// round asked again after a crash starts from the variate that entered it.
+#[test]
+fn scaffold_survives_sigkill() {
+    let run = [
+        "--strategy",
+        "scaffold",
+        "--rounds",
+        "100",
+        "--epochs",
+        "20",
+        "--clients",
+        "5",
+        "--seed",
+        "10",
+        "--partition",
+        "shards:2",
+    ];
+    survives_kills(&run, 2, 11, 0, 60);
+}
+
 #[test]
 fn fedsgd_survives_sigkill_at_random_moments() {
     let run = [

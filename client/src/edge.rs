@@ -13,10 +13,11 @@ use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
 use crate::route::{Moved, Route};
+use crate::scaffold::ControlVariate;
 pub use crate::stats::ClientStats;
 use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use crate::unreachable;
-use crate::work::{LocalUpdate, run_task};
+use crate::work::{ClientState, LocalUpdate, run_task};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
 use shoal_proto::v1::{
@@ -103,6 +104,8 @@ pub struct EdgeClient {
     budget: Option<UpdateBudget>,
     /// What top-k compression left out of this client's recent updates.
     feedback: ErrorFeedback,
+    /// What the client carries between tasks (SCAFFOLD's control variate).
+    state: ClientState,
     /// A simulated Byzantine client's lie, applied to each update it computes.
     attack: Option<Attack>,
 }
@@ -120,7 +123,6 @@ impl EdgeClient {
         options: ClientOptions,
     ) -> Self {
         Self {
-            id,
             data,
             route: route.into(),
             cache,
@@ -133,8 +135,20 @@ impl EdgeClient {
             trainer: Arc::new(BuiltinTrainer),
             budget: None,
             feedback: ErrorFeedback::default(),
+            state: ClientState {
+                client_id: id.clone(),
+                variate: ControlVariate::default(),
+            },
             attack: None,
+            id,
         }
+    }
+
+    /// The same client, keeping its SCAFFOLD control variate in `file` (read at the first
+    /// SCAFFOLD task, rewritten after each) so it survives a restart; in memory otherwise.
+    pub fn with_variate_file(mut self, file: std::path::PathBuf) -> Self {
+        self.state.variate = ControlVariate::in_file(file);
+        self
     }
 
     /// The same client as a simulated attacker: every update it computes is corrupted by
@@ -516,19 +530,21 @@ impl EdgeClient {
         let data = self.data.clone();
         let trainer = self.trainer.clone();
         let mut feedback = std::mem::take(&mut self.feedback);
+        let mut state = std::mem::take(&mut self.state);
         let attack = self.attack;
-        let (update, feedback) = tokio::task::spawn_blocking(move || {
-            let update = run_task(trainer.as_ref(), &task, &global, &data)
+        let (update, feedback, state) = tokio::task::spawn_blocking(move || {
+            let update = run_task(trainer.as_ref(), &task, &global, &data, &mut state)
                 .and_then(|u| match attack {
                     Some(attack) => attack.corrupt(&task, &global, u),
                     None => Ok(u),
                 })
                 .and_then(|u| encode_update(&task, &global, u, &mut feedback));
-            (update, feedback)
+            (update, feedback, state)
         })
         .await
         .map_err(|e| ClientError::Worker(e.to_string()))?;
         self.feedback = feedback;
+        self.state = state;
         update
     }
 

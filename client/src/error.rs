@@ -38,6 +38,9 @@ pub enum ClientError {
     /// A task this client cannot carry out.
     #[error("bad task: {0}")]
     BadTask(String),
+    /// State the client keeps between runs (SCAFFOLD's control variate) could not be kept.
+    #[error("client state: {0}")]
+    State(String),
     /// The worker thread died.
     #[error("worker: {0}")]
     Worker(String),

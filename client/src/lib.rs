@@ -13,6 +13,7 @@ pub mod faults;
 pub mod fleet;
 pub mod forward;
 pub mod route;
+pub mod scaffold;
 mod stats;
 pub mod trainer;
 mod unreachable;

@@ -11,7 +11,7 @@ use crate::error::{ClientError, Result};
 use shoal_datasets::Dataset;
 use shoal_models::{
     EvalReport, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport, evaluate, gradient,
-    train_local,
+    train_local, train_local_corrected,
 };
 use shoal_proto::v1::ModelSpec as TaskModel;
 
@@ -29,6 +29,26 @@ pub trait LocalTrainer: Send + Sync + std::fmt::Debug {
         data: &Dataset,
         config: &TrainConfig,
     ) -> Result<(Vec<f32>, TrainReport)>;
+
+    /// SCAFFOLD's local training: [`LocalTrainer::fit`] with every step's gradient corrected
+    /// by `correction` (the server's control variate minus the client's, laid out like
+    /// `global`); the report's `steps` must count the steps taken. Trainers that do not
+    /// implement it refuse SCAFFOLD runs.
+    fn fit_corrected(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        correction: &[f32],
+        data: &Dataset,
+        config: &TrainConfig,
+    ) -> Result<(Vec<f32>, TrainReport)> {
+        let _ = (model, global, correction, data, config);
+        Err(ClientError::BadTask(
+            "this client's trainer has no drift-corrected training (LocalTrainer::fit_corrected), \
+             which SCAFFOLD needs"
+                .into(),
+        ))
+    }
 
     /// The gradient of the local loss at `global`: over all of `data` when `batches` is 0,
     /// else the mean over `batches` mini-batches of `batch_size` drawn with `seed`.
@@ -87,6 +107,20 @@ impl LocalTrainer for BuiltinTrainer {
             global,
             data,
             config,
+        )?)
+    }
+
+    fn fit_corrected(
+        &self,
+        model: &TaskModel,
+        global: &[f32],
+        correction: &[f32],
+        data: &Dataset,
+        config: &TrainConfig,
+    ) -> Result<(Vec<f32>, TrainReport)> {
+        let spec = Self::spec(model, data)?;
+        Ok(train_local_corrected(
+            &spec, global, correction, data, config,
         )?)
     }
 

@@ -4,6 +4,7 @@
 
 use crate::compress::Encoded;
 use crate::error::{ClientError, Result};
+use crate::scaffold::ControlVariate;
 use crate::trainer::LocalTrainer;
 use shoal_datasets::Dataset;
 use shoal_models::{TrainConfig, kmeans};
@@ -85,12 +86,23 @@ fn split_local(task: &Task, data: &Dataset) -> Result<(Dataset, Dataset)> {
     Ok((part(0..n - held)?, part(n - held..n)?))
 }
 
-/// Runs `task` on `data` starting from `global`, with `trainer` for the model's work.
+/// What a client keeps from task to task for the algorithms that need it.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// The client's stable id (its state is kept under it).
+    pub client_id: String,
+    /// SCAFFOLD's control variate.
+    pub variate: ControlVariate,
+}
+
+/// Runs `task` on `data` starting from `global`, with `trainer` for the model's work and
+/// `state` for what the client carries between tasks.
 pub fn run_task(
     trainer: &dyn LocalTrainer,
     task: &Task,
     global: &[f32],
     data: &Dataset,
+    state: &mut ClientState,
 ) -> Result<LocalUpdate> {
     if data.is_empty() {
         return Err(ClientError::BadTask("no local data".into()));
@@ -116,7 +128,7 @@ pub fn run_task(
         data
     };
     match kind {
-        TaskKind::Fit => fit(trainer, task, global, data),
+        TaskKind::Fit => fit(trainer, task, global, data, state),
         TaskKind::Gradient => grad(trainer, task, global, data),
         TaskKind::Evaluate => eval(trainer, task, global, data),
         TaskKind::KmeansInit => kmeans_init(task, data),
@@ -133,6 +145,7 @@ fn fit(
     task: &Task,
     global: &[f32],
     data: &Dataset,
+    state: &mut ClientState,
 ) -> Result<LocalUpdate> {
     let cfg = task.fit.unwrap_or_default();
     let train = TrainConfig {
@@ -142,6 +155,10 @@ fn fit(
         seed: task.seed,
         proximal_mu: cfg.proximal_mu,
     };
+    if cfg.control_variate {
+        let model = task_model(task)?;
+        return crate::scaffold::fit(trainer, task, model, global, data, &train, state);
+    }
     let (params, report) = trainer.fit(task_model(task)?, global, data, &train)?;
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
@@ -153,7 +170,7 @@ fn fit(
 }
 
 /// The metrics a classifier's update reports.
-fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
+pub(crate) fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
     BTreeMap::from([
         ("loss".to_string(), loss),
         ("accuracy".to_string(), accuracy),

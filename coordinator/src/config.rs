@@ -98,6 +98,10 @@ pub enum StrategyConfig {
         /// The proximal strength μ, finite and ≥ 0 (0 is FedAvg).
         mu: f64,
     },
+    /// SCAFFOLD (Karimireddy et al. 2020): FedAvg whose clients correct their local steps
+    /// by control variates, the server's and their own; the server's moves by the share of
+    /// the population (`selection.min_available`, `--clients`) each round hears from.
+    Scaffold,
     /// Federated k-means: k-FED seeding, then Lloyd rounds.
     FedKMeans {
         /// Number of global clusters.
@@ -412,6 +416,12 @@ impl RunConfig {
                      federated k-means has its own"
                 ));
             }
+            if self.strategy == StrategyConfig::Scaffold {
+                return invalid(format!(
+                    "--aggregator {rule}: SCAFFOLD averages its clients' control variates with \
+                     their models; it takes the mean only"
+                ));
+            }
             let quorum = self.selection.min_clients;
             if rule.min_updates() > 1 && self.on_quorum_loss == QuorumPolicy::Shrink {
                 return invalid(format!(
@@ -472,7 +482,7 @@ impl StrategyConfig {
     /// Checks the algorithm's settings against their ranges (see [`RunConfig::validate`]).
     pub fn validate(&self) -> crate::Result<()> {
         match self {
-            Self::FedAvg => {}
+            Self::FedAvg | Self::Scaffold => {}
             Self::FedSgd { optimizer } | Self::FedOpt { optimizer } => optimizer.validate()?,
             Self::FedProx { mu } => {
                 if !(mu.is_finite() && *mu >= 0.0) {
@@ -774,6 +784,13 @@ mod validate_tests {
                 r.aggregator = Some("median".into());
             }),
             &["k-means"],
+        );
+        refused(
+            &with(&|r| {
+                r.strategy = StrategyConfig::Scaffold;
+                r.aggregator = Some("median".into());
+            }),
+            &["SCAFFOLD", "mean only"],
         );
         refused(
             &with(&|r| {

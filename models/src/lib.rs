@@ -8,7 +8,8 @@
 //! callers on an async runtime should run them on a blocking thread.
 //!
 //! * [`init_params`]: a seeded, bit-reproducible starting point.
-//! * [`train_local`]: plain SGD epochs on local data ([`TrainConfig`], [`TrainReport`]).
+//! * [`train_local`]: plain SGD epochs on local data ([`TrainConfig`], [`TrainReport`]);
+//!   [`train_local_corrected`] the same with SCAFFOLD's drift correction.
 //! * [`evaluate`]: loss and accuracy ([`EvalReport`]); [`predict`]: the predicted classes.
 //! * [`to_safetensors`] / [`from_safetensors`]: the model as a file others can load.
 //! * [`gradient`]: exact or mini-batch gradients ([`GradReport`]).
@@ -44,4 +45,4 @@ pub use sgd::sgd_step;
 pub use spec::{
     CNN_IMAGE_SIDE, DEFAULT_MLP_HIDDEN, EVAL_BATCH_SIZE, MAX_PARAMS, ModelKind, ModelSpec,
 };
-pub use train::{TrainConfig, TrainReport, train_local};
+pub use train::{TrainConfig, TrainReport, train_local, train_local_corrected};

@@ -14,77 +14,88 @@ pub fn sgd_step<M: Module>(net: M, mut grads: Gradients, lr: f64) -> M {
     net.map(&mut StepMapper {
         grads: &mut grads,
         lr,
-        anchor: None,
+        terms: None,
         next: 0,
     })
 }
 
-/// The anchor of FedProx's proximal term: the round's global parameters, one flat tensor per
-/// parameter in the order burn visits them (the layout of [`crate::Manifest`]).
-pub(crate) struct ProximalAnchor {
-    mu: f64,
-    tensors: Vec<Tensor<1>>,
-}
+/// Values laid out like a model's parameters: one flat tensor per parameter, in the order burn
+/// visits them (the layout of [`crate::Manifest`]).
+pub(crate) struct ParamTensors(Vec<Tensor<1>>);
 
-impl ProximalAnchor {
-    /// The anchor at `params` laid out by `lens` (each parameter's number of values), pulling
-    /// with strength `mu`.
-    pub(crate) fn new(mu: f64, params: &[f32], lens: impl Iterator<Item = usize>) -> Self {
+impl ParamTensors {
+    /// `values` cut into tensors of `lens` values each (each parameter's number of values).
+    pub(crate) fn new(values: &[f32], lens: impl Iterator<Item = usize>) -> Self {
         let device = inference_device();
         let mut offset = 0;
-        let tensors = lens
-            .map(|len| {
-                let slice = params[offset..offset + len].to_vec();
+        Self(
+            lens.map(|len| {
+                let slice = values[offset..offset + len].to_vec();
                 offset += len;
                 Tensor::from_data(TensorData::new(slice, [len]), &device)
             })
-            .collect();
-        Self { mu, tensors }
+            .collect(),
+        )
     }
 }
 
-/// One FedProx step (Li et al. 2020): `w <- w - lr * (grad + mu * (w - anchor))`, the SGD step
-/// on the local loss plus `mu / 2 * ||w - anchor||^2`.
-pub(crate) fn proximal_step<M: Module>(
+/// What a local step adds to the loss's gradient, beyond plain SGD.
+#[derive(Default)]
+pub(crate) struct StepTerms {
+    /// FedProx (Li et al. 2020): strength μ and the round's global parameters; the step adds
+    /// `mu * (w - anchor)`, the gradient of `mu / 2 * ||w - anchor||^2`.
+    pub(crate) proximal: Option<(f64, ParamTensors)>,
+    /// SCAFFOLD (Karimireddy et al. 2020): the drift correction `c - c_i` (server variate
+    /// minus the client's), added to every gradient.
+    pub(crate) correction: Option<ParamTensors>,
+}
+
+/// One step `w <- w - lr * (grad + terms)` on every parameter with a gradient in `grads`.
+pub(crate) fn corrected_step<M: Module>(
     net: M,
     mut grads: Gradients,
     lr: f64,
-    anchor: &ProximalAnchor,
+    terms: &StepTerms,
 ) -> M {
     net.map(&mut StepMapper {
         grads: &mut grads,
         lr,
-        anchor: Some(anchor),
+        terms: Some(terms),
         next: 0,
     })
 }
 
-/// One step on every parameter, in the order burn visits them: plain SGD, or with the pull of
-/// a proximal anchor.
+/// One step on every parameter, in the order burn visits them: plain SGD, or with the terms
+/// of FedProx or SCAFFOLD.
 struct StepMapper<'a> {
     grads: &'a mut Gradients,
     lr: f64,
-    anchor: Option<&'a ProximalAnchor>,
-    /// The index of the next parameter (its anchor tensor's).
+    terms: Option<&'a StepTerms>,
+    /// The index of the next parameter (its tensor in the terms).
     next: usize,
 }
 
 impl ModuleMapper for StepMapper<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let pull = self
-            .anchor
-            .and_then(|a| Some((a.mu, a.tensors.get(self.next)?)));
+        let index = self.next;
         self.next += 1;
+        let terms = self.terms;
         param.map(|tensor| match tensor.grad_remove(self.grads) {
             Some(grad) => {
                 let weights = tensor.inner();
-                let step = match pull {
-                    Some((mu, anchor)) => {
-                        grad + (weights.clone() - anchor.clone().reshape(weights.dims()))
-                            .mul_scalar(mu)
-                    }
-                    None => grad,
-                };
+                let dims = weights.dims();
+                let mut step = grad;
+                if let Some((mu, anchor)) = terms.and_then(|t| t.proximal.as_ref())
+                    && let Some(anchor) = anchor.0.get(index)
+                {
+                    step = step + (weights.clone() - anchor.clone().reshape(dims)).mul_scalar(*mu);
+                }
+                if let Some(correction) = terms
+                    .and_then(|t| t.correction.as_ref())
+                    .and_then(|c| c.0.get(index))
+                {
+                    step = step + correction.clone().reshape(dims);
+                }
                 (weights - step.mul_scalar(self.lr))
                     .autodiff()
                     .require_grad()

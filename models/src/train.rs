@@ -14,7 +14,7 @@ use crate::eval::evaluate;
 use crate::loss::{Tally, cross_entropy_backward};
 use crate::manifest::Manifest;
 use crate::params::{build_loaded, flatten};
-use crate::sgd::{ProximalAnchor, proximal_step, sgd_step};
+use crate::sgd::{ParamTensors, StepTerms, corrected_step, sgd_step};
 use crate::spec::ModelSpec;
 
 /// How to train locally.
@@ -89,6 +89,42 @@ pub fn train_local(
     data: &Dataset,
     cfg: &TrainConfig,
 ) -> Result<(Vec<f32>, TrainReport)> {
+    train(spec, params, None, data, cfg)
+}
+
+/// [`train_local`] with SCAFFOLD's drift correction (Karimireddy et al. 2020): every step is
+/// `w <- w - lr * (grad + correction)`, where `correction` is the server's control variate
+/// minus the client's, laid out like `params`. A correction of zeros is plain SGD.
+pub fn train_local_corrected(
+    spec: &ModelSpec,
+    params: &[f32],
+    correction: &[f32],
+    data: &Dataset,
+    cfg: &TrainConfig,
+) -> Result<(Vec<f32>, TrainReport)> {
+    if correction.len() != params.len() {
+        return Err(ModelError::InvalidConfig(format!(
+            "a correction of {} values for {} parameters",
+            correction.len(),
+            params.len()
+        )));
+    }
+    if let Some(i) = correction.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::InvalidConfig(format!(
+            "correction value {i} is not finite"
+        )));
+    }
+    train(spec, params, Some(correction), data, cfg)
+}
+
+/// Local SGD, with the terms FedProx (`cfg.proximal_mu`) and SCAFFOLD (`correction`) add.
+fn train(
+    spec: &ModelSpec,
+    params: &[f32],
+    correction: Option<&[f32]>,
+    data: &Dataset,
+    cfg: &TrainConfig,
+) -> Result<(Vec<f32>, TrainReport)> {
     cfg.validate()?;
     check_data(spec, data)?;
     let n = data.labels.len();
@@ -108,9 +144,13 @@ pub fn train_local(
 
     let device = training_device();
     let mut net = build_loaded(spec, params, &device)?;
-    let anchor = (cfg.proximal_mu > 0.0).then(|| {
-        let lens = Manifest::of(&net).entries.into_iter().map(|e| e.len);
-        ProximalAnchor::new(cfg.proximal_mu, params, lens)
+    let terms = (cfg.proximal_mu > 0.0 || correction.is_some()).then(|| {
+        let lens: Vec<usize> = Manifest::of(&net).entries.iter().map(|e| e.len).collect();
+        let laid_out = |values: &[f32]| ParamTensors::new(values, lens.iter().copied());
+        StepTerms {
+            proximal: (cfg.proximal_mu > 0.0).then(|| (cfg.proximal_mu, laid_out(params))),
+            correction: correction.map(laid_out),
+        }
     });
     let mut steps = 0;
     let mut last = Tally::default();
@@ -122,8 +162,8 @@ pub fn train_local(
             let batch = Batch::gather(data, chunk, &device);
             let logits: Tensor<2> = net.forward(batch.inputs);
             let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
-            net = match &anchor {
-                Some(anchor) => proximal_step(net, grads, cfg.lr, anchor),
+            net = match &terms {
+                Some(terms) => corrected_step(net, grads, cfg.lr, terms),
                 None => sgd_step(net, grads, cfg.lr),
             };
             steps += 1;
@@ -384,6 +424,35 @@ mod tests {
             train_local(&spec, &params, &data, &bad),
             Err(ModelError::InvalidConfig(_))
         ));
+    }
+
+    #[test]
+    fn a_drift_correction_shifts_every_step_and_zero_is_plain_sgd() {
+        let data = digits_head(64);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        // One step over the whole batch: the correction moves it by exactly -lr * correction.
+        let one_step = TrainConfig {
+            batch_size: 64,
+            ..cfg(1)
+        };
+        let plain = train_local(&spec, &params, &data, &one_step).unwrap();
+        let zeros = vec![0.0; params.len()];
+        let same = train_local_corrected(&spec, &params, &zeros, &data, &one_step).unwrap();
+        assert_eq!(plain, same);
+        let correction: Vec<f32> = (0..params.len()).map(|i| (i % 7) as f32 * 0.01).collect();
+        let (shifted, report) =
+            train_local_corrected(&spec, &params, &correction, &data, &one_step).unwrap();
+        assert_eq!(report.steps, 1);
+        for ((s, p), c) in shifted.iter().zip(&plain.0).zip(&correction) {
+            assert!((s - p + 0.1 * c).abs() < 1e-6, "{s} vs {p} with {c}");
+        }
+        let short = train_local_corrected(&spec, &params, &zeros[1..], &data, &one_step);
+        assert!(matches!(short, Err(ModelError::InvalidConfig(_))));
+        let mut nan = zeros.clone();
+        nan[5] = f32::NAN;
+        let nan = train_local_corrected(&spec, &params, &nan, &data, &one_step);
+        assert!(matches!(nan, Err(ModelError::InvalidConfig(_))));
     }
 
     #[test]

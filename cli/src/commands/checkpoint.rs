@@ -118,14 +118,14 @@ fn export(dir: &Path, round: Option<u32>, out: &Path, layout: Option<&Path>) -> 
     };
     let mut strategy = strategy::build_from(&run, &spec, init)?;
     strategy.restore(&checkpoint.strategy_state)?;
-    if strategy.global().len() != layout.total() {
+    if strategy.model().len() != layout.total() {
         bail!(
             "the checkpoint holds {} parameters but the layout has {}",
-            strategy.global().len(),
+            strategy.model().len(),
             layout.total()
         );
     }
-    let global = strategy.global();
+    let global = strategy.model();
     let meta = model_file::metadata(
         &run,
         &run.run_id(),

@@ -143,6 +143,10 @@ pub struct ClientCmd {
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = shoal_client::DEFAULT_GIVE_UP_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     give_up_after: u64,
+    /// Where this client keeps what it must remember across restarts: SCAFFOLD's control
+    /// variate, in DIR/ID.scaffold (written only in SCAFFOLD runs).
+    #[arg(long, value_name = "DIR", default_value = "shoal-client-state")]
+    state_dir: PathBuf,
 }
 
 impl ClientCmd {
@@ -211,7 +215,8 @@ impl ClientCmd {
             GlobalCache::default(),
             Arc::new(Semaphore::new(1)),
             options,
-        );
+        )
+        .with_variate_file(shoal_client::scaffold::variate_file(&self.state_dir, &id));
         let stats = client.run(ctrl_c()).await?;
         eprintln!(
             "client {id}: {} updates accepted, {} refused",

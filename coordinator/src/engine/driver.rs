@@ -182,7 +182,7 @@ impl RoundDriver {
                 .await?;
             if config.eval.holdout().is_some() {
                 let scores = tokio::select! {
-                    scores = driving.evaluate_on_clients(strategy.global(), round, &contributors) => scores?,
+                    scores = driving.evaluate_on_clients(strategy.model(), round, &contributors) => scores?,
                     () = &mut shutdown => return Err(CoordinatorError::ShuttingDown),
                 };
                 record.values.extend(scores);
@@ -216,7 +216,7 @@ impl RoundDriver {
                 waited.iter().sum::<f64>()
             ));
         }
-        let global = strategy.global().to_vec();
+        let global = strategy.model().to_vec();
         let last = records.last();
         let summary = RunSummary {
             run_id: driving.coordinator.run_id().to_string(),

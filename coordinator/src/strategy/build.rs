@@ -1,6 +1,6 @@
 //! From a run configuration to the strategy object that runs it.
 
-use super::{FedAvg, FedKMeans, FedSgd, Strategy};
+use super::{FedAvg, FedKMeans, FedSgd, Scaffold, Strategy};
 use crate::config::{RunConfig, StrategyConfig};
 use crate::error::{CoordinatorError, Result};
 use shoal_models::ModelSpec;
@@ -34,6 +34,12 @@ pub fn build_from(
                 .with_rule(rule)
                 .with_optimizer(optimizer.clone()),
         ),
+        StrategyConfig::Scaffold => Box::new(Scaffold::from_params(
+            spec.clone(),
+            params,
+            config.fit.clone(),
+            config.selection.min_available,
+        )),
         StrategyConfig::FedSgd { optimizer } => Box::new(
             FedSgd::from_params(
                 spec.clone(),
@@ -69,6 +75,12 @@ pub fn build(config: &RunConfig, spec: &ModelSpec) -> Result<Box<dyn Strategy>> 
                 .with_rule(rule)
                 .with_optimizer(optimizer.clone()),
         ),
+        StrategyConfig::Scaffold => Box::new(Scaffold::new(
+            spec.clone(),
+            config.seed,
+            config.fit.clone(),
+            config.selection.min_available,
+        )?),
         StrategyConfig::FedSgd { optimizer } => Box::new(
             FedSgd::new(
                 spec.clone(),

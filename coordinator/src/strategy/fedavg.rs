@@ -102,6 +102,7 @@ impl Strategy for FedAvg {
                 batch_size: self.fit.batch_size,
                 lr: self.fit.lr,
                 proximal_mu: self.proximal_mu,
+                control_variate: false,
             }),
             update_len: self.params.len(),
             counts_len: 0,

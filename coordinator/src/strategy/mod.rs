@@ -12,6 +12,7 @@ mod fedkmeans;
 mod fedsgd;
 mod plan;
 pub mod results;
+mod scaffold;
 mod server_opt;
 
 pub use build::{build, build_from};
@@ -19,6 +20,7 @@ pub use fedavg::FedAvg;
 pub use fedkmeans::{FedKMeans, next_centroids};
 pub use fedsgd::FedSgd;
 pub use plan::{FoldMode, TaskPlan, Work};
+pub use scaffold::Scaffold;
 
 pub use crate::config::ServerOptimizer;
 
@@ -43,8 +45,15 @@ pub trait Strategy: Send + Sync {
     /// plan per stage here.
     fn configure(&self, round: u32) -> TaskPlan;
 
-    /// The state clients download for the next round: parameters or centroids.
+    /// The state clients download for the next round: parameters or centroids, and whatever
+    /// else the algorithm sends them (SCAFFOLD's control variate).
     fn global(&self) -> &[f32];
+
+    /// The trained model the run produces, scores and exports: the global state, unless the
+    /// algorithm sends clients more than the model.
+    fn model(&self) -> &[f32] {
+        self.global()
+    }
 
     /// Turns a closed round's results into the next global state; returns round metrics
     /// (e.g. centroid shift) to record beside the evaluation.
