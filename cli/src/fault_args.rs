@@ -27,8 +27,10 @@ pub struct FaultArgs {
     crash: Option<FaultRate>,
     /// Simulated attackers: a seeded FRACTION of the fleet's clients follow the protocol but
     /// send sign-flip (their change negated), scale:LAMBDA (times LAMBDA), noise:SIGMA
-    /// (Gaussian noise instead of their change) or label-flip (trained on labels y -> C-1-y)
-    /// updates.
+    /// (Gaussian noise instead of their change), label-flip (trained on labels y -> C-1-y)
+    /// or alie[:Z] updates ("a little is enough": the attackers collude and all send the mean
+    /// of their honest changes minus Z standard deviations, Z by default from the population
+    /// and the attackers' number as Baruch et al. 2019 choose it).
     #[arg(long, value_name = "FRACTION:KIND", value_parser = str::parse::<Byzantine>)]
     byzantine: Option<Byzantine>,
 }

@@ -290,6 +290,28 @@ fn robust_aggregators_hold_under_sign_flip_attackers() {
     }
 }
 
+/// "A little is enough": the colluders' forgery sits inside the spread of honest updates, so
+/// it is small, but it is seeded like everything else (the same model twice) and it is not
+/// nothing (a higher test loss than the clean run's).
+#[test]
+fn colluding_attackers_replay_exactly_and_cost_the_mean_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--min-clients", "10"];
+        args.extend_from_slice(extra);
+        let s = one_process_run(dir.path(), "run.json", &args);
+        (s["final_loss"].as_f64().unwrap(), model_sha256(&s))
+    };
+    let (clean, clean_model) = run(&[]);
+    let (attacked, model) = run(&["--byzantine", "0.2:alie:4"]);
+    assert_ne!(model, clean_model);
+    assert!(
+        attacked > clean,
+        "loss {attacked} under attack, {clean} clean"
+    );
+    assert_eq!(run(&["--byzantine", "0.2:alie:4"]).1, model, "replays");
+}
+
 #[test]
 fn same_seed_gives_the_same_model_and_another_seed_another() {
     let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,10 @@ pub enum Attack {
     Noise(f32),
     /// Trains honestly on its local data with every label `y` replaced by `classes − 1 − y`.
     LabelFlip,
+    /// "A little is enough" (Baruch et al. 2019): the attackers collude, and all send the
+    /// mean of their honest changes shifted by `z` standard deviations, coordinate by
+    /// coordinate ([`crate::collusion`]); `None` takes the paper's `z` for the population.
+    Alie(Option<f32>),
 }
 
 /// `--byzantine FRACTION:KIND`: the share of a fleet's clients that attack, and how.
@@ -85,6 +89,11 @@ impl Attack {
         let at = |i: usize| base.get(i).copied().unwrap_or(0.0);
         match *self {
             Attack::LabelFlip => {}
+            Attack::Alie(_) => {
+                return Err(ClientError::BadTask(
+                    "a colluding attack is forged with its colluders (collusion::Collusion)".into(),
+                ));
+            }
             Attack::SignFlip | Attack::Scale(_) => {
                 let factor = match *self {
                     Attack::Scale(lambda) => lambda,
@@ -115,6 +124,8 @@ impl fmt::Display for Byzantine {
             Attack::Scale(l) => write!(f, "scale:{l}"),
             Attack::Noise(s) => write!(f, "noise:{s}"),
             Attack::LabelFlip => f.write_str("label-flip"),
+            Attack::Alie(None) => f.write_str("alie"),
+            Attack::Alie(Some(z)) => write!(f, "alie:{z}"),
         }
     }
 }
@@ -122,8 +133,8 @@ impl fmt::Display for Byzantine {
 impl FromStr for Byzantine {
     type Err = String;
 
-    /// `FRACTION:sign-flip`, `FRACTION:scale:LAMBDA`, `FRACTION:noise:SIGMA` or
-    /// `FRACTION:label-flip`.
+    /// `FRACTION:sign-flip`, `FRACTION:scale:LAMBDA`, `FRACTION:noise:SIGMA`,
+    /// `FRACTION:label-flip` or `FRACTION:alie[:Z]`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let parts: Vec<&str> = s.trim().split(':').map(str::trim).collect();
         let number = |v: &str, what: &str| {
@@ -140,6 +151,8 @@ impl FromStr for Byzantine {
         let attack = match parts.get(1..).unwrap_or_default() {
             ["sign-flip"] => Attack::SignFlip,
             ["label-flip"] => Attack::LabelFlip,
+            ["alie"] => Attack::Alie(None),
+            ["alie", z] => Attack::Alie(Some(number(z, "number of standard deviations")?)),
             ["scale", lambda] => Attack::Scale(number(lambda, "factor")?),
             ["noise", sigma] => match number(sigma, "standard deviation")? {
                 sigma if sigma > 0.0 => Attack::Noise(sigma),
@@ -148,7 +161,7 @@ impl FromStr for Byzantine {
             _ => {
                 return Err(format!(
                     "--byzantine {s}: expected FRACTION:sign-flip, FRACTION:scale:LAMBDA, \
-                     FRACTION:noise:SIGMA or FRACTION:label-flip"
+                     FRACTION:noise:SIGMA, FRACTION:label-flip or FRACTION:alie[:Z]"
                 ));
             }
         };
@@ -234,6 +247,8 @@ mod tests {
             "0.1:scale:-4",
             "0.3:noise:0.5",
             "0:label-flip",
+            "0.2:alie",
+            "0.2:alie:1.5",
         ] {
             assert_eq!(text.parse::<Byzantine>().unwrap().to_string(), text);
         }

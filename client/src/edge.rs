@@ -8,6 +8,7 @@ use crate::attack::Attack;
 use crate::backoff::Backoff;
 use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
+use crate::collusion::Collusion;
 use crate::compress::{ErrorFeedback, encode_update};
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for};
@@ -108,6 +109,8 @@ pub struct EdgeClient {
     state: ClientState,
     /// A simulated Byzantine client's lie, applied to each update it computes.
     attack: Option<Attack>,
+    /// A simulated colluding attacker's accomplices: its updates are their common forgery.
+    collusion: Option<Arc<Collusion>>,
 }
 
 impl EdgeClient {
@@ -140,8 +143,16 @@ impl EdgeClient {
                 variate: ControlVariate::default(),
             },
             attack: None,
+            collusion: None,
             id,
         }
+    }
+
+    /// The same client as a colluding attacker: every update it computes is replaced by the
+    /// forgery it makes with its accomplices ([`Collusion::forge`]).
+    pub fn with_collusion(mut self, collusion: Arc<Collusion>) -> Self {
+        self.collusion = Some(collusion);
+        self
     }
 
     /// The same client, keeping its SCAFFOLD control variate in `file` (read at the first
@@ -532,11 +543,13 @@ impl EdgeClient {
         let mut feedback = std::mem::take(&mut self.feedback);
         let mut state = std::mem::take(&mut self.state);
         let attack = self.attack;
+        let collusion = self.collusion.clone();
         let (update, feedback, state) = tokio::task::spawn_blocking(move || {
             let update = run_task(trainer.as_ref(), &task, &global, &data, &mut state)
-                .and_then(|u| match attack {
-                    Some(attack) => attack.corrupt(&task, &global, u),
-                    None => Ok(u),
+                .and_then(|u| match (&collusion, attack) {
+                    (Some(collusion), _) => collusion.forge(trainer.as_ref(), &task, &global, u),
+                    (None, Some(attack)) => attack.corrupt(&task, &global, u),
+                    (None, None) => Ok(u),
                 })
                 .and_then(|u| encode_update(&task, &global, u, &mut feedback));
             (update, feedback, state)

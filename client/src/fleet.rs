@@ -8,9 +8,10 @@
 //! none carries more than [`CLIENTS_PER_CHANNEL`], well under the coordinator's per-connection
 //! stream cap: a crowded connection would queue or reset streams, and its clients would starve.
 
-use crate::attack::Byzantine;
+use crate::attack::{Attack, Byzantine};
 use crate::budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 use crate::cache::GlobalCache;
+use crate::collusion::Collusion;
 use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
@@ -171,6 +172,22 @@ pub async fn run_fleet(
             .collect(),
         None => Default::default(),
     };
+    let collusion = match config.byzantine.map(|b| b.attack) {
+        Some(Attack::Alie(z)) => {
+            let population = config.population.len().max(clients.len());
+            let z = z.map_or_else(
+                || Collusion::paper_z(population, attackers.len()),
+                f64::from,
+            );
+            let colluders = clients
+                .iter()
+                .filter(|(id, _)| attackers.contains(id))
+                .map(|(id, data)| (id.clone(), Arc::new(data.clone())))
+                .collect();
+            Some(Arc::new(Collusion::new(colluders, z)))
+        }
+        _ => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
         let attack = config
@@ -218,9 +235,10 @@ pub async fn run_fleet(
         .with_faults(config.faults.clone())
         .with_update_budget(budget.clone())
         .with_trainer(config.trainer.clone());
-        let client = match attack {
-            Some(attack) => client.with_attack(attack),
-            None => client,
+        let client = match (attack, &collusion) {
+            (Some(Attack::Alie(_)), Some(collusion)) => client.with_collusion(collusion.clone()),
+            (Some(attack), _) => client.with_attack(attack),
+            (None, _) => client,
         };
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {

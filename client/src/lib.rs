@@ -5,6 +5,7 @@ pub mod attack;
 mod backoff;
 pub mod budget;
 pub mod cache;
+pub mod collusion;
 pub mod compress;
 pub mod connection;
 pub mod edge;
