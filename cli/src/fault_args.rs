@@ -33,6 +33,11 @@ pub struct FaultArgs {
     /// and the attackers' number as Baruch et al. 2019 choose it).
     #[arg(long, value_name = "FRACTION:KIND", value_parser = str::parse::<Byzantine>)]
     byzantine: Option<Byzantine>,
+    /// Simulated slow devices: with probability P per round a client does only a seeded
+    /// random share of its local SGD steps (at least one) and sends what it has, as FedProx's
+    /// stragglers do.
+    #[arg(long, value_name = "P", value_parser = parse_probability)]
+    partial_work: Option<f64>,
 }
 
 impl FaultArgs {
@@ -42,6 +47,7 @@ impl FaultArgs {
             dropout: self.dropout.unwrap_or(0.0),
             straggle: self.straggle,
             crash: self.crash,
+            partial_work: self.partial_work.unwrap_or(0.0),
         };
         fleet.byzantine = self.byzantine;
     }

@@ -11,7 +11,7 @@ use crate::cache::GlobalCache;
 use crate::collusion::Collusion;
 use crate::compress::{ErrorFeedback, encode_update};
 use crate::error::{ClientError, Result};
-use crate::faults::{Fault, Faults, fault_for};
+use crate::faults::{Fault, Faults, fault_for, partial_share};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
 use crate::route::{Moved, Route};
 use crate::scaffold::ControlVariate;
@@ -140,7 +140,7 @@ impl EdgeClient {
             feedback: ErrorFeedback::default(),
             state: ClientState {
                 client_id: id.clone(),
-                variate: ControlVariate::default(),
+                ..ClientState::default()
             },
             attack: None,
             collusion: None,
@@ -433,6 +433,7 @@ impl EdgeClient {
             return Ok(Next::Pull);
         };
         let fault = self.fault(&fence);
+        self.state.step_share = self.partial_share(&fence);
         match fault {
             Some(Fault::Crash(downtime)) => {
                 stats.crashes += 1;
@@ -525,6 +526,17 @@ impl EdgeClient {
             }
         };
         fault_for(&self.faults, self.options.seed, fence.round, &self.id, nth)
+    }
+
+    /// The share of its local steps a simulated slow device does on this task (drawn for the
+    /// same attempt as [`EdgeClient::fault`]), or `None` for all of them.
+    fn partial_share(&self, fence: &Fence) -> Option<f64> {
+        let nth = self.last_task.map_or(0, |(_, nth)| nth);
+        let share = partial_share(&self.faults, self.options.seed, fence.round, &self.id, nth);
+        if let Some(share) = share {
+            debug!(client = %self.id, %fence, share, "simulated partial work");
+        }
+        share
     }
 
     async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {

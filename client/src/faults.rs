@@ -30,6 +30,9 @@ pub struct Faults {
     /// Probability that a client dies mid-round, and how long it stays down before it joins
     /// again under the same id.
     pub crash: Option<(f64, Duration)>,
+    /// Probability that a client does only part of its local training (FedProx's systems
+    /// heterogeneity: a slow device sends what it managed), see [`partial_share`].
+    pub partial_work: f64,
 }
 
 impl Faults {
@@ -38,6 +41,7 @@ impl Faults {
         self.dropout <= 0.0
             && self.straggle.is_none_or(|(p, _)| p <= 0.0)
             && self.crash.is_none_or(|(p, _)| p <= 0.0)
+            && self.partial_work <= 0.0
     }
 }
 
@@ -89,6 +93,35 @@ pub fn fault_for(
     None
 }
 
+/// Stream tag for partial-work decisions: a stream of its own, so enabling partial work
+/// moves none of the other faults' draws.
+pub const PARTIAL_STREAM: u64 = u64::from_be_bytes(*b"cl-part.");
+
+/// The share of its local SGD steps, in (0, 1), that `client_id` does on its `nth` task of
+/// `round` when partial work hits it (uniform, as FedProx's stragglers' epochs are), or
+/// `None` when it does all of them.
+pub fn partial_share(
+    faults: &Faults,
+    seed: u64,
+    round: u32,
+    client_id: &str,
+    nth: u32,
+) -> Option<f64> {
+    if faults.partial_work <= 0.0 {
+        return None;
+    }
+    let mut rng = rng_for(
+        seed,
+        &[PARTIAL_STREAM, u64::from(round), client_key(client_id)],
+    );
+    let mut draw = (1.0, 1.0);
+    for _ in 0..=nth {
+        draw = (rng.random::<f64>(), rng.random::<f64>());
+    }
+    let (fires, share) = draw;
+    (fires < faults.partial_work).then_some(share)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +153,7 @@ mod tests {
             dropout: 0.0,
             straggle: Some((0.0, Duration::from_secs(1))),
             crash: Some((0.0, Duration::from_secs(1))),
+            partial_work: 0.0,
         };
         assert!(zero.is_none());
         assert!(Faults::default().is_none());
@@ -138,6 +172,7 @@ mod tests {
             dropout: 0.3,
             straggle: Some((0.3, Duration::from_millis(500))),
             crash: Some((0.1, Duration::from_secs(2))),
+            partial_work: 0.0,
         };
         let draws = |seed| -> Vec<Option<Fault>> {
             (1..=20)
@@ -178,6 +213,7 @@ mod tests {
             dropout: 0.2,
             straggle: Some((0.5, Duration::from_secs(1))),
             crash: Some((0.1, Duration::from_secs(1))),
+            partial_work: 0.0,
         };
         let [c, d, s] = rates(&all, 5);
         // Crash wins over dropout, which wins over straggle.
@@ -203,6 +239,35 @@ mod tests {
                 assert_eq!(alone, mixed);
             }
         }
+    }
+
+    #[test]
+    fn partial_work_is_seeded_and_leaves_the_other_faults_where_they_were() {
+        let faults = Faults {
+            dropout: 0.4,
+            ..Faults::default()
+        };
+        let partial = Faults {
+            partial_work: 0.5,
+            ..faults.clone()
+        };
+        let mut hits = 0;
+        for round in 1..=20 {
+            for id in ids() {
+                assert_eq!(
+                    fault_for(&faults, 3, round, &id, 0),
+                    fault_for(&partial, 3, round, &id, 0)
+                );
+                assert_eq!(partial_share(&faults, 3, round, &id, 0), None);
+                let share = partial_share(&partial, 3, round, &id, 0);
+                assert_eq!(share, partial_share(&partial, 3, round, &id, 0));
+                if let Some(share) = share {
+                    assert!((0.0..1.0).contains(&share));
+                    hits += 1;
+                }
+            }
+        }
+        assert!((hits as f64 / 2000.0 - 0.5).abs() < 0.05, "{hits} of 2000");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct ClientState {
     pub client_id: String,
     /// SCAFFOLD's control variate.
     pub variate: ControlVariate,
+    /// For the task at hand only: a simulated slow device's share of its local SGD steps
+    /// ([`crate::faults::partial_share`]); `None` does them all.
+    pub step_share: Option<f64>,
 }
 
 /// Runs `task` on `data` starting from `global`, with `trainer` for the model's work and
@@ -154,6 +157,11 @@ fn fit(
         lr: cfg.lr,
         seed: task.seed,
         proximal_mu: cfg.proximal_mu,
+        max_steps: state.step_share.map_or(0, |share| {
+            let per_epoch = data.len().div_ceil(cfg.batch_size.max(1) as usize);
+            let all = per_epoch * cfg.epochs as usize;
+            ((share * all as f64).ceil() as usize).max(1)
+        }),
     };
     if cfg.control_variate {
         let model = task_model(task)?;

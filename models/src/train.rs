@@ -33,6 +33,10 @@ pub struct TrainConfig {
     /// training started from by μ·(w − w_start); 0 is plain SGD (bit for bit).
     #[serde(default)]
     pub proximal_mu: f64,
+    /// Stop after this many SGD steps, mid-epoch if need be (a device that ran out of time
+    /// sends what it managed); 0 takes every step of every epoch.
+    #[serde(default)]
+    pub max_steps: usize,
 }
 
 impl TrainConfig {
@@ -154,11 +158,18 @@ fn train(
     });
     let mut steps = 0;
     let mut last = Tally::default();
+    let enough = |steps: usize| cfg.max_steps > 0 && steps >= cfg.max_steps;
     for epoch in 0..cfg.epochs {
+        if enough(steps) {
+            break;
+        }
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng_for(cfg.seed, &[epoch as u64]));
         let mut tally = Tally::default();
         for chunk in order.chunks(cfg.batch_size) {
+            if enough(steps) {
+                break;
+            }
             let batch = Batch::gather(data, chunk, &device);
             let logits: Tensor<2> = net.forward(batch.inputs);
             let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
@@ -213,6 +224,7 @@ mod tests {
             lr: 0.1,
             seed: 4,
             proximal_mu: 0.0,
+            max_steps: 0,
         }
     }
 
@@ -316,6 +328,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(report.steps, 2 * 3);
+    }
+
+    #[test]
+    fn a_step_limit_stops_mid_epoch_with_the_steps_it_took() {
+        let data = digits_head(100);
+        let spec = mlp_spec();
+        let params = init_params(&spec, 1).unwrap();
+        let train = |max_steps| {
+            let cfg = TrainConfig {
+                batch_size: 10,
+                max_steps,
+                ..cfg(2)
+            };
+            train_local(&spec, &params, &data, &cfg).unwrap()
+        };
+        let (all, report) = train(0);
+        assert_eq!(report.steps, 20);
+        assert_eq!(train(20).0, all, "a limit above the work changes nothing");
+        let (part, report) = train(13);
+        assert_eq!((report.steps, report.examples), (13, 100));
+        assert_ne!(part, all);
+        assert!(report.loss.is_finite() && report.accuracy > 0.0);
     }
 
     #[test]

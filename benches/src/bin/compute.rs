@@ -151,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 lr: 0.01,
                 seed: 3,
                 proximal_mu: 0.0,
+                max_steps: 0,
             };
             let work = || {
                 if let Err(e) = train_local(&spec, &params, &data, &cfg) {
