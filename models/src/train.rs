@@ -507,6 +507,7 @@ mod tests {
             lr: 0.05,
             seed: 1,
             proximal_mu: 0.0,
+            max_steps: 0,
         };
         let digits = digits_head(64);
         let images = tiny_images(8);
