@@ -206,6 +206,13 @@ fn a_tree_of_aggregators_decodes_compressed_updates_to_the_bits_of_a_flat_run() 
     same_bits_as_one_process(&["--compress", "int8"]);
 }
 
+/// SCAFFOLD's updates carry the clients' variate changes beside their models; aggregators sum
+/// them like any other values.
+#[test]
+fn a_tree_of_aggregators_gives_the_bits_of_a_flat_scaffold_run() {
+    same_bits_as_one_process(&["--strategy", "scaffold"]);
+}
+
 /// A robust rule needs every update at the root: aggregators relay them whole.
 #[test]
 fn a_tree_relays_the_updates_of_a_robust_rule_whole() {

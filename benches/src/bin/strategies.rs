@@ -1,8 +1,8 @@
 //! What each strategy buys on Fashion-MNIST, and what each robust rule holds under attack.
 //!
 //! `cargo run --release -p shoal-benches --bin strategies -- --binary target/release/shoal
-//! [--rounds 100 --target 0.85 --table strategies|robust|both --fractions 0.1,0.2,0.3
-//! --kinds sign-flip,scale:-4,noise:1,label-flip]`
+//! [--rounds 100 --target 0.85 --table strategies|robust|both --only NAME,NAME
+//! --fractions 0.1,0.2,0.3 --kinds sign-flip,scale:-4,noise:1,label-flip,alie]`
 //!
 //! Every row is one `shoal run` of the 2NN (784-200-200-10) on Fashion-MNIST, 100 clients, 10 a
 //! round, E=1, B=10, lr 0.05, seed 0, read back from its `--metrics-out` file. The first table
@@ -83,8 +83,19 @@ fn main() -> Result<()> {
         .get("fractions", "0.1,0.2,0.3".to_string())
         .map_err(|e| anyhow!(e))?;
     let kinds: String = flags
-        .get("kinds", "sign-flip,scale:-4,noise:1,label-flip".to_string())
+        .get(
+            "kinds",
+            "sign-flip,scale:-4,noise:1,label-flip,alie".to_string(),
+        )
         .map_err(|e| anyhow!(e))?;
+    // Rows (strategies) or rules (robust) to run, by the first word of their name; all if empty.
+    let only: String = flags.get("only", String::new()).map_err(|e| anyhow!(e))?;
+    let wanted = |name: &str| {
+        only.is_empty()
+            || only
+                .split(',')
+                .any(|w| name.split_whitespace().next() == Some(w.trim()))
+    };
     let dir = tempfile::tempdir()?;
     let cpu_start = CpuSample::now().ok();
     let rounds_arg = rounds.to_string();
@@ -95,7 +106,7 @@ fn main() -> Result<()> {
             target * 100.0
         );
         println!("{:<34} {:>14} {:>14}", "strategy", "iid", "shards:2");
-        let strategies: [(&str, &[&str]); 6] = [
+        let strategies: [(&str, &[&str]); 7] = [
             ("fedavg", &[]),
             (
                 "fedprox mu 0.01",
@@ -108,8 +119,9 @@ fn main() -> Result<()> {
             ("fedadam (lr 0.01)", &["--server-optimizer", "adam"]),
             ("fedyogi (lr 0.01)", &["--server-optimizer", "yogi"]),
             ("fedadagrad (lr 0.1)", &["--server-optimizer", "adagrad"]),
+            ("scaffold", &["--strategy", "scaffold"]),
         ];
-        for (name, extra) in strategies {
+        for (name, extra) in strategies.into_iter().filter(|(name, _)| wanted(name)) {
             let mut cells = Vec::new();
             for partition in ["iid", "shards:2"] {
                 let mut args = strings(&[
@@ -157,7 +169,10 @@ fn main() -> Result<()> {
                 "krum",
                 "multi-krum",
                 "bulyan",
-            ] {
+            ]
+            .into_iter()
+            .filter(|rule| wanted(rule))
+            {
                 print!("{rule:<22}");
                 for fraction in std::iter::once(0.0).chain(fractions.iter().copied()) {
                     // Tolerate the share of the largest fraction asked, so one rule per row.
