@@ -144,15 +144,13 @@ fn a_fleet_restarted_mid_round_gets_its_tasks_again_and_changes_nothing() {
     );
 }
 
-/// A SCAFFOLD client killed mid-run and started again keeps its control variate (its
-/// `--state-dir` file): the run ends with the model of the run without the restart. Started
-/// again with its state lost, it ends with another model, so the file is what carried it.
-#[test]
-fn a_restarted_scaffold_client_keeps_its_control_variate() {
+/// A client killed mid-run and started again keeps what it carries from round to round (its
+/// `--state-dir` file, `client-00000.EXTENSION`): the run ends with the model of the run
+/// without the restart. Started again with that state lost, it ends with another model, so the
+/// file is what carried it.
+fn a_restarted_client_keeps_its_state(run: &[&str], extension: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let common = [
-        "--strategy",
-        "scaffold",
+    let mut common = vec![
         "--rounds",
         "40",
         "--epochs",
@@ -164,10 +162,11 @@ fn a_restarted_scaffold_client_keeps_its_control_variate() {
         "--partition",
         "shards:2",
     ];
+    common.extend_from_slice(run);
     let reference = model_sha256(&one_process_run(dir.path(), "run.json", &common));
     let restarted_with = |state: &str, fresh_state: &str| {
         let summary_path = dir.path().join(format!("{fresh_state}.json"));
-        let mut args = common.to_vec();
+        let mut args = common.clone();
         // A round waits for the killed client however long its restart takes.
         args.extend([
             "--round-timeout",
@@ -190,8 +189,8 @@ fn a_restarted_scaffold_client_keeps_its_control_variate() {
         coordinator.wait_for_stderr_count("round aggregated", 3, DEADLINE);
         a.kill();
         assert!(
-            state_a.join("client-00000.scaffold").is_file(),
-            "the client keeps its variate on disk"
+            state_a.join(format!("client-00000.{extension}")).is_file(),
+            "the client keeps its state on disk"
         );
         let again = start("0", arg(&dir.path().join(fresh_state)));
         let again = again.finish(DEADLINE);
@@ -209,6 +208,16 @@ fn a_restarted_scaffold_client_keeps_its_control_variate() {
     };
     assert_eq!(restarted_with("a", "a"), reference);
     assert_ne!(restarted_with("a2", "lost"), reference);
+}
+
+#[test]
+fn a_restarted_scaffold_client_keeps_its_control_variate() {
+    a_restarted_client_keeps_its_state(&["--strategy", "scaffold"], "scaffold");
+}
+
+#[test]
+fn a_restarted_client_keeps_what_top_k_left_out() {
+    a_restarted_client_keeps_its_state(&["--compress", "topk:0.1"], "topk");
 }
 
 /// Clients whose local work fails say so, and the round stops waiting for them: the run stops

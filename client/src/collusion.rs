@@ -7,7 +7,7 @@
 //! The colluders are the attackers whose data this process holds (all of them in one
 //! process; in a fleet split over processes, each process's attackers collude among
 //! themselves). The honest updates are trained with seeds every colluder derives alike from
-//! the run, round and colluder, so every attacker forges the same bits, whichever comes
+//! the run seed, round and colluder, so every attacker forges the same bits, whichever comes
 //! first, and a seeded run replays exactly. The forgery is made once per round and task kind.
 
 use crate::error::{ClientError, Result};
@@ -31,17 +31,21 @@ pub struct Collusion {
     colluders: Vec<(String, Arc<Dataset>)>,
     /// Standard deviations the forgery sits below the mean.
     z: f64,
+    /// The run seed the colluders' training seeds derive from.
+    seed: u64,
     /// The newest forgery, shared by every attacker of its round.
     forged: Mutex<Option<(ForgeryKey, Arc<Vec<f32>>)>>,
 }
 
 impl Collusion {
-    /// Colluders `colluders` (id, honest data) forging at `z` deviations.
-    pub fn new(mut colluders: Vec<(String, Arc<Dataset>)>, z: f64) -> Self {
+    /// Colluders `colluders` (id, honest data) forging at `z` deviations, their training
+    /// seeded from the run seed `seed`.
+    pub fn new(mut colluders: Vec<(String, Arc<Dataset>)>, z: f64, seed: u64) -> Self {
         colluders.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
             colluders,
             z,
+            seed,
             forged: Mutex::new(None),
         }
     }
@@ -99,7 +103,7 @@ impl Collusion {
             .iter()
             .map(|(id, data)| {
                 let seed = derive_seed(
-                    client_key(&key.0),
+                    self.seed,
                     &[COLLUSION_STREAM, u64::from(key.1), client_key(id)],
                 );
                 let honest_task = Task {
@@ -224,14 +228,14 @@ mod tests {
                 .forge(&BuiltinTrainer, &task, &global, honest)
                 .unwrap()
         };
-        let first = Collusion::new(colluders.clone(), 1.0);
+        let first = Collusion::new(colluders.clone(), 1.0, 4);
         let a = forge(&first, 1, 20);
         let b = forge(&first, 2, 30);
         assert_eq!(a.payload, b.payload, "colluders send one forgery");
         assert_eq!((a.num_examples, b.num_examples), (20, 30));
         assert_ne!(a.payload, vec![9.0; 6]);
         // Another process with the same colluders forges the same bits.
-        let again = Collusion::new(colluders.into_iter().rev().collect(), 1.0);
+        let again = Collusion::new(colluders.into_iter().rev().collect(), 1.0, 4);
         assert_eq!(forge(&again, 5, 1).payload, a.payload);
     }
 }

@@ -6,6 +6,7 @@
 //! left out and adds it to its next update (Stich et al. 2018), so nothing is lost for good,
 //! only late.
 
+use crate::carried::{At, Carried};
 use crate::error::{ClientError, Result};
 use crate::work::{LocalUpdate, change_base};
 use shoal_proto::Codec;
@@ -22,40 +23,35 @@ pub struct Encoded {
     pub values: u64,
 }
 
-/// What top-k left out of a client's updates: one vector per client, kept between rounds.
-///
-/// Two are kept: what entered the newest round the client worked on, and what that round left
-/// out. A round asked again (a retried attempt, a coordinator that resumed the run) starts
-/// from the first, so its update is the same bytes as before; a later round from the second.
-#[derive(Debug, Clone, Default)]
-pub struct ErrorFeedback {
-    /// The newest round worked on, what entered it, and what it left out.
-    newest: Option<(u32, Vec<f32>, Vec<f32>)>,
+/// First bytes of a residual file, naming its kind.
+const MAGIC: &[u8; 8] = b"SHOALEF1";
+
+/// What top-k left out of a client's updates, kept between rounds ([`Carried`]: a round asked
+/// again starts from what entered it), in memory or in a file (`shoal client --state-dir`).
+#[derive(Debug)]
+pub struct ErrorFeedback(Carried);
+
+impl Default for ErrorFeedback {
+    fn default() -> Self {
+        Self(Carried::in_memory(MAGIC))
+    }
 }
 
 impl ErrorFeedback {
-    /// What to add to round `round`'s update before choosing its top values (empty: nothing).
-    fn entering(&self, round: u32) -> &[f32] {
-        match &self.newest {
-            Some((r, entering, _)) if *r == round => entering,
-            Some((r, _, left)) if *r < round => left,
-            _ => &[],
-        }
-    }
-
-    /// Records that round `round` started from `entering` and left out `left`.
-    fn record(&mut self, round: u32, entering: Vec<f32>, left: Vec<f32>) {
-        self.newest = Some((round, entering, left));
+    /// A residual kept in `file`, read at the first top-k task and written after each.
+    pub fn in_file(file: std::path::PathBuf) -> Self {
+        Self(Carried::in_file(MAGIC, file))
     }
 }
 
 /// `update` encoded as `task` asks, or unchanged when the task asks for plain values (or is
-/// not a FedAvg or FedSGD task). `global` is the round's global state; `feedback` the client's
-/// error feedback, used and updated by top-k.
+/// not a FedAvg or FedSGD task). `global` is the round's global state; `feedback` the error
+/// feedback of client `client_id`, used and updated by top-k.
 pub fn encode_update(
     task: &Task,
     global: &[f32],
     mut update: LocalUpdate,
+    client_id: &str,
     feedback: &mut ErrorFeedback,
 ) -> Result<LocalUpdate> {
     let codec = Codec::from_wire(task.compression, task.topk_fraction)
@@ -70,16 +66,22 @@ pub fn encode_update(
     values.iter_mut().zip(base).for_each(|(v, g)| *v -= g);
     let bytes = match codec {
         Codec::TopK { fraction } => {
-            let round = task.fence.as_ref().map_or(0, |f| f.round);
-            let entering = feedback.entering(round).to_vec();
-            if entering.len() == values.len() {
-                values.iter_mut().zip(&entering).for_each(|(v, e)| *v += e);
+            let fence = task.fence.clone().unwrap_or_default();
+            let at = At {
+                client_id,
+                run_id: &fence.run_id,
+                round: fence.round,
+            };
+            let entering = feedback.0.entering(at, values.len()).map(<[f32]>::to_vec);
+            if let Some(entering) = &entering {
+                values.iter_mut().zip(entering).for_each(|(v, e)| *v += e);
             }
             let kept = Codec::topk_indices(&values, fraction);
             let bytes = Codec::encode_kept(&values, &kept);
             let mut left = values.clone();
             kept.iter().for_each(|&i| left[i] = 0.0);
-            feedback.record(round, entering, left);
+            let entering = entering.unwrap_or_else(|| vec![0.0; values.len()]);
+            feedback.0.record(at, entering, left)?;
             bytes
         }
         _ => codec.encode(&values),
@@ -126,11 +128,11 @@ mod tests {
         let global = vec![10.0, 20.0, 30.0];
         let t = task(TaskKind::Fit, Codec::Fp16, 1);
         let mut fb = ErrorFeedback::default();
-        let u = encode_update(&t, &global, update(vec![10.5, 19.0, 30.25]), &mut fb).unwrap();
+        let u = encode_update(&t, &global, update(vec![10.5, 19.0, 30.25]), "c1", &mut fb).unwrap();
         assert!(u.payload.is_empty());
         assert_eq!(decoded(Codec::Fp16, &u), vec![0.5, -1.0, 0.25]);
         let none = task(TaskKind::Fit, Codec::None, 1);
-        let plain = encode_update(&none, &global, update(vec![1.0; 3]), &mut fb).unwrap();
+        let plain = encode_update(&none, &global, update(vec![1.0; 3]), "c1", &mut fb).unwrap();
         assert_eq!((plain.payload, plain.encoded), (vec![1.0; 3], None));
     }
 
@@ -141,7 +143,7 @@ mod tests {
         let mut fb = ErrorFeedback::default();
         let first = |fb: &mut ErrorFeedback| {
             let t = task(TaskKind::Fit, codec, 3);
-            encode_update(&t, &global, update(vec![4.0, 1.0, -3.0, 0.5]), fb).unwrap()
+            encode_update(&t, &global, update(vec![4.0, 1.0, -3.0, 0.5]), "c1", fb).unwrap()
         };
         let a = first(&mut fb);
         assert_eq!(decoded(codec, &a), vec![4.0, 0.0, -3.0, 0.0]);
@@ -149,7 +151,14 @@ mod tests {
         assert_eq!(first(&mut fb), a);
         // The next round adds what round 3 left out (1.0 and 0.5).
         let t = task(TaskKind::Fit, codec, 4);
-        let b = encode_update(&t, &global, update(vec![0.0, 0.25, 0.0, 0.75]), &mut fb).unwrap();
+        let b = encode_update(
+            &t,
+            &global,
+            update(vec![0.0, 0.25, 0.0, 0.75]),
+            "c1",
+            &mut fb,
+        )
+        .unwrap();
         assert_eq!(decoded(codec, &b), vec![0.0, 1.25, 0.0, 1.25]);
     }
 
@@ -160,6 +169,7 @@ mod tests {
             &t,
             &[],
             update(vec![1.0, 2.0]),
+            "c1",
             &mut ErrorFeedback::default(),
         );
         assert_eq!(u.unwrap().encoded, None);

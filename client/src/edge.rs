@@ -9,12 +9,11 @@ use crate::backoff::Backoff;
 use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
 use crate::collusion::Collusion;
-use crate::compress::{ErrorFeedback, encode_update};
+use crate::compress::encode_update;
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for, partial_share};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
 use crate::route::{Moved, Route};
-use crate::scaffold::ControlVariate;
 pub use crate::stats::ClientStats;
 use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use crate::unreachable;
@@ -103,9 +102,7 @@ pub struct EdgeClient {
     /// Shared with the process's other clients: a finished update holds its share from
     /// before the work to the end of its push (none for a lone client).
     budget: Option<UpdateBudget>,
-    /// What top-k compression left out of this client's recent updates.
-    feedback: ErrorFeedback,
-    /// What the client carries between tasks (SCAFFOLD's control variate).
+    /// What the client carries between tasks (SCAFFOLD's control variate, top-k's residual).
     state: ClientState,
     /// A simulated Byzantine client's lie, applied to each update it computes.
     attack: Option<Attack>,
@@ -137,11 +134,7 @@ impl EdgeClient {
             orphan: None,
             trainer: Arc::new(BuiltinTrainer),
             budget: None,
-            feedback: ErrorFeedback::default(),
-            state: ClientState {
-                client_id: id.clone(),
-                ..ClientState::default()
-            },
+            state: ClientState::new(id.clone()),
             attack: None,
             collusion: None,
             id,
@@ -155,10 +148,10 @@ impl EdgeClient {
         self
     }
 
-    /// The same client, keeping its SCAFFOLD control variate in `file` (read at the first
-    /// SCAFFOLD task, rewritten after each) so it survives a restart; in memory otherwise.
-    pub fn with_variate_file(mut self, file: std::path::PathBuf) -> Self {
-        self.state.variate = ControlVariate::in_file(file);
+    /// The same client, keeping what it carries between rounds (SCAFFOLD's control variate,
+    /// top-k's residual) in files in `dir` too, so it survives a restart; in memory otherwise.
+    pub fn with_state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.state = ClientState::in_dir(self.id.clone(), dir);
         self
     }
 
@@ -552,23 +545,23 @@ impl EdgeClient {
             .map_err(|e| ClientError::Worker(e.to_string()))?;
         let data = self.data.clone();
         let trainer = self.trainer.clone();
-        let mut feedback = std::mem::take(&mut self.feedback);
         let mut state = std::mem::take(&mut self.state);
         let attack = self.attack;
         let collusion = self.collusion.clone();
-        let (update, feedback, state) = tokio::task::spawn_blocking(move || {
+        let (update, state) = tokio::task::spawn_blocking(move || {
             let update = run_task(trainer.as_ref(), &task, &global, &data, &mut state)
                 .and_then(|u| match (&collusion, attack) {
                     (Some(collusion), _) => collusion.forge(trainer.as_ref(), &task, &global, u),
                     (None, Some(attack)) => attack.corrupt(&task, &global, u),
                     (None, None) => Ok(u),
                 })
-                .and_then(|u| encode_update(&task, &global, u, &mut feedback));
-            (update, feedback, state)
+                .and_then(|u| {
+                    encode_update(&task, &global, u, &state.client_id, &mut state.feedback)
+                });
+            (update, state)
         })
         .await
         .map_err(|e| ClientError::Worker(e.to_string()))?;
-        self.feedback = feedback;
         self.state = state;
         update
     }

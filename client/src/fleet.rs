@@ -184,7 +184,7 @@ pub async fn run_fleet(
                 .filter(|(id, _)| attackers.contains(id))
                 .map(|(id, data)| (id.clone(), Arc::new(data.clone())))
                 .collect();
-            Some(Arc::new(Collusion::new(colluders, z)))
+            Some(Arc::new(Collusion::new(colluders, z, options.seed)))
         }
         _ => None,
     };

@@ -2,7 +2,7 @@
 //! [`LocalTrainer`], k-means steps directly. Pure and synchronous; callers run it on a
 //! blocking thread so the pull loop (the heartbeat) never stalls.
 
-use crate::compress::Encoded;
+use crate::compress::{Encoded, ErrorFeedback};
 use crate::error::{ClientError, Result};
 use crate::scaffold::ControlVariate;
 use crate::trainer::LocalTrainer;
@@ -86,16 +86,41 @@ fn split_local(task: &Task, data: &Dataset) -> Result<(Dataset, Dataset)> {
     Ok((part(0..n - held)?, part(n - held..n)?))
 }
 
-/// What a client keeps from task to task for the algorithms that need it.
+/// What a client keeps from task to task for the algorithms that need it; `shoal client`
+/// keeps it in files too ([`ClientState::in_dir`]), so it outlives the process.
 #[derive(Debug, Default)]
 pub struct ClientState {
     /// The client's stable id (its state is kept under it).
     pub client_id: String,
     /// SCAFFOLD's control variate.
     pub variate: ControlVariate,
+    /// What top-k compression left out of the client's recent updates.
+    pub feedback: ErrorFeedback,
     /// For the task at hand only: a simulated slow device's share of its local SGD steps
     /// ([`crate::faults::partial_share`]); `None` does them all.
     pub step_share: Option<f64>,
+}
+
+impl ClientState {
+    /// The state of client `client_id`, kept in memory.
+    pub fn new(client_id: String) -> Self {
+        Self {
+            client_id,
+            ..Self::default()
+        }
+    }
+
+    /// The state of client `client_id`, kept in files in `dir` too (`ID.scaffold`,
+    /// `ID.topk`), each read at its first use and rewritten after every round that uses it.
+    pub fn in_dir(client_id: String, dir: &std::path::Path) -> Self {
+        use crate::state_file::state_file;
+        Self {
+            variate: ControlVariate::in_file(state_file(dir, &client_id, "scaffold")),
+            feedback: ErrorFeedback::in_file(state_file(dir, &client_id, "topk")),
+            client_id,
+            step_share: None,
+        }
+    }
 }
 
 /// Runs `task` on `data` starting from `global`, with `trainer` for the model's work and

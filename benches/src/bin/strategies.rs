@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release -p shoal-benches --bin strategies -- --binary target/release/shoal
 //! [--rounds 100 --target 0.85 --table strategies|robust|both --only NAME,NAME
-//! --fractions 0.1,0.2,0.3 --kinds sign-flip,scale:-4,noise:1,label-flip,alie]`
+//! --fractions 0.1,0.2,0.3 --kinds sign-flip,scale:-4,noise:1,label-flip,alie --clean false]`
 //!
 //! Every row is one `shoal run` of the 2NN (784-200-200-10) on Fashion-MNIST, 100 clients, 10 a
 //! round, E=1, B=10, lr 0.05, seed 0, read back from its `--metrics-out` file. The first table
@@ -96,6 +96,8 @@ fn main() -> Result<()> {
                 .split(',')
                 .any(|w| name.split_whitespace().next() == Some(w.trim()))
     };
+    // The attack-free column of the robust table (the same for every kind: once is enough).
+    let clean: bool = flags.get("clean", true).map_err(|e| anyhow!(e))?;
     let dir = tempfile::tempdir()?;
     let cpu_start = CpuSample::now().ok();
     let rounds_arg = rounds.to_string();
@@ -157,7 +159,10 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?;
         for kind in kinds.split(',') {
             println!("attack {kind}:");
-            print!("{:<22} {:>8}", "rule", "0%");
+            print!("{:<22}", "rule");
+            if clean {
+                print!(" {:>8}", "0%");
+            }
             for f in &fractions {
                 print!(" {:>7.0}%", f * 100.0);
             }
@@ -174,7 +179,8 @@ fn main() -> Result<()> {
             .filter(|rule| wanted(rule))
             {
                 print!("{rule:<22}");
-                for fraction in std::iter::once(0.0).chain(fractions.iter().copied()) {
+                let columns = clean.then_some(0.0).into_iter();
+                for fraction in columns.chain(fractions.iter().copied()) {
                     // Tolerate the share of the largest fraction asked, so one rule per row.
                     let worst = fractions.iter().copied().fold(0.0, f64::max);
                     let f = ((worst * 100.0).round() as usize).max(1);

@@ -143,8 +143,9 @@ pub struct ClientCmd {
     /// Give up after the coordinator has been unreachable this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = shoal_client::DEFAULT_GIVE_UP_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     give_up_after: u64,
-    /// Where this client keeps what it must remember across restarts: SCAFFOLD's control
-    /// variate, in DIR/ID.scaffold (written only in SCAFFOLD runs).
+    /// Where this client keeps what it carries from round to round, so a restart loses none
+    /// of it: SCAFFOLD's control variate (DIR/ID.scaffold) and what top-k compression left
+    /// out of its updates (DIR/ID.topk); written only in runs that use them.
     #[arg(long, value_name = "DIR", default_value = "shoal-client-state")]
     state_dir: PathBuf,
 }
@@ -216,7 +217,7 @@ impl ClientCmd {
             Arc::new(Semaphore::new(1)),
             options,
         )
-        .with_variate_file(shoal_client::scaffold::variate_file(&self.state_dir, &id));
+        .with_state_dir(&self.state_dir);
         let stats = client.run(ctrl_c()).await?;
         eprintln!(
             "client {id}: {} updates accepted, {} refused",
