@@ -8,10 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     config.bytes([".shoal.v1.Chunk.data"]);
     println!("cargo:rerun-if-changed=proto/shoal.proto");
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &["proto/shoal.proto"],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        // Small first buffers: see `src/wire_codec.rs`.
+        .codec_path("crate::wire_codec::WireCodec")
+        .compile_with_config(config, &["proto/shoal.proto"], &["proto"])?;
     Ok(())
 }

@@ -201,7 +201,7 @@ impl EdgeClient {
             let outcome = tokio::select! {
                 r = self.step(joined, &mut kept, &mut stats) => r,
                 () = &mut shutdown => {
-                    self.leave().await;
+                    Box::pin(self.leave()).await;
                     return Ok(stats);
                 }
             };
@@ -212,9 +212,9 @@ impl EdgeClient {
                         Reply::Task(task) => {
                             // Only a task carried through counts as the coordinator being
                             // reachable: a task whose fetch keeps failing must back off.
-                            let next = self
-                                .handle(task, &mut kept, &mut stats, &mut shutdown)
-                                .await;
+                            let next =
+                                Box::pin(self.handle(task, &mut kept, &mut stats, &mut shutdown))
+                                    .await;
                             if next.is_ok() {
                                 unreachable_since = None;
                                 self.route.answered();
@@ -230,7 +230,7 @@ impl EdgeClient {
                         }
                         Reply::Finished(f) => {
                             info!(client = %self.id, reason = %f.reason, "run finished");
-                            self.leave().await;
+                            Box::pin(self.leave()).await;
                             return Ok(stats);
                         }
                     }
@@ -241,7 +241,7 @@ impl EdgeClient {
                 Ok(Next::Pull) => {}
                 Ok(Next::Rejoin) => joined = false,
                 Ok(Next::Stop) => {
-                    self.leave().await;
+                    Box::pin(self.leave()).await;
                     return Ok(stats);
                 }
                 Err(ClientError::Refused(status)) if status.code() == Code::NotFound => {
@@ -308,10 +308,10 @@ impl EdgeClient {
         stats: &mut ClientStats,
     ) -> Result<Reply> {
         if !joined {
-            self.join().await?;
+            Box::pin(self.join()).await?;
         }
         if let Some(update) = kept.take() {
-            self.redeliver(update, kept, stats).await?;
+            Box::pin(self.redeliver(update, kept, stats)).await?;
         }
         self.pull().await
     }

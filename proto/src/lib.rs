@@ -8,6 +8,7 @@ pub mod chunk;
 pub mod compress;
 mod error;
 pub mod fence;
+pub mod wire_codec;
 
 pub use chunk::{
     Assembler, ByteAssembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler,
