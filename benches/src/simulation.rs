@@ -111,7 +111,7 @@ impl Simulation {
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let strategy = strategy::build(&self.run, &spec)?;
-        let num_params = strategy.global().len();
+        let num_params = strategy.model().len();
         let coordinator = Coordinator::new(self.run.clone(), self.limits.clone(), spec);
         let (records_tx, mut records_rx) = mpsc::unbounded_channel::<RoundRecord>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -183,7 +183,8 @@ fn a_restarted_client_keeps_its_state(run: &[&str], extension: &str) {
             args.extend(["--index", index, "--state-dir", state]);
             client(&url, &args)
         };
-        let (state_a, state_b) = (dir.path().join(state), dir.path().join("b"));
+        let state_a = dir.path().join(state);
+        let state_b = dir.path().join(format!("b-{state}"));
         let a = start("0", arg(&state_a));
         let b = start("1", arg(&state_b));
         coordinator.wait_for_stderr_count("round aggregated", 3, DEADLINE);

@@ -5,7 +5,8 @@
 //! round left. A round asked again (a retried attempt, a coordinator that resumed the run, a
 //! client restarted mid-round) starts from the first, so its update is the same bits as
 //! before; a later round starts from the second. They belong to one client of one run:
-//! another run, or a file copied from another client, carries nothing.
+//! another run, a file copied from another client, or a round older than the newest recorded
+//! (the same run started again from scratch) carries nothing.
 
 use crate::error::Result;
 use crate::state_file;
@@ -65,18 +66,27 @@ impl Carried {
         }
     }
 
-    /// What `at` starts from, if this client carries `n` values into it.
+    /// The same kind of values, in the same file, as after a restart: nothing in memory.
+    pub fn fresh(&self) -> Self {
+        match &self.file {
+            Some(file) => Self::in_file(self.magic, file.clone()),
+            None => Self::in_memory(self.magic),
+        }
+    }
+
+    /// What `at` starts from, if this client carries `n` values into it: nothing for a round
+    /// older than the newest recorded (a run started again under the same id begins afresh).
     pub fn entering(&mut self, at: At<'_>, n: usize) -> Option<&[f32]> {
         self.load();
         let pair = self.newest.as_ref()?;
         if pair.client_id != at.client_id || pair.run_id != at.run_id || pair.left.len() != n {
             return None;
         }
-        Some(if at.round > pair.round {
-            &pair.left
-        } else {
-            &pair.entering
-        })
+        match at.round.cmp(&pair.round) {
+            std::cmp::Ordering::Greater => Some(&pair.left),
+            std::cmp::Ordering::Equal => Some(&pair.entering),
+            std::cmp::Ordering::Less => None,
+        }
     }
 
     /// Records that `at` started from `entering` and left `left` (in the file too, if any).
@@ -131,7 +141,8 @@ mod tests {
             .unwrap();
         assert_eq!(c.entering(at("c1", "run", 3), 2), Some(&[1.0, 2.0][..]));
         assert_eq!(c.entering(at("c1", "run", 4), 2), Some(&[3.0, 4.0][..]));
-        // Another run, another client or another model carries nothing.
+        // Another run, another client, another model or an earlier round carries nothing.
+        assert_eq!(c.entering(at("c1", "run", 2), 2), None);
         assert_eq!(c.entering(at("c1", "other", 4), 2), None);
         assert_eq!(c.entering(at("c2", "run", 4), 2), None);
         assert_eq!(c.entering(at("c1", "run", 4), 3), None);

@@ -42,6 +42,11 @@ impl ErrorFeedback {
     pub fn in_file(file: std::path::PathBuf) -> Self {
         Self(Carried::in_file(MAGIC, file))
     }
+
+    /// The same store as after a restart ([`Carried::fresh`]).
+    pub fn fresh(&self) -> Self {
+        Self(self.0.fresh())
+    }
 }
 
 /// `update` encoded as `task` asks, or unchanged when the task asks for plain values (or is

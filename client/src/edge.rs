@@ -521,11 +521,10 @@ impl EdgeClient {
         fault_for(&self.faults, self.options.seed, fence.round, &self.id, nth)
     }
 
-    /// The share of its local steps a simulated slow device does on this task (drawn for the
-    /// same attempt as [`EdgeClient::fault`]), or `None` for all of them.
+    /// The share of its local steps a simulated slow device does in this round, or `None`
+    /// for all of them.
     fn partial_share(&self, fence: &Fence) -> Option<f64> {
-        let nth = self.last_task.map_or(0, |(_, nth)| nth);
-        let share = partial_share(&self.faults, self.options.seed, fence.round, &self.id, nth);
+        let share = partial_share(&self.faults, self.options.seed, fence.round, &self.id);
         if let Some(share) = share {
             debug!(client = %self.id, %fence, share, "simulated partial work");
         }
@@ -548,6 +547,9 @@ impl EdgeClient {
         let mut state = std::mem::take(&mut self.state);
         let attack = self.attack;
         let collusion = self.collusion.clone();
+        // Should the work panic, the client goes on with its state as last kept (its files are
+        // read again), never with another client's or none.
+        let fallback = state.fresh();
         let (update, state) = tokio::task::spawn_blocking(move || {
             let update = run_task(trainer.as_ref(), &task, &global, &data, &mut state)
                 .and_then(|u| match (&collusion, attack) {
@@ -561,7 +563,10 @@ impl EdgeClient {
             (update, state)
         })
         .await
-        .map_err(|e| ClientError::Worker(e.to_string()))?;
+        .map_err(|e| {
+            self.state = fallback;
+            ClientError::Worker(e.to_string())
+        })?;
         self.state = state;
         update
     }

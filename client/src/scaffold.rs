@@ -32,6 +32,11 @@ impl ControlVariate {
     pub fn in_file(file: PathBuf) -> Self {
         Self(Carried::in_file(MAGIC, file))
     }
+
+    /// The same store as after a restart ([`Carried::fresh`]).
+    pub fn fresh(&self) -> Self {
+        Self(self.0.fresh())
+    }
 }
 
 /// `c_i⁺ = c_i − c + (x − y) / (K·lr)`: the mean corrected gradient of the `steps` local

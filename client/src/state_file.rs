@@ -46,11 +46,16 @@ pub(crate) fn save<T: Serialize>(path: &Path, magic: &[u8; 8], value: &T) -> Res
     std::io::Write::write_all(&mut file, &bytes).map_err(fail)?;
     file.as_file().sync_all().map_err(fail)?;
     file.persist(path).map_err(|e| fail(e.error))?;
+    // The rename itself must survive a power cut.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
     Ok(())
 }
 
 /// Reads what [`save`] wrote at `path`: `None` if there is no file. A file that cannot be
-/// read back whole is set aside (renamed `.corrupt`, never deleted) with a warning, and the
+/// read back whole is set aside (renamed with `.corrupt` appended, never deleted) with a
+/// warning, and the
 /// state starts afresh.
 pub(crate) fn load<T: DeserializeOwned>(path: &Path, magic: &[u8; 8]) -> Option<T> {
     let bytes = match std::fs::read(path) {
@@ -64,7 +69,9 @@ pub(crate) fn load<T: DeserializeOwned>(path: &Path, magic: &[u8; 8]) -> Option<
     match parse(&bytes, magic) {
         Ok(value) => Some(value),
         Err(why) => {
-            let aside = path.with_extension("corrupt");
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let aside = PathBuf::from(aside);
             let moved = std::fs::rename(path, &aside);
             warn!(
                 file = %path.display(),
@@ -126,10 +133,8 @@ mod tests {
         );
         assert_eq!(load::<Vec<f32>>(&path, b"SHOALT01"), None);
         assert!(!path.exists());
-        assert_eq!(
-            std::fs::read(path.with_extension("corrupt")).unwrap(),
-            bytes
-        );
+        let aside = dir.path().join("edge_7.test.corrupt");
+        assert_eq!(std::fs::read(aside).unwrap(), bytes);
         assert!(parse::<Vec<f32>>(b"SHOALT01short", b"SHOALT01").is_err());
         let other_kind = [b"SHOALT02".as_slice(), &bytes[8..]].concat();
         assert!(parse::<Vec<f32>>(&other_kind, b"SHOALT01").is_err());

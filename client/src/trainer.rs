@@ -20,8 +20,9 @@ use shoal_proto::v1::ModelSpec as TaskModel;
 /// for a given seed if runs are to be replayable.
 pub trait LocalTrainer: Send + Sync + std::fmt::Debug {
     /// Trains from `global` on `data` as `config` says (epochs, batch size, learning rate,
-    /// shuffle seed); returns the new parameters, same layout, and a report whose `examples`
-    /// is the update's weight.
+    /// shuffle seed, FedProx's `proximal_mu`, and `max_steps`, a cap a simulated slow device
+    /// sets); returns the new parameters, same layout, and a report whose `examples` is the
+    /// update's weight and `steps` the steps taken.
     fn fit(
         &self,
         model: &TaskModel,

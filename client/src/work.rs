@@ -123,6 +123,19 @@ impl ClientState {
     }
 }
 
+impl ClientState {
+    /// The same client's state as it would be after a restart: its files read again at their
+    /// next use, nothing held in memory.
+    pub fn fresh(&self) -> Self {
+        Self {
+            client_id: self.client_id.clone(),
+            variate: self.variate.fresh(),
+            feedback: self.feedback.fresh(),
+            step_share: None,
+        }
+    }
+}
+
 /// Runs `task` on `data` starting from `global`, with `trainer` for the model's work and
 /// `state` for what the client carries between tasks.
 pub fn run_task(

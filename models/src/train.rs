@@ -345,7 +345,8 @@ mod tests {
         };
         let (all, report) = train(0);
         assert_eq!(report.steps, 20);
-        assert_eq!(train(20).0, all, "a limit above the work changes nothing");
+        assert_eq!(train(20).0, all, "a limit at the work changes nothing");
+        assert_eq!(train(21).0, all, "nor one above it");
         let (part, report) = train(13);
         assert_eq!((report.steps, report.examples), (13, 100));
         assert_ne!(part, all);
