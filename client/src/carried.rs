@@ -18,7 +18,8 @@ use std::path::PathBuf;
 pub struct Carried {
     /// Names the kind in its file.
     magic: &'static [u8; 8],
-    newest: Option<RoundPair>,
+    /// Boxed: most clients of a fleet never carry anything, and each waits with this inline.
+    newest: Option<Box<RoundPair>>,
     /// Where the values are kept between runs of the process, if anywhere.
     file: Option<PathBuf>,
     /// Whether `file` has been read (at the first use).
@@ -101,7 +102,7 @@ impl Carried {
         if let Some(path) = &self.file {
             state_file::save(path, self.magic, &pair)?;
         }
-        self.newest = Some(pair);
+        self.newest = Some(Box::new(pair));
         Ok(())
     }
 
@@ -111,10 +112,12 @@ impl Carried {
             return;
         }
         if let Some(path) = &self.file {
-            self.newest = state_file::load::<RoundPair>(path, self.magic).filter(|p| {
-                p.entering.len() == p.left.len()
-                    && p.left.iter().chain(&p.entering).all(|v| v.is_finite())
-            });
+            self.newest = state_file::load::<RoundPair>(path, self.magic)
+                .filter(|p| {
+                    p.entering.len() == p.left.len()
+                        && p.left.iter().chain(&p.entering).all(|v| v.is_finite())
+                })
+                .map(Box::new);
         }
     }
 }

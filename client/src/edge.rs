@@ -96,7 +96,7 @@ pub struct EdgeClient {
     /// A finished update the coordinator refused because another coordinator took the run over
     /// since its task: delivered under the new leader's fence if that leader sends the same
     /// task again (same round, model and seed), instead of training again.
-    orphan: Option<KeptUpdate>,
+    orphan: Option<Box<KeptUpdate>>,
     /// The model code: the built-in models unless [`EdgeClient::with_trainer`] says otherwise.
     trainer: Arc<dyn LocalTrainer>,
     /// Shared with the process's other clients: a finished update holds its share from
@@ -192,10 +192,11 @@ impl EdgeClient {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<ClientStats> {
         tokio::pin!(shutdown);
         let mut stats = ClientStats::default();
-        let rng = rng_for(self.options.seed, &[BACKOFF_STREAM, client_key(&self.id)]);
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_cap, rng);
+        // Made at the first failure: most clients never need one, and an idle client's whole
+        // loop stays resident.
+        let mut backoff: Option<Box<Backoff>> = None;
         let mut joined = false;
-        let mut kept: Option<KeptUpdate> = None;
+        let mut kept: Option<Box<KeptUpdate>> = None;
         let mut unreachable_since: Option<Instant> = None;
         loop {
             let outcome = tokio::select! {
@@ -218,14 +219,18 @@ impl EdgeClient {
                             if next.is_ok() {
                                 unreachable_since = None;
                                 self.route.answered();
-                                backoff.reset();
+                                if let Some(backoff) = &mut backoff {
+                                    backoff.reset();
+                                }
                             }
                             next
                         }
                         Reply::Wait(_) => {
                             unreachable_since = None;
                             self.route.answered();
-                            backoff.reset();
+                            if let Some(backoff) = &mut backoff {
+                                backoff.reset();
+                            }
                             Ok(Next::Pull)
                         }
                         Reply::Finished(f) => {
@@ -252,6 +257,12 @@ impl EdgeClient {
                     joined = false;
                     stats.reconnects += 1;
                     let moved = self.route.after_failure(&err);
+                    let backoff = backoff.get_or_insert_with(|| {
+                        let rng =
+                            rng_for(self.options.seed, &[BACKOFF_STREAM, client_key(&self.id)]);
+                        let (base, cap) = (self.options.backoff_base, self.options.backoff_cap);
+                        Box::new(Backoff::new(base, cap, rng))
+                    });
                     let first = unreachable_since.is_none();
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.options.give_up_after {
@@ -304,7 +315,7 @@ impl EdgeClient {
     async fn step(
         &mut self,
         joined: bool,
-        kept: &mut Option<KeptUpdate>,
+        kept: &mut Option<Box<KeptUpdate>>,
         stats: &mut ClientStats,
     ) -> Result<Reply> {
         if !joined {
@@ -320,8 +331,8 @@ impl EdgeClient {
     /// returned, to reconnect); on a refusal it is dropped.
     async fn redeliver(
         &mut self,
-        update: KeptUpdate,
-        kept: &mut Option<KeptUpdate>,
+        update: Box<KeptUpdate>,
+        kept: &mut Option<Box<KeptUpdate>>,
         stats: &mut ClientStats,
     ) -> Result<()> {
         let result = self.push(&update.fence, &update.update).await;
@@ -417,7 +428,7 @@ impl EdgeClient {
     async fn handle<F: Future<Output = ()>>(
         &mut self,
         task: Task,
-        kept: &mut Option<KeptUpdate>,
+        kept: &mut Option<Box<KeptUpdate>>,
         stats: &mut ClientStats,
         shutdown: &mut Pin<&mut F>,
     ) -> Result<Next> {
@@ -481,21 +492,21 @@ impl EdgeClient {
             Disposition::Delivered => stats.accepted += 1,
             Disposition::Keep => {
                 debug!(client = %self.id, %fence, "push broke; keeping the update");
-                *kept = Some(KeptUpdate {
+                *kept = Some(Box::new(KeptUpdate {
                     fence,
                     update,
                     task,
-                });
+                }));
                 // An error here: hand it to the loop, which reconnects.
                 return result.map(|()| Next::Pull);
             }
             Disposition::Stale if stale_fence(&result) => {
                 debug!(client = %self.id, %fence, "update from an earlier leader's round; kept for the new leader's task");
-                self.orphan = Some(KeptUpdate {
+                self.orphan = Some(Box::new(KeptUpdate {
                     fence,
                     update,
                     task,
-                });
+                }));
             }
             Disposition::Stale | Disposition::Refused => {
                 stats.refused += 1;
