@@ -5,8 +5,7 @@
 //! parameters; the next global model is their mean weighted by example counts.
 
 use super::{
-    Metrics, Strategy, TaskPlan, Work, combine, eval_metrics, fold_for, from_bytes, init_stream,
-    to_bytes,
+    Metrics, Strategy, TaskPlan, combine, eval_metrics, fold_for, from_bytes, init_stream, to_bytes,
 };
 use crate::aggregate::robust::Rule;
 use crate::config::{FitSettings, ServerOptimizer};
@@ -16,7 +15,6 @@ use crate::strategy::server_opt::{OptimizerState, step};
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
-use shoal_proto::v1::{FitConfig, TaskKind};
 
 /// Federated averaging of locally trained parameters.
 #[derive(Debug)]
@@ -95,20 +93,13 @@ impl Strategy for FedAvg {
     }
 
     fn configure(&self, _round: u32) -> TaskPlan {
-        TaskPlan {
-            kind: TaskKind::Fit,
-            work: Work::Fit(FitConfig {
-                epochs: self.fit.epochs,
-                batch_size: self.fit.batch_size,
-                lr: self.fit.lr,
-                proximal_mu: self.proximal_mu,
-                control_variate: false,
-            }),
-            update_len: self.params.len(),
-            counts_len: 0,
-            fold: fold_for(&self.rule),
-            counts_sum_to_weight: Vec::new(),
-        }
+        TaskPlan::local_training(
+            &self.fit,
+            self.proximal_mu,
+            false,
+            self.params.len(),
+            fold_for(&self.rule),
+        )
     }
 
     fn global(&self) -> &[f32] {

@@ -51,6 +51,32 @@ pub struct TaskPlan {
 }
 
 impl TaskPlan {
+    /// A round of local training as `fit` says, with FedProx's `proximal_mu` and SCAFFOLD's
+    /// `control_variate` (0 and false for FedAvg), updates of `update_len` values folded as
+    /// `fold`.
+    pub fn local_training(
+        fit: &crate::config::FitSettings,
+        proximal_mu: f64,
+        control_variate: bool,
+        update_len: usize,
+        fold: FoldMode,
+    ) -> Self {
+        Self {
+            kind: TaskKind::Fit,
+            work: Work::Fit(FitConfig {
+                epochs: fit.epochs,
+                batch_size: fit.batch_size,
+                lr: fit.lr,
+                proximal_mu,
+                control_variate,
+            }),
+            update_len,
+            counts_len: 0,
+            fold,
+            counts_sum_to_weight: Vec::new(),
+        }
+    }
+
     /// The evaluation stage of a round: clients evaluate the new global model on their
     /// held-out examples and send no payload, only their example count and metrics.
     pub fn evaluation() -> Self {

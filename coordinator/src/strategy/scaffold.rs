@@ -13,14 +13,13 @@
 //! halves. The next model is the weighted mean of the `y` (FedAvg's, global step size 1); the
 //! next variate `c + |S|/N · mean(Δc_i)`, with `N` the run's population (`--clients`).
 
-use super::{Metrics, Strategy, TaskPlan, Work, eval_metrics, from_bytes, init_stream, to_bytes};
+use super::{Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes};
 use crate::config::FitSettings;
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::FoldMode;
 use crate::strategy::results::RoundResults;
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
-use shoal_proto::v1::{FitConfig, TaskKind};
 
 /// SCAFFOLD over locally trained parameters.
 #[derive(Debug)]
@@ -85,20 +84,13 @@ impl Strategy for Scaffold {
     }
 
     fn configure(&self, _round: u32) -> TaskPlan {
-        TaskPlan {
-            kind: TaskKind::Fit,
-            work: Work::Fit(FitConfig {
-                epochs: self.fit.epochs,
-                batch_size: self.fit.batch_size,
-                lr: self.fit.lr,
-                proximal_mu: 0.0,
-                control_variate: true,
-            }),
-            update_len: self.state.len(),
-            counts_len: 0,
-            fold: FoldMode::WeightedSum,
-            counts_sum_to_weight: Vec::new(),
-        }
+        TaskPlan::local_training(
+            &self.fit,
+            0.0,
+            true,
+            self.state.len(),
+            FoldMode::WeightedSum,
+        )
     }
 
     fn global(&self) -> &[f32] {
@@ -157,6 +149,8 @@ impl Strategy for Scaffold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::Work;
+    use shoal_proto::v1::FitConfig;
 
     #[test]
     fn the_model_is_the_mean_and_the_variate_moves_by_the_participating_share() {
