@@ -89,6 +89,18 @@ impl Proc {
         }
     }
 
+    /// Waits up to `limit` for a "listening on ADDR" line (a coordinator's or an
+    /// aggregator's); the URL clients dial.
+    pub fn wait_for_url(&mut self, limit: Duration) -> Result<String> {
+        let line = self.wait_for("listening on ", limit)?;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', ',']).next())
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+        Ok(format!("http://{addr}"))
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

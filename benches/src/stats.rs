@@ -46,20 +46,25 @@ pub fn gb_per_s(bytes: u64, seconds: f64) -> f64 {
 
 /// Seconds of each round, from a `--metrics-out` CSV.
 pub fn round_seconds(path: &std::path::Path) -> anyhow::Result<Vec<f64>> {
+    metrics_column(path, "seconds")
+}
+
+/// Column `name` of each round, from a `--metrics-out` CSV.
+pub fn metrics_column(path: &std::path::Path, name: &str) -> anyhow::Result<Vec<f64>> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("empty metrics")?.split(',').collect();
     let col = header
         .iter()
-        .position(|h| *h == "seconds")
-        .context("no seconds column")?;
+        .position(|h| *h == name)
+        .with_context(|| format!("no {name} column in {}", path.display()))?;
     lines
         .map(|l| {
             l.split(',')
                 .nth(col)
                 .and_then(|v| v.parse().ok())
-                .context("bad seconds cell")
+                .with_context(|| format!("bad {name} cell in {l:?}"))
         })
         .collect()
 }

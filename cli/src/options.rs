@@ -418,21 +418,21 @@ impl RunOptions {
         if strategy != StrategyName::Fedprox && o.proximal_mu.is_some() {
             bail!("--proximal-mu is FedProx's: give --strategy fedprox");
         }
-        if strategy == StrategyName::Fedprox && o.server_optimizer.is_some() {
-            bail!(
-                "--server-optimizer: FedProx's server averages; use --strategy fedavg --server-optimizer for FedOpt"
-            );
-        }
-        if strategy == StrategyName::Scaffold && o.server_optimizer.is_some() {
-            bail!(
-                "--server-optimizer: SCAFFOLD's server averages models and control variates; \
-                 use --strategy fedavg --server-optimizer for FedOpt"
-            );
-        }
-        if strategy == StrategyName::Fedkmeans && o.server_optimizer.is_some() {
-            bail!(
-                "--server-optimizer: federated k-means computes its centroids directly; it has no server optimiser"
-            );
+        let no_server_optimizer = match strategy {
+            StrategyName::Fedprox => Some(
+                "FedProx's server averages; use --strategy fedavg --server-optimizer for FedOpt",
+            ),
+            StrategyName::Scaffold => Some(
+                "SCAFFOLD's server averages models and control variates; use --strategy fedavg \
+                 --server-optimizer for FedOpt",
+            ),
+            StrategyName::Fedkmeans => Some(
+                "federated k-means computes its centroids directly; it has no server optimiser",
+            ),
+            StrategyName::Fedavg | StrategyName::Fedsgd => None,
+        };
+        if let (Some(why), Some(_)) = (no_server_optimizer, o.server_optimizer) {
+            bail!("--server-optimizer: {why}");
         }
         for (name, optimizer) in [
             (StrategyName::Fedsgd, OptimizerName::Sgd),
@@ -465,12 +465,9 @@ fn server_optimizer(o: &TrainingOptions, name: OptimizerName, sgd_lr: f64) -> Se
         OptimizerName::Momentum => {
             ServerOptimizer::sgd(lr.or(Some(sgd_lr)), o.server_momentum.or(Some(0.9)))
         }
-        OptimizerName::Adam => ServerOptimizer::Adam {
-            lr: lr.unwrap_or(ServerOptimizer::ADAM_LR),
-            beta1: o.server_beta1.unwrap_or(0.9),
-            beta2: o.server_beta2.unwrap_or(0.999),
-            eps: o.server_tau.unwrap_or(1e-8),
-        },
+        OptimizerName::Adam => {
+            ServerOptimizer::adam(lr, o.server_beta1, o.server_beta2, o.server_tau)
+        }
         OptimizerName::Adagrad => ServerOptimizer::adagrad(lr, o.server_beta1, o.server_tau),
         OptimizerName::Yogi => {
             ServerOptimizer::yogi(lr, o.server_beta1, o.server_beta2, o.server_tau)

@@ -11,19 +11,39 @@
 use crate::error::Result;
 use crate::state_file;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 
-/// Round-to-round values of one kind (named by the file magic), in memory or in a file.
+/// A kind of carried values: how its file is named and how it starts.
+pub trait Kind {
+    /// First bytes of its file, naming the kind.
+    const MAGIC: &'static [u8; 8];
+    /// Its file's extension, after the client's id.
+    const EXTENSION: &'static str;
+}
+
+/// Round-to-round values of kind `K`, in memory or in a file.
 #[derive(Debug)]
-pub struct Carried {
-    /// Names the kind in its file.
-    magic: &'static [u8; 8],
+pub struct Carried<K> {
     /// Boxed: most clients of a fleet never carry anything, and each waits with this inline.
     newest: Option<Box<RoundPair>>,
     /// Where the values are kept between runs of the process, if anywhere.
     file: Option<PathBuf>,
     /// Whether `file` has been read (at the first use).
     loaded: bool,
+    kind: PhantomData<K>,
+}
+
+impl<K> Default for Carried<K> {
+    /// Values kept in memory only.
+    fn default() -> Self {
+        Self {
+            newest: None,
+            file: None,
+            loaded: true,
+            kind: PhantomData,
+        }
+    }
 }
 
 /// What entered one round and what it left.
@@ -47,31 +67,27 @@ pub struct At<'a> {
     pub round: u32,
 }
 
-impl Carried {
-    /// Values kept in memory only, of the kind `magic` names.
-    pub fn in_memory(magic: &'static [u8; 8]) -> Self {
-        Self {
-            magic,
-            newest: None,
-            file: None,
-            loaded: true,
-        }
+impl<K: Kind> Carried<K> {
+    /// Values of client `client_id` kept in `dir` too (`ID.EXTENSION`): read at the first use,
+    /// rewritten at every record.
+    pub fn in_dir(dir: &Path, client_id: &str) -> Self {
+        Self::in_file(state_file::state_file(dir, client_id, K::EXTENSION))
     }
 
-    /// Values kept in `file` too: read at the first use, rewritten at every record.
-    pub fn in_file(magic: &'static [u8; 8], file: PathBuf) -> Self {
+    /// Values kept in `file` too.
+    fn in_file(file: PathBuf) -> Self {
         Self {
             file: Some(file),
             loaded: false,
-            ..Self::in_memory(magic)
+            ..Self::default()
         }
     }
 
     /// The same kind of values, in the same file, as after a restart: nothing in memory.
     pub fn fresh(&self) -> Self {
         match &self.file {
-            Some(file) => Self::in_file(self.magic, file.clone()),
-            None => Self::in_memory(self.magic),
+            Some(file) => Self::in_file(file.clone()),
+            None => Self::default(),
         }
     }
 
@@ -100,7 +116,7 @@ impl Carried {
             left,
         };
         if let Some(path) = &self.file {
-            state_file::save(path, self.magic, &pair)?;
+            state_file::save(path, K::MAGIC, &pair)?;
         }
         self.newest = Some(Box::new(pair));
         Ok(())
@@ -112,7 +128,7 @@ impl Carried {
             return;
         }
         if let Some(path) = &self.file {
-            self.newest = state_file::load::<RoundPair>(path, self.magic)
+            self.newest = state_file::load::<RoundPair>(path, K::MAGIC)
                 .filter(|p| {
                     p.entering.len() == p.left.len()
                         && p.left.iter().chain(&p.entering).all(|v| v.is_finite())
@@ -126,7 +142,13 @@ impl Carried {
 mod tests {
     use super::*;
 
-    const MAGIC: &[u8; 8] = b"SHOALT01";
+    #[derive(Debug)]
+    enum Test {}
+
+    impl Kind for Test {
+        const MAGIC: &'static [u8; 8] = b"SHOALT01";
+        const EXTENSION: &'static str = "test";
+    }
 
     fn at(client_id: &str, run_id: &str, round: u32) -> At<'static> {
         At {
@@ -138,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_round_asked_again_starts_from_what_entered_it() {
-        let mut c = Carried::in_memory(MAGIC);
+        let mut c = Carried::<Test>::default();
         assert_eq!(c.entering(at("c1", "run", 3), 2), None);
         c.record(at("c1", "run", 3), vec![1.0, 2.0], vec![3.0, 4.0])
             .unwrap();
@@ -155,17 +177,17 @@ mod tests {
     fn the_values_survive_a_restart_in_their_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = state_file::state_file(dir.path(), "c1", "test");
-        let mut first = Carried::in_file(MAGIC, path.clone());
+        let mut first = Carried::<Test>::in_dir(dir.path(), "c1");
         first
             .record(at("c1", "run", 3), vec![1.0, 2.0], vec![3.0, 4.0])
             .unwrap();
-        let mut restarted = Carried::in_file(MAGIC, path.clone());
+        let mut restarted = Carried::<Test>::in_dir(dir.path(), "c1");
         assert_eq!(
             restarted.entering(at("c1", "run", 4), 2),
             Some(&[3.0, 4.0][..])
         );
         std::fs::write(&path, b"SHOALT01 damaged").unwrap();
-        let mut damaged = Carried::in_file(MAGIC, path);
+        let mut damaged = Carried::<Test>::in_dir(dir.path(), "c1");
         assert_eq!(damaged.entering(at("c1", "run", 4), 2), None);
     }
 }

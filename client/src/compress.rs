@@ -6,7 +6,7 @@
 //! left out and adds it to its next update (Stich et al. 2018), so nothing is lost for good,
 //! only late.
 
-use crate::carried::{At, Carried};
+use crate::carried::{At, Carried, Kind};
 use crate::error::{ClientError, Result};
 use crate::work::{LocalUpdate, change_base};
 use shoal_proto::Codec;
@@ -23,31 +23,18 @@ pub struct Encoded {
     pub values: u64,
 }
 
-/// First bytes of a residual file, naming its kind.
-const MAGIC: &[u8; 8] = b"SHOALEF1";
+/// What top-k leaves out, as carried values.
+#[derive(Debug)]
+pub enum Residual {}
+
+impl Kind for Residual {
+    const MAGIC: &'static [u8; 8] = b"SHOALEF1";
+    const EXTENSION: &'static str = "topk";
+}
 
 /// What top-k left out of a client's updates, kept between rounds ([`Carried`]: a round asked
 /// again starts from what entered it), in memory or in a file (`shoal client --state-dir`).
-#[derive(Debug)]
-pub struct ErrorFeedback(Carried);
-
-impl Default for ErrorFeedback {
-    fn default() -> Self {
-        Self(Carried::in_memory(MAGIC))
-    }
-}
-
-impl ErrorFeedback {
-    /// A residual kept in `file`, read at the first top-k task and written after each.
-    pub fn in_file(file: std::path::PathBuf) -> Self {
-        Self(Carried::in_file(MAGIC, file))
-    }
-
-    /// The same store as after a restart ([`Carried::fresh`]).
-    pub fn fresh(&self) -> Self {
-        Self(self.0.fresh())
-    }
-}
+pub type ErrorFeedback = Carried<Residual>;
 
 /// `update` encoded as `task` asks, or unchanged when the task asks for plain values (or is
 /// not a FedAvg or FedSGD task). `global` is the round's global state; `feedback` the error
@@ -77,7 +64,7 @@ pub fn encode_update(
                 run_id: &fence.run_id,
                 round: fence.round,
             };
-            let entering = feedback.0.entering(at, values.len()).map(<[f32]>::to_vec);
+            let entering = feedback.entering(at, values.len()).map(<[f32]>::to_vec);
             if let Some(entering) = &entering {
                 values.iter_mut().zip(entering).for_each(|(v, e)| *v += e);
             }
@@ -86,7 +73,7 @@ pub fn encode_update(
             let mut left = values.clone();
             kept.iter().for_each(|&i| left[i] = 0.0);
             let entering = entering.unwrap_or_else(|| vec![0.0; values.len()]);
-            feedback.0.record(at, entering, left)?;
+            feedback.record(at, entering, left)?;
             bytes
         }
         _ => codec.encode(&values),

@@ -161,17 +161,37 @@ pub async fn run_fleet(
     if options.coordinator_url.is_empty() {
         options.coordinator_url.clone_from(&config.url);
     }
-    let attackers: std::collections::HashSet<String> = match &config.byzantine {
-        Some(b) if config.population.is_empty() => b
-            .attackers(options.seed, clients.iter().map(|(id, _)| id.as_str()))
+    let attackers: std::collections::HashSet<String> = {
+        // The whole simulated population when the fleet is one part of it.
+        let population: Vec<&str> = if config.population.is_empty() {
+            clients.iter().map(|(id, _)| id.as_str()).collect()
+        } else {
+            config.population.iter().map(String::as_str).collect()
+        };
+        config
+            .byzantine
+            .map(|b| b.attackers(options.seed, population.into_iter()))
             .into_iter()
-            .collect(),
-        Some(b) => b
-            .attackers(options.seed, config.population.iter().map(String::as_str))
-            .into_iter()
-            .collect(),
-        None => Default::default(),
+            .flatten()
+            .collect()
     };
+    let attack_of = |id: &String| {
+        config
+            .byzantine
+            .filter(|_| attackers.contains(id))
+            .map(|b| b.attack)
+    };
+    // Each client's data, poisoned if it is an attacker that lies about its labels.
+    let clients: Vec<(String, Arc<Dataset>)> = clients
+        .into_iter()
+        .map(|(id, data)| {
+            let data = match attack_of(&id) {
+                Some(attack) => attack.poison(data),
+                None => data,
+            };
+            (id, Arc::new(data))
+        })
+        .collect();
     let collusion = match config.byzantine.map(|b| b.attack) {
         Some(Attack::Alie(z)) => {
             let population = config.population.len().max(clients.len());
@@ -182,7 +202,7 @@ pub async fn run_fleet(
             let colluders = clients
                 .iter()
                 .filter(|(id, _)| attackers.contains(id))
-                .map(|(id, data)| (id.clone(), Arc::new(data.clone())))
+                .cloned()
                 .collect();
             Some(Arc::new(Collusion::new(colluders, z, options.seed)))
         }
@@ -190,14 +210,7 @@ pub async fn run_fleet(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
-        let attack = config
-            .byzantine
-            .filter(|_| attackers.contains(&id))
-            .map(|b| b.attack);
-        let data = match attack {
-            Some(attack) => attack.poison(data),
-            None => data,
-        };
+        let attack = attack_of(&id);
         let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
         let connections = match (credentials.identity, tls) {
             (None, _) => channels
@@ -226,7 +239,7 @@ pub async fn run_fleet(
             .collect();
         let client = EdgeClient::new(
             id,
-            Arc::new(data),
+            data,
             Route::new(fleets, urls.clone(), currents[i % groups].clone()),
             cache.clone(),
             cpu.clone(),

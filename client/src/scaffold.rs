@@ -5,39 +5,24 @@
 //! `shoal client` in a file (`--state-dir`), so a restarted client resumes with it; a round
 //! asked again starts from the variate that entered it ([`crate::carried`]).
 
-use crate::carried::{At, Carried};
+use crate::carried::{At, Carried, Kind};
 use crate::error::{ClientError, Result};
 use crate::trainer::LocalTrainer;
-use crate::work::{ClientState, LocalUpdate};
 use shoal_datasets::Dataset;
-use shoal_models::TrainConfig;
+use shoal_models::{TrainConfig, TrainReport};
 use shoal_proto::v1::Task;
-use std::path::PathBuf;
 
-/// First bytes of a variate file, naming its kind.
-const MAGIC: &[u8; 8] = b"SHOALCV1";
+/// SCAFFOLD's control variates, as carried values.
+#[derive(Debug)]
+pub enum Variate {}
+
+impl Kind for Variate {
+    const MAGIC: &'static [u8; 8] = b"SHOALCV1";
+    const EXTENSION: &'static str = "scaffold";
+}
 
 /// A client's control variate `c_i`, in memory or backed by a file.
-#[derive(Debug)]
-pub struct ControlVariate(Carried);
-
-impl Default for ControlVariate {
-    fn default() -> Self {
-        Self(Carried::in_memory(MAGIC))
-    }
-}
-
-impl ControlVariate {
-    /// A variate kept in `file`, read at the first SCAFFOLD task and written after each.
-    pub fn in_file(file: PathBuf) -> Self {
-        Self(Carried::in_file(MAGIC, file))
-    }
-
-    /// The same store as after a restart ([`Carried::fresh`]).
-    pub fn fresh(&self) -> Self {
-        Self(self.0.fresh())
-    }
-}
+pub type ControlVariate = Carried<Variate>;
 
 /// `c_i⁺ = c_i − c + (x − y) / (K·lr)`: the mean corrected gradient of the `steps` local
 /// steps from `x` to `y`, which is the client's mean plain gradient along the way. With no
@@ -64,17 +49,18 @@ pub fn next_variate(
 }
 
 /// A SCAFFOLD FIT task: `global` is `[x; c]`; trains from `x` with steps corrected by
-/// `c − c_i` and returns `[y; c + c_i⁺ − c_i]`, recording `c_i⁺` in `variate`.
+/// `c − c_i` and returns `[y; c + c_i⁺ − c_i]` with the training's report, recording `c_i⁺`
+/// in `variate`, the variate of client `client_id`.
 pub(crate) fn fit(
     trainer: &dyn LocalTrainer,
     task: &Task,
-    model: &shoal_proto::v1::ModelSpec,
     global: &[f32],
     data: &Dataset,
     train: &TrainConfig,
-    state: &mut ClientState,
-) -> Result<LocalUpdate> {
-    let (client_id, variate) = (state.client_id.as_str(), &mut state.variate);
+    client_id: &str,
+    variate: &mut ControlVariate,
+) -> Result<(Vec<f32>, TrainReport)> {
+    let model = crate::work::task_model(task)?;
     if !global.len().is_multiple_of(2) || task.update_len != global.len() as u64 {
         return Err(ClientError::BadTask(format!(
             "a SCAFFOLD task needs a global state of model and variate, two equal halves, \
@@ -92,7 +78,6 @@ pub(crate) fn fit(
     };
     // A client's first round starts from zero, as SCAFFOLD's do.
     let ci = variate
-        .0
         .entering(at, x.len())
         .map_or_else(|| vec![0.0; x.len()], <[f32]>::to_vec);
     let correction: Vec<f32> = c.iter().zip(&ci).map(|(c, ci)| c - ci).collect();
@@ -109,10 +94,8 @@ pub(crate) fn fit(
             .zip(ci_next.iter().zip(&ci))
             .map(|(&c, (&next, &ci))| (f64::from(c) + f64::from(next) - f64::from(ci)) as f32),
     );
-    variate.0.record(at, ci, ci_next)?;
-    let mut update = LocalUpdate::plain(report.examples as u64, payload);
-    update.metrics = crate::work::loss_and_accuracy(report.loss, report.accuracy);
-    Ok(update)
+    variate.record(at, ci, ci_next)?;
+    Ok((payload, report))
 }
 
 #[cfg(test)]

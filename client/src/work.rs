@@ -60,7 +60,7 @@ pub(crate) fn change_base<'a>(
 }
 
 /// The model a task names (its kind, features, classes, image shape).
-fn task_model(task: &Task) -> Result<&shoal_proto::v1::ModelSpec> {
+pub(crate) fn task_model(task: &Task) -> Result<&shoal_proto::v1::ModelSpec> {
     task.model
         .as_ref()
         .ok_or_else(|| ClientError::BadTask("task has no model".into()))
@@ -113,17 +113,14 @@ impl ClientState {
     /// The state of client `client_id`, kept in files in `dir` too (`ID.scaffold`,
     /// `ID.topk`), each read at its first use and rewritten after every round that uses it.
     pub fn in_dir(client_id: String, dir: &std::path::Path) -> Self {
-        use crate::state_file::state_file;
         Self {
-            variate: ControlVariate::in_file(state_file(dir, &client_id, "scaffold")),
-            feedback: ErrorFeedback::in_file(state_file(dir, &client_id, "topk")),
+            variate: ControlVariate::in_dir(dir, &client_id),
+            feedback: ErrorFeedback::in_dir(dir, &client_id),
             client_id,
             step_share: None,
         }
     }
-}
 
-impl ClientState {
     /// The same client's state as it would be after a restart: its files read again at their
     /// next use, nothing held in memory.
     pub fn fresh(&self) -> Self {
@@ -201,11 +198,20 @@ fn fit(
             ((share * all as f64).ceil() as usize).max(1)
         }),
     };
-    if cfg.control_variate {
-        let model = task_model(task)?;
-        return crate::scaffold::fit(trainer, task, model, global, data, &train, state);
-    }
-    let (params, report) = trainer.fit(task_model(task)?, global, data, &train)?;
+    let (params, report) = if cfg.control_variate {
+        let variate = &mut state.variate;
+        crate::scaffold::fit(
+            trainer,
+            task,
+            global,
+            data,
+            &train,
+            &state.client_id,
+            variate,
+        )?
+    } else {
+        trainer.fit(task_model(task)?, global, data, &train)?
+    };
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
         payload: params,
@@ -216,7 +222,7 @@ fn fit(
 }
 
 /// The metrics a classifier's update reports.
-pub(crate) fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
+fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
     BTreeMap::from([
         ("loss".to_string(), loss),
         ("accuracy".to_string(), accuracy),

@@ -698,13 +698,14 @@ impl ServerOptimizer {
         }
     }
 
-    /// Adam with the given step size and the usual moment decays (0.9, 0.999, eps 1e-8).
-    pub fn adam(lr: Option<f64>) -> Self {
+    /// Adam with the usual defaults for what is not given (η [`Self::ADAM_LR`], β1 0.9,
+    /// β2 0.999, ε 1e-8).
+    pub fn adam(lr: Option<f64>, beta1: Option<f64>, beta2: Option<f64>, eps: Option<f64>) -> Self {
         Self::Adam {
             lr: lr.unwrap_or(Self::ADAM_LR),
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
+            beta1: beta1.unwrap_or(0.9),
+            beta2: beta2.unwrap_or(0.999),
+            eps: eps.unwrap_or(1e-8),
         }
     }
 }

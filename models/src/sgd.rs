@@ -10,13 +10,8 @@ use crate::device::inference_device;
 
 /// `net` (any burn module on an autodiff device) after one step `w <- w - lr * grad` on every
 /// parameter that has a gradient in `grads`: the step a team's own trainer can use too.
-pub fn sgd_step<M: Module>(net: M, mut grads: Gradients, lr: f64) -> M {
-    net.map(&mut StepMapper {
-        grads: &mut grads,
-        lr,
-        terms: None,
-        next: 0,
-    })
+pub fn sgd_step<M: Module>(net: M, grads: Gradients, lr: f64) -> M {
+    step(net, grads, lr, None)
 }
 
 /// Values laid out like a model's parameters: one flat tensor per parameter, in the order burn
@@ -50,17 +45,18 @@ pub(crate) struct StepTerms {
     pub(crate) correction: Option<ParamTensors>,
 }
 
-/// One step `w <- w - lr * (grad + terms)` on every parameter with a gradient in `grads`.
-pub(crate) fn corrected_step<M: Module>(
+/// One step `w <- w - lr * (grad + terms)` on every parameter with a gradient in `grads`
+/// (plain SGD without terms).
+pub(crate) fn step<M: Module>(
     net: M,
     mut grads: Gradients,
     lr: f64,
-    terms: &StepTerms,
+    terms: Option<&StepTerms>,
 ) -> M {
     net.map(&mut StepMapper {
         grads: &mut grads,
         lr,
-        terms: Some(terms),
+        terms,
         next: 0,
     })
 }

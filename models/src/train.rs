@@ -14,7 +14,7 @@ use crate::eval::evaluate;
 use crate::loss::{Tally, cross_entropy_backward};
 use crate::manifest::Manifest;
 use crate::params::{build_loaded, flatten};
-use crate::sgd::{ParamTensors, StepTerms, corrected_step, sgd_step};
+use crate::sgd::{ParamTensors, StepTerms, step};
 use crate::spec::ModelSpec;
 
 /// How to train locally.
@@ -173,10 +173,7 @@ fn train(
             let batch = Batch::gather(data, chunk, &device);
             let logits: Tensor<2> = net.forward(batch.inputs);
             let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
-            net = match &terms {
-                Some(terms) => corrected_step(net, grads, cfg.lr, terms),
-                None => sgd_step(net, grads, cfg.lr),
-            };
+            net = step(net, grads, cfg.lr, terms.as_ref());
             steps += 1;
         }
         if !tally.loss_sum.is_finite() {

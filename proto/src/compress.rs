@@ -11,7 +11,6 @@ use std::str::FromStr;
 
 use half::f16;
 
-use crate::chunk::WireValue;
 use crate::error::{ProtoError, Result};
 use crate::v1::Compression;
 
@@ -86,26 +85,30 @@ impl Codec {
     /// The bytes of `values`. Top-k's sender keeps what it leaves out itself: it chooses with
     /// [`Codec::topk_indices`] and encodes that choice with [`Codec::encode_kept`].
     pub fn encode(&self, values: &[f32]) -> Vec<u8> {
-        if let Codec::TopK { fraction } = *self {
-            return Codec::encode_kept(values, &Codec::topk_indices(values, fraction));
-        }
-        let mut out = Vec::with_capacity(self.encoded_len(values.len()));
         match *self {
-            Codec::None | Codec::TopK { .. } => f32::put_all(values, &mut out),
-            Codec::Fp16 => out.extend(
-                values
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()),
-            ),
+            Codec::None => crate::chunk::encode_f32(values),
+            Codec::TopK { fraction } => {
+                Codec::encode_kept(values, &Codec::topk_indices(values, fraction))
+            }
+            Codec::Fp16 => {
+                let mut out = Vec::with_capacity(self.encoded_len(values.len()));
+                out.extend(
+                    values
+                        .iter()
+                        .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()),
+                );
+                out
+            }
             Codec::Int8 => {
+                let mut out = Vec::with_capacity(self.encoded_len(values.len()));
                 for block in values.chunks(INT8_BLOCK) {
                     let scale = block.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
                     out.extend_from_slice(&scale.to_le_bytes());
                     out.extend(block.iter().map(|&v| quantize(v, scale) as u8));
                 }
+                out
             }
         }
-        out
     }
 
     /// Top-k's bytes for the values of `values` at `kept` (ascending, as
@@ -149,7 +152,7 @@ impl Codec {
         match *self {
             Codec::None => {
                 let mut out = Vec::with_capacity(len);
-                f32::get_all(bytes, &mut out);
+                crate::chunk::decode_f32(bytes, &mut out)?;
                 Ok(out)
             }
             Codec::Fp16 => Ok(bytes
@@ -175,10 +178,10 @@ impl Codec {
             }
             Codec::TopK { fraction } => {
                 let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                if count as usize != Codec::topk_count(fraction, len) {
+                let keeps = Codec::topk_count(fraction, len);
+                if count as usize != keeps {
                     return Err(bad(format!(
-                        "top-k update says it keeps {count} values, the fraction keeps {}",
-                        Codec::topk_count(fraction, len)
+                        "top-k update says it keeps {count} values, the fraction keeps {keeps}"
                     )));
                 }
                 let mut out = vec![0.0f32; len];

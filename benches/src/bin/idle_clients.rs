@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Resident KiB of the fleet and of the coordinator once `n` clients wait.
 fn idle(binary: &str, n: usize) -> Result<(u64, u64)> {
+    let started = Instant::now();
     let dataset = format!("blobs:samples={},features=2,centers=4", (n + 1) * 5);
     let mut coordinator = Proc::spawn(Command::new(binary).args([
         "coordinator",
@@ -32,16 +33,11 @@ fn idle(binary: &str, n: usize) -> Result<(u64, u64)> {
         "--clients",
         &(n + 1).to_string(),
     ]))?;
-    let line = coordinator.wait_for("listening on ", Duration::from_secs(30))?;
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .ok_or_else(|| anyhow!("no address in {line:?}"))?;
+    let url = coordinator.wait_for_url(Duration::from_secs(30))?;
     let mut fleet = Proc::spawn(Command::new(binary).args([
         "simulate",
         "--coordinator",
-        &format!("http://{addr}"),
+        &url,
         "--dataset",
         &dataset,
         "--clients",
@@ -50,11 +46,8 @@ fn idle(binary: &str, n: usize) -> Result<(u64, u64)> {
         &format!("0..{n}"),
     ]))?;
     let joined = format!("joined={n} ");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while coordinator
-        .arrived(&joined, Instant::now() - Duration::from_secs(3600))
-        .is_none()
-    {
+    let deadline = started + Duration::from_secs(600);
+    while coordinator.arrived(&joined, started).is_none() {
         if Instant::now() > deadline {
             bail!("{n} clients did not all join within 600 s");
         }

@@ -48,21 +48,7 @@ fn accuracies(binary: &str, args: &[String], dir: &Path) -> Result<Vec<f64>> {
     if !status.success() {
         bail!("shoal run {args:?} failed: {status}");
     }
-    let text = std::fs::read_to_string(&metrics)?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
-    let column = header
-        .iter()
-        .position(|h| *h == "accuracy")
-        .ok_or_else(|| anyhow!("no accuracy column in {metrics:?}"))?;
-    lines
-        .map(|l| {
-            l.split(',')
-                .nth(column)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow!("bad row {l:?}"))
-        })
-        .collect()
+    shoal_benches::stats::metrics_column(&metrics, "accuracy")
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -179,18 +165,18 @@ fn main() -> Result<()> {
             .filter(|rule| wanted(rule))
             {
                 print!("{rule:<22}");
+                // Tolerate the share of the largest fraction asked, so one rule per row.
+                let worst = fractions.iter().copied().fold(0.0, f64::max);
+                let f = ((worst * 100.0).round() as usize).max(1);
+                let spec = match rule {
+                    "trimmed-mean" => format!("trimmed-mean:{}", (worst + 0.05).min(0.45)),
+                    "krum" => format!("krum:{}", f.min(48)),
+                    "multi-krum" => format!("multi-krum:{}:{}", f.min(48), 100 - f.min(48)),
+                    "bulyan" => format!("bulyan:{}", f.min(24)),
+                    other => other.to_string(),
+                };
                 let columns = clean.then_some(0.0).into_iter();
                 for fraction in columns.chain(fractions.iter().copied()) {
-                    // Tolerate the share of the largest fraction asked, so one rule per row.
-                    let worst = fractions.iter().copied().fold(0.0, f64::max);
-                    let f = ((worst * 100.0).round() as usize).max(1);
-                    let spec = match rule {
-                        "trimmed-mean" => format!("trimmed-mean:{}", (worst + 0.05).min(0.45)),
-                        "krum" => format!("krum:{}", f.min(48)),
-                        "multi-krum" => format!("multi-krum:{}:{}", f.min(48), 100 - f.min(48)),
-                        "bulyan" => format!("bulyan:{}", f.min(24)),
-                        other => other.to_string(),
-                    };
                     let mut args = strings(&[
                         "--rounds",
                         &rounds_arg,

@@ -45,16 +45,6 @@ struct Measured {
     peaks: Vec<(String, f64)>,
 }
 
-/// The URL in a "listening on ADDR" line.
-fn url_of(line: &str) -> Result<String> {
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split([' ', ',']).next())
-        .ok_or_else(|| anyhow!("no address in {line:?}"))?;
-    Ok(format!("http://{addr}"))
-}
-
 impl Layout<'_> {
     fn data_args(&self) -> Vec<String> {
         // Training examples are 80% of the samples.
@@ -80,7 +70,7 @@ impl Layout<'_> {
             "--max-streams",
             "1000000",
         ]))?;
-        let url = url_of(&agg.wait_for("listening on ", Duration::from_secs(30))?)?;
+        let url = agg.wait_for_url(Duration::from_secs(30))?;
         Ok((agg, url))
     }
 
@@ -97,7 +87,7 @@ impl Layout<'_> {
                 .arg("--metrics-out")
                 .arg(&metrics),
         )?;
-        let root = url_of(&coordinator.wait_for("listening on ", Duration::from_secs(60))?)?;
+        let root = coordinator.wait_for_url(Duration::from_secs(60))?;
         procs.push(("coordinator".into(), coordinator));
         let mut entry = vec![root.clone(); self.fleets];
         for level in 1..=levels {

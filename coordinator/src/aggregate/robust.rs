@@ -91,11 +91,11 @@ impl Rule {
 
     /// Combines `updates` (each the same length; callers sort them by client id).
     pub fn apply(&self, updates: &[&[f32]]) -> Result<Vec<f32>, RuleError> {
-        let n = updates.len();
-        if n < self.min_updates().max(1) {
+        let (n, needed) = (updates.len(), self.min_updates());
+        if n < needed {
             return Err(RuleError::TooFew {
                 rule: self.to_string(),
-                needed: self.min_updates().max(1),
+                needed,
                 got: n,
             });
         }
@@ -118,11 +118,11 @@ impl Rule {
             }
             Rule::Krum { f } => {
                 let all: Vec<usize> = (0..n).collect();
-                updates[krum_order(&distances(updates), &all, f)[0]].to_vec()
+                updates[krum_order(&distances(updates), n, &all, f)[0]].to_vec()
             }
             Rule::MultiKrum { f, m } => {
                 let all: Vec<usize> = (0..n).collect();
-                let mut best = krum_order(&distances(updates), &all, f);
+                let mut best = krum_order(&distances(updates), n, &all, f);
                 best.truncate(m);
                 best.sort_unstable();
                 let chosen: Vec<&[f32]> = best.iter().map(|&i| updates[i]).collect();
@@ -134,7 +134,7 @@ impl Rule {
                 let mut left: Vec<usize> = (0..n).collect();
                 let mut chosen = Vec::with_capacity(n - 2 * f);
                 while chosen.len() < n - 2 * f {
-                    let pick = krum_order(&distance, &left, f)[0];
+                    let pick = krum_order(&distance, n, &left, f)[0];
                     left.retain(|&i| i != pick);
                     chosen.push(updates[pick]);
                 }
@@ -203,11 +203,10 @@ fn distances(updates: &[&[f32]]) -> Vec<f64> {
     distance
 }
 
-/// `members` (indices into the `distance` matrix) from the best Krum score to the worst, ties
-/// to the lower index: a member's score is the sum of its squared distances to its
+/// `members` (indices into the `n` × `n` `distance` matrix) from the best Krum score to the
+/// worst, ties to the lower index: a member's score is the sum of its squared distances to its
 /// `len - f - 2` nearest other members.
-fn krum_order(distance: &[f64], members: &[usize], f: usize) -> Vec<usize> {
-    let n = (distance.len() as f64).sqrt() as usize;
+fn krum_order(distance: &[f64], n: usize, members: &[usize], f: usize) -> Vec<usize> {
     let neighbours = members.len().saturating_sub(f + 2).max(1);
     let score = |i: usize| -> f64 {
         let mut others: Vec<f64> = members

@@ -11,8 +11,7 @@ use crate::aggregate::robust::Rule;
 use crate::config::{FitSettings, ServerOptimizer};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
-use crate::strategy::server_opt::{OptimizerState, step};
-use serde::{Deserialize, Serialize};
+use crate::strategy::server_opt::{OptimizerState, Snapshot, SnapshotRef, step};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 
@@ -30,13 +29,6 @@ pub struct FedAvg {
     state: OptimizerState,
     /// FedProx: the clients' proximal strength μ (0 for FedAvg).
     proximal_mu: f64,
-}
-
-/// A FedOpt checkpoint: parameters and optimiser state (plain FedAvg keeps the parameters only).
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    params: Vec<f32>,
-    state: OptimizerState,
 }
 
 impl FedAvg {
@@ -136,9 +128,9 @@ impl Strategy for FedAvg {
     fn snapshot(&self) -> Result<Vec<u8>> {
         match self.optimizer {
             None => to_bytes(&self.params),
-            Some(_) => to_bytes(&Snapshot {
-                params: self.params.clone(),
-                state: self.state.clone(),
+            Some(_) => to_bytes(&SnapshotRef {
+                params: &self.params,
+                state: &self.state,
             }),
         }
     }

@@ -14,17 +14,10 @@ use crate::aggregate::robust::Rule;
 use crate::config::{GradientSettings, ServerOptimizer};
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::results::RoundResults;
-use crate::strategy::server_opt::{OptimizerState, step};
-use serde::{Deserialize, Serialize};
+use crate::strategy::server_opt::{OptimizerState, Snapshot, SnapshotRef, step};
 use shoal_datasets::Dataset;
 use shoal_models::{ModelSpec, init_params};
 use shoal_proto::v1::{GradientConfig, TaskKind};
-
-#[derive(Serialize, Deserialize)]
-struct Snapshot {
-    params: Vec<f32>,
-    state: OptimizerState,
-}
 
 /// Federated gradient averaging with a server optimiser.
 #[derive(Debug)]
@@ -116,9 +109,9 @@ impl Strategy for FedSgd {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>> {
-        to_bytes(&Snapshot {
-            params: self.params.clone(),
-            state: self.state.clone(),
+        to_bytes(&SnapshotRef {
+            params: &self.params,
+            state: &self.state,
         })
     }
 

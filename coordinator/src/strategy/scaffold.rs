@@ -13,7 +13,10 @@
 //! halves. The next model is the weighted mean of the `y` (FedAvg's, global step size 1); the
 //! next variate `c + |S|/N · mean(Δc_i)`, with `N` the run's population (`--clients`).
 
-use super::{Metrics, Strategy, TaskPlan, eval_metrics, from_bytes, init_stream, to_bytes};
+use super::{
+    Metrics, Strategy, TaskPlan, combine, eval_metrics, from_bytes, init_stream, to_bytes,
+};
+use crate::aggregate::robust::Rule;
 use crate::config::FitSettings;
 use crate::error::{CoordinatorError, Result};
 use crate::strategy::FoldMode;
@@ -103,10 +106,7 @@ impl Strategy for Scaffold {
 
     fn aggregate(&mut self, _round: u32, results: RoundResults) -> Result<Metrics> {
         let contributors = results.contributors();
-        let mean = results
-            .sum
-            .and_then(|s| s.mean())
-            .ok_or_else(|| CoordinatorError::Strategy("scaffold: no updates to combine".into()))?;
+        let mean = combine(&Rule::Mean, results, self.name())?;
         if mean.len() != self.state.len() {
             return Err(CoordinatorError::Strategy(format!(
                 "scaffold: {} values combined for a state of {}",

@@ -6,6 +6,21 @@ use crate::config::ServerOptimizer;
 use serde::{Deserialize, Serialize};
 
 /// Optimiser state that must survive a restart: steps taken and the moment estimates.
+/// A checkpoint of parameters with the server optimiser's state (FedSGD, FedOpt), as read back.
+#[derive(Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) params: Vec<f32>,
+    pub(crate) state: OptimizerState,
+}
+
+/// The same checkpoint as written: borrowed, so nothing is copied to write it (bincode writes
+/// a slice as it writes a `Vec`, so the bytes are [`Snapshot`]'s).
+#[derive(Serialize)]
+pub(crate) struct SnapshotRef<'a> {
+    pub(crate) params: &'a [f32],
+    pub(crate) state: &'a OptimizerState,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OptimizerState {
     pub(crate) steps: u64,
