@@ -125,6 +125,37 @@ fn the_default_run_reaches_its_known_accuracy_and_model() {
     );
 }
 
+/// `shoal run`'s fleet calls its coordinator in place; over gRPC on the loopback port it
+/// computes the same models, with faults, compression and carried client state alike.
+#[test]
+fn the_in_process_fleet_computes_what_a_fleet_over_grpc_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[][..],
+        &["--dropout", "0.2", "--round-timeout", "2", "--rounds", "5"][..],
+        &["--compress", "topk:0.1", "--rounds", "8"][..],
+        &[
+            "--strategy",
+            "scaffold",
+            "--partition",
+            "shards:2",
+            "--rounds",
+            "8",
+        ][..],
+        &["--strategy", "fedkmeans", "--rounds", "5"][..],
+    ] {
+        let direct = one_process_run(dir.path(), "direct.json", args);
+        let over_grpc = [args, &["--over-grpc"]].concat();
+        let grpc = one_process_run(dir.path(), "grpc.json", &over_grpc);
+        assert_eq!(model_sha256(&direct), model_sha256(&grpc), "{args:?}");
+        assert_eq!(
+            rounds_completed(&direct),
+            rounds_completed(&grpc),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn compressed_runs_are_deterministic_and_keep_their_accuracy() {
     let dir = tempfile::tempdir().unwrap();

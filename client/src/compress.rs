@@ -9,18 +9,50 @@
 use crate::carried::{At, Carried, Kind};
 use crate::error::{ClientError, Result};
 use crate::work::{LocalUpdate, change_base};
-use shoal_proto::Codec;
-use shoal_proto::v1::{Compression, Task};
+use bytes::Bytes;
+use shoal_proto::v1::{Chunk, Compression, Task};
+use shoal_proto::{Codec, shared_chunks};
 
-/// An update encoded for the wire.
+/// An update encoded for the wire, once: every push of it (a redelivery too) sends chunks that
+/// are views of these bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     /// The encoding.
     pub compression: Compression,
     /// The bytes sent in chunks.
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// Values they decode to.
     pub values: u64,
+}
+
+impl Encoded {
+    /// Plain values as they travel: their little-endian bytes, which take the vector over
+    /// rather than copy it.
+    pub fn plain(values: Vec<f32>) -> Self {
+        Self {
+            compression: Compression::None,
+            values: values.len() as u64,
+            bytes: shoal_proto::f32_bytes(values),
+        }
+    }
+
+    /// The header's `encoded_len`: 0 for plain values, which are counted in values.
+    pub fn encoded_len(&self) -> u64 {
+        match self.compression {
+            Compression::None => 0,
+            _ => self.bytes.len() as u64,
+        }
+    }
+
+    /// The chunks to send, at most `chunk_bytes` each: offsets count values for plain
+    /// values, bytes otherwise.
+    pub fn chunks(&self, chunk_bytes: usize) -> impl Iterator<Item = Chunk> + use<> {
+        let width = match self.compression {
+            Compression::None => 4,
+            _ => 1,
+        };
+        shared_chunks(self.bytes.clone(), width, chunk_bytes)
+    }
 }
 
 /// What top-k leaves out, as carried values.
@@ -36,8 +68,8 @@ impl Kind for Residual {
 /// again starts from what entered it), in memory or in a file (`shoal client --state-dir`).
 pub type ErrorFeedback = Carried<Residual>;
 
-/// `update` encoded as `task` asks, or unchanged when the task asks for plain values (or is
-/// not a FedAvg or FedSGD task). `global` is the round's global state; `feedback` the error
+/// `update` encoded as `task` asks, or as plain values when it asks for those (or is not a
+/// FedAvg or FedSGD task); either way `encoded` holds what travels and `payload` is empty. `global` is the round's global state; `feedback` the error
 /// feedback of client `client_id`, used and updated by top-k.
 pub fn encode_update(
     task: &Task,
@@ -48,10 +80,12 @@ pub fn encode_update(
 ) -> Result<LocalUpdate> {
     let codec = Codec::from_wire(task.compression, task.topk_fraction)
         .map_err(|e| ClientError::BadTask(e.to_string()))?;
-    if codec == Codec::None {
-        return Ok(update);
-    }
-    let Some(base) = change_base(task, global, update.payload.len())? else {
+    let base = match codec {
+        Codec::None => None,
+        _ => change_base(task, global, update.payload.len())?,
+    };
+    let Some(base) = base else {
+        update.encoded = Some(Encoded::plain(std::mem::take(&mut update.payload)));
         return Ok(update);
     };
     let mut values = std::mem::take(&mut update.payload);
@@ -80,7 +114,7 @@ pub fn encode_update(
     };
     update.encoded = Some(Encoded {
         compression: codec.wire().0,
-        bytes,
+        bytes: Bytes::from(bytes),
         values: values.len() as u64,
     });
     Ok(update)
@@ -125,7 +159,9 @@ mod tests {
         assert_eq!(decoded(Codec::Fp16, &u), vec![0.5, -1.0, 0.25]);
         let none = task(TaskKind::Fit, Codec::None, 1);
         let plain = encode_update(&none, &global, update(vec![1.0; 3]), "c1", &mut fb).unwrap();
-        assert_eq!((plain.payload, plain.encoded), (vec![1.0; 3], None));
+        assert!(plain.payload.is_empty());
+        assert_eq!(plain.encoded, Some(Encoded::plain(vec![1.0; 3])));
+        assert_eq!(decoded(Codec::None, &plain), vec![1.0; 3]);
     }
 
     #[test]
@@ -164,6 +200,39 @@ mod tests {
             "c1",
             &mut ErrorFeedback::default(),
         );
-        assert_eq!(u.unwrap().encoded, None);
+        assert_eq!(u.unwrap().encoded, Some(Encoded::plain(vec![1.0, 2.0])));
+    }
+
+    #[test]
+    fn plain_values_travel_in_chunks_counted_in_values_and_compressed_ones_in_bytes() {
+        let plain = Encoded::plain((0..10).map(|i| i as f32).collect());
+        assert_eq!(plain.encoded_len(), 0);
+        let chunks: Vec<Chunk> = plain.chunks(16).collect();
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|c| (c.offset, c.data.len()))
+                .collect::<Vec<_>>(),
+            vec![(0, 16), (4, 16), (8, 8)]
+        );
+        let mut back = Vec::new();
+        for c in &chunks {
+            shoal_proto::decode_f32(&c.data, &mut back).unwrap();
+        }
+        assert_eq!(back, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        let packed = Encoded {
+            compression: Compression::Int8,
+            bytes: Bytes::from(vec![7u8; 10]),
+            values: 6,
+        };
+        assert_eq!(packed.encoded_len(), 10);
+        let chunks: Vec<Chunk> = packed.chunks(4).collect();
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|c| (c.offset, c.data.len()))
+                .collect::<Vec<_>>(),
+            vec![(0, 4), (4, 4), (8, 2)]
+        );
     }
 }

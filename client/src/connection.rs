@@ -4,17 +4,104 @@
 //! bearer token rides on every request as `authorization: Bearer TOKEN` ([`BearerAuth`]).
 
 use crate::error::{ClientError, Result};
-use shoal_proto::MAX_CHUNK_BYTES;
 use shoal_proto::v1::fleet_client::FleetClient;
+use shoal_proto::v1::{
+    AbandonReply, AbandonRequest, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest,
+    PullReply, PullRequest, PushReply, UpdatePart,
+};
+use shoal_proto::{ChunkStream, DirectFleet, MAX_CHUNK_BYTES};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 /// A gRPC client for the fleet protocol, attaching the client's token if it has one.
-pub type Fleet = FleetClient<InterceptedService<Channel, BearerAuth>>;
+pub type GrpcFleet = FleetClient<InterceptedService<Channel, BearerAuth>>;
+
+/// How a client reaches its coordinator: over gRPC, or by calling it in this process (a
+/// simulated fleet hosted beside its coordinator, see [`shoal_proto::DirectFleet`]). The calls
+/// and their answers are the same either way.
+#[derive(Debug, Clone)]
+pub enum Fleet {
+    /// Over the network.
+    Grpc(GrpcFleet),
+    /// In this process.
+    Direct(Arc<dyn DirectFleet>),
+}
+
+impl Fleet {
+    /// Joins (or joins again) the run.
+    pub async fn join(
+        &mut self,
+        request: JoinRequest,
+    ) -> std::result::Result<Response<JoinReply>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => grpc.join(request).await,
+            Fleet::Direct(direct) => direct.join(request).await.map(Response::new),
+        }
+    }
+
+    /// Asks for work: a long poll.
+    pub async fn pull(
+        &mut self,
+        request: PullRequest,
+    ) -> std::result::Result<Response<PullReply>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => grpc.pull(request).await,
+            Fleet::Direct(direct) => direct.pull(request).await.map(Response::new),
+        }
+    }
+
+    /// Downloads the round's global state.
+    pub async fn fetch_global(
+        &mut self,
+        request: FetchRequest,
+    ) -> std::result::Result<Response<ChunkStream>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => {
+                let stream = grpc.fetch_global(request).await?.into_inner();
+                Ok(Response::new(Box::pin(stream)))
+            }
+            Fleet::Direct(direct) => direct.fetch_global(request).await.map(Response::new),
+        }
+    }
+
+    /// Uploads an update: its header, then its chunks.
+    pub async fn push_update(
+        &mut self,
+        parts: Vec<UpdatePart>,
+    ) -> std::result::Result<Response<PushReply>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => grpc.push_update(futures::stream::iter(parts)).await,
+            Fleet::Direct(direct) => direct.push_update(parts).await.map(Response::new),
+        }
+    }
+
+    /// Says the client is leaving.
+    pub async fn leave(
+        &mut self,
+        request: LeaveRequest,
+    ) -> std::result::Result<Response<LeaveReply>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => grpc.leave(request).await,
+            Fleet::Direct(direct) => direct.leave(request).await.map(Response::new),
+        }
+    }
+
+    /// Says the client cannot do its task.
+    pub async fn abandon(
+        &mut self,
+        request: AbandonRequest,
+    ) -> std::result::Result<Response<AbandonReply>, Status> {
+        match self {
+            Fleet::Grpc(grpc) => grpc.abandon(request).await,
+            Fleet::Direct(direct) => direct.abandon(request).await.map(Response::new),
+        }
+    }
+}
 
 /// A client certificate and its private key, both PEM, for mutual TLS.
 #[derive(Clone)]
@@ -186,6 +273,12 @@ impl Interceptor for BearerAuth {
 /// A fleet client over `channel`, sending `auth` with every request, with message limits
 /// matching the server's.
 pub fn fleet_client(channel: Channel, auth: BearerAuth) -> Fleet {
+    Fleet::Grpc(grpc_client(channel, auth))
+}
+
+/// The generated gRPC client itself, set up as [`fleet_client`] sets it up: for callers that
+/// stream by hand (tests of what a misbehaving peer can send).
+pub fn grpc_client(channel: Channel, auth: BearerAuth) -> GrpcFleet {
     let max = shoal_proto::message_limit(MAX_CHUNK_BYTES);
     FleetClient::with_interceptor(channel, auth)
         .max_decoding_message_size(max)

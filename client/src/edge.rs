@@ -9,7 +9,7 @@ use crate::backoff::Backoff;
 use crate::budget::UpdateBudget;
 use crate::cache::GlobalCache;
 use crate::collusion::Collusion;
-use crate::compress::encode_update;
+use crate::compress::{Encoded, encode_update};
 use crate::error::{ClientError, Result};
 use crate::faults::{Fault, Faults, fault_for, partial_share};
 use crate::forward::{Disposition, KeptUpdate, disposition, reason, retryable};
@@ -20,11 +20,11 @@ use crate::unreachable;
 use crate::work::{ClientState, LocalUpdate, run_task};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
+use shoal_proto::DEFAULT_CHUNK_BYTES;
 use shoal_proto::v1::{
-    AbandonRequest, Compression, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader,
-    UpdatePart, pull_reply::Reply, update_part::Part,
+    AbandonRequest, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader, UpdatePart,
+    pull_reply::Reply, update_part::Part,
 };
-use shoal_proto::{DEFAULT_CHUNK_BYTES, encode_chunks};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -583,17 +583,23 @@ impl EdgeClient {
     }
 
     async fn push(&mut self, fence: &Fence, update: &LocalUpdate) -> Result<()> {
-        let (payload_len, compression, encoded_len) = match &update.encoded {
-            Some(e) => (e.values, e.compression, e.bytes.len() as u64),
-            None => (update.payload.len() as u64, Compression::None, 0),
+        // Every finished update was encoded once (`encode_update`); a plain one made by hand
+        // is encoded here.
+        let plain;
+        let encoded = match &update.encoded {
+            Some(encoded) => encoded,
+            None => {
+                plain = Encoded::plain(update.payload.clone());
+                &plain
+            }
         };
         let header = UpdateHeader {
             client_id: self.id.clone(),
             fence: Some(fence.clone()),
             num_examples: update.num_examples,
-            payload_len,
-            compression: compression as i32,
-            encoded_len,
+            payload_len: encoded.values,
+            compression: encoded.compression as i32,
+            encoded_len: encoded.encoded_len(),
             counts: update.counts.clone(),
             metrics: update
                 .metrics
@@ -604,19 +610,10 @@ impl EdgeClient {
         let mut parts = vec![UpdatePart {
             part: Some(Part::Header(header)),
         }];
-        let chunk = |c| UpdatePart {
+        parts.extend(encoded.chunks(self.chunk_bytes).map(|c| UpdatePart {
             part: Some(Part::Chunk(c)),
-        };
-        match &update.encoded {
-            Some(encoded) => {
-                parts.extend(encode_chunks(&encoded.bytes, self.chunk_bytes).map(chunk))
-            }
-            None => parts.extend(encode_chunks(&update.payload, self.chunk_bytes).map(chunk)),
-        }
-        self.route
-            .fleet()
-            .push_update(futures::stream::iter(parts))
-            .await?;
+        }));
+        self.route.fleet().push_update(parts).await?;
         Ok(())
     }
 }

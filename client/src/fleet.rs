@@ -12,18 +12,20 @@ use crate::attack::{Attack, Byzantine};
 use crate::budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 use crate::cache::GlobalCache;
 use crate::collusion::Collusion;
-use crate::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
+use crate::connection::{BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
 use crate::route::{Route, split_urls};
 use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use shoal_datasets::Dataset;
+use shoal_proto::DirectFleet;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::transport::Channel;
 use tracing::warn;
 
 /// Most clients sharing one connection (see the module docs).
@@ -69,6 +71,11 @@ pub struct FleetConfig {
     /// Bytes of finished updates the fleet holds at once, across its clients (see
     /// [`crate::budget`]) [default: [`DEFAULT_UPDATE_BUDGET`]].
     pub update_budget: usize,
+    /// The coordinator, called in this process instead of dialled at `url` (which then only
+    /// names it in logs): a fleet hosted beside its coordinator skips protobuf, HTTP/2 and
+    /// the socket. Its clients carry no credentials, so the coordinator must serve them
+    /// openly [default: none, dial `url`].
+    pub direct: Option<Arc<dyn DirectFleet>>,
 }
 
 /// What one client proves itself with.
@@ -100,6 +107,7 @@ impl FleetConfig {
             trainer: Arc::new(BuiltinTrainer),
             spread: false,
             update_budget: DEFAULT_UPDATE_BUDGET,
+            direct: None,
         }
     }
 }
@@ -134,10 +142,18 @@ pub async fn run_fleet(
             "expected one or more URLs, comma-separated".into(),
         ));
     }
-    let shared = clients
-        .len()
-        .div_ceil(CLIENTS_PER_CHANNEL)
-        .max(config.channels);
+    if config.direct.is_some() && (urls.len() != 1 || !config.credentials.is_empty()) {
+        return Err(ClientError::Config(
+            "an in-process fleet talks to one coordinator, without credentials".into(),
+        ));
+    }
+    let shared = match config.direct {
+        Some(_) => 0,
+        None => clients
+            .len()
+            .div_ceil(CLIENTS_PER_CHANNEL)
+            .max(config.channels),
+    };
     // Per coordinator URL, the channels its clients share.
     let channels = urls
         .iter()
@@ -211,32 +227,10 @@ pub async fn run_fleet(
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (id, data)) in clients.into_iter().enumerate() {
         let attack = attack_of(&id);
-        let credentials = config.credentials.get(&id).cloned().unwrap_or_default();
-        let connections = match (credentials.identity, tls) {
-            (None, _) => channels
-                .iter()
-                .map(|per_url| per_url[i % per_url.len()].clone())
-                .collect(),
-            (Some(identity), Some(tls)) => {
-                let tls = tls.clone().with_identity(identity);
-                urls.iter()
-                    .map(|url| channel(url, Some(&tls)))
-                    .collect::<Result<Vec<_>>>()?
-            }
-            (Some(_), None) => {
-                return Err(ClientError::Credentials(format!(
-                    "client {id} has a certificate, but the fleet has no TLS settings"
-                )));
-            }
+        let fleets = match &config.direct {
+            Some(direct) => vec![Fleet::Direct(direct.clone())],
+            None => dial(&config, &channels, &urls, i, &id)?,
         };
-        let auth = match &credentials.token {
-            Some(token) => BearerAuth::token(token)?,
-            None => BearerAuth::none(),
-        };
-        let fleets = connections
-            .into_iter()
-            .map(|connection| fleet_client(connection, auth.clone()))
-            .collect();
         let client = EdgeClient::new(
             id,
             data,
@@ -280,4 +274,42 @@ pub async fn run_fleet(
         }
     }
     Ok(report)
+}
+
+/// Client `i`'s connections, one per coordinator URL: the shared channels, or its own when it
+/// has a certificate of its own (a TLS identity belongs to a connection).
+fn dial(
+    config: &FleetConfig,
+    channels: &[Vec<Channel>],
+    urls: &[String],
+    i: usize,
+    id: &str,
+) -> Result<Vec<Fleet>> {
+    let tls = config.tls.as_ref();
+    let credentials = config.credentials.get(id).cloned().unwrap_or_default();
+    let connections = match (credentials.identity, tls) {
+        (None, _) => channels
+            .iter()
+            .map(|per_url| per_url[i % per_url.len()].clone())
+            .collect(),
+        (Some(identity), Some(tls)) => {
+            let tls = tls.clone().with_identity(identity);
+            urls.iter()
+                .map(|url| channel(url, Some(&tls)))
+                .collect::<Result<Vec<_>>>()?
+        }
+        (Some(_), None) => {
+            return Err(ClientError::Credentials(format!(
+                "client {id} has a certificate, but the fleet has no TLS settings"
+            )));
+        }
+    };
+    let auth = match &credentials.token {
+        Some(token) => BearerAuth::token(token)?,
+        None => BearerAuth::none(),
+    };
+    Ok(connections
+        .into_iter()
+        .map(|connection| fleet_client(connection, auth.clone()))
+        .collect())
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use futures::StreamExt;
-use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, fleet_client};
+use shoal_client::connection::{BearerAuth, ClientTls, TlsIdentity, channel, grpc_client};
 use shoal_coordinator::net::certs::{DevCa, Validity};
 use shoal_coordinator::{Coordinator, Limits, RunConfig, Security};
 use shoal_proto::v1::{JoinRequest, UpdatePart, update_part::Part};
@@ -272,7 +272,7 @@ async fn under_mutual_tls_an_outsider_is_refused_before_its_body_and_dropped() {
     let tls = ClientTls::new(ca.pem().cert.clone());
 
     // No certificate: refused with the usual status, then the connection is closed.
-    let outsider = fleet_client(
+    let outsider = grpc_client(
         channel(&running.url, Some(&tls)).unwrap(),
         BearerAuth::none(),
     );
@@ -309,7 +309,7 @@ async fn under_mutual_tls_an_outsider_is_refused_before_its_body_and_dropped() {
         cert_pem: cert.cert.clone(),
         key_pem: cert.key.clone(),
     });
-    let mut member = fleet_client(
+    let mut member = grpc_client(
         channel(&running.url, Some(&tls)).unwrap(),
         BearerAuth::none(),
     );

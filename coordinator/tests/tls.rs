@@ -5,7 +5,9 @@
 
 mod common;
 
-use shoal_client::connection::{BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client};
+use shoal_client::connection::{
+    BearerAuth, ClientTls, GrpcFleet, TlsIdentity, channel, grpc_client,
+};
 use shoal_client::{Credentials, FleetConfig, run_fleet};
 use shoal_coordinator::net::auth::TokenTable;
 use shoal_coordinator::net::certs::bundle::{
@@ -105,16 +107,16 @@ async fn serve_logreg(security: Security) -> common::Running {
 }
 
 /// A protocol client over TLS presenting `cert` (if any) and `token` (if any).
-fn dial(url: &str, tls: ClientTls, cert: Option<TlsIdentity>, token: Option<&str>) -> Fleet {
+fn dial(url: &str, tls: ClientTls, cert: Option<TlsIdentity>, token: Option<&str>) -> GrpcFleet {
     let tls = match cert {
         Some(cert) => tls.with_identity(cert),
         None => tls,
     };
     let auth = token.map_or_else(BearerAuth::none, |t| BearerAuth::token(t).unwrap());
-    fleet_client(channel(url, Some(&tls)).unwrap(), auth)
+    grpc_client(channel(url, Some(&tls)).unwrap(), auth)
 }
 
-async fn join(fleet: &mut Fleet, id: &str) -> Result<(), Status> {
+async fn join(fleet: &mut GrpcFleet, id: &str) -> Result<(), Status> {
     fleet
         .join(JoinRequest {
             client_id: id.into(),
@@ -164,7 +166,7 @@ fn assert_refused(result: Result<(), Status>, refused: Refused<'_>) {
 }
 
 /// Claims `id` in every request of the protocol; each must be refused as `refused` says.
-async fn assert_every_request_refused(fleet: &mut Fleet, id: &str, refused: Refused<'_>) {
+async fn assert_every_request_refused(fleet: &mut GrpcFleet, id: &str, refused: Refused<'_>) {
     assert_refused(join(fleet, id).await, refused);
     let pull = fleet
         .pull(PullRequest {
@@ -472,7 +474,7 @@ async fn clients_check_the_coordinator_certificate() {
     assert!(format!("{status:?}").contains("certificate"), "{status:?}");
     // Plaintext towards a TLS port: out.
     let plain_url = url.replacen("https://", "http://", 1);
-    let mut plain = fleet_client(channel(&plain_url, None).unwrap(), BearerAuth::none());
+    let mut plain = grpc_client(channel(&plain_url, None).unwrap(), BearerAuth::none());
     // The server drops the connection at its first bytes, which are not TLS: no request ever
     // reaches it, so there is no verdict, only a broken transport (Unknown or Cancelled,
     // depending on whether the client was still writing).
@@ -547,7 +549,7 @@ async fn a_client_with_an_expired_certificate_stops_at_once_with_the_reason() {
 
 /// Sends the header of a partial sum from `aggregator` (nothing else: it is refused or not on
 /// its credentials alone).
-async fn push_partial(fleet: &mut Fleet, aggregator: &str) -> Result<(), Status> {
+async fn push_partial(fleet: &mut GrpcFleet, aggregator: &str) -> Result<(), Status> {
     let header = PartialHeader {
         aggregator_id: aggregator.into(),
         ..PartialHeader::default()

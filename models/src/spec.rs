@@ -23,6 +23,13 @@ pub const MAX_PARAMS: usize = 200_000_000;
 /// smaller chunks (see [`ModelSpec::max_chunk`]).
 pub const EVAL_BATCH_SIZE: usize = 1024;
 
+/// Bytes of one layer's activations a chunk of examples may take (see
+/// [`ModelSpec::max_chunk`]): a chunk of the widest layer stays within the caches.
+pub const CHUNK_ACTIVATION_BYTES: usize = 4 << 20;
+
+/// Fewest examples in a chunk however wide the model, so the products stay matrix products.
+const MIN_CHUNK: usize = 16;
+
 /// Side length of the square single-channel image the CNN expects.
 pub const CNN_IMAGE_SIDE: usize = 28;
 
@@ -194,12 +201,17 @@ impl ModelSpec {
     }
 
     /// The most examples pushed through the model at once where the chunking does not change
-    /// the result (evaluation, exact gradients): 1024 for dense models, 64 for the CNN, whose
-    /// patch matrices take about 0.6 MB per example.
+    /// the result (evaluation, exact gradients): 64 for the CNN, whose patch matrices take
+    /// about 0.6 MB per example; for dense models 1024, or fewer where a layer is so wide that
+    /// a chunk's activations would pass [`CHUNK_ACTIVATION_BYTES`] (fresh tens of megabytes
+    /// per layer cost more in page faults and copies than the products themselves).
     pub fn max_chunk(&self) -> usize {
         match self.kind {
             ModelKind::Cnn => 64,
-            _ => EVAL_BATCH_SIZE,
+            _ => {
+                let widest = self.dense_widths().into_iter().max().unwrap_or(1).max(1);
+                (CHUNK_ACTIVATION_BYTES / (4 * widest)).clamp(MIN_CHUNK, EVAL_BATCH_SIZE)
+            }
         }
     }
 

@@ -113,7 +113,8 @@ pub fn train_local_corrected(
             params.len()
         )));
     }
-    if let Some(i) = correction.iter().position(|v| !v.is_finite()) {
+    if !crate::manifest::all_finite(correction) {
+        let i = correction.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(ModelError::InvalidConfig(format!(
             "correction value {i} is not finite"
         )));
@@ -183,7 +184,7 @@ fn train(
     }
 
     let trained = flatten(&net)?;
-    if trained.iter().any(|v| !v.is_finite()) {
+    if !crate::manifest::all_finite(&trained) {
         return Err(ModelError::Diverged {
             epoch: cfg.epochs - 1,
         });

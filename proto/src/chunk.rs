@@ -46,6 +46,12 @@ pub trait WireValue: bytemuck::Pod {
     fn get_all(bytes: &[u8], out: &mut Vec<Self>) {
         let bytes = &bytes[..bytes.len() - bytes.len() % Self::WIDTH];
         if cfg!(target_endian = "little") {
+            // Bytes that happen to be aligned for `Self` (a chunk's buffer usually is) are
+            // appended as they are; otherwise zeroed room is made and the bytes copied in.
+            if let Ok(values) = bytemuck::try_cast_slice::<u8, Self>(bytes) {
+                out.extend_from_slice(values);
+                return;
+            }
             let start = out.len();
             out.resize(
                 start + bytes.len() / Self::WIDTH,
@@ -88,20 +94,51 @@ impl WireValue for i128 {
     }
 }
 
-/// Splits `values` into chunks of at most `chunk_bytes` bytes (rounded down to whole values).
+/// Splits `values` into chunks of at most `chunk_bytes` bytes (rounded down to whole values):
+/// one copy of the values into one buffer, which the chunks share (see [`shared_chunks`]).
 pub fn encode_chunks<T: WireValue>(
     values: &[T],
     chunk_bytes: usize,
-) -> impl Iterator<Item = Chunk> + '_ {
-    let per_chunk = (chunk_bytes.clamp(T::WIDTH, MAX_CHUNK_BYTES) / T::WIDTH).max(1);
-    values.chunks(per_chunk).enumerate().map(move |(i, part)| {
-        let mut data = Vec::with_capacity(part.len() * T::WIDTH);
-        T::put_all(part, &mut data);
-        Chunk {
-            offset: (i * per_chunk) as u64,
-            data: Bytes::from(data),
-        }
+) -> impl Iterator<Item = Chunk> + use<T> {
+    let mut data = Vec::with_capacity(std::mem::size_of_val(values));
+    T::put_all(values, &mut data);
+    shared_chunks(Bytes::from(data), T::WIDTH, chunk_bytes)
+}
+
+/// Splits `bytes`, little-endian values of `width` bytes each, into chunks of at most
+/// `chunk_bytes` bytes (whole values; offsets count values). The chunks are views of `bytes`:
+/// nothing is copied, and a chunk resent (a redelivered update) is the same memory again.
+pub fn shared_chunks(
+    bytes: Bytes,
+    width: usize,
+    chunk_bytes: usize,
+) -> impl Iterator<Item = Chunk> {
+    let width = width.max(1);
+    let per_chunk = (chunk_bytes.clamp(width, MAX_CHUNK_BYTES) / width).max(1);
+    let step = per_chunk * width;
+    (0..bytes.len().div_ceil(step)).map(move |i| Chunk {
+        offset: (i * per_chunk) as u64,
+        data: bytes.slice(i * step..((i + 1) * step).min(bytes.len())),
     })
+}
+
+/// The little-endian bytes of `values` without copying them where the machine is
+/// little-endian: the returned bytes own the vector.
+pub fn f32_bytes(values: Vec<f32>) -> Bytes {
+    if cfg!(target_endian = "little") {
+        Bytes::from_owner(LittleEndian(values))
+    } else {
+        Bytes::from(encode_f32(&values))
+    }
+}
+
+/// f32 values seen as the bytes they are in memory (little-endian machines only).
+struct LittleEndian(Vec<f32>);
+
+impl AsRef<[u8]> for LittleEndian {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
 }
 
 /// Little-endian bytes of `values`.
@@ -155,6 +192,15 @@ impl<T: WireValue> Assembler<T> {
             // Grow as verified chunks arrive: the declared length is only a claim.
             values: Vec::with_capacity(declared_usize.min(MAX_CHUNK_BYTES / T::WIDTH)),
         })
+    }
+
+    /// The same, with room for the whole declared payload made now rather than as chunks
+    /// arrive: for receivers that have already held the declared length to the one they
+    /// expect (the round's update length), so the claim is theirs to trust. Saves the copies
+    /// of growing a large payload.
+    pub fn expecting_all(mut self) -> Self {
+        self.values.reserve_exact(self.declared - self.values.len());
+        self
     }
 
     /// Adds the next chunk.

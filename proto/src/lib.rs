@@ -6,15 +6,17 @@
 
 pub mod chunk;
 pub mod compress;
+pub mod direct;
 mod error;
 pub mod fence;
 pub mod wire_codec;
 
 pub use chunk::{
     Assembler, ByteAssembler, ChunkAssembler, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, SumAssembler,
-    WireValue, decode_f32, encode_chunks, message_limit,
+    WireValue, decode_f32, encode_chunks, f32_bytes, message_limit, shared_chunks,
 };
 pub use compress::Codec;
+pub use direct::{ChunkStream, DirectFleet};
 pub use error::{ProtoError, Result};
 
 /// Metadata key of the refusal reason the coordinator puts on every status it sends itself

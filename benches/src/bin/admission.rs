@@ -203,7 +203,7 @@ async fn measure(
                 );
                 let started = Instant::now();
                 let reply = client
-                    .push_update(futures::stream::iter(parts))
+                    .push_update(parts)
                     .await
                     .with_context(|| format!("pushing update {i}"))?;
                 times.push(started.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! `shoal run`: the one-command demo — a coordinator on a loopback port and a simulated fleet in
-//! the same process, with a progress bar, a per-round table and a summary.
+//! the same process, with a progress bar, a per-round table and a summary. The fleet calls the
+//! coordinator in place (no protobuf, HTTP/2 or socket between them) unless `--over-grpc`.
 
 use crate::commands::simulate::check_channels;
 use crate::data::{partitions, require_examples};
@@ -23,7 +24,12 @@ pub struct RunCmd {
     outputs: Outputs,
     #[command(flatten)]
     durability: Durability,
-    /// HTTP/2 channels the simulated fleet shares, 1..=65535.
+    /// The simulated fleet talks to the coordinator over gRPC on the loopback port, as remote
+    /// clients do, instead of calling it in this process (same rounds and model, slower for
+    /// large models).
+    #[arg(long)]
+    over_grpc: bool,
+    /// HTTP/2 channels the simulated fleet shares with --over-grpc, 1..=65535.
     #[arg(long, default_value_t = shoal_client::DEFAULT_CHANNELS)]
     channels: usize,
     #[command(flatten)]
@@ -50,6 +56,9 @@ impl RunCmd {
             .context("binding a loopback port")?;
         let mut fleet = FleetConfig::new(format!("http://{}", listener.local_addr()?));
         fleet.channels = self.channels;
+        if !self.over_grpc {
+            fleet.direct = Some(prepared.coordinator.in_process());
+        }
         fleet.options.seed = plan.run.seed;
         self.faults.apply(&mut fleet);
         // The fleet stops when the coordinator says the run is over, on Ctrl-C, or at the latest

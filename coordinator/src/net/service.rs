@@ -7,17 +7,15 @@ use crate::engine::Coordinator;
 use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
 use crate::net::auth::{AuthPolicy, Claim};
-use crate::net::upload::{self, UploadError};
+use crate::net::upload::{self, Parts, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
-use futures::Stream;
-use shoal_proto::SumAssembler;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
     LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart,
 };
-use std::pin::Pin;
+use shoal_proto::{ChunkStream, DirectFleet, SumAssembler};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -128,9 +126,6 @@ impl FleetService {
     }
 }
 
-/// A download of chunks.
-pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, Status>> + Send>>;
-
 /// Streams `chunks`, shared: clones of the reference-counted chunks one at a time, no copy of
 /// the model per download.
 pub fn chunk_stream(chunks: Arc<[Chunk]>) -> ChunkStream {
@@ -177,37 +172,27 @@ impl FleetService {
     }
 }
 
-#[tonic::async_trait]
-impl Fleet for FleetService {
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+impl FleetService {
+    async fn join_request(&self, request: Request<JoinRequest>) -> Result<JoinReply, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
         self.serving()?;
         let req = request.into_inner();
-        let reply = self
-            .coordinator
+        self.coordinator
             .join(&req.client_id, req.num_examples)
-            .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(reply))
+            .map_err(|e| self.refuse(e))
     }
 
-    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+    async fn pull_request(&self, request: Request<PullRequest>) -> Result<PullReply, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
         self.serving()?;
         let req = request.into_inner();
-        let reply = self
-            .coordinator
+        self.coordinator
             .pull(&req.client_id)
             .await
-            .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(reply))
+            .map_err(|e| self.refuse(e))
     }
 
-    type FetchGlobalStream = ChunkStream;
-
-    async fn fetch_global(
-        &self,
-        request: Request<FetchRequest>,
-    ) -> Result<Response<Self::FetchGlobalStream>, Status> {
+    async fn fetch_request(&self, request: Request<FetchRequest>) -> Result<ChunkStream, Status> {
         self.authorize(&request, &request.get_ref().client_id)?;
         self.serving()?;
         let req = request.into_inner();
@@ -219,13 +204,15 @@ impl Fleet for FleetService {
             .global_for(&req.client_id, &fence)
             .await
             .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(chunk_stream(chunks)))
+        Ok(chunk_stream(chunks))
     }
 
-    async fn push_update(
+    /// Receives an update, whether tonic decoded its parts or an in-process client handed
+    /// them over: the same header rule, credentials, admission and decoding either way.
+    async fn push_request(
         &self,
-        mut request: Request<Streaming<UpdatePart>>,
-    ) -> Result<Response<PushReply>, Status> {
+        mut request: Request<impl Parts<UpdatePart>>,
+    ) -> Result<PushReply, Status> {
         let header = upload::header(request.get_mut())
             .await
             .map_err(|e| self.refuse_upload(e))?;
@@ -251,7 +238,60 @@ impl Fleet for FleetService {
             .deliver(update)
             .await
             .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(PushReply { accepted_in_round }))
+        Ok(PushReply { accepted_in_round })
+    }
+
+    async fn abandon_request(
+        &self,
+        request: Request<AbandonRequest>,
+    ) -> Result<AbandonReply, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
+        let req = request.into_inner();
+        let fence = req.fence.ok_or_else(|| {
+            self.refuse(CoordinatorError::Malformed("abandon has no fence".into()))
+        })?;
+        self.coordinator
+            .abandon(&req.client_id, &fence, &req.reason)
+            .map_err(|e| self.refuse(e))?;
+        Ok(AbandonReply {})
+    }
+
+    async fn leave_request(&self, request: Request<LeaveRequest>) -> Result<LeaveReply, Status> {
+        self.authorize(&request, &request.get_ref().client_id)?;
+        self.serving()?;
+        let req = request.into_inner();
+        self.coordinator
+            .leave(&req.client_id)
+            .map_err(|e| self.refuse(e))?;
+        Ok(LeaveReply {})
+    }
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        self.join_request(request).await.map(Response::new)
+    }
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
+        self.pull_request(request).await.map(Response::new)
+    }
+
+    type FetchGlobalStream = ChunkStream;
+
+    async fn fetch_global(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::FetchGlobalStream>, Status> {
+        self.fetch_request(request).await.map(Response::new)
+    }
+
+    async fn push_update(
+        &self,
+        request: Request<Streaming<UpdatePart>>,
+    ) -> Result<Response<PushReply>, Status> {
+        self.push_request(request).await.map(Response::new)
     }
 
     async fn push_partial(
@@ -292,25 +332,49 @@ impl Fleet for FleetService {
         &self,
         request: Request<AbandonRequest>,
     ) -> Result<Response<AbandonReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
-        self.serving()?;
-        let req = request.into_inner();
-        let fence = req.fence.ok_or_else(|| {
-            self.refuse(CoordinatorError::Malformed("abandon has no fence".into()))
-        })?;
-        self.coordinator
-            .abandon(&req.client_id, &fence, &req.reason)
-            .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(AbandonReply {}))
+        self.abandon_request(request).await.map(Response::new)
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
-        self.authorize(&request, &request.get_ref().client_id)?;
-        self.serving()?;
-        let req = request.into_inner();
-        self.coordinator
-            .leave(&req.client_id)
-            .map_err(|e| self.refuse(e))?;
-        Ok(Response::new(LeaveReply {}))
+        self.leave_request(request).await.map(Response::new)
+    }
+}
+
+impl Coordinator {
+    /// This coordinator's fleet protocol for clients in this process (a simulated fleet hosted
+    /// beside it): the same handlers as over gRPC, with no credentials asked, as on a plaintext
+    /// loopback listener.
+    pub fn in_process(&self) -> Arc<dyn DirectFleet> {
+        Arc::new(FleetService::new(self.clone()))
+    }
+}
+
+/// In-process clients reach the same handlers with requests that carry no credentials, so
+/// only an open policy (what `shoal run` hosts) lets them in.
+#[tonic::async_trait]
+impl DirectFleet for FleetService {
+    async fn join(&self, request: JoinRequest) -> Result<JoinReply, Status> {
+        self.join_request(Request::new(request)).await
+    }
+
+    async fn pull(&self, request: PullRequest) -> Result<PullReply, Status> {
+        self.pull_request(Request::new(request)).await
+    }
+
+    async fn fetch_global(&self, request: FetchRequest) -> Result<ChunkStream, Status> {
+        self.fetch_request(Request::new(request)).await
+    }
+
+    async fn push_update(&self, parts: Vec<UpdatePart>) -> Result<PushReply, Status> {
+        let parts = futures::stream::iter(parts.into_iter().map(Ok));
+        self.push_request(Request::new(parts)).await
+    }
+
+    async fn leave(&self, request: LeaveRequest) -> Result<LeaveReply, Status> {
+        self.leave_request(Request::new(request)).await
+    }
+
+    async fn abandon(&self, request: AbandonRequest) -> Result<AbandonReply, Status> {
+        self.abandon_request(Request::new(request)).await
     }
 }

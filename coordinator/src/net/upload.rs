@@ -4,14 +4,14 @@
 
 use crate::error::CoordinatorError;
 use crate::refusal::Refusal;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use shoal_proto::v1::{Chunk, PartialHeader, PartialPart, UpdateHeader, UpdatePart};
 use shoal_proto::v1::{Compression, TaskKind};
 use shoal_proto::v1::{partial_part, update_part};
 use shoal_proto::{Assembler, ByteAssembler, ChunkAssembler, Codec, ProtoError, WireValue};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 /// Longest an upload may go without sending its next message (header or chunk). An honest
 /// sender streams a chunk (at most 1 MiB) well within it; a stalled stream would hold its
@@ -93,8 +93,14 @@ impl UploadPart for PartialPart {
     }
 }
 
+/// An upload's messages as they arrive: tonic's `Streaming` off the network, or the parts an
+/// in-process client handed over (see [`shoal_proto::DirectFleet`]).
+pub trait Parts<P>: Stream<Item = Result<P, Status>> + Unpin + Send {}
+
+impl<P, S: Stream<Item = Result<P, Status>> + Unpin + Send> Parts<P> for S {}
+
 /// The next message, within [`MESSAGE_GAP`]; `None` at the end of the stream.
-async fn next<P>(parts: &mut Streaming<P>) -> Result<Option<P>, UploadError> {
+async fn next<P>(parts: &mut impl Parts<P>) -> Result<Option<P>, UploadError> {
     match tokio::time::timeout(MESSAGE_GAP, parts.next()).await {
         Err(_) => Err(UploadError::Stalled),
         Ok(None) => Ok(None),
@@ -104,7 +110,7 @@ async fn next<P>(parts: &mut Streaming<P>) -> Result<Option<P>, UploadError> {
 }
 
 /// Reads the upload's header, which must be its first message.
-pub async fn header<P: UploadPart>(parts: &mut Streaming<P>) -> Result<P::Header, UploadError> {
+pub async fn header<P: UploadPart>(parts: &mut impl Parts<P>) -> Result<P::Header, UploadError> {
     match next(parts).await?.map(UploadPart::piece) {
         Some(Some(Piece::Header(header))) => Ok(header),
         Some(_) => Err(malformed(format!("{} must start with its header", P::WHAT))),
@@ -122,7 +128,7 @@ pub const MAX_CONTRIBUTIONS: u64 = 1 << 20;
 /// Reads the contributions that follow a partial sum's `header` into it, so that it names
 /// every client.
 pub async fn contributions(
-    parts: &mut Streaming<PartialPart>,
+    parts: &mut impl Parts<PartialPart>,
     header: &mut PartialHeader,
 ) -> Result<(), UploadError> {
     let count = match header.contribution_count {
@@ -156,7 +162,7 @@ pub async fn contributions(
 
 /// Reads the chunks after the header into `payload` until the stream ends; the whole payload.
 pub async fn payload<P: UploadPart, T: WireValue>(
-    parts: &mut Streaming<P>,
+    parts: &mut impl Parts<P>,
     mut payload: Assembler<T>,
 ) -> Result<Vec<T>, UploadError> {
     while let Some(part) = next(parts).await? {
@@ -199,7 +205,7 @@ impl Decoding {
     /// that do not decode, or more than `max_values` values are refused.
     pub async fn receive(
         &self,
-        parts: &mut Streaming<UpdatePart>,
+        parts: &mut impl Parts<UpdatePart>,
         header: &UpdateHeader,
         max_values: usize,
         max_chunk_bytes: usize,
@@ -217,7 +223,9 @@ impl Decoding {
             )));
         }
         if self.codec == Codec::None {
-            let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?;
+            // Admission held the declared length to the round's: room for it all now.
+            let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?
+                .expecting_all();
             return payload(parts, values).await;
         }
         if header.payload_len > max_values as u64 {
@@ -253,7 +261,7 @@ impl Decoding {
 }
 
 /// The rest of the stream as it came, to pass it on whole.
-pub async fn rest<P>(parts: &mut Streaming<P>) -> Result<Vec<P>, UploadError> {
+pub async fn rest<P>(parts: &mut impl Parts<P>) -> Result<Vec<P>, UploadError> {
     let mut rest = Vec::new();
     while let Some(part) = next(parts).await? {
         rest.push(part);

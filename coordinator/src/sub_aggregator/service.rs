@@ -8,10 +8,11 @@ use crate::aggregate::AggregateError;
 use crate::aggregate::norm::NormBound;
 use crate::error::CoordinatorError;
 use crate::net::auth::Claim;
-use crate::net::service::{ChunkStream, chunk_stream};
+use crate::net::service::chunk_stream;
 use crate::net::upload::{self, Decoding, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::StreamExt;
+use shoal_proto::ChunkStream;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{

@@ -1,0 +1,161 @@
+//! The fleet protocol called in the coordinator's own process (`Coordinator::in_process`, what
+//! `shoal run`'s fleet uses): the same rounds as over gRPC, and every bad upload refused with
+//! the same status and reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::{assert_refused, header};
+use futures::StreamExt;
+use shoal_coordinator::Limits;
+use shoal_proto::v1::{
+    Chunk, Fence, FetchRequest, JoinRequest, PullRequest, Task, UpdateHeader, UpdatePart,
+    pull_reply::Reply, update_part::Part,
+};
+use shoal_proto::{ChunkAssembler, DirectFleet, MAX_CHUNK_BYTES, encode_chunks};
+use tonic::Code;
+
+async fn join(fleet: &dyn DirectFleet, id: &str, examples: u64) {
+    fleet
+        .join(JoinRequest {
+            client_id: id.into(),
+            num_examples: examples,
+        })
+        .await
+        .unwrap();
+}
+
+async fn task(fleet: &dyn DirectFleet, id: &str) -> Task {
+    loop {
+        let pulled = fleet
+            .pull(PullRequest {
+                client_id: id.into(),
+            })
+            .await
+            .unwrap();
+        match pulled.reply.unwrap() {
+            Reply::Task(task) => return task,
+            Reply::Wait(_) => continue,
+            other => panic!("expected a task, got {other:?}"),
+        }
+    }
+}
+
+async fn fetch(fleet: &dyn DirectFleet, id: &str, fence: &Fence, len: u64) -> Vec<f32> {
+    let mut stream = fleet
+        .fetch_global(FetchRequest {
+            client_id: id.into(),
+            fence: Some(fence.clone()),
+        })
+        .await
+        .unwrap();
+    let mut global = ChunkAssembler::new(len, len as usize, MAX_CHUNK_BYTES).unwrap();
+    while let Some(chunk) = stream.next().await {
+        global.push(&chunk.unwrap()).unwrap();
+    }
+    global.finish().unwrap()
+}
+
+fn parts(header: UpdateHeader, chunks: impl IntoIterator<Item = Chunk>) -> Vec<UpdatePart> {
+    let mut parts = vec![UpdatePart {
+        part: Some(Part::Header(header)),
+    }];
+    parts.extend(chunks.into_iter().map(|c| UpdatePart {
+        part: Some(Part::Chunk(c)),
+    }));
+    parts
+}
+
+fn update(header: UpdateHeader, values: &[f32]) -> Vec<UpdatePart> {
+    parts(header, encode_chunks(values, 1000))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_clients_run_rounds_and_bad_uploads_are_refused_as_over_grpc() {
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let running = common::start(common::config(2, 2), spec, split.test, Limits::default()).await;
+    let fleet = running.coordinator.in_process();
+    let fleet = fleet.as_ref();
+    join(fleet, "a", 10).await;
+    join(fleet, "b", 30).await;
+    let t = task(fleet, "a").await;
+    let fence = t.fence.clone().unwrap();
+    let n = t.update_len as usize;
+    let global = fetch(fleet, "a", &fence, t.global_len).await;
+    assert_eq!(global.len(), n);
+
+    // Someone who never joined; chunks before the header; a short payload; a NaN; a wrong
+    // length; an empty upload.
+    let good_a = vec![1.0f32; n];
+    assert_refused(
+        fleet
+            .push_update(update(header("zz", &fence, 10, n), &good_a))
+            .await,
+        Code::NotFound,
+        "unknown_client",
+    );
+    let mut headless = update(header("a", &fence, 10, n), &good_a);
+    headless.remove(0);
+    assert_refused(
+        fleet.push_update(headless).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+    assert!(
+        fleet
+            .push_update(update(header("a", &fence, 10, n), &good_a[..n - 1]))
+            .await
+            .is_err()
+    );
+    let mut nan = good_a.clone();
+    nan[7] = f32::NAN;
+    assert_refused(
+        fleet
+            .push_update(update(header("a", &fence, 10, n), &nan))
+            .await,
+        Code::InvalidArgument,
+        "non_finite",
+    );
+    assert_refused(
+        fleet
+            .push_update(update(
+                header("a", &fence, 10, n + 1),
+                &[good_a.clone(), vec![1.0]].concat(),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "wrong_length",
+    );
+    assert_refused(
+        fleet.push_update(Vec::new()).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+
+    // The good updates still make the round: its global is their weighted mean, exactly.
+    fleet
+        .push_update(update(header("a", &fence, 10, n), &good_a))
+        .await
+        .unwrap();
+    let t_b = task(fleet, "b").await;
+    assert_eq!(t_b.fence.as_ref(), Some(&fence));
+    fleet
+        .push_update(update(header("b", &fence, 30, n), &vec![3.0f32; n]))
+        .await
+        .unwrap();
+    let t2 = task(fleet, "a").await;
+    let fence2 = t2.fence.clone().unwrap();
+    assert_eq!(fence2.round, 2);
+    let global = fetch(fleet, "a", &fence2, t2.global_len).await;
+    assert!(global.iter().all(|v| *v == 2.5), "{:?}", &global[..4]);
+    // The late round-1 update is stale now.
+    assert_refused(
+        fleet
+            .push_update(update(header("b", &fence, 30, n), &vec![3.0f32; n]))
+            .await,
+        Code::FailedPrecondition,
+        "stale_fence",
+    );
+    running.abort();
+}

@@ -1,0 +1,38 @@
+//! The fleet protocol without a wire, for simulated clients that live in the coordinator's own
+//! process (`shoal run`).
+//!
+//! Over gRPC every update is protobuf-encoded, framed by HTTP/2, copied into a socket and out
+//! of it, and decoded again; for a fleet of 1M-parameter models that is most of a round. A
+//! [`DirectFleet`] is the same six calls with the same messages and the same refusals
+//! ([`tonic::Status`], reasons in [`crate::REASON_HEADER`]), answered by calling the
+//! coordinator's handlers in place: the chunks a client sends are the chunks the coordinator
+//! receives, and the chunks it serves are the ones clients read. The coordinator checks what
+//! arrives this way exactly as it checks what arrives over the network.
+
+use crate::v1::{
+    AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
+    LeaveRequest, PullReply, PullRequest, PushReply, UpdatePart,
+};
+use tonic::Status;
+use tonic::codegen::BoxStream;
+
+/// A download of the round's global state, chunk by chunk.
+pub type ChunkStream = BoxStream<Chunk>;
+
+/// The fleet protocol answered in this process (see the module docs). The coordinator's
+/// service implements it; a fleet given one calls it instead of dialling.
+#[tonic::async_trait]
+pub trait DirectFleet: std::fmt::Debug + Send + Sync + 'static {
+    /// As the `Join` RPC.
+    async fn join(&self, request: JoinRequest) -> Result<JoinReply, Status>;
+    /// As the `Pull` RPC: a long poll, answered with a task, a wait or the end of the run.
+    async fn pull(&self, request: PullRequest) -> Result<PullReply, Status>;
+    /// As the `FetchGlobal` RPC.
+    async fn fetch_global(&self, request: FetchRequest) -> Result<ChunkStream, Status>;
+    /// As the `PushUpdate` RPC: the header first, then the chunks, as a client streams them.
+    async fn push_update(&self, parts: Vec<UpdatePart>) -> Result<PushReply, Status>;
+    /// As the `Leave` RPC.
+    async fn leave(&self, request: LeaveRequest) -> Result<LeaveReply, Status>;
+    /// As the `Abandon` RPC.
+    async fn abandon(&self, request: AbandonRequest) -> Result<AbandonReply, Status>;
+}
