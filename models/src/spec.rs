@@ -332,6 +332,23 @@ mod tests {
     }
 
     #[test]
+    fn wide_layers_are_evaluated_in_smaller_chunks() {
+        let spec = |kind: &str, features| ModelSpec {
+            kind: kind.parse().unwrap(),
+            num_features: features,
+            num_classes: 10,
+            image_shape: None,
+        };
+        // The shipped dense models keep the full chunk, so their results are unchanged.
+        assert_eq!(spec("mlp", 64).max_chunk(), EVAL_BATCH_SIZE);
+        assert_eq!(spec("mlp:200,200", 784).max_chunk(), EVAL_BATCH_SIZE);
+        assert_eq!(spec("logreg", 784).max_chunk(), EVAL_BATCH_SIZE);
+        // A 13,500-wide hidden layer: 77 examples make 4 MiB of activations.
+        assert_eq!(spec("mlp:13500", 64).max_chunk(), 77);
+        assert_eq!(spec("mlp:10000000", 64).max_chunk(), 16);
+    }
+
+    #[test]
     fn specs_are_validated() {
         let ok = ModelSpec {
             kind: ModelKind::LogReg,
