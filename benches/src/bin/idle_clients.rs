@@ -5,6 +5,10 @@
 //! `cargo run --release -p shoal-benches --bin idle_clients -- --binary target/release/shoal
 //! [--clients 2000,20000]`
 //!
+//! A second table does the same for one `shoal run` process, whose fleet calls its coordinator
+//! in place: a run of one client a round, so all but one wait with their pull open, measured
+//! after its 50th round (fleet and coordinator together).
+//!
 //! For each fleet size the table gives both processes' resident memory once every client has
 //! joined (the coordinator says so in its "waiting for clients" line) and settled; the cost of
 //! one idle client is the growth between two sizes divided by the clients added, which takes
@@ -70,6 +74,36 @@ fn idle(binary: &str, n: usize) -> Result<(u64, u64)> {
     Ok((fleet_kib, coordinator_kib))
 }
 
+/// Resident KiB of a `shoal run` process of `n` clients, one asked a round, after its 50th
+/// round.
+fn idle_in_process(binary: &str, n: usize) -> Result<u64> {
+    let dataset = format!("blobs:samples={},features=2,centers=4", (n + 1) * 5);
+    let mut run = Proc::spawn(Command::new(binary).args([
+        "run",
+        "--quiet",
+        "--log",
+        "info",
+        "--model",
+        "logreg",
+        "--dataset",
+        &dataset,
+        "--clients",
+        &n.to_string(),
+        "--clients-per-round",
+        "1",
+        "--rounds",
+        "1000000",
+    ]))?;
+    run.wait_for("round aggregated round=50 ", Duration::from_secs(600))?;
+    let mut kib = 0;
+    for _ in 0..5 {
+        kib = kib.max(run.rss_kib());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.kill();
+    Ok(kib)
+}
+
 fn main() -> Result<()> {
     let flags = Flags::from_env();
     let binary: String = flags
@@ -88,7 +122,7 @@ fn main() -> Result<()> {
         "clients", "fleet MiB", "coordinator MiB", "fleet KiB/client", "coordinator KiB/client"
     );
     let mut previous: Option<(usize, u64, u64)> = None;
-    for n in sizes {
+    for &n in &sizes {
         let (fleet, coordinator) = idle(&binary, n)?;
         let slope = |now: u64, before: u64, added: usize| {
             format!("{:.1}", (now as f64 - before as f64) / added as f64)
@@ -103,6 +137,24 @@ fn main() -> Result<()> {
             coordinator as f64 / 1024.0
         );
         previous = Some((n, fleet, coordinator));
+    }
+    println!();
+    println!("idle clients of one shoal run process (in-process fleet), one client a round");
+    println!(
+        "{:>8} {:>12} {:>18}",
+        "clients", "process MiB", "KiB/client"
+    );
+    let mut previous: Option<(usize, u64)> = None;
+    for &n in &sizes {
+        let kib = idle_in_process(&binary, n)?;
+        let per = match previous {
+            Some((m, before)) if n > m => {
+                format!("{:.1}", (kib as f64 - before as f64) / (n - m) as f64)
+            }
+            _ => "-".into(),
+        };
+        println!("{n:>8} {:>12.1} {per:>18}", kib as f64 / 1024.0);
+        previous = Some((n, kib));
     }
     Ok(())
 }
