@@ -3,10 +3,14 @@
 //! each client a few examples.
 //!
 //! `cargo run --release -p shoal-benches --bin fleet_scale -- --binary target/release/shoal
-//! [--clients 1000,20000,100000 --rounds 3 --per-client 4]`
+//! [--clients 1000,20000,100000 --rounds 3 --per-client 4 --model logreg --features 2
+//! --epochs 1 --over-grpc]`
 //!
-//! Each run is logistic regression on `blobs` (2 features, 4 centres, `per-client` training
-//! examples per client), FedAvg, one local epoch, every client in every round. The process's
+//! Each run is `--model` (logistic regression by default; `mlp` is 9,610 parameters on 64
+//! features, `mlp:13500` 1,012,510) on `blobs` (`--features` features, 4 centres, `per-client`
+//! training examples per client), FedAvg, `--epochs` local epochs (0: the clients only send
+//! the model back, after scoring it on their data), every client in every round; the fleet
+//! calls its coordinator in place, or over gRPC on loopback with `--over-grpc`. The process's
 //! `VmHWM` (peak resident memory) is sampled from `/proc/PID/status` while it runs. Round 1
 //! includes every client joining, so it is reported apart from the later rounds.
 
@@ -27,10 +31,21 @@ fn main() -> Result<()> {
         .map_err(|e| anyhow!(e))?;
     let rounds = flags.get("rounds", 3u32).map_err(|e| anyhow!(e))?;
     let per_client = flags.get("per-client", 4usize).map_err(|e| anyhow!(e))?;
+    let model: String = flags
+        .get("model", "logreg".to_string())
+        .map_err(|e| anyhow!(e))?;
+    let features = flags.get("features", 2usize).map_err(|e| anyhow!(e))?;
+    let epochs = flags.get("epochs", 1u32).map_err(|e| anyhow!(e))?;
+    let over_grpc = flags.has("over-grpc");
     let dir = std::env::temp_dir().join(format!("shoal-fleet-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "fleet scale: `shoal run`, logreg on blobs (2 features, 4 centres, {per_client} train examples a client), FedAvg, E=1, {rounds} rounds, all clients every round"
+        "fleet scale: `shoal run`, {model} on blobs ({features} features, 4 centres, {per_client} train examples a client), FedAvg, E={epochs}, {rounds} rounds, all clients every round, {}",
+        if over_grpc {
+            "over gRPC on loopback"
+        } else {
+            "fleet in process"
+        }
     );
     println!(
         "{:>8} {:>10} {:>14} {:>16} {:>12} {:>8}",
@@ -47,20 +62,21 @@ fn main() -> Result<()> {
                 "run",
                 "--quiet",
                 "--model",
-                "logreg",
+                &model,
                 "--dataset",
-                &format!("blobs:samples={samples},features=2,centers=4"),
+                &format!("blobs:samples={samples},features={features},centers=4"),
                 "--clients",
                 &n.to_string(),
                 "--rounds",
                 &rounds.to_string(),
                 "--epochs",
-                "1",
+                &epochs.to_string(),
                 "--round-timeout",
                 "600",
                 "--metrics-out",
             ])
             .arg(&metrics)
+            .args(over_grpc.then_some("--over-grpc"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
