@@ -1,7 +1,8 @@
 //! A fleet: many simulated clients in one process, each with its own partition, sharing a
 //! small pool of HTTP/2 channels, one cache of the round's global state, and a CPU budget. A
 //! client with its own TLS certificate (mutual TLS) gets a connection of its own, since a TLS
-//! identity belongs to a connection.
+//! identity belongs to a connection. A fleet hosted in its coordinator's process calls it in
+//! place instead ([`FleetConfig::direct`]): no channels at all.
 //!
 //! Every client keeps one request open at a time (mostly a long-poll), so a connection carries
 //! as many concurrent HTTP/2 streams as it has clients. The fleet opens enough connections that
