@@ -1,5 +1,6 @@
 //! A whole federation in one process: a coordinator serving real gRPC on 127.0.0.1:0 and a
-//! fleet of simulated clients dialling in, as `shoal run` does, with every round timed.
+//! fleet of simulated clients dialling in, as `shoal run --over-grpc` does, with every round
+//! timed.
 //!
 //! Each round's record arrives through the coordinator's observer channel and is stamped with
 //! the time since [`Simulation::run`] began (data loading included), so "wall time until the
@@ -27,7 +28,7 @@ pub struct Simulation {
     pub clients: usize,
     /// How the training set is split.
     pub partition: Partition,
-    /// HTTP/2 channels the fleet shares (`shoal run` uses 4).
+    /// HTTP/2 channels the fleet shares (`shoal run --over-grpc` uses 4).
     pub channels: usize,
     /// Held-out fraction of the dataset.
     pub test_fraction: f64,
@@ -37,7 +38,7 @@ pub struct Simulation {
 
 impl Simulation {
     /// FedAvg on digits with `run`'s settings, split IID among `clients` clients who all take
-    /// part in every round; 4 channels and a 20% test set, as `shoal run`.
+    /// part in every round; 4 channels and a 20% test set, as `shoal run --over-grpc`.
     pub fn digits(mut run: RunConfig, clients: usize) -> Self {
         run.dataset = "digits".into();
         run.partition = "iid".into();

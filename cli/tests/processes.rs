@@ -132,7 +132,7 @@ fn the_in_process_fleet_computes_what_a_fleet_over_grpc_does() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
         &[][..],
-        &["--dropout", "0.2", "--round-timeout", "2", "--rounds", "5"][..],
+        &["--dropout", "0.2", "--round-timeout", "5", "--rounds", "4"][..],
         &["--compress", "topk:0.1", "--rounds", "8"][..],
         &[
             "--strategy",

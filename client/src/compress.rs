@@ -69,8 +69,9 @@ impl Kind for Residual {
 pub type ErrorFeedback = Carried<Residual>;
 
 /// `update` encoded as `task` asks, or as plain values when it asks for those (or is not a
-/// FedAvg or FedSGD task); either way `encoded` holds what travels and `payload` is empty. `global` is the round's global state; `feedback` the error
-/// feedback of client `client_id`, used and updated by top-k.
+/// FedAvg or FedSGD task); either way `encoded` holds what travels and `payload` is empty.
+/// `global` is the round's global state; `feedback` the error feedback of client
+/// `client_id`, used and updated by top-k.
 pub fn encode_update(
     task: &Task,
     global: &[f32],

@@ -1,4 +1,5 @@
-//! Dialling the coordinator: one HTTP/2 channel per connection, plaintext (`http://`) or TLS
+//! Reaching the coordinator: [`Fleet`] calls it over gRPC or, for a fleet hosted in its
+//! process, in place. Dialling it: one HTTP/2 channel per connection, plaintext (`http://`) or TLS
 //! (`https://`, optionally presenting a client certificate for mutual TLS), with the same
 //! message limits as the server, so chunked payloads pass and nothing larger does. A client's
 //! bearer token rides on every request as `authorization: Bearer TOKEN` ([`BearerAuth`]).

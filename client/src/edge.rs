@@ -111,9 +111,9 @@ pub struct EdgeClient {
 }
 
 impl EdgeClient {
-    /// A client `id` with local `data`, talking over `route` (one coordinator's gRPC client,
-    /// or a leader and its standbys); `cache` and `cpu` may be shared with other clients in
-    /// the same process.
+    /// A client `id` with local `data`, talking over `route` (one coordinator's gRPC client or
+    /// the coordinator in this process, or a leader and its standbys); `cache` and `cpu` may
+    /// be shared with other clients in the same process.
     pub fn new(
         id: String,
         data: Arc<Dataset>,

@@ -39,7 +39,8 @@ pub struct FleetConfig {
     /// standbys, comma-separated (clients follow the leader, see [`crate::route`]).
     pub url: String,
     /// HTTP/2 channels shared by all clients, at least; raised so that no channel carries more
-    /// than [`CLIENTS_PER_CHANNEL`] clients. Must be at least 1.
+    /// than [`CLIENTS_PER_CHANNEL`] clients. Must be at least 1. Unused (as is `tls`) when the
+    /// fleet calls its coordinator in place ([`FleetConfig::direct`]).
     pub channels: usize,
     /// Local work running at once (defaults to the number of cores).
     pub concurrency: usize,
@@ -74,8 +75,8 @@ pub struct FleetConfig {
     pub update_budget: usize,
     /// The coordinator, called in this process instead of dialled at `url` (which then only
     /// names it in logs): a fleet hosted beside its coordinator skips protobuf, HTTP/2 and
-    /// the socket. Its clients carry no credentials, so the coordinator must serve them
-    /// openly [default: none, dial `url`].
+    /// the socket. Its clients carry no credentials: the coordinator trusts callers in its
+    /// process [default: none, dial `url`].
     pub direct: Option<Arc<dyn DirectFleet>>,
 }
 

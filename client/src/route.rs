@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// The coordinators a client may talk to, and the one it talks to now.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// One gRPC client per coordinator URL, in the order of `urls`.
+    /// One way to reach each coordinator URL (a gRPC client, or the coordinator in this
+    /// process), in the order of `urls`.
     fleets: Vec<Fleet>,
     urls: Arc<[String]>,
     /// Index of the coordinator to talk to, shared by a fleet's clients.
@@ -58,7 +59,7 @@ impl Route {
         }
     }
 
-    /// The gRPC client of the coordinator to talk to now.
+    /// The way to the coordinator to talk to now.
     pub fn fleet(&mut self) -> &mut Fleet {
         let at = self.current.load(Ordering::Relaxed) % self.fleets.len().max(1);
         self.used = at;

@@ -22,7 +22,8 @@ pub struct LocalUpdate {
     pub counts: Vec<u64>,
     /// Metrics to report.
     pub metrics: BTreeMap<String, f64>,
-    /// The payload as the task asks it sent, when compressed (then `payload` is empty).
+    /// The payload as the task asks it sent, once encoded (`encode_update`: always, and then
+    /// `payload` is empty).
     pub encoded: Option<Encoded>,
 }
 

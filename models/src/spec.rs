@@ -204,7 +204,9 @@ impl ModelSpec {
     /// the result (evaluation, exact gradients): 64 for the CNN, whose patch matrices take
     /// about 0.6 MB per example; for dense models 1024, or fewer where a layer is so wide that
     /// a chunk's activations would pass [`CHUNK_ACTIVATION_BYTES`] (fresh tens of megabytes
-    /// per layer cost more in page faults and copies than the products themselves).
+    /// per layer cost more in page faults and copies than the products themselves). Such
+    /// wider models (a layer or an input over 1,024 wide) score as before but sum an exact
+    /// gradient over other chunks, so its last bits differ from releases that used 1,024.
     pub fn max_chunk(&self) -> usize {
         match self.kind {
             ModelKind::Cnn => 64,

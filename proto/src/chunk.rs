@@ -113,7 +113,12 @@ pub fn shared_chunks(
     width: usize,
     chunk_bytes: usize,
 ) -> impl Iterator<Item = Chunk> {
-    let width = width.max(1);
+    let width = width.clamp(1, MAX_CHUNK_BYTES);
+    debug_assert!(
+        bytes.len().is_multiple_of(width),
+        "{} bytes are no whole number of {width}-byte values",
+        bytes.len()
+    );
     let per_chunk = (chunk_bytes.clamp(width, MAX_CHUNK_BYTES) / width).max(1);
     let step = per_chunk * width;
     (0..bytes.len().div_ceil(step)).map(move |i| Chunk {
@@ -195,9 +200,10 @@ impl<T: WireValue> Assembler<T> {
     }
 
     /// The same, with room for the whole declared payload made now rather than as chunks
-    /// arrive: for receivers that have already held the declared length to the one they
-    /// expect (the round's update length), so the claim is theirs to trust. Saves the copies
-    /// of growing a large payload.
+    /// arrive: only for receivers that have already held the declared length to the one they
+    /// expect (the round's update length) and the sender to one upload at a time, so a claim
+    /// cannot make them reserve more than honest senders would. Saves the copies of growing
+    /// a large payload.
     pub fn expecting_all(mut self) -> Self {
         self.values.reserve_exact(self.declared - self.values.len());
         self

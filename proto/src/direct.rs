@@ -6,8 +6,10 @@
 //! [`DirectFleet`] is the same six calls with the same messages and the same refusals
 //! ([`tonic::Status`], reasons in [`crate::REASON_HEADER`]), answered by calling the
 //! coordinator's handlers in place: the chunks a client sends are the chunks the coordinator
-//! receives, and the chunks it serves are the ones clients read. The coordinator checks what
-//! arrives this way exactly as it checks what arrives over the network.
+//! receives, and the chunks it serves are the ones clients read. Every check of a message
+//! (fences, admission, lengths, chunk sizes, decoding, finiteness, the norm bound) applies as
+//! over the network. What belongs to connections does not: credentials (in-process callers
+//! are trusted), gRPC message limits, the caps on open streams and the request deadline.
 
 use crate::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,

@@ -1,6 +1,7 @@
-//! Times `shoal run` with its defaults: the in-process equivalent (digits, mlp, FedAvg, 10 IID
-//! clients, 20 rounds, 5 local epochs, lr 0.1, batch 32, 4 channels, seed 0), and optionally the
-//! real binary.
+//! Times `shoal run` with its defaults: the library equivalent (digits, mlp, FedAvg, 10 IID
+//! clients, 20 rounds, 5 local epochs, lr 0.1, batch 32, seed 0; its fleet over gRPC with 4
+//! channels, as `shoal run --over-grpc`), and optionally the real binary (whose fleet calls the
+//! coordinator in process).
 //!
 //! `cargo run --release -p shoal-benches --bin run_defaults [-- --repeat 3 --binary target/release/shoal]`
 //!

@@ -158,7 +158,8 @@ impl NormBound {
         }
     }
 
-    /// Checks `payload` (length and finiteness first, then the norm) and applies the policy:
+    /// Checks `payload` (its length, then the norm, through which a value that is not finite
+    /// shows and is named) and applies the policy:
     /// returns `Ok(None)` if it is within the bound, `Ok(Some(norm))` if it was clipped from
     /// `norm`, or the refusal.
     pub fn enforce(&self, payload: &mut [f32]) -> Result<Option<f64>, AggregateError> {

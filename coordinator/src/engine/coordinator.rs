@@ -567,11 +567,13 @@ impl Coordinator {
                     None
                 };
                 Ok(Admission {
+                    // One upload per client at a time, of the round's length (`admit`).
                     decoding: Decoding::for_round(
                         round.plan.kind,
                         self.shared.codec,
                         &round.global,
-                    ),
+                    )
+                    .reserving_all(),
                     slot: Some(Slot {
                         coordinator: self.clone(),
                         clients: ids,

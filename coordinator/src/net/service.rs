@@ -1,4 +1,5 @@
-//! The gRPC face of the coordinator: thin handlers that authorize, decode, call
+//! The gRPC face of the coordinator, and the same handlers for clients in its own process
+//! ([`shoal_proto::DirectFleet`]): thin handlers that authorize, decode, call
 //! [`Coordinator`], and map errors through the one table in `crate::error`. Each handler makes
 //! one [`FleetService::authorize`] call with the client id its request claims, before anything
 //! reaches the engine.
@@ -342,15 +343,15 @@ impl Fleet for FleetService {
 
 impl Coordinator {
     /// This coordinator's fleet protocol for clients in this process (a simulated fleet hosted
-    /// beside it): the same handlers as over gRPC, with no credentials asked, as on a plaintext
-    /// loopback listener.
+    /// beside it): the same handlers as over gRPC. In-process callers are trusted: no
+    /// credentials are asked, whatever the server's security, and no standby refusal applies.
     pub fn in_process(&self) -> Arc<dyn DirectFleet> {
         Arc::new(FleetService::new(self.clone()))
     }
 }
 
-/// In-process clients reach the same handlers with requests that carry no credentials, so
-/// only an open policy (what `shoal run` hosts) lets them in.
+/// In-process clients reach the same handlers with requests that carry no credentials, under
+/// the open policy [`Coordinator::in_process`] gives them.
 #[tonic::async_trait]
 impl DirectFleet for FleetService {
     async fn join(&self, request: JoinRequest) -> Result<JoinReply, Status> {

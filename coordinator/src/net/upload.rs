@@ -181,6 +181,9 @@ pub struct Decoding {
     codec: Codec,
     /// What decoded values are added to: the global state for FIT rounds.
     base: Option<Arc<Vec<f32>>>,
+    /// Make room for a plain payload's every value before its first chunk (see
+    /// [`Decoding::reserving_all`]).
+    reserve_all: bool,
 }
 
 impl Decoding {
@@ -191,13 +194,29 @@ impl Decoding {
             TaskKind::Fit => Decoding {
                 codec,
                 base: Some(global.clone()),
+                reserve_all: false,
             },
-            TaskKind::Gradient => Decoding { codec, base: None },
+            TaskKind::Gradient => Decoding {
+                codec,
+                base: None,
+                reserve_all: false,
+            },
             _ => Decoding {
                 codec: Codec::None,
                 base: None,
+                reserve_all: false,
             },
         }
+    }
+
+    /// The same, making room for a plain payload's every value as soon as its header is
+    /// read rather than as its chunks arrive (which regrows and copies a large update a few
+    /// times): only for a receiver that admits one upload per client at a time and has held
+    /// the declared length to the round's, so a header alone cannot make it reserve more than
+    /// the round's honest uploads would.
+    pub fn reserving_all(mut self) -> Self {
+        self.reserve_all = true;
+        self
     }
 
     /// Receives the payload `header` announces (chunks after the header until the stream
@@ -223,9 +242,12 @@ impl Decoding {
             )));
         }
         if self.codec == Codec::None {
-            // Admission held the declared length to the round's: room for it all now.
-            let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?
-                .expecting_all();
+            let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?;
+            let values = if self.reserve_all {
+                values.expecting_all()
+            } else {
+                values
+            };
             return payload(parts, values).await;
         }
         if header.payload_len > max_values as u64 {
