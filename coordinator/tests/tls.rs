@@ -335,14 +335,12 @@ async fn mutual_tls_run(certs: &Arc<Certs>, impostors: bool) -> shoal_coordinato
         );
     }
 
-    // B arrives and the rounds run while impostors keep trying, B's id above all: every
-    // round is open with B's update still to come at some point of these attempts.
-    let fleet_b = tokio::spawn(run_fleet(
-        fleet_config(&url, certs, B),
-        vec![data.next().unwrap()],
-        std::future::pending(),
-    ));
+    // Impostors keep trying, B's id above all, from before B arrives until the run is over:
+    // the first wave ends before B is let in, so at least one runs while the run waits for B
+    // however slow the machine, and later ones run while rounds are open with B's update
+    // still to come.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (waved, mut first_wave) = tokio::sync::watch::channel(0u32);
     let attacks = impostors.then(|| {
         let (url, certs) = (url.clone(), certs.clone());
         let coordinator = running.coordinator.clone();
@@ -360,10 +358,19 @@ async fn mutual_tls_run(certs: &Arc<Certs>, impostors: bool) -> shoal_coordinato
                     Err(_) if coordinator.has_ended() => break,
                     Err(failed) => std::panic::resume_unwind(failed.into_panic()),
                 }
+                let _ = waved.send(waves);
             }
             waves
         })
     });
+    if impostors {
+        first_wave.wait_for(|waves| *waves >= 1).await.unwrap();
+    }
+    let fleet_b = tokio::spawn(run_fleet(
+        fleet_config(&url, certs, B),
+        vec![data.next().unwrap()],
+        std::future::pending(),
+    ));
 
     if let Some(attacks) = attacks {
         // Waves stop once the run is over, while the server still answers.
