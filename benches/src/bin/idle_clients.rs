@@ -104,6 +104,11 @@ fn idle_in_process(binary: &str, n: usize) -> Result<u64> {
     Ok(kib)
 }
 
+/// KiB a client added: the growth from `before` to `now` over `added` clients.
+fn slope(now: u64, before: u64, added: usize) -> String {
+    format!("{:.1}", (now as f64 - before as f64) / added as f64)
+}
+
 fn main() -> Result<()> {
     let flags = Flags::from_env();
     let binary: String = flags
@@ -124,9 +129,6 @@ fn main() -> Result<()> {
     let mut previous: Option<(usize, u64, u64)> = None;
     for &n in &sizes {
         let (fleet, coordinator) = idle(&binary, n)?;
-        let slope = |now: u64, before: u64, added: usize| {
-            format!("{:.1}", (now as f64 - before as f64) / added as f64)
-        };
         let (per_fleet, per_coordinator) = match previous {
             Some((m, f, c)) if n > m => (slope(fleet, f, n - m), slope(coordinator, c, n - m)),
             _ => ("-".into(), "-".into()),
@@ -148,9 +150,7 @@ fn main() -> Result<()> {
     for &n in &sizes {
         let kib = idle_in_process(&binary, n)?;
         let per = match previous {
-            Some((m, before)) if n > m => {
-                format!("{:.1}", (kib as f64 - before as f64) / (n - m) as f64)
-            }
+            Some((m, before)) if n > m => slope(kib, before, n - m),
             _ => "-".into(),
         };
         println!("{n:>8} {:>12.1} {per:>18}", kib as f64 / 1024.0);
