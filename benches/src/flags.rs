@@ -2,6 +2,12 @@
 
 use std::str::FromStr;
 
+/// A flag without its value, or with one that does not parse: a real error type, so a bench's
+/// `main` passes it on with `?`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FlagError(String);
+
 /// The command line's `--name value` pairs.
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
@@ -27,7 +33,7 @@ impl Flags {
     }
 
     /// The value after `--name`, or `default` if absent; an error names a bad value.
-    pub fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+    pub fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T, FlagError> {
         let flag = format!("--{name}");
         match self.args.iter().position(|a| a == &flag) {
             None => Ok(default),
@@ -35,9 +41,9 @@ impl Flags {
                 let raw = self
                     .args
                     .get(i + 1)
-                    .ok_or_else(|| format!("{flag} needs a value"))?;
+                    .ok_or_else(|| FlagError(format!("{flag} needs a value")))?;
                 raw.parse()
-                    .map_err(|_| format!("{flag}: cannot parse {raw:?}"))
+                    .map_err(|_| FlagError(format!("{flag}: cannot parse {raw:?}")))
             }
         }
     }

@@ -69,8 +69,8 @@ impl Path {
 #[tokio::main]
 async fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let updates = flags.get("updates", 200usize).map_err(|e| anyhow!(e))?;
-    let big_updates = flags.get("big-updates", 40usize).map_err(|e| anyhow!(e))?;
+    let updates = flags.get("updates", 200usize)?;
+    let big_updates = flags.get("big-updates", 40usize)?;
     let quick = flags.has("quick");
     if updates == 0 || big_updates == 0 {
         bail!("--updates and --big-updates must be at least 1");

@@ -111,9 +111,7 @@ fn main() -> anyhow::Result<()> {
         ),
         ("cnn (McMahan)", ModelKind::Cnn, 784, Some((28, 28))),
     ];
-    let only: String = flags
-        .get("only", String::new())
-        .map_err(anyhow::Error::msg)?;
+    let only: String = flags.get("only", String::new())?;
     for (name, kind, features, image_shape) in models {
         if !name.starts_with(only.as_str()) {
             continue;

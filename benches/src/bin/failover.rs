@@ -14,7 +14,7 @@
 //! Needs `etcd` (Debian's etcd-server) and `s3s-fs` (`cargo install s3s-fs --features binary`)
 //! on the PATH.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use shoal_benches::flags::Flags;
 use shoal_benches::process::Proc;
 use shoal_benches::stats::{Summary, round_seconds};
@@ -333,15 +333,11 @@ fn steady(binary: &str, dir: &Path, mode: &str, clients: usize, rounds: u32) -> 
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let binary: String = flags
-        .get("binary", "target/release/shoal".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let kills = flags.get("kills", 10usize).map_err(|e| anyhow!(e))?;
-    let ttl: String = flags
-        .get("lease-ttl", "2".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let clients = flags.get("clients", 100usize).map_err(|e| anyhow!(e))?;
-    let rounds = flags.get("rounds", 30u32).map_err(|e| anyhow!(e))?;
+    let binary: String = flags.get("binary", "target/release/shoal".to_string())?;
+    let kills = flags.get("kills", 10usize)?;
+    let ttl: String = flags.get("lease-ttl", "2".to_string())?;
+    let clients = flags.get("clients", 100usize)?;
+    let rounds = flags.get("rounds", 30u32)?;
     let dir = tempfile::tempdir()?;
     let cpu = shoal_benches::cpu::CpuSample::now().ok();
 

@@ -14,7 +14,7 @@
 //! `VmHWM` (peak resident memory) is sampled from `/proc/PID/status` while it runs. Round 1
 //! includes every client joining, so it is reported apart from the later rounds.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use shoal_benches::flags::Flags;
 use shoal_benches::process::peak_kib;
 use shoal_benches::stats::{Summary, round_seconds};
@@ -23,19 +23,13 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let binary: String = flags
-        .get("binary", "target/release/shoal".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let clients: String = flags
-        .get("clients", "1000,20000,100000".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let rounds = flags.get("rounds", 3u32).map_err(|e| anyhow!(e))?;
-    let per_client = flags.get("per-client", 4usize).map_err(|e| anyhow!(e))?;
-    let model: String = flags
-        .get("model", "logreg".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let features = flags.get("features", 2usize).map_err(|e| anyhow!(e))?;
-    let epochs = flags.get("epochs", 1u32).map_err(|e| anyhow!(e))?;
+    let binary: String = flags.get("binary", "target/release/shoal".to_string())?;
+    let clients: String = flags.get("clients", "1000,20000,100000".to_string())?;
+    let rounds = flags.get("rounds", 3u32)?;
+    let per_client = flags.get("per-client", 4usize)?;
+    let model: String = flags.get("model", "logreg".to_string())?;
+    let features = flags.get("features", 2usize)?;
+    let epochs = flags.get("epochs", 1u32)?;
     let over_grpc = flags.has("over-grpc");
     let dir = std::env::temp_dir().join(format!("shoal-fleet-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -14,7 +14,7 @@
 //! one idle client is the growth between two sizes divided by the clients added, which takes
 //! out what every process holds whatever its fleet (runtime, dataset, channels).
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use shoal_benches::flags::Flags;
 use shoal_benches::process::Proc;
 use std::process::Command;
@@ -111,12 +111,8 @@ fn slope(now: u64, before: u64, added: usize) -> String {
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let binary: String = flags
-        .get("binary", "target/release/shoal".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let clients: String = flags
-        .get("clients", "2000,20000".to_string())
-        .map_err(|e| anyhow!(e))?;
+    let binary: String = flags.get("binary", "target/release/shoal".to_string())?;
+    let clients: String = flags.get("clients", "2000,20000".to_string())?;
     let sizes: Vec<usize> = clients
         .split(',')
         .map(|n| n.trim().parse().context("--clients takes numbers"))

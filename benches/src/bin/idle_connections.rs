@@ -58,7 +58,7 @@ struct Measured {
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let get = |name: &str, default: usize| flags.get(name, default).map_err(|e| anyhow!(e));
+    let get = |name: &str, default: usize| flags.get(name, default);
     let clients = get("clients", 100)?;
     let rounds = get("rounds", 100)? as u32;
     let idle = get("idle", 1000)?;

@@ -9,7 +9,7 @@
 //! 38 KB folded exactly, aggregation and a test-set evaluation. Round 1 also waits for the
 //! 1,000 clients to join, so it is reported apart.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
@@ -19,8 +19,8 @@ use shoal_coordinator::RunConfig;
 #[tokio::main]
 async fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let clients = flags.get("clients", 1000usize).map_err(|e| anyhow!(e))?;
-    let rounds = flags.get("rounds", 10u32).map_err(|e| anyhow!(e))?;
+    let clients = flags.get("clients", 1000usize)?;
+    let rounds = flags.get("rounds", 10u32)?;
     let mut run = RunConfig {
         rounds,
         model: "mlp".into(),

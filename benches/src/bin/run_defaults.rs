@@ -29,8 +29,8 @@ fn print_summary(label: &str, values: &[f64]) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let repeat = flags.get("repeat", 1usize).map_err(|e| anyhow!(e))?;
-    let binary = flags.get("binary", String::new()).map_err(|e| anyhow!(e))?;
+    let repeat = flags.get("repeat", 1usize)?;
+    let binary = flags.get("binary", String::new())?;
     println!(
         "`shoal run` defaults: digits, mlp, fedavg, 10 iid clients, 20 rounds, 5 epochs, lr 0.1, batch 32"
     );

@@ -57,25 +57,17 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let binary: String = flags
-        .get("binary", "target/release/shoal".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let rounds: u32 = flags.get("rounds", 100).map_err(|e| anyhow!(e))?;
-    let target: f64 = flags.get("target", 0.85).map_err(|e| anyhow!(e))?;
-    let table: String = flags
-        .get("table", "both".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let fractions: String = flags
-        .get("fractions", "0.1,0.2,0.3".to_string())
-        .map_err(|e| anyhow!(e))?;
-    let kinds: String = flags
-        .get(
-            "kinds",
-            "sign-flip,scale:-4,noise:1,label-flip,alie".to_string(),
-        )
-        .map_err(|e| anyhow!(e))?;
+    let binary: String = flags.get("binary", "target/release/shoal".to_string())?;
+    let rounds: u32 = flags.get("rounds", 100)?;
+    let target: f64 = flags.get("target", 0.85)?;
+    let table: String = flags.get("table", "both".to_string())?;
+    let fractions: String = flags.get("fractions", "0.1,0.2,0.3".to_string())?;
+    let kinds: String = flags.get(
+        "kinds",
+        "sign-flip,scale:-4,noise:1,label-flip,alie".to_string(),
+    )?;
     // Rows (strategies) or rules (robust) to run, by the first word of their name; all if empty.
-    let only: String = flags.get("only", String::new()).map_err(|e| anyhow!(e))?;
+    let only: String = flags.get("only", String::new())?;
     let wanted = |name: &str| {
         only.is_empty()
             || only
@@ -83,7 +75,7 @@ fn main() -> Result<()> {
                 .any(|w| name.split_whitespace().next() == Some(w.trim()))
     };
     // The attack-free column of the robust table (the same for every kind: once is enough).
-    let clean: bool = flags.get("clean", true).map_err(|e| anyhow!(e))?;
+    let clean: bool = flags.get("clean", true)?;
     let dir = tempfile::tempdir()?;
     let cpu_start = CpuSample::now().ok();
     let rounds_arg = rounds.to_string();

@@ -13,7 +13,7 @@
 //! the shutdown. The Flower reference (1.42 + PyTorch, same setup, this machine) is the
 //! figure given in the benchmark's brief: about 170 rounds and 45 s.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use shoal_benches::cpu::{CpuSample, print_since};
 use shoal_benches::flags::Flags;
 use shoal_benches::simulation::Simulation;
@@ -28,10 +28,10 @@ const FLOWER_SECONDS: f64 = 45.0;
 #[tokio::main]
 async fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let seeds = flags.get("seeds", 1u64).map_err(|e| anyhow!(e))?;
-    let target = flags.get("target", 0.95f64).map_err(|e| anyhow!(e))?;
-    let max_rounds = flags.get("max-rounds", 200u32).map_err(|e| anyhow!(e))?;
-    let clients = flags.get("clients", 10usize).map_err(|e| anyhow!(e))?;
+    let seeds = flags.get("seeds", 1u64)?;
+    let target = flags.get("target", 0.95f64)?;
+    let max_rounds = flags.get("max-rounds", 200u32)?;
+    let clients = flags.get("clients", 10usize)?;
     let unpaced = flags.has("unpaced");
     println!(
         "time to {:.0}% test accuracy: digits, mlp, SGD lr 0.05, batch 32, 1 epoch, {clients} IID clients, cap {max_rounds} rounds",

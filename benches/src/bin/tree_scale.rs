@@ -15,7 +15,7 @@
 //! round come from the coordinator's metrics (round 1, which includes every client joining, is
 //! reported apart); peak memory (`VmHWM`) of each process is sampled while it runs.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use shoal_benches::flags::Flags;
 use shoal_benches::process::Proc;
 use shoal_benches::stats::{Summary, round_seconds};
@@ -165,9 +165,8 @@ impl Layout<'_> {
 
 fn main() -> Result<()> {
     let flags = Flags::from_env();
-    let get = |name: &str, default: &str| -> Result<String> {
-        flags.get(name, default.to_string()).map_err(|e| anyhow!(e))
-    };
+    let get =
+        |name: &str, default: &str| -> Result<String> { Ok(flags.get(name, default.to_string())?) };
     let binary = get("binary", "target/release/shoal")?;
     let hold = get("hold", "0.2")?;
     let model = get("model", "mlp")?;
