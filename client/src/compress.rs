@@ -204,18 +204,17 @@ mod tests {
         assert_eq!(u.unwrap().encoded, Some(Encoded::plain(vec![1.0, 2.0])));
     }
 
+    /// Each chunk's offset and length.
+    fn spans(chunks: &[Chunk]) -> Vec<(u64, usize)> {
+        chunks.iter().map(|c| (c.offset, c.data.len())).collect()
+    }
+
     #[test]
     fn plain_values_travel_in_chunks_counted_in_values_and_compressed_ones_in_bytes() {
         let plain = Encoded::plain((0..10).map(|i| i as f32).collect());
         assert_eq!(plain.encoded_len(), 0);
         let chunks: Vec<Chunk> = plain.chunks(16).collect();
-        assert_eq!(
-            chunks
-                .iter()
-                .map(|c| (c.offset, c.data.len()))
-                .collect::<Vec<_>>(),
-            vec![(0, 16), (4, 16), (8, 8)]
-        );
+        assert_eq!(spans(&chunks), vec![(0, 16), (4, 16), (8, 8)]);
         let mut back = Vec::new();
         for c in &chunks {
             shoal_proto::decode_f32(&c.data, &mut back).unwrap();
@@ -228,12 +227,6 @@ mod tests {
         };
         assert_eq!(packed.encoded_len(), 10);
         let chunks: Vec<Chunk> = packed.chunks(4).collect();
-        assert_eq!(
-            chunks
-                .iter()
-                .map(|c| (c.offset, c.data.len()))
-                .collect::<Vec<_>>(),
-            vec![(0, 4), (4, 4), (8, 2)]
-        );
+        assert_eq!(spans(&chunks), vec![(0, 4), (4, 4), (8, 2)]);
     }
 }

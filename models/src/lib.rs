@@ -38,7 +38,7 @@ pub use error::{ModelError, Result};
 pub use eval::{EvalReport, evaluate, predict};
 pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_safetensors};
 pub use grad::{GradReport, gradient};
-pub use manifest::{Manifest, ParamEntry, module_layout};
+pub use manifest::{Manifest, ParamEntry, max_abs_bits, module_layout};
 pub use params::{init_params, load_module, module_params};
 pub use peak::gemm_gflops;
 pub use sgd::sgd_step;

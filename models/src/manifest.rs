@@ -90,16 +90,21 @@ impl Manifest {
     }
 }
 
-/// True if every value is finite. Blocks of values are reduced to their largest bit pattern
-/// (sign cleared) without early exits, which the compiler vectorises: a million values are
-/// checked many times faster than by looking for the first bad one.
+/// The largest bit pattern of `values` with the sign cleared: the largest |x| when all are
+/// finite, at least the pattern of infinity when one is not. A fold without early exit, which
+/// the compiler vectorises; the coordinator's update checks use it too.
+pub fn max_abs_bits(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .fold(0u32, |max, v| max.max(v.to_bits() & 0x7fff_ffff))
+}
+
+/// True if every value is finite: [`max_abs_bits`] block by block, stopping at the first
+/// block with a bad value, many times faster than looking for the first bad value itself.
 pub(crate) fn all_finite(values: &[f32]) -> bool {
-    values.chunks(4096).all(|block| {
-        block
-            .iter()
-            .fold(0u32, |max, v| max.max(v.to_bits() & 0x7fff_ffff))
-            < f32::INFINITY.to_bits()
-    })
+    values
+        .chunks(4096)
+        .all(|block| max_abs_bits(block) < f32::INFINITY.to_bits())
 }
 
 /// The layout of any burn module's float parameters, in the order burn visits them: names

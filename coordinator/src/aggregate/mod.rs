@@ -13,6 +13,7 @@
 pub mod norm;
 pub mod robust;
 
+use shoal_models::max_abs_bits;
 use thiserror::Error;
 
 /// Fractional bits of the fixed-point grid: terms are rounded to multiples of 2^-40.
@@ -120,13 +121,6 @@ pub fn validate(values: &[f32], expected: usize) -> Result<f32, AggregateError> 
         return Err(AggregateError::NonFinite { index });
     }
     Ok(f32::from_bits(max_bits))
-}
-
-/// The largest bit pattern with the sign cleared: the largest |x| when all are finite.
-fn max_abs_bits(values: &[f32]) -> u32 {
-    values
-        .iter()
-        .fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff))
 }
 
 /// An exact, order-independent running sum of weighted vectors; memory O(len), never O(updates).

@@ -190,22 +190,15 @@ impl Decoding {
     /// The decoding of a round of `kind` whose tasks name `codec` and whose global state is
     /// `global`: only FIT and GRADIENT updates are ever compressed.
     pub fn for_round(kind: TaskKind, codec: Codec, global: &Arc<Vec<f32>>) -> Self {
-        match kind {
-            TaskKind::Fit => Decoding {
-                codec,
-                base: Some(global.clone()),
-                reserve_all: false,
-            },
-            TaskKind::Gradient => Decoding {
-                codec,
-                base: None,
-                reserve_all: false,
-            },
-            _ => Decoding {
-                codec: Codec::None,
-                base: None,
-                reserve_all: false,
-            },
+        let (codec, base) = match kind {
+            TaskKind::Fit => (codec, Some(global.clone())),
+            TaskKind::Gradient => (codec, None),
+            _ => (Codec::None, None),
+        };
+        Decoding {
+            codec,
+            base,
+            reserve_all: false,
         }
     }
 
