@@ -34,6 +34,12 @@ pub enum Fleet {
 }
 
 impl Fleet {
+    /// Whether the coordinator is in this process, so that a call is CPU work rather than
+    /// a wait on the network.
+    pub fn in_process(&self) -> bool {
+        matches!(self, Self::Direct(_))
+    }
+
     /// Joins (or joins again) the run.
     pub async fn join(
         &mut self,

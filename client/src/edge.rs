@@ -29,7 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tracing::{debug, info, warn};
 
@@ -460,14 +460,28 @@ impl EdgeClient {
             None => None,
         };
         let orphan = self.orphan.take().filter(|o| o.answers(&task));
+        // A core of the fleet's, held while this client works. In process, delivering is
+        // work too (the coordinator checks and folds the update on the caller's behalf), so
+        // the core is held until the push is over: only as many updates as cores are in
+        // flight, and their buffers are reused warm instead of faulted in afresh.
+        let mut core = None;
         let finished = match orphan {
             Some(orphan) => {
                 info!(client = %self.id, %fence, "the new leader asks for work already done: delivering the finished update");
                 stats.redelivered += 1;
                 Ok(orphan.update)
             }
-            None => self.work(task.clone(), &fence).await,
+            None => match self.core().await {
+                Ok(permit) => {
+                    core = Some(permit);
+                    self.work(task.clone(), &fence).await
+                }
+                Err(err) => Err(err),
+            },
         };
+        if !self.route.fleet().in_process() {
+            core = None;
+        }
         let update = match finished {
             Ok(update) => update,
             // The global state could not be fetched: reconnect; joining again gets the task
@@ -481,6 +495,7 @@ impl EdgeClient {
             }
         };
         if let Some(Fault::Straggle(delay)) = fault {
+            core = None;
             stats.straggles += 1;
             debug!(client = %self.id, %fence, ?delay, "simulated straggler");
             if sleep_or(delay, shutdown).await {
@@ -488,6 +503,7 @@ impl EdgeClient {
             }
         }
         let result = self.push(&fence, &update).await;
+        drop(core);
         match disposition(&result) {
             Disposition::Delivered => stats.accepted += 1,
             Disposition::Keep => {
@@ -542,17 +558,21 @@ impl EdgeClient {
         share
     }
 
+    /// One of the fleet's cores, for work on the CPU.
+    async fn core(&self) -> Result<OwnedSemaphorePermit> {
+        self.cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ClientError::Worker(e.to_string()))
+    }
+
+    /// Trains (or evaluates) on the client's data; the caller holds a core.
     async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {
         let global = self
             .cache
             .get(self.route.fleet(), &self.id, fence, task.global_len)
             .await?;
-        let _permit = self
-            .cpu
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| ClientError::Worker(e.to_string()))?;
         let data = self.data.clone();
         let trainer = self.trainer.clone();
         let mut state = std::mem::take(&mut self.state);

@@ -3,6 +3,7 @@
 //! Every check an update must pass before it touches the aggregate lives here, so the gRPC
 //! handlers stay thin and the rules of DESIGN.md ("Round rules") read in one place.
 
+use crate::aggregate::Finite;
 use crate::error::{CoordinatorError, Result};
 use crate::store::round_log::RoundLog;
 use crate::strategy::TaskPlan;
@@ -171,6 +172,12 @@ impl OpenRound {
 /// Folds one admitted update or partial sum into a round's accumulator (blocking: call off
 /// the runtime). Fails with a stale-fence error if the round closed meanwhile.
 pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) -> Result<usize> {
+    // The scan of an update's values needs no accumulator: made before waiting for the lock,
+    // deliveries scan side by side and only the fold itself takes turns.
+    let scan = match &delivery {
+        Delivery::Update(update) => Some(Finite::scan(&update.payload)?),
+        Delivery::Partial(_) => None,
+    };
     let mut guard = lock(accumulator);
     let sink = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
         got: fence.to_string(),
@@ -187,11 +194,11 @@ pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) 
         return Err(CoordinatorError::Duplicate(id.to_owned()));
     }
     // Validate, then make it durable, then fold: a logged delivery always folds cleanly.
-    sink.accumulator.check_delivery(&delivery)?;
+    sink.accumulator.check_delivery(&delivery, scan)?;
     if let Some(log) = &mut sink.log {
         log.append_delivery(&delivery)?;
     }
-    sink.accumulator.accept_delivery(delivery)?;
+    sink.accumulator.accept_delivery(delivery, scan)?;
     Ok(sink.accumulator.accepted())
 }
 

@@ -1,7 +1,7 @@
 //! Collecting one round's updates: what the engine hands a strategy when the round closes.
 
 use super::plan::{FoldMode, TaskPlan};
-use crate::aggregate::{AggregateError, ExactSum, MAX_WEIGHT, validate};
+use crate::aggregate::{AggregateError, ExactSum, Finite, MAX_WEIGHT};
 use prost::Message;
 use shoal_proto::v1::{
     Contribution, Contributions, Fence, PartialHeader, PartialPart, UpdateHeader, partial_part,
@@ -227,7 +227,7 @@ impl RoundAccumulator {
             update_len,
             counts_len,
             counts_sum_to_weight,
-            sum: (fold != FoldMode::Collect).then(|| ExactSum::new(update_len)),
+            sum: (fold != FoldMode::Collect).then(|| ExactSum::single_threaded(update_len)),
             counts: vec![0; counts_len],
             collected: BTreeMap::new(),
             reports: BTreeMap::new(),
@@ -254,12 +254,17 @@ impl RoundAccumulator {
     /// Checks everything about `update` that [`RoundAccumulator::accept`] would, changing
     /// nothing: a checked update is then accepted without error.
     pub fn check(&self, update: &ClientUpdate) -> Result<(), AggregateError> {
+        self.check_scanned(update, Finite::scan(&update.payload)?)
+    }
+
+    /// [`RoundAccumulator::check`] of an update whose payload was already scanned.
+    pub fn check_scanned(&self, update: &ClientUpdate, scan: Finite) -> Result<(), AggregateError> {
         self.check_counts(update)?;
         match &self.sum {
             Some(sum) => sum
-                .check(self.weight_of(update), &update.payload)
+                .check_scanned(self.weight_of(update), &update.payload, scan)
                 .map(|_| ()),
-            None => validate(&update.payload, self.update_len).map(|_| ()),
+            None => scan.max_abs(&update.payload, self.update_len).map(|_| ()),
         }
     }
 
@@ -304,13 +309,23 @@ impl RoundAccumulator {
 
     /// Folds in one update; on error nothing changes.
     pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
-        // Counts first, then the payload (validated and folded in one call, unchanged on
+        let scan = Finite::scan(&update.payload)?;
+        self.accept_scanned(update, scan)
+    }
+
+    /// [`RoundAccumulator::accept`] of an update whose payload was already scanned.
+    pub fn accept_scanned(
+        &mut self,
+        update: ClientUpdate,
+        scan: Finite,
+    ) -> Result<(), AggregateError> {
+        // Counts first, then the payload (checked and folded in one call, unchanged on
         // error), and only then the counts change: a refusal at any step changes nothing.
         self.check_counts(&update)?;
         let weight = self.weight_of(&update);
         match &mut self.sum {
-            Some(sum) => sum.fold(weight, &update.payload)?,
-            None => validate(&update.payload, self.update_len).map(|_| ())?,
+            Some(sum) => sum.fold_scanned(weight, &update.payload, scan)?,
+            None => scan.max_abs(&update.payload, self.update_len).map(|_| ())?,
         }
         for (total, c) in self.counts.iter_mut().zip(&update.counts) {
             *total += *c;
@@ -396,7 +411,7 @@ impl RoundAccumulator {
             return None;
         }
         let totals = sum.totals();
-        *sum = ExactSum::new(sum.len());
+        *sum = ExactSum::single_threaded(sum.len());
         Some(PartialSum {
             totals,
             counts: std::mem::replace(&mut self.counts, vec![0; self.counts_len]),
@@ -404,19 +419,31 @@ impl RoundAccumulator {
         })
     }
 
-    /// Checks a delivery as [`RoundAccumulator::accept_delivery`] would, changing nothing.
-    pub fn check_delivery(&self, delivery: &Delivery) -> Result<(), AggregateError> {
-        match delivery {
-            Delivery::Update(update) => self.check(update),
-            Delivery::Partial(partial) => self.check_partial(partial),
+    /// Checks a delivery as [`RoundAccumulator::accept_delivery`] would, changing nothing;
+    /// `scan` is an update's payload scan if it was already made.
+    pub fn check_delivery(
+        &self,
+        delivery: &Delivery,
+        scan: Option<Finite>,
+    ) -> Result<(), AggregateError> {
+        match (delivery, scan) {
+            (Delivery::Update(update), Some(scan)) => self.check_scanned(update, scan),
+            (Delivery::Update(update), None) => self.check(update),
+            (Delivery::Partial(partial), _) => self.check_partial(partial),
         }
     }
 
-    /// Folds in a delivery of either kind; on error nothing changes.
-    pub fn accept_delivery(&mut self, delivery: Delivery) -> Result<(), AggregateError> {
-        match delivery {
-            Delivery::Update(update) => self.accept(update),
-            Delivery::Partial(partial) => self.merge(partial),
+    /// Folds in a delivery of either kind; on error nothing changes. `scan` as for
+    /// [`RoundAccumulator::check_delivery`].
+    pub fn accept_delivery(
+        &mut self,
+        delivery: Delivery,
+        scan: Option<Finite>,
+    ) -> Result<(), AggregateError> {
+        match (delivery, scan) {
+            (Delivery::Update(update), Some(scan)) => self.accept_scanned(update, scan),
+            (Delivery::Update(update), None) => self.accept(update),
+            (Delivery::Partial(partial), _) => self.merge(partial),
         }
     }
 
