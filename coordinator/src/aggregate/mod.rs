@@ -156,6 +156,8 @@ pub struct ExactSum {
     magnitude: f64,
     /// Whether a fold of a long vector runs on two threads.
     split: bool,
+    /// Terms checked and counted ([`ExactSum::defer`]) but not added yet.
+    deferred: Vec<(u64, Vec<f32>)>,
 }
 
 impl ExactSum {
@@ -170,6 +172,7 @@ impl ExactSum {
             since_carry: 0,
             magnitude: 0.0,
             split: true,
+            deferred: Vec::new(),
         }
     }
 
@@ -236,16 +239,28 @@ impl ExactSum {
         self.fold_block(&[(weight, values)])
     }
 
-    /// [`ExactSum::fold`] of values already scanned.
-    pub fn fold_scanned(
+    /// Checks `weight · values` (already scanned) as [`ExactSum::fold`] would and counts it
+    /// against the range, but leaves the addition to the next [`ExactSum::flush`], which
+    /// adds every deferred term in one pass over the accumulator: several updates that arrive
+    /// together cost one pass, not one each. Until then the sum's totals lack the term.
+    pub fn defer(
         &mut self,
         weight: u64,
-        values: &[f32],
+        values: Vec<f32>,
         scan: Finite,
     ) -> Result<(), AggregateError> {
-        let magnitude = self.magnitude + self.check_scanned(weight, values, scan)?;
-        self.fold_checked(&[(weight, values)], magnitude);
+        self.magnitude += self.check_scanned(weight, &values, scan)?;
+        self.total_weight += weight;
+        self.folded += 1;
+        self.deferred.push((weight, values));
         Ok(())
+    }
+
+    /// Adds the terms [`ExactSum::defer`] left, in one pass.
+    pub fn flush(&mut self) {
+        let deferred = std::mem::take(&mut self.deferred);
+        let block: Vec<(u64, &[f32])> = deferred.iter().map(|(w, v)| (*w, v.as_slice())).collect();
+        self.add_terms(&block);
     }
 
     /// Adds every `weight · values` of `block` in one pass over the accumulator, after
@@ -271,13 +286,18 @@ impl ExactSum {
     /// Folds a block whose checks passed, leaving the sum's magnitude at `magnitude`.
     fn fold_checked(&mut self, block: &[(u64, &[f32])], magnitude: f64) {
         self.magnitude = magnitude;
+        self.total_weight += block.iter().map(|(w, _)| w).sum::<u64>();
+        self.folded += block.len() as u32;
+        self.add_terms(block);
+    }
+
+    /// The additions of a checked and counted block, carrying when due.
+    fn add_terms(&mut self, block: &[(u64, &[f32])]) {
         for part in block.chunks(BLOCK_MAX) {
             if self.since_carry as usize + part.len() > CARRY_EVERY as usize {
                 self.carry();
             }
             self.fold_unchecked(part);
-            self.total_weight += part.iter().map(|(w, _)| w).sum::<u64>();
-            self.folded += part.len() as u32;
             self.since_carry += part.len() as u32;
         }
     }
@@ -332,6 +352,7 @@ impl ExactSum {
     /// integers whatever the order of the folds or the timing of carries, so a sum can travel
     /// (a sub-aggregator's partial) and be added elsewhere without losing a bit.
     pub fn totals(&self) -> Vec<i128> {
+        debug_assert!(self.deferred.is_empty(), "totals read before a flush");
         self.hi
             .iter()
             .zip(&self.lo)
@@ -409,6 +430,7 @@ impl ExactSum {
 
     /// Σ w·x divided by `divisor`, from the exact total: one rounding to f64, one division.
     fn scaled(&self, divisor: f64) -> Vec<f32> {
+        debug_assert!(self.deferred.is_empty(), "sum read before a flush");
         self.sum_f64()
             .into_iter()
             .map(|total| (total / divisor) as f32)
@@ -513,6 +535,47 @@ mod tests {
         ));
         assert_eq!(s.mean(), before);
         assert_eq!(s.count(), 1);
+    }
+
+    #[test]
+    fn deferred_terms_flushed_together_give_the_bits_of_folds() {
+        let len = PARALLEL_FROM + 3;
+        let update = |i: usize| -> Vec<f32> {
+            (0..len)
+                .map(|j| ((i * len + j) as f32 * 0.01).sin() * 1e3)
+                .collect()
+        };
+        let mut folded = ExactSum::new(len);
+        let mut deferred = ExactSum::single_threaded(len);
+        for i in 0..5 {
+            let values = update(i);
+            folded.fold(1 + i as u64, &values).unwrap();
+            let scan = Finite::scan(&values).unwrap();
+            deferred.defer(1 + i as u64, values, scan).unwrap();
+            // Counted at once, added at the flush.
+            assert_eq!(deferred.count(), folded.count());
+            assert_eq!(deferred.total_weight(), folded.total_weight());
+        }
+        deferred.flush();
+        assert_eq!(deferred.totals(), folded.totals());
+
+        // The range counts deferred terms: what would not fit after them is refused at once.
+        let mut s = ExactSum::new(2);
+        let big = vec![1.5e9f32, 0.0];
+        let scan = Finite::scan(&big).unwrap();
+        s.defer(1 << 31, big.clone(), scan).unwrap();
+        assert!(matches!(
+            s.defer(1 << 31, big.clone(), scan),
+            Err(AggregateError::OutOfRange(_))
+        ));
+        // A scan of another vector does not vouch for this one.
+        assert!(matches!(
+            s.defer(1, vec![0.0; 3], scan),
+            Err(AggregateError::WrongLength { .. })
+        ));
+        s.flush();
+        assert_eq!(s.count(), 1);
+        assert_eq!(s.mean().unwrap(), big);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::config::{NormPolicy, QuorumPolicy};
 use crate::engine::Coordinator;
 use crate::engine::registry::name_some;
-use crate::engine::round::{OpenRound, RoundSink, SharedAccumulator, close, fold};
+use crate::engine::round::{OpenRound, RoundFolds, RoundSink, SharedAccumulator, close, fold};
 use crate::engine::selection::{round_size, select};
 use crate::error::{CoordinatorError, Result};
 use crate::store::checkpoint::Checkpoint;
@@ -24,7 +24,7 @@ use shoal_datasets::Dataset;
 use shoal_proto::v1::{Fence, ModelSpec as WireSpec};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -375,13 +375,13 @@ impl Driving {
             };
             let plan = strategy.configure(round);
             let sink = self.sink(&plan, round, attempt, &selected, wanted)?;
-            let accumulator = Arc::new(Mutex::new(Some(sink)));
+            let accumulator = RoundFolds::new(sink);
             let kept = self.replay_updates(&accumulator, round, logged);
             // While clients train, fault in the accumulator's pages (not awaited: if the round
             // closes first, there is nothing left to touch).
             let warm = accumulator.clone();
             tokio::task::spawn_blocking(move || {
-                if let Some(sink) = lock(&warm).as_mut() {
+                if let Some(sink) = warm.sink().as_mut() {
                     sink.accumulator.prefault();
                 }
             });
@@ -580,7 +580,7 @@ impl Driving {
             accumulator: RoundAccumulator::new(&plan),
             log: None,
         };
-        let accumulator = Arc::new(Mutex::new(Some(sink)));
+        let accumulator = RoundFolds::new(sink);
         let open = self.open_round(
             global,
             (round, EVALUATION),

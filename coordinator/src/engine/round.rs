@@ -10,8 +10,8 @@ use crate::strategy::TaskPlan;
 use crate::strategy::results::{Delivery, RoundAccumulator, RoundResults};
 use crate::sync::lock;
 use shoal_proto::v1::{Chunk, Fence, Task};
-use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
 
 /// Where a round's accepted updates go: the running aggregate and, when the run is
@@ -24,8 +24,54 @@ pub struct RoundSink {
     pub log: Option<RoundLog>,
 }
 
-/// The sink of a round, shared by concurrent folds; `None` once the round closed.
-pub type SharedAccumulator = Arc<Mutex<Option<RoundSink>>>;
+/// The sink of a round, shared by concurrent folds.
+pub type SharedAccumulator = Arc<RoundFolds>;
+
+/// A round's sink and the deliveries waiting for it.
+///
+/// Adding an update to the exact sum is one pass over 16 bytes of accumulator per value, four
+/// times the update itself, so a pass, not an update, is what a fold costs. Deliveries that
+/// arrive while another is folding wait in a queue, and whoever holds the sink next takes the
+/// whole queue: each delivery is checked, logged and counted in arrival order, as one at a time
+/// would be, and their payloads are added in one pass ([`RoundAccumulator::flush`]). The sum
+/// is exact, so it does not depend on how deliveries were grouped.
+#[derive(Debug)]
+pub struct RoundFolds {
+    /// The sink; `None` once the round closed.
+    sink: Mutex<Option<RoundSink>>,
+    /// Deliveries waiting for the sink, and what became of those folded by another's turn.
+    queue: Mutex<FoldQueue>,
+}
+
+#[derive(Debug, Default)]
+struct FoldQueue {
+    next_ticket: u64,
+    waiting: Vec<Waiting>,
+    done: HashMap<u64, Result<usize>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    delivery: Delivery,
+    scan: Option<Finite>,
+    fence: Fence,
+}
+
+impl RoundFolds {
+    /// Shares `sink` among the round's folds.
+    pub fn new(sink: RoundSink) -> Arc<Self> {
+        Arc::new(Self {
+            sink: Mutex::new(Some(sink)),
+            queue: Mutex::new(FoldQueue::default()),
+        })
+    }
+
+    /// The sink, held: `None` once the round closed.
+    pub fn sink(&self) -> MutexGuard<'_, Option<RoundSink>> {
+        lock(&self.sink)
+    }
+}
 
 /// State of the one open round.
 #[derive(Debug)]
@@ -170,19 +216,81 @@ impl OpenRound {
 }
 
 /// Folds one admitted update or partial sum into a round's accumulator (blocking: call off
-/// the runtime). Fails with a stale-fence error if the round closed meanwhile.
-pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) -> Result<usize> {
-    // The scan of an update's values needs no accumulator: made before waiting for the lock,
+/// the runtime), with any others that queued meanwhile ([`RoundFolds`]); returns the updates
+/// accepted in the round so far. Fails with a stale-fence error if the round closed meanwhile.
+pub fn fold(folds: &RoundFolds, delivery: Delivery, fence: &Fence) -> Result<usize> {
+    // The scan of an update's values needs no accumulator: made before waiting for the sink,
     // deliveries scan side by side and only the fold itself takes turns.
     let scan = match &delivery {
         Delivery::Update(update) => Some(Finite::scan(&update.payload)?),
         Delivery::Partial(_) => None,
     };
-    let mut guard = lock(accumulator);
-    let sink = guard.as_mut().ok_or_else(|| CoordinatorError::StaleFence {
-        got: fence.to_string(),
-        open: "none (round closed)".into(),
-    })?;
+    let ticket = {
+        let mut queue = lock(&folds.queue);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push(Waiting {
+            ticket,
+            delivery,
+            scan,
+            fence: fence.clone(),
+        });
+        ticket
+    };
+    let mut sink = lock(&folds.sink);
+    // Whoever held the sink before may have folded this delivery with theirs.
+    let batch = {
+        let mut queue = lock(&folds.queue);
+        if let Some(result) = queue.done.remove(&ticket) {
+            return result;
+        }
+        std::mem::take(&mut queue.waiting)
+    };
+    let mut mine = None;
+    let results = fold_batch(sink.as_mut(), batch);
+    let mut queue = lock(&folds.queue);
+    for (t, result) in results {
+        if t == ticket {
+            mine = Some(result);
+        } else {
+            queue.done.insert(t, result);
+        }
+    }
+    // A delivery is always in the batch of the first holder after it queued; missing, it was
+    // lost to a panic during another's turn.
+    mine.unwrap_or(Err(CoordinatorError::Internal("a queued fold was lost")))
+}
+
+/// Checks, logs and counts each delivery of `batch` in order, then adds the accepted payloads
+/// in one pass; the result of each, by ticket.
+fn fold_batch(sink: Option<&mut RoundSink>, batch: Vec<Waiting>) -> Vec<(u64, Result<usize>)> {
+    let Some(sink) = sink else {
+        return batch
+            .into_iter()
+            .map(|w| {
+                let closed = CoordinatorError::StaleFence {
+                    got: w.fence.to_string(),
+                    open: "none (round closed)".into(),
+                };
+                (w.ticket, Err(closed))
+            })
+            .collect();
+    };
+    let outcomes: Vec<(u64, Result<()>)> = batch
+        .into_iter()
+        .map(|w| (w.ticket, accept_one(sink, w.delivery, w.scan)))
+        .collect();
+    sink.accumulator.flush();
+    let accepted = sink.accumulator.accepted();
+    outcomes
+        .into_iter()
+        .map(|(ticket, outcome)| (ticket, outcome.map(|()| accepted)))
+        .collect()
+}
+
+/// One delivery's turn: every check, then the log, then its place in the sum (its payload is
+/// added by the batch's flush).
+fn accept_one(sink: &mut RoundSink, delivery: Delivery, scan: Option<Finite>) -> Result<()> {
     // Once per client and round, whatever the admission bookkeeping says: a stream left over
     // from an earlier attempt of this round, or a partial sum overlapping one already folded,
     // must never get a client counted twice.
@@ -198,13 +306,14 @@ pub fn fold(accumulator: &SharedAccumulator, delivery: Delivery, fence: &Fence) 
     if let Some(log) = &mut sink.log {
         log.append_delivery(&delivery)?;
     }
-    sink.accumulator.accept_delivery(delivery, scan)?;
-    Ok(sink.accumulator.accepted())
+    sink.accumulator.accept_delivery_deferred(delivery, scan)?;
+    Ok(())
 }
 
 /// Closes the accumulator: waits for folds in progress, then takes the results.
 pub fn close(accumulator: &SharedAccumulator) -> Option<RoundResults> {
-    lock(accumulator)
+    accumulator
+        .sink()
         .take()
         .map(|sink| sink.accumulator.finish())
 }
@@ -225,21 +334,103 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_client_is_folded_once_per_round() {
+    fn open_sink(len: usize) -> SharedAccumulator {
         let plan = TaskPlan {
             kind: shoal_proto::v1::TaskKind::Fit,
             work: crate::strategy::Work::Fit(Default::default()),
-            update_len: 3,
+            update_len: len,
             counts_len: 0,
             fold: FoldMode::WeightedSum,
             counts_sum_to_weight: vec![],
         };
-        let sink = RoundSink {
+        RoundFolds::new(RoundSink {
             accumulator: RoundAccumulator::new(&plan),
             log: None,
-        };
-        let acc: SharedAccumulator = Arc::new(Mutex::new(Some(sink)));
+        })
+    }
+
+    fn long_update(client: usize, len: usize) -> Delivery {
+        Delivery::Update(ClientUpdate {
+            client_id: format!("c{client:03}"),
+            weight: 1 + client as u64 % 7,
+            payload: (0..len)
+                .map(|j| ((client * 31 + j) as f32 * 0.37).sin())
+                .collect(),
+            counts: Vec::new(),
+            metrics: Default::default(),
+        })
+    }
+
+    #[test]
+    fn deliveries_folded_together_give_the_bits_of_one_at_a_time() {
+        const LEN: usize = 2_000;
+        const CLIENTS: usize = 64;
+        let alone = open_sink(LEN);
+        for client in 0..CLIENTS {
+            fold(&alone, long_update(client, LEN), &Fence::default()).unwrap();
+        }
+        let alone = close(&alone).unwrap().sum.unwrap().totals();
+
+        // Eight threads at once, so that deliveries queue and are folded by another's turn;
+        // each sends every client once, so every client but the first arrival is a duplicate,
+        // and a NaN update from each thread is refused without touching the sum.
+        let together = open_sink(LEN);
+        let outcomes: Vec<(usize, usize, usize)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let together = &together;
+                    s.spawn(move || {
+                        let (mut ok, mut duplicate, mut refused) = (0, 0, 0);
+                        for i in 0..CLIENTS {
+                            let client = (i + t * 8) % CLIENTS;
+                            match fold(together, long_update(client, LEN), &Fence::default()) {
+                                Ok(accepted) => {
+                                    assert!((1..=CLIENTS).contains(&accepted));
+                                    ok += 1;
+                                }
+                                Err(CoordinatorError::Duplicate(_)) => duplicate += 1,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        let mut bad = long_update(100 + t, LEN);
+                        if let Delivery::Update(u) = &mut bad {
+                            u.payload[LEN / 2] = f32::NAN;
+                        }
+                        match fold(together, bad, &Fence::default()) {
+                            Err(CoordinatorError::InvalidUpdate(_)) => refused += 1,
+                            other => panic!("a NaN update: {other:?}"),
+                        }
+                        (ok, duplicate, refused)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let ok: usize = outcomes.iter().map(|o| o.0).sum();
+        let duplicate: usize = outcomes.iter().map(|o| o.1).sum();
+        let refused: usize = outcomes.iter().map(|o| o.2).sum();
+        assert_eq!((ok, duplicate, refused), (CLIENTS, 7 * CLIENTS, 8));
+        let results = close(&together).unwrap();
+        assert_eq!(results.contributors(), CLIENTS);
+        assert_eq!(results.sum.unwrap().totals(), alone);
+    }
+
+    #[test]
+    fn a_closed_round_refuses_every_delivery_waiting() {
+        let acc = open_sink(3);
+        assert!(close(&acc).is_some());
+        for client in ["a", "b"] {
+            assert!(matches!(
+                fold(&acc, update(client, 1.0), &Fence::default()),
+                Err(CoordinatorError::StaleFence { .. })
+            ));
+        }
+        assert!(close(&acc).is_none());
+    }
+
+    #[test]
+    fn a_client_is_folded_once_per_round() {
+        let acc = open_sink(3);
         let fence = Fence::default();
         assert_eq!(fold(&acc, update("a", 1.0), &fence).unwrap(), 1);
         assert!(matches!(

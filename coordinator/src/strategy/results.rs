@@ -319,12 +319,25 @@ impl RoundAccumulator {
         update: ClientUpdate,
         scan: Finite,
     ) -> Result<(), AggregateError> {
-        // Counts first, then the payload (checked and folded in one call, unchanged on
+        self.accept_deferred(update, scan)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// [`RoundAccumulator::accept_scanned`], leaving the payload's addition to the next
+    /// [`RoundAccumulator::flush`] (see [`ExactSum::defer`]); everything else about the
+    /// update (counts, report, its place in the range) is accepted now.
+    pub fn accept_deferred(
+        &mut self,
+        mut update: ClientUpdate,
+        scan: Finite,
+    ) -> Result<(), AggregateError> {
+        // Counts first, then the payload (checked and counted in one call, unchanged on
         // error), and only then the counts change: a refusal at any step changes nothing.
         self.check_counts(&update)?;
         let weight = self.weight_of(&update);
         match &mut self.sum {
-            Some(sum) => sum.fold_scanned(weight, &update.payload, scan)?,
+            Some(sum) => sum.defer(weight, std::mem::take(&mut update.payload), scan)?,
             None => scan.max_abs(&update.payload, self.update_len).map(|_| ())?,
         }
         for (total, c) in self.counts.iter_mut().zip(&update.counts) {
@@ -410,6 +423,7 @@ impl RoundAccumulator {
         if self.reports.is_empty() {
             return None;
         }
+        sum.flush();
         let totals = sum.totals();
         *sum = ExactSum::single_threaded(sum.len());
         Some(PartialSum {
@@ -440,15 +454,40 @@ impl RoundAccumulator {
         delivery: Delivery,
         scan: Option<Finite>,
     ) -> Result<(), AggregateError> {
-        match (delivery, scan) {
-            (Delivery::Update(update), Some(scan)) => self.accept_scanned(update, scan),
-            (Delivery::Update(update), None) => self.accept(update),
-            (Delivery::Partial(partial), _) => self.merge(partial),
+        self.accept_delivery_deferred(delivery, scan)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// [`RoundAccumulator::accept_delivery`], an update's addition deferred as in
+    /// [`RoundAccumulator::accept_deferred`].
+    pub fn accept_delivery_deferred(
+        &mut self,
+        delivery: Delivery,
+        scan: Option<Finite>,
+    ) -> Result<(), AggregateError> {
+        match delivery {
+            Delivery::Update(update) => {
+                let scan = match scan {
+                    Some(scan) => scan,
+                    None => Finite::scan(&update.payload)?,
+                };
+                self.accept_deferred(update, scan)
+            }
+            Delivery::Partial(partial) => self.merge(partial),
+        }
+    }
+
+    /// Adds every deferred payload to the sum, in one pass over it.
+    pub fn flush(&mut self) {
+        if let Some(sum) = &mut self.sum {
+            sum.flush();
         }
     }
 
     /// Closes the round's collection.
-    pub fn finish(self) -> RoundResults {
+    pub fn finish(mut self) -> RoundResults {
+        self.flush();
         RoundResults {
             sum: self.sum,
             counts: self.counts,
