@@ -42,7 +42,7 @@ impl LocalTrainer for TheirOwnCode {
         data: &Dataset,
         config: &TrainConfig,
     ) -> ClientResult<(Vec<f32>, TrainReport)> {
-        shoal_client::BuiltinTrainer.fit(&Self::as_logreg(model), global, data, config)
+        shoal_client::BuiltinTrainer::default().fit(&Self::as_logreg(model), global, data, config)
     }
 
     fn gradient(
@@ -54,7 +54,7 @@ impl LocalTrainer for TheirOwnCode {
         batch_size: usize,
         seed: u64,
     ) -> ClientResult<(Vec<f32>, GradReport)> {
-        shoal_client::BuiltinTrainer.gradient(
+        shoal_client::BuiltinTrainer::default().gradient(
             &Self::as_logreg(model),
             global,
             data,
@@ -70,7 +70,7 @@ impl LocalTrainer for TheirOwnCode {
         global: &[f32],
         data: &Dataset,
     ) -> ClientResult<EvalReport> {
-        shoal_client::BuiltinTrainer.evaluate(&Self::as_logreg(model), global, data)
+        shoal_client::BuiltinTrainer::default().evaluate(&Self::as_logreg(model), global, data)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rand_distr::{Distribution, Normal};
 use shoal_datasets::Dataset;
@@ -99,7 +100,7 @@ impl Attack {
                     Attack::Scale(lambda) => lambda,
                     _ => -1.0,
                 };
-                for (i, v) in update.payload.iter_mut().enumerate() {
+                for (i, v) in Arc::make_mut(&mut update.payload).iter_mut().enumerate() {
                     *v = at(i) + factor * (*v - at(i));
                 }
             }
@@ -107,7 +108,7 @@ impl Attack {
                 let normal = Normal::new(0.0f32, sigma)
                     .map_err(|e| ClientError::BadTask(format!("noise attack: {e}")))?;
                 let mut rng = rng_for(task.seed, &[ATTACK_STREAM]);
-                for (i, v) in update.payload.iter_mut().enumerate() {
+                for (i, v) in Arc::make_mut(&mut update.payload).iter_mut().enumerate() {
                     *v = at(i) + normal.sample(&mut rng);
                 }
             }
@@ -193,11 +194,11 @@ mod tests {
         let flip = Attack::SignFlip
             .corrupt(&fit(1), &global, honest())
             .unwrap();
-        assert_eq!(flip.payload, vec![0.5, 3.0]);
+        assert_eq!(*flip.payload, vec![0.5, 3.0]);
         let scaled = Attack::Scale(3.0)
             .corrupt(&fit(1), &global, honest())
             .unwrap();
-        assert_eq!(scaled.payload, vec![2.5, -1.0]);
+        assert_eq!(*scaled.payload, vec![2.5, -1.0]);
         let noise = |seed| {
             Attack::Noise(0.5)
                 .corrupt(&fit(seed), &global, honest())
@@ -210,7 +211,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            Attack::SignFlip
+            *Attack::SignFlip
                 .corrupt(&grad, &[], honest())
                 .unwrap()
                 .payload,

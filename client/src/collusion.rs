@@ -65,7 +65,7 @@ impl Collusion {
         &self,
         trainer: &dyn LocalTrainer,
         task: &Task,
-        global: &[f32],
+        global: &Arc<Vec<f32>>,
         mut update: LocalUpdate,
     ) -> Result<LocalUpdate> {
         let Some(base) = change_base(task, global, update.payload.len())? else {
@@ -86,7 +86,7 @@ impl Collusion {
                 payload
             }
         };
-        update.payload = payload.as_ref().clone();
+        update.payload = payload;
         Ok(update)
     }
 
@@ -95,7 +95,7 @@ impl Collusion {
         &self,
         trainer: &dyn LocalTrainer,
         task: &Task,
-        global: &[f32],
+        global: &Arc<Vec<f32>>,
         base: &[f32],
         key: &ForgeryKey,
     ) -> Result<Vec<Vec<f32>>> {
@@ -114,8 +114,9 @@ impl Collusion {
                     client_id: id.clone(),
                     ..ClientState::default()
                 };
-                let mut payload =
-                    run_task(trainer, &honest_task, global, data, &mut state)?.payload;
+                let mut payload = Arc::unwrap_or_clone(
+                    run_task(trainer, &honest_task, global, data, &mut state)?.payload,
+                );
                 payload.iter_mut().zip(base).for_each(|(v, b)| *v -= b);
                 Ok(payload)
             })
@@ -217,7 +218,7 @@ mod tests {
             seed: 1,
             ..Default::default()
         };
-        let global = vec![0.0f32; 6];
+        let global = Arc::new(vec![0.0f32; 6]);
         let forge = |collusion: &Collusion, seed: u64, weight: u64| {
             let honest = LocalUpdate::plain(weight, vec![9.0; 6]);
             let task = Task {
@@ -225,7 +226,7 @@ mod tests {
                 ..task.clone()
             };
             collusion
-                .forge(&BuiltinTrainer, &task, &global, honest)
+                .forge(&BuiltinTrainer::default(), &task, &global, honest)
                 .unwrap()
         };
         let first = Collusion::new(colluders.clone(), 1.0, 4);
@@ -233,7 +234,7 @@ mod tests {
         let b = forge(&first, 2, 30);
         assert_eq!(a.payload, b.payload, "colluders send one forgery");
         assert_eq!((a.num_examples, b.num_examples), (20, 30));
-        assert_ne!(a.payload, vec![9.0; 6]);
+        assert_ne!(*a.payload, vec![9.0; 6]);
         // Another process with the same colluders forges the same bits.
         let again = Collusion::new(colluders.into_iter().rev().collect(), 1.0, 4);
         assert_eq!(forge(&again, 5, 1).payload, a.payload);

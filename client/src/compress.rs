@@ -12,6 +12,7 @@ use crate::work::{LocalUpdate, change_base};
 use bytes::Bytes;
 use shoal_proto::v1::{Chunk, Compression, Task};
 use shoal_proto::{Codec, shared_chunks};
+use std::sync::Arc;
 
 /// An update encoded for the wire, once: every push of it (a redelivery too) sends chunks that
 /// are views of these bytes.
@@ -28,7 +29,7 @@ pub struct Encoded {
 impl Encoded {
     /// Plain values as they travel: their little-endian bytes, which take the vector over
     /// rather than copy it.
-    pub fn plain(values: Vec<f32>) -> Self {
+    pub fn plain(values: Arc<Vec<f32>>) -> Self {
         Self {
             compression: Compression::None,
             values: values.len() as u64,
@@ -89,7 +90,7 @@ pub fn encode_update(
         update.encoded = Some(Encoded::plain(std::mem::take(&mut update.payload)));
         return Ok(update);
     };
-    let mut values = std::mem::take(&mut update.payload);
+    let mut values = Arc::unwrap_or_clone(std::mem::take(&mut update.payload));
     values.iter_mut().zip(base).for_each(|(v, g)| *v -= g);
     let bytes = match codec {
         Codec::TopK { fraction } => {
@@ -161,7 +162,7 @@ mod tests {
         let none = task(TaskKind::Fit, Codec::None, 1);
         let plain = encode_update(&none, &global, update(vec![1.0; 3]), "c1", &mut fb).unwrap();
         assert!(plain.payload.is_empty());
-        assert_eq!(plain.encoded, Some(Encoded::plain(vec![1.0; 3])));
+        assert_eq!(plain.encoded, Some(Encoded::plain(Arc::new(vec![1.0; 3]))));
         assert_eq!(decoded(Codec::None, &plain), vec![1.0; 3]);
     }
 
@@ -201,7 +202,10 @@ mod tests {
             "c1",
             &mut ErrorFeedback::default(),
         );
-        assert_eq!(u.unwrap().encoded, Some(Encoded::plain(vec![1.0, 2.0])));
+        assert_eq!(
+            u.unwrap().encoded,
+            Some(Encoded::plain(Arc::new(vec![1.0, 2.0])))
+        );
     }
 
     /// Each chunk's offset and length.
@@ -211,7 +215,7 @@ mod tests {
 
     #[test]
     fn plain_values_travel_in_chunks_counted_in_values_and_compressed_ones_in_bytes() {
-        let plain = Encoded::plain((0..10).map(|i| i as f32).collect());
+        let plain = Encoded::plain(Arc::new((0..10).map(|i| i as f32).collect()));
         assert_eq!(plain.encoded_len(), 0);
         let chunks: Vec<Chunk> = plain.chunks(16).collect();
         assert_eq!(spans(&chunks), vec![(0, 16), (4, 16), (8, 8)]);

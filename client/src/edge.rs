@@ -132,7 +132,7 @@ impl EdgeClient {
             faults: Faults::default(),
             last_task: None,
             orphan: None,
-            trainer: Arc::new(BuiltinTrainer),
+            trainer: Arc::new(BuiltinTrainer::default()),
             budget: None,
             state: ClientState::new(id.clone()),
             attack: None,

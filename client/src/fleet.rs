@@ -108,7 +108,7 @@ impl FleetConfig {
             tls: None,
             credentials: HashMap::new(),
             failures: None,
-            trainer: Arc::new(BuiltinTrainer),
+            trainer: Arc::new(BuiltinTrainer::default()),
             spread: false,
             update_budget: DEFAULT_UPDATE_BUDGET,
             direct: None,

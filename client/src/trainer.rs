@@ -10,10 +10,11 @@
 use crate::error::{ClientError, Result};
 use shoal_datasets::Dataset;
 use shoal_models::{
-    EvalReport, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport, evaluate, gradient,
-    train_local, train_local_corrected,
+    EvalReport, Evaluator, GradReport, ModelKind, ModelSpec, TrainConfig, TrainReport, evaluate,
+    gradient, train_local, train_local_corrected,
 };
 use shoal_proto::v1::ModelSpec as TaskModel;
+use std::sync::{Arc, Mutex};
 
 /// Training, gradients and evaluation of one family of models on flat parameters. Called on
 /// a blocking thread, one task at a time per client; implementations must be deterministic
@@ -65,11 +66,40 @@ pub trait LocalTrainer: Send + Sync + std::fmt::Debug {
 
     /// Loss and accuracy of `global` on `data` (a held-out split).
     fn evaluate(&self, model: &TaskModel, global: &[f32], data: &Dataset) -> Result<EvalReport>;
+
+    /// Loss and accuracy of the round's global model on `data`, for a task that trains
+    /// nothing: an evaluation task, or a fit task of zero epochs (which sends the global back
+    /// unchanged and never calls [`LocalTrainer::fit`]). Every client of a process scores the
+    /// same `global` in a round (fetched once, shared), so an implementation may build its
+    /// model from it once and let the others use it, as the built-in models do. By default
+    /// [`LocalTrainer::evaluate`].
+    fn score(
+        &self,
+        model: &TaskModel,
+        global: &Arc<Vec<f32>>,
+        data: &Dataset,
+    ) -> Result<EvalReport> {
+        self.evaluate(model, global, data)
+    }
 }
 
 /// The built-in models (logistic regression, MLPs, the CNN), chosen by the task's model kind.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BuiltinTrainer;
+///
+/// Clones share one scoring model ([`LocalTrainer::score`]): the last global model scored,
+/// built once. It is kept until another global is scored, so a fleet holds one model beside
+/// the global it shares, however many clients it runs.
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinTrainer {
+    scoring: Arc<Mutex<Option<Scoring>>>,
+}
+
+/// The model built from one global state, and that state (held, so that no other can take
+/// its address while the model stands for it).
+#[derive(Debug)]
+struct Scoring {
+    global: Arc<Vec<f32>>,
+    evaluator: Arc<Evaluator>,
+}
 
 impl BuiltinTrainer {
     /// The built-in model a task names, checked against the local data.
@@ -140,5 +170,32 @@ impl LocalTrainer for BuiltinTrainer {
 
     fn evaluate(&self, model: &TaskModel, global: &[f32], data: &Dataset) -> Result<EvalReport> {
         Ok(evaluate(&Self::spec(model, data)?, global, data)?)
+    }
+
+    fn score(
+        &self,
+        model: &TaskModel,
+        global: &Arc<Vec<f32>>,
+        data: &Dataset,
+    ) -> Result<EvalReport> {
+        let spec = Self::spec(model, data)?;
+        let evaluator = {
+            // Held while a new global's model is built: the others would build the same.
+            let mut scoring = self.scoring.lock().unwrap_or_else(|p| p.into_inner());
+            match scoring.as_ref() {
+                Some(s) if Arc::ptr_eq(&s.global, global) && *s.evaluator.spec() == spec => {
+                    s.evaluator.clone()
+                }
+                _ => {
+                    let evaluator = Arc::new(Evaluator::new(&spec, global)?);
+                    *scoring = Some(Scoring {
+                        global: global.clone(),
+                        evaluator: evaluator.clone(),
+                    });
+                    evaluator
+                }
+            }
+        };
+        Ok(evaluator.evaluate(data)?)
     }
 }

@@ -10,14 +10,16 @@ use shoal_datasets::Dataset;
 use shoal_models::{TrainConfig, kmeans};
 use shoal_proto::v1::{Task, TaskKind};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a client sends back for one task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalUpdate {
     /// Weight: examples the update was computed on.
     pub num_examples: u64,
-    /// Parameters, gradient, centroid sums or local centres.
-    pub payload: Vec<f32>,
+    /// Parameters, gradient, centroid sums or local centres; shared where they are the
+    /// round's global model sent back unchanged (`Arc::make_mut` to change them).
+    pub payload: Arc<Vec<f32>>,
     /// Integer side data (k-means counts).
     pub counts: Vec<u64>,
     /// Metrics to report.
@@ -32,7 +34,7 @@ impl LocalUpdate {
     pub fn plain(num_examples: u64, payload: Vec<f32>) -> Self {
         Self {
             num_examples,
-            payload,
+            payload: Arc::new(payload),
             counts: Vec::new(),
             metrics: BTreeMap::new(),
             encoded: None,
@@ -139,7 +141,7 @@ impl ClientState {
 pub fn run_task(
     trainer: &dyn LocalTrainer,
     task: &Task,
-    global: &[f32],
+    global: &Arc<Vec<f32>>,
     data: &Dataset,
     state: &mut ClientState,
 ) -> Result<LocalUpdate> {
@@ -182,11 +184,23 @@ pub fn run_task(
 fn fit(
     trainer: &dyn LocalTrainer,
     task: &Task,
-    global: &[f32],
+    global: &Arc<Vec<f32>>,
     data: &Dataset,
     state: &mut ClientState,
 ) -> Result<LocalUpdate> {
     let cfg = task.fit.unwrap_or_default();
+    if cfg.epochs == 0 && !cfg.control_variate {
+        // Nothing to train: the client scores the global model on its data and sends it back
+        // unchanged, scoring it with the process's shared model where the trainer keeps one.
+        let report = trainer.score(task_model(task)?, global, data)?;
+        return Ok(LocalUpdate {
+            num_examples: report.examples as u64,
+            payload: global.clone(),
+            counts: Vec::new(),
+            metrics: loss_and_accuracy(report.loss, report.accuracy),
+            encoded: None,
+        });
+    }
     let train = TrainConfig {
         epochs: cfg.epochs as usize,
         batch_size: cfg.batch_size as usize,
@@ -215,7 +229,7 @@ fn fit(
     };
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
-        payload: params,
+        payload: Arc::new(params),
         counts: Vec::new(),
         metrics: loss_and_accuracy(report.loss, report.accuracy),
         encoded: None,
@@ -234,7 +248,7 @@ fn loss_and_accuracy(loss: f64, accuracy: f64) -> BTreeMap<String, f64> {
 fn eval(
     trainer: &dyn LocalTrainer,
     task: &Task,
-    global: &[f32],
+    global: &Arc<Vec<f32>>,
     data: &Dataset,
 ) -> Result<LocalUpdate> {
     if task.holdout_fraction <= 0.0 || data.is_empty() {
@@ -242,10 +256,10 @@ fn eval(
             "an evaluation task needs held-out examples, and there are none".into(),
         ));
     }
-    let report = trainer.evaluate(task_model(task)?, global, data)?;
+    let report = trainer.score(task_model(task)?, global, data)?;
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
-        payload: Vec::new(),
+        payload: Arc::default(),
         counts: Vec::new(),
         metrics: loss_and_accuracy(report.loss, report.accuracy),
         encoded: None,
@@ -269,7 +283,7 @@ fn grad(
     )?;
     Ok(LocalUpdate {
         num_examples: report.examples as u64,
-        payload: g,
+        payload: Arc::new(g),
         counts: Vec::new(),
         metrics: BTreeMap::from([("loss".to_string(), report.loss)]),
         encoded: None,
@@ -299,7 +313,7 @@ fn kmeans_init(task: &Task, data: &Dataset) -> Result<LocalUpdate> {
     counts.resize(local_k, 0);
     Ok(LocalUpdate {
         num_examples: data.len() as u64,
-        payload: centres,
+        payload: Arc::new(centres),
         counts,
         metrics: BTreeMap::new(),
         encoded: None,
@@ -321,9 +335,72 @@ fn kmeans_step(task: &Task, global: &[f32], data: &Dataset) -> Result<LocalUpdat
     counts.extend(stats.label_counts);
     Ok(LocalUpdate {
         num_examples: data.len() as u64,
-        payload: stats.sums,
+        payload: Arc::new(stats.sums),
         counts,
         metrics: BTreeMap::from([("inertia".to_string(), stats.inertia)]),
         encoded: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trainer::BuiltinTrainer;
+    use shoal_models::{ModelKind, ModelSpec, init_params};
+    use shoal_proto::v1::{FitConfig, ModelSpec as TaskModel};
+
+    fn fit_task(epochs: u32) -> Task {
+        Task {
+            kind: TaskKind::Fit as i32,
+            model: Some(TaskModel {
+                kind: "mlp".into(),
+                num_features: 64,
+                num_classes: 10,
+                image_rows: 0,
+                image_cols: 0,
+            }),
+            fit: Some(FitConfig {
+                epochs,
+                batch_size: 10,
+                lr: 0.1,
+                ..Default::default()
+            }),
+            seed: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fit_of_zero_epochs_sends_the_shared_global_back_and_scores_it() {
+        let data = shoal_datasets::digits().unwrap();
+        let data = data.subset(&(0..50).collect::<Vec<_>>()).unwrap();
+        let spec = ModelSpec::for_dataset(ModelKind::Mlp { hidden: vec![128] }, &data);
+        let global = Arc::new(init_params(&spec, 4).unwrap());
+        let trainer = BuiltinTrainer::default();
+        let mut state = ClientState::default();
+        let update = run_task(&trainer, &fit_task(0), &global, &data, &mut state).unwrap();
+        // The process's copy, not a copy of it.
+        assert!(Arc::ptr_eq(&update.payload, &global));
+        assert_eq!(update.num_examples, 50);
+        let expected = shoal_models::evaluate(&spec, &global, &data).unwrap();
+        assert_eq!(update.metrics["loss"], expected.loss);
+        assert_eq!(update.metrics["accuracy"], expected.accuracy);
+
+        // A second client of the process scores with the model already built; a new global
+        // gets a model of its own.
+        let other = data.subset(&(10..30).collect::<Vec<_>>()).unwrap();
+        let again = run_task(&trainer, &fit_task(0), &global, &other, &mut state).unwrap();
+        let expected = shoal_models::evaluate(&spec, &global, &other).unwrap();
+        assert_eq!(again.metrics["loss"], expected.loss);
+        let next = Arc::new(init_params(&spec, 5).unwrap());
+        let moved = run_task(&trainer, &fit_task(0), &next, &other, &mut state).unwrap();
+        let expected = shoal_models::evaluate(&spec, &next, &other).unwrap();
+        assert_eq!(moved.metrics["loss"], expected.loss);
+        assert_ne!(moved.metrics["loss"], again.metrics["loss"]);
+
+        // One epoch trains a vector of the client's own.
+        let trained = run_task(&trainer, &fit_task(1), &global, &data, &mut state).unwrap();
+        assert!(!Arc::ptr_eq(&trained.payload, &global));
+        assert_ne!(*trained.payload, *global);
+    }
 }

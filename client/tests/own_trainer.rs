@@ -30,7 +30,7 @@ fn the_hand_written_model_means_what_the_built_in_one_means() {
     let (ours, our_report) = SoftmaxRegression
         .gradient(&model, &params, &data, 0, 256, 0)
         .unwrap();
-    let (theirs, their_report) = BuiltinTrainer
+    let (theirs, their_report) = BuiltinTrainer::default()
         .gradient(&model, &params, &data, 0, 256, 0)
         .unwrap();
     let worst = ours
@@ -41,7 +41,9 @@ fn the_hand_written_model_means_what_the_built_in_one_means() {
     assert!(worst < 1e-5, "gradients differ by {worst}");
     assert!((our_report.loss - their_report.loss).abs() < 1e-5);
     let ours = SoftmaxRegression.evaluate(&model, &params, &data).unwrap();
-    let theirs = BuiltinTrainer.evaluate(&model, &params, &data).unwrap();
+    let theirs = BuiltinTrainer::default()
+        .evaluate(&model, &params, &data)
+        .unwrap();
     assert_eq!(ours.accuracy, theirs.accuracy);
     // A vector of the wrong length is refused, not indexed out of bounds.
     assert!(

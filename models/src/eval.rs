@@ -33,9 +33,43 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Eval
     if data.labels.is_empty() {
         return Err(ModelError::EmptyData);
     }
-    let device = inference_device();
-    let net = build_loaded(spec, params, &device)?;
-    evaluate_net(&net, data, spec.max_chunk())
+    Evaluator::new(spec, params)?.evaluate(data)
+}
+
+/// A model built once from a parameter vector, to be scored on many datasets: the clients of
+/// one process that all score a round's global model share one, instead of each copying the
+/// parameters into a model of its own. Shared between threads as it is (`Send + Sync`); its
+/// results are [`evaluate`]'s, to the bit.
+#[derive(Debug)]
+pub struct Evaluator {
+    spec: ModelSpec,
+    net: Net,
+}
+
+impl Evaluator {
+    /// Builds the model of `spec` with `params` loaded, after checking them (length and
+    /// finiteness) against its manifest.
+    pub fn new(spec: &ModelSpec, params: &[f32]) -> Result<Self> {
+        let net = build_loaded(spec, params, &inference_device())?;
+        Ok(Self {
+            spec: spec.clone(),
+            net,
+        })
+    }
+
+    /// The model it was built for.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Loss and accuracy on every example of `data`, as [`evaluate`] gives them.
+    pub fn evaluate(&self, data: &Dataset) -> Result<EvalReport> {
+        check_data(&self.spec, data)?;
+        if data.labels.is_empty() {
+            return Err(ModelError::EmptyData);
+        }
+        evaluate_net(&self.net, data, self.spec.max_chunk())
+    }
 }
 
 /// The class `params` predicts for each example of `data` (highest logit; ties go to the
@@ -117,6 +151,37 @@ mod tests {
         let n = whole.examples as f64;
         let combined = (head.loss * EVAL_BATCH_SIZE as f64 + tail.loss * 100.0) / n;
         assert!((whole.loss - combined).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_evaluator_shared_by_threads_gives_what_evaluate_gives() {
+        fn shared<T: Send + Sync>(_: &T) {}
+        let spec = mlp_spec();
+        let params = init_params(&spec, 9).unwrap();
+        let evaluator = Evaluator::new(&spec, &params).unwrap();
+        shared(&evaluator);
+        let parts: Vec<Dataset> = (0..4)
+            .map(|i| {
+                let idx: Vec<usize> = (i * 30..i * 30 + 30).collect();
+                digits_head(120).subset(&idx).unwrap()
+            })
+            .collect();
+        let together: Vec<EvalReport> = std::thread::scope(|s| {
+            let threads: Vec<_> = parts
+                .iter()
+                .map(|part| s.spawn(|| evaluator.evaluate(part).unwrap()))
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for (part, report) in parts.iter().zip(together) {
+            assert_eq!(report, evaluate(&spec, &params, part).unwrap());
+        }
+        assert!(
+            evaluator
+                .evaluate(&digits_head(3).subset(&[]).unwrap())
+                .is_err()
+        );
+        assert!(Evaluator::new(&spec, &params[1..]).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! * [`init_params`]: a seeded, bit-reproducible starting point.
 //! * [`train_local`]: plain SGD epochs on local data ([`TrainConfig`], [`TrainReport`]);
 //!   [`train_local_corrected`] the same with SCAFFOLD's drift correction.
-//! * [`evaluate`]: loss and accuracy ([`EvalReport`]); [`predict`]: the predicted classes.
+//! * [`evaluate`]: loss and accuracy ([`EvalReport`]), or an [`Evaluator`] built once and
+//!   shared; [`predict`]: the predicted classes.
 //! * [`to_safetensors`] / [`from_safetensors`]: the model as a file others can load.
 //! * [`gradient`]: exact or mini-batch gradients ([`GradReport`]).
 //! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
@@ -35,7 +36,7 @@ mod train;
 mod test_util;
 
 pub use error::{ModelError, Result};
-pub use eval::{EvalReport, evaluate, predict};
+pub use eval::{EvalReport, Evaluator, evaluate, predict};
 pub use export::{from_safetensors, read_safetensors, safetensors_metadata, to_safetensors};
 pub use grad::{GradReport, gradient};
 pub use manifest::{Manifest, ParamEntry, max_abs_bits, module_layout};

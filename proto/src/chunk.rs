@@ -7,6 +7,7 @@
 use crate::error::{ProtoError, Result};
 use crate::v1::Chunk;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// Hard upper bound on one chunk: 1 MiB.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
@@ -128,8 +129,9 @@ pub fn shared_chunks(
 }
 
 /// The little-endian bytes of `values` without copying them where the machine is
-/// little-endian: the returned bytes own the vector.
-pub fn f32_bytes(values: Vec<f32>) -> Bytes {
+/// little-endian: the returned bytes hold the vector (shared: a round's global model sent back
+/// unchanged by every client of a process is one vector).
+pub fn f32_bytes(values: Arc<Vec<f32>>) -> Bytes {
     if cfg!(target_endian = "little") {
         Bytes::from_owner(LittleEndian(values))
     } else {
@@ -138,7 +140,7 @@ pub fn f32_bytes(values: Vec<f32>) -> Bytes {
 }
 
 /// f32 values seen as the bytes they are in memory (little-endian machines only).
-struct LittleEndian(Vec<f32>);
+struct LittleEndian(Arc<Vec<f32>>);
 
 impl AsRef<[u8]> for LittleEndian {
     fn as_ref(&self) -> &[u8] {
