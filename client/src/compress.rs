@@ -24,6 +24,9 @@ pub struct Encoded {
     pub bytes: Bytes,
     /// Values they decode to.
     pub values: u64,
+    /// The values themselves, for plain updates: what an in-process coordinator is handed
+    /// instead of the bytes (the same memory).
+    pub plain: Option<Arc<Vec<f32>>>,
 }
 
 impl Encoded {
@@ -33,7 +36,8 @@ impl Encoded {
         Self {
             compression: Compression::None,
             values: values.len() as u64,
-            bytes: shoal_proto::f32_bytes(values),
+            bytes: shoal_proto::f32_bytes(values.clone()),
+            plain: Some(values),
         }
     }
 
@@ -118,6 +122,7 @@ pub fn encode_update(
         compression: codec.wire().0,
         bytes: Bytes::from(bytes),
         values: values.len() as u64,
+        plain: None,
     });
     Ok(update)
 }
@@ -228,6 +233,7 @@ mod tests {
             compression: Compression::Int8,
             bytes: Bytes::from(vec![7u8; 10]),
             values: 6,
+            plain: None,
         };
         assert_eq!(packed.encoded_len(), 10);
         let chunks: Vec<Chunk> = packed.chunks(4).collect();

@@ -8,7 +8,7 @@ use crate::error::{ClientError, Result};
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest,
-    PullReply, PullRequest, PushReply, UpdatePart,
+    PullReply, PullRequest, PushReply, UpdateHeader, UpdatePart,
 };
 use shoal_proto::{ChunkStream, DirectFleet, MAX_CHUNK_BYTES};
 use std::sync::Arc;
@@ -84,6 +84,22 @@ impl Fleet {
         match self {
             Fleet::Grpc(grpc) => grpc.push_update(futures::stream::iter(parts)).await,
             Fleet::Direct(direct) => direct.push_update(parts).await.map(Response::new),
+        }
+    }
+
+    /// Delivers a plain update as its values: in process only (the coordinator takes the
+    /// vector itself); over the network plain values travel as chunks
+    /// ([`Fleet::push_update`]), and this refuses.
+    pub async fn push_values(
+        &mut self,
+        header: UpdateHeader,
+        values: Arc<Vec<f32>>,
+    ) -> std::result::Result<Response<PushReply>, Status> {
+        match self {
+            Fleet::Grpc(_) => Err(Status::unimplemented(
+                "values are handed over in process only; send chunks",
+            )),
+            Fleet::Direct(direct) => direct.push_values(header, values).await.map(Response::new),
         }
     }
 

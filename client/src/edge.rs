@@ -627,13 +627,23 @@ impl EdgeClient {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         };
-        let mut parts = vec![UpdatePart {
-            part: Some(Part::Header(header)),
-        }];
-        parts.extend(encoded.chunks(self.chunk_bytes).map(|c| UpdatePart {
-            part: Some(Part::Chunk(c)),
-        }));
-        self.route.fleet().push_update(parts).await?;
+        let fleet = self.route.fleet();
+        match &encoded.plain {
+            // In process a plain update is handed over as its values: nothing to chunk, and
+            // nothing for the coordinator to copy.
+            Some(values) if fleet.in_process() => {
+                fleet.push_values(header, values.clone()).await?;
+            }
+            _ => {
+                let mut parts = vec![UpdatePart {
+                    part: Some(Part::Header(header)),
+                }];
+                parts.extend(encoded.chunks(self.chunk_bytes).map(|c| UpdatePart {
+                    part: Some(Part::Chunk(c)),
+                }));
+                fleet.push_update(parts).await?;
+            }
+        }
         Ok(())
     }
 }

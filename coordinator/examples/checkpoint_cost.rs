@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let update = ClientUpdate {
             client_id: "client-00000".into(),
             weight: 100,
-            payload: params.clone(),
+            payload: params.clone().into(),
             counts: Vec::new(),
             metrics: Default::default(),
         };

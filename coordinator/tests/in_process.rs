@@ -1,6 +1,6 @@
 //! The fleet protocol called in the coordinator's own process (`Coordinator::in_process`, what
 //! `shoal run`'s fleet uses): the same rounds as over gRPC, and every bad upload refused with
-//! the same status and reason.
+//! the same status and reason, whether it comes as chunks or as values handed over.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -9,10 +9,11 @@ use common::{assert_refused, header};
 use futures::StreamExt;
 use shoal_coordinator::Limits;
 use shoal_proto::v1::{
-    Chunk, Fence, FetchRequest, JoinRequest, PullRequest, Task, UpdateHeader, UpdatePart,
-    pull_reply::Reply, update_part::Part,
+    Chunk, Compression, Fence, FetchRequest, JoinRequest, PullRequest, Task, UpdateHeader,
+    UpdatePart, pull_reply::Reply, update_part::Part,
 };
 use shoal_proto::{ChunkAssembler, DirectFleet, MAX_CHUNK_BYTES, encode_chunks};
+use std::sync::Arc;
 use tonic::Code;
 
 async fn join(fleet: &dyn DirectFleet, id: &str, examples: u64) {
@@ -153,6 +154,89 @@ async fn in_process_clients_run_rounds_and_bad_uploads_are_refused_as_over_grpc(
     assert_refused(
         fleet
             .push_update(update(header("b", &fence, 30, n), &vec![3.0f32; n]))
+            .await,
+        Code::FailedPrecondition,
+        "stale_fence",
+    );
+    running.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_updates_handed_over_as_values_pass_the_same_checks() {
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let running = common::start(common::config(2, 2), spec, split.test, Limits::default()).await;
+    let fleet = running.coordinator.in_process();
+    let fleet = fleet.as_ref();
+    join(fleet, "a", 10).await;
+    join(fleet, "b", 30).await;
+    let t = task(fleet, "a").await;
+    let fence = t.fence.clone().unwrap();
+    let n = t.update_len as usize;
+    let shared = |values: Vec<f32>| Arc::new(values);
+
+    // Someone who never joined; fewer values than the header says; a NaN; a header of the
+    // wrong length; a header that claims an encoding the round does not ask for.
+    let good_a = shared(vec![1.0f32; n]);
+    assert_refused(
+        fleet
+            .push_values(header("zz", &fence, 10, n), good_a.clone())
+            .await,
+        Code::NotFound,
+        "unknown_client",
+    );
+    assert_refused(
+        fleet
+            .push_values(header("a", &fence, 10, n), shared(vec![1.0; n - 1]))
+            .await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+    let mut nan = vec![1.0f32; n];
+    nan[7] = f32::NAN;
+    assert_refused(
+        fleet
+            .push_values(header("a", &fence, 10, n), shared(nan))
+            .await,
+        Code::InvalidArgument,
+        "non_finite",
+    );
+    assert_refused(
+        fleet
+            .push_values(header("a", &fence, 10, n + 1), shared(vec![1.0; n + 1]))
+            .await,
+        Code::InvalidArgument,
+        "wrong_length",
+    );
+    let int8 = UpdateHeader {
+        compression: Compression::Int8 as i32,
+        ..header("a", &fence, 10, n)
+    };
+    assert_refused(
+        fleet.push_values(int8, good_a.clone()).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+
+    // One client's values, the other's chunks: the round's global is their weighted mean,
+    // and the values handed over are the client's, unchanged.
+    fleet
+        .push_values(header("a", &fence, 10, n), good_a.clone())
+        .await
+        .unwrap();
+    assert!(good_a.iter().all(|v| *v == 1.0));
+    task(fleet, "b").await;
+    fleet
+        .push_update(update(header("b", &fence, 30, n), &vec![3.0f32; n]))
+        .await
+        .unwrap();
+    let t2 = task(fleet, "a").await;
+    let fence2 = t2.fence.clone().unwrap();
+    let global = fetch(fleet, "a", &fence2, t2.global_len).await;
+    assert!(global.iter().all(|v| *v == 2.5), "{:?}", &global[..4]);
+    assert_refused(
+        fleet
+            .push_values(header("b", &fence, 30, n), shared(vec![3.0; n]))
             .await,
         Code::FailedPrecondition,
         "stale_fence",

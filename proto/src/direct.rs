@@ -13,8 +13,9 @@
 
 use crate::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PullReply, PullRequest, PushReply, UpdatePart,
+    LeaveRequest, PullReply, PullRequest, PushReply, UpdateHeader, UpdatePart,
 };
+use std::sync::Arc;
 use tonic::Status;
 use tonic::codegen::BoxStream;
 
@@ -33,6 +34,15 @@ pub trait DirectFleet: std::fmt::Debug + Send + Sync + 'static {
     async fn fetch_global(&self, request: FetchRequest) -> Result<ChunkStream, Status>;
     /// As the `PushUpdate` RPC: the header first, then the chunks, as a client streams them.
     async fn push_update(&self, parts: Vec<UpdatePart>) -> Result<PushReply, Status>;
+    /// As the `PushUpdate` RPC for a plain update (no compression), handed over as the
+    /// values themselves instead of their bytes in chunks: the coordinator checks and folds
+    /// the client's vector, shared, never copied. The header's length and encoding are
+    /// checked as a streamed update's are.
+    async fn push_values(
+        &self,
+        header: UpdateHeader,
+        values: Arc<Vec<f32>>,
+    ) -> Result<PushReply, Status>;
     /// As the `Leave` RPC.
     async fn leave(&self, request: LeaveRequest) -> Result<LeaveReply, Status>;
     /// As the `Abandon` RPC.

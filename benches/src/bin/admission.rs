@@ -289,7 +289,7 @@ fn client_id(i: usize) -> String {
 /// Client `i`'s update: the global parameters, each moved by a small amount that depends on
 /// `i` and the index (far inside the norm bound).
 fn client_update(i: usize, global: &[f32]) -> ClientUpdate {
-    let payload = global
+    let payload: Vec<f32> = global
         .iter()
         .enumerate()
         .map(|(j, g)| g + ((i * 31 + j) % 17) as f32 * 1e-4)
@@ -297,7 +297,7 @@ fn client_update(i: usize, global: &[f32]) -> ClientUpdate {
     ClientUpdate {
         client_id: client_id(i),
         weight: 10 + (i % 7) as u64,
-        payload,
+        payload: payload.into(),
         counts: Vec::new(),
         metrics: Default::default(),
     }

@@ -14,6 +14,7 @@ pub mod norm;
 pub mod robust;
 
 use shoal_models::max_abs_bits;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Fractional bits of the fixed-point grid: terms are rounded to multiples of 2^-40.
@@ -157,7 +158,7 @@ pub struct ExactSum {
     /// Whether a fold of a long vector runs on two threads.
     split: bool,
     /// Terms checked and counted ([`ExactSum::defer`]) but not added yet.
-    deferred: Vec<(u64, Vec<f32>)>,
+    deferred: Vec<(u64, Arc<Vec<f32>>)>,
 }
 
 impl ExactSum {
@@ -246,7 +247,7 @@ impl ExactSum {
     pub fn defer(
         &mut self,
         weight: u64,
-        values: Vec<f32>,
+        values: Arc<Vec<f32>>,
         scan: Finite,
     ) -> Result<(), AggregateError> {
         self.magnitude += self.check_scanned(weight, &values, scan)?;
@@ -551,7 +552,9 @@ mod tests {
             let values = update(i);
             folded.fold(1 + i as u64, &values).unwrap();
             let scan = Finite::scan(&values).unwrap();
-            deferred.defer(1 + i as u64, values, scan).unwrap();
+            deferred
+                .defer(1 + i as u64, Arc::new(values), scan)
+                .unwrap();
             // Counted at once, added at the flush.
             assert_eq!(deferred.count(), folded.count());
             assert_eq!(deferred.total_weight(), folded.total_weight());
@@ -563,14 +566,14 @@ mod tests {
         let mut s = ExactSum::new(2);
         let big = vec![1.5e9f32, 0.0];
         let scan = Finite::scan(&big).unwrap();
-        s.defer(1 << 31, big.clone(), scan).unwrap();
+        s.defer(1 << 31, Arc::new(big.clone()), scan).unwrap();
         assert!(matches!(
-            s.defer(1 << 31, big.clone(), scan),
+            s.defer(1 << 31, Arc::new(big.clone()), scan),
             Err(AggregateError::OutOfRange(_))
         ));
         // A scan of another vector does not vouch for this one.
         assert!(matches!(
-            s.defer(1, vec![0.0; 3], scan),
+            s.defer(1, Arc::new(vec![0.0; 3]), scan),
             Err(AggregateError::WrongLength { .. })
         ));
         s.flush();

@@ -162,7 +162,7 @@ impl NormBound {
     /// shows and is named) and applies the policy:
     /// returns `Ok(None)` if it is within the bound, `Ok(Some(norm))` if it was clipped from
     /// `norm`, or the refusal.
-    pub fn enforce(&self, payload: &mut [f32]) -> Result<Option<f64>, AggregateError> {
+    pub fn enforce(&self, payload: &mut Arc<Vec<f32>>) -> Result<Option<f64>, AggregateError> {
         let expected = self.reference.as_ref().map_or(payload.len(), |r| r.len());
         if payload.len() != expected {
             validate(payload, expected)?;
@@ -185,7 +185,12 @@ impl NormBound {
             }),
             NormPolicy::Clip => {
                 let reference = self.reference.as_deref().map(Vec::as_slice);
-                scale_delta(payload, reference, self.max_norm / norm);
+                // A shared payload is copied here, and only here: most are within the bound.
+                scale_delta(
+                    Arc::make_mut(payload).as_mut_slice(),
+                    reference,
+                    self.max_norm / norm,
+                );
                 Ok(Some(norm))
             }
         }
@@ -196,6 +201,10 @@ impl NormBound {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn shared(values: &[f32]) -> Arc<Vec<f32>> {
+        Arc::new(values.to_vec())
+    }
 
     fn bound(kind: TaskKind, global: Vec<f32>, max: f64, policy: NormPolicy) -> NormBound {
         NormBound::for_task(kind, &Arc::new(global), Some(max), policy).unwrap()
@@ -212,7 +221,7 @@ mod tests {
     fn fit_measures_the_delta_and_gradient_the_payload() {
         let fit = bound(TaskKind::Fit, vec![10.0, 10.0], 5.0, NormPolicy::Reject);
         assert_eq!(
-            fit.enforce(&mut [13.0, 14.0]),
+            fit.enforce(&mut shared(&[13.0, 14.0])),
             Ok(None),
             "delta norm is exactly 5"
         );
@@ -223,12 +232,12 @@ mod tests {
             NormPolicy::Reject,
         );
         assert_eq!(
-            grad.enforce(&mut [3.0, 4.0]),
+            grad.enforce(&mut shared(&[3.0, 4.0])),
             Ok(None),
             "payload norm is exactly 5"
         );
         assert!(matches!(
-            grad.enforce(&mut [13.0, 14.0]),
+            grad.enforce(&mut shared(&[13.0, 14.0])),
             Err(AggregateError::NormTooLarge { .. })
         ));
     }
@@ -236,7 +245,7 @@ mod tests {
     #[test]
     fn reject_names_the_norm_and_the_bound() {
         let fit = bound(TaskKind::Fit, vec![0.0, 0.0], 1.0, NormPolicy::Reject);
-        let mut payload = [3.0, 4.0];
+        let mut payload = shared(&[3.0, 4.0]);
         let err = fit.enforce(&mut payload).unwrap_err();
         assert_eq!(
             err,
@@ -247,30 +256,47 @@ mod tests {
         );
         assert!(err.to_string().contains("update norm 5"), "{err}");
         assert!(err.to_string().contains("exceeds the bound 1"), "{err}");
-        assert_eq!(payload, [3.0, 4.0], "a refused payload is untouched");
+        assert_eq!(*payload, [3.0, 4.0], "a refused payload is untouched");
     }
 
     #[test]
     fn clip_scales_the_delta_onto_the_bound() {
         let fit = bound(TaskKind::Fit, vec![1.0, 1.0], 1.0, NormPolicy::Clip);
-        let mut payload = [4.0, 5.0];
+        let mut payload = shared(&[4.0, 5.0]);
         assert_eq!(fit.enforce(&mut payload), Ok(Some(5.0)));
-        assert_eq!(payload, [1.6, 1.8]);
+        assert_eq!(*payload, [1.6, 1.8]);
         let grad = bound(TaskKind::Gradient, vec![], 2.5, NormPolicy::Clip);
-        let mut g = [3.0, -4.0];
+        let mut g = shared(&[3.0, -4.0]);
         assert_eq!(grad.enforce(&mut g), Ok(Some(5.0)));
-        assert_eq!(g, [1.5, -2.0]);
+        assert_eq!(*g, [1.5, -2.0]);
+    }
+
+    #[test]
+    fn clipping_a_shared_payload_leaves_the_other_holders_vector_alone() {
+        // An in-process client's update can be the very vector the client keeps (the global
+        // it sends back unchanged): the clipped values are the coordinator's own copy.
+        let fit = bound(TaskKind::Fit, vec![1.0, 1.0], 1.0, NormPolicy::Clip);
+        let client = shared(&[4.0, 5.0]);
+        let mut payload = client.clone();
+        assert_eq!(fit.enforce(&mut payload), Ok(Some(5.0)));
+        assert_eq!(*payload, [1.6, 1.8]);
+        assert_eq!(*client, [4.0, 5.0]);
+        // Within the bound nothing is copied.
+        let mut within = client.clone();
+        let loose = bound(TaskKind::Fit, vec![1.0, 1.0], 10.0, NormPolicy::Clip);
+        assert_eq!(loose.enforce(&mut within), Ok(None));
+        assert!(Arc::ptr_eq(&within, &client));
     }
 
     #[test]
     fn validation_comes_before_the_norm() {
         let fit = bound(TaskKind::Fit, vec![0.0, 0.0], 1.0, NormPolicy::Clip);
         assert_eq!(
-            fit.enforce(&mut [f32::NAN, 0.0]),
+            fit.enforce(&mut shared(&[f32::NAN, 0.0])),
             Err(AggregateError::NonFinite { index: 0 })
         );
         assert!(matches!(
-            fit.enforce(&mut [0.0]),
+            fit.enforce(&mut shared(&[0.0])),
             Err(AggregateError::WrongLength { .. })
         ));
     }
@@ -336,9 +362,9 @@ mod tests {
         ) {
             let (global, payload): (Vec<f32>, Vec<f32>) = rows.into_iter().unzip();
             let rule = bound(TaskKind::Fit, global.clone(), max, NormPolicy::Clip);
-            let mut a = payload.clone();
+            let mut a = shared(&payload);
             let clipped = rule.enforce(&mut a).unwrap();
-            let mut b = payload.clone();
+            let mut b = shared(&payload);
             rule.enforce(&mut b).unwrap();
             prop_assert_eq!(
                 a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -346,7 +372,7 @@ mod tests {
             );
             let after = l2_distance(&a, &global);
             match clipped {
-                None => prop_assert_eq!(a, payload),
+                None => prop_assert_eq!(&*a, &payload),
                 // One f32 rounding per value: within a few ulps of the global's magnitude.
                 Some(before) => {
                     prop_assert!(before > max);
@@ -361,9 +387,9 @@ mod tests {
             payload in proptest::collection::vec(-1.0f32..1.0, 1..64),
         ) {
             let rule = bound(TaskKind::Gradient, vec![], 1e3, NormPolicy::Clip);
-            let mut p = payload.clone();
+            let mut p = shared(&payload);
             prop_assert_eq!(rule.enforce(&mut p), Ok(None));
-            prop_assert_eq!(p, payload);
+            prop_assert_eq!(&*p, &payload);
         }
     }
 }

@@ -328,7 +328,7 @@ mod tests {
         Delivery::Update(ClientUpdate {
             client_id: client.into(),
             weight: 2,
-            payload: vec![value; 3],
+            payload: vec![value; 3].into(),
             counts: Vec::new(),
             metrics: Default::default(),
         })
@@ -353,9 +353,11 @@ mod tests {
         Delivery::Update(ClientUpdate {
             client_id: format!("c{client:03}"),
             weight: 1 + client as u64 % 7,
-            payload: (0..len)
-                .map(|j| ((client * 31 + j) as f32 * 0.37).sin())
-                .collect(),
+            payload: Arc::new(
+                (0..len)
+                    .map(|j| ((client * 31 + j) as f32 * 0.37).sin())
+                    .collect(),
+            ),
             counts: Vec::new(),
             metrics: Default::default(),
         })
@@ -394,7 +396,7 @@ mod tests {
                         }
                         let mut bad = long_update(100 + t, LEN);
                         if let Delivery::Update(u) = &mut bad {
-                            u.payload[LEN / 2] = f32::NAN;
+                            Arc::make_mut(&mut u.payload)[LEN / 2] = f32::NAN;
                         }
                         match fold(together, bad, &Fence::default()) {
                             Err(CoordinatorError::InvalidUpdate(_)) => refused += 1,

@@ -14,7 +14,7 @@ use crate::strategy::results::{ClientUpdate, PartialSum};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdatePart,
+    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdateHeader, UpdatePart,
 };
 use shoal_proto::{ChunkStream, DirectFleet, SumAssembler};
 use std::sync::Arc;
@@ -242,6 +242,31 @@ impl FleetService {
         Ok(PushReply { accepted_in_round })
     }
 
+    /// A plain update handed over in process as its values, with the checks of
+    /// [`FleetService::push_request`] but nothing to receive.
+    async fn values_request(
+        &self,
+        header: UpdateHeader,
+        values: Arc<Vec<f32>>,
+    ) -> Result<PushReply, Status> {
+        self.authorize(&Request::new(()), &header.client_id)?;
+        self.serving()?;
+        let admission = self
+            .coordinator
+            .admit(&header)
+            .map_err(|e| self.refuse(e))?;
+        let values = admission
+            .decoding
+            .take_values(&header, values, admission.max_values)
+            .map_err(|e| self.refuse_upload(e))?;
+        let update = ClientUpdate::from_wire(header, values);
+        let accepted_in_round = admission
+            .deliver(update)
+            .await
+            .map_err(|e| self.refuse(e))?;
+        Ok(PushReply { accepted_in_round })
+    }
+
     async fn abandon_request(
         &self,
         request: Request<AbandonRequest>,
@@ -369,6 +394,14 @@ impl DirectFleet for FleetService {
     async fn push_update(&self, parts: Vec<UpdatePart>) -> Result<PushReply, Status> {
         let parts = futures::stream::iter(parts.into_iter().map(Ok));
         self.push_request(Request::new(parts)).await
+    }
+
+    async fn push_values(
+        &self,
+        header: UpdateHeader,
+        values: Arc<Vec<f32>>,
+    ) -> Result<PushReply, Status> {
+        self.values_request(header, values).await
     }
 
     async fn leave(&self, request: LeaveRequest) -> Result<LeaveReply, Status> {

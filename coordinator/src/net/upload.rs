@@ -222,18 +222,7 @@ impl Decoding {
         max_values: usize,
         max_chunk_bytes: usize,
     ) -> Result<Vec<f32>, UploadError> {
-        let asked = self.codec.wire().0;
-        if header.compression != asked as i32 {
-            return Err(malformed(format!(
-                "update encoded as {}, the round asks for {} (--compress {})",
-                Compression::try_from(header.compression).map_or_else(
-                    |_| header.compression.to_string(),
-                    |c| c.as_str_name().to_owned()
-                ),
-                asked.as_str_name(),
-                self.codec
-            )));
-        }
+        self.check_encoding(header)?;
         if self.codec == Codec::None {
             let values = ChunkAssembler::new(header.payload_len, max_values, max_chunk_bytes)?;
             let values = if self.reserve_all {
@@ -270,6 +259,57 @@ impl Decoding {
                 .iter_mut()
                 .zip(base.iter())
                 .for_each(|(v, g)| *v += g);
+        }
+        Ok(values)
+    }
+}
+
+impl Decoding {
+    /// Refuses a header whose encoding is not the one the round asks for.
+    fn check_encoding(&self, header: &UpdateHeader) -> Result<(), UploadError> {
+        let asked = self.codec.wire().0;
+        if header.compression != asked as i32 {
+            return Err(malformed(format!(
+                "update encoded as {}, the round asks for {} (--compress {})",
+                Compression::try_from(header.compression).map_or_else(
+                    |_| header.compression.to_string(),
+                    |c| c.as_str_name().to_owned()
+                ),
+                asked.as_str_name(),
+                self.codec
+            )));
+        }
+        Ok(())
+    }
+
+    /// A plain update handed over as its values (an in-process client's): the checks
+    /// [`Decoding::receive`] makes of a plain payload, with no bytes to assemble or copy.
+    pub fn take_values(
+        &self,
+        header: &UpdateHeader,
+        values: Arc<Vec<f32>>,
+        max_values: usize,
+    ) -> Result<Arc<Vec<f32>>, UploadError> {
+        self.check_encoding(header)?;
+        if self.codec != Codec::None {
+            return Err(malformed(format!(
+                "values handed over in a round whose updates are encoded (--compress {})",
+                self.codec
+            )));
+        }
+        if header.payload_len > max_values as u64 {
+            return Err(ProtoError::TooLarge {
+                declared: header.payload_len,
+                limit: max_values,
+            }
+            .into());
+        }
+        if values.len() as u64 != header.payload_len {
+            return Err(malformed(format!(
+                "the header declares {} values and {} were handed over",
+                header.payload_len,
+                values.len()
+            )));
         }
         Ok(values)
     }

@@ -176,7 +176,7 @@ mod tests {
         ClientUpdate {
             client_id: id.into(),
             weight: 3,
-            payload: vec![1.5, -2.0],
+            payload: vec![1.5, -2.0].into(),
             counts: vec![1, 2],
             metrics: BTreeMap::from([("loss".to_string(), 0.5)]),
         }

@@ -291,7 +291,7 @@ mod tests {
             acc.accept(ClientUpdate {
                 client_id: format!("c{i}"),
                 weight: local.len() as u64,
-                payload: stats.sums,
+                payload: stats.sums.into(),
                 counts,
                 metrics: BTreeMap::from([("inertia".to_string(), stats.inertia)]),
             })
@@ -330,7 +330,7 @@ mod tests {
         let update = ClientUpdate {
             client_id: "a".into(),
             weight: 5,
-            payload: vec![0.0; 4],
+            payload: vec![0.0; 4].into(),
             counts: vec![1, 1],
             metrics: BTreeMap::new(),
         };
@@ -348,7 +348,7 @@ mod tests {
         acc.accept(ClientUpdate {
             client_id: "a".into(),
             weight: 4,
-            payload: vec![1.0, 1.0],
+            payload: vec![1.0, 1.0].into(),
             counts: vec![4],
             metrics: BTreeMap::new(),
         })

@@ -7,6 +7,7 @@ use shoal_proto::v1::{
     Contribution, Contributions, Fence, PartialHeader, PartialPart, UpdateHeader, partial_part,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Encoded size of the contributions one message of a partial sum carries (about 3,000
 /// clients): well inside every message limit.
@@ -19,8 +20,11 @@ pub struct ClientUpdate {
     pub client_id: String,
     /// Weight of the update: the examples it was computed on.
     pub weight: u64,
-    /// Parameters, gradient, centroid sums or local centres, as the task asked.
-    pub payload: Vec<f32>,
+    /// Parameters, gradient, centroid sums or local centres, as the task asked: the vector
+    /// an in-process client made, shared, or the one decoded from the wire (`Arc::make_mut`
+    /// to change it). Logged as a plain sequence of values.
+    #[serde(with = "shared_values")]
+    pub payload: Arc<Vec<f32>>,
     /// Integer side data (k-means counts).
     pub counts: Vec<u64>,
     /// Metrics the client reported (loss, accuracy, inertia...).
@@ -29,14 +33,28 @@ pub struct ClientUpdate {
 
 impl ClientUpdate {
     /// The update an [`UpdateHeader`] announces, with the `payload` that followed it.
-    pub fn from_wire(header: UpdateHeader, payload: Vec<f32>) -> Self {
+    pub fn from_wire(header: UpdateHeader, payload: impl Into<Arc<Vec<f32>>>) -> Self {
         Self {
             client_id: header.client_id,
             weight: header.num_examples,
-            payload,
+            payload: payload.into(),
             counts: header.counts,
             metrics: header.metrics.into_iter().collect(),
         }
+    }
+}
+
+/// A shared payload in serde: the sequence of its values, as a `Vec<f32>` is written.
+mod shared_values {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(values: &Arc<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+        values.as_slice().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<f32>>, D::Error> {
+        Vec::<f32>::deserialize(d).map(Arc::new)
     }
 }
 
@@ -558,7 +576,7 @@ mod tests {
         ClientUpdate {
             client_id: id.into(),
             weight,
-            payload,
+            payload: Arc::new(payload),
             counts,
             metrics: BTreeMap::from([("loss".to_string(), weight as f64)]),
         }

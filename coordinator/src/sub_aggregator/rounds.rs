@@ -275,7 +275,7 @@ mod tests {
         state.fold(Delivery::Update(ClientUpdate {
             client_id: client.into(),
             weight: 1,
-            payload: vec![1.0, 2.0],
+            payload: vec![1.0, 2.0].into(),
             counts: vec![],
             metrics: BTreeMap::new(),
         }))
