@@ -460,9 +460,9 @@ impl EdgeClient {
             None => None,
         };
         let orphan = self.orphan.take().filter(|o| o.answers(&task));
-        // A core of the fleet's, held while this client works. In process, delivering is
+        // One of the fleet's workers, held while this client works. In process, delivering is
         // work too (the coordinator checks and folds the update on the caller's behalf), so
-        // the core is held until the push is over: only as many updates as cores are in
+        // the worker is held until the push is over: only as many updates as workers are in
         // flight, and their buffers are reused warm instead of faulted in afresh.
         let mut core = None;
         let finished = match orphan {
@@ -558,7 +558,7 @@ impl EdgeClient {
         share
     }
 
-    /// One of the fleet's cores, for work on the CPU.
+    /// One of the fleet's workers (about one per core), for work on the CPU.
     async fn core(&self) -> Result<OwnedSemaphorePermit> {
         self.cpu
             .clone()

@@ -262,9 +262,7 @@ impl Decoding {
         }
         Ok(values)
     }
-}
 
-impl Decoding {
     /// Refuses a header whose encoding is not the one the round asks for.
     fn check_encoding(&self, header: &UpdateHeader) -> Result<(), UploadError> {
         let asked = self.codec.wire().0;
