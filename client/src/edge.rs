@@ -460,10 +460,10 @@ impl EdgeClient {
             None => None,
         };
         let orphan = self.orphan.take().filter(|o| o.answers(&task));
-        // One of the fleet's workers, held while this client works. In process, delivering is
-        // work too (the coordinator checks and folds the update on the caller's behalf), so
-        // the worker is held until the push is over: only as many updates as workers are in
-        // flight, and their buffers are reused warm instead of faulted in afresh.
+        // The fleet's worker this client worked on. In process, delivering is work too (the
+        // coordinator checks and folds the update on the caller's behalf), so the worker is
+        // held until the push is over: the updates of fresh work in flight are as many as the
+        // workers, and their buffers are reused warm instead of faulted in afresh.
         let mut core = None;
         let finished = match orphan {
             Some(orphan) => {
@@ -471,13 +471,13 @@ impl EdgeClient {
                 stats.redelivered += 1;
                 Ok(orphan.update)
             }
-            None => match self.core().await {
-                Ok(permit) => {
-                    core = Some(permit);
-                    self.work(task.clone(), &fence).await
-                }
-                Err(err) => Err(err),
-            },
+            None => self
+                .work(task.clone(), &fence)
+                .await
+                .map(|(update, worker)| {
+                    core = Some(worker);
+                    update
+                }),
         };
         if !self.route.fleet().in_process() {
             core = None;
@@ -567,12 +567,18 @@ impl EdgeClient {
             .map_err(|e| ClientError::Worker(e.to_string()))
     }
 
-    /// Trains (or evaluates) on the client's data; the caller holds a core.
-    async fn work(&mut self, task: Task, fence: &Fence) -> Result<LocalUpdate> {
+    /// Fetches the round's global state, then trains (or evaluates) on the client's data on
+    /// one of the fleet's workers, which it hands back with the update.
+    async fn work(
+        &mut self,
+        task: Task,
+        fence: &Fence,
+    ) -> Result<(LocalUpdate, OwnedSemaphorePermit)> {
         let global = self
             .cache
             .get(self.route.fleet(), &self.id, fence, task.global_len)
             .await?;
+        let worker = self.core().await?;
         let data = self.data.clone();
         let trainer = self.trainer.clone();
         let mut state = std::mem::take(&mut self.state);
@@ -599,7 +605,7 @@ impl EdgeClient {
             ClientError::Worker(e.to_string())
         })?;
         self.state = state;
-        update
+        update.map(|update| (update, worker))
     }
 
     async fn push(&mut self, fence: &Fence, update: &LocalUpdate) -> Result<()> {

@@ -23,7 +23,9 @@ pub trait LocalTrainer: Send + Sync + std::fmt::Debug {
     /// Trains from `global` on `data` as `config` says (epochs, batch size, learning rate,
     /// shuffle seed, FedProx's `proximal_mu`, and `max_steps`, a cap a simulated slow device
     /// sets); returns the new parameters, same layout, and a report whose `examples` is the
-    /// update's weight and `steps` the steps taken.
+    /// update's weight and `steps` the steps taken. A task of zero epochs does not come
+    /// here: it trains nothing, so [`LocalTrainer::score`] scores the global model and the
+    /// client sends it back unchanged.
     fn fit(
         &self,
         model: &TaskModel,

@@ -189,18 +189,6 @@ fn fit(
     state: &mut ClientState,
 ) -> Result<LocalUpdate> {
     let cfg = task.fit.unwrap_or_default();
-    if cfg.epochs == 0 && !cfg.control_variate {
-        // Nothing to train: the client scores the global model on its data and sends it back
-        // unchanged, scoring it with the process's shared model where the trainer keeps one.
-        let report = trainer.score(task_model(task)?, global, data)?;
-        return Ok(LocalUpdate {
-            num_examples: report.examples as u64,
-            payload: global.clone(),
-            counts: Vec::new(),
-            metrics: loss_and_accuracy(report.loss, report.accuracy),
-            encoded: None,
-        });
-    }
     let train = TrainConfig {
         epochs: cfg.epochs as usize,
         batch_size: cfg.batch_size as usize,
@@ -213,6 +201,20 @@ fn fit(
             ((share * all as f64).ceil() as usize).max(1)
         }),
     };
+    if cfg.epochs == 0 && !cfg.control_variate {
+        // Nothing to train: the client scores the global model on its data and sends it back
+        // unchanged, scoring it with the process's shared model where the trainer keeps one.
+        // The configuration is held to what training would hold it to all the same.
+        train.validate()?;
+        let report = trainer.score(task_model(task)?, global, data)?;
+        return Ok(LocalUpdate {
+            num_examples: report.examples as u64,
+            payload: global.clone(),
+            counts: Vec::new(),
+            metrics: loss_and_accuracy(report.loss, report.accuracy),
+            encoded: None,
+        });
+    }
     let (params, report) = if cfg.control_variate {
         let variate = &mut state.variate;
         crate::scaffold::fit(

@@ -175,8 +175,8 @@ async fn plain_updates_handed_over_as_values_pass_the_same_checks() {
     let n = t.update_len as usize;
     let shared = |values: Vec<f32>| Arc::new(values);
 
-    // Someone who never joined; fewer values than the header says; a NaN; a header of the
-    // wrong length; a header that claims an encoding the round does not ask for.
+    // Someone who never joined; fewer or more values than the header says; a NaN; a header
+    // of the wrong length; a header that claims an encoding the round does not ask for.
     let good_a = shared(vec![1.0f32; n]);
     assert_refused(
         fleet
@@ -190,7 +190,14 @@ async fn plain_updates_handed_over_as_values_pass_the_same_checks() {
             .push_values(header("a", &fence, 10, n), shared(vec![1.0; n - 1]))
             .await,
         Code::InvalidArgument,
-        "malformed",
+        "payload_truncated",
+    );
+    assert_refused(
+        fleet
+            .push_values(header("a", &fence, 10, n), shared(vec![1.0; n + 1]))
+            .await,
+        Code::InvalidArgument,
+        "payload_overflow",
     );
     let mut nan = vec![1.0f32; n];
     nan[7] = f32::NAN;

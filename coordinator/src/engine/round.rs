@@ -3,7 +3,7 @@
 //! Every check an update must pass before it touches the aggregate lives here, so the gRPC
 //! handlers stay thin and the rules of DESIGN.md ("Round rules") read in one place.
 
-use crate::aggregate::Finite;
+use crate::aggregate::{AggregateError, Finite};
 use crate::error::{CoordinatorError, Result};
 use crate::store::round_log::RoundLog;
 use crate::strategy::TaskPlan;
@@ -54,7 +54,8 @@ struct FoldQueue {
 struct Waiting {
     ticket: u64,
     delivery: Delivery,
-    scan: Option<Finite>,
+    /// An update's scan, made before it queued.
+    scan: Option<std::result::Result<Finite, AggregateError>>,
     fence: Fence,
 }
 
@@ -220,9 +221,10 @@ impl OpenRound {
 /// accepted in the round so far. Fails with a stale-fence error if the round closed meanwhile.
 pub fn fold(folds: &RoundFolds, delivery: Delivery, fence: &Fence) -> Result<usize> {
     // The scan of an update's values needs no accumulator: made before waiting for the sink,
-    // deliveries scan side by side and only the fold itself takes turns.
+    // deliveries scan side by side and only the fold itself takes turns. Its verdict is given
+    // in the delivery's turn, after the checks that come first (duplicate, closed round).
     let scan = match &delivery {
-        Delivery::Update(update) => Some(Finite::scan(&update.payload)?),
+        Delivery::Update(update) => Some(Finite::scan(&update.payload)),
         Delivery::Partial(_) => None,
     };
     let ticket = {
@@ -246,51 +248,50 @@ pub fn fold(folds: &RoundFolds, delivery: Delivery, fence: &Fence) -> Result<usi
         }
         std::mem::take(&mut queue.waiting)
     };
-    let mut mine = None;
-    let results = fold_batch(sink.as_mut(), batch);
-    let mut queue = lock(&folds.queue);
-    for (t, result) in results {
-        if t == ticket {
-            mine = Some(result);
-        } else {
-            queue.done.insert(t, result);
-        }
-    }
-    // A delivery is always in the batch of the first holder after it queued; missing, it was
-    // lost to a panic during another's turn.
-    mine.unwrap_or(Err(CoordinatorError::Internal("a queued fold was lost")))
+    fold_batch(sink.as_mut(), batch, |t, result| {
+        lock(&folds.queue).done.insert(t, result);
+    });
+    // A delivery is always in the batch of the first holder after it queued, and every
+    // delivery of a batch has its result as soon as its turn is over; missing, it was lost
+    // to a panic in another's turn.
+    lock(&folds.queue)
+        .done
+        .remove(&ticket)
+        .unwrap_or(Err(CoordinatorError::Internal("a queued fold was lost")))
 }
 
-/// Checks, logs and counts each delivery of `batch` in order, then adds the accepted payloads
-/// in one pass; the result of each, by ticket.
-fn fold_batch(sink: Option<&mut RoundSink>, batch: Vec<Waiting>) -> Vec<(u64, Result<usize>)> {
+/// Checks, logs and counts each delivery of `batch` in order, giving each its result
+/// (`publish`, by ticket) as soon as its turn is over, then adds the accepted payloads in one
+/// pass. Their senders read the results only once the sink is let go, after that pass.
+fn fold_batch(
+    sink: Option<&mut RoundSink>,
+    batch: Vec<Waiting>,
+    mut publish: impl FnMut(u64, Result<usize>),
+) {
     let Some(sink) = sink else {
-        return batch
-            .into_iter()
-            .map(|w| {
-                let closed = CoordinatorError::StaleFence {
-                    got: w.fence.to_string(),
-                    open: "none (round closed)".into(),
-                };
-                (w.ticket, Err(closed))
-            })
-            .collect();
+        for w in batch {
+            let closed = CoordinatorError::StaleFence {
+                got: w.fence.to_string(),
+                open: "none (round closed)".into(),
+            };
+            publish(w.ticket, Err(closed));
+        }
+        return;
     };
-    let outcomes: Vec<(u64, Result<()>)> = batch
-        .into_iter()
-        .map(|w| (w.ticket, accept_one(sink, w.delivery, w.scan)))
-        .collect();
+    for w in batch {
+        let outcome = accept_one(sink, w.delivery, w.scan);
+        publish(w.ticket, outcome.map(|()| sink.accumulator.accepted()));
+    }
     sink.accumulator.flush();
-    let accepted = sink.accumulator.accepted();
-    outcomes
-        .into_iter()
-        .map(|(ticket, outcome)| (ticket, outcome.map(|()| accepted)))
-        .collect()
 }
 
 /// One delivery's turn: every check, then the log, then its place in the sum (its payload is
 /// added by the batch's flush).
-fn accept_one(sink: &mut RoundSink, delivery: Delivery, scan: Option<Finite>) -> Result<()> {
+fn accept_one(
+    sink: &mut RoundSink,
+    delivery: Delivery,
+    scan: Option<std::result::Result<Finite, AggregateError>>,
+) -> Result<()> {
     // Once per client and round, whatever the admission bookkeeping says: a stream left over
     // from an earlier attempt of this round, or a partial sum overlapping one already folded,
     // must never get a client counted twice.
@@ -301,6 +302,7 @@ fn accept_one(sink: &mut RoundSink, delivery: Delivery, scan: Option<Finite>) ->
     {
         return Err(CoordinatorError::Duplicate(id.to_owned()));
     }
+    let scan = scan.transpose()?;
     // Validate, then make it durable, then fold: a logged delivery always folds cleanly.
     sink.accumulator.check_delivery(&delivery, scan)?;
     if let Some(log) = &mut sink.log {

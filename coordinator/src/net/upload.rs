@@ -302,12 +302,17 @@ impl Decoding {
             }
             .into());
         }
-        if values.len() as u64 != header.payload_len {
-            return Err(malformed(format!(
-                "the header declares {} values and {} were handed over",
-                header.payload_len,
-                values.len()
-            )));
+        // As a stream of chunks would end: short, or with values past the declared length.
+        let declared = header.payload_len as usize;
+        if values.len() < declared {
+            return Err(ProtoError::Truncated {
+                got: values.len(),
+                declared,
+            }
+            .into());
+        }
+        if values.len() > declared {
+            return Err(ProtoError::Overflow { declared }.into());
         }
         Ok(values)
     }
