@@ -71,16 +71,24 @@ fn update(header: UpdateHeader, values: &[f32]) -> Vec<UpdatePart> {
     parts(header, encode_chunks(values, 1000))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_clients_run_rounds_and_bad_uploads_are_refused_as_over_grpc() {
+/// A coordinator of logistic regression on digits whose first round asks clients "a" (10
+/// examples) and "b" (30), both joined in process; "a"'s task.
+async fn first_round() -> (common::Running, Task) {
     let split = common::digits();
     let spec = common::spec("logreg", &split.train);
     let running = common::start(common::config(2, 2), spec, split.test, Limits::default()).await;
     let fleet = running.coordinator.in_process();
+    join(fleet.as_ref(), "a", 10).await;
+    join(fleet.as_ref(), "b", 30).await;
+    let t = task(fleet.as_ref(), "a").await;
+    (running, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_clients_run_rounds_and_bad_uploads_are_refused_as_over_grpc() {
+    let (running, t) = first_round().await;
+    let fleet = running.coordinator.in_process();
     let fleet = fleet.as_ref();
-    join(fleet, "a", 10).await;
-    join(fleet, "b", 30).await;
-    let t = task(fleet, "a").await;
     let fence = t.fence.clone().unwrap();
     let n = t.update_len as usize;
     let global = fetch(fleet, "a", &fence, t.global_len).await;
@@ -163,14 +171,9 @@ async fn in_process_clients_run_rounds_and_bad_uploads_are_refused_as_over_grpc(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_updates_handed_over_as_values_pass_the_same_checks() {
-    let split = common::digits();
-    let spec = common::spec("logreg", &split.train);
-    let running = common::start(common::config(2, 2), spec, split.test, Limits::default()).await;
+    let (running, t) = first_round().await;
     let fleet = running.coordinator.in_process();
     let fleet = fleet.as_ref();
-    join(fleet, "a", 10).await;
-    join(fleet, "b", 30).await;
-    let t = task(fleet, "a").await;
     let fence = t.fence.clone().unwrap();
     let n = t.update_len as usize;
     let shared = |values: Vec<f32>| Arc::new(values);

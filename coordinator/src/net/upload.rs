@@ -232,13 +232,7 @@ impl Decoding {
             };
             return payload(parts, values).await;
         }
-        if header.payload_len > max_values as u64 {
-            return Err(ProtoError::TooLarge {
-                declared: header.payload_len,
-                limit: max_values,
-            }
-            .into());
-        }
+        within_limit(header, max_values)?;
         let len = header.payload_len as usize;
         // Before a byte arrives: decoding allocates `len` values, whatever the bytes say.
         if let Some(base) = self.base.as_ref().filter(|b| b.len() != len) {
@@ -295,13 +289,7 @@ impl Decoding {
                 self.codec
             )));
         }
-        if header.payload_len > max_values as u64 {
-            return Err(ProtoError::TooLarge {
-                declared: header.payload_len,
-                limit: max_values,
-            }
-            .into());
-        }
+        within_limit(header, max_values)?;
         // As a stream of chunks would end: short, or with values past the declared length.
         let declared = header.payload_len as usize;
         if values.len() < declared {
@@ -325,6 +313,18 @@ pub async fn rest<P>(parts: &mut impl Parts<P>) -> Result<Vec<P>, UploadError> {
         rest.push(part);
     }
     Ok(rest)
+}
+
+/// Refuses a header that declares more values than the receiver takes.
+fn within_limit(header: &UpdateHeader, max_values: usize) -> Result<(), UploadError> {
+    if header.payload_len > max_values as u64 {
+        return Err(ProtoError::TooLarge {
+            declared: header.payload_len,
+            limit: max_values,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn malformed(message: String) -> UploadError {
