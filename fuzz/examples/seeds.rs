@@ -115,7 +115,7 @@ fn checkpoint_seeds() -> Res<()> {
     let update = ClientUpdate {
         client_id: "client-0".into(),
         weight: 30,
-        payload: vec![1.5, -2.0, 0.25],
+        payload: vec![1.5, -2.0, 0.25].into(),
         counts: vec![10, 20],
         metrics: BTreeMap::from([("loss".into(), 0.5)]),
     };
