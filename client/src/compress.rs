@@ -14,49 +14,66 @@ use shoal_proto::v1::{Chunk, Compression, Task};
 use shoal_proto::{Codec, shared_chunks};
 use std::sync::Arc;
 
-/// An update encoded for the wire, once: every push of it (a redelivery too) sends chunks that
-/// are views of these bytes.
+/// An update encoded for the wire, once: every push of it (a redelivery too) sends the same
+/// memory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Encoded {
-    /// The encoding.
-    pub compression: Compression,
-    /// The bytes sent in chunks.
-    pub bytes: Bytes,
-    /// Values they decode to.
-    pub values: u64,
-    /// The values themselves, for plain updates: what an in-process coordinator is handed
-    /// instead of the bytes (the same memory).
-    pub plain: Option<Arc<Vec<f32>>>,
+pub enum Encoded {
+    /// Plain f32 values: their little-endian bytes travel, views of the vector itself, and a
+    /// coordinator in the same process is handed the vector.
+    Plain(Arc<Vec<f32>>),
+    /// Values compressed as the task asks.
+    Packed {
+        /// The encoding.
+        compression: Compression,
+        /// The bytes sent in chunks.
+        bytes: Bytes,
+        /// Values they decode to.
+        values: u64,
+    },
 }
 
 impl Encoded {
-    /// Plain values as they travel: their little-endian bytes, which take the vector over
-    /// rather than copy it.
-    pub fn plain(values: Arc<Vec<f32>>) -> Self {
-        Self {
-            compression: Compression::None,
-            values: values.len() as u64,
-            bytes: shoal_proto::f32_bytes(values.clone()),
-            plain: Some(values),
+    /// The header's `compression`.
+    pub fn compression(&self) -> Compression {
+        match self {
+            Encoded::Plain(_) => Compression::None,
+            Encoded::Packed { compression, .. } => *compression,
+        }
+    }
+
+    /// Values the update decodes to (the header's `payload_len`).
+    pub fn values(&self) -> u64 {
+        match self {
+            Encoded::Plain(values) => values.len() as u64,
+            Encoded::Packed { values, .. } => *values,
         }
     }
 
     /// The header's `encoded_len`: 0 for plain values, which are counted in values.
     pub fn encoded_len(&self) -> u64 {
-        match self.compression {
-            Compression::None => 0,
-            _ => self.bytes.len() as u64,
+        match self {
+            Encoded::Plain(_) => 0,
+            Encoded::Packed { bytes, .. } => bytes.len() as u64,
+        }
+    }
+
+    /// The bytes that travel: for plain values, the vector's own (no copy on little-endian
+    /// machines).
+    pub fn bytes(&self) -> Bytes {
+        match self {
+            Encoded::Plain(values) => shoal_proto::f32_bytes(values.clone()),
+            Encoded::Packed { bytes, .. } => bytes.clone(),
         }
     }
 
     /// The chunks to send, at most `chunk_bytes` each: offsets count values for plain
     /// values, bytes otherwise.
     pub fn chunks(&self, chunk_bytes: usize) -> impl Iterator<Item = Chunk> + use<> {
-        let width = match self.compression {
-            Compression::None => 4,
-            _ => 1,
+        let width = match self {
+            Encoded::Plain(_) => 4,
+            Encoded::Packed { .. } => 1,
         };
-        shared_chunks(self.bytes.clone(), width, chunk_bytes)
+        shared_chunks(self.bytes(), width, chunk_bytes)
     }
 }
 
@@ -91,7 +108,7 @@ pub fn encode_update(
         _ => change_base(task, global, update.payload.len())?,
     };
     let Some(base) = base else {
-        update.encoded = Some(Encoded::plain(std::mem::take(&mut update.payload)));
+        update.encoded = Some(Encoded::Plain(std::mem::take(&mut update.payload)));
         return Ok(update);
     };
     let mut values = Arc::unwrap_or_clone(std::mem::take(&mut update.payload));
@@ -118,11 +135,10 @@ pub fn encode_update(
         }
         _ => codec.encode(&values),
     };
-    update.encoded = Some(Encoded {
+    update.encoded = Some(Encoded::Packed {
         compression: codec.wire().0,
         bytes: Bytes::from(bytes),
         values: values.len() as u64,
-        plain: None,
     });
     Ok(update)
 }
@@ -153,7 +169,7 @@ mod tests {
 
     fn decoded(codec: Codec, u: &LocalUpdate) -> Vec<f32> {
         let e = u.encoded.as_ref().unwrap();
-        codec.decode(&e.bytes, e.values as usize).unwrap()
+        codec.decode(&e.bytes(), e.values() as usize).unwrap()
     }
 
     #[test]
@@ -167,7 +183,7 @@ mod tests {
         let none = task(TaskKind::Fit, Codec::None, 1);
         let plain = encode_update(&none, &global, update(vec![1.0; 3]), "c1", &mut fb).unwrap();
         assert!(plain.payload.is_empty());
-        assert_eq!(plain.encoded, Some(Encoded::plain(Arc::new(vec![1.0; 3]))));
+        assert_eq!(plain.encoded, Some(Encoded::Plain(Arc::new(vec![1.0; 3]))));
         assert_eq!(decoded(Codec::None, &plain), vec![1.0; 3]);
     }
 
@@ -209,7 +225,7 @@ mod tests {
         );
         assert_eq!(
             u.unwrap().encoded,
-            Some(Encoded::plain(Arc::new(vec![1.0, 2.0])))
+            Some(Encoded::Plain(Arc::new(vec![1.0, 2.0])))
         );
     }
 
@@ -220,7 +236,7 @@ mod tests {
 
     #[test]
     fn plain_values_travel_in_chunks_counted_in_values_and_compressed_ones_in_bytes() {
-        let plain = Encoded::plain(Arc::new((0..10).map(|i| i as f32).collect()));
+        let plain = Encoded::Plain(Arc::new((0..10).map(|i| i as f32).collect()));
         assert_eq!(plain.encoded_len(), 0);
         let chunks: Vec<Chunk> = plain.chunks(16).collect();
         assert_eq!(spans(&chunks), vec![(0, 16), (4, 16), (8, 8)]);
@@ -229,11 +245,10 @@ mod tests {
             shoal_proto::decode_f32(&c.data, &mut back).unwrap();
         }
         assert_eq!(back, (0..10).map(|i| i as f32).collect::<Vec<_>>());
-        let packed = Encoded {
+        let packed = Encoded::Packed {
             compression: Compression::Int8,
             bytes: Bytes::from(vec![7u8; 10]),
             values: 6,
-            plain: None,
         };
         assert_eq!(packed.encoded_len(), 10);
         let chunks: Vec<Chunk> = packed.chunks(4).collect();

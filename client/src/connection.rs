@@ -4,8 +4,10 @@
 //! message limits as the server, so chunked payloads pass and nothing larger does. A client's
 //! bearer token rides on every request as `authorization: Bearer TOKEN` ([`BearerAuth`]).
 
+use crate::compress::Encoded;
 use crate::error::{ClientError, Result};
 use shoal_proto::v1::fleet_client::FleetClient;
+use shoal_proto::v1::update_part::Part;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, FetchRequest, JoinReply, JoinRequest, LeaveReply, LeaveRequest,
     PullReply, PullRequest, PushReply, UpdateHeader, UpdatePart,
@@ -76,6 +78,30 @@ impl Fleet {
         }
     }
 
+    /// Delivers an update announced by `header`: in process a plain one is handed over as its
+    /// values (nothing to chunk, nothing for the coordinator to copy); anything else travels
+    /// as chunks of at most `chunk_bytes`.
+    pub async fn push(
+        &mut self,
+        header: UpdateHeader,
+        encoded: &Encoded,
+        chunk_bytes: usize,
+    ) -> std::result::Result<Response<PushReply>, Status> {
+        if let (Fleet::Direct(direct), Encoded::Plain(values)) = (&*self, encoded) {
+            return direct
+                .push_values(header, values.clone())
+                .await
+                .map(Response::new);
+        }
+        let mut parts = vec![UpdatePart {
+            part: Some(Part::Header(header)),
+        }];
+        parts.extend(encoded.chunks(chunk_bytes).map(|c| UpdatePart {
+            part: Some(Part::Chunk(c)),
+        }));
+        self.push_update(parts).await
+    }
+
     /// Uploads an update: its header, then its chunks.
     pub async fn push_update(
         &mut self,
@@ -84,22 +110,6 @@ impl Fleet {
         match self {
             Fleet::Grpc(grpc) => grpc.push_update(futures::stream::iter(parts)).await,
             Fleet::Direct(direct) => direct.push_update(parts).await.map(Response::new),
-        }
-    }
-
-    /// Delivers a plain update as its values: in process only (the coordinator takes the
-    /// vector itself); over the network plain values travel as chunks
-    /// ([`Fleet::push_update`]), and this refuses.
-    pub async fn push_values(
-        &mut self,
-        header: UpdateHeader,
-        values: Arc<Vec<f32>>,
-    ) -> std::result::Result<Response<PushReply>, Status> {
-        match self {
-            Fleet::Grpc(_) => Err(Status::unimplemented(
-                "values are handed over in process only; send chunks",
-            )),
-            Fleet::Direct(direct) => direct.push_values(header, values).await.map(Response::new),
         }
     }
 

@@ -22,8 +22,8 @@ use shoal_datasets::Dataset;
 use shoal_datasets::rng::{client_key, rng_for};
 use shoal_proto::DEFAULT_CHUNK_BYTES;
 use shoal_proto::v1::{
-    AbandonRequest, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader, UpdatePart,
-    pull_reply::Reply, update_part::Part,
+    AbandonRequest, Fence, JoinRequest, LeaveRequest, PullRequest, Task, UpdateHeader,
+    pull_reply::Reply,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -615,7 +615,7 @@ impl EdgeClient {
         let encoded = match &update.encoded {
             Some(encoded) => encoded,
             None => {
-                plain = Encoded::plain(update.payload.clone());
+                plain = Encoded::Plain(update.payload.clone());
                 &plain
             }
         };
@@ -623,8 +623,8 @@ impl EdgeClient {
             client_id: self.id.clone(),
             fence: Some(fence.clone()),
             num_examples: update.num_examples,
-            payload_len: encoded.values,
-            compression: encoded.compression as i32,
+            payload_len: encoded.values(),
+            compression: encoded.compression() as i32,
             encoded_len: encoded.encoded_len(),
             counts: update.counts.clone(),
             metrics: update
@@ -633,23 +633,10 @@ impl EdgeClient {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         };
-        let fleet = self.route.fleet();
-        match &encoded.plain {
-            // In process a plain update is handed over as its values: nothing to chunk, and
-            // nothing for the coordinator to copy.
-            Some(values) if fleet.in_process() => {
-                fleet.push_values(header, values.clone()).await?;
-            }
-            _ => {
-                let mut parts = vec![UpdatePart {
-                    part: Some(Part::Header(header)),
-                }];
-                parts.extend(encoded.chunks(self.chunk_bytes).map(|c| UpdatePart {
-                    part: Some(Part::Chunk(c)),
-                }));
-                fleet.push_update(parts).await?;
-            }
-        }
+        self.route
+            .fleet()
+            .push(header, encoded, self.chunk_bytes)
+            .await?;
         Ok(())
     }
 }

@@ -280,16 +280,11 @@ impl ExactSum {
             }
             magnitude += m;
         }
-        self.fold_checked(block, magnitude);
-        Ok(())
-    }
-
-    /// Folds a block whose checks passed, leaving the sum's magnitude at `magnitude`.
-    fn fold_checked(&mut self, block: &[(u64, &[f32])], magnitude: f64) {
         self.magnitude = magnitude;
         self.total_weight += block.iter().map(|(w, _)| w).sum::<u64>();
         self.folded += block.len() as u32;
         self.add_terms(block);
+        Ok(())
     }
 
     /// The additions of a checked and counted block, carrying when due.

@@ -5,6 +5,7 @@
 //! reaches the engine.
 
 use crate::engine::Coordinator;
+use crate::engine::coordinator::Admission;
 use crate::error::CoordinatorError;
 use crate::leadership::Candidate;
 use crate::net::auth::{AuthPolicy, Claim};
@@ -217,13 +218,8 @@ impl FleetService {
         let header = upload::header(request.get_mut())
             .await
             .map_err(|e| self.refuse_upload(e))?;
-        self.authorize(&request, &header.client_id)?;
-        self.serving()?;
+        let admission = self.admit_update(&request, &header)?;
         let mut parts = request.into_inner();
-        let admission = self
-            .coordinator
-            .admit(&header)
-            .map_err(|e| self.refuse(e))?;
         let payload = admission
             .decoding
             .receive(
@@ -234,12 +230,7 @@ impl FleetService {
             )
             .await
             .map_err(|e| self.refuse_upload(e))?;
-        let update = ClientUpdate::from_wire(header, payload);
-        let accepted_in_round = admission
-            .deliver(update)
-            .await
-            .map_err(|e| self.refuse(e))?;
-        Ok(PushReply { accepted_in_round })
+        self.deliver_update(admission, header, payload).await
     }
 
     /// A plain update handed over in process as its values, with the checks of
@@ -249,17 +240,34 @@ impl FleetService {
         header: UpdateHeader,
         values: Arc<Vec<f32>>,
     ) -> Result<PushReply, Status> {
-        self.authorize(&Request::new(()), &header.client_id)?;
-        self.serving()?;
-        let admission = self
-            .coordinator
-            .admit(&header)
-            .map_err(|e| self.refuse(e))?;
+        let admission = self.admit_update(&Request::new(()), &header)?;
         let values = admission
             .decoding
             .take_values(&header, values, admission.max_values)
             .map_err(|e| self.refuse_upload(e))?;
-        let update = ClientUpdate::from_wire(header, values);
+        self.deliver_update(admission, header, values).await
+    }
+
+    /// What an update's header must pass before its payload is read: the credentials of the
+    /// client it names, a serving coordinator, and admission to the round.
+    fn admit_update<T>(
+        &self,
+        request: &Request<T>,
+        header: &UpdateHeader,
+    ) -> Result<Admission, Status> {
+        self.authorize(request, &header.client_id)?;
+        self.serving()?;
+        self.coordinator.admit(header).map_err(|e| self.refuse(e))
+    }
+
+    /// Folds an admitted update's payload in.
+    async fn deliver_update(
+        &self,
+        admission: Admission,
+        header: UpdateHeader,
+        payload: impl Into<Arc<Vec<f32>>>,
+    ) -> Result<PushReply, Status> {
+        let update = ClientUpdate::from_wire(header, payload);
         let accepted_in_round = admission
             .deliver(update)
             .await

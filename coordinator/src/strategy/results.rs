@@ -328,23 +328,15 @@ impl RoundAccumulator {
     /// Folds in one update; on error nothing changes.
     pub fn accept(&mut self, update: ClientUpdate) -> Result<(), AggregateError> {
         let scan = Finite::scan(&update.payload)?;
-        self.accept_scanned(update, scan)
-    }
-
-    /// [`RoundAccumulator::accept`] of an update whose payload was already scanned.
-    pub fn accept_scanned(
-        &mut self,
-        update: ClientUpdate,
-        scan: Finite,
-    ) -> Result<(), AggregateError> {
         self.accept_deferred(update, scan)?;
         self.flush();
         Ok(())
     }
 
-    /// [`RoundAccumulator::accept_scanned`], leaving the payload's addition to the next
-    /// [`RoundAccumulator::flush`] (see [`ExactSum::defer`]); everything else about the
-    /// update (counts, report, its place in the range) is accepted now.
+    /// [`RoundAccumulator::accept`] of an update whose payload was already scanned, leaving
+    /// the payload's addition to the next [`RoundAccumulator::flush`] (see
+    /// [`ExactSum::defer`]); everything else about the update (counts, report, its place in
+    /// the range) is accepted now.
     pub fn accept_deferred(
         &mut self,
         mut update: ClientUpdate,
@@ -465,14 +457,9 @@ impl RoundAccumulator {
         }
     }
 
-    /// Folds in a delivery of either kind; on error nothing changes. `scan` as for
-    /// [`RoundAccumulator::check_delivery`].
-    pub fn accept_delivery(
-        &mut self,
-        delivery: Delivery,
-        scan: Option<Finite>,
-    ) -> Result<(), AggregateError> {
-        self.accept_delivery_deferred(delivery, scan)?;
+    /// Folds in a delivery of either kind; on error nothing changes.
+    pub fn accept_delivery(&mut self, delivery: Delivery) -> Result<(), AggregateError> {
+        self.accept_delivery_deferred(delivery, None)?;
         self.flush();
         Ok(())
     }

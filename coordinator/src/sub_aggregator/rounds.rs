@@ -109,7 +109,7 @@ impl RoundState {
         f.accumulator
             .as_mut()
             .ok_or(CoordinatorError::InvalidUpdate(AggregateError::NotSummed))?
-            .accept_delivery(delivery, None)?;
+            .accept_delivery(delivery)?;
         for client in clients {
             f.outstanding.remove(&client);
             f.folded.insert(client);
