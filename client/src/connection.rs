@@ -6,6 +6,7 @@
 
 use crate::compress::Encoded;
 use crate::error::{ClientError, Result};
+use crate::shared_pull::SharedPulls;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::update_part::Part;
 use shoal_proto::v1::{
@@ -31,6 +32,8 @@ pub type GrpcFleet = FleetClient<InterceptedService<Channel, BearerAuth>>;
 pub enum Fleet {
     /// Over the network.
     Grpc(GrpcFleet),
+    /// Over the network, waiting for work in pulls shared with the process's other clients.
+    Shared(GrpcFleet, SharedPulls),
     /// In this process.
     Direct(Arc<dyn DirectFleet>),
 }
@@ -48,6 +51,10 @@ impl Fleet {
         request: JoinRequest,
     ) -> std::result::Result<Response<JoinReply>, Status> {
         match self {
+            Fleet::Shared(grpc, shared) => {
+                let _turn = shared.join_turn().await;
+                Box::pin(grpc.join(request)).await
+            }
             Fleet::Grpc(grpc) => grpc.join(request).await,
             Fleet::Direct(direct) => direct.join(request).await.map(Response::new),
         }
@@ -59,7 +66,17 @@ impl Fleet {
         request: PullRequest,
     ) -> std::result::Result<Response<PullReply>, Status> {
         match self {
-            Fleet::Grpc(grpc) => grpc.pull(request).await,
+            Fleet::Shared(grpc, shared) => {
+                if shared.supported()
+                    && let Some(heard) = shared.pull(&request.client_id).await
+                {
+                    return heard.map(Response::new);
+                }
+                Box::pin(grpc.pull(request)).await
+            }
+            // Boxed: a simulated client's task is as large as its largest wait, and most of
+            // them wait in a shared pull.
+            Fleet::Grpc(grpc) => Box::pin(grpc.pull(request)).await,
             Fleet::Direct(direct) => direct.pull(request).await.map(Response::new),
         }
     }
@@ -70,7 +87,7 @@ impl Fleet {
         request: FetchRequest,
     ) -> std::result::Result<Response<ChunkStream>, Status> {
         match self {
-            Fleet::Grpc(grpc) => {
+            Fleet::Grpc(grpc) | Fleet::Shared(grpc, _) => {
                 let stream = grpc.fetch_global(request).await?.into_inner();
                 Ok(Response::new(Box::pin(stream)))
             }
@@ -108,7 +125,9 @@ impl Fleet {
         parts: Vec<UpdatePart>,
     ) -> std::result::Result<Response<PushReply>, Status> {
         match self {
-            Fleet::Grpc(grpc) => grpc.push_update(futures::stream::iter(parts)).await,
+            Fleet::Grpc(grpc) | Fleet::Shared(grpc, _) => {
+                grpc.push_update(futures::stream::iter(parts)).await
+            }
             Fleet::Direct(direct) => direct.push_update(parts).await.map(Response::new),
         }
     }
@@ -119,7 +138,7 @@ impl Fleet {
         request: LeaveRequest,
     ) -> std::result::Result<Response<LeaveReply>, Status> {
         match self {
-            Fleet::Grpc(grpc) => grpc.leave(request).await,
+            Fleet::Grpc(grpc) | Fleet::Shared(grpc, _) => grpc.leave(request).await,
             Fleet::Direct(direct) => direct.leave(request).await.map(Response::new),
         }
     }
@@ -130,7 +149,7 @@ impl Fleet {
         request: AbandonRequest,
     ) -> std::result::Result<Response<AbandonReply>, Status> {
         match self {
-            Fleet::Grpc(grpc) => grpc.abandon(request).await,
+            Fleet::Grpc(grpc) | Fleet::Shared(grpc, _) => grpc.abandon(request).await,
             Fleet::Direct(direct) => direct.abandon(request).await.map(Response::new),
         }
     }

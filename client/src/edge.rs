@@ -88,9 +88,11 @@ pub struct EdgeClient {
     route: Route,
     cache: GlobalCache,
     cpu: Arc<Semaphore>,
-    options: ClientOptions,
+    // Boxed, like the other fields read only at work or after a failure: a simulated fleet
+    // holds one client per idle client.
+    options: Box<ClientOptions>,
     chunk_bytes: usize,
-    faults: Faults,
+    faults: Box<Faults>,
     /// The round of the last task, and how many tasks of that round came before it.
     last_task: Option<(u32, u32)>,
     /// A finished update the coordinator refused because another coordinator took the run over
@@ -103,7 +105,7 @@ pub struct EdgeClient {
     /// before the work to the end of its push (none for a lone client).
     budget: Option<UpdateBudget>,
     /// What the client carries between tasks (SCAFFOLD's control variate, top-k's residual).
-    state: ClientState,
+    state: Box<ClientState>,
     /// A simulated Byzantine client's lie, applied to each update it computes.
     attack: Option<Attack>,
     /// A simulated colluding attacker's accomplices: its updates are their common forgery.
@@ -127,14 +129,14 @@ impl EdgeClient {
             route: route.into(),
             cache,
             cpu,
-            options,
+            options: Box::new(options),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            faults: Faults::default(),
+            faults: Box::default(),
             last_task: None,
             orphan: None,
             trainer: Arc::new(BuiltinTrainer::default()),
             budget: None,
-            state: ClientState::new(id.clone()),
+            state: Box::new(ClientState::new(id.clone())),
             attack: None,
             collusion: None,
             id,
@@ -151,7 +153,7 @@ impl EdgeClient {
     /// The same client, keeping what it carries between rounds (SCAFFOLD's control variate,
     /// top-k's residual) in files in `dir` too, so it survives a restart; in memory otherwise.
     pub fn with_state_dir(mut self, dir: &std::path::Path) -> Self {
-        self.state = ClientState::in_dir(self.id.clone(), dir);
+        self.state = Box::new(ClientState::in_dir(self.id.clone(), dir));
         self
     }
 
@@ -178,7 +180,7 @@ impl EdgeClient {
     /// The same client, suffering `faults` (simulation only), drawn from the seed in its
     /// options.
     pub fn with_faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
+        self.faults = Box::new(faults);
         self
     }
 
@@ -189,124 +191,138 @@ impl EdgeClient {
 
     /// Runs until the coordinator says the run finished, `shutdown` resolves, or the
     /// coordinator stays unreachable past `give_up_after`.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<ClientStats> {
-        tokio::pin!(shutdown);
-        let mut stats = ClientStats::default();
-        // Made at the first failure: most clients never need one, and an idle client's whole
-        // loop stays resident.
-        let mut backoff: Option<Box<Backoff>> = None;
-        let mut joined = false;
-        let mut kept: Option<Box<KeptUpdate>> = None;
-        let mut unreachable_since: Option<Instant> = None;
-        loop {
-            let outcome = tokio::select! {
-                r = self.step(joined, &mut kept, &mut stats) => r,
-                () = &mut shutdown => {
-                    Box::pin(self.leave()).await;
-                    return Ok(stats);
-                }
-            };
-            let next = match outcome {
-                Ok(reply) => {
-                    joined = true;
-                    match reply {
-                        Reply::Task(task) => {
-                            // Only a task carried through counts as the coordinator being
-                            // reachable: a task whose fetch keeps failing must back off.
-                            let next =
-                                Box::pin(self.handle(task, &mut kept, &mut stats, &mut shutdown))
-                                    .await;
-                            if next.is_ok() {
+    ///
+    /// (Not an `async fn`: one would hold the client twice, as its argument and as its local.
+    /// A simulated fleet keeps one such future per client, so its size is what an idle
+    /// client costs.)
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> impl Future<Output = Result<ClientStats>> {
+        async move {
+            tokio::pin!(shutdown);
+            let mut stats = ClientStats::default();
+            // Made at the first failure: most clients never need one, and an idle client's whole
+            // loop stays resident.
+            let mut backoff: Option<Box<Backoff>> = None;
+            let mut joined = false;
+            let mut kept: Option<Box<KeptUpdate>> = None;
+            let mut unreachable_since: Option<Instant> = None;
+            loop {
+                let outcome = tokio::select! {
+                    r = self.step(joined, &mut kept, &mut stats) => r,
+                    () = &mut shutdown => {
+                        Box::pin(self.leave()).await;
+                        return Ok(stats);
+                    }
+                };
+                let next = match outcome {
+                    Ok(reply) => {
+                        joined = true;
+                        match *reply {
+                            Reply::Task(task) => {
+                                // Only a task carried through counts as the coordinator being
+                                // reachable: a task whose fetch keeps failing must back off.
+                                let next = Box::pin(self.handle(
+                                    task,
+                                    &mut kept,
+                                    &mut stats,
+                                    &mut shutdown,
+                                ))
+                                .await;
+                                if next.is_ok() {
+                                    unreachable_since = None;
+                                    self.route.answered();
+                                    if let Some(backoff) = &mut backoff {
+                                        backoff.reset();
+                                    }
+                                }
+                                next
+                            }
+                            Reply::Wait(_) => {
                                 unreachable_since = None;
                                 self.route.answered();
                                 if let Some(backoff) = &mut backoff {
                                     backoff.reset();
                                 }
+                                Ok(Next::Pull)
                             }
-                            next
-                        }
-                        Reply::Wait(_) => {
-                            unreachable_since = None;
-                            self.route.answered();
-                            if let Some(backoff) = &mut backoff {
-                                backoff.reset();
+                            Reply::Finished(f) => {
+                                info!(client = %self.id, reason = %f.reason, "run finished");
+                                Box::pin(self.leave()).await;
+                                return Ok(stats);
                             }
-                            Ok(Next::Pull)
-                        }
-                        Reply::Finished(f) => {
-                            info!(client = %self.id, reason = %f.reason, "run finished");
-                            Box::pin(self.leave()).await;
-                            return Ok(stats);
                         }
                     }
-                }
-                Err(err) => Err(err),
-            };
-            match next {
-                Ok(Next::Pull) => {}
-                Ok(Next::Rejoin) => joined = false,
-                Ok(Next::Stop) => {
-                    Box::pin(self.leave()).await;
-                    return Ok(stats);
-                }
-                Err(ClientError::Refused(status)) if status.code() == Code::NotFound => {
-                    // The coordinator does not know us (it restarted): join again.
-                    joined = false;
-                }
-                Err(err) if retryable(&err) => {
-                    joined = false;
-                    stats.reconnects += 1;
-                    let moved = self.route.after_failure(&err);
-                    let backoff = backoff.get_or_insert_with(|| {
-                        let rng =
-                            rng_for(self.options.seed, &[BACKOFF_STREAM, client_key(&self.id)]);
-                        let (base, cap) = (self.options.backoff_base, self.options.backoff_cap);
-                        Box::new(Backoff::new(base, cap, rng))
-                    });
-                    let first = unreachable_since.is_none();
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > self.options.give_up_after {
-                        return Err(ClientError::Unreachable {
-                            seconds: since.elapsed().as_secs(),
-                            last: err.to_string(),
+                    Err(err) => Err(err),
+                };
+                match next {
+                    Ok(Next::Pull) => {}
+                    Ok(Next::Rejoin) => joined = false,
+                    Ok(Next::Stop) => {
+                        Box::pin(self.leave()).await;
+                        return Ok(stats);
+                    }
+                    Err(ClientError::Refused(status)) if status.code() == Code::NotFound => {
+                        // The coordinator does not know us (it restarted): join again.
+                        joined = false;
+                    }
+                    Err(err) if retryable(&err) => {
+                        joined = false;
+                        stats.reconnects += 1;
+                        let moved = self.route.after_failure(&err);
+                        let backoff = backoff.get_or_insert_with(|| {
+                            let rng =
+                                rng_for(self.options.seed, &[BACKOFF_STREAM, client_key(&self.id)]);
+                            let (base, cap) = (self.options.backoff_base, self.options.backoff_cap);
+                            Box::new(Backoff::new(base, cap, rng))
                         });
-                    }
-                    let delay = match moved {
-                        // A coordinator answered: the leader is there, or about to be elected.
-                        Moved::ToLeader | Moved::AwaitingLeader => {
-                            backoff.reset();
-                            backoff.next_delay().min(FOLLOW_PACE)
+                        let first = unreachable_since.is_none();
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > self.options.give_up_after {
+                            return Err(ClientError::Unreachable {
+                                seconds: since.elapsed().as_secs(),
+                                last: err.to_string(),
+                            });
                         }
-                        // Another coordinator may answer: try it soon. Back off only once
-                        // every one of them failed since one last answered.
-                        Moved::ToNext => {
-                            if !self.route.all_failed() {
+                        let delay = match moved {
+                            // A coordinator answered: the leader is there, or about to be elected.
+                            Moved::ToLeader | Moved::AwaitingLeader => {
                                 backoff.reset();
+                                backoff.next_delay().min(FOLLOW_PACE)
                             }
-                            backoff.next_delay()
+                            // Another coordinator may answer: try it soon. Back off only once
+                            // every one of them failed since one last answered.
+                            Moved::ToNext => {
+                                if !self.route.all_failed() {
+                                    backoff.reset();
+                                }
+                                backoff.next_delay()
+                            }
+                            Moved::Stayed => backoff.next_delay(),
+                        };
+                        if moved != Moved::Stayed {
+                            debug!(client = %self.id, ?moved, url = %self.route.url(), "following the leader");
                         }
-                        Moved::Stayed => backoff.next_delay(),
-                    };
-                    if moved != Moved::Stayed {
-                        debug!(client = %self.id, ?moved, url = %self.route.url(), "following the leader");
+                        if first && !matches!(moved, Moved::ToLeader | Moved::AwaitingLeader) {
+                            unreachable::report(
+                                &err,
+                                unreachable::Retrying {
+                                    url: &self.options.coordinator_url,
+                                    backoff: (self.options.backoff_base, self.options.backoff_cap),
+                                    give_up_after: self.options.give_up_after,
+                                },
+                            );
+                        }
+                        debug!(client = %self.id, error = %err, ?delay, "coordinator unreachable; backing off");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = &mut shutdown => return Ok(stats),
+                        }
                     }
-                    if first && !matches!(moved, Moved::ToLeader | Moved::AwaitingLeader) {
-                        unreachable::report(
-                            &err,
-                            unreachable::Retrying {
-                                url: &self.options.coordinator_url,
-                                backoff: (self.options.backoff_base, self.options.backoff_cap),
-                                give_up_after: self.options.give_up_after,
-                            },
-                        );
-                    }
-                    debug!(client = %self.id, error = %err, ?delay, "coordinator unreachable; backing off");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = &mut shutdown => return Ok(stats),
-                    }
+                    Err(err) => return Err(err),
                 }
-                Err(err) => return Err(err),
             }
         }
     }
@@ -317,7 +333,7 @@ impl EdgeClient {
         joined: bool,
         kept: &mut Option<Box<KeptUpdate>>,
         stats: &mut ClientStats,
-    ) -> Result<Reply> {
+    ) -> Result<Box<Reply>> {
         if !joined {
             Box::pin(self.join()).await?;
         }
@@ -408,7 +424,9 @@ impl EdgeClient {
         Ok(())
     }
 
-    async fn pull(&mut self) -> Result<Reply> {
+    /// The reply comes boxed: it may hold a task (a few hundred bytes), which the loop would
+    /// otherwise keep in several of its states, in every idle client.
+    async fn pull(&mut self) -> Result<Box<Reply>> {
         let reply = self
             .route
             .fleet()
@@ -419,6 +437,7 @@ impl EdgeClient {
             .into_inner();
         reply
             .reply
+            .map(Box::new)
             .ok_or_else(|| ClientError::BadTask("empty pull reply".into()))
     }
 
@@ -601,7 +620,7 @@ impl EdgeClient {
         })
         .await
         .map_err(|e| {
-            self.state = fallback;
+            *self.state = fallback;
             ClientError::Worker(e.to_string())
         })?;
         self.state = state;

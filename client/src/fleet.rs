@@ -13,11 +13,14 @@ use crate::attack::{Attack, Byzantine};
 use crate::budget::{DEFAULT_UPDATE_BUDGET, UpdateBudget};
 use crate::cache::GlobalCache;
 use crate::collusion::Collusion;
-use crate::connection::{BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client};
+use crate::connection::{
+    BearerAuth, ClientTls, Fleet, TlsIdentity, channel, fleet_client, grpc_client,
+};
 use crate::edge::{ClientOptions, ClientStats, EdgeClient};
 use crate::error::{ClientError, Result};
 use crate::faults::Faults;
 use crate::route::{Route, split_urls};
+use crate::shared_pull::SharedPulls;
 use crate::trainer::{BuiltinTrainer, LocalTrainer};
 use shoal_datasets::Dataset;
 use shoal_proto::DirectFleet;
@@ -163,6 +166,12 @@ pub async fn run_fleet(
         .iter()
         .map(|url| (0..shared).map(|_| channel(url, tls)).collect())
         .collect::<Result<Vec<Vec<_>>>>()?;
+    // Per coordinator URL, the pulls shared by the clients without credentials of their own.
+    let pulls: Vec<SharedPulls> = channels
+        .iter()
+        .filter_map(|per_url| per_url.first())
+        .map(|channel| SharedPulls::new(grpc_client(channel.clone(), BearerAuth::none())))
+        .collect();
     let urls: Arc<[String]> = urls.into();
     // Where each group of clients talks now: one group, or one per URL when spread.
     let groups = if config.spread { urls.len() } else { 1 };
@@ -238,7 +247,7 @@ pub async fn run_fleet(
         let attack = attack_of(&id);
         let fleets = match &config.direct {
             Some(direct) => vec![Fleet::Direct(direct.clone())],
-            None => dial(&config, &channels, &urls, i, &id)?,
+            None => dial(&config, &channels, &pulls, &urls, i, &id)?,
         };
         let client = EdgeClient::new(
             id,
@@ -285,17 +294,20 @@ pub async fn run_fleet(
     Ok(report)
 }
 
-/// Client `i`'s connections, one per coordinator URL: the shared channels, or its own when it
-/// has a certificate of its own (a TLS identity belongs to a connection).
+/// Client `i`'s connections, one per coordinator URL: the shared channels and pulls, or its
+/// own channels when it has a certificate of its own (a TLS identity belongs to a connection).
+/// A client with credentials of its own pulls alone (a request proves one identity).
 fn dial(
     config: &FleetConfig,
     channels: &[Vec<Channel>],
+    pulls: &[SharedPulls],
     urls: &[String],
     i: usize,
     id: &str,
 ) -> Result<Vec<Fleet>> {
     let tls = config.tls.as_ref();
     let credentials = config.credentials.get(id).cloned().unwrap_or_default();
+    let alone = credentials.token.is_some() || credentials.identity.is_some();
     let connections = match (credentials.identity, tls) {
         (None, _) => channels
             .iter()
@@ -317,6 +329,15 @@ fn dial(
         Some(token) => BearerAuth::token(token)?,
         None => BearerAuth::none(),
     };
+    if !alone {
+        return Ok(connections
+            .into_iter()
+            .zip(pulls)
+            .map(|(connection, pulls)| {
+                Fleet::Shared(grpc_client(connection, BearerAuth::none()), pulls.clone())
+            })
+            .collect());
+    }
     Ok(connections
         .into_iter()
         .map(|connection| fleet_client(connection, auth.clone()))

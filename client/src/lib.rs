@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod forward;
 pub mod route;
 pub mod scaffold;
+pub mod shared_pull;
 pub mod state_file;
 mod stats;
 pub mod trainer;

@@ -4,14 +4,15 @@
 
 use futures::Stream;
 use shoal_client::cache::GlobalCache;
-use shoal_client::connection::{BearerAuth, channel, fleet_client};
+use shoal_client::connection::{self, BearerAuth, channel, fleet_client, grpc_client};
+use shoal_client::shared_pull::SharedPulls;
 use shoal_client::{ClientOptions, ClientStats, EdgeClient, Faults};
 use shoal_datasets::Dataset;
 use shoal_proto::v1::fleet_server::{Fleet, FleetServer};
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, Fence, FetchRequest, Finished, JoinReply, JoinRequest,
-    KMeansConfig, LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, Task,
-    TaskKind, UpdatePart, pull_reply::Reply,
+    KMeansConfig, LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply,
+    SharedPullReply, SharedPullRequest, Task, TaskKind, UpdatePart, pull_reply::Reply,
 };
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -71,6 +72,15 @@ impl Fleet for Fake {
             }),
         };
         Ok(Response::new(PullReply { reply: Some(reply) }))
+    }
+
+    /// An older coordinator: it has no shared pulls.
+    async fn pull_shared(
+        &self,
+        _: Request<SharedPullRequest>,
+    ) -> Result<Response<SharedPullReply>, Status> {
+        self.record("pull_shared");
+        Err(Status::unimplemented("no shared pulls here"))
     }
 
     type FetchGlobalStream = ChunkStream;
@@ -161,6 +171,17 @@ async fn run_client(fake: &Fake, verdicts: &[Code], faults: Faults) -> ClientSta
 
 /// The same with `task` as the one task.
 async fn run_task(fake: &Fake, task: Task, verdicts: &[Code], faults: Faults) -> ClientStats {
+    run_with(fake, task, verdicts, faults, false).await
+}
+
+/// The same, the client set up to share its pulls (as a fleet's) if `shared`.
+async fn run_with(
+    fake: &Fake,
+    task: Task,
+    verdicts: &[Code],
+    faults: Faults,
+    shared: bool,
+) -> ClientStats {
     fake.tasks.lock().unwrap().push_back(task);
     fake.verdicts.lock().unwrap().extend(verdicts);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,10 +197,17 @@ async fn run_task(fake: &Fake, task: Task, verdicts: &[Code], faults: Faults) ->
         backoff_cap: Duration::from_millis(50),
         ..ClientOptions::default()
     };
+    let dialled = channel(&url, None).unwrap();
+    let fleet = if shared {
+        let pulls = SharedPulls::new(grpc_client(dialled.clone(), BearerAuth::none()));
+        connection::Fleet::Shared(grpc_client(dialled, BearerAuth::none()), pulls)
+    } else {
+        fleet_client(dialled, BearerAuth::none())
+    };
     let client = EdgeClient::new(
         "client-00000".into(),
         Arc::new(data()),
-        fleet_client(channel(&url, None).unwrap(), BearerAuth::none()),
+        fleet,
         GlobalCache::default(),
         Arc::new(Semaphore::new(1)),
         options,
@@ -245,6 +273,18 @@ async fn a_kept_update_refused_as_stale_is_dropped_and_work_goes_on() {
         assert_eq!(stats.dropped_stale, 1, "{refusal:?}");
         assert_eq!((stats.accepted, stats.redelivered), (0, 0), "{refusal:?}");
     }
+}
+
+#[tokio::test]
+async fn a_coordinator_without_shared_pulls_is_pulled_alone() {
+    let fake = Fake::default();
+    let stats = run_with(&fake, task(), &[], Faults::default(), true).await;
+    // Asked once; every pull after that is the client's own.
+    assert_eq!(
+        fake.calls(),
+        ["join", "pull_shared", "pull", "push", "pull", "leave"]
+    );
+    assert_eq!((stats.accepted, stats.reconnects), (1, 0));
 }
 
 #[tokio::test]

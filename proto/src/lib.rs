@@ -9,6 +9,7 @@ pub mod compress;
 pub mod direct;
 mod error;
 pub mod fence;
+pub mod shared_pull;
 pub mod wire_codec;
 
 pub use chunk::{
@@ -18,6 +19,7 @@ pub use chunk::{
 pub use compress::Codec;
 pub use direct::{ChunkStream, DirectFleet};
 pub use error::{ProtoError, Result};
+pub use shared_pull::MAX_SHARED_PULL;
 
 /// Metadata key of the refusal reason the coordinator puts on every status it sends itself
 /// (e.g. `stale_fence`). A status without it came from HTTP/2 or the transport, whatever its

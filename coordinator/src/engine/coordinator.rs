@@ -19,20 +19,14 @@ use crate::store::checkpoint::CheckpointStore;
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
-use shoal_datasets::rng::{client_key, derive_seed};
 use shoal_models::ModelSpec;
-use shoal_proto::v1::{
-    Chunk, Fence, Finished, JoinReply, PartialHeader, PullReply, Task, UpdateHeader, Wait,
-    pull_reply::Reply,
-};
+use shoal_proto::v1::{Chunk, Fence, JoinReply, PartialHeader, UpdateHeader};
 use shoal_proto::{Codec, ProtoError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
 
-/// Stream tag for per-client task seeds in the run's RNG tree.
-const TASK_STREAM: u64 = 0x7a5c;
 /// Most metrics one update may report, and the longest metric name.
 const MAX_METRICS: usize = 64;
 const MAX_METRIC_NAME: usize = 64;
@@ -369,66 +363,9 @@ impl Coordinator {
         }
     }
 
-    /// Long-poll for work: returns a task as soon as the client has one, Finished once the run
-    /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat. Pulls
-    /// over the client's rate are first delayed, then refused (see [`crate::engine::pacing`]).
-    pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
-        self.pace(client_id).await?;
-        let polling = Polling::start(self, client_id);
-        let deadline = tokio::time::Instant::now() + self.shared.limits.poll_timeout;
-        let mut changed = self.shared.changed.subscribe();
-        loop {
-            if self.has_stepped_down() {
-                return Err(CoordinatorError::ShuttingDown);
-            }
-            if let Some(reply) = self.try_pull(client_id, polling.pull)? {
-                return Ok(PullReply { reply: Some(reply) });
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(CoordinatorError::ShuttingDown),
-                Err(_) => {
-                    return Ok(PullReply {
-                        reply: Some(Reply::Wait(Wait { retry_after_ms: 0 })),
-                    });
-                }
-            }
-        }
-    }
-
-    fn try_pull(&self, client_id: &str, pull: u64) -> Result<Option<Reply>> {
-        let mut state = lock(&self.shared.state);
-        state.registry.touch(client_id, Instant::now())?;
-        let newest = state.registry.is_newest_pull(client_id, pull);
-        match &mut state.phase {
-            Phase::Finished(reason) => Ok(Some(Reply::Finished(Finished {
-                reason: reason.clone(),
-            }))),
-            Phase::Open(round) if round.owes_task(client_id) => {
-                if !newest {
-                    // A later request of this client superseded this pull: the task is for
-                    // that one.
-                    return Ok(Some(Reply::Wait(Wait { retry_after_ms: 0 })));
-                }
-                round.tasked.insert(client_id.to_owned());
-                let mut task: Task = round.task.clone();
-                task.seed = derive_seed(
-                    self.shared.config.seed,
-                    &[
-                        TASK_STREAM,
-                        u64::from(round.fence.round),
-                        client_key(client_id),
-                    ],
-                );
-                Ok(Some(Reply::Task(task)))
-            }
-            _ => Ok(None),
-        }
-    }
-
     /// Holds a pull or fetch from `client_id` to its pull rate (see [`crate::engine::pacing`]): waits
     /// out a short delay, or refuses a flood.
-    async fn pace(&self, client_id: &str) -> Result<()> {
+    pub(super) async fn pace(&self, client_id: &str) -> Result<()> {
         if let Some(rate) = self.shared.limits.pull_rate {
             let delay = lock(&self.shared.state)
                 .registry
@@ -645,36 +582,6 @@ fn stale(fence: &Fence, phase: &Phase) -> CoordinatorError {
     CoordinatorError::StaleFence {
         got: fence.to_string(),
         open,
-    }
-}
-
-/// Marks a client as waiting in a pull for as long as the pull lasts; the mark goes when the
-/// pull answers or its connection drops (the future is dropped then).
-struct Polling<'a> {
-    coordinator: &'a Coordinator,
-    client_id: &'a str,
-    /// Its number among the client's requests ([`crate::engine::registry::ClientRecord::newest_pull`]).
-    pull: u64,
-}
-
-impl<'a> Polling<'a> {
-    fn start(coordinator: &'a Coordinator, client_id: &'a str) -> Self {
-        let pull = lock(&coordinator.shared.state)
-            .registry
-            .pull_started(client_id);
-        Self {
-            coordinator,
-            client_id,
-            pull,
-        }
-    }
-}
-
-impl Drop for Polling<'_> {
-    fn drop(&mut self) {
-        lock(&self.coordinator.shared.state)
-            .registry
-            .pull_ended(self.client_id);
     }
 }
 

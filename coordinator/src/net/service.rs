@@ -14,8 +14,9 @@ use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
-    AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, UpdateHeader, UpdatePart,
+    AbandonReply, AbandonRequest, Chunk, ClientPull, FetchRequest, JoinReply, JoinRequest,
+    LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, SharedPullReply,
+    SharedPullRequest, UpdateHeader, UpdatePart, client_pull,
 };
 use shoal_proto::{ChunkStream, DirectFleet, SumAssembler};
 use std::sync::Arc;
@@ -128,6 +129,16 @@ impl FleetService {
     }
 }
 
+/// A client's refusal inside a shared pull's reply.
+fn refused(id: &str, status: &Status) -> ClientPull {
+    ClientPull {
+        client_id: id.to_owned(),
+        answer: Some(client_pull::Answer::Refused(shoal_proto::v1::Refusal::of(
+            status,
+        ))),
+    }
+}
+
 /// Streams `chunks`, shared: clones of the reference-counted chunks one at a time, no copy of
 /// the model per download.
 pub fn chunk_stream(chunks: Arc<[Chunk]>) -> ChunkStream {
@@ -192,6 +203,46 @@ impl FleetService {
             .pull(&req.client_id)
             .await
             .map_err(|e| self.refuse(e))
+    }
+
+    /// A long poll for several clients (see [`Coordinator::pull_shared`]). The caller must be
+    /// able to speak for each client it names; one it cannot is refused inside the reply, as
+    /// its own pull would have been, like every other refusal of one client.
+    async fn pull_shared_request(
+        &self,
+        request: Request<SharedPullRequest>,
+    ) -> Result<SharedPullReply, Status> {
+        self.serving()?;
+        let (mut allowed, mut answers) = (Vec::new(), Vec::new());
+        for id in &request.get_ref().client_ids {
+            match self.authorize(&request, id) {
+                Ok(()) => allowed.push(id.clone()),
+                Err(status) => answers.push(refused(id, &status)),
+            }
+        }
+        if answers.is_empty() {
+            let polled = self
+                .coordinator
+                .pull_shared(&allowed)
+                .await
+                .map_err(|e| self.refuse(e))?;
+            answers = polled
+                .into_iter()
+                .filter_map(|(at, answer)| {
+                    let id = allowed.get(at)?;
+                    Some(match answer {
+                        Ok(reply) => ClientPull {
+                            client_id: id.clone(),
+                            answer: Some(client_pull::Answer::Reply(PullReply {
+                                reply: Some(reply),
+                            })),
+                        },
+                        Err(err) => refused(id, &self.refuse(err)),
+                    })
+                })
+                .collect();
+        }
+        Ok(SharedPullReply { answers })
     }
 
     async fn fetch_request(&self, request: Request<FetchRequest>) -> Result<ChunkStream, Status> {
@@ -310,6 +361,13 @@ impl Fleet for FleetService {
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
         self.pull_request(request).await.map(Response::new)
+    }
+
+    async fn pull_shared(
+        &self,
+        request: Request<SharedPullRequest>,
+    ) -> Result<Response<SharedPullReply>, Status> {
+        self.pull_shared_request(request).await.map(Response::new)
     }
 
     type FetchGlobalStream = ChunkStream;

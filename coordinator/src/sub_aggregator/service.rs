@@ -16,9 +16,10 @@ use shoal_proto::ChunkStream;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
-    AbandonReply, AbandonRequest, Chunk, FetchRequest, JoinReply, JoinRequest, LeaveReply,
-    LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, TaskKind, UpdatePart,
-    pull_reply::Reply, update_part,
+    AbandonReply, AbandonRequest, Chunk, ClientPull, FetchRequest, JoinReply, JoinRequest,
+    LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, Refusal,
+    SharedPullReply, SharedPullRequest, TaskKind, UpdatePart, client_pull, pull_reply::Reply,
+    update_part,
 };
 use shoal_proto::{ChunkAssembler, Codec, SumAssembler};
 use std::future::Future;
@@ -252,6 +253,59 @@ impl Fleet for AggregatorService {
                 self.shared.finished.notify_one();
             }
             _ => {}
+        }
+        Ok(reply)
+    }
+
+    /// Relayed upstream as one shared pull for the clients this aggregator may speak for; the
+    /// tasks in its answers are recorded as for single pulls.
+    async fn pull_shared(
+        &self,
+        request: Request<SharedPullRequest>,
+    ) -> Result<Response<SharedPullReply>, Status> {
+        let (mut allowed, mut answers) = (Vec::new(), Vec::new());
+        for id in &request.get_ref().client_ids {
+            match self.authorize(&request, id, Claim::Client) {
+                Ok(()) => allowed.push(id.clone()),
+                Err(status) => answers.push(ClientPull {
+                    client_id: id.clone(),
+                    answer: Some(client_pull::Answer::Refused(Refusal::of(&status))),
+                }),
+            }
+        }
+        if !answers.is_empty() {
+            return Ok(Response::new(SharedPullReply { answers }));
+        }
+        if let Some(finished) = self.end_to_tell() {
+            let answers = allowed
+                .into_iter()
+                .map(|client_id| ClientPull {
+                    client_id,
+                    answer: Some(client_pull::Answer::Reply(PullReply {
+                        reply: Some(Reply::Finished(finished.clone())),
+                    })),
+                })
+                .collect();
+            return Ok(Response::new(SharedPullReply { answers }));
+        }
+        let relayed = self.relayed(Request::new(SharedPullRequest {
+            client_ids: allowed,
+        }));
+        let reply = self
+            .upstream(|mut up| async move { up.pull_shared(relayed).await })
+            .await?;
+        for answer in &reply.get_ref().answers {
+            let Some(client_pull::Answer::Reply(PullReply { reply: Some(reply) })) = &answer.answer
+            else {
+                continue;
+            };
+            match reply {
+                Reply::Task(task) => self.shared.rounds.tasked(&answer.client_id, task),
+                Reply::Finished(finished) if self.shared.run_over.set(finished.clone()).is_ok() => {
+                    self.shared.finished.notify_one();
+                }
+                _ => {}
+            }
         }
         Ok(reply)
     }
