@@ -300,7 +300,7 @@ async fn garbage(url: &str) {
     // update handler with tonic's status (the stream); counted as malformed_message and
     // stream_error.
     for bytes in cases {
-        for method in ["Join", "Pull", "Leave", "FetchGlobal"] {
+        for method in ["Join", "Pull", "PullShared", "Leave", "FetchGlobal"] {
             let status = assert_refused_by_grpc(
                 raw_unary(url, method, bytes.to_vec()).await,
                 Code::Internal,

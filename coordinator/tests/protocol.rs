@@ -313,3 +313,109 @@ async fn compressed_updates_decode_onto_the_global_state_and_others_are_refused(
         "the mean of one update is the global state plus its decoded difference"
     );
 }
+
+/// A shared pull (one long poll for several clients) answers each client as its own pull
+/// would: a refusal at once, a task when the round opens, nothing when the poll times out.
+/// A request naming a client twice, or too many clients, is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pull_answers_each_client_as_its_own_pull_would() {
+    use shoal_proto::MAX_SHARED_PULL;
+    use shoal_proto::v1::pull_reply::Reply;
+    use shoal_proto::v1::{SharedPullReply, SharedPullRequest, client_pull::Answer};
+    let split = common::digits();
+    let spec = common::spec("logreg", &split.train);
+    let limits = Limits {
+        poll_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let running = common::start(common::config(3, 1), spec, split.test, limits).await;
+    let mut c = raw(&running.url).await;
+    let ids = |names: &[&str]| SharedPullRequest {
+        client_ids: names.iter().map(|n| n.to_string()).collect(),
+    };
+    let answers = |reply: SharedPullReply| {
+        reply
+            .answers
+            .into_iter()
+            .map(|a| (a.client_id, a.answer.unwrap()))
+            .collect::<Vec<_>>()
+    };
+
+    assert_refused(
+        c.pull_shared(ids(&["a", "b", "a"])).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+    let many: Vec<String> = (0..=MAX_SHARED_PULL).map(|i| format!("c{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_refused(
+        c.pull_shared(ids(&many)).await,
+        Code::InvalidArgument,
+        "malformed",
+    );
+
+    join(&mut c, "a", 10).await;
+    join(&mut c, "b", 10).await;
+    // A client that never joined is refused inside the reply, at once; the others are not
+    // answered (they pull again).
+    let started = std::time::Instant::now();
+    let reply = c.pull_shared(ids(&["a", "ghost", "b"])).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(300));
+    let answered = answers(reply.into_inner());
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    let (id, Answer::Refused(refusal)) = &answered[0] else {
+        panic!("{answered:?}");
+    };
+    assert_eq!(id, "ghost");
+    assert_refused(
+        Err::<(), _>(refusal.clone().into_status()),
+        Code::NotFound,
+        "unknown_client",
+    );
+    // No round yet (it waits for a third client): the poll times out answering nobody.
+    let reply = c.pull_shared(ids(&["a", "b"])).await.unwrap();
+    assert!(reply.into_inner().answers.is_empty());
+
+    // The third client arrives while a and b wait in one shared pull: both get their tasks
+    // from it, for the same round, with seeds of their own.
+    let waiting = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.pull_shared(ids(&["a", "b"])).await })
+    };
+    let mut tasks = std::collections::BTreeMap::new();
+    let mut c3 = raw(&running.url).await;
+    join(&mut c3, "c", 10).await;
+    let third = task(&mut c3, "c").await;
+    // The shared pull may have been answered for one client before the other was handed its
+    // task: pull again for whoever is left, as a fleet does.
+    let mut reply = waiting.await.unwrap().unwrap().into_inner();
+    loop {
+        for (id, answer) in answers(reply) {
+            let Answer::Reply(pulled) = answer else {
+                panic!("{id} refused: {answer:?}");
+            };
+            match pulled.reply.unwrap() {
+                Reply::Task(t) => tasks.insert(id, t),
+                other => panic!("{id} answered {other:?}"),
+            };
+        }
+        let left: Vec<&str> = ["a", "b"]
+            .into_iter()
+            .filter(|id| !tasks.contains_key(*id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        reply = c.pull_shared(ids(&left)).await.unwrap().into_inner();
+    }
+    assert_eq!(tasks["a"].fence, third.fence);
+    assert_eq!(tasks["b"].fence, third.fence);
+    let seeds: std::collections::BTreeSet<u64> =
+        [tasks["a"].seed, tasks["b"].seed, third.seed].into();
+    assert_eq!(seeds.len(), 3, "each client has a seed of its own");
+    assert!(
+        running.coordinator.refusals()["unknown_client"] >= 1,
+        "a client's refusal inside a shared pull is counted"
+    );
+    running.abort();
+}

@@ -19,7 +19,7 @@ use shoal_coordinator::{Limits, Security};
 use shoal_datasets::Partition;
 use shoal_proto::v1::{
     Fence, FetchRequest, JoinRequest, LeaveRequest, PartialHeader, PartialPart, PullRequest,
-    UpdateHeader, UpdatePart, partial_part, update_part::Part,
+    SharedPullRequest, UpdateHeader, UpdatePart, client_pull, partial_part, update_part::Part,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -174,6 +174,27 @@ async fn assert_every_request_refused(fleet: &mut GrpcFleet, id: &str, refused: 
         })
         .await;
     assert_refused(pull.map(|_| ()), refused);
+    // A shared pull naming the client: refused whole (a certificate that proves nobody), or
+    // answered, for that client, with the refusal its own pull got.
+    let shared = fleet
+        .pull_shared(SharedPullRequest {
+            client_ids: vec![id.into()],
+        })
+        .await;
+    let status = match shared.map(tonic::Response::into_inner) {
+        Err(status) => status,
+        Ok(shared) => {
+            let [answer] = shared.answers.as_slice() else {
+                panic!("one answer expected: {shared:?}");
+            };
+            assert_eq!(answer.client_id, id);
+            let Some(client_pull::Answer::Refused(refusal)) = answer.answer.clone() else {
+                panic!("a refusal expected: {answer:?}");
+            };
+            refusal.into_status()
+        }
+    };
+    assert_refused(Err(status), refused);
     let fetch = fleet
         .fetch_global(FetchRequest {
             client_id: id.into(),

@@ -50,6 +50,10 @@ impl Coordinator {
                 ids.len()
             )));
         }
+        if ids.is_empty() {
+            // Nobody to wait for.
+            return Ok(Vec::new());
+        }
         let mut seen = HashSet::with_capacity(ids.len());
         if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
             return Err(CoordinatorError::Malformed(format!(
