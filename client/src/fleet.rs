@@ -169,8 +169,14 @@ pub async fn run_fleet(
     // Per coordinator URL, the pulls shared by the clients without credentials of their own.
     let pulls: Vec<SharedPulls> = channels
         .iter()
-        .filter_map(|per_url| per_url.first())
-        .map(|channel| SharedPulls::new(grpc_client(channel.clone(), BearerAuth::none())))
+        .map(|per_url| {
+            SharedPulls::new(
+                per_url
+                    .iter()
+                    .map(|channel| grpc_client(channel.clone(), BearerAuth::none()))
+                    .collect(),
+            )
+        })
         .collect();
     let urls: Arc<[String]> = urls.into();
     // Where each group of clients talks now: one group, or one per URL when spread.

@@ -18,7 +18,7 @@ use shoal_proto::v1::{PullReply, SharedPullRequest};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 use tonic::{Code, Status};
@@ -49,8 +49,13 @@ impl std::fmt::Debug for SharedPulls {
 const JOINS_AT_ONCE: usize = 256;
 
 struct Inner {
-    /// The connection shared pulls are made on.
-    grpc: GrpcFleet,
+    /// The connections shared pulls are made on, taken in turn: clients finishing their work
+    /// at different moments make many small pulls, as many as the clients at worst, and one
+    /// HTTP/2 connection carries only so many requests at once (the coordinator's stream cap
+    /// per connection; past it requests queue in the client).
+    grpc: Vec<GrpcFleet>,
+    /// The connection the next shared pull is made on.
+    next: AtomicUsize,
     /// Turns to join.
     joins: Semaphore,
     gathering: Mutex<Gathering>,
@@ -72,11 +77,13 @@ struct Waiter {
 }
 
 impl SharedPulls {
-    /// Shared pulls made on `grpc` (a connection without a client's own credentials).
-    pub fn new(grpc: GrpcFleet) -> Self {
+    /// Shared pulls made on `grpc`, taken in turn (connections without a client's own
+    /// credentials; the fleet's, to one coordinator).
+    pub fn new(grpc: Vec<GrpcFleet>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 grpc,
+                next: AtomicUsize::new(0),
                 joins: Semaphore::new(JOINS_AT_ONCE),
                 gathering: Mutex::new(Gathering::default()),
                 supported: AtomicBool::new(true),
@@ -152,8 +159,15 @@ impl Inner {
         let request = SharedPullRequest {
             client_ids: batch.iter().map(|w| w.client_id.clone()).collect(),
         };
-        let mut grpc = self.grpc.clone();
-        let reply = match grpc.pull_shared(request).await {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let Some(grpc) = self.grpc.get(turn % self.grpc.len().max(1)) else {
+            // No connection to pull on: the clients pull alone.
+            for waiter in batch {
+                let _ = waiter.heard.send(None);
+            }
+            return;
+        };
+        let reply = match grpc.clone().pull_shared(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) => {
                 let unsupported = status.code() == Code::Unimplemented

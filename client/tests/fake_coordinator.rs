@@ -199,7 +199,7 @@ async fn run_with(
     };
     let dialled = channel(&url, None).unwrap();
     let fleet = if shared {
-        let pulls = SharedPulls::new(grpc_client(dialled.clone(), BearerAuth::none()));
+        let pulls = SharedPulls::new(vec![grpc_client(dialled.clone(), BearerAuth::none())]);
         connection::Fleet::Shared(grpc_client(dialled, BearerAuth::none()), pulls)
     } else {
         fleet_client(dialled, BearerAuth::none())
