@@ -3,7 +3,8 @@
 //! each, which is most of what an idle client over gRPC used to cost. The coordinator answers
 //! a shared pull as soon as one of its clients has a task, with the answer each such client's
 //! own pull would have given (a refusal included); the clients it did not answer are put back
-//! into the next shared pull without their loops noticing.
+//! into the next shared pull without their loops noticing. When the poll times out, each
+//! client hears Wait, as from its own pull.
 //!
 //! Only clients without credentials of their own share pulls (a request proves one identity);
 //! a coordinator that does not know `PullShared` is remembered, and its clients pull alone.
@@ -12,9 +13,10 @@
 //! or meeting a restarted coordinator, would otherwise open a request per client at once, and
 //! the memory of that burst stays with the process long after it.
 
-use shoal_proto::MAX_SHARED_PULL;
 use shoal_proto::v1::client_pull::Answer;
-use shoal_proto::v1::{PullReply, SharedPullRequest};
+use shoal_proto::v1::pull_reply::Reply;
+use shoal_proto::v1::{PullReply, SharedPullRequest, Wait};
+use shoal_proto::{MAX_SHARED_PULL, MAX_SHARED_PULL_ID_BYTES};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -144,7 +146,19 @@ impl Inner {
             let mut gathering = lock(&self.gathering);
             // A client that stopped waiting (it shuts down) is not pulled for.
             gathering.waiting.retain(|w| !w.heard.is_closed());
-            let n = gathering.waiting.len().min(MAX_SHARED_PULL);
+            // As many as one pull may name, and whose ids fit any coordinator's message limit.
+            let mut bytes = 0;
+            let n = gathering
+                .waiting
+                .iter()
+                .take(MAX_SHARED_PULL)
+                .take_while(|w| {
+                    bytes += w.client_id.len() + 4;
+                    bytes <= MAX_SHARED_PULL_ID_BYTES
+                })
+                .count()
+                .max(1);
+            let n = n.min(gathering.waiting.len());
             let batch = gathering.waiting.drain(..n).collect();
             if gathering.waiting.is_empty() {
                 gathering.sending = false;
@@ -182,6 +196,18 @@ impl Inner {
                 return;
             }
         };
+        if reply.answers.is_empty() {
+            // The poll timed out: each client hears the Wait its own pull would have, which
+            // tells its loop the coordinator is there (an idle client that heard nothing for
+            // long would otherwise give up at its next failure).
+            for waiter in batch {
+                let wait = PullReply {
+                    reply: Some(Reply::Wait(Wait { retry_after_ms: 0 })),
+                };
+                let _ = waiter.heard.send(Some(Ok(wait)));
+            }
+            return;
+        }
         let mut answers: HashMap<String, Answer> = reply
             .answers
             .into_iter()

@@ -19,7 +19,7 @@ pub use chunk::{
 pub use compress::Codec;
 pub use direct::{ChunkStream, DirectFleet};
 pub use error::{ProtoError, Result};
-pub use shared_pull::MAX_SHARED_PULL;
+pub use shared_pull::{MAX_SHARED_PULL, MAX_SHARED_PULL_ID_BYTES};
 
 /// Metadata key of the refusal reason the coordinator puts on every status it sends itself
 /// (e.g. `stale_fence`). A status without it came from HTTP/2 or the transport, whatever its

@@ -7,9 +7,28 @@ use crate::REASON_HEADER;
 use crate::v1::Refusal;
 use tonic::{Code, Status};
 
-/// Most client ids one shared pull may name. With ids of at most 128 bytes and a task of a
-/// few hundred, a full request or reply stays far below the message limit.
+/// Most client ids one shared pull may name.
 pub const MAX_SHARED_PULL: usize = 1024;
+
+/// Most bytes of client ids a sender puts in one shared pull: under the smallest message limit
+/// a coordinator may set (64 KiB plus its chunk size), whatever the ids' lengths.
+pub const MAX_SHARED_PULL_ID_BYTES: usize = 48 << 10;
+
+/// Checks the client ids of a shared pull before anything is done for any of them: at most
+/// [`MAX_SHARED_PULL`], none twice. The error says what is wrong.
+pub fn check_ids(ids: &[String]) -> Result<(), String> {
+    if ids.len() > MAX_SHARED_PULL {
+        return Err(format!(
+            "a shared pull names {} clients; at most {MAX_SHARED_PULL} are allowed",
+            ids.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    match ids.iter().find(|id| !seen.insert(id.as_str())) {
+        Some(twice) => Err(format!("a shared pull names client {twice:?} twice")),
+        None => Ok(()),
+    }
+}
 
 impl Refusal {
     /// The refusal a status carries: its code, message and `shoal-reason`.
@@ -41,6 +60,20 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_checked_for_count_and_repeats() {
+        let ids = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        assert!(check_ids(&[]).is_ok());
+        assert!(check_ids(&ids(MAX_SHARED_PULL)).is_ok());
+        assert!(
+            check_ids(&ids(MAX_SHARED_PULL + 1))
+                .unwrap_err()
+                .contains("at most")
+        );
+        let twice = ["a".to_string(), "b".to_string(), "a".to_string()];
+        assert!(check_ids(&twice).unwrap_err().contains("\"a\" twice"));
+    }
 
     #[test]
     fn a_refusal_carries_code_message_and_reason_through() {

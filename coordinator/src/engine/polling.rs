@@ -4,18 +4,23 @@
 //! as the client's heartbeat and is paced (see [`crate::engine::pacing`]).
 //!
 //! A shared pull exists for memory: a fleet's idle clients wait in one request instead of an
-//! HTTP/2 request each. Its answers are the ones the clients' own pulls would have given,
-//! refusals included, so a client cannot tell the two apart.
+//! HTTP/2 request each. Each answer in it is the one the client's own pull would have given,
+//! a refusal included. Where the two differ: a shared pull answers only some of its clients
+//! (the others pull again); it is paced as its slowest client, and a refusal of one client's
+//! pull returns the whole request at once, the others' pulls counted; and one reply carries
+//! no more answers than fit well within the message limit (the rest stay owed to the next
+//! pull).
 
 use crate::engine::coordinator::{Coordinator, State};
 use crate::engine::phase::Phase;
 use crate::error::{CoordinatorError, Result};
 use crate::sync::lock;
+use prost::Message;
 use shoal_datasets::rng::{client_key, derive_seed};
-use shoal_proto::MAX_SHARED_PULL;
+use shoal_proto::message_limit;
+use shoal_proto::shared_pull::check_ids;
 use shoal_proto::v1::pull_reply::Reply;
 use shoal_proto::v1::{Finished, PullReply, Task, Wait};
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 /// Stream tag for per-client task seeds in the run's RNG tree.
@@ -39,26 +44,16 @@ impl Coordinator {
         Ok(PullReply { reply: Some(reply) })
     }
 
-    /// One long poll for the clients `ids` (at most [`MAX_SHARED_PULL`], no id twice): answers
-    /// as soon as any of them has a task or the run ended, with those clients' answers (a
-    /// refusal is answered at once); none when the poll timeout passes. Each client is paced
-    /// as by its own pull (the poll starts after the longest delay among them) and heard from.
+    /// One long poll for the clients `ids` (at most [`shoal_proto::MAX_SHARED_PULL`], no id
+    /// twice): answers as soon as any of them has a task or the run ended, with those clients'
+    /// answers (as many as fit a reply); a refusal is answered at once; none when the poll
+    /// timeout passes. Each client is paced as by its own pull (the poll starts after the
+    /// longest delay among them) and heard from.
     pub async fn pull_shared(&self, ids: &[String]) -> Result<Vec<SharedAnswer>> {
-        if ids.len() > MAX_SHARED_PULL {
-            return Err(CoordinatorError::Malformed(format!(
-                "a shared pull names {} clients; at most {MAX_SHARED_PULL} are allowed",
-                ids.len()
-            )));
-        }
+        check_ids(ids).map_err(CoordinatorError::Malformed)?;
         if ids.is_empty() {
             // Nobody to wait for.
             return Ok(Vec::new());
-        }
-        let mut seen = HashSet::with_capacity(ids.len());
-        if let Some(twice) = ids.iter().find(|id| !seen.insert(id.as_str())) {
-            return Err(CoordinatorError::Malformed(format!(
-                "a shared pull names client {twice:?} twice"
-            )));
         }
         let mut refused = Vec::new();
         let mut waiting = Vec::with_capacity(ids.len());
@@ -99,15 +94,19 @@ impl Coordinator {
             }
             let answers = {
                 let mut state = lock(&self.shared.state);
-                polling
-                    .pulls
-                    .iter()
-                    .filter_map(|&(at, id, pull)| {
-                        self.answer(&mut state, id, pull)
-                            .transpose()
-                            .map(|answer| (at, answer))
-                    })
-                    .collect::<Vec<_>>()
+                let mut budget = AnswerBudget::new(self.shared.limits.max_chunk_bytes);
+                let mut answers = Vec::new();
+                for &(at, id, pull) in &polling.pulls {
+                    if !budget.room_for(id) {
+                        // The others stay owed; their next pull hears them.
+                        break;
+                    }
+                    if let Some(answer) = self.answer(&mut state, id, pull).transpose() {
+                        budget.spend(id, &answer);
+                        answers.push((at, answer));
+                    }
+                }
+                answers
             };
             if !answers.is_empty() {
                 return Ok(answers);
@@ -149,6 +148,43 @@ impl Coordinator {
             }
             _ => Ok(None),
         }
+    }
+}
+
+/// The bytes one shared pull's answers may take: half the message limit, so a reply always
+/// encodes (answers of one round are about the same size: a task differs only in its seed).
+struct AnswerBudget {
+    left: usize,
+    /// The largest answer given so far, to judge whether the next one fits.
+    largest: usize,
+}
+
+impl AnswerBudget {
+    fn new(max_chunk_bytes: usize) -> Self {
+        Self {
+            left: message_limit(max_chunk_bytes) / 2,
+            largest: 0,
+        }
+    }
+
+    /// Whether an answer for `id`, as large as the largest so far, still fits.
+    fn room_for(&self, id: &str) -> bool {
+        Self::cost(id, self.largest) <= self.left
+    }
+
+    fn spend(&mut self, id: &str, answer: &Result<Reply>) {
+        let len = match answer {
+            Ok(Reply::Task(task)) => task.encoded_len(),
+            Ok(_) => 16,
+            Err(err) => 64 + err.to_string().len(),
+        };
+        self.largest = self.largest.max(len);
+        self.left = self.left.saturating_sub(Self::cost(id, len));
+    }
+
+    /// An answer's bytes in the reply: its id, its body, and their framing.
+    fn cost(id: &str, body: usize) -> usize {
+        id.len() + body + 16
     }
 }
 

@@ -12,6 +12,7 @@ use crate::net::auth::{AuthPolicy, Claim};
 use crate::net::upload::{self, Parts, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
+use shoal_proto::shared_pull::check_ids;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, ClientPull, FetchRequest, JoinReply, JoinRequest,
@@ -212,7 +213,9 @@ impl FleetService {
         &self,
         request: Request<SharedPullRequest>,
     ) -> Result<SharedPullReply, Status> {
-        self.serving()?;
+        // The ids are checked before any work is done for one of them.
+        check_ids(&request.get_ref().client_ids)
+            .map_err(|e| self.refuse(CoordinatorError::Malformed(e)))?;
         let (mut allowed, mut answers) = (Vec::new(), Vec::new());
         for id in &request.get_ref().client_ids {
             match self.authorize(&request, id) {
@@ -221,6 +224,7 @@ impl FleetService {
             }
         }
         if answers.is_empty() {
+            self.serving()?;
             let polled = self
                 .coordinator
                 .pull_shared(&allowed)

@@ -13,6 +13,7 @@ use crate::net::upload::{self, Decoding, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::StreamExt;
 use shoal_proto::ChunkStream;
+use shoal_proto::shared_pull::check_ids;
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
@@ -263,6 +264,7 @@ impl Fleet for AggregatorService {
         &self,
         request: Request<SharedPullRequest>,
     ) -> Result<Response<SharedPullReply>, Status> {
+        check_ids(&request.get_ref().client_ids).map_err(CoordinatorError::Malformed)?;
         let (mut allowed, mut answers) = (Vec::new(), Vec::new());
         for id in &request.get_ref().client_ids {
             match self.authorize(&request, id, Claim::Client) {
