@@ -495,7 +495,11 @@ async fn a_shared_pull_answers_no_more_than_fit_one_reply() {
     let mut tasked = std::collections::BTreeSet::new();
     let mut replies = Vec::new();
     while tasked.len() < n {
-        let left: Vec<String> = ids.iter().filter(|id| !tasked.contains(*id)).cloned().collect();
+        let left: Vec<String> = ids
+            .iter()
+            .filter(|id| !tasked.contains(*id))
+            .cloned()
+            .collect();
         let reply = c
             .pull_shared(SharedPullRequest { client_ids: left })
             .await
@@ -515,7 +519,13 @@ async fn a_shared_pull_answers_no_more_than_fit_one_reply() {
         assert!(replies.len() < 50, "pulls answered too few: {replies:?}");
     }
     let answered: Vec<usize> = replies.into_iter().filter(|&a| a > 0).collect();
-    assert!(answered.len() > 1, "one reply cannot carry them all: {answered:?}");
-    assert!(answered[0] >= 100, "a reply carries what fits: {answered:?}");
+    assert!(
+        answered.len() > 1,
+        "one reply cannot carry them all: {answered:?}"
+    );
+    assert!(
+        answered[0] >= 100,
+        "a reply carries what fits: {answered:?}"
+    );
     running.abort();
 }
