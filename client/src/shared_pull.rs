@@ -215,15 +215,12 @@ impl Inner {
             .collect();
         let mut again = Vec::new();
         for waiter in batch {
-            let heard = match answers.remove(&waiter.client_id) {
-                Some(Answer::Reply(reply)) => Ok(reply),
-                Some(Answer::Refused(refusal)) => Err(refusal.into_status()),
-                None => {
-                    again.push(waiter);
-                    continue;
+            match answers.remove(&waiter.client_id) {
+                Some(answer) => {
+                    let _ = waiter.heard.send(Some(answer.into_result()));
                 }
-            };
-            let _ = waiter.heard.send(Some(heard));
+                None => again.push(waiter),
+            }
         }
         if !again.is_empty() {
             self.wait(again);

@@ -4,7 +4,8 @@
 //! refusal included ([`Refusal`]), so clients handle both the same way.
 
 use crate::REASON_HEADER;
-use crate::v1::Refusal;
+use crate::v1::pull_reply::Reply;
+use crate::v1::{ClientPull, PullReply, Refusal, client_pull};
 use tonic::{Code, Status};
 
 /// Most client ids one shared pull may name.
@@ -27,6 +28,50 @@ pub fn check_ids(ids: &[String]) -> Result<(), String> {
     match ids.iter().find(|id| !seen.insert(id.as_str())) {
         Some(twice) => Err(format!("a shared pull names client {twice:?} twice")),
         None => Ok(()),
+    }
+}
+
+/// Splits the ids a shared pull names into those `authorize` lets the caller speak for and
+/// the refusals of the others, answered as each client's own pull would be.
+pub fn split_authorized(
+    ids: &[String],
+    mut authorize: impl FnMut(&str) -> Result<(), Status>,
+) -> (Vec<String>, Vec<ClientPull>) {
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+    for id in ids {
+        match authorize(id) {
+            Ok(()) => allowed.push(id.clone()),
+            Err(status) => refused.push(ClientPull::refused(id.clone(), &status)),
+        }
+    }
+    (allowed, refused)
+}
+
+impl ClientPull {
+    /// `client_id`'s answer: what its own pull would have replied.
+    pub fn answered(client_id: String, reply: Reply) -> Self {
+        Self {
+            client_id,
+            answer: Some(client_pull::Answer::Reply(PullReply { reply: Some(reply) })),
+        }
+    }
+
+    /// `client_id`'s answer: the refusal its own pull would have met.
+    pub fn refused(client_id: String, status: &Status) -> Self {
+        Self {
+            client_id,
+            answer: Some(client_pull::Answer::Refused(Refusal::of(status))),
+        }
+    }
+}
+
+impl client_pull::Answer {
+    /// What the client's own pull would have returned.
+    pub fn into_result(self) -> Result<PullReply, Status> {
+        match self {
+            Self::Reply(reply) => Ok(reply),
+            Self::Refused(refusal) => Err(refusal.into_status()),
+        }
     }
 }
 

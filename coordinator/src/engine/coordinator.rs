@@ -363,9 +363,9 @@ impl Coordinator {
         }
     }
 
-    /// Holds a pull or fetch from `client_id` to its pull rate (see [`crate::engine::pacing`]): waits
-    /// out a short delay, or refuses a flood.
-    pub(super) async fn pace(&self, client_id: &str) -> Result<()> {
+    /// Holds a fetch from `client_id` to its pull rate (see [`crate::engine::pacing`]; pulls
+    /// are paced in [`crate::engine::polling`]): waits out a short delay, or refuses a flood.
+    async fn pace(&self, client_id: &str) -> Result<()> {
         if let Some(rate) = self.shared.limits.pull_rate {
             let delay = lock(&self.shared.state)
                 .registry

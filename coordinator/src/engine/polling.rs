@@ -35,8 +35,8 @@ impl Coordinator {
     /// ended, or Wait when the poll timeout passes. Every pull counts as a heartbeat. Pulls
     /// over the client's rate are first delayed, then refused (see [`crate::engine::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
-        self.pace(client_id).await?;
-        let mut answers = self.poll(Polling::start(self, [(0, client_id)])).await?;
+        // A shared pull of one: the same pacing, poll and answer.
+        let mut answers = self.pull_shared(&[client_id.to_owned()]).await?;
         let reply = match answers.pop() {
             Some((_, answer)) => answer?,
             None => Reply::Wait(Wait { retry_after_ms: 0 }),

@@ -12,12 +12,12 @@ use crate::net::auth::{AuthPolicy, Claim};
 use crate::net::upload::{self, Parts, UploadError};
 use crate::refusal::Refusal;
 use crate::strategy::results::{ClientUpdate, PartialSum};
-use shoal_proto::shared_pull::check_ids;
+use shoal_proto::shared_pull::{check_ids, split_authorized};
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, ClientPull, FetchRequest, JoinReply, JoinRequest,
     LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, SharedPullReply,
-    SharedPullRequest, UpdateHeader, UpdatePart, client_pull,
+    SharedPullRequest, UpdateHeader, UpdatePart,
 };
 use shoal_proto::{ChunkStream, DirectFleet, SumAssembler};
 use std::sync::Arc;
@@ -130,16 +130,6 @@ impl FleetService {
     }
 }
 
-/// A client's refusal inside a shared pull's reply.
-fn refused(id: &str, status: &Status) -> ClientPull {
-    ClientPull {
-        client_id: id.to_owned(),
-        answer: Some(client_pull::Answer::Refused(shoal_proto::v1::Refusal::of(
-            status,
-        ))),
-    }
-}
-
 /// Streams `chunks`, shared: clones of the reference-counted chunks one at a time, no copy of
 /// the model per download.
 pub fn chunk_stream(chunks: Arc<[Chunk]>) -> ChunkStream {
@@ -216,13 +206,9 @@ impl FleetService {
         // The ids are checked before any work is done for one of them.
         check_ids(&request.get_ref().client_ids)
             .map_err(|e| self.refuse(CoordinatorError::Malformed(e)))?;
-        let (mut allowed, mut answers) = (Vec::new(), Vec::new());
-        for id in &request.get_ref().client_ids {
-            match self.authorize(&request, id) {
-                Ok(()) => allowed.push(id.clone()),
-                Err(status) => answers.push(refused(id, &status)),
-            }
-        }
+        let (allowed, mut answers) = split_authorized(&request.get_ref().client_ids, |id| {
+            self.authorize(&request, id)
+        });
         if answers.is_empty() {
             self.serving()?;
             let polled = self
@@ -233,15 +219,10 @@ impl FleetService {
             answers = polled
                 .into_iter()
                 .filter_map(|(at, answer)| {
-                    let id = allowed.get(at)?;
+                    let id = allowed.get(at)?.clone();
                     Some(match answer {
-                        Ok(reply) => ClientPull {
-                            client_id: id.clone(),
-                            answer: Some(client_pull::Answer::Reply(PullReply {
-                                reply: Some(reply),
-                            })),
-                        },
-                        Err(err) => refused(id, &self.refuse(err)),
+                        Ok(reply) => ClientPull::answered(id, reply),
+                        Err(err) => ClientPull::refused(id, &self.refuse(err)),
                     })
                 })
                 .collect();

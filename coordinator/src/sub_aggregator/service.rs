@@ -13,14 +13,13 @@ use crate::net::upload::{self, Decoding, UploadError};
 use crate::strategy::results::{ClientUpdate, Delivery, PartialSum};
 use futures::StreamExt;
 use shoal_proto::ChunkStream;
-use shoal_proto::shared_pull::check_ids;
+use shoal_proto::shared_pull::{check_ids, split_authorized};
 use shoal_proto::v1::fleet_client::FleetClient;
 use shoal_proto::v1::fleet_server::Fleet;
 use shoal_proto::v1::{
     AbandonReply, AbandonRequest, Chunk, ClientPull, FetchRequest, JoinReply, JoinRequest,
-    LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, Refusal,
-    SharedPullReply, SharedPullRequest, TaskKind, UpdatePart, client_pull, pull_reply::Reply,
-    update_part,
+    LeaveReply, LeaveRequest, PartialPart, PullReply, PullRequest, PushReply, SharedPullReply,
+    SharedPullRequest, TaskKind, UpdatePart, client_pull, pull_reply::Reply, update_part,
 };
 use shoal_proto::{ChunkAssembler, Codec, SumAssembler};
 use std::future::Future;
@@ -84,6 +83,18 @@ impl AggregatorService {
             .told_over
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(finished)
+    }
+
+    /// Takes note of what upstream answered `client`'s pull: its task (so its update is taken
+    /// here), or the end of the run (told to every client that comes after).
+    fn heard(&self, client: &str, reply: &Reply) {
+        match reply {
+            Reply::Task(task) => self.shared.rounds.tasked(client, task),
+            Reply::Finished(finished) if self.shared.run_over.set(finished.clone()).is_ok() => {
+                self.shared.finished.notify_one();
+            }
+            _ => {}
+        }
     }
 
     /// Makes one call upstream; a failure is passed to the client unchanged, after the
@@ -244,16 +255,8 @@ impl Fleet for AggregatorService {
         let reply = self
             .upstream(|mut up| async move { up.pull(relayed).await })
             .await?;
-        match &reply.get_ref().reply {
-            Some(Reply::Task(task)) => {
-                self.shared.rounds.tasked(&client, task);
-            }
-            Some(Reply::Finished(finished))
-                if self.shared.run_over.set(finished.clone()).is_ok() =>
-            {
-                self.shared.finished.notify_one();
-            }
-            _ => {}
+        if let Some(answer) = &reply.get_ref().reply {
+            self.heard(&client, answer);
         }
         Ok(reply)
     }
@@ -265,28 +268,16 @@ impl Fleet for AggregatorService {
         request: Request<SharedPullRequest>,
     ) -> Result<Response<SharedPullReply>, Status> {
         check_ids(&request.get_ref().client_ids).map_err(CoordinatorError::Malformed)?;
-        let (mut allowed, mut answers) = (Vec::new(), Vec::new());
-        for id in &request.get_ref().client_ids {
-            match self.authorize(&request, id, Claim::Client) {
-                Ok(()) => allowed.push(id.clone()),
-                Err(status) => answers.push(ClientPull {
-                    client_id: id.clone(),
-                    answer: Some(client_pull::Answer::Refused(Refusal::of(&status))),
-                }),
-            }
-        }
-        if !answers.is_empty() {
-            return Ok(Response::new(SharedPullReply { answers }));
+        let (allowed, refused) = split_authorized(&request.get_ref().client_ids, |id| {
+            self.authorize(&request, id, Claim::Client)
+        });
+        if !refused.is_empty() {
+            return Ok(Response::new(SharedPullReply { answers: refused }));
         }
         if let Some(finished) = self.end_to_tell() {
             let answers = allowed
                 .into_iter()
-                .map(|client_id| ClientPull {
-                    client_id,
-                    answer: Some(client_pull::Answer::Reply(PullReply {
-                        reply: Some(Reply::Finished(finished.clone())),
-                    })),
-                })
+                .map(|id| ClientPull::answered(id, Reply::Finished(finished.clone())))
                 .collect();
             return Ok(Response::new(SharedPullReply { answers }));
         }
@@ -297,16 +288,10 @@ impl Fleet for AggregatorService {
             .upstream(|mut up| async move { up.pull_shared(relayed).await })
             .await?;
         for answer in &reply.get_ref().answers {
-            let Some(client_pull::Answer::Reply(PullReply { reply: Some(reply) })) = &answer.answer
-            else {
-                continue;
-            };
-            match reply {
-                Reply::Task(task) => self.shared.rounds.tasked(&answer.client_id, task),
-                Reply::Finished(finished) if self.shared.run_over.set(finished.clone()).is_ok() => {
-                    self.shared.finished.notify_one();
-                }
-                _ => {}
+            if let Some(client_pull::Answer::Reply(PullReply { reply: Some(reply) })) =
+                &answer.answer
+            {
+                self.heard(&answer.client_id, reply);
             }
         }
         Ok(reply)
