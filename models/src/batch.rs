@@ -38,38 +38,47 @@ pub(crate) fn check_data(spec: &ModelSpec, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
-/// One batch: the inputs as a tensor, the labels on the CPU (the loss is computed there, see
-/// [`crate::loss`]).
+/// One batch of examples, copied out of a dataset: the features row-major, the labels on the
+/// CPU (the loss is computed there, see [`crate::loss`]).
 pub(crate) struct Batch {
-    /// `[batch, features]`.
-    pub(crate) inputs: Tensor<2>,
+    /// `len × width` values.
+    pub(crate) features: Vec<f32>,
     /// Class labels, one per row.
     pub(crate) labels: Vec<u32>,
+    /// Features per example.
+    pub(crate) width: usize,
 }
 
 impl Batch {
     /// The examples `indices` of `data` (rows copied into one contiguous buffer).
-    pub(crate) fn gather(data: &Dataset, indices: &[usize], device: &Device) -> Batch {
+    pub(crate) fn gather(data: &Dataset, indices: &[usize]) -> Batch {
         let f = data.num_features;
         let mut features = Vec::with_capacity(indices.len() * f);
         for &i in indices {
             features.extend_from_slice(&data.features[i * f..(i + 1) * f]);
         }
         let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
-        Batch::from_parts(features, labels, f, device)
+        Batch {
+            features,
+            labels,
+            width: f,
+        }
     }
 
     /// The contiguous examples `start..end` of `data`.
-    pub(crate) fn range(data: &Dataset, start: usize, end: usize, device: &Device) -> Batch {
+    pub(crate) fn range(data: &Dataset, start: usize, end: usize) -> Batch {
         let f = data.num_features;
-        let features = data.features[start * f..end * f].to_vec();
-        let labels = data.labels[start..end].to_vec();
-        Batch::from_parts(features, labels, f, device)
+        Batch {
+            features: data.features[start * f..end * f].to_vec(),
+            labels: data.labels[start..end].to_vec(),
+            width: f,
+        }
     }
 
-    fn from_parts(features: Vec<f32>, labels: Vec<u32>, f: usize, device: &Device) -> Batch {
-        let n = labels.len();
-        let inputs = Tensor::from_data(TensorData::new(features, [n, f]), device);
-        Batch { inputs, labels }
+    /// The features as a `[len, width]` tensor on `device`, and the labels.
+    pub(crate) fn into_tensor(self, device: &Device) -> (Tensor<2>, Vec<u32>) {
+        let n = self.labels.len();
+        let inputs = Tensor::from_data(TensorData::new(self.features, [n, self.width]), device);
+        (inputs, self.labels)
     }
 }

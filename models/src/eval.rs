@@ -4,12 +4,10 @@ use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 
 use crate::batch::{Batch, check_data};
+use crate::classifier::Classifier;
 use crate::device::inference_device;
-use crate::device::tensor_values;
 use crate::error::{ModelError, Result};
 use crate::loss::Tally;
-use crate::net::Net;
-use crate::params::build_loaded;
 use crate::spec::ModelSpec;
 
 /// Loss and accuracy of a model on a dataset.
@@ -36,20 +34,27 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Eval
 /// one process that all score a round's global model share one, instead of each copying the
 /// parameters into a model of its own. Shared between threads as it is (`Send + Sync`); its
 /// results are [`evaluate`]'s, to the bit.
-#[derive(Debug)]
 pub struct Evaluator {
     spec: ModelSpec,
-    net: Net,
+    model: Classifier,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Evaluator {
     /// Builds the model of `spec` with `params` loaded, after checking them (length and
     /// finiteness) against its manifest.
     pub fn new(spec: &ModelSpec, params: &[f32]) -> Result<Self> {
-        let net = build_loaded(spec, params, &inference_device())?;
+        let model = Classifier::load(spec, params, &inference_device())?;
         Ok(Self {
             spec: spec.clone(),
-            net,
+            model,
         })
     }
 
@@ -64,7 +69,7 @@ impl Evaluator {
         if data.labels.is_empty() {
             return Err(ModelError::EmptyData);
         }
-        evaluate_net(&self.net, data, self.spec.max_chunk())
+        evaluate_model(&self.model, data, self.spec.max_chunk())
     }
 }
 
@@ -72,16 +77,14 @@ impl Evaluator {
 /// lowest class), as [`evaluate`] counts them.
 pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<usize>> {
     check_data(spec, data)?;
-    let device = inference_device();
-    let net = build_loaded(spec, params, &device)?;
+    let model = Classifier::load(spec, params, &inference_device())?;
     let n = data.labels.len();
     let chunk = spec.max_chunk().max(1);
     let mut classes = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
-        let batch = Batch::range(data, start, end, &device);
-        let logits = tensor_values(net.forward(batch.inputs))?;
+        let logits = model.logits(Batch::range(data, start, end))?;
         let width = spec.num_classes.max(1);
         classes.extend(logits.chunks_exact(width).map(|row| {
             row.iter()
@@ -96,17 +99,15 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
     Ok(classes)
 }
 
-/// Evaluates a model loaded on the inference device over `data`.
-fn evaluate_net(net: &Net, data: &Dataset, chunk: usize) -> Result<EvalReport> {
-    let device = inference_device();
+/// Evaluates a loaded model over `data`.
+fn evaluate_model(model: &Classifier, data: &Dataset, chunk: usize) -> Result<EvalReport> {
     let n = data.labels.len();
     let mut tally = Tally::default();
     let mut start = 0;
     while start < n {
         let end = (start + chunk.max(1)).min(n);
-        let batch = Batch::range(data, start, end, &device);
-        let logits = tensor_values(net.forward(batch.inputs))?;
-        tally.add(&logits, &batch.labels);
+        let logits = model.logits(Batch::range(data, start, end))?;
+        tally.add(&logits, &data.labels[start..end]);
         start = end;
     }
     Ok(EvalReport {

@@ -1,20 +1,16 @@
 //! Gradients of the mean cross-entropy at a parameter vector, flattened in manifest order:
 //! exact over the whole dataset, or averaged over seeded mini-batches.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Gradients, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
 use crate::batch::{Batch, check_data};
-use crate::device::tensor_values;
-use crate::device::training_device;
 use crate::error::{ModelError, Result};
-use crate::loss::{Tally, cross_entropy_backward};
-use crate::net::Net;
-use crate::params::build_loaded;
+use crate::learner::Learner;
+use crate::loss::Tally;
+use crate::sgd::Terms;
 use crate::spec::ModelSpec;
 
 /// What a gradient computation looked at.
@@ -55,8 +51,7 @@ pub fn gradient(
     if n == 0 {
         return Err(ModelError::EmptyData);
     }
-    let device = training_device();
-    let net = build_loaded(spec, params, &device)?;
+    let learner = Learner::new(spec, params, Terms::default())?;
     let mut acc = Accumulator {
         sum: vec![0.0; params.len()],
         loss: 0.0,
@@ -68,8 +63,8 @@ pub fn gradient(
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);
-            let batch = Batch::range(data, start, end, &device);
-            acc.add(&net, batch, (end - start) as f64 / n as f64, &device)?;
+            let batch = Batch::range(data, start, end);
+            acc.add(&learner, batch, (end - start) as f64 / n as f64)?;
             start = end;
         }
     } else {
@@ -83,9 +78,9 @@ pub fn gradient(
                 order = permutation(n, seed, pass);
                 pos = 0;
             }
-            let batch = Batch::gather(data, &order[pos..pos + take], &device);
+            let batch = Batch::gather(data, &order[pos..pos + take]);
             pos += take;
-            acc.add(&net, batch, 1.0 / batches as f64, &device)?;
+            acc.add(&learner, batch, 1.0 / batches as f64)?;
         }
     }
 
@@ -111,60 +106,13 @@ struct Accumulator {
 
 impl Accumulator {
     /// Adds `weight` times the gradient and mean loss of `batch`.
-    fn add(&mut self, net: &Net, batch: Batch, weight: f64, device: &Device) -> Result<()> {
-        let logits: Tensor<2> = net.forward(batch.inputs);
+    fn add(&mut self, learner: &Learner<'_>, batch: Batch, weight: f64) -> Result<()> {
+        let examples = batch.labels.len();
         let mut tally = Tally::default();
-        let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, device)?;
-        let mut collector = GradCollector {
-            grads: &grads,
-            sum: &mut self.sum,
-            offset: 0,
-            weight,
-            error: None,
-        };
-        net.visit(&mut collector);
-        if let Some(err) = collector.error {
-            return Err(err);
-        }
+        learner.add_gradient(batch, weight, &mut self.sum, &mut tally)?;
         self.loss += weight * tally.mean_loss();
-        self.examples += batch.labels.len();
+        self.examples += examples;
         Ok(())
-    }
-}
-
-/// Adds `weight * grad` of every float parameter into `sum`, in manifest order. A parameter
-/// without a gradient (unused by the forward pass) contributes zero.
-struct GradCollector<'a> {
-    grads: &'a Gradients,
-    sum: &'a mut [f64],
-    offset: usize,
-    weight: f64,
-    error: Option<ModelError>,
-}
-
-impl ModuleVisitor for GradCollector<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let tensor = param.val();
-        let len = tensor.shape().num_elements();
-        let start = self.offset;
-        self.offset += len;
-        if self.error.is_some() {
-            return;
-        }
-        let Some(grad) = tensor.grad(self.grads) else {
-            return;
-        };
-        match tensor_values(grad) {
-            Ok(values) => match self.sum.get_mut(start..start + len) {
-                Some(slot) if values.len() == len => {
-                    for (s, g) in slot.iter_mut().zip(values) {
-                        *s += self.weight * f64::from(g);
-                    }
-                }
-                _ => self.error = Some(ModelError::Backend("gradient shape mismatch".into())),
-            },
-            Err(err) => self.error = Some(err),
-        }
     }
 }
 

@@ -17,12 +17,15 @@
 //! * [`kmeans`]: Lloyd statistics, seeding, local k-means and clustering scores.
 
 mod batch;
+mod classifier;
+mod cnn;
 mod device;
 mod error;
 mod eval;
 mod export;
 mod grad;
 pub mod kmeans;
+mod learner;
 mod loss;
 mod manifest;
 mod net;

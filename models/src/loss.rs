@@ -142,19 +142,15 @@ mod tests {
         let net = build_loaded(&spec, &params, &device).unwrap();
         let idx: Vec<usize> = (0..40).collect();
 
-        let batch = Batch::gather(&data, &idx, &device);
-        let ours = cross_entropy_backward(
-            net.forward(batch.inputs),
-            &batch.labels,
-            &mut Tally::default(),
-            &device,
-        )
-        .unwrap();
+        let (inputs, labels) = Batch::gather(&data, &idx).into_tensor(&device);
+        let ours =
+            cross_entropy_backward(net.forward(inputs), &labels, &mut Tally::default(), &device)
+                .unwrap();
 
-        let batch = Batch::gather(&data, &idx, &device);
-        let targets: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+        let (inputs, labels) = Batch::gather(&data, &idx).into_tensor(&device);
+        let targets: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
         let targets: Tensor<2, Int> = Tensor::from_data(TensorData::new(targets, [40, 1]), &device);
-        let loss = log_softmax(net.forward(batch.inputs), 1)
+        let loss = log_softmax(net.forward(inputs), 1)
             .gather(1, targets)
             .mean()
             .neg();

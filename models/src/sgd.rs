@@ -34,7 +34,42 @@ impl ParamTensors {
     }
 }
 
-/// What a local step adds to the loss's gradient, beyond plain SGD.
+/// What a local step adds to the loss's gradient, beyond plain SGD, as flat vectors laid
+/// out like the parameters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Terms<'a> {
+    /// FedProx's strength μ and the parameters training started from.
+    pub(crate) proximal: Option<(f64, &'a [f32])>,
+    /// SCAFFOLD's drift correction.
+    pub(crate) correction: Option<&'a [f32]>,
+}
+
+impl Terms<'_> {
+    /// True when a step is plain SGD.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.proximal.is_none() && self.correction.is_none()
+    }
+}
+
+/// One step `w <- w - lr * (grad + terms)` on flat parameters, given the gradient in
+/// manifest order as consecutive pieces; the same arithmetic, in the same `f32` order, as
+/// [`step`] does on tensors.
+pub(crate) fn step_flat(params: &mut [f32], grads: &[Vec<f32>], lr: f64, terms: Terms<'_>) {
+    let lr = lr as f32;
+    let proximal = terms.proximal.map(|(mu, anchor)| (mu as f32, anchor));
+    for (i, (w, &g)) in params.iter_mut().zip(grads.iter().flatten()).enumerate() {
+        let mut step = g;
+        if let Some((mu, anchor)) = proximal {
+            step += (*w - anchor[i]) * mu;
+        }
+        if let Some(correction) = terms.correction {
+            step += correction[i];
+        }
+        *w -= step * lr;
+    }
+}
+
+/// [`Terms`] laid out as one tensor per parameter, for steps on burn modules.
 #[derive(Default)]
 pub(crate) struct StepTerms {
     /// FedProx (Li et al. 2020): strength μ and the round's global parameters; the step adds

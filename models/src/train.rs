@@ -1,20 +1,17 @@
 //! Local training: plain mini-batch SGD on cross-entropy, starting from a flat parameter
 //! vector and returning the updated one.
 
-use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use shoal_datasets::Dataset;
 use shoal_datasets::rng::rng_for;
 
 use crate::batch::{Batch, check_data};
-use crate::device::training_device;
 use crate::error::{ModelError, Result};
 use crate::eval::evaluate;
-use crate::loss::{Tally, cross_entropy_backward};
-use crate::manifest::Manifest;
-use crate::params::{build_loaded, flatten};
-use crate::sgd::{ParamTensors, StepTerms, step};
+use crate::learner::Learner;
+use crate::loss::Tally;
+use crate::sgd::Terms;
 use crate::spec::ModelSpec;
 
 /// How to train locally.
@@ -147,16 +144,11 @@ fn train(
         return Ok((params.to_vec(), report));
     }
 
-    let device = training_device();
-    let mut net = build_loaded(spec, params, &device)?;
-    let terms = (cfg.proximal_mu > 0.0 || correction.is_some()).then(|| {
-        let lens: Vec<usize> = Manifest::of(&net).entries.iter().map(|e| e.len).collect();
-        let laid_out = |values: &[f32]| ParamTensors::new(values, lens.iter().copied());
-        StepTerms {
-            proximal: (cfg.proximal_mu > 0.0).then(|| (cfg.proximal_mu, laid_out(params))),
-            correction: correction.map(laid_out),
-        }
-    });
+    let terms = Terms {
+        proximal: (cfg.proximal_mu > 0.0).then_some((cfg.proximal_mu, params)),
+        correction,
+    };
+    let mut learner = Learner::new(spec, params, terms)?;
     let mut steps = 0;
     let mut last = Tally::default();
     let enough = |steps: usize| cfg.max_steps > 0 && steps >= cfg.max_steps;
@@ -171,10 +163,7 @@ fn train(
             if enough(steps) {
                 break;
             }
-            let batch = Batch::gather(data, chunk, &device);
-            let logits: Tensor<2> = net.forward(batch.inputs);
-            let grads = cross_entropy_backward(logits, &batch.labels, &mut tally, &device)?;
-            net = step(net, grads, cfg.lr, terms.as_ref());
+            learner = learner.step(Batch::gather(data, chunk), cfg.lr, &mut tally)?;
             steps += 1;
         }
         if !tally.loss_sum.is_finite() {
@@ -183,7 +172,7 @@ fn train(
         last = tally;
     }
 
-    let trained = flatten(&net)?;
+    let trained = learner.into_params()?;
     if !crate::manifest::all_finite(&trained) {
         return Err(ModelError::Diverged {
             epoch: cfg.epochs - 1,

@@ -20,6 +20,10 @@ use shoal_models::{
 };
 use std::time::Instant;
 
+/// The allocator the `shoal` binary runs with, so training here allocates as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Multiply-adds of one forward pass of one example.
 fn forward_macs(spec: &ModelSpec) -> f64 {
     match &spec.kind {

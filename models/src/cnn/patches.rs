@@ -1,0 +1,134 @@
+//! Convolution as a matrix product: each output pixel's 5×5 input patch laid out as one row
+//! ("im2col"), and the way back, adding each row's gradient onto the pixels it came from.
+//!
+//! Images are channels-last (`[image][y][x][channel]`) so a patch row is 25 runs of
+//! `channels` contiguous values, copied whole; a row's columns are ordered (ky, kx, channel).
+//! Both directions work image by image over the thread pool, each image written by one
+//! thread in a fixed order, so the results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+/// Side of the square kernels.
+pub(crate) const KERNEL: usize = 5;
+
+/// Zero padding on every side ("same" convolution at stride 1).
+const PAD: usize = 2;
+
+/// The shape of a batch of square channels-last images.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Images {
+    /// Height and width.
+    pub(crate) side: usize,
+    /// Values per pixel.
+    pub(crate) channels: usize,
+}
+
+impl Images {
+    /// Values of one image.
+    pub(crate) fn image_len(self) -> usize {
+        self.side * self.side * self.channels
+    }
+
+    /// Values of one patch row.
+    pub(crate) fn row_len(self) -> usize {
+        KERNEL * KERNEL * self.channels
+    }
+
+    /// The input pixel a kernel tap reads for an output pixel, `None` in the padding.
+    fn source(self, out: (usize, usize), tap: (usize, usize)) -> Option<usize> {
+        let y = (out.0 + tap.0)
+            .checked_sub(PAD)
+            .filter(|&y| y < self.side)?;
+        let x = (out.1 + tap.1)
+            .checked_sub(PAD)
+            .filter(|&x| x < self.side)?;
+        Some((y * self.side + x) * self.channels)
+    }
+}
+
+/// The patch rows of `images` (one row per output pixel, image by image), `images.len() /
+/// shape.image_len()` × `side²` rows of [`Images::row_len`].
+pub(crate) fn gather(images: &[f32], shape: Images) -> Vec<f32> {
+    let (c, pixels) = (shape.channels, shape.side * shape.side);
+    let count = images.len() / shape.image_len();
+    let mut rows = vec![0.0f32; count * pixels * shape.row_len()];
+    rows.par_chunks_mut(pixels * shape.row_len())
+        .zip(images.par_chunks(shape.image_len()))
+        .for_each(|(out, image)| {
+            for (pixel, row) in out.chunks_exact_mut(shape.row_len()).enumerate() {
+                let at = (pixel / shape.side, pixel % shape.side);
+                for ky in 0..KERNEL {
+                    for kx in 0..KERNEL {
+                        if let Some(src) = shape.source(at, (ky, kx)) {
+                            row[(ky * KERNEL + kx) * c..][..c].copy_from_slice(&image[src..][..c]);
+                        }
+                    }
+                }
+            }
+        });
+    rows
+}
+
+/// The gradient with respect to the images of patch rows' gradient `rows`: every row value
+/// added onto the pixel and channel it was copied from.
+pub(crate) fn scatter(rows: &[f32], shape: Images) -> Vec<f32> {
+    let (c, pixels) = (shape.channels, shape.side * shape.side);
+    let count = rows.len() / (pixels * shape.row_len());
+    let mut images = vec![0.0f32; count * shape.image_len()];
+    images
+        .par_chunks_mut(shape.image_len())
+        .zip(rows.par_chunks(pixels * shape.row_len()))
+        .for_each(|(image, rows)| {
+            for (pixel, row) in rows.chunks_exact(shape.row_len()).enumerate() {
+                let at = (pixel / shape.side, pixel % shape.side);
+                for ky in 0..KERNEL {
+                    for kx in 0..KERNEL {
+                        if let Some(dst) = shape.source(at, (ky, kx)) {
+                            let tap = &row[(ky * KERNEL + kx) * c..][..c];
+                            for (d, g) in image[dst..][..c].iter_mut().zip(tap) {
+                                *d += g;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    images
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_row_holds_its_neighbourhood_and_zeros_outside() {
+        let shape = Images {
+            side: 3,
+            channels: 2,
+        };
+        let image: Vec<f32> = (0..18).map(|v| v as f32).collect();
+        let rows = gather(&image, shape);
+        assert_eq!(rows.len(), 9 * 50);
+        // Centre pixel (1, 1): tap (2, 2) is the pixel itself, tap (0, 0) is padding.
+        let centre = &rows[4 * 50..5 * 50];
+        assert_eq!(&centre[(2 * 5 + 2) * 2..][..2], &[8.0, 9.0]);
+        assert_eq!(&centre[0..2], &[0.0, 0.0]);
+        // Tap (3, 4) of pixel (0, 0) reads pixel (1, 2).
+        assert_eq!(&rows[(3 * 5 + 4) * 2..][..2], &[10.0, 11.0]);
+    }
+
+    #[test]
+    fn scatter_is_the_adjoint_of_gather() {
+        // <gather(x), r> == <x, scatter(r)> for any x and r.
+        let shape = Images {
+            side: 4,
+            channels: 3,
+        };
+        let x: Vec<f32> = (0..2 * 48).map(|v| ((v * 37) % 11) as f32 - 5.0).collect();
+        let r: Vec<f32> = (0..2 * 16 * 75)
+            .map(|v| ((v * 13) % 7) as f32 - 3.0)
+            .collect();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
+        assert_eq!(dot(&gather(&x, shape), &r), dot(&x, &scatter(&r, shape)));
+    }
+}

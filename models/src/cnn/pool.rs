@@ -1,0 +1,90 @@
+//! 2×2 max pooling of channels-last images at stride 2, remembering which of the four inputs
+//! won (a byte per output, not an index tensor), and its gradient.
+
+use rayon::prelude::*;
+
+use super::patches::Images;
+
+/// The pooled images (channels-last, half the side) and, per output, which of its four
+/// inputs was the largest (`dy * 2 + dx`; the first on ties).
+pub(crate) fn max_pool(input: &[f32], shape: Images) -> (Vec<f32>, Vec<u8>) {
+    let (c, half) = (shape.channels, shape.side / 2);
+    let out_len = half * half * c;
+    let count = input.len() / shape.image_len();
+    let mut pooled = vec![0.0f32; count * out_len];
+    let mut winners = vec![0u8; count * out_len];
+    pooled
+        .par_chunks_mut(out_len)
+        .zip(winners.par_chunks_mut(out_len))
+        .zip(input.par_chunks(shape.image_len()))
+        .for_each(|((pooled, winners), image)| {
+            for py in 0..half {
+                for px in 0..half {
+                    let out = (py * half + px) * c;
+                    for tap in 0..4u8 {
+                        let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
+                        let src = &image[(y * shape.side + x) * c..][..c];
+                        let (dst, won) = (&mut pooled[out..][..c], &mut winners[out..][..c]);
+                        for ((d, w), &v) in dst.iter_mut().zip(won.iter_mut()).zip(src) {
+                            if tap == 0 || v > *d {
+                                *d = v;
+                                *w = tap;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    (pooled, winners)
+}
+
+/// The gradient with respect to the pooling's input, through a ReLU before it: each output's
+/// gradient goes to the input that won, where that input (`activations`, after the ReLU) is
+/// positive; every other input gets zero.
+pub(crate) fn max_unpool_relu(
+    grad: &[f32],
+    winners: &[u8],
+    activations: &[f32],
+    shape: Images,
+) -> Vec<f32> {
+    let (c, half) = (shape.channels, shape.side / 2);
+    let out_len = half * half * c;
+    let mut input_grad = vec![0.0f32; activations.len()];
+    input_grad
+        .par_chunks_mut(shape.image_len())
+        .zip(activations.par_chunks(shape.image_len()))
+        .zip(grad.par_chunks(out_len).zip(winners.par_chunks(out_len)))
+        .for_each(|((input_grad, image), (grad, winners))| {
+            for (out, (&g, &tap)) in grad.iter().zip(winners).enumerate() {
+                let (pixel, channel) = (out / c, out % c);
+                let (py, px) = (pixel / half, pixel % half);
+                let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
+                let at = (y * shape.side + x) * c + channel;
+                if image[at] > 0.0 {
+                    input_grad[at] = g;
+                }
+            }
+        });
+    input_grad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_keeps_the_largest_and_routes_its_gradient_back() {
+        let shape = Images {
+            side: 2,
+            channels: 2,
+        };
+        // Pixels (0,0) (0,1) (1,0) (1,1), two channels each.
+        let input = [1.0, 0.0, 3.0, 0.0, 2.0, 0.0, 3.0, 0.0];
+        let (pooled, winners) = max_pool(&input, shape);
+        assert_eq!(pooled, vec![3.0, 0.0]);
+        // A tie goes to the first; channel 1 is all zeros (after a ReLU: no gradient).
+        assert_eq!(winners, vec![1, 0]);
+        let grad = max_unpool_relu(&[5.0, 7.0], &winners, &input, shape);
+        assert_eq!(grad, vec![0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+}
