@@ -6,7 +6,7 @@
 use burn::tensor::{Device, Tensor};
 
 use crate::batch::Batch;
-use crate::cnn::CnnModel;
+use crate::cnn::{Buffers, CnnModel};
 use crate::device::tensor_values;
 use crate::error::Result;
 use crate::manifest::Manifest;
@@ -46,15 +46,16 @@ impl Classifier {
         })
     }
 
-    /// Class logits of a batch, row-major `[batch, classes]`.
-    pub(crate) fn logits(&self, batch: Batch) -> Result<Vec<f32>> {
+    /// Class logits of a batch, row-major `[batch, classes]`; the CNN's working memory comes
+    /// from `buffers` and goes back there.
+    pub(crate) fn logits(&self, batch: Batch, buffers: &mut Buffers) -> Result<Vec<f32>> {
         match self {
             Classifier::Burn { net, device } => {
                 let (inputs, _) = batch.into_tensor(device);
                 let logits: Tensor<2> = net.forward(inputs);
                 tensor_values(logits)
             }
-            Classifier::Cnn(model) => model.logits(&batch.features),
+            Classifier::Cnn(model) => model.logits(&batch.features, buffers),
         }
     }
 }

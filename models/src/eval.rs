@@ -5,6 +5,7 @@ use shoal_datasets::Dataset;
 
 use crate::batch::{Batch, check_data};
 use crate::classifier::Classifier;
+use crate::cnn::Buffers;
 use crate::device::inference_device;
 use crate::error::{ModelError, Result};
 use crate::loss::Tally;
@@ -81,10 +82,11 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
     let n = data.labels.len();
     let chunk = spec.max_chunk().max(1);
     let mut classes = Vec::with_capacity(n);
+    let mut buffers = Buffers::default();
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
-        let logits = model.logits(Batch::range(data, start, end))?;
+        let logits = model.logits(Batch::range(data, start, end), &mut buffers)?;
         let width = spec.num_classes.max(1);
         classes.extend(logits.chunks_exact(width).map(|row| {
             row.iter()
@@ -103,10 +105,11 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
 fn evaluate_model(model: &Classifier, data: &Dataset, chunk: usize) -> Result<EvalReport> {
     let n = data.labels.len();
     let mut tally = Tally::default();
+    let mut buffers = Buffers::default();
     let mut start = 0;
     while start < n {
         let end = (start + chunk.max(1)).min(n);
-        let logits = model.logits(Batch::range(data, start, end))?;
+        let logits = model.logits(Batch::range(data, start, end), &mut buffers)?;
         tally.add(&logits, &data.labels[start..end]);
         start = end;
     }

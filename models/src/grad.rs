@@ -51,7 +51,7 @@ pub fn gradient(
     if n == 0 {
         return Err(ModelError::EmptyData);
     }
-    let learner = Learner::new(spec, params, Terms::default())?;
+    let mut learner = Learner::new(spec, params, Terms::default())?;
     let mut acc = Accumulator {
         sum: vec![0.0; params.len()],
         loss: 0.0,
@@ -64,7 +64,7 @@ pub fn gradient(
         while start < n {
             let end = (start + chunk).min(n);
             let batch = Batch::range(data, start, end);
-            acc.add(&learner, batch, (end - start) as f64 / n as f64)?;
+            acc.add(&mut learner, batch, (end - start) as f64 / n as f64)?;
             start = end;
         }
     } else {
@@ -80,7 +80,7 @@ pub fn gradient(
             }
             let batch = Batch::gather(data, &order[pos..pos + take]);
             pos += take;
-            acc.add(&learner, batch, 1.0 / batches as f64)?;
+            acc.add(&mut learner, batch, 1.0 / batches as f64)?;
         }
     }
 
@@ -106,7 +106,7 @@ struct Accumulator {
 
 impl Accumulator {
     /// Adds `weight` times the gradient and mean loss of `batch`.
-    fn add(&mut self, learner: &Learner<'_>, batch: Batch, weight: f64) -> Result<()> {
+    fn add(&mut self, learner: &mut Learner<'_>, batch: Batch, weight: f64) -> Result<()> {
         let examples = batch.labels.len();
         let mut tally = Tally::default();
         learner.add_gradient(batch, weight, &mut self.sum, &mut tally)?;

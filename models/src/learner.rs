@@ -8,7 +8,7 @@ use burn::tensor::{Device, Gradients, Tensor};
 
 use crate::batch::Batch;
 use crate::classifier::Classifier;
-use crate::cnn::CnnModel;
+use crate::cnn::{Buffers, CnnGrads, CnnModel};
 use crate::device::{tensor_values, training_device};
 use crate::error::{ModelError, Result};
 use crate::loss::{Tally, cross_entropy_backward};
@@ -35,6 +35,8 @@ pub(crate) enum Learner<'a> {
         model: CnnModel,
         /// The step's terms, as flat vectors.
         terms: Terms<'a>,
+        /// Working memory kept from step to step.
+        buffers: Buffers,
     },
 }
 
@@ -43,7 +45,22 @@ impl<'a> Learner<'a> {
     pub(crate) fn new(spec: &ModelSpec, params: &[f32], terms: Terms<'a>) -> Result<Self> {
         let device = training_device();
         Ok(match Classifier::load(spec, params, &device)? {
-            Classifier::Cnn(model) => Learner::Cnn { model, terms },
+            Classifier::Cnn(model) => {
+                let len = model.params().len();
+                let anchor_len = terms.proximal.map_or(len, |(_, anchor)| anchor.len());
+                let correction_len = terms.correction.map_or(len, <[f32]>::len);
+                if anchor_len != len || correction_len != len {
+                    return Err(ModelError::InvalidConfig(format!(
+                        "step terms of {anchor_len} and {correction_len} values for {len} \
+                         parameters"
+                    )));
+                }
+                Learner::Cnn {
+                    model,
+                    terms,
+                    buffers: Buffers::default(),
+                }
+            }
             Classifier::Burn { net, device } => {
                 let terms = (!terms.is_plain()).then(|| {
                     let lens: Vec<usize> =
@@ -69,10 +86,18 @@ impl<'a> Learner<'a> {
                 let net = step(net, grads, lr, terms.as_ref());
                 Learner::Burn { net, device, terms }
             }
-            Learner::Cnn { mut model, terms } => {
-                let grads = cnn_gradient(&model, &batch, tally)?;
-                step_flat(model.params_mut(), &grads, lr, terms);
-                Learner::Cnn { model, terms }
+            Learner::Cnn {
+                mut model,
+                terms,
+                mut buffers,
+            } => {
+                let grads = cnn_gradient(&model, &batch, tally, &mut buffers)?;
+                step_flat(model.params_mut(), grads.parts(), lr, terms);
+                Learner::Cnn {
+                    model,
+                    terms,
+                    buffers,
+                }
             }
         })
     }
@@ -80,7 +105,7 @@ impl<'a> Learner<'a> {
     /// Adds `weight` times the gradient of the mean loss on `batch` into `sum` (laid out like
     /// the parameters) and the batch to `tally`.
     pub(crate) fn add_gradient(
-        &self,
+        &mut self,
         batch: Batch,
         weight: f64,
         sum: &mut [f64],
@@ -100,9 +125,9 @@ impl<'a> Learner<'a> {
                 net.visit(&mut collector);
                 collector.error.map_or(Ok(()), Err)
             }
-            Learner::Cnn { model, .. } => {
-                let grads = cnn_gradient(model, &batch, tally)?;
-                for (s, g) in sum.iter_mut().zip(grads.iter().flatten()) {
+            Learner::Cnn { model, buffers, .. } => {
+                let grads = cnn_gradient(model, &batch, tally, buffers)?;
+                for (s, g) in sum.iter_mut().zip(grads.parts().flatten()) {
                     *s += weight * f64::from(*g);
                 }
                 Ok(())
@@ -120,10 +145,15 @@ impl<'a> Learner<'a> {
 }
 
 /// The CNN's gradient of the mean loss on `batch`, the batch added to `tally`.
-fn cnn_gradient(model: &CnnModel, batch: &Batch, tally: &mut Tally) -> Result<[Vec<f32>; 8]> {
-    let (logits, tape) = model.forward(&batch.features)?;
+fn cnn_gradient(
+    model: &CnnModel,
+    batch: &Batch,
+    tally: &mut Tally,
+    buffers: &mut Buffers,
+) -> Result<CnnGrads> {
+    let (logits, tape) = model.forward(&batch.features, buffers)?;
     let logits_grad = tally.add_with_grad(&logits, &batch.labels);
-    model.backward(tape, logits_grad)
+    model.backward(tape, logits_grad, buffers)
 }
 
 /// Adds `weight * grad` of every float parameter into `sum`, in manifest order. A parameter

@@ -54,10 +54,15 @@ impl Terms<'_> {
 /// One step `w <- w - lr * (grad + terms)` on flat parameters, given the gradient in
 /// manifest order as consecutive pieces; the same arithmetic, in the same `f32` order, as
 /// [`step`] does on tensors.
-pub(crate) fn step_flat(params: &mut [f32], grads: &[Vec<f32>], lr: f64, terms: Terms<'_>) {
+pub(crate) fn step_flat<'g>(
+    params: &mut [f32],
+    grads: impl Iterator<Item = &'g [f32]>,
+    lr: f64,
+    terms: Terms<'_>,
+) {
     let lr = lr as f32;
     let proximal = terms.proximal.map(|(mu, anchor)| (mu as f32, anchor));
-    for (i, (w, &g)) in params.iter_mut().zip(grads.iter().flatten()).enumerate() {
+    for (i, (w, &g)) in params.iter_mut().zip(grads.flatten()).enumerate() {
         let mut step = g;
         if let Some((mu, anchor)) = proximal {
             step += (*w - anchor[i]) * mu;

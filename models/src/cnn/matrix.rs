@@ -44,6 +44,15 @@ impl Matrix {
         Self { tensor, rows, cols }
     }
 
+    /// Rows `start..start + count`, as a view.
+    pub(crate) fn rows_view(&self, start: usize, count: usize) -> Self {
+        Self {
+            tensor: self.tensor.narrow(0, start, count),
+            rows: count,
+            cols: self.cols,
+        }
+    }
+
     /// The transpose, as a view.
     pub(crate) fn t(&self) -> Self {
         Self {

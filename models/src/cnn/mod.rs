@@ -8,10 +8,12 @@
 //! ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
 //! [`Tape`]; nothing else is kept between batches.
 
+mod buffers;
 mod matrix;
 mod patches;
 mod pool;
 
+pub(crate) use buffers::Buffers;
 use matrix::Matrix;
 use patches::{Images, KERNEL};
 
@@ -137,29 +139,37 @@ impl CnnModel {
     }
 
     /// Class logits `[batch, classes]` of `inputs` (`batch` rows of 28×28 pixels).
-    pub(crate) fn logits(&self, inputs: &[f32]) -> Result<Vec<f32>> {
-        Ok(self.forward(inputs)?.0)
+    pub(crate) fn logits(&self, inputs: &[f32], buffers: &mut Buffers) -> Result<Vec<f32>> {
+        let (logits, tape) = self.forward(inputs, buffers)?;
+        tape.recycle(buffers)?;
+        Ok(logits)
     }
 
-    /// The logits and the tape their gradient is backpropagated through.
-    pub(crate) fn forward(&self, inputs: &[f32]) -> Result<(Vec<f32>, Tape)> {
+    /// The logits and the tape their gradient is backpropagated through; its large buffers
+    /// come from `buffers` (give them back with [`CnnModel::backward`] or [`Tape::recycle`]).
+    pub(crate) fn forward(
+        &self,
+        inputs: &[f32],
+        buffers: &mut Buffers,
+    ) -> Result<(Vec<f32>, Tape)> {
         let batch = inputs.len() / IMAGES0.image_len();
         let k = KERNEL * KERNEL;
         // conv1 (a single input channel: the kernel's own layout is the patch's)
-        let patches1 = Matrix::new(
-            patches::gather(inputs, IMAGES0),
-            batch * IMAGES0.side * IMAGES0.side,
-            k,
-        );
+        let rows1 = batch * IMAGES0.side * IMAGES0.side;
+        let mut patches1 = buffers.take(rows1 * k);
+        patches::gather(inputs, IMAGES0, &mut patches1);
+        let patches1 = Matrix::new(patches1, rows1, k);
         let mut relu1 = patches1.matmul(&self.weight(0, C1, k).t());
         add_bias_relu(relu1.values_mut(), self.param(1));
-        let (pooled1, winners1) = pool::max_pool(relu1.values(), CONV1_OUT);
+        let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
+        let mut winners1 = vec![0u8; pooled1.len()];
+        pool::max_pool(relu1.values(), CONV1_OUT, &mut pooled1, &mut winners1);
         // conv2: its kernel reordered to the patch columns' (ky, kx, channel)
-        let patches2 = Matrix::new(
-            patches::gather(&pooled1, IMAGES1),
-            batch * IMAGES1.side * IMAGES1.side,
-            IMAGES1.row_len(),
-        );
+        let rows2 = batch * IMAGES1.side * IMAGES1.side;
+        let mut patches2 = buffers.take(rows2 * IMAGES1.row_len());
+        patches::gather(&pooled1, IMAGES1, &mut patches2);
+        buffers.give(pooled1);
+        let patches2 = Matrix::new(patches2, rows2, IMAGES1.row_len());
         let kernel2 = Matrix::new(
             channels_last_kernel(self.param(2), C1, k),
             C2,
@@ -167,9 +177,12 @@ impl CnnModel {
         );
         let mut relu2 = patches2.matmul(&kernel2.t());
         add_bias_relu(relu2.values_mut(), self.param(3));
-        let (pooled2, winners2) = pool::max_pool(relu2.values(), CONV2_OUT);
+        let mut pooled2 = buffers.take(batch * FLAT);
+        let mut winners2 = vec![0u8; pooled2.len()];
+        pool::max_pool(relu2.values(), CONV2_OUT, &mut pooled2, &mut winners2);
         // fc1 reads burn's flattening of `[channel, y, x]`
         let flat = Matrix::new(channels_first(&pooled2, C2), batch, FLAT);
+        buffers.give(pooled2);
         let mut hidden = flat.matmul(&self.weight(4, FLAT, HIDDEN));
         add_bias_relu(hidden.values_mut(), self.param(5));
         let mut logits = hidden.matmul(&self.weight(6, HIDDEN, self.layout.classes));
@@ -190,8 +203,14 @@ impl CnnModel {
     }
 
     /// The gradient of every parameter, in manifest order, given the gradient of the loss
-    /// with respect to the logits of the pass that recorded `tape`.
-    pub(crate) fn backward(&self, tape: Tape, logits_grad: Vec<f32>) -> Result<[Vec<f32>; 8]> {
+    /// with respect to the logits of the pass that recorded `tape`; the tape's buffers go
+    /// back to `buffers`.
+    pub(crate) fn backward(
+        &self,
+        tape: Tape,
+        logits_grad: Vec<f32>,
+        buffers: &mut Buffers,
+    ) -> Result<CnnGrads> {
         let classes = self.layout.classes;
         let k = KERNEL * KERNEL;
         let g = Matrix::new(logits_grad, tape.batch, classes);
@@ -203,42 +222,80 @@ impl CnnModel {
         let fc1_b = column_sums(hidden_grad.values(), HIDDEN);
         let flat_grad = hidden_grad.matmul(&self.weight(4, FLAT, HIDDEN).t());
         let pooled2_grad = channels_last(flat_grad.values(), C2);
-        let relu2_grad = Matrix::new(
-            pool::max_unpool_relu(
-                &pooled2_grad,
-                &tape.winners2,
-                tape.relu2.values(),
-                CONV2_OUT,
-            ),
-            tape.batch * IMAGES1.side * IMAGES1.side,
-            C2,
-        );
+        let rows2 = tape.batch * IMAGES1.side * IMAGES1.side;
+        let mut relu2_grad = buffers.take(rows2 * C2);
+        let (relu2, winners2) = (tape.relu2.values(), &tape.winners2);
+        pool::max_unpool_relu(&pooled2_grad, winners2, relu2, CONV2_OUT, &mut relu2_grad);
+        let relu2_grad = Matrix::new(relu2_grad, rows2, C2);
         let conv2_w = relu2_grad.t().matmul(&tape.patches2);
         let conv2_b = column_sums(relu2_grad.values(), C2);
-        let patches2_grad = relu2_grad.matmul(&tape.kernel2);
-        let pooled1_grad = patches::scatter(patches2_grad.values(), IMAGES1);
-        let relu1_grad = Matrix::new(
-            pool::max_unpool_relu(
-                &pooled1_grad,
-                &tape.winners1,
-                tape.relu1.values(),
-                CONV1_OUT,
-            ),
-            tape.batch * IMAGES0.side * IMAGES0.side,
-            C1,
-        );
+        let mut pooled1_grad = buffers.take(tape.batch * IMAGES1.image_len());
+        self.conv2_input_grad(&relu2_grad, &tape.kernel2, &mut pooled1_grad);
+        let rows1 = tape.batch * IMAGES0.side * IMAGES0.side;
+        let mut relu1_grad = buffers.take(rows1 * C1);
+        let (relu1, winners1) = (tape.relu1.values(), &tape.winners1);
+        pool::max_unpool_relu(&pooled1_grad, winners1, relu1, CONV1_OUT, &mut relu1_grad);
+        buffers.give(pooled1_grad);
+        let relu1_grad = Matrix::new(relu1_grad, rows1, C1);
         let conv1_w = relu1_grad.t().matmul(&tape.patches1);
         let conv1_b = column_sums(relu1_grad.values(), C1);
-        Ok([
-            conv1_w.into_values()?,
-            conv1_b,
-            channels_first_kernel(conv2_w.values(), C1, k),
-            conv2_b,
-            fc1_w.into_values()?,
-            fc1_b,
-            fc2_w.into_values()?,
-            fc2_b,
-        ])
+        buffers.give(relu1_grad.into_values()?);
+        buffers.give(relu2_grad.into_values()?);
+        tape.recycle(buffers)?;
+        let bias = |values: Vec<f32>| {
+            let len = values.len();
+            Matrix::new(values, 1, len)
+        };
+        Ok(CnnGrads([
+            conv1_w,
+            bias(conv1_b),
+            Matrix::flat(channels_first_kernel(conv2_w.values(), C1, k)),
+            bias(conv2_b),
+            fc1_w,
+            bias(fc1_b),
+            fc2_w,
+            bias(fc2_b),
+        ]))
+    }
+
+    /// The gradient with respect to conv2's input (pooled, channels-last) of its output's
+    /// gradient: patch-row gradients scattered back onto the pixels, a few images at a time
+    /// so the rows (three quarters of a megabyte an image) stay small and cached.
+    fn conv2_input_grad(&self, relu2_grad: &Matrix, kernel2: &Matrix, pooled1_grad: &mut [f32]) {
+        let pixels = IMAGES1.side * IMAGES1.side;
+        let per_block = (SCATTER_BLOCK_BYTES / (4 * pixels * IMAGES1.row_len())).max(1);
+        let images = pooled1_grad.len() / IMAGES1.image_len();
+        for (block, out) in (0..images)
+            .step_by(per_block)
+            .zip(pooled1_grad.chunks_mut(per_block * IMAGES1.image_len()))
+        {
+            let count = per_block.min(images - block);
+            let rows = relu2_grad.rows_view(block * pixels, count * pixels);
+            let patches_grad = rows.matmul(kernel2);
+            patches::scatter(patches_grad.values(), IMAGES1, out);
+        }
+    }
+}
+
+/// Bytes of patch-row gradients computed at once (see `CnnModel::conv2_input_grad`).
+const SCATTER_BLOCK_BYTES: usize = 4 << 20;
+
+/// The gradient of every parameter, in manifest order.
+pub(crate) struct CnnGrads([Matrix; 8]);
+
+impl CnnGrads {
+    /// Each parameter's gradient values, in manifest order.
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &[f32]> {
+        self.0.iter().map(Matrix::values)
+    }
+}
+
+impl Tape {
+    /// Gives the tape's buffers back.
+    fn recycle(self, buffers: &mut Buffers) -> Result<()> {
+        buffers.give(self.patches1.into_values()?);
+        buffers.give(self.patches2.into_values()?);
+        Ok(())
     }
 }
 
@@ -371,13 +428,14 @@ mod tests {
     #[test]
     fn logits_and_gradients_are_burns() {
         let spec = cnn_spec();
-        let data = tiny_images(6);
+        // Eight images: the input gradient of conv2 is computed six images at a time.
+        let data = tiny_images(8);
         let params = init_params(&spec, 3).unwrap();
 
         let device = training_device();
         let net = build_loaded(&spec, &params, &device).unwrap();
         let inputs: Tensor<2> =
-            Tensor::from_data(TensorData::new(data.features.clone(), [6, 784]), &device);
+            Tensor::from_data(TensorData::new(data.features.clone(), [8, 784]), &device);
         let logits = net.forward(inputs);
         let burn_logits = tensor_values(logits.clone().inner()).unwrap();
         let grads =
@@ -386,11 +444,12 @@ mod tests {
         net.visit(&mut burns);
 
         let model = CnnModel::new(10, params);
-        let (logits, tape) = model.forward(&data.features).unwrap();
+        let mut buffers = Buffers::default();
+        let (logits, tape) = model.forward(&data.features, &mut buffers).unwrap();
         assert!(max_relative_diff(&logits, &burn_logits) < 1e-5);
         let grad = Tally::default().add_with_grad(&logits, &data.labels);
-        let ours = model.backward(tape, grad).unwrap();
-        for (i, (a, b)) in ours.iter().zip(&burns.1).enumerate() {
+        let ours = model.backward(tape, grad, &mut buffers).unwrap();
+        for (i, (a, b)) in ours.parts().zip(&burns.1).enumerate() {
             let diff = max_relative_diff(a, b);
             assert!(diff < 1e-4, "parameter {i}: relative difference {diff}");
         }

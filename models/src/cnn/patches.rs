@@ -46,12 +46,11 @@ impl Images {
     }
 }
 
-/// The patch rows of `images` (one row per output pixel, image by image), `images.len() /
-/// shape.image_len()` × `side²` rows of [`Images::row_len`].
-pub(crate) fn gather(images: &[f32], shape: Images) -> Vec<f32> {
+/// Writes the patch rows of `images` into `rows` (one row per output pixel, image by image:
+/// `images.len() / shape.image_len()` × `side²` rows of [`Images::row_len`]); every value
+/// of `rows` is written, zeros in the padding.
+pub(crate) fn gather(images: &[f32], shape: Images, rows: &mut [f32]) {
     let (c, pixels) = (shape.channels, shape.side * shape.side);
-    let count = images.len() / shape.image_len();
-    let mut rows = vec![0.0f32; count * pixels * shape.row_len()];
     rows.par_chunks_mut(pixels * shape.row_len())
         .zip(images.par_chunks(shape.image_len()))
         .for_each(|(out, image)| {
@@ -59,26 +58,30 @@ pub(crate) fn gather(images: &[f32], shape: Images) -> Vec<f32> {
                 let at = (pixel / shape.side, pixel % shape.side);
                 for ky in 0..KERNEL {
                     for kx in 0..KERNEL {
-                        if let Some(src) = shape.source(at, (ky, kx)) {
-                            row[(ky * KERNEL + kx) * c..][..c].copy_from_slice(&image[src..][..c]);
+                        let tap = ky * KERNEL + kx;
+                        match (shape.source(at, (ky, kx)), c) {
+                            // One channel: a value, not a slice (a copy call per value is slow).
+                            (Some(src), 1) => row[tap] = image[src],
+                            (Some(src), _) => {
+                                row[tap * c..][..c].copy_from_slice(&image[src..][..c]);
+                            }
+                            (None, _) => row[tap * c..][..c].fill(0.0),
                         }
                     }
                 }
             }
         });
-    rows
 }
 
-/// The gradient with respect to the images of patch rows' gradient `rows`: every row value
-/// added onto the pixel and channel it was copied from.
-pub(crate) fn scatter(rows: &[f32], shape: Images) -> Vec<f32> {
+/// Writes into `images` the gradient with respect to the images of patch rows' gradient
+/// `rows`: every row value added onto the pixel and channel it was copied from.
+pub(crate) fn scatter(rows: &[f32], shape: Images, images: &mut [f32]) {
     let (c, pixels) = (shape.channels, shape.side * shape.side);
-    let count = rows.len() / (pixels * shape.row_len());
-    let mut images = vec![0.0f32; count * shape.image_len()];
     images
         .par_chunks_mut(shape.image_len())
         .zip(rows.par_chunks(pixels * shape.row_len()))
         .for_each(|(image, rows)| {
+            image.fill(0.0);
             for (pixel, row) in rows.chunks_exact(shape.row_len()).enumerate() {
                 let at = (pixel / shape.side, pixel % shape.side);
                 for ky in 0..KERNEL {
@@ -93,7 +96,6 @@ pub(crate) fn scatter(rows: &[f32], shape: Images) -> Vec<f32> {
                 }
             }
         });
-    images
 }
 
 #[cfg(test)]
@@ -107,7 +109,8 @@ mod tests {
             channels: 2,
         };
         let image: Vec<f32> = (0..18).map(|v| v as f32).collect();
-        let rows = gather(&image, shape);
+        let mut rows = vec![f32::NAN; 9 * 50];
+        gather(&image, shape, &mut rows);
         assert_eq!(rows.len(), 9 * 50);
         // Centre pixel (1, 1): tap (2, 2) is the pixel itself, tap (0, 0) is padding.
         let centre = &rows[4 * 50..5 * 50];
@@ -129,6 +132,9 @@ mod tests {
             .map(|v| ((v * 13) % 7) as f32 - 3.0)
             .collect();
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
-        assert_eq!(dot(&gather(&x, shape), &r), dot(&x, &scatter(&r, shape)));
+        let (mut rows, mut images) = (vec![f32::NAN; r.len()], vec![f32::NAN; x.len()]);
+        gather(&x, shape, &mut rows);
+        scatter(&r, shape, &mut images);
+        assert_eq!(dot(&rows, &r), dot(&x, &images));
     }
 }

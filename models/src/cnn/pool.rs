@@ -5,14 +5,12 @@ use rayon::prelude::*;
 
 use super::patches::Images;
 
-/// The pooled images (channels-last, half the side) and, per output, which of its four
-/// inputs was the largest (`dy * 2 + dx`; the first on ties).
-pub(crate) fn max_pool(input: &[f32], shape: Images) -> (Vec<f32>, Vec<u8>) {
+/// Writes the pooled images (channels-last, half the side) into `pooled` and, per output,
+/// which of its four inputs was the largest into `winners` (`dy * 2 + dx`; the first on
+/// ties). Every value of both is written.
+pub(crate) fn max_pool(input: &[f32], shape: Images, pooled: &mut [f32], winners: &mut [u8]) {
     let (c, half) = (shape.channels, shape.side / 2);
     let out_len = half * half * c;
-    let count = input.len() / shape.image_len();
-    let mut pooled = vec![0.0f32; count * out_len];
-    let mut winners = vec![0u8; count * out_len];
     pooled
         .par_chunks_mut(out_len)
         .zip(winners.par_chunks_mut(out_len))
@@ -35,26 +33,26 @@ pub(crate) fn max_pool(input: &[f32], shape: Images) -> (Vec<f32>, Vec<u8>) {
                 }
             }
         });
-    (pooled, winners)
 }
 
-/// The gradient with respect to the pooling's input, through a ReLU before it: each output's
-/// gradient goes to the input that won, where that input (`activations`, after the ReLU) is
-/// positive; every other input gets zero.
+/// Writes into `input_grad` the gradient with respect to the pooling's input, through a ReLU
+/// before it: each output's gradient goes to the input that won, where that input
+/// (`activations`, after the ReLU) is positive; every other input gets zero.
 pub(crate) fn max_unpool_relu(
     grad: &[f32],
     winners: &[u8],
     activations: &[f32],
     shape: Images,
-) -> Vec<f32> {
+    input_grad: &mut [f32],
+) {
     let (c, half) = (shape.channels, shape.side / 2);
     let out_len = half * half * c;
-    let mut input_grad = vec![0.0f32; activations.len()];
     input_grad
         .par_chunks_mut(shape.image_len())
         .zip(activations.par_chunks(shape.image_len()))
         .zip(grad.par_chunks(out_len).zip(winners.par_chunks(out_len)))
         .for_each(|((input_grad, image), (grad, winners))| {
+            input_grad.fill(0.0);
             for (out, (&g, &tap)) in grad.iter().zip(winners).enumerate() {
                 let (pixel, channel) = (out / c, out % c);
                 let (py, px) = (pixel / half, pixel % half);
@@ -65,7 +63,6 @@ pub(crate) fn max_unpool_relu(
                 }
             }
         });
-    input_grad
 }
 
 #[cfg(test)]
@@ -80,11 +77,13 @@ mod tests {
         };
         // Pixels (0,0) (0,1) (1,0) (1,1), two channels each.
         let input = [1.0, 0.0, 3.0, 0.0, 2.0, 0.0, 3.0, 0.0];
-        let (pooled, winners) = max_pool(&input, shape);
+        let (mut pooled, mut winners) = (vec![f32::NAN; 2], vec![9; 2]);
+        max_pool(&input, shape, &mut pooled, &mut winners);
         assert_eq!(pooled, vec![3.0, 0.0]);
         // A tie goes to the first; channel 1 is all zeros (after a ReLU: no gradient).
         assert_eq!(winners, vec![1, 0]);
-        let grad = max_unpool_relu(&[5.0, 7.0], &winners, &input, shape);
+        let mut grad = vec![f32::NAN; 8];
+        max_unpool_relu(&[5.0, 7.0], &winners, &input, shape, &mut grad);
         assert_eq!(grad, vec![0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }
