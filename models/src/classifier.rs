@@ -15,6 +15,9 @@ use crate::params::build_loaded;
 use crate::spec::{ModelKind, ModelSpec};
 
 /// A classifier with its parameters loaded.
+// Built once per call and moved, never copied in bulk (as `Net` itself): boxing would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Classifier {
     /// A burn module on `device` (plain for inference, autodiff for training).
     Burn {

@@ -19,6 +19,9 @@ use crate::sgd::{ParamTensors, StepTerms, Terms, step, step_flat};
 use crate::spec::ModelSpec;
 
 /// A model being trained, with the terms its steps add.
+// Built once per call and moved, never copied in bulk (as `Net` itself): boxing would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Learner<'a> {
     /// A burn module on the autodiff device.
     Burn {

@@ -62,15 +62,33 @@ pub(crate) fn step_flat<'g>(
 ) {
     let lr = lr as f32;
     let proximal = terms.proximal.map(|(mu, anchor)| (mu as f32, anchor));
-    for (i, (w, &g)) in params.iter_mut().zip(grads.flatten()).enumerate() {
-        let mut step = g;
-        if let Some((mu, anchor)) = proximal {
-            step += (*w - anchor[i]) * mu;
+    let mut offset = 0;
+    // Parameter by parameter, so each loop runs over plain slices the compiler vectorises.
+    for grad in grads {
+        let Some(weights) = params.get_mut(offset..offset + grad.len()) else {
+            return;
+        };
+        let range = offset..offset + grad.len();
+        offset += grad.len();
+        match (proximal, terms.correction) {
+            (None, None) => {
+                for (w, &g) in weights.iter_mut().zip(grad) {
+                    *w -= g * lr;
+                }
+            }
+            (proximal, correction) => {
+                for (i, (w, &g)) in range.zip(weights.iter_mut().zip(grad)) {
+                    let mut step = g;
+                    if let Some((mu, anchor)) = proximal {
+                        step += (*w - anchor[i]) * mu;
+                    }
+                    if let Some(correction) = correction {
+                        step += correction[i];
+                    }
+                    *w -= step * lr;
+                }
+            }
         }
-        if let Some(correction) = terms.correction {
-            step += correction[i];
-        }
-        *w -= step * lr;
     }
 }
 

@@ -162,7 +162,7 @@ impl CnnModel {
         let mut relu1 = patches1.matmul(&self.weight(0, C1, k).t());
         add_bias_relu(relu1.values_mut(), self.param(1));
         let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
-        let mut winners1 = vec![0u8; pooled1.len()];
+        let mut winners1 = buffers.take_bytes(pooled1.len());
         pool::max_pool(relu1.values(), CONV1_OUT, &mut pooled1, &mut winners1);
         // conv2: its kernel reordered to the patch columns' (ky, kx, channel)
         let rows2 = batch * IMAGES1.side * IMAGES1.side;
@@ -178,7 +178,7 @@ impl CnnModel {
         let mut relu2 = patches2.matmul(&kernel2.t());
         add_bias_relu(relu2.values_mut(), self.param(3));
         let mut pooled2 = buffers.take(batch * FLAT);
-        let mut winners2 = vec![0u8; pooled2.len()];
+        let mut winners2 = buffers.take_bytes(pooled2.len());
         pool::max_pool(relu2.values(), CONV2_OUT, &mut pooled2, &mut winners2);
         // fc1 reads burn's flattening of `[channel, y, x]`
         let flat = Matrix::new(channels_first(&pooled2, C2), batch, FLAT);
@@ -295,6 +295,8 @@ impl Tape {
     fn recycle(self, buffers: &mut Buffers) -> Result<()> {
         buffers.give(self.patches1.into_values()?);
         buffers.give(self.patches2.into_values()?);
+        buffers.give_bytes(self.winners1);
+        buffers.give_bytes(self.winners2);
         Ok(())
     }
 }
