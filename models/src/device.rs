@@ -7,9 +7,9 @@ use crate::error::{ModelError, Result};
 
 /// The plain CPU device (no autodiff), used for evaluation.
 ///
-/// burn's flex backend: its matrix products (the `gemm` crate, spread over every core) and its
-/// im2col convolutions ran the CNN three to four times faster than the ndarray backend, the
-/// 784-200-200-10 MLP about twice as fast (`benches/src/bin/compute.rs`). Products split
+/// burn's flex backend: its matrix products (the `gemm` crate, spread over every core) ran the
+/// 784-200-200-10 MLP about twice as fast as the ndarray backend (`benches/src/bin/compute.rs`);
+/// the CNN's own passes ([`crate::cnn`]) use the same products. Products split
 /// their output, never a sum, between threads, so results do not depend on the thread count.
 pub(crate) fn inference_device() -> Device {
     Device::flex()

@@ -3,8 +3,9 @@
 //!
 //! Everything crosses crate boundaries as plain data: a [`ModelSpec`] says which model,
 //! a `Vec<f32>` laid out by its [`Manifest`] holds the parameters, and a
-//! [`shoal_datasets::Dataset`] holds the examples. The functions here build the burn model
-//! once per call, run synchronously on the CPU (burn's flex backend) and return plain data again;
+//! [`shoal_datasets::Dataset`] holds the examples. The functions here build the model once
+//! per call, run synchronously on the CPU (burn's flex backend; the CNN through its own
+//! hand-written passes over the backend's matrix product) and return plain data again;
 //! callers on an async runtime should run them on a blocking thread.
 //!
 //! * [`init_params`]: a seeded, bit-reproducible starting point.

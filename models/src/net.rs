@@ -86,8 +86,10 @@ impl DenseNet {
     }
 }
 
-/// conv5x5(32) relu pool2, conv5x5(64) relu pool2, fc 512 relu, fc classes. The
-/// convolutions are burn's own (im2col and a matrix product on the flex backend).
+/// conv5x5(32) relu pool2, conv5x5(64) relu pool2, fc 512 relu, fc classes. This module
+/// gives the CNN its parameter layout (manifest, model files); training and evaluation run
+/// [`crate::cnn`]'s hand-written passes over the same parameters, which its tests check
+/// against this module's forward pass and burn's autodiff.
 #[derive(Module, Debug)]
 pub(crate) struct CnnNet {
     conv1: Conv2d,

@@ -6,7 +6,7 @@
 //! Convolutions are patch rows ([`patches`]) times the kernel matrix, pooling keeps one byte
 //! per output to route its gradient ([`pool`]), and every product is the backend's own
 //! ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
-//! [`Tape`]; nothing else is kept between batches.
+//! [`Tape`], in buffers reused from batch to batch ([`buffers`]).
 
 mod buffers;
 mod matrix;
@@ -31,18 +31,22 @@ const SIDE2: usize = CNN_IMAGE_SIDE / 4;
 /// Inputs of the first fully connected layer.
 const FLAT: usize = C2 * SIDE2 * SIDE2;
 
+/// The input images.
 const IMAGES0: Images = Images {
     side: CNN_IMAGE_SIDE,
     channels: 1,
 };
+/// conv2's input: conv1's output pooled.
 const IMAGES1: Images = Images {
     side: CNN_IMAGE_SIDE / 2,
     channels: C1,
 };
+/// conv2's output, before pooling.
 const CONV2_OUT: Images = Images {
     side: CNN_IMAGE_SIDE / 2,
     channels: C2,
 };
+/// conv1's output, before pooling.
 const CONV1_OUT: Images = Images {
     side: CNN_IMAGE_SIDE,
     channels: C1,
@@ -100,14 +104,13 @@ pub(crate) struct CnnModel {
 pub(crate) struct Tape {
     batch: usize,
     patches1: Matrix,
-    relu1: Matrix,
+    pooled1: Vec<f32>,
     winners1: Vec<u8>,
     patches2: Matrix,
-    relu2: Matrix,
+    pooled2: Vec<f32>,
     winners2: Vec<u8>,
     flat: Matrix,
     hidden: Matrix,
-    kernel2: Matrix,
 }
 
 impl CnnModel {
@@ -159,30 +162,38 @@ impl CnnModel {
         let mut patches1 = buffers.take(rows1 * k);
         patches::gather(inputs, IMAGES0, &mut patches1);
         let patches1 = Matrix::new(patches1, rows1, k);
-        let mut relu1 = patches1.matmul(&self.weight(0, C1, k).t());
-        add_bias_relu(relu1.values_mut(), self.param(1));
         let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
         let mut winners1 = buffers.take_bytes(pooled1.len());
-        pool::max_pool(relu1.values(), CONV1_OUT, &mut pooled1, &mut winners1);
+        conv_relu_pool(
+            &patches1,
+            &self.weight(0, C1, k).t(),
+            self.param(1),
+            CONV1_OUT,
+            &mut pooled1,
+            &mut winners1,
+        );
         // conv2: its kernel reordered to the patch columns' (ky, kx, channel)
         let rows2 = batch * IMAGES1.side * IMAGES1.side;
         let mut patches2 = buffers.take(rows2 * IMAGES1.row_len());
         patches::gather(&pooled1, IMAGES1, &mut patches2);
-        buffers.give(pooled1);
         let patches2 = Matrix::new(patches2, rows2, IMAGES1.row_len());
         let kernel2 = Matrix::new(
             channels_last_kernel(self.param(2), C1, k),
             C2,
             IMAGES1.row_len(),
         );
-        let mut relu2 = patches2.matmul(&kernel2.t());
-        add_bias_relu(relu2.values_mut(), self.param(3));
         let mut pooled2 = buffers.take(batch * FLAT);
         let mut winners2 = buffers.take_bytes(pooled2.len());
-        pool::max_pool(relu2.values(), CONV2_OUT, &mut pooled2, &mut winners2);
+        conv_relu_pool(
+            &patches2,
+            &kernel2.t(),
+            self.param(3),
+            CONV2_OUT,
+            &mut pooled2,
+            &mut winners2,
+        );
         // fc1 reads burn's flattening of `[channel, y, x]`
         let flat = Matrix::new(channels_first(&pooled2, C2), batch, FLAT);
-        buffers.give(pooled2);
         let mut hidden = flat.matmul(&self.weight(4, FLAT, HIDDEN));
         add_bias_relu(hidden.values_mut(), self.param(5));
         let mut logits = hidden.matmul(&self.weight(6, HIDDEN, self.layout.classes));
@@ -190,14 +201,13 @@ impl CnnModel {
         let tape = Tape {
             batch,
             patches1,
-            relu1,
+            pooled1,
             winners1,
             patches2,
-            relu2,
+            pooled2,
             winners2,
             flat,
             hidden,
-            kernel2,
         };
         Ok((logits.into_values()?, tape))
     }
@@ -224,17 +234,17 @@ impl CnnModel {
         let pooled2_grad = channels_last(flat_grad.values(), C2);
         let rows2 = tape.batch * IMAGES1.side * IMAGES1.side;
         let mut relu2_grad = buffers.take(rows2 * C2);
-        let (relu2, winners2) = (tape.relu2.values(), &tape.winners2);
-        pool::max_unpool_relu(&pooled2_grad, winners2, relu2, CONV2_OUT, &mut relu2_grad);
+        let (pooled2, winners2) = (&tape.pooled2, &tape.winners2);
+        pool::max_unpool_relu(&pooled2_grad, winners2, pooled2, CONV2_OUT, &mut relu2_grad);
         let relu2_grad = Matrix::new(relu2_grad, rows2, C2);
         let conv2_w = relu2_grad.t().matmul(&tape.patches2);
         let conv2_b = column_sums(relu2_grad.values(), C2);
         let mut pooled1_grad = buffers.take(tape.batch * IMAGES1.image_len());
-        self.conv2_input_grad(&relu2_grad, &tape.kernel2, &mut pooled1_grad);
+        self.conv2_input_grad(relu2_grad.values(), buffers, &mut pooled1_grad)?;
         let rows1 = tape.batch * IMAGES0.side * IMAGES0.side;
         let mut relu1_grad = buffers.take(rows1 * C1);
-        let (relu1, winners1) = (tape.relu1.values(), &tape.winners1);
-        pool::max_unpool_relu(&pooled1_grad, winners1, relu1, CONV1_OUT, &mut relu1_grad);
+        let (pooled1, winners1) = (&tape.pooled1, &tape.winners1);
+        pool::max_unpool_relu(&pooled1_grad, winners1, pooled1, CONV1_OUT, &mut relu1_grad);
         buffers.give(pooled1_grad);
         let relu1_grad = Matrix::new(relu1_grad, rows1, C1);
         let conv1_w = relu1_grad.t().matmul(&tape.patches1);
@@ -259,26 +269,75 @@ impl CnnModel {
     }
 
     /// The gradient with respect to conv2's input (pooled, channels-last) of its output's
-    /// gradient: patch-row gradients scattered back onto the pixels, a few images at a time
-    /// so the rows (three quarters of a megabyte an image) stay small and cached.
-    fn conv2_input_grad(&self, relu2_grad: &Matrix, kernel2: &Matrix, pooled1_grad: &mut [f32]) {
-        let pixels = IMAGES1.side * IMAGES1.side;
-        let per_block = (SCATTER_BLOCK_BYTES / (4 * pixels * IMAGES1.row_len())).max(1);
-        let images = pooled1_grad.len() / IMAGES1.image_len();
-        for (block, out) in (0..images)
-            .step_by(per_block)
+    /// gradient `relu2_grad` (channels-last): itself a "same" convolution, of that gradient
+    /// with the kernel flipped and its channels swapped, so it runs as patch rows of the
+    /// gradient times a `[25·64, 32]` matrix, a few images at a time. The product's output
+    /// is the input gradient itself, 25 times smaller than the patch-row gradient that
+    /// multiplying by the kernel would give (and then have to scatter back).
+    fn conv2_input_grad(
+        &self,
+        relu2_grad: &[f32],
+        buffers: &mut Buffers,
+        pooled1_grad: &mut [f32],
+    ) -> Result<()> {
+        let flipped = Matrix::new(flipped_kernel(self.param(2)), CONV2_OUT.row_len(), C1);
+        let pixels = CONV2_OUT.side * CONV2_OUT.side;
+        let per_image = pixels * CONV2_OUT.row_len();
+        let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).max(1);
+        let mut rows = buffers.take(per_block * per_image);
+        for (grad, out) in relu2_grad
+            .chunks(per_block * CONV2_OUT.image_len())
             .zip(pooled1_grad.chunks_mut(per_block * IMAGES1.image_len()))
         {
-            let count = per_block.min(images - block);
-            let rows = relu2_grad.rows_view(block * pixels, count * pixels);
-            let patches_grad = rows.matmul(kernel2);
-            patches::scatter(patches_grad.values(), IMAGES1, out);
+            let count = grad.len() / CONV2_OUT.image_len();
+            rows.truncate(count * per_image);
+            patches::gather(grad, CONV2_OUT, &mut rows);
+            let patches = Matrix::new(rows, count * pixels, CONV2_OUT.row_len());
+            out.copy_from_slice(patches.matmul(&flipped).values());
+            rows = patches.into_values()?;
         }
+        buffers.give(rows);
+        Ok(())
     }
 }
 
-/// Bytes of patch-row gradients computed at once (see `CnnModel::conv2_input_grad`).
-const SCATTER_BLOCK_BYTES: usize = 4 << 20;
+/// Bytes of patch rows of conv2's output gradient gathered at once (see
+/// `CnnModel::conv2_input_grad`).
+const GATHER_BLOCK_BYTES: usize = 4 << 20;
+
+/// Bytes of a convolution's output computed at once (see [`conv_relu_pool`]).
+const CONV_BLOCK_BYTES: usize = 1 << 20;
+
+/// A convolution (patch rows × `kernel_t`, plus `bias`), its ReLU and 2×2 max-pooling into
+/// `pooled` and `winners`, a few images at a time: the convolution's output is needed only
+/// until it is pooled (the backward pass reads the ReLU's sign at each winner from the
+/// pooled value, the same number), so it is never held for the whole batch, and the small
+/// block the product returns is reused from block to block while cached.
+fn conv_relu_pool(
+    patches: &Matrix,
+    kernel_t: &Matrix,
+    bias: &[f32],
+    out: Images,
+    pooled: &mut [f32],
+    winners: &mut [u8],
+) {
+    let pixels = out.side * out.side;
+    let pooled_len = out.image_len() / 4;
+    let per_block = (CONV_BLOCK_BYTES / (4 * out.image_len())).max(1);
+    let images = pooled.len() / pooled_len;
+    for ((block, pooled), winners) in (0..images)
+        .step_by(per_block)
+        .zip(pooled.chunks_mut(per_block * pooled_len))
+        .zip(winners.chunks_mut(per_block * pooled_len))
+    {
+        let count = per_block.min(images - block);
+        let mut conv = patches
+            .rows_view(block * pixels, count * pixels)
+            .matmul(kernel_t);
+        add_bias_relu(conv.values_mut(), bias);
+        pool::max_pool(conv.values(), out, pooled, winners);
+    }
+}
 
 /// The gradient of every parameter, in manifest order.
 pub(crate) struct CnnGrads([Matrix; 8]);
@@ -383,6 +442,23 @@ fn channels_last_kernel(kernel: &[f32], inputs: usize, taps: usize) -> Vec<f32> 
     transpose_blocks(kernel, inputs, taps)
 }
 
+/// conv2's kernel `[out][in][ky][kx]` as the matrix that takes patch rows of its output's
+/// gradient (columns `(ky, kx, out)`) to its input's gradient: entry `[(ky, kx, o)][c]` is
+/// `kernel[o][c][4 - ky][4 - kx]`.
+fn flipped_kernel(kernel: &[f32]) -> Vec<f32> {
+    let taps = KERNEL * KERNEL;
+    let mut flipped = vec![0.0f32; kernel.len()];
+    for (o, per_out) in kernel.chunks_exact(C1 * taps).enumerate() {
+        for (c, per_in) in per_out.chunks_exact(taps).enumerate() {
+            for (tap, &w) in per_in.iter().enumerate() {
+                let flipped_tap = taps - 1 - tap;
+                flipped[(flipped_tap * C2 + o) * C1 + c] = w;
+            }
+        }
+    }
+    flipped
+}
+
 /// The inverse of [`channels_last_kernel`].
 fn channels_first_kernel(kernel: &[f32], inputs: usize, taps: usize) -> Vec<f32> {
     transpose_blocks(kernel, taps, inputs)
@@ -430,14 +506,14 @@ mod tests {
     #[test]
     fn logits_and_gradients_are_burns() {
         let spec = cnn_spec();
-        // Eight images: the input gradient of conv2 is computed six images at a time.
-        let data = tiny_images(8);
+        // Twelve images: conv1 runs ten images at a time, conv2's input gradient three.
+        let data = tiny_images(12);
         let params = init_params(&spec, 3).unwrap();
 
         let device = training_device();
         let net = build_loaded(&spec, &params, &device).unwrap();
         let inputs: Tensor<2> =
-            Tensor::from_data(TensorData::new(data.features.clone(), [8, 784]), &device);
+            Tensor::from_data(TensorData::new(data.features.clone(), [12, 784]), &device);
         let logits = net.forward(inputs);
         let burn_logits = tensor_values(logits.clone().inner()).unwrap();
         let grads =

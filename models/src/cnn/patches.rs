@@ -1,10 +1,10 @@
 //! Convolution as a matrix product: each output pixel's 5×5 input patch laid out as one row
-//! ("im2col"), and the way back, adding each row's gradient onto the pixels it came from.
+//! ("im2col").
 //!
 //! Images are channels-last (`[image][y][x][channel]`) so a patch row is 25 runs of
 //! `channels` contiguous values, copied whole; a row's columns are ordered (ky, kx, channel).
-//! Both directions work image by image over the thread pool, each image written by one
-//! thread in a fixed order, so the results do not depend on the thread count.
+//! Rows are written image by image over the thread pool, each image by one thread, so the
+//! result does not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -73,31 +73,6 @@ pub(crate) fn gather(images: &[f32], shape: Images, rows: &mut [f32]) {
         });
 }
 
-/// Writes into `images` the gradient with respect to the images of patch rows' gradient
-/// `rows`: every row value added onto the pixel and channel it was copied from.
-pub(crate) fn scatter(rows: &[f32], shape: Images, images: &mut [f32]) {
-    let (c, pixels) = (shape.channels, shape.side * shape.side);
-    images
-        .par_chunks_mut(shape.image_len())
-        .zip(rows.par_chunks(pixels * shape.row_len()))
-        .for_each(|(image, rows)| {
-            image.fill(0.0);
-            for (pixel, row) in rows.chunks_exact(shape.row_len()).enumerate() {
-                let at = (pixel / shape.side, pixel % shape.side);
-                for ky in 0..KERNEL {
-                    for kx in 0..KERNEL {
-                        if let Some(dst) = shape.source(at, (ky, kx)) {
-                            let tap = &row[(ky * KERNEL + kx) * c..][..c];
-                            for (d, g) in image[dst..][..c].iter_mut().zip(tap) {
-                                *d += g;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,23 +93,5 @@ mod tests {
         assert_eq!(&centre[0..2], &[0.0, 0.0]);
         // Tap (3, 4) of pixel (0, 0) reads pixel (1, 2).
         assert_eq!(&rows[(3 * 5 + 4) * 2..][..2], &[10.0, 11.0]);
-    }
-
-    #[test]
-    fn scatter_is_the_adjoint_of_gather() {
-        // <gather(x), r> == <x, scatter(r)> for any x and r.
-        let shape = Images {
-            side: 4,
-            channels: 3,
-        };
-        let x: Vec<f32> = (0..2 * 48).map(|v| ((v * 37) % 11) as f32 - 5.0).collect();
-        let r: Vec<f32> = (0..2 * 16 * 75)
-            .map(|v| ((v * 13) % 7) as f32 - 3.0)
-            .collect();
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>();
-        let (mut rows, mut images) = (vec![f32::NAN; r.len()], vec![f32::NAN; x.len()]);
-        gather(&x, shape, &mut rows);
-        scatter(&r, shape, &mut images);
-        assert_eq!(dot(&rows, &r), dot(&x, &images));
     }
 }

@@ -36,12 +36,13 @@ pub(crate) fn max_pool(input: &[f32], shape: Images, pooled: &mut [f32], winners
 }
 
 /// Writes into `input_grad` the gradient with respect to the pooling's input, through a ReLU
-/// before it: each output's gradient goes to the input that won, where that input
-/// (`activations`, after the ReLU) is positive; every other input gets zero.
+/// before it: each output's gradient goes to the input that won, where that input (after
+/// the ReLU) is positive, which is where the pooled value (`pooled`, the winner's own) is;
+/// every other input gets zero.
 pub(crate) fn max_unpool_relu(
     grad: &[f32],
     winners: &[u8],
-    activations: &[f32],
+    pooled: &[f32],
     shape: Images,
     input_grad: &mut [f32],
 ) {
@@ -49,17 +50,17 @@ pub(crate) fn max_unpool_relu(
     let out_len = half * half * c;
     input_grad
         .par_chunks_mut(shape.image_len())
-        .zip(activations.par_chunks(shape.image_len()))
+        .zip(pooled.par_chunks(out_len))
         .zip(grad.par_chunks(out_len).zip(winners.par_chunks(out_len)))
-        .for_each(|((input_grad, image), (grad, winners))| {
+        .for_each(|((input_grad, pooled), (grad, winners))| {
             input_grad.fill(0.0);
-            for (out, (&g, &tap)) in grad.iter().zip(winners).enumerate() {
-                let (pixel, channel) = (out / c, out % c);
-                let (py, px) = (pixel / half, pixel % half);
-                let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
-                let at = (y * shape.side + x) * c + channel;
-                if image[at] > 0.0 {
-                    input_grad[at] = g;
+            let outputs = grad.iter().zip(winners).zip(pooled).enumerate();
+            for (out, ((&g, &tap), &value)) in outputs {
+                if value > 0.0 {
+                    let (pixel, channel) = (out / c, out % c);
+                    let (py, px) = (pixel / half, pixel % half);
+                    let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
+                    input_grad[(y * shape.side + x) * c + channel] = g;
                 }
             }
         });
@@ -83,7 +84,7 @@ mod tests {
         // A tie goes to the first; channel 1 is all zeros (after a ReLU: no gradient).
         assert_eq!(winners, vec![1, 0]);
         let mut grad = vec![f32::NAN; 8];
-        max_unpool_relu(&[5.0, 7.0], &winners, &input, shape, &mut grad);
+        max_unpool_relu(&[5.0, 7.0], &winners, &pooled, shape, &mut grad);
         assert_eq!(grad, vec![0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }
