@@ -82,7 +82,7 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
     let n = data.labels.len();
     let chunk = spec.max_chunk().max(1);
     let mut classes = Vec::with_capacity(n);
-    let mut buffers = Buffers::default();
+    let mut buffers = Buffers::spare();
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
@@ -98,6 +98,7 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
         }));
         start = end;
     }
+    buffers.put_back();
     Ok(classes)
 }
 
@@ -105,7 +106,7 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
 fn evaluate_model(model: &Classifier, data: &Dataset, chunk: usize) -> Result<EvalReport> {
     let n = data.labels.len();
     let mut tally = Tally::default();
-    let mut buffers = Buffers::default();
+    let mut buffers = Buffers::spare();
     let mut start = 0;
     while start < n {
         let end = (start + chunk.max(1)).min(n);
@@ -113,6 +114,7 @@ fn evaluate_model(model: &Classifier, data: &Dataset, chunk: usize) -> Result<Ev
         tally.add(&logits, &data.labels[start..end]);
         start = end;
     }
+    buffers.put_back();
     Ok(EvalReport {
         loss: tally.mean_loss(),
         accuracy: tally.accuracy(),

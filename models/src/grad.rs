@@ -84,6 +84,7 @@ pub fn gradient(
         }
     }
 
+    learner.finish();
     let report = GradReport {
         loss: acc.loss,
         examples: acc.examples,

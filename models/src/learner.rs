@@ -61,7 +61,7 @@ impl<'a> Learner<'a> {
                 Learner::Cnn {
                     model,
                     terms,
-                    buffers: Buffers::default(),
+                    buffers: Buffers::spare(),
                 }
             }
             Classifier::Burn { net, device } => {
@@ -142,7 +142,17 @@ impl<'a> Learner<'a> {
     pub(crate) fn into_params(self) -> Result<Vec<f32>> {
         match self {
             Learner::Burn { net, .. } => flatten(&net),
-            Learner::Cnn { model, .. } => Ok(model.params().to_vec()),
+            Learner::Cnn { model, buffers, .. } => {
+                buffers.put_back();
+                Ok(model.params().to_vec())
+            }
+        }
+    }
+
+    /// Done without the parameters: the working memory is kept for the next model call.
+    pub(crate) fn finish(self) {
+        if let Learner::Cnn { buffers, .. } = self {
+            buffers.put_back();
         }
     }
 }

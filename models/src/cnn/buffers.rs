@@ -1,7 +1,20 @@
-//! Large buffers kept from one batch to the next: a training step's patch rows run to tens of
-//! megabytes, and an allocator hands memory that large back to the system when it is freed,
-//! so each step would pay again for the kernel zeroing fresh pages (an eighth of a step at
-//! batch size 50).
+//! Large buffers kept from one batch to the next, and from one training or evaluation to the
+//! next: a step's patch rows run to tens of megabytes, and an allocator hands memory that
+//! large back to the system when it is freed, so each step (or each client's first steps of
+//! a round) would pay again for the kernel zeroing fresh pages (an eighth of a step at batch
+//! size 50).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Sets of buffers between model calls: at most one per core (as many as can train at once
+/// without waiting for each other), so a process keeps at most that many sets (about 50 MB
+/// each for the CNN at batch size 50).
+static SPARE: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
+
+fn spare_sets() -> MutexGuard<'static, Vec<Buffers>> {
+    // The list stays consistent whatever a panicking holder did: it only pushes and pops.
+    SPARE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Free buffers of values and of bytes, taken by size.
 #[derive(Default)]
@@ -11,6 +24,24 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
+    /// A set kept by an earlier call, or an empty one.
+    pub(crate) fn spare() -> Buffers {
+        spare_sets().pop().unwrap_or_default()
+    }
+
+    /// Keeps this set for a later [`Buffers::spare`], unless as many sets as the machine has
+    /// cores are kept already (it is freed then).
+    pub(crate) fn put_back(self) {
+        if self.values.free.is_empty() && self.bytes.free.is_empty() {
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut spare = spare_sets();
+        if spare.len() < cores {
+            spare.push(self);
+        }
+    }
+
     /// A buffer of `len` values whose contents are unspecified.
     pub(crate) fn take(&mut self, len: usize) -> Vec<f32> {
         self.values.take(len)
@@ -89,5 +120,17 @@ mod tests {
         assert_eq!(buffers.take(3).len(), 3);
         buffers.give_bytes(vec![7; 4]);
         assert_eq!(buffers.take_bytes(2), vec![7, 7]);
+    }
+
+    #[test]
+    fn no_more_sets_are_kept_than_the_machine_has_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        for _ in 0..cores + 2 {
+            let mut set = Buffers::default();
+            set.give(vec![1.5; 8]);
+            set.put_back();
+        }
+        // Other tests take and put back sets meanwhile; none can pass the bound.
+        assert!(spare_sets().len() <= cores);
     }
 }
