@@ -96,6 +96,7 @@ impl<'a> Learner<'a> {
             } => {
                 let grads = cnn_gradient(&model, &batch, tally, &mut buffers)?;
                 step_flat(model.params_mut(), grads.parts(), lr, terms);
+                grads.recycle(&mut buffers)?;
                 Learner::Cnn {
                     model,
                     terms,
@@ -133,6 +134,7 @@ impl<'a> Learner<'a> {
                 for (s, g) in sum.iter_mut().zip(grads.parts().flatten()) {
                     *s += weight * f64::from(*g);
                 }
+                grads.recycle(buffers)?;
                 Ok(())
             }
         }

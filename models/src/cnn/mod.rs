@@ -228,7 +228,11 @@ impl CnnModel {
         let fc2_b = column_sums(g.values(), classes);
         let mut hidden_grad = g.matmul(&self.weight(6, HIDDEN, classes).t());
         relu_grad(hidden_grad.values_mut(), tape.hidden.values());
-        let fc1_w = tape.flat.t().matmul(&hidden_grad);
+        let fc1_w = Matrix::new(
+            outer_product_sum(&tape.flat, &hidden_grad, buffers),
+            FLAT,
+            HIDDEN,
+        );
         let fc1_b = column_sums(hidden_grad.values(), HIDDEN);
         let flat_grad = hidden_grad.matmul(&self.weight(4, FLAT, HIDDEN).t());
         let pooled2_grad = channels_last(flat_grad.values(), C2);
@@ -347,6 +351,38 @@ impl CnnGrads {
     pub(crate) fn parts(&self) -> impl Iterator<Item = &[f32]> {
         self.0.iter().map(Matrix::values)
     }
+
+    /// Gives the largest gradient's memory (fc1's, 6.4 MB) back to `buffers`.
+    pub(crate) fn recycle(self, buffers: &mut Buffers) -> Result<()> {
+        let [_, _, _, _, fc1_w, ..] = self.0;
+        buffers.give(fc1_w.into_values()?);
+        Ok(())
+    }
+}
+
+/// Bytes of one strip of an outer-product sum (see [`outer_product_sum`]).
+const STRIP_BYTES: usize = 1 << 20;
+
+/// `inputsᵀ × grads`, a linear layer's weight gradient (`[in, out]`), into a buffer from
+/// `buffers`, computed in strips of output columns: with a batch as the only summed
+/// dimension the product is all output, and one product of the whole would be a fresh
+/// multi-megabyte matrix every step, zeroed and faulted in before it is written.
+fn outer_product_sum(inputs: &Matrix, grads: &Matrix, buffers: &mut Buffers) -> Vec<f32> {
+    let (rows, cols) = (inputs.cols(), grads.cols());
+    let strip = (STRIP_BYTES / (4 * rows)).clamp(1, cols);
+    let mut out = buffers.take(rows * cols);
+    let inputs_t = inputs.t();
+    for first in (0..cols).step_by(strip) {
+        let width = strip.min(cols - first);
+        let part = inputs_t.matmul(&grads.cols_view(first, width));
+        for (row, values) in out
+            .chunks_exact_mut(cols)
+            .zip(part.values().chunks_exact(width))
+        {
+            row[first..first + width].copy_from_slice(values);
+        }
+    }
+    out
 }
 
 impl Tape {
