@@ -62,6 +62,11 @@ impl Matrix {
         }
     }
 
+    /// Number of rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// Number of columns.
     pub(crate) fn cols(&self) -> usize {
         self.cols

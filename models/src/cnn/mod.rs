@@ -103,10 +103,9 @@ pub(crate) struct CnnModel {
 /// What a training forward pass keeps for its backward pass.
 pub(crate) struct Tape {
     batch: usize,
-    patches1: Matrix,
+    inputs: Vec<f32>,
     pooled1: Vec<f32>,
     winners1: Vec<u8>,
-    patches2: Matrix,
     pooled2: Vec<f32>,
     winners2: Vec<u8>,
     flat: Matrix,
@@ -157,26 +156,20 @@ impl CnnModel {
     ) -> Result<(Vec<f32>, Tape)> {
         let batch = inputs.len() / IMAGES0.image_len();
         let k = KERNEL * KERNEL;
+        let mut kept_inputs = buffers.take(inputs.len());
+        kept_inputs.copy_from_slice(inputs);
         // conv1 (a single input channel: the kernel's own layout is the patch's)
-        let rows1 = batch * IMAGES0.side * IMAGES0.side;
-        let mut patches1 = buffers.take(rows1 * k);
-        patches::gather(inputs, IMAGES0, &mut patches1);
-        let patches1 = Matrix::new(patches1, rows1, k);
         let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
         let mut winners1 = buffers.take_bytes(pooled1.len());
-        conv_relu_pool(
-            &patches1,
-            &self.weight(0, C1, k).t(),
-            self.param(1),
-            CONV1_OUT,
-            &mut pooled1,
-            &mut winners1,
-        );
+        let kernel1 = self.weight(0, C1, k);
+        let conv1 = Conv {
+            input: IMAGES0,
+            kernel_t: &kernel1.t(),
+            bias: self.param(1),
+            output: CONV1_OUT,
+        };
+        conv1.relu_pool(inputs, &mut pooled1, &mut winners1, buffers)?;
         // conv2: its kernel reordered to the patch columns' (ky, kx, channel)
-        let rows2 = batch * IMAGES1.side * IMAGES1.side;
-        let mut patches2 = buffers.take(rows2 * IMAGES1.row_len());
-        patches::gather(&pooled1, IMAGES1, &mut patches2);
-        let patches2 = Matrix::new(patches2, rows2, IMAGES1.row_len());
         let kernel2 = Matrix::new(
             channels_last_kernel(self.param(2), C1, k),
             C2,
@@ -184,14 +177,13 @@ impl CnnModel {
         );
         let mut pooled2 = buffers.take(batch * FLAT);
         let mut winners2 = buffers.take_bytes(pooled2.len());
-        conv_relu_pool(
-            &patches2,
-            &kernel2.t(),
-            self.param(3),
-            CONV2_OUT,
-            &mut pooled2,
-            &mut winners2,
-        );
+        let conv2 = Conv {
+            input: IMAGES1,
+            kernel_t: &kernel2.t(),
+            bias: self.param(3),
+            output: CONV2_OUT,
+        };
+        conv2.relu_pool(&pooled1, &mut pooled2, &mut winners2, buffers)?;
         // fc1 reads burn's flattening of `[channel, y, x]`
         let flat = Matrix::new(channels_first(&pooled2, C2), batch, FLAT);
         let mut hidden = flat.matmul(&self.weight(4, FLAT, HIDDEN));
@@ -200,10 +192,9 @@ impl CnnModel {
         add_bias(logits.values_mut(), self.param(7));
         let tape = Tape {
             batch,
-            patches1,
+            inputs: kept_inputs,
             pooled1,
             winners1,
-            patches2,
             pooled2,
             winners2,
             flat,
@@ -241,7 +232,7 @@ impl CnnModel {
         let (pooled2, winners2) = (&tape.pooled2, &tape.winners2);
         pool::max_unpool_relu(&pooled2_grad, winners2, pooled2, CONV2_OUT, &mut relu2_grad);
         let relu2_grad = Matrix::new(relu2_grad, rows2, C2);
-        let conv2_w = relu2_grad.t().matmul(&tape.patches2);
+        let conv2_w = weight_grad(&tape.pooled1, IMAGES1, &relu2_grad, buffers)?;
         let conv2_b = column_sums(relu2_grad.values(), C2);
         let mut pooled1_grad = buffers.take(tape.batch * IMAGES1.image_len());
         self.conv2_input_grad(relu2_grad.values(), buffers, &mut pooled1_grad)?;
@@ -251,7 +242,7 @@ impl CnnModel {
         pool::max_unpool_relu(&pooled1_grad, winners1, pooled1, CONV1_OUT, &mut relu1_grad);
         buffers.give(pooled1_grad);
         let relu1_grad = Matrix::new(relu1_grad, rows1, C1);
-        let conv1_w = relu1_grad.t().matmul(&tape.patches1);
+        let conv1_w = weight_grad(&tape.inputs, IMAGES0, &relu1_grad, buffers)?;
         let conv1_b = column_sums(relu1_grad.values(), C1);
         buffers.give(relu1_grad.into_values()?);
         buffers.give(relu2_grad.into_values()?);
@@ -261,9 +252,9 @@ impl CnnModel {
             Matrix::new(values, 1, len)
         };
         Ok(CnnGrads([
-            conv1_w,
+            Matrix::new(conv1_w, C1, k),
             bias(conv1_b),
-            Matrix::flat(channels_first_kernel(conv2_w.values(), C1, k)),
+            Matrix::flat(channels_first_kernel(&conv2_w, C1, k)),
             bias(conv2_b),
             fc1_w,
             bias(fc1_b),
@@ -285,62 +276,114 @@ impl CnnModel {
         pooled1_grad: &mut [f32],
     ) -> Result<()> {
         let flipped = Matrix::new(flipped_kernel(self.param(2)), CONV2_OUT.row_len(), C1);
-        let pixels = CONV2_OUT.side * CONV2_OUT.side;
-        let per_image = pixels * CONV2_OUT.row_len();
-        let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).max(1);
-        let mut rows = buffers.take(per_block * per_image);
-        for (grad, out) in relu2_grad
-            .chunks(per_block * CONV2_OUT.image_len())
-            .zip(pooled1_grad.chunks_mut(per_block * IMAGES1.image_len()))
-        {
-            let count = grad.len() / CONV2_OUT.image_len();
-            rows.truncate(count * per_image);
-            patches::gather(grad, CONV2_OUT, &mut rows);
-            let patches = Matrix::new(rows, count * pixels, CONV2_OUT.row_len());
-            out.copy_from_slice(patches.matmul(&flipped).values());
-            rows = patches.into_values()?;
-        }
-        buffers.give(rows);
-        Ok(())
+        let per_image = IMAGES1.image_len();
+        for_each_patch_block(relu2_grad, CONV2_OUT, buffers, |first, patches| {
+            let product = patches.matmul(&flipped);
+            let out = &mut pooled1_grad[first * per_image..];
+            let len = product.values().len();
+            out[..len].copy_from_slice(product.values());
+            Ok(())
+        })
     }
 }
 
-/// Bytes of patch rows of conv2's output gradient gathered at once (see
-/// `CnnModel::conv2_input_grad`).
+/// Bytes of patch rows gathered at once (see [`for_each_patch_block`]).
 const GATHER_BLOCK_BYTES: usize = 4 << 20;
 
-/// Bytes of a convolution's output computed at once (see [`conv_relu_pool`]).
-const CONV_BLOCK_BYTES: usize = 1 << 20;
-
-/// A convolution (patch rows × `kernel_t`, plus `bias`), its ReLU and 2×2 max-pooling into
-/// `pooled` and `winners`, a few images at a time: the convolution's output is needed only
-/// until it is pooled (the backward pass reads the ReLU's sign at each winner from the
-/// pooled value, the same number), so it is never held for the whole batch, and the small
-/// block the product returns is reused from block to block while cached.
-fn conv_relu_pool(
-    patches: &Matrix,
-    kernel_t: &Matrix,
-    bias: &[f32],
-    out: Images,
-    pooled: &mut [f32],
-    winners: &mut [u8],
-) {
-    let pixels = out.side * out.side;
-    let pooled_len = out.image_len() / 4;
-    let per_block = (CONV_BLOCK_BYTES / (4 * out.image_len())).max(1);
-    let images = pooled.len() / pooled_len;
-    for ((block, pooled), winners) in (0..images)
-        .step_by(per_block)
-        .zip(pooled.chunks_mut(per_block * pooled_len))
-        .zip(winners.chunks_mut(per_block * pooled_len))
-    {
-        let count = per_block.min(images - block);
-        let mut conv = patches
-            .rows_view(block * pixels, count * pixels)
-            .matmul(kernel_t);
-        add_bias_relu(conv.values_mut(), bias);
-        pool::max_pool(conv.values(), out, pooled, winners);
+/// Runs `each(first_image, patches)` on the patch rows of `images` (of `shape`), a few
+/// images at a time (at most [`GATHER_BLOCK_BYTES`] of rows), in order. Patch rows are
+/// 25 times the size of their images: gathered block by block into one kept buffer they
+/// stay cached between being written and being multiplied, and are never held for a whole
+/// batch (the backward pass gathers them again).
+fn for_each_patch_block(
+    images: &[f32],
+    shape: Images,
+    buffers: &mut Buffers,
+    mut each: impl FnMut(usize, &Matrix) -> Result<()>,
+) -> Result<()> {
+    let pixels = shape.side * shape.side;
+    let per_image = pixels * shape.row_len();
+    let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).max(1);
+    let mut rows = buffers.take(per_block * per_image);
+    for (index, block) in images.chunks(per_block * shape.image_len()).enumerate() {
+        let count = block.len() / shape.image_len();
+        patches::gather(block, shape, &mut rows[..count * per_image]);
+        let patches = Matrix::new(rows, per_block * pixels, shape.row_len());
+        // A last, partial block: a view of its rows (the buffer keeps its length).
+        let result = if count == per_block {
+            each(index * per_block, &patches)
+        } else {
+            each(index * per_block, &patches.rows_view(0, count * pixels))
+        };
+        rows = patches.into_values()?;
+        result?;
     }
+    buffers.give(rows);
+    Ok(())
+}
+
+/// A convolution layer's operands.
+struct Conv<'a> {
+    /// Its input images.
+    input: Images,
+    /// The kernel as `[row_len, out_channels]` (a transposed view).
+    kernel_t: &'a Matrix,
+    /// One bias per output channel.
+    bias: &'a [f32],
+    /// Its output images, before pooling.
+    output: Images,
+}
+
+impl Conv<'_> {
+    /// The convolution of `images`, its ReLU and 2×2 max-pooling into `pooled` and
+    /// `winners`, block by block: the convolution's output is needed only until it is
+    /// pooled (the backward pass reads the ReLU's sign at each winner from the pooled value,
+    /// the same number), so it is never held for the whole batch.
+    fn relu_pool(
+        &self,
+        images: &[f32],
+        pooled: &mut [f32],
+        winners: &mut [u8],
+        buffers: &mut Buffers,
+    ) -> Result<()> {
+        let pooled_len = self.output.image_len() / 4;
+        let pixels = self.output.side * self.output.side;
+        for_each_patch_block(images, self.input, buffers, |first, patches| {
+            let mut conv = patches.matmul(self.kernel_t);
+            add_bias_relu(conv.values_mut(), self.bias);
+            let count = conv.values().len() / (pixels * self.output.channels);
+            let range = first * pooled_len..(first + count) * pooled_len;
+            pool::max_pool(
+                conv.values(),
+                self.output,
+                &mut pooled[range.clone()],
+                &mut winners[range],
+            );
+            Ok(())
+        })
+    }
+}
+
+/// A convolution's kernel gradient, `[out_channels, row_len]` (patch-column order): the
+/// output gradient `out_grad` (`[pixels, out_channels]`, image by image) transposed times
+/// the patch rows of `images`, summed block by block in order.
+fn weight_grad(
+    images: &[f32],
+    shape: Images,
+    out_grad: &Matrix,
+    buffers: &mut Buffers,
+) -> Result<Vec<f32>> {
+    let pixels = shape.side * shape.side;
+    let mut sum = vec![0.0f32; out_grad.cols() * shape.row_len()];
+    for_each_patch_block(images, shape, buffers, |first, patches| {
+        let rows = out_grad.rows_view(first * pixels, patches.rows());
+        let part = rows.t().matmul(patches);
+        for (s, v) in sum.iter_mut().zip(part.values()) {
+            *s += v;
+        }
+        Ok(())
+    })?;
+    Ok(sum)
 }
 
 /// The gradient of every parameter, in manifest order.
@@ -388,8 +431,9 @@ fn outer_product_sum(inputs: &Matrix, grads: &Matrix, buffers: &mut Buffers) -> 
 impl Tape {
     /// Gives the tape's buffers back.
     fn recycle(self, buffers: &mut Buffers) -> Result<()> {
-        buffers.give(self.patches1.into_values()?);
-        buffers.give(self.patches2.into_values()?);
+        buffers.give(self.inputs);
+        buffers.give(self.pooled1);
+        buffers.give(self.pooled2);
         buffers.give_bytes(self.winners1);
         buffers.give_bytes(self.winners2);
         Ok(())
@@ -542,14 +586,15 @@ mod tests {
     #[test]
     fn logits_and_gradients_are_burns() {
         let spec = cnn_spec();
-        // Twelve images: conv1 runs ten images at a time, conv2's input gradient three.
-        let data = tiny_images(12);
+        // Thirteen images: conv2's patch rows are gathered six images at a time, its output
+        // gradient's three, each ending in a partial block.
+        let data = tiny_images(13);
         let params = init_params(&spec, 3).unwrap();
 
         let device = training_device();
         let net = build_loaded(&spec, &params, &device).unwrap();
         let inputs: Tensor<2> =
-            Tensor::from_data(TensorData::new(data.features.clone(), [12, 784]), &device);
+            Tensor::from_data(TensorData::new(data.features.clone(), [13, 784]), &device);
         let logits = net.forward(inputs);
         let burn_logits = tensor_values(logits.clone().inner()).unwrap();
         let grads =
