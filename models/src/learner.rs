@@ -146,7 +146,7 @@ impl<'a> Learner<'a> {
             Learner::Burn { net, .. } => flatten(&net),
             Learner::Cnn { model, buffers, .. } => {
                 buffers.put_back();
-                Ok(model.params().to_vec())
+                model.into_params()
             }
         }
     }

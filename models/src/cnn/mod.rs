@@ -126,6 +126,11 @@ impl CnnModel {
         self.params.values()
     }
 
+    /// The parameters, taken out (without a copy).
+    pub(crate) fn into_params(self) -> Result<Vec<f32>> {
+        self.params.into_values()
+    }
+
     /// The parameters to change in place (an SGD step).
     pub(crate) fn params_mut(&mut self) -> &mut [f32] {
         self.params.values_mut()
@@ -277,33 +282,52 @@ impl CnnModel {
     ) -> Result<()> {
         let flipped = Matrix::new(flipped_kernel(self.param(2)), CONV2_OUT.row_len(), C1);
         let per_image = IMAGES1.image_len();
-        for_each_patch_block(relu2_grad, CONV2_OUT, buffers, |first, patches| {
-            let product = patches.matmul(&flipped);
-            let out = &mut pooled1_grad[first * per_image..];
-            let len = product.values().len();
-            out[..len].copy_from_slice(product.values());
-            Ok(())
-        })
+        let out_per_image = IMAGES1.image_len();
+        for_each_patch_block(
+            relu2_grad,
+            CONV2_OUT,
+            out_per_image,
+            buffers,
+            |first, patches| {
+                let product = patches.matmul(&flipped);
+                let out = &mut pooled1_grad[first * per_image..];
+                let len = product.values().len();
+                out[..len].copy_from_slice(product.values());
+                Ok(())
+            },
+        )
     }
 }
 
 /// Bytes of patch rows gathered at once (see [`for_each_patch_block`]).
 const GATHER_BLOCK_BYTES: usize = 4 << 20;
 
+/// Bytes of a product's output made at once from a block of patch rows (see
+/// [`for_each_patch_block`]): the backend returns every product in fresh zeroed memory, and
+/// an allocator returns blocks of several megabytes to the system when they are freed, so
+/// larger outputs are faulted in and cleared by the kernel again at every step.
+const OUTPUT_BLOCK_BYTES: usize = 1 << 20;
+
 /// Runs `each(first_image, patches)` on the patch rows of `images` (of `shape`), a few
-/// images at a time (at most [`GATHER_BLOCK_BYTES`] of rows), in order. Patch rows are
-/// 25 times the size of their images: gathered block by block into one kept buffer they
-/// stay cached between being written and being multiplied, and are never held for a whole
-/// batch (the backward pass gathers them again).
+/// images at a time, in order: at most [`GATHER_BLOCK_BYTES`] of rows, and at most
+/// [`OUTPUT_BLOCK_BYTES`] of the product `each` makes when it makes `out_per_image` values
+/// an image (0: a product whose size does not grow with the block). Patch rows are 25 times
+/// the size of their images: gathered block by block into one kept buffer they stay cached
+/// between being written and being multiplied, and are never held for a whole batch (the
+/// backward pass gathers them again).
 fn for_each_patch_block(
     images: &[f32],
     shape: Images,
+    out_per_image: usize,
     buffers: &mut Buffers,
     mut each: impl FnMut(usize, &Matrix) -> Result<()>,
 ) -> Result<()> {
     let pixels = shape.side * shape.side;
     let per_image = pixels * shape.row_len();
-    let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).max(1);
+    let by_output = OUTPUT_BLOCK_BYTES
+        .checked_div(4 * out_per_image)
+        .unwrap_or(usize::MAX);
+    let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).min(by_output).max(1);
     let mut rows = buffers.take(per_block * per_image);
     for (index, block) in images.chunks(per_block * shape.image_len()).enumerate() {
         let count = block.len() / shape.image_len();
@@ -348,19 +372,26 @@ impl Conv<'_> {
     ) -> Result<()> {
         let pooled_len = self.output.image_len() / 4;
         let pixels = self.output.side * self.output.side;
-        for_each_patch_block(images, self.input, buffers, |first, patches| {
-            let mut conv = patches.matmul(self.kernel_t);
-            add_bias_relu(conv.values_mut(), self.bias);
-            let count = conv.values().len() / (pixels * self.output.channels);
-            let range = first * pooled_len..(first + count) * pooled_len;
-            pool::max_pool(
-                conv.values(),
-                self.output,
-                &mut pooled[range.clone()],
-                &mut winners[range],
-            );
-            Ok(())
-        })
+        let out_per_image = self.output.image_len();
+        for_each_patch_block(
+            images,
+            self.input,
+            out_per_image,
+            buffers,
+            |first, patches| {
+                let mut conv = patches.matmul(self.kernel_t);
+                add_bias_relu(conv.values_mut(), self.bias);
+                let count = conv.values().len() / (pixels * self.output.channels);
+                let range = first * pooled_len..(first + count) * pooled_len;
+                pool::max_pool(
+                    conv.values(),
+                    self.output,
+                    &mut pooled[range.clone()],
+                    &mut winners[range],
+                );
+                Ok(())
+            },
+        )
     }
 }
 
@@ -375,7 +406,7 @@ fn weight_grad(
 ) -> Result<Vec<f32>> {
     let pixels = shape.side * shape.side;
     let mut sum = vec![0.0f32; out_grad.cols() * shape.row_len()];
-    for_each_patch_block(images, shape, buffers, |first, patches| {
+    for_each_patch_block(images, shape, 0, buffers, |first, patches| {
         let rows = out_grad.rows_view(first * pixels, patches.rows());
         let part = rows.t().matmul(patches);
         for (s, v) in sum.iter_mut().zip(part.values()) {
