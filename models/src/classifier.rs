@@ -1,5 +1,5 @@
 //! A model loaded with its parameters, ready to compute logits: burn's module for every
-//! kind, or the CNN's hand-written passes ([`crate::cnn`]), which train about twice as fast on
+//! kind, or the CNN's hand-written passes ([`crate::cnn`]), which train 1.2–1.6× as fast on
 //! the CPU. Evaluation, training and gradients all go through it, so each model kind has one
 //! forward pass wherever it runs.
 

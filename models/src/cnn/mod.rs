@@ -1,7 +1,7 @@
 //! The McMahan et al. CNN's forward and backward passes written out as matrix products over
 //! channels-last images: the same model as [`crate::net`]'s `CnnNet` (same parameters, same
-//! manifest), about twice as fast to train as burn's generic convolution and pooling
-//! backward passes on the CPU.
+//! manifest), faster on the CPU than burn's generic convolution and pooling passes (1.2–1.6×
+//! in training, see benches/README.md section 11).
 //!
 //! Convolutions are patch rows ([`patches`]) times the kernel matrix, pooling keeps one byte
 //! per output to route its gradient ([`pool`]), and every product is the backend's own
