@@ -201,8 +201,8 @@ impl ModelSpec {
     }
 
     /// The most examples pushed through the model at once where the chunking does not change
-    /// the result (evaluation, exact gradients): 64 for the CNN, whose patch matrices take
-    /// about 0.6 MB per example; for dense models 1024, or fewer where a layer is so wide that
+    /// the result (evaluation, exact gradients): 64 for the CNN, whose activations and their
+    /// gradients take about 0.3 MB per example; for dense models 1024, or fewer where a layer is so wide that
     /// a chunk's activations would pass [`CHUNK_ACTIVATION_BYTES`] (fresh tens of megabytes
     /// per layer cost more in page faults and copies than the products themselves). Such
     /// wider models (a layer or an input over 1,024 wide) score as before but sum an exact

@@ -20,7 +20,7 @@ pub struct TrainConfig {
     /// Passes over the local data; 0 leaves the parameters unchanged.
     pub epochs: usize,
     /// Examples per SGD step; the last, partial batch of an epoch is used too. Memory grows
-    /// with it (the CNN needs about 0.6 MB per example in a batch).
+    /// with it (the CNN needs about 0.3 MB per example in a batch, beside a few fixed blocks).
     pub batch_size: usize,
     /// SGD learning rate (no momentum, no weight decay).
     pub lr: f64,
@@ -79,7 +79,7 @@ pub struct TrainReport {
 ///
 /// Each epoch visits every example once in the order of a permutation drawn from
 /// `rng_for(cfg.seed, &[epoch])`, in batches of `cfg.batch_size` (the last one may be
-/// smaller). The model is built once per call on the autodiff CPU backend.
+/// smaller). The model is built from `params` once per call.
 ///
 /// Errors on a parameter vector of the wrong length or with non-finite values, on a dataset
 /// that does not fit `spec` or is empty, on an invalid `cfg`, and with

@@ -7,8 +7,8 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Sets of buffers between model calls: at most one per core (as many as can train at once
-/// without waiting for each other), so a process keeps at most that many sets (about 50 MB
-/// each for the CNN at batch size 50).
+/// without waiting for each other), so a process keeps at most that many sets (each within
+/// [`MAX_KEPT_BYTES`]; about 35 MB for the CNN at batch size 50).
 static SPARE: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
 
 fn spare_sets() -> MutexGuard<'static, Vec<Buffers>> {
@@ -63,7 +63,14 @@ impl Buffers {
     }
 }
 
-/// Free buffers of one element type.
+/// Most buffers of one element type a set keeps; the least recently returned go first.
+const MAX_KEPT: usize = 24;
+
+/// Most bytes of one element type's buffers a set keeps, and the largest buffer it keeps
+/// (a peer's huge batch size must not leave gigabytes behind for the life of the process).
+const MAX_KEPT_BYTES: usize = 128 << 20;
+
+/// Free buffers of one element type, least recently returned first.
 struct Pool<T> {
     free: Vec<Vec<T>>,
 }
@@ -75,18 +82,20 @@ impl<T> Default for Pool<T> {
 }
 
 impl<T: Copy + Default> Pool<T> {
-    /// The shortest free buffer at least `len` long (cut to `len`, nothing written), or a
-    /// new one. Lengths, not capacities, decide: growing a buffer writes its new part.
+    /// The free buffer with the least memory that holds `len` values, cut to `len` (nothing
+    /// written) or grown to it (only the new part written, within its memory), or a new one.
+    /// Memory, not length, decides, so a large buffer cut short for a small request still
+    /// serves the next large one.
     fn take(&mut self, len: usize) -> Vec<T> {
         let best = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.len() >= len)
-            .min_by_key(|(_, b)| b.len())
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| (b.capacity(), std::cmp::Reverse(b.len())))
             .map(|(i, _)| i);
         let mut buffer = match best {
-            Some(i) => self.free.swap_remove(i),
+            Some(i) => self.free.remove(i),
             None => Vec::with_capacity(len),
         };
         if buffer.len() >= len {
@@ -98,8 +107,15 @@ impl<T: Copy + Default> Pool<T> {
     }
 
     fn give(&mut self, buffer: Vec<T>) {
-        if !buffer.is_empty() {
-            self.free.push(buffer);
+        let bytes = |b: &Vec<T>| b.capacity() * std::mem::size_of::<T>();
+        if buffer.capacity() == 0 || bytes(&buffer) > MAX_KEPT_BYTES {
+            return;
+        }
+        self.free.push(buffer);
+        while self.free.len() > MAX_KEPT
+            || self.free.iter().map(bytes).sum::<usize>() > MAX_KEPT_BYTES
+        {
+            self.free.remove(0);
         }
     }
 }
@@ -117,9 +133,31 @@ mod tests {
         assert_eq!((small.len(), small[0]), (8, 2.0));
         let big = buffers.take(50);
         assert_eq!((big.len(), big[0]), (50, 1.0));
+        // Cut short and returned, the large buffer still serves a large request.
+        buffers.give(big);
+        buffers.give(small);
+        let again = buffers.take(90);
+        assert_eq!((again.len(), again.capacity(), again[0]), (90, 100, 1.0));
         assert_eq!(buffers.take(3).len(), 3);
         buffers.give_bytes(vec![7; 4]);
         assert_eq!(buffers.take_bytes(2), vec![7, 7]);
+    }
+
+    #[test]
+    fn a_set_keeps_a_bounded_number_of_bytes() {
+        let mut buffers = Buffers::default();
+        // Requests of ever new sizes: a set never holds more than its bounds.
+        for len in 1..200 {
+            let buffer = buffers.take(len * 1000);
+            buffers.give(buffer);
+            let extra = buffers.take(len * 1000 + 1);
+            buffers.give(extra);
+        }
+        assert!(buffers.values.free.len() <= MAX_KEPT);
+        // A buffer larger than the bound is not kept at all.
+        buffers.give(Vec::with_capacity(MAX_KEPT_BYTES / 4 + 1));
+        let kept: usize = buffers.values.free.iter().map(Vec::capacity).sum();
+        assert!(kept * 4 <= MAX_KEPT_BYTES);
     }
 
     #[test]

@@ -480,11 +480,13 @@ fn add_bias(values: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Adds `bias` to every row, then the ReLU.
+/// Adds `bias` to every row, then the ReLU. A NaN stays NaN (as in burn's ReLU), so a
+/// training that diverges is seen in that batch's loss.
 fn add_bias_relu(values: &mut [f32], bias: &[f32]) {
     for row in values.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
+            let x = *v + b;
+            *v = if x > 0.0 || x.is_nan() { x } else { 0.0 };
         }
     }
 }
@@ -509,27 +511,15 @@ fn column_sums(values: &[f32], cols: usize) -> Vec<f32> {
     sums
 }
 
-/// Images `[image][pixel][channel]` reordered to `[image][channel][pixel]` (burn's flattening).
+/// Pooled conv2 outputs `[image][pixel][channel]` reordered to `[image][channel][pixel]`
+/// (burn's flattening).
 fn channels_first(values: &[f32], channels: usize) -> Vec<f32> {
-    transpose_blocks(
-        values,
-        values.len() / channels / image_count(values, channels),
-        channels,
-    )
+    transpose_blocks(values, SIDE2 * SIDE2, channels)
 }
 
 /// The inverse of [`channels_first`].
 fn channels_last(values: &[f32], channels: usize) -> Vec<f32> {
-    transpose_blocks(
-        values,
-        channels,
-        values.len() / channels / image_count(values, channels),
-    )
-}
-
-/// Number of pooled images in a batch of the last layer's outputs.
-fn image_count(values: &[f32], channels: usize) -> usize {
-    values.len() / (channels * SIDE2 * SIDE2)
+    transpose_blocks(values, channels, SIDE2 * SIDE2)
 }
 
 /// Every block of `rows × cols` values transposed to `cols × rows`.
