@@ -9,12 +9,12 @@ use crate::batch::Batch;
 use crate::cnn::{Buffers, CnnModel};
 use crate::device::tensor_values;
 use crate::error::Result;
-use crate::manifest::Manifest;
 use crate::net::Net;
 use crate::params::build_loaded;
 use crate::spec::{ModelKind, ModelSpec};
 
 /// A classifier with its parameters loaded.
+#[derive(Debug)]
 // Built once per call and moved, never copied in bulk (as `Net` itself): boxing would buy
 // nothing.
 #[allow(clippy::large_enum_variant)]
@@ -35,9 +35,7 @@ impl Classifier {
     /// `device` when it is a burn module.
     pub(crate) fn load(spec: &ModelSpec, params: &[f32], device: &Device) -> Result<Self> {
         if spec.kind == ModelKind::Cnn {
-            spec.validate()?;
-            let manifest: Manifest = spec.manifest()?;
-            manifest.check_params(params)?;
+            spec.manifest()?.check_params(params)?;
             return Ok(Classifier::Cnn(CnnModel::new(
                 spec.num_classes,
                 params.to_vec(),

@@ -35,17 +35,10 @@ pub fn evaluate(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Eval
 /// one process that all score a round's global model share one, instead of each copying the
 /// parameters into a model of its own. Shared between threads as it is (`Send + Sync`); its
 /// results are [`evaluate`]'s, to the bit.
+#[derive(Debug)]
 pub struct Evaluator {
     spec: ModelSpec,
     model: Classifier,
-}
-
-impl std::fmt::Debug for Evaluator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evaluator")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Evaluator {
@@ -79,15 +72,9 @@ impl Evaluator {
 pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<usize>> {
     check_data(spec, data)?;
     let model = Classifier::load(spec, params, &inference_device())?;
-    let n = data.labels.len();
-    let chunk = spec.max_chunk().max(1);
-    let mut classes = Vec::with_capacity(n);
-    let mut buffers = Buffers::spare();
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk).min(n);
-        let logits = model.logits(Batch::range(data, start, end), &mut buffers)?;
-        let width = spec.num_classes.max(1);
+    let width = spec.num_classes.max(1);
+    let mut classes = Vec::with_capacity(data.labels.len());
+    for_each_chunk(&model, data, spec.max_chunk(), |_, logits| {
         classes.extend(logits.chunks_exact(width).map(|row| {
             row.iter()
                 .enumerate()
@@ -96,30 +83,42 @@ pub fn predict(spec: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<u
                 })
                 .0
         }));
-        start = end;
-    }
-    buffers.put_back();
+    })?;
     Ok(classes)
 }
 
 /// Evaluates a loaded model over `data`.
 fn evaluate_model(model: &Classifier, data: &Dataset, chunk: usize) -> Result<EvalReport> {
-    let n = data.labels.len();
     let mut tally = Tally::default();
-    let mut buffers = Buffers::spare();
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk.max(1)).min(n);
-        let logits = model.logits(Batch::range(data, start, end), &mut buffers)?;
-        tally.add(&logits, &data.labels[start..end]);
-        start = end;
-    }
-    buffers.put_back();
+    for_each_chunk(model, data, chunk, |labels, logits| {
+        tally.add(logits, labels)
+    })?;
     Ok(EvalReport {
         loss: tally.mean_loss(),
         accuracy: tally.accuracy(),
         examples: tally.examples,
     })
+}
+
+/// Runs `each(labels, logits)` on consecutive chunks of `data` of at most `chunk` examples,
+/// in order.
+fn for_each_chunk(
+    model: &Classifier,
+    data: &Dataset,
+    chunk: usize,
+    mut each: impl FnMut(&[u32], &[f32]),
+) -> Result<()> {
+    let n = data.labels.len();
+    let mut buffers = Buffers::spare();
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk.max(1)).min(n);
+        let logits = model.logits(Batch::range(data, start, end), &mut buffers)?;
+        each(&data.labels[start..end], &logits);
+        start = end;
+    }
+    buffers.put_back();
+    Ok(())
 }
 
 #[cfg(test)]

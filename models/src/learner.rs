@@ -44,26 +44,16 @@ pub(crate) enum Learner<'a> {
 }
 
 impl<'a> Learner<'a> {
-    /// The model of `spec` at `params`, whose steps add `terms`.
+    /// The model of `spec` at `params`, whose steps add `terms` (laid out like `params`: the
+    /// callers check a correction's length; the anchor is `params` itself).
     pub(crate) fn new(spec: &ModelSpec, params: &[f32], terms: Terms<'a>) -> Result<Self> {
         let device = training_device();
         Ok(match Classifier::load(spec, params, &device)? {
-            Classifier::Cnn(model) => {
-                let len = model.params().len();
-                let anchor_len = terms.proximal.map_or(len, |(_, anchor)| anchor.len());
-                let correction_len = terms.correction.map_or(len, <[f32]>::len);
-                if anchor_len != len || correction_len != len {
-                    return Err(ModelError::InvalidConfig(format!(
-                        "step terms of {anchor_len} and {correction_len} values for {len} \
-                         parameters"
-                    )));
-                }
-                Learner::Cnn {
-                    model,
-                    terms,
-                    buffers: Buffers::spare(),
-                }
-            }
+            Classifier::Cnn(model) => Learner::Cnn {
+                model,
+                terms,
+                buffers: Buffers::spare(),
+            },
             Classifier::Burn { net, device } => {
                 let terms = (!terms.is_plain()).then(|| {
                     let lens: Vec<usize> =
@@ -168,7 +158,7 @@ fn cnn_gradient(
 ) -> Result<CnnGrads> {
     let (logits, tape) = model.forward(&batch.features, buffers)?;
     let logits_grad = tally.add_with_grad(&logits, &batch.labels);
-    model.backward(tape, logits_grad, buffers)
+    model.backward(tape, &batch.features, logits_grad, buffers)
 }
 
 /// Adds `weight * grad` of every float parameter into `sum`, in manifest order. A parameter

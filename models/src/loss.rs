@@ -103,14 +103,13 @@ pub(crate) fn cross_entropy_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::Int;
     use burn::tensor::activation::log_softmax;
 
     use crate::batch::Batch;
     use crate::device::training_device;
     use crate::params::{build_loaded, init_params};
-    use crate::test_util::{digits_head, mlp_spec};
+    use crate::test_util::{digits_head, mlp_spec, param_grads};
 
     #[test]
     fn tally_matches_a_hand_computation() {
@@ -123,14 +122,6 @@ mod tests {
         assert_eq!(tally.examples, 2);
         let grad = Tally::default().add_with_grad(&[0.0, 0.0], &[1]);
         assert_eq!(grad, vec![0.5, -0.5]);
-    }
-
-    struct Grads<'a>(&'a Gradients, Vec<f32>);
-    impl ModuleVisitor for Grads<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let grad = param.val().grad(self.0).expect("gradient");
-            self.1.extend(tensor_values(grad).unwrap());
-        }
     }
 
     #[test]
@@ -156,16 +147,16 @@ mod tests {
             .neg();
         let burns = loss.backward();
 
-        let mut a = Grads(&ours, Vec::new());
-        net.visit(&mut a);
-        let mut b = Grads(&burns, Vec::new());
-        net.visit(&mut b);
-        assert_eq!(a.1.len(), params.len());
-        let max_diff =
-            a.1.iter()
-                .zip(&b.1)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+        let (a, b) = (
+            param_grads(&net, &ours).concat(),
+            param_grads(&net, &burns).concat(),
+        );
+        assert_eq!(a.len(), params.len());
+        let max_diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(max_diff < 1e-6, "max difference {max_diff}");
     }
 }

@@ -1,6 +1,10 @@
 //! Fixtures shared by the unit tests.
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Gradients, Tensor};
 use shoal_datasets::{Dataset, digits, train_test_split};
+
+use crate::device::tensor_values;
 
 use crate::spec::{ModelKind, ModelSpec};
 
@@ -53,4 +57,22 @@ pub(crate) fn tiny_images(n: usize) -> Dataset {
         .collect();
     let labels = (0..n).map(|i| (i % 10) as u32).collect();
     Dataset::new(features, labels, 784, 10, Some((28, 28))).expect("images")
+}
+
+/// Each float parameter's gradient in `grads`, in manifest order (empty for a parameter
+/// without one).
+pub(crate) fn param_grads<M: Module>(net: &M, grads: &Gradients) -> Vec<Vec<f32>> {
+    struct Collect<'a>(&'a Gradients, Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let grad = param
+                .val()
+                .grad(self.0)
+                .map(|g| tensor_values(g).expect("values"));
+            self.1.push(grad.unwrap_or_default());
+        }
+    }
+    let mut collect = Collect(grads, Vec::new());
+    net.visit(&mut collect);
+    collect.1
 }

@@ -36,7 +36,7 @@ impl Coordinator {
     /// over the client's rate are first delayed, then refused (see [`crate::engine::pacing`]).
     pub async fn pull(&self, client_id: &str) -> Result<PullReply> {
         // A shared pull of one: the same pacing, poll and answer.
-        let mut answers = self.pull_shared(&[client_id.to_owned()]).await?;
+        let mut answers = self.poll_clients(&[client_id]).await?;
         let reply = match answers.pop() {
             Some((_, answer)) => answer?,
             None => Reply::Wait(Wait { retry_after_ms: 0 }),
@@ -51,6 +51,12 @@ impl Coordinator {
     /// longest delay among them) and heard from.
     pub async fn pull_shared(&self, ids: &[String]) -> Result<Vec<SharedAnswer>> {
         check_ids(ids).map_err(CoordinatorError::Malformed)?;
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.poll_clients(&ids).await
+    }
+
+    /// [`Coordinator::pull_shared`] for ids already checked (a single pull's is).
+    async fn poll_clients(&self, ids: &[&str]) -> Result<Vec<SharedAnswer>> {
         if ids.is_empty() {
             // Nobody to wait for.
             return Ok(Vec::new());
@@ -65,13 +71,13 @@ impl Coordinator {
                 match state.registry.pace(id, now, rate) {
                     Ok(wait) => {
                         delay = delay.max(wait);
-                        waiting.push((at, id.as_str()));
+                        waiting.push((at, *id));
                     }
                     Err(err) => refused.push((at, Err(err))),
                 }
             }
         } else {
-            waiting.extend(ids.iter().map(String::as_str).enumerate());
+            waiting.extend(ids.iter().copied().enumerate());
         }
         if !refused.is_empty() {
             // Those clients back off; the others are answered nothing and pull again.

@@ -10,7 +10,7 @@ use burn_flex::FlexTensor;
 use crate::error::{ModelError, Result};
 
 /// A matrix, or a strided view of one (a transpose, a block of the parameter vector).
-#[derive(Clone)]
+#[derive(Debug)]
 pub(crate) struct Matrix {
     tensor: FlexTensor,
     rows: usize,

@@ -95,6 +95,7 @@ impl CnnLayout {
 }
 
 /// A CNN's parameters, held as one flat vector with views of each weight.
+#[derive(Debug)]
 pub(crate) struct CnnModel {
     layout: CnnLayout,
     params: Matrix,
@@ -103,7 +104,6 @@ pub(crate) struct CnnModel {
 /// What a training forward pass keeps for its backward pass.
 pub(crate) struct Tape {
     batch: usize,
-    inputs: Vec<f32>,
     pooled1: Vec<f32>,
     winners1: Vec<u8>,
     pooled2: Vec<f32>,
@@ -119,11 +119,6 @@ impl CnnModel {
             layout: CnnLayout::new(classes),
             params: Matrix::flat(params),
         }
-    }
-
-    /// The parameters, in manifest order.
-    pub(crate) fn params(&self) -> &[f32] {
-        self.params.values()
     }
 
     /// The parameters, taken out (without a copy).
@@ -148,7 +143,7 @@ impl CnnModel {
     /// Class logits `[batch, classes]` of `inputs` (`batch` rows of 28×28 pixels).
     pub(crate) fn logits(&self, inputs: &[f32], buffers: &mut Buffers) -> Result<Vec<f32>> {
         let (logits, tape) = self.forward(inputs, buffers)?;
-        tape.recycle(buffers)?;
+        tape.recycle(buffers);
         Ok(logits)
     }
 
@@ -161,8 +156,6 @@ impl CnnModel {
     ) -> Result<(Vec<f32>, Tape)> {
         let batch = inputs.len() / IMAGES0.image_len();
         let k = KERNEL * KERNEL;
-        let mut kept_inputs = buffers.take(inputs.len());
-        kept_inputs.copy_from_slice(inputs);
         // conv1 (a single input channel: the kernel's own layout is the patch's)
         let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
         let mut winners1 = buffers.take_bytes(pooled1.len());
@@ -197,7 +190,6 @@ impl CnnModel {
         add_bias(logits.values_mut(), self.param(7));
         let tape = Tape {
             batch,
-            inputs: kept_inputs,
             pooled1,
             winners1,
             pooled2,
@@ -209,11 +201,12 @@ impl CnnModel {
     }
 
     /// The gradient of every parameter, in manifest order, given the gradient of the loss
-    /// with respect to the logits of the pass that recorded `tape`; the tape's buffers go
-    /// back to `buffers`.
+    /// with respect to the logits of the pass that recorded `tape` on `inputs`; the tape's
+    /// buffers go back to `buffers`.
     pub(crate) fn backward(
         &self,
         tape: Tape,
+        inputs: &[f32],
         logits_grad: Vec<f32>,
         buffers: &mut Buffers,
     ) -> Result<CnnGrads> {
@@ -247,24 +240,20 @@ impl CnnModel {
         pool::max_unpool_relu(&pooled1_grad, winners1, pooled1, CONV1_OUT, &mut relu1_grad);
         buffers.give(pooled1_grad);
         let relu1_grad = Matrix::new(relu1_grad, rows1, C1);
-        let conv1_w = weight_grad(&tape.inputs, IMAGES0, &relu1_grad, buffers)?;
+        let conv1_w = weight_grad(inputs, IMAGES0, &relu1_grad, buffers)?;
         let conv1_b = column_sums(relu1_grad.values(), C1);
         buffers.give(relu1_grad.into_values()?);
         buffers.give(relu2_grad.into_values()?);
-        tape.recycle(buffers)?;
-        let bias = |values: Vec<f32>| {
-            let len = values.len();
-            Matrix::new(values, 1, len)
-        };
+        tape.recycle(buffers);
         Ok(CnnGrads([
             Matrix::new(conv1_w, C1, k),
-            bias(conv1_b),
+            Matrix::flat(conv1_b),
             Matrix::flat(channels_first_kernel(&conv2_w, C1, k)),
-            bias(conv2_b),
+            Matrix::flat(conv2_b),
             fc1_w,
-            bias(fc1_b),
+            Matrix::flat(fc1_b),
             fc2_w,
-            bias(fc2_b),
+            Matrix::flat(fc2_b),
         ]))
     }
 
@@ -282,11 +271,10 @@ impl CnnModel {
     ) -> Result<()> {
         let flipped = Matrix::new(flipped_kernel(self.param(2)), CONV2_OUT.row_len(), C1);
         let per_image = IMAGES1.image_len();
-        let out_per_image = IMAGES1.image_len();
         for_each_patch_block(
             relu2_grad,
             CONV2_OUT,
-            out_per_image,
+            per_image,
             buffers,
             |first, patches| {
                 let product = patches.matmul(&flipped);
@@ -461,13 +449,11 @@ fn outer_product_sum(inputs: &Matrix, grads: &Matrix, buffers: &mut Buffers) -> 
 
 impl Tape {
     /// Gives the tape's buffers back.
-    fn recycle(self, buffers: &mut Buffers) -> Result<()> {
-        buffers.give(self.inputs);
+    fn recycle(self, buffers: &mut Buffers) {
         buffers.give(self.pooled1);
         buffers.give(self.pooled2);
         buffers.give_bytes(self.winners1);
         buffers.give_bytes(self.winners2);
-        Ok(())
     }
 }
 
@@ -567,22 +553,13 @@ fn channels_first_kernel(kernel: &[f32], inputs: usize, taps: usize) -> Vec<f32>
 
 #[cfg(test)]
 mod tests {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::tensor::{Gradients, Tensor, TensorData};
+    use burn::tensor::{Tensor, TensorData};
 
     use super::*;
     use crate::device::{tensor_values, training_device};
     use crate::loss::{Tally, cross_entropy_backward};
     use crate::params::{build_loaded, init_params};
-    use crate::test_util::{cnn_spec, tiny_images};
-
-    struct Grads<'a>(&'a Gradients, Vec<Vec<f32>>);
-    impl ModuleVisitor for Grads<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let grad = param.val().grad(self.0).map(|g| tensor_values(g).unwrap());
-            self.1.push(grad.unwrap_or_default());
-        }
-    }
+    use crate::test_util::{cnn_spec, param_grads, tiny_images};
 
     fn max_relative_diff(ours: &[f32], burns: &[f32]) -> f32 {
         assert_eq!(ours.len(), burns.len());
@@ -620,16 +597,17 @@ mod tests {
         let burn_logits = tensor_values(logits.clone().inner()).unwrap();
         let grads =
             cross_entropy_backward(logits, &data.labels, &mut Tally::default(), &device).unwrap();
-        let mut burns = Grads(&grads, Vec::new());
-        net.visit(&mut burns);
+        let burns = param_grads(&net, &grads);
 
         let model = CnnModel::new(10, params);
         let mut buffers = Buffers::default();
         let (logits, tape) = model.forward(&data.features, &mut buffers).unwrap();
         assert!(max_relative_diff(&logits, &burn_logits) < 1e-5);
         let grad = Tally::default().add_with_grad(&logits, &data.labels);
-        let ours = model.backward(tape, grad, &mut buffers).unwrap();
-        for (i, (a, b)) in ours.parts().zip(&burns.1).enumerate() {
+        let ours = model
+            .backward(tape, &data.features, grad, &mut buffers)
+            .unwrap();
+        for (i, (a, b)) in ours.parts().zip(&burns).enumerate() {
             let diff = max_relative_diff(a, b);
             assert!(diff < 1e-4, "parameter {i}: relative difference {diff}");
         }
