@@ -44,15 +44,6 @@ impl Matrix {
         Self { tensor, rows, cols }
     }
 
-    /// Rows `start..start + count`, as a view.
-    pub(crate) fn rows_view(&self, start: usize, count: usize) -> Self {
-        Self {
-            tensor: self.tensor.narrow(0, start, count),
-            rows: count,
-            cols: self.cols,
-        }
-    }
-
     /// Columns `start..start + count`, as a view.
     pub(crate) fn cols_view(&self, start: usize, count: usize) -> Self {
         Self {
@@ -60,11 +51,6 @@ impl Matrix {
             rows: self.rows,
             cols: count,
         }
-    }
-
-    /// Number of rows.
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
     }
 
     /// Number of columns.

@@ -3,19 +3,21 @@
 //! manifest), faster on the CPU than burn's generic convolution and pooling passes (1.2–1.6×
 //! in training, see benches/README.md section 11).
 //!
-//! Convolutions are patch rows ([`patches`]) times the kernel matrix, pooling keeps one byte
+//! Convolutions are computed directly in registers ([`direct`]), pooling keeps one byte
 //! per output to route its gradient ([`pool`]), and every product is the backend's own
 //! ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
 //! [`Tape`], in buffers reused from batch to batch ([`buffers`]).
 
 mod buffers;
+mod direct;
 mod matrix;
-mod patches;
 mod pool;
 
+use rayon::prelude::*;
+
 pub(crate) use buffers::Buffers;
+use direct::{Images, TAPS};
 use matrix::Matrix;
-use patches::{Images, KERNEL};
 
 use crate::error::Result;
 use crate::spec::CNN_IMAGE_SIDE;
@@ -69,11 +71,10 @@ impl CnnLayout {
 
     /// Values of each parameter, in manifest order.
     pub(crate) fn lens(self) -> [usize; 8] {
-        let k = KERNEL * KERNEL;
         [
-            C1 * k,
+            C1 * TAPS,
             C1,
-            C2 * C1 * k,
+            C2 * C1 * TAPS,
             C2,
             FLAT * HIDDEN,
             HIDDEN,
@@ -155,33 +156,24 @@ impl CnnModel {
         buffers: &mut Buffers,
     ) -> Result<(Vec<f32>, Tape)> {
         let batch = inputs.len() / IMAGES0.image_len();
-        let k = KERNEL * KERNEL;
-        // conv1 (a single input channel: the kernel's own layout is the patch's)
         let mut pooled1 = buffers.take(batch * IMAGES1.image_len());
         let mut winners1 = buffers.take_bytes(pooled1.len());
-        let kernel1 = self.weight(0, C1, k);
         let conv1 = Conv {
             input: IMAGES0,
-            kernel_t: &kernel1.t(),
+            panels: &direct::panels(&taps_first(self.param(0), C1, 1), C1),
             bias: self.param(1),
             output: CONV1_OUT,
         };
-        conv1.relu_pool(inputs, &mut pooled1, &mut winners1, buffers)?;
-        // conv2: its kernel reordered to the patch columns' (ky, kx, channel)
-        let kernel2 = Matrix::new(
-            channels_last_kernel(self.param(2), C1, k),
-            C2,
-            IMAGES1.row_len(),
-        );
+        conv1.relu_pool(inputs, &mut pooled1, &mut winners1);
         let mut pooled2 = buffers.take(batch * FLAT);
         let mut winners2 = buffers.take_bytes(pooled2.len());
         let conv2 = Conv {
             input: IMAGES1,
-            kernel_t: &kernel2.t(),
+            panels: &direct::panels(&taps_first(self.param(2), C2, C1), C2),
             bias: self.param(3),
             output: CONV2_OUT,
         };
-        conv2.relu_pool(&pooled1, &mut pooled2, &mut winners2, buffers)?;
+        conv2.relu_pool(&pooled1, &mut pooled2, &mut winners2);
         // fc1 reads burn's flattening of `[channel, y, x]`
         let flat = Matrix::new(channels_first(&pooled2, C2), batch, FLAT);
         let mut hidden = flat.matmul(&self.weight(4, FLAT, HIDDEN));
@@ -211,7 +203,6 @@ impl CnnModel {
         buffers: &mut Buffers,
     ) -> Result<CnnGrads> {
         let classes = self.layout.classes;
-        let k = KERNEL * KERNEL;
         let g = Matrix::new(logits_grad, tape.batch, classes);
         let fc2_w = tape.hidden.t().matmul(&g);
         let fc2_b = column_sums(g.values(), classes);
@@ -225,30 +216,26 @@ impl CnnModel {
         let fc1_b = column_sums(hidden_grad.values(), HIDDEN);
         let flat_grad = hidden_grad.matmul(&self.weight(4, FLAT, HIDDEN).t());
         let pooled2_grad = channels_last(flat_grad.values(), C2);
-        let rows2 = tape.batch * IMAGES1.side * IMAGES1.side;
-        let mut relu2_grad = buffers.take(rows2 * C2);
+        let mut relu2_grad = buffers.take(tape.batch * CONV2_OUT.image_len());
         let (pooled2, winners2) = (&tape.pooled2, &tape.winners2);
         pool::max_unpool_relu(&pooled2_grad, winners2, pooled2, CONV2_OUT, &mut relu2_grad);
-        let relu2_grad = Matrix::new(relu2_grad, rows2, C2);
-        let conv2_w = weight_grad(&tape.pooled1, IMAGES1, &relu2_grad, buffers)?;
-        let conv2_b = column_sums(relu2_grad.values(), C2);
+        let conv2_w = kernel_grad(&tape.pooled1, IMAGES1, &relu2_grad, C2, buffers);
+        let conv2_b = column_sums(&relu2_grad, C2);
         let mut pooled1_grad = buffers.take(tape.batch * IMAGES1.image_len());
-        self.conv2_input_grad(relu2_grad.values(), buffers, &mut pooled1_grad)?;
-        let rows1 = tape.batch * IMAGES0.side * IMAGES0.side;
-        let mut relu1_grad = buffers.take(rows1 * C1);
+        self.conv2_input_grad(&relu2_grad, &mut pooled1_grad);
+        let mut relu1_grad = buffers.take(tape.batch * CONV1_OUT.image_len());
         let (pooled1, winners1) = (&tape.pooled1, &tape.winners1);
         pool::max_unpool_relu(&pooled1_grad, winners1, pooled1, CONV1_OUT, &mut relu1_grad);
         buffers.give(pooled1_grad);
-        let relu1_grad = Matrix::new(relu1_grad, rows1, C1);
-        let conv1_w = weight_grad(inputs, IMAGES0, &relu1_grad, buffers)?;
-        let conv1_b = column_sums(relu1_grad.values(), C1);
-        buffers.give(relu1_grad.into_values()?);
-        buffers.give(relu2_grad.into_values()?);
+        let conv1_w = kernel_grad(inputs, IMAGES0, &relu1_grad, C1, buffers);
+        let conv1_b = column_sums(&relu1_grad, C1);
+        buffers.give(relu1_grad);
+        buffers.give(relu2_grad);
         tape.recycle(buffers);
         Ok(CnnGrads([
-            Matrix::new(conv1_w, C1, k),
+            Matrix::flat(conv1_w),
             Matrix::flat(conv1_b),
-            Matrix::flat(channels_first_kernel(&conv2_w, C1, k)),
+            Matrix::flat(conv2_w),
             Matrix::flat(conv2_b),
             fc1_w,
             Matrix::flat(fc1_b),
@@ -259,87 +246,28 @@ impl CnnModel {
 
     /// The gradient with respect to conv2's input (pooled, channels-last) of its output's
     /// gradient `relu2_grad` (channels-last): itself a "same" convolution, of that gradient
-    /// with the kernel flipped and its channels swapped, so it runs as patch rows of the
-    /// gradient times a `[25·64, 32]` matrix, a few images at a time. The product's output
-    /// is the input gradient itself, 25 times smaller than the patch-row gradient that
-    /// multiplying by the kernel would give (and then have to scatter back).
-    fn conv2_input_grad(
-        &self,
-        relu2_grad: &[f32],
-        buffers: &mut Buffers,
-        pooled1_grad: &mut [f32],
-    ) -> Result<()> {
-        let flipped = Matrix::new(flipped_kernel(self.param(2)), CONV2_OUT.row_len(), C1);
-        let per_image = IMAGES1.image_len();
-        for_each_patch_block(
-            relu2_grad,
-            CONV2_OUT,
-            per_image,
-            buffers,
-            |first, patches| {
-                let product = patches.matmul(&flipped);
-                let out = &mut pooled1_grad[first * per_image..];
-                let len = product.values().len();
-                out[..len].copy_from_slice(product.values());
-                Ok(())
-            },
-        )
+    /// with the kernel flipped and its channels swapped, image by image.
+    fn conv2_input_grad(&self, relu2_grad: &[f32], pooled1_grad: &mut [f32]) {
+        let panels = direct::panels(&flipped_kernel(self.param(2)), C1);
+        pooled1_grad
+            .par_chunks_mut(IMAGES1.image_len())
+            .zip(relu2_grad.par_chunks(CONV2_OUT.image_len()))
+            .for_each_init(
+                || vec![0.0f32; CONV2_OUT.padded_len()],
+                |padded, (out, grad)| {
+                    direct::pad(grad, CONV2_OUT, padded);
+                    direct::convolve(padded, &panels, CONV2_OUT, C1, out);
+                },
+            );
     }
-}
-
-/// Bytes of patch rows gathered at once (see [`for_each_patch_block`]).
-const GATHER_BLOCK_BYTES: usize = 4 << 20;
-
-/// Bytes of a product's output made at once from a block of patch rows (see
-/// [`for_each_patch_block`]): the backend returns every product in fresh zeroed memory, and
-/// an allocator returns blocks of several megabytes to the system when they are freed, so
-/// larger outputs are faulted in and cleared by the kernel again at every step.
-const OUTPUT_BLOCK_BYTES: usize = 1 << 20;
-
-/// Runs `each(first_image, patches)` on the patch rows of `images` (of `shape`), a few
-/// images at a time, in order: at most [`GATHER_BLOCK_BYTES`] of rows, and at most
-/// [`OUTPUT_BLOCK_BYTES`] of the product `each` makes when it makes `out_per_image` values
-/// an image (0: a product whose size does not grow with the block). Patch rows are 25 times
-/// the size of their images: gathered block by block into one kept buffer they stay cached
-/// between being written and being multiplied, and are never held for a whole batch (the
-/// backward pass gathers them again).
-fn for_each_patch_block(
-    images: &[f32],
-    shape: Images,
-    out_per_image: usize,
-    buffers: &mut Buffers,
-    mut each: impl FnMut(usize, &Matrix) -> Result<()>,
-) -> Result<()> {
-    let pixels = shape.side * shape.side;
-    let per_image = pixels * shape.row_len();
-    let by_output = OUTPUT_BLOCK_BYTES
-        .checked_div(4 * out_per_image)
-        .unwrap_or(usize::MAX);
-    let per_block = (GATHER_BLOCK_BYTES / (4 * per_image)).min(by_output).max(1);
-    let mut rows = buffers.take(per_block * per_image);
-    for (index, block) in images.chunks(per_block * shape.image_len()).enumerate() {
-        let count = block.len() / shape.image_len();
-        patches::gather(block, shape, &mut rows[..count * per_image]);
-        let patches = Matrix::new(rows, per_block * pixels, shape.row_len());
-        // A last, partial block: a view of its rows (the buffer keeps its length).
-        let result = if count == per_block {
-            each(index * per_block, &patches)
-        } else {
-            each(index * per_block, &patches.rows_view(0, count * pixels))
-        };
-        rows = patches.into_values()?;
-        result?;
-    }
-    buffers.give(rows);
-    Ok(())
 }
 
 /// A convolution layer's operands.
 struct Conv<'a> {
     /// Its input images.
     input: Images,
-    /// The kernel as `[row_len, out_channels]` (a transposed view).
-    kernel_t: &'a Matrix,
+    /// The kernel as [`direct::panels`].
+    panels: &'a [f32],
     /// One bias per output channel.
     bias: &'a [f32],
     /// Its output images, before pooling.
@@ -348,61 +276,76 @@ struct Conv<'a> {
 
 impl Conv<'_> {
     /// The convolution of `images`, its ReLU and 2×2 max-pooling into `pooled` and
-    /// `winners`, block by block: the convolution's output is needed only until it is
-    /// pooled (the backward pass reads the ReLU's sign at each winner from the pooled value,
-    /// the same number), so it is never held for the whole batch.
-    fn relu_pool(
-        &self,
-        images: &[f32],
-        pooled: &mut [f32],
-        winners: &mut [u8],
-        buffers: &mut Buffers,
-    ) -> Result<()> {
+    /// `winners`, image by image over the thread pool: the convolution's output is needed
+    /// only until it is pooled (the backward pass reads the ReLU's sign at each winner from
+    /// the pooled value, the same number), so it is never held for the whole batch.
+    fn relu_pool(&self, images: &[f32], pooled: &mut [f32], winners: &mut [u8]) {
         let pooled_len = self.output.image_len() / 4;
-        let pixels = self.output.side * self.output.side;
-        let out_per_image = self.output.image_len();
-        for_each_patch_block(
-            images,
-            self.input,
-            out_per_image,
-            buffers,
-            |first, patches| {
-                let mut conv = patches.matmul(self.kernel_t);
-                add_bias_relu(conv.values_mut(), self.bias);
-                let count = conv.values().len() / (pixels * self.output.channels);
-                let range = first * pooled_len..(first + count) * pooled_len;
-                pool::max_pool(
-                    conv.values(),
-                    self.output,
-                    &mut pooled[range.clone()],
-                    &mut winners[range],
-                );
-                Ok(())
-            },
-        )
+        pooled
+            .par_chunks_mut(pooled_len)
+            .zip(winners.par_chunks_mut(pooled_len))
+            .zip(images.par_chunks(self.input.image_len()))
+            .for_each_init(
+                || {
+                    (
+                        vec![0.0f32; self.input.padded_len()],
+                        vec![0.0f32; self.output.image_len()],
+                    )
+                },
+                |(padded, conv), ((pooled, winners), image)| {
+                    direct::pad(image, self.input, padded);
+                    direct::convolve(padded, self.panels, self.input, self.output.channels, conv);
+                    add_bias_relu(conv, self.bias);
+                    pool::max_pool(conv, self.output, pooled, winners);
+                },
+            );
     }
 }
 
-/// A convolution's kernel gradient, `[out_channels, row_len]` (patch-column order): the
-/// output gradient `out_grad` (`[pixels, out_channels]`, image by image) transposed times
-/// the patch rows of `images`, summed block by block in order.
-fn weight_grad(
+/// A convolution's kernel gradient in burn's layout, `[output][input][tap]`: for each output
+/// channel, the sum over images (in order) and pixels (in order) of its gradient `out_grad`
+/// (channels-last, `outputs` channels) times the input each tap reads from `images`
+/// (channels-last, `shape`). Panels of output channels are summed in parallel, each by one
+/// thread, so the result does not depend on the thread count.
+fn kernel_grad(
     images: &[f32],
     shape: Images,
-    out_grad: &Matrix,
+    out_grad: &[f32],
+    outputs: usize,
     buffers: &mut Buffers,
-) -> Result<Vec<f32>> {
-    let pixels = shape.side * shape.side;
-    let mut sum = vec![0.0f32; out_grad.cols() * shape.row_len()];
-    for_each_patch_block(images, shape, 0, buffers, |first, patches| {
-        let rows = out_grad.rows_view(first * pixels, patches.rows());
-        let part = rows.t().matmul(patches);
-        for (s, v) in sum.iter_mut().zip(part.values()) {
-            *s += v;
+) -> Vec<f32> {
+    let count = images.len() / shape.image_len();
+    let mut padded = buffers.take(count * shape.padded_len());
+    padded
+        .par_chunks_mut(shape.padded_len())
+        .zip(images.par_chunks(shape.image_len()))
+        .for_each(|(padded, image)| direct::pad(image, shape, padded));
+    let (width, rows) = (direct::panel_width(), TAPS * shape.channels);
+    let panels: Vec<Vec<f32>> = (0..outputs / width)
+        .into_par_iter()
+        .map(|panel| {
+            let mut sums = vec![0.0f32; rows * width];
+            let per_image = padded
+                .chunks_exact(shape.padded_len())
+                .zip(out_grad.chunks_exact(shape.pixels() * outputs));
+            for (padded, grad) in per_image {
+                direct::add_kernel_grad(padded, grad, shape, outputs, panel, &mut sums);
+            }
+            sums
+        })
+        .collect();
+    buffers.give(padded);
+    let mut kernel = vec![0.0f32; outputs * rows];
+    for (panel, sums) in panels.iter().enumerate() {
+        for (row, values) in sums.chunks_exact(width).enumerate() {
+            let (tap, input) = (row / shape.channels, row % shape.channels);
+            for (v, &value) in values.iter().enumerate() {
+                let output = panel * width + v;
+                kernel[(output * shape.channels + input) * TAPS + tap] = value;
+            }
         }
-        Ok(())
-    })?;
-    Ok(sum)
+    }
+    kernel
 }
 
 /// The gradient of every parameter, in manifest order.
@@ -524,16 +467,25 @@ fn transpose_blocks(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// A kernel `[out][in][tap]` (burn's) reordered to `[out][tap][in]` (the patch columns').
-fn channels_last_kernel(kernel: &[f32], inputs: usize, taps: usize) -> Vec<f32> {
-    transpose_blocks(kernel, inputs, taps)
+/// A kernel in burn's layout, `[output][input][tap]`, as `[tap][input][output]` (rows of
+/// output channels, what [`direct::panels`] takes).
+fn taps_first(kernel: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; kernel.len()];
+    for (o, per_out) in kernel.chunks_exact(inputs * TAPS).enumerate() {
+        for (c, per_in) in per_out.chunks_exact(TAPS).enumerate() {
+            for (tap, &w) in per_in.iter().enumerate() {
+                out[(tap * inputs + c) * outputs + o] = w;
+            }
+        }
+    }
+    out
 }
 
 /// conv2's kernel `[out][in][ky][kx]` as the matrix that takes patch rows of its output's
 /// gradient (columns `(ky, kx, out)`) to its input's gradient: entry `[(ky, kx, o)][c]` is
 /// `kernel[o][c][4 - ky][4 - kx]`.
 fn flipped_kernel(kernel: &[f32]) -> Vec<f32> {
-    let taps = KERNEL * KERNEL;
+    let taps = TAPS;
     let mut flipped = vec![0.0f32; kernel.len()];
     for (o, per_out) in kernel.chunks_exact(C1 * taps).enumerate() {
         for (c, per_in) in per_out.chunks_exact(taps).enumerate() {
@@ -544,11 +496,6 @@ fn flipped_kernel(kernel: &[f32]) -> Vec<f32> {
         }
     }
     flipped
-}
-
-/// The inverse of [`channels_last_kernel`].
-fn channels_first_kernel(kernel: &[f32], inputs: usize, taps: usize) -> Vec<f32> {
-    transpose_blocks(kernel, taps, inputs)
 }
 
 #[cfg(test)]

@@ -3,36 +3,29 @@
 
 use rayon::prelude::*;
 
-use super::patches::Images;
+use super::direct::Images;
 
-/// Writes the pooled images (channels-last, half the side) into `pooled` and, per output,
+/// Writes one pooled image (channels-last, half the side) into `pooled` and, per output,
 /// which of its four inputs was the largest into `winners` (`dy * 2 + dx`; the first on
 /// ties). Every value of both is written.
-pub(crate) fn max_pool(input: &[f32], shape: Images, pooled: &mut [f32], winners: &mut [u8]) {
+pub(crate) fn max_pool(image: &[f32], shape: Images, pooled: &mut [f32], winners: &mut [u8]) {
     let (c, half) = (shape.channels, shape.side / 2);
-    let out_len = half * half * c;
-    pooled
-        .par_chunks_mut(out_len)
-        .zip(winners.par_chunks_mut(out_len))
-        .zip(input.par_chunks(shape.image_len()))
-        .for_each(|((pooled, winners), image)| {
-            for py in 0..half {
-                for px in 0..half {
-                    let out = (py * half + px) * c;
-                    for tap in 0..4u8 {
-                        let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
-                        let src = &image[(y * shape.side + x) * c..][..c];
-                        let (dst, won) = (&mut pooled[out..][..c], &mut winners[out..][..c]);
-                        for ((d, w), &v) in dst.iter_mut().zip(won.iter_mut()).zip(src) {
-                            if tap == 0 || v > *d {
-                                *d = v;
-                                *w = tap;
-                            }
-                        }
+    for py in 0..half {
+        for px in 0..half {
+            let out = (py * half + px) * c;
+            for tap in 0..4u8 {
+                let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
+                let src = &image[(y * shape.side + x) * c..][..c];
+                let (dst, won) = (&mut pooled[out..][..c], &mut winners[out..][..c]);
+                for ((d, w), &v) in dst.iter_mut().zip(won.iter_mut()).zip(src) {
+                    if tap == 0 || v > *d {
+                        *d = v;
+                        *w = tap;
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// Writes into `input_grad` the gradient with respect to the pooling's input, through a ReLU

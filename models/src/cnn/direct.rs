@@ -1,0 +1,376 @@
+//! "Same" 5×5 convolutions at stride 1 computed directly from zero-padded channels-last
+//! images, in registers: no patch rows gathered, no product outputs allocated.
+//!
+//! Both kernels hold 6 × 2 SIMD vectors of sums in registers (the shape of a GEMM
+//! micro-kernel): a convolution step takes 6 output pixels × 2 vectors of output channels
+//! and, for each tap and input channel, broadcasts 6 input values against 2 vectors of
+//! weights; a kernel-gradient step takes 6 kernel rows (tap, input channel) × 2 vectors of
+//! output channels and runs over every pixel. Each sum runs over its terms in the same order
+//! whatever the vector width, as fused multiply-adds, so the results are the same bits on
+//! every machine (AVX2 and FMA, or plain scalar code where those are missing).
+
+use pulp::{Simd, WithSimd};
+
+/// Side of the square kernels.
+pub(crate) const KERNEL: usize = 5;
+/// Kernel taps.
+pub(crate) const TAPS: usize = KERNEL * KERNEL;
+/// Zero padding on every side.
+const PAD: usize = 2;
+/// Rows (output pixels, or kernel rows) a step sums at once.
+const ROWS: usize = 6;
+/// SIMD vectors of output channels a step sums at once.
+const VECTORS: usize = 2;
+
+/// The shape of a batch of square channels-last images (`[image][y][x][channel]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Images {
+    /// Height and width.
+    pub(crate) side: usize,
+    /// Values per pixel.
+    pub(crate) channels: usize,
+}
+
+impl Images {
+    /// Values of one image.
+    pub(crate) fn image_len(self) -> usize {
+        self.side * self.side * self.channels
+    }
+
+    /// Pixels of one image.
+    pub(crate) fn pixels(self) -> usize {
+        self.side * self.side
+    }
+
+    /// Values of one image with its padding.
+    pub(crate) fn padded_len(self) -> usize {
+        let side = self.side + 2 * PAD;
+        side * side * self.channels
+    }
+
+    /// Offset in a padded image of the input a tap reads for output pixel 0 (the tap's
+    /// offset for every other pixel is this plus the pixel's own, [`Images::pixel_offset`]).
+    fn tap_offset(self, tap: usize) -> usize {
+        let (ky, kx) = (tap / KERNEL, tap % KERNEL);
+        (ky * (self.side + 2 * PAD) + kx) * self.channels
+    }
+
+    /// Offset in a padded image of output pixel `pixel`'s top-left tap.
+    fn pixel_offset(self, pixel: usize) -> usize {
+        let (y, x) = (pixel / self.side, pixel % self.side);
+        (y * (self.side + 2 * PAD) + x) * self.channels
+    }
+}
+
+/// Runs `op` with the widest instruction set this machine has (AVX2 and FMA, or scalar).
+fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+    match pulp::x86::V3::try_new() {
+        Some(simd) => Simd::vectorize(simd, op),
+        None => Simd::vectorize(pulp::Scalar::new(), op),
+    }
+}
+
+/// Output channels a panel of weights holds on this machine.
+pub(crate) fn panel_width() -> usize {
+    struct Width;
+    impl WithSimd for Width {
+        type Output = usize;
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, _: S) -> usize {
+            S::F32_LANES * VECTORS
+        }
+    }
+    dispatch(Width)
+}
+
+/// `image` (channels-last, `shape`) with `PAD` zeros around it, into `padded`.
+pub(crate) fn pad(image: &[f32], shape: Images, padded: &mut [f32]) {
+    let c = shape.channels;
+    let row = (shape.side + 2 * PAD) * c;
+    padded.fill(0.0);
+    for (y, src) in image.chunks_exact(shape.side * c).enumerate() {
+        padded[(y + PAD) * row + PAD * c..][..src.len()].copy_from_slice(src);
+    }
+}
+
+/// A kernel `[tap][input][output]` regrouped as panels of [`panel_width`] output channels,
+/// `[panel][tap][input][width]`, so that a convolution step reads its weights in order.
+/// `outputs` must be a multiple of the width (the CNN's 32 and 64 are, on every machine).
+pub(crate) fn panels(kernel: &[f32], outputs: usize) -> Vec<f32> {
+    let width = panel_width();
+    debug_assert_eq!(outputs % width, 0);
+    let mut out = Vec::with_capacity(kernel.len());
+    for first in (0..outputs).step_by(width) {
+        for row in kernel.chunks_exact(outputs) {
+            out.extend_from_slice(&row[first..first + width]);
+        }
+    }
+    out
+}
+
+/// Convolves one padded image (`shape` before padding) with a kernel given as [`panels`]:
+/// `out` (`[pixel][outputs]`) gets the sums, without bias.
+pub(crate) fn convolve(
+    padded: &[f32],
+    panels: &[f32],
+    shape: Images,
+    outputs: usize,
+    out: &mut [f32],
+) {
+    dispatch(Convolve {
+        padded,
+        panels,
+        shape,
+        outputs,
+        out,
+    });
+}
+
+struct Convolve<'a> {
+    padded: &'a [f32],
+    panels: &'a [f32],
+    shape: Images,
+    outputs: usize,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Convolve<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let Convolve {
+            padded,
+            panels,
+            shape,
+            outputs,
+            out,
+        } = self;
+        let c = shape.channels;
+        let width = S::F32_LANES * VECTORS;
+        let pixels = shape.pixels();
+        let (panels, _) = S::as_simd_f32s(panels);
+        for (p, panel) in panels.chunks_exact(TAPS * c * VECTORS).enumerate() {
+            for first in (0..pixels).step_by(ROWS) {
+                // A last, short block repeats its last pixel (summed, not written).
+                let at: [usize; ROWS] =
+                    std::array::from_fn(|i| shape.pixel_offset((first + i).min(pixels - 1)));
+                let mut acc = [simd.splat_f32s(0.0); ROWS * VECTORS];
+                for (tap, w) in panel.chunks_exact(c * VECTORS).enumerate() {
+                    let offset = shape.tap_offset(tap);
+                    let xs: [&[f32]; ROWS] =
+                        std::array::from_fn(|i| &padded[at[i] + offset..][..c]);
+                    step(simd, &xs, w, &mut acc);
+                }
+                for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(pixels - first) {
+                    let at = (first + i) * outputs + p * width;
+                    let (dst, _) = S::as_mut_simd_f32s(&mut out[at..][..width]);
+                    dst.copy_from_slice(acc);
+                }
+            }
+        }
+    }
+}
+
+/// Adds to `sums` (`[tap · input][width]`, the kernel gradient's rows for one panel of output
+/// channels) the terms of one padded image: row `r` (tap `r / c`, input channel `r % c`)
+/// gets `Σ_pixel padded[pixel + tap][channel] · grad[pixel][panel's channels]`, pixels in
+/// order.
+pub(crate) fn add_kernel_grad(
+    padded: &[f32],
+    grad: &[f32],
+    shape: Images,
+    outputs: usize,
+    panel: usize,
+    sums: &mut [f32],
+) {
+    dispatch(KernelGrad {
+        padded,
+        grad,
+        shape,
+        outputs,
+        panel,
+        sums,
+    });
+}
+
+struct KernelGrad<'a> {
+    padded: &'a [f32],
+    grad: &'a [f32],
+    shape: Images,
+    outputs: usize,
+    panel: usize,
+    sums: &'a mut [f32],
+}
+
+impl WithSimd for KernelGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let KernelGrad {
+            padded,
+            grad,
+            shape,
+            outputs,
+            panel,
+            sums,
+        } = self;
+        let c = shape.channels;
+        let width = S::F32_LANES * VECTORS;
+        let rows = TAPS * c;
+        let (sums, _) = S::as_mut_simd_f32s(sums);
+        for first in (0..rows).step_by(ROWS) {
+            // A last, short block repeats its last row (summed, not written).
+            let row: [usize; ROWS] = std::array::from_fn(|i| (first + i).min(rows - 1));
+            let offsets: [usize; ROWS] =
+                std::array::from_fn(|i| shape.tap_offset(row[i] / c) + row[i] % c);
+            let mut acc: [S::f32s; ROWS * VECTORS] =
+                std::array::from_fn(|i| sums[row[i / VECTORS] * VECTORS + i % VECTORS]);
+            let row_len = (shape.side + 2 * PAD) * c;
+            for (y, grad_row) in grad.chunks_exact(shape.side * outputs).enumerate() {
+                let padded_row = &padded[y * row_len..];
+                for (x, g) in grad_row.chunks_exact(outputs).enumerate() {
+                    let (g, _) = S::as_simd_f32s(&g[panel * width..][..width]);
+                    let at = x * c;
+                    let xs: [f32; ROWS] = std::array::from_fn(|i| padded_row[at + offsets[i]]);
+                    step_transposed(simd, &xs, g, &mut acc);
+                }
+            }
+            for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(rows - first) {
+                sums[(first + i) * VECTORS..][..VECTORS].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
+/// One input channel after another: `acc[r · 2 + v] += xs[r][ci] · w[ci · 2 + v]`, the sums
+/// held in registers.
+#[inline(always)]
+fn step<S: Simd>(simd: S, xs: &[&[f32]; ROWS], w: &[S::f32s], acc: &mut [S::f32s; 12]) {
+    let [x0, x1, x2, x3, x4, x5] = *xs;
+    let c = x0.len();
+    let (x1, x2, x3, x4, x5) = (&x1[..c], &x2[..c], &x3[..c], &x4[..c], &x5[..c]);
+    let w = &w[..VECTORS * c];
+    let [
+        mut a0,
+        mut a1,
+        mut a2,
+        mut a3,
+        mut a4,
+        mut a5,
+        mut a6,
+        mut a7,
+        mut a8,
+        mut a9,
+        mut a10,
+        mut a11,
+    ] = *acc;
+    for ci in 0..c {
+        let (w0, w1) = (w[2 * ci], w[2 * ci + 1]);
+        let b = simd.splat_f32s(x0[ci]);
+        a0 = simd.mul_add_f32s(b, w0, a0);
+        a1 = simd.mul_add_f32s(b, w1, a1);
+        let b = simd.splat_f32s(x1[ci]);
+        a2 = simd.mul_add_f32s(b, w0, a2);
+        a3 = simd.mul_add_f32s(b, w1, a3);
+        let b = simd.splat_f32s(x2[ci]);
+        a4 = simd.mul_add_f32s(b, w0, a4);
+        a5 = simd.mul_add_f32s(b, w1, a5);
+        let b = simd.splat_f32s(x3[ci]);
+        a6 = simd.mul_add_f32s(b, w0, a6);
+        a7 = simd.mul_add_f32s(b, w1, a7);
+        let b = simd.splat_f32s(x4[ci]);
+        a8 = simd.mul_add_f32s(b, w0, a8);
+        a9 = simd.mul_add_f32s(b, w1, a9);
+        let b = simd.splat_f32s(x5[ci]);
+        a10 = simd.mul_add_f32s(b, w0, a10);
+        a11 = simd.mul_add_f32s(b, w1, a11);
+    }
+    *acc = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11];
+}
+
+/// One pixel's terms: `acc[r · 2 + v] += xs[r] · g[v]`.
+#[inline(always)]
+fn step_transposed<S: Simd>(simd: S, xs: &[f32; ROWS], g: &[S::f32s], acc: &mut [S::f32s; 12]) {
+    let (g0, g1) = (g[0], g[1]);
+    for (pair, &x) in acc.chunks_exact_mut(VECTORS).zip(xs) {
+        let b = simd.splat_f32s(x);
+        pair[0] = simd.mul_add_f32s(b, g0, pair[0]);
+        pair[1] = simd.mul_add_f32s(b, g1, pair[1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
+    }
+
+    /// The input value a tap reads for an output pixel (zero in the padding).
+    fn source(image: &[f32], shape: Images, pixel: usize, tap: usize, ci: usize) -> f32 {
+        let (y, x) = (pixel / shape.side, pixel % shape.side);
+        let (y, x) = (y + tap / KERNEL, x + tap % KERNEL);
+        let inside = |v: usize| (PAD..shape.side + PAD).contains(&v);
+        if inside(y) && inside(x) {
+            image[((y - PAD) * shape.side + x - PAD) * shape.channels + ci]
+        } else {
+            0.0
+        }
+    }
+
+    #[test]
+    fn convolution_and_kernel_gradient_are_the_plain_sums() {
+        // 7×7 images: blocks of six pixels end in a short one; three channels: kernel rows
+        // (75) too.
+        let shape = Images {
+            side: 7,
+            channels: 3,
+        };
+        let outputs = panel_width() * 2;
+        let image = values(shape.image_len(), 1);
+        let kernel = values(TAPS * shape.channels * outputs, 2);
+        let mut padded = vec![f32::NAN; shape.padded_len()];
+        pad(&image, shape, &mut padded);
+        let mut out = vec![f32::NAN; shape.pixels() * outputs];
+        convolve(&padded, &panels(&kernel, outputs), shape, outputs, &mut out);
+        let c = shape.channels;
+        for pixel in 0..shape.pixels() {
+            for o in 0..outputs {
+                let want: f64 = (0..TAPS * c)
+                    .map(|r| {
+                        let x = source(&image, shape, pixel, r / c, r % c);
+                        f64::from(x) * f64::from(kernel[r * outputs + o])
+                    })
+                    .sum();
+                let got = out[pixel * outputs + o];
+                assert!((f64::from(got) - want).abs() < 1e-4, "{pixel} {o}");
+            }
+        }
+
+        let grad = values(shape.pixels() * outputs, 3);
+        let width = panel_width();
+        for panel in 0..2 {
+            let mut sums = vec![1.0f32; TAPS * c * width];
+            add_kernel_grad(&padded, &grad, shape, outputs, panel, &mut sums);
+            for r in 0..TAPS * c {
+                for v in 0..width {
+                    let o = panel * width + v;
+                    let want: f64 = 1.0
+                        + (0..shape.pixels())
+                            .map(|p| {
+                                let x = source(&image, shape, p, r / c, r % c);
+                                f64::from(x) * f64::from(grad[p * outputs + o])
+                            })
+                            .sum::<f64>();
+                    let got = sums[r * width + v];
+                    assert!((f64::from(got) - want).abs() < 1e-4, "{r} {o}");
+                }
+            }
+        }
+    }
+}
