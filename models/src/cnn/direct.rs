@@ -1,13 +1,15 @@
 //! "Same" 5×5 convolutions at stride 1 computed directly from zero-padded channels-last
 //! images, in registers: no patch rows gathered, no product outputs allocated.
 //!
-//! Both kernels hold 6 × 2 SIMD vectors of sums in registers (the shape of a GEMM
+//! Every kernel holds 6 × 2 SIMD vectors of sums in registers (the shape of a GEMM
 //! micro-kernel): a convolution step takes 6 output pixels × 2 vectors of output channels
 //! and, for each tap and input channel, broadcasts 6 input values against 2 vectors of
 //! weights; a kernel-gradient step takes 6 kernel rows (tap, input channel) × 2 vectors of
-//! output channels and runs over every pixel. Each sum runs over its terms in the same order
-//! whatever the vector width, as fused multiply-adds, so the results are the same bits on
-//! every machine (AVX2 and FMA, or plain scalar code where those are missing).
+//! output channels, or with many input channels 6 output channels × 2 vectors of input
+//! channels, and runs over every pixel. Each sum runs over its terms in the same order
+//! whatever the vector width, as fused multiply-adds, so AVX2 and the plain scalar code
+//! machines without it run give the same bits (`the_scalar_code_gives_the_same_bits`).
+//! Code is generic over pulp's [`Simd`] and runs on the widest set [`dispatch`] finds.
 
 use pulp::{Simd, WithSimd};
 
@@ -63,7 +65,7 @@ impl Images {
 }
 
 /// Runs `op` with the widest instruction set this machine has (AVX2 and FMA, or scalar).
-fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
+pub(crate) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
     match pulp::x86::V3::try_new() {
         Some(simd) => Simd::vectorize(simd, op),
         None => Simd::vectorize(pulp::Scalar::new(), op),
@@ -97,7 +99,10 @@ pub(crate) fn pad(image: &[f32], shape: Images, padded: &mut [f32]) {
 /// `[panel][tap][input][width]`, so that a convolution step reads its weights in order.
 /// `outputs` must be a multiple of the width (the CNN's 32 and 64 are, on every machine).
 pub(crate) fn panels(kernel: &[f32], outputs: usize) -> Vec<f32> {
-    let width = panel_width();
+    panels_of_width(kernel, outputs, panel_width())
+}
+
+fn panels_of_width(kernel: &[f32], outputs: usize, width: usize) -> Vec<f32> {
     debug_assert_eq!(outputs % width, 0);
     let mut out = Vec::with_capacity(kernel.len());
     for first in (0..outputs).step_by(width) {
@@ -108,28 +113,93 @@ pub(crate) fn panels(kernel: &[f32], outputs: usize) -> Vec<f32> {
     out
 }
 
-/// Convolves one padded image (`shape` before padding) with a kernel given as [`panels`]:
-/// `out` (`[pixel][outputs]`) gets the sums, without bias.
+/// What a convolution reads for each output pixel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source {
+    /// A zero-padded image ([`pad`]), read at each of the 25 taps.
+    Padded(Images),
+    /// Patch rows of a single-channel image ([`patches`]): one read per pixel of its 25 taps
+    /// side by side (one channel read tap by tap would leave a step one term long).
+    Patches(Images),
+}
+
+impl Source {
+    fn pixels(self) -> usize {
+        match self {
+            Source::Padded(shape) | Source::Patches(shape) => shape.pixels(),
+        }
+    }
+
+    /// Values read together at each tap.
+    fn channels(self) -> usize {
+        match self {
+            Source::Padded(shape) => shape.channels,
+            Source::Patches(_) => TAPS,
+        }
+    }
+
+    fn pixel_offset(self, pixel: usize) -> usize {
+        match self {
+            Source::Padded(shape) => shape.pixel_offset(pixel),
+            Source::Patches(_) => pixel * TAPS,
+        }
+    }
+
+    /// Reads a pixel takes.
+    fn taps(self) -> usize {
+        match self {
+            Source::Padded(_) => TAPS,
+            Source::Patches(_) => 1,
+        }
+    }
+
+    /// Where each read starts, for output pixel 0.
+    fn tap_offsets(self) -> impl Iterator<Item = usize> {
+        (0..self.taps()).map(move |tap| match self {
+            Source::Padded(shape) => shape.tap_offset(tap),
+            Source::Patches(_) => 0,
+        })
+    }
+}
+
+/// The patch rows of a single-channel image of side `side` into `rows` (`[pixel][tap]`, zeros
+/// in the padding).
+pub(crate) fn patches(image: &[f32], side: usize, rows: &mut [f32]) {
+    for (pixel, row) in rows.chunks_exact_mut(TAPS).enumerate() {
+        let (y, x) = (pixel / side, pixel % side);
+        for (tap, value) in row.iter_mut().enumerate() {
+            let (ky, kx) = (tap / KERNEL, tap % KERNEL);
+            let inside = |v: usize| v.checked_sub(PAD).filter(|&v| v < side);
+            *value = match (inside(y + ky), inside(x + kx)) {
+                (Some(y), Some(x)) => image[y * side + x],
+                _ => 0.0,
+            };
+        }
+    }
+}
+
+/// Convolves one image, read as `source` says, with a kernel given as [`panels`]: `out`
+/// (`[pixel][outputs]`) gets the sums, without bias.
 pub(crate) fn convolve(
-    padded: &[f32],
+    input: &[f32],
+    source: Source,
     panels: &[f32],
-    shape: Images,
     outputs: usize,
     out: &mut [f32],
 ) {
     dispatch(Convolve {
-        padded,
+        input,
+        source,
         panels,
-        shape,
         outputs,
         out,
     });
 }
 
 struct Convolve<'a> {
-    padded: &'a [f32],
+    input: &'a [f32],
+    source: Source,
     panels: &'a [f32],
-    shape: Images,
     outputs: usize,
     out: &'a mut [f32],
 }
@@ -140,26 +210,25 @@ impl WithSimd for Convolve<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
         let Convolve {
-            padded,
+            input,
+            source,
             panels,
-            shape,
             outputs,
             out,
         } = self;
-        let c = shape.channels;
+        let c = source.channels();
         let width = S::F32_LANES * VECTORS;
-        let pixels = shape.pixels();
+        let pixels = source.pixels();
         let (panels, _) = S::as_simd_f32s(panels);
-        for (p, panel) in panels.chunks_exact(TAPS * c * VECTORS).enumerate() {
+        for (p, panel) in panels.chunks_exact(source.taps() * c * VECTORS).enumerate() {
             for first in (0..pixels).step_by(ROWS) {
                 // A last, short block repeats its last pixel (summed, not written).
                 let at: [usize; ROWS] =
-                    std::array::from_fn(|i| shape.pixel_offset((first + i).min(pixels - 1)));
+                    std::array::from_fn(|i| source.pixel_offset((first + i).min(pixels - 1)));
                 let mut acc = [simd.splat_f32s(0.0); ROWS * VECTORS];
-                for (tap, w) in panel.chunks_exact(c * VECTORS).enumerate() {
-                    let offset = shape.tap_offset(tap);
-                    let xs: [&[f32]; ROWS] =
-                        std::array::from_fn(|i| &padded[at[i] + offset..][..c]);
+                let taps = panel.chunks_exact(c * VECTORS).zip(source.tap_offsets());
+                for (w, offset) in taps {
+                    let xs: [&[f32]; ROWS] = std::array::from_fn(|i| &input[at[i] + offset..][..c]);
                     step(simd, &xs, w, &mut acc);
                 }
                 for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(pixels - first) {
@@ -239,6 +308,79 @@ impl WithSimd for KernelGrad<'_> {
             }
             for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(rows - first) {
                 sums[(first + i) * VECTORS..][..VECTORS].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
+/// Adds to `sums` (`[output][tap][input]`) the kernel-gradient terms of one padded image
+/// with many input channels (a multiple of [`panel_width`]): entry (o, tap, ci) gets
+/// `Σ_pixel padded[pixel + tap][ci] · grad[pixel][o]`, pixels in order. A step holds 6
+/// output channels × 2 vectors of input channels, loading the inputs a tap reads as vectors
+/// (they are contiguous) and broadcasting the gradients.
+pub(crate) fn add_kernel_grad_wide(
+    padded: &[f32],
+    grad: &[f32],
+    shape: Images,
+    outputs: usize,
+    sums: &mut [f32],
+) {
+    dispatch(KernelGradWide {
+        padded,
+        grad,
+        shape,
+        outputs,
+        sums,
+    });
+}
+
+struct KernelGradWide<'a> {
+    padded: &'a [f32],
+    grad: &'a [f32],
+    shape: Images,
+    outputs: usize,
+    sums: &'a mut [f32],
+}
+
+impl WithSimd for KernelGradWide<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let KernelGradWide {
+            padded,
+            grad,
+            shape,
+            outputs,
+            sums,
+        } = self;
+        let (c, side) = (shape.channels, shape.side);
+        let width = S::F32_LANES * VECTORS;
+        let row_len = (side + 2 * PAD) * c;
+        let per_output = TAPS * c / S::F32_LANES;
+        let (sums, _) = S::as_mut_simd_f32s(sums);
+        for tap in 0..TAPS {
+            let offset = shape.tap_offset(tap);
+            for first_input in (0..c).step_by(width) {
+                let column = (tap * c + first_input) / S::F32_LANES;
+                for first in (0..outputs).step_by(ROWS) {
+                    // A last, short block repeats its last output (summed, not written).
+                    let o: [usize; ROWS] = std::array::from_fn(|i| (first + i).min(outputs - 1));
+                    let mut acc: [S::f32s; ROWS * VECTORS] = std::array::from_fn(|i| {
+                        sums[o[i / VECTORS] * per_output + column + i % VECTORS]
+                    });
+                    for (y, grad_row) in grad.chunks_exact(side * outputs).enumerate() {
+                        let inputs = &padded[y * row_len + offset + first_input..];
+                        for (x, g) in grad_row.chunks_exact(outputs).enumerate() {
+                            let (xs, _) = S::as_simd_f32s(&inputs[x * c..][..width]);
+                            let gs: [f32; ROWS] = std::array::from_fn(|i| g[o[i]]);
+                            step_transposed(simd, &gs, xs, &mut acc);
+                        }
+                    }
+                    for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(outputs - first) {
+                        sums[(first + i) * per_output + column..][..VECTORS].copy_from_slice(acc);
+                    }
+                }
             }
         }
     }
@@ -337,7 +479,13 @@ mod tests {
         let mut padded = vec![f32::NAN; shape.padded_len()];
         pad(&image, shape, &mut padded);
         let mut out = vec![f32::NAN; shape.pixels() * outputs];
-        convolve(&padded, &panels(&kernel, outputs), shape, outputs, &mut out);
+        convolve(
+            &padded,
+            Source::Padded(shape),
+            &panels(&kernel, outputs),
+            outputs,
+            &mut out,
+        );
         let c = shape.channels;
         for pixel in 0..shape.pixels() {
             for o in 0..outputs {
@@ -354,22 +502,157 @@ mod tests {
 
         let grad = values(shape.pixels() * outputs, 3);
         let width = panel_width();
+        let want = |r: usize, o: usize| -> f64 {
+            (0..shape.pixels())
+                .map(|p| {
+                    let x = source(&image, shape, p, r / c, r % c);
+                    f64::from(x) * f64::from(grad[p * outputs + o])
+                })
+                .sum()
+        };
         for panel in 0..2 {
             let mut sums = vec![1.0f32; TAPS * c * width];
             add_kernel_grad(&padded, &grad, shape, outputs, panel, &mut sums);
             for r in 0..TAPS * c {
                 for v in 0..width {
-                    let o = panel * width + v;
+                    let want = 1.0 + want(r, panel * width + v);
+                    let got = sums[r * width + v];
+                    assert!((f64::from(got) - want).abs() < 1e-4, "{r} {v}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_wide_kernel_gradient_is_the_plain_sums() {
+        // As many input channels as a panel has outputs; 7 outputs: a block of six, then a
+        // short one.
+        let shape = Images {
+            side: 7,
+            channels: panel_width(),
+        };
+        let (c, outputs) = (shape.channels, 7);
+        let image = values(shape.image_len(), 4);
+        let mut padded = vec![f32::NAN; shape.padded_len()];
+        pad(&image, shape, &mut padded);
+        let grad = values(shape.pixels() * outputs, 5);
+        let mut sums = vec![1.0f32; outputs * TAPS * c];
+        add_kernel_grad_wide(&padded, &grad, shape, outputs, &mut sums);
+        for o in 0..outputs {
+            for tap in 0..TAPS {
+                for ci in 0..c {
                     let want: f64 = 1.0
                         + (0..shape.pixels())
                             .map(|p| {
-                                let x = source(&image, shape, p, r / c, r % c);
+                                let x = source(&image, shape, p, tap, ci);
                                 f64::from(x) * f64::from(grad[p * outputs + o])
                             })
                             .sum::<f64>();
-                    let got = sums[r * width + v];
-                    assert!((f64::from(got) - want).abs() < 1e-4, "{r} {o}");
+                    let got = sums[(o * TAPS + tap) * c + ci];
+                    assert!((f64::from(got) - want).abs() < 1e-4, "{o} {tap} {ci}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn patch_rows_convolve_as_the_padded_image() {
+        let shape = Images {
+            side: 9,
+            channels: 1,
+        };
+        let outputs = panel_width();
+        let image = values(shape.image_len(), 6);
+        let kernel = values(TAPS * outputs, 7);
+        let panels = panels(&kernel, outputs);
+        let mut padded = vec![f32::NAN; shape.padded_len()];
+        pad(&image, shape, &mut padded);
+        let mut rows = vec![f32::NAN; shape.pixels() * TAPS];
+        patches(&image, shape.side, &mut rows);
+        let (mut a, mut b) = (vec![f32::NAN; 81 * outputs], vec![f32::NAN; 81 * outputs]);
+        convolve(&padded, Source::Padded(shape), &panels, outputs, &mut a);
+        convolve(&rows, Source::Patches(shape), &panels, outputs, &mut b);
+        // The same terms in the same order: the same bits.
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_scalar_code_gives_the_same_bits() {
+        let Some(v3) = pulp::x86::V3::try_new() else {
+            return; // nothing wider than scalar code here: nothing to compare
+        };
+        let scalar = pulp::Scalar::new();
+        let shape = Images {
+            side: 7,
+            channels: 16,
+        };
+        let (c, outputs) = (shape.channels, 32);
+        let image = values(shape.image_len(), 8);
+        let kernel = values(TAPS * c * outputs, 9);
+        let grad = values(shape.pixels() * outputs, 10);
+        let mut padded = vec![f32::NAN; shape.padded_len()];
+        pad(&image, shape, &mut padded);
+        let run = |wide: bool| {
+            let width = if wide { 16 } else { 2 };
+            let panels = panels_of_width(&kernel, outputs, width);
+            let mut out = vec![f32::NAN; shape.pixels() * outputs];
+            let op = Convolve {
+                input: &padded,
+                source: Source::Padded(shape),
+                panels: &panels,
+                outputs,
+                out: &mut out,
+            };
+            let mut narrow_sums = vec![0.0f32; TAPS * c * width];
+            let narrow = KernelGrad {
+                padded: &padded,
+                grad: &grad,
+                shape,
+                outputs,
+                panel: 1,
+                sums: &mut narrow_sums,
+            };
+            let mut wide_sums = vec![0.0f32; outputs * TAPS * c];
+            let wide_op = KernelGradWide {
+                padded: &padded,
+                grad: &grad,
+                shape,
+                outputs,
+                sums: &mut wide_sums,
+            };
+            if wide {
+                Simd::vectorize(v3, op);
+                Simd::vectorize(v3, narrow);
+                Simd::vectorize(v3, wide_op);
+            } else {
+                Simd::vectorize(scalar, op);
+                Simd::vectorize(scalar, narrow);
+                Simd::vectorize(scalar, wide_op);
+            }
+            // The narrow gradient's panel 1, as output channels 16..32 (or 2..4).
+            let narrow: Vec<f32> = narrow_sums
+                .chunks_exact(width)
+                .flat_map(|row| row[..2].to_vec())
+                .collect();
+            (out, narrow, wide_sums)
+        };
+        let (v3_out, v3_narrow, v3_wide) = run(true);
+        let (scalar_out, scalar_narrow, scalar_wide) = run(false);
+        assert_eq!(v3_out, scalar_out);
+        assert_eq!(v3_wide, scalar_wide);
+        // Panel 1 is output channels 2 and 3 in scalar code.
+        for (r, pair) in scalar_narrow.chunks_exact(2).enumerate() {
+            let (tap, ci) = (r / c, r % c);
+            for (v, &value) in pair.iter().enumerate() {
+                assert_eq!(value, v3_wide[((2 + v) * TAPS + tap) * c + ci]);
+            }
+        }
+        // Panel 1 is outputs 16.. with AVX2 and 2.. in scalar code: compare output channel
+        // 16's and 17's sums through the narrow kernel against the wide kernel's.
+        for (r, pair) in v3_narrow.chunks_exact(2).enumerate() {
+            let (tap, ci) = (r / c, r % c);
+            for (v, &value) in pair.iter().enumerate() {
+                assert_eq!(value, v3_wide[((16 + v) * TAPS + tap) * c + ci]);
             }
         }
     }

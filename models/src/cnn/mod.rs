@@ -256,7 +256,7 @@ impl CnnModel {
                 || vec![0.0f32; CONV2_OUT.padded_len()],
                 |padded, (out, grad)| {
                     direct::pad(grad, CONV2_OUT, padded);
-                    direct::convolve(padded, &panels, CONV2_OUT, C1, out);
+                    direct::convolve(padded, direct::Source::Padded(CONV2_OUT), &panels, C1, out);
                 },
             );
     }
@@ -281,6 +281,13 @@ impl Conv<'_> {
     /// the pooled value, the same number), so it is never held for the whole batch.
     fn relu_pool(&self, images: &[f32], pooled: &mut [f32], winners: &mut [u8]) {
         let pooled_len = self.output.image_len() / 4;
+        // One input channel: patch rows (25 values a pixel) rather than a padded image.
+        let (source, scratch_len) = if self.input.channels == 1 {
+            let source = direct::Source::Patches(self.input);
+            (source, self.input.pixels() * TAPS)
+        } else {
+            (direct::Source::Padded(self.input), self.input.padded_len())
+        };
         pooled
             .par_chunks_mut(pooled_len)
             .zip(winners.par_chunks_mut(pooled_len))
@@ -288,19 +295,29 @@ impl Conv<'_> {
             .for_each_init(
                 || {
                     (
-                        vec![0.0f32; self.input.padded_len()],
+                        vec![0.0f32; scratch_len],
                         vec![0.0f32; self.output.image_len()],
                     )
                 },
-                |(padded, conv), ((pooled, winners), image)| {
-                    direct::pad(image, self.input, padded);
-                    direct::convolve(padded, self.panels, self.input, self.output.channels, conv);
+                |(scratch, conv), ((pooled, winners), image)| {
+                    match source {
+                        direct::Source::Patches(shape) => {
+                            direct::patches(image, shape.side, scratch)
+                        }
+                        direct::Source::Padded(shape) => direct::pad(image, shape, scratch),
+                    }
+                    let outputs = self.output.channels;
+                    direct::convolve(scratch, source, self.panels, outputs, conv);
                     add_bias_relu(conv, self.bias);
                     pool::max_pool(conv, self.output, pooled, winners);
                 },
             );
     }
 }
+
+/// Parts a batch is cut into for a kernel gradient summed in parallel: fixed, so the sums
+/// (each part's, then the parts' in order) do not depend on the thread count.
+const KERNEL_GRAD_PARTS: usize = 8;
 
 /// A convolution's kernel gradient in burn's layout, `[output][input][tap]`: for each output
 /// channel, the sum over images (in order) and pixels (in order) of its gradient `out_grad`
@@ -321,30 +338,59 @@ fn kernel_grad(
         .zip(images.par_chunks(shape.image_len()))
         .for_each(|(padded, image)| direct::pad(image, shape, padded));
     let (width, rows) = (direct::panel_width(), TAPS * shape.channels);
-    let panels: Vec<Vec<f32>> = (0..outputs / width)
-        .into_par_iter()
-        .map(|panel| {
-            let mut sums = vec![0.0f32; rows * width];
-            let per_image = padded
-                .chunks_exact(shape.padded_len())
-                .zip(out_grad.chunks_exact(shape.pixels() * outputs));
-            for (padded, grad) in per_image {
-                direct::add_kernel_grad(padded, grad, shape, outputs, panel, &mut sums);
-            }
-            sums
-        })
-        .collect();
-    buffers.give(padded);
-    let mut kernel = vec![0.0f32; outputs * rows];
-    for (panel, sums) in panels.iter().enumerate() {
-        for (row, values) in sums.chunks_exact(width).enumerate() {
-            let (tap, input) = (row / shape.channels, row % shape.channels);
-            for (v, &value) in values.iter().enumerate() {
-                let output = panel * width + v;
-                kernel[(output * shape.channels + input) * TAPS + tap] = value;
+    let kernel = if shape.channels.is_multiple_of(width) {
+        // Many input channels: fixed parts of the batch summed in parallel, then in order.
+        let per_part = count.div_ceil(KERNEL_GRAD_PARTS).max(1);
+        let parts: Vec<Vec<f32>> = padded
+            .par_chunks(per_part * shape.padded_len())
+            .zip(out_grad.par_chunks(per_part * shape.pixels() * outputs))
+            .map(|(padded, grad)| {
+                let mut sums = vec![0.0f32; outputs * rows];
+                let per_image = padded
+                    .chunks_exact(shape.padded_len())
+                    .zip(grad.chunks_exact(shape.pixels() * outputs));
+                for (padded, grad) in per_image {
+                    direct::add_kernel_grad_wide(padded, grad, shape, outputs, &mut sums);
+                }
+                sums
+            })
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut sums = parts.next().unwrap_or_else(|| vec![0.0f32; outputs * rows]);
+        for part in parts {
+            for (s, p) in sums.iter_mut().zip(&part) {
+                *s += p;
             }
         }
-    }
+        // [output][tap][input] to burn's [output][input][tap]
+        transpose_blocks(&sums, TAPS, shape.channels)
+    } else {
+        let panels: Vec<Vec<f32>> = (0..outputs / width)
+            .into_par_iter()
+            .map(|panel| {
+                let mut sums = vec![0.0f32; rows * width];
+                let per_image = padded
+                    .chunks_exact(shape.padded_len())
+                    .zip(out_grad.chunks_exact(shape.pixels() * outputs));
+                for (padded, grad) in per_image {
+                    direct::add_kernel_grad(padded, grad, shape, outputs, panel, &mut sums);
+                }
+                sums
+            })
+            .collect();
+        let mut kernel = vec![0.0f32; outputs * rows];
+        for (panel, sums) in panels.iter().enumerate() {
+            for (row, values) in sums.chunks_exact(width).enumerate() {
+                let (tap, input) = (row / shape.channels, row % shape.channels);
+                for (v, &value) in values.iter().enumerate() {
+                    let output = panel * width + v;
+                    kernel[(output * shape.channels + input) * TAPS + tap] = value;
+                }
+            }
+        }
+        kernel
+    };
+    buffers.give(padded);
     kernel
 }
 

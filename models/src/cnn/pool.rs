@@ -9,23 +9,32 @@ use super::direct::Images;
 /// which of its four inputs was the largest into `winners` (`dy * 2 + dx`; the first on
 /// ties). Every value of both is written.
 pub(crate) fn max_pool(image: &[f32], shape: Images, pooled: &mut [f32], winners: &mut [u8]) {
-    let (c, half) = (shape.channels, shape.side / 2);
-    for py in 0..half {
-        for px in 0..half {
-            let out = (py * half + px) * c;
-            for tap in 0..4u8 {
-                let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
-                let src = &image[(y * shape.side + x) * c..][..c];
-                let (dst, won) = (&mut pooled[out..][..c], &mut winners[out..][..c]);
-                for ((d, w), &v) in dst.iter_mut().zip(won.iter_mut()).zip(src) {
-                    if tap == 0 || v > *d {
-                        *d = v;
-                        *w = tap;
-                    }
+    // Branch-free per channel, compiled for the machine's vector instructions.
+    super::direct::dispatch(|| {
+        let (c, half) = (shape.channels, shape.side / 2);
+        let quad = pooled.chunks_exact_mut(c).zip(winners.chunks_exact_mut(c));
+        for (out, (dst, won)) in quad.enumerate() {
+            let (py, px) = (out / half, out % half);
+            let at = |dy: usize, dx: usize| {
+                &image[((2 * py + dy) * shape.side + 2 * px + dx) * c..][..c]
+            };
+            let (a, b, cc, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+            for i in 0..c {
+                let (mut m, mut w) = (a[i], 0u8);
+                if b[i] > m {
+                    (m, w) = (b[i], 1);
                 }
+                if cc[i] > m {
+                    (m, w) = (cc[i], 2);
+                }
+                if d[i] > m {
+                    (m, w) = (d[i], 3);
+                }
+                dst[i] = m;
+                won[i] = w;
             }
         }
-    }
+    });
 }
 
 /// Writes into `input_grad` the gradient with respect to the pooling's input, through a ReLU
