@@ -1,6 +1,6 @@
 //! A model loaded with its parameters, ready to compute logits: burn's module for every
-//! kind, or the CNN's hand-written passes ([`crate::cnn`]), which train 1.2–1.6× as fast on
-//! the CPU. Evaluation, training and gradients all go through it, so each model kind has one
+//! kind, or the CNN's hand-written passes ([`crate::cnn`]), which train about twice as fast
+//! on the CPU. Evaluation, training and gradients all go through it, so each model kind has one
 //! forward pass wherever it runs.
 
 use burn::tensor::{Device, Tensor};

@@ -1,5 +1,5 @@
 //! Large buffers kept from one batch to the next, and from one training or evaluation to the
-//! next: a step's patch rows run to tens of megabytes, and an allocator hands memory that
+//! next: a step's activations and gradients run to megabytes, and an allocator hands memory that
 //! large back to the system when it is freed, so each step (or each client's first steps of
 //! a round) would pay again for the kernel zeroing fresh pages (an eighth of a step at batch
 //! size 50).
@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Sets of buffers between model calls: at most one per core (as many as can train at once
 /// without waiting for each other), so a process keeps at most that many sets (each within
-/// [`MAX_KEPT_BYTES`]; about 35 MB for the CNN at batch size 50).
+/// [`MAX_KEPT_BYTES`]; about 20 MB for the CNN at batch size 50).
 static SPARE: Mutex<Vec<Buffers>> = Mutex::new(Vec::new());
 
 fn spare_sets() -> MutexGuard<'static, Vec<Buffers>> {

@@ -1,11 +1,11 @@
-//! The McMahan et al. CNN's forward and backward passes written out as matrix products over
-//! channels-last images: the same model as [`crate::net`]'s `CnnNet` (same parameters, same
-//! manifest), faster on the CPU than burn's generic convolution and pooling passes (1.2–1.6×
-//! in training, see benches/README.md section 11).
+//! The McMahan et al. CNN's forward and backward passes written out over channels-last
+//! images: the same model as [`crate::net`]'s `CnnNet` (same parameters, same manifest),
+//! faster on the CPU than burn's generic convolution and pooling passes (about twice in
+//! training, see benches/README.md section 11).
 //!
-//! Convolutions are computed directly in registers ([`direct`]), pooling keeps one byte
-//! per output to route its gradient ([`pool`]), and every product is the backend's own
-//! ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
+//! Convolutions and their gradients are computed directly in registers ([`direct`]), pooling
+//! keeps one byte per output to route its gradient ([`pool`]), and the fully connected
+//! layers' products are the backend's own ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
 //! [`Tape`], in buffers reused from batch to batch ([`buffers`]).
 
 mod buffers;
@@ -527,8 +527,8 @@ fn taps_first(kernel: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
     out
 }
 
-/// conv2's kernel `[out][in][ky][kx]` as the matrix that takes patch rows of its output's
-/// gradient (columns `(ky, kx, out)`) to its input's gradient: entry `[(ky, kx, o)][c]` is
+/// conv2's kernel `[out][in][ky][kx]` as the kernel `[tap][out][in]` that convolves its
+/// output's gradient into its input's: entry `[(ky, kx)][o][c]` is
 /// `kernel[o][c][4 - ky][4 - kx]`.
 fn flipped_kernel(kernel: &[f32]) -> Vec<f32> {
     let taps = TAPS;
@@ -577,8 +577,8 @@ mod tests {
     #[test]
     fn logits_and_gradients_are_burns() {
         let spec = cnn_spec();
-        // Thirteen images: conv2's patch rows are gathered six images at a time, its output
-        // gradient's three, each ending in a partial block.
+        // Thirteen images: the kernel gradients' parts hold two images each but the last
+        // (one); every image's pixels (784, 196) end in a short block of six.
         let data = tiny_images(13);
         let params = init_params(&spec, 3).unwrap();
 
