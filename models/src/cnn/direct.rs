@@ -241,33 +241,26 @@ impl WithSimd for Convolve<'_> {
     }
 }
 
+/// What a kernel gradient sums over: one padded image (`shape` before padding) and the
+/// gradient of its convolution's output (`[pixel][outputs]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GradTerms<'a> {
+    pub(crate) padded: &'a [f32],
+    pub(crate) grad: &'a [f32],
+    pub(crate) shape: Images,
+    pub(crate) outputs: usize,
+}
+
 /// Adds to `sums` (`[tap · input][width]`, the kernel gradient's rows for one panel of output
 /// channels) the terms of one padded image: row `r` (tap `r / c`, input channel `r % c`)
 /// gets `Σ_pixel padded[pixel + tap][channel] · grad[pixel][panel's channels]`, pixels in
 /// order.
-pub(crate) fn add_kernel_grad(
-    padded: &[f32],
-    grad: &[f32],
-    shape: Images,
-    outputs: usize,
-    panel: usize,
-    sums: &mut [f32],
-) {
-    dispatch(KernelGrad {
-        padded,
-        grad,
-        shape,
-        outputs,
-        panel,
-        sums,
-    });
+pub(crate) fn add_kernel_grad(terms: GradTerms, panel: usize, sums: &mut [f32]) {
+    dispatch(KernelGrad { terms, panel, sums });
 }
 
 struct KernelGrad<'a> {
-    padded: &'a [f32],
-    grad: &'a [f32],
-    shape: Images,
-    outputs: usize,
+    terms: GradTerms<'a>,
     panel: usize,
     sums: &'a mut [f32],
 }
@@ -278,10 +271,13 @@ impl WithSimd for KernelGrad<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
         let KernelGrad {
-            padded,
-            grad,
-            shape,
-            outputs,
+            terms:
+                GradTerms {
+                    padded,
+                    grad,
+                    shape,
+                    outputs,
+                },
             panel,
             sums,
         } = self;
@@ -318,27 +314,12 @@ impl WithSimd for KernelGrad<'_> {
 /// `Σ_pixel padded[pixel + tap][ci] · grad[pixel][o]`, pixels in order. A step holds 6
 /// output channels × 2 vectors of input channels, loading the inputs a tap reads as vectors
 /// (they are contiguous) and broadcasting the gradients.
-pub(crate) fn add_kernel_grad_wide(
-    padded: &[f32],
-    grad: &[f32],
-    shape: Images,
-    outputs: usize,
-    sums: &mut [f32],
-) {
-    dispatch(KernelGradWide {
-        padded,
-        grad,
-        shape,
-        outputs,
-        sums,
-    });
+pub(crate) fn add_kernel_grad_wide(terms: GradTerms, sums: &mut [f32]) {
+    dispatch(KernelGradWide { terms, sums });
 }
 
 struct KernelGradWide<'a> {
-    padded: &'a [f32],
-    grad: &'a [f32],
-    shape: Images,
-    outputs: usize,
+    terms: GradTerms<'a>,
     sums: &'a mut [f32],
 }
 
@@ -348,10 +329,13 @@ impl WithSimd for KernelGradWide<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
         let KernelGradWide {
-            padded,
-            grad,
-            shape,
-            outputs,
+            terms:
+                GradTerms {
+                    padded,
+                    grad,
+                    shape,
+                    outputs,
+                },
             sums,
         } = self;
         let (c, side) = (shape.channels, shape.side);
@@ -512,7 +496,13 @@ mod tests {
         };
         for panel in 0..2 {
             let mut sums = vec![1.0f32; TAPS * c * width];
-            add_kernel_grad(&padded, &grad, shape, outputs, panel, &mut sums);
+            let terms = GradTerms {
+                padded: &padded,
+                grad: &grad,
+                shape,
+                outputs,
+            };
+            add_kernel_grad(terms, panel, &mut sums);
             for r in 0..TAPS * c {
                 for v in 0..width {
                     let want = 1.0 + want(r, panel * width + v);
@@ -537,7 +527,13 @@ mod tests {
         pad(&image, shape, &mut padded);
         let grad = values(shape.pixels() * outputs, 5);
         let mut sums = vec![1.0f32; outputs * TAPS * c];
-        add_kernel_grad_wide(&padded, &grad, shape, outputs, &mut sums);
+        let terms = GradTerms {
+            padded: &padded,
+            grad: &grad,
+            shape,
+            outputs,
+        };
+        add_kernel_grad_wide(terms, &mut sums);
         for o in 0..outputs {
             for tap in 0..TAPS {
                 for ci in 0..c {
@@ -604,20 +600,20 @@ mod tests {
                 out: &mut out,
             };
             let mut narrow_sums = vec![0.0f32; TAPS * c * width];
-            let narrow = KernelGrad {
+            let terms = GradTerms {
                 padded: &padded,
                 grad: &grad,
                 shape,
                 outputs,
+            };
+            let narrow = KernelGrad {
+                terms,
                 panel: 1,
                 sums: &mut narrow_sums,
             };
             let mut wide_sums = vec![0.0f32; outputs * TAPS * c];
             let wide_op = KernelGradWide {
-                padded: &padded,
-                grad: &grad,
-                shape,
-                outputs,
+                terms,
                 sums: &mut wide_sums,
             };
             if wide {

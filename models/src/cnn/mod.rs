@@ -346,11 +346,8 @@ fn kernel_grad(
             .zip(out_grad.par_chunks(per_part * shape.pixels() * outputs))
             .map(|(padded, grad)| {
                 let mut sums = vec![0.0f32; outputs * rows];
-                let per_image = padded
-                    .chunks_exact(shape.padded_len())
-                    .zip(grad.chunks_exact(shape.pixels() * outputs));
-                for (padded, grad) in per_image {
-                    direct::add_kernel_grad_wide(padded, grad, shape, outputs, &mut sums);
+                for terms in grad_terms(padded, grad, shape, outputs) {
+                    direct::add_kernel_grad_wide(terms, &mut sums);
                 }
                 sums
             })
@@ -369,11 +366,8 @@ fn kernel_grad(
             .into_par_iter()
             .map(|panel| {
                 let mut sums = vec![0.0f32; rows * width];
-                let per_image = padded
-                    .chunks_exact(shape.padded_len())
-                    .zip(out_grad.chunks_exact(shape.pixels() * outputs));
-                for (padded, grad) in per_image {
-                    direct::add_kernel_grad(padded, grad, shape, outputs, panel, &mut sums);
+                for terms in grad_terms(&padded, out_grad, shape, outputs) {
+                    direct::add_kernel_grad(terms, panel, &mut sums);
                 }
                 sums
             })
@@ -392,6 +386,25 @@ fn kernel_grad(
     };
     buffers.give(padded);
     kernel
+}
+
+/// Each image's padded values and output gradient, in order.
+fn grad_terms<'a>(
+    padded: &'a [f32],
+    grad: &'a [f32],
+    shape: Images,
+    outputs: usize,
+) -> impl Iterator<Item = direct::GradTerms<'a>> {
+    let images = padded.chunks_exact(shape.padded_len());
+    let grads = grad.chunks_exact(shape.pixels() * outputs);
+    images
+        .zip(grads)
+        .map(move |(padded, grad)| direct::GradTerms {
+            padded,
+            grad,
+            shape,
+            outputs,
+        })
 }
 
 /// The gradient of every parameter, in manifest order.
