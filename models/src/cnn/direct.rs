@@ -1,5 +1,6 @@
 //! "Same" 5×5 convolutions at stride 1 computed directly from zero-padded channels-last
-//! images, in registers: no patch rows gathered, no product outputs allocated.
+//! images, in registers: no patch rows gathered (but a single channel's 25 values a pixel),
+//! no product outputs allocated.
 //!
 //! Every kernel holds 6 × 2 SIMD vectors of sums in registers (the shape of a GEMM
 //! micro-kernel): a convolution step takes 6 output pixels × 2 vectors of output channels
@@ -64,12 +65,15 @@ impl Images {
     }
 }
 
-/// Runs `op` with the widest instruction set this machine has (AVX2 and FMA, or scalar).
+/// Runs `op` with the widest instruction set this machine has: AVX2 and FMA, or else scalar
+/// code (the same bits; on an x86 machine without FMA much slower, every fused multiply-add
+/// then being a library call).
 pub(crate) fn dispatch<Op: WithSimd>(op: Op) -> Op::Output {
-    match pulp::x86::V3::try_new() {
-        Some(simd) => Simd::vectorize(simd, op),
-        None => Simd::vectorize(pulp::Scalar::new(), op),
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return Simd::vectorize(simd, op);
     }
+    Simd::vectorize(pulp::Scalar::new(), op)
 }
 
 /// Output channels a panel of weights holds on this machine.

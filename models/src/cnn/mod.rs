@@ -5,8 +5,9 @@
 //!
 //! Convolutions and their gradients are computed directly in registers ([`direct`]), pooling
 //! keeps one byte per output to route its gradient ([`pool`]), and the fully connected
-//! layers' products are the backend's own ([`matrix`]). A forward pass for training keeps what its backward pass needs in a
-//! [`Tape`], in buffers reused from batch to batch ([`buffers`]).
+//! layers' products are the backend's own ([`matrix`]). A forward pass for training keeps
+//! what its backward pass needs in a [`Tape`], in buffers reused from batch to batch
+//! ([`buffers`]).
 
 mod buffers;
 mod direct;
@@ -315,15 +316,18 @@ impl Conv<'_> {
     }
 }
 
-/// Parts a batch is cut into for a kernel gradient summed in parallel: fixed, so the sums
-/// (each part's, then the parts' in order) do not depend on the thread count.
+/// At most this many parts of a batch (of ⌈images / 8⌉ images each) are summed in parallel
+/// for a kernel gradient: set by the batch size alone, so the sums (each part's, then the
+/// parts' in order) do not depend on the thread count.
 const KERNEL_GRAD_PARTS: usize = 8;
 
 /// A convolution's kernel gradient in burn's layout, `[output][input][tap]`: for each output
-/// channel, the sum over images (in order) and pixels (in order) of its gradient `out_grad`
-/// (channels-last, `outputs` channels) times the input each tap reads from `images`
-/// (channels-last, `shape`). Panels of output channels are summed in parallel, each by one
-/// thread, so the result does not depend on the thread count.
+/// channel, the sum over images and pixels of its gradient `out_grad` (channels-last,
+/// `outputs` channels) times the input each tap reads from `images` (channels-last, `shape`).
+/// With many input channels, parts of the batch ([`KERNEL_GRAD_PARTS`]) are summed in
+/// parallel, images and pixels in order, then added in order; with one (conv1), panels of
+/// output channels are, each by one thread over all images in order. Either way the result
+/// does not depend on the thread count.
 fn kernel_grad(
     images: &[f32],
     shape: Images,
@@ -544,12 +548,11 @@ fn taps_first(kernel: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
 /// output's gradient into its input's: entry `[(ky, kx)][o][c]` is
 /// `kernel[o][c][4 - ky][4 - kx]`.
 fn flipped_kernel(kernel: &[f32]) -> Vec<f32> {
-    let taps = TAPS;
     let mut flipped = vec![0.0f32; kernel.len()];
-    for (o, per_out) in kernel.chunks_exact(C1 * taps).enumerate() {
-        for (c, per_in) in per_out.chunks_exact(taps).enumerate() {
+    for (o, per_out) in kernel.chunks_exact(C1 * TAPS).enumerate() {
+        for (c, per_in) in per_out.chunks_exact(TAPS).enumerate() {
             for (tap, &w) in per_in.iter().enumerate() {
-                let flipped_tap = taps - 1 - tap;
+                let flipped_tap = TAPS - 1 - tap;
                 flipped[(flipped_tap * C2 + o) * C1 + c] = w;
             }
         }

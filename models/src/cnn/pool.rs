@@ -1,6 +1,7 @@
 //! 2×2 max pooling of channels-last images at stride 2, remembering which of the four inputs
 //! won (a byte per output, not an index tensor), and its gradient.
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::direct::Images;
@@ -9,8 +10,34 @@ use super::direct::Images;
 /// which of its four inputs was the largest into `winners` (`dy * 2 + dx`; the first on
 /// ties). Every value of both is written.
 pub(crate) fn max_pool(image: &[f32], shape: Images, pooled: &mut [f32], winners: &mut [u8]) {
-    // Branch-free per channel, compiled for the machine's vector instructions.
-    super::direct::dispatch(|| {
+    super::direct::dispatch(MaxPool {
+        image,
+        shape,
+        pooled,
+        winners,
+    });
+}
+
+/// [`max_pool`]'s loop, branch-free per channel and compiled (inlined into pulp's dispatch)
+/// for the machine's vector instructions.
+struct MaxPool<'a> {
+    image: &'a [f32],
+    shape: Images,
+    pooled: &'a mut [f32],
+    winners: &'a mut [u8],
+}
+
+impl WithSimd for MaxPool<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let MaxPool {
+            image,
+            shape,
+            pooled,
+            winners,
+        } = self;
         let (c, half) = (shape.channels, shape.side / 2);
         let quad = pooled.chunks_exact_mut(c).zip(winners.chunks_exact_mut(c));
         for (out, (dst, won)) in quad.enumerate() {
@@ -34,7 +61,7 @@ pub(crate) fn max_pool(image: &[f32], shape: Images, pooled: &mut [f32], winners
                 won[i] = w;
             }
         }
-    });
+    }
 }
 
 /// Writes into `input_grad` the gradient with respect to the pooling's input, through a ReLU
