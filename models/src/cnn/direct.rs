@@ -374,6 +374,76 @@ impl WithSimd for KernelGradWide<'_> {
     }
 }
 
+/// `inputsᵀ × grads` (`inputs` `[batch][rows]`, `grads` `[batch][outputs]`, `outputs` a
+/// multiple of [`panel_width`]) into `out` (`[rows][outputs]`): a linear layer's weight
+/// gradient written in place, each entry summed over the batch in order. Blocks of rows go to
+/// the thread pool, each written by one thread.
+pub(crate) fn outer_product_sum(inputs: &[f32], grads: &[f32], outputs: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let rows = out.len() / outputs;
+    out.par_chunks_mut(OUTER_BLOCK_ROWS * outputs)
+        .enumerate()
+        .for_each(|(block, out)| {
+            dispatch(OuterSum {
+                inputs,
+                rows,
+                first_row: block * OUTER_BLOCK_ROWS,
+                grads,
+                outputs,
+                out,
+            })
+        });
+}
+
+/// Rows of an outer-product sum a task writes: 48 (8 steps), so fc1's 3,136 rows make 66
+/// tasks to share between cores.
+const OUTER_BLOCK_ROWS: usize = ROWS * 8;
+
+struct OuterSum<'a> {
+    inputs: &'a [f32],
+    rows: usize,
+    first_row: usize,
+    grads: &'a [f32],
+    outputs: usize,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for OuterSum<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let OuterSum {
+            inputs,
+            rows,
+            first_row,
+            grads,
+            outputs,
+            out,
+        } = self;
+        let width = S::F32_LANES * VECTORS;
+        let count = out.len() / outputs;
+        for first in (0..count).step_by(ROWS) {
+            // A last, short block repeats its last row (summed, not written).
+            let row: [usize; ROWS] =
+                std::array::from_fn(|i| first_row + (first + i).min(count - 1));
+            for panel in 0..outputs / width {
+                let mut acc = [simd.splat_f32s(0.0); ROWS * VECTORS];
+                for (x, g) in inputs.chunks_exact(rows).zip(grads.chunks_exact(outputs)) {
+                    let (g, _) = S::as_simd_f32s(&g[panel * width..][..width]);
+                    let xs: [f32; ROWS] = std::array::from_fn(|i| x[row[i]]);
+                    step_transposed(simd, &xs, g, &mut acc);
+                }
+                for (i, acc) in acc.chunks_exact(VECTORS).enumerate().take(count - first) {
+                    let at = (first + i) * outputs + panel * width;
+                    let (dst, _) = S::as_mut_simd_f32s(&mut out[at..][..width]);
+                    dst.copy_from_slice(acc);
+                }
+            }
+        }
+    }
+}
+
 /// One input channel after another: `acc[r · 2 + v] += xs[r][ci] · w[ci · 2 + v]`, the sums
 /// held in registers.
 #[inline(always)]
@@ -653,6 +723,27 @@ mod tests {
             let (tap, ci) = (r / c, r % c);
             for (v, &value) in pair.iter().enumerate() {
                 assert_eq!(value, v3_wide[((16 + v) * TAPS + tap) * c + ci]);
+            }
+        }
+    }
+
+    #[test]
+    fn an_outer_product_sum_is_the_plain_one() {
+        // 53 rows: a task's 48, then 5 (a short block); three examples.
+        let (batch, rows, outputs) = (3, 53, 2 * panel_width());
+        let inputs = values(batch * rows, 11);
+        let grads = values(batch * outputs, 12);
+        let mut out = vec![f32::NAN; rows * outputs];
+        outer_product_sum(&inputs, &grads, outputs, &mut out);
+        for r in 0..rows {
+            for o in 0..outputs {
+                let want: f64 = (0..batch)
+                    .map(|b| f64::from(inputs[b * rows + r]) * f64::from(grads[b * outputs + o]))
+                    .sum();
+                assert!(
+                    (f64::from(out[r * outputs + o]) - want).abs() < 1e-5,
+                    "{r} {o}"
+                );
             }
         }
     }

@@ -44,20 +44,6 @@ impl Matrix {
         Self { tensor, rows, cols }
     }
 
-    /// Columns `start..start + count`, as a view.
-    pub(crate) fn cols_view(&self, start: usize, count: usize) -> Self {
-        Self {
-            tensor: self.tensor.narrow(1, start, count),
-            rows: self.rows,
-            cols: count,
-        }
-    }
-
-    /// Number of columns.
-    pub(crate) fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// The transpose, as a view.
     pub(crate) fn t(&self) -> Self {
         Self {

@@ -5,9 +5,9 @@
 //!
 //! Convolutions and their gradients are computed directly in registers ([`direct`]), pooling
 //! keeps one byte per output to route its gradient ([`pool`]), and the fully connected
-//! layers' products are the backend's own ([`matrix`]). A forward pass for training keeps
-//! what its backward pass needs in a [`Tape`], in buffers reused from batch to batch
-//! ([`buffers`]).
+//! layers' products are the backend's own ([`matrix`]) but fc1's weight gradient
+//! ([`direct::outer_product_sum`]). A forward pass for training keeps what its backward pass
+//! needs in a [`Tape`], in buffers reused from batch to batch ([`buffers`]).
 
 mod buffers;
 mod direct;
@@ -209,11 +209,9 @@ impl CnnModel {
         let fc2_b = column_sums(g.values(), classes);
         let mut hidden_grad = g.matmul(&self.weight(6, HIDDEN, classes).t());
         relu_grad(hidden_grad.values_mut(), tape.hidden.values());
-        let fc1_w = Matrix::new(
-            outer_product_sum(&tape.flat, &hidden_grad, buffers),
-            FLAT,
-            HIDDEN,
-        );
+        let mut fc1_w = buffers.take(FLAT * HIDDEN);
+        direct::outer_product_sum(tape.flat.values(), hidden_grad.values(), HIDDEN, &mut fc1_w);
+        let fc1_w = Matrix::new(fc1_w, FLAT, HIDDEN);
         let fc1_b = column_sums(hidden_grad.values(), HIDDEN);
         let flat_grad = hidden_grad.matmul(&self.weight(4, FLAT, HIDDEN).t());
         let pooled2_grad = channels_last(flat_grad.values(), C2);
@@ -426,31 +424,6 @@ impl CnnGrads {
         buffers.give(fc1_w.into_values()?);
         Ok(())
     }
-}
-
-/// Bytes of one strip of an outer-product sum (see [`outer_product_sum`]).
-const STRIP_BYTES: usize = 1 << 20;
-
-/// `inputsᵀ × grads`, a linear layer's weight gradient (`[in, out]`), into a buffer from
-/// `buffers`, computed in strips of output columns: with a batch as the only summed
-/// dimension the product is all output, and one product of the whole would be a fresh
-/// multi-megabyte matrix every step, zeroed and faulted in before it is written.
-fn outer_product_sum(inputs: &Matrix, grads: &Matrix, buffers: &mut Buffers) -> Vec<f32> {
-    let (rows, cols) = (inputs.cols(), grads.cols());
-    let strip = (STRIP_BYTES / (4 * rows)).clamp(1, cols);
-    let mut out = buffers.take(rows * cols);
-    let inputs_t = inputs.t();
-    for first in (0..cols).step_by(strip) {
-        let width = strip.min(cols - first);
-        let part = inputs_t.matmul(&grads.cols_view(first, width));
-        for (row, values) in out
-            .chunks_exact_mut(cols)
-            .zip(part.values().chunks_exact(width))
-        {
-            row[first..first + width].copy_from_slice(values);
-        }
-    }
-    out
 }
 
 impl Tape {

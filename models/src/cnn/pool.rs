@@ -75,24 +75,57 @@ pub(crate) fn max_unpool_relu(
     shape: Images,
     input_grad: &mut [f32],
 ) {
-    let (c, half) = (shape.channels, shape.side / 2);
-    let out_len = half * half * c;
+    let out_len = shape.image_len() / 4;
     input_grad
         .par_chunks_mut(shape.image_len())
         .zip(pooled.par_chunks(out_len))
         .zip(grad.par_chunks(out_len).zip(winners.par_chunks(out_len)))
         .for_each(|((input_grad, pooled), (grad, winners))| {
-            input_grad.fill(0.0);
-            let outputs = grad.iter().zip(winners).zip(pooled).enumerate();
-            for (out, ((&g, &tap), &value)) in outputs {
-                if value > 0.0 {
-                    let (pixel, channel) = (out / c, out % c);
-                    let (py, px) = (pixel / half, pixel % half);
-                    let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
-                    input_grad[(y * shape.side + x) * c + channel] = g;
+            super::direct::dispatch(Unpool {
+                grad,
+                winners,
+                pooled,
+                shape,
+                input_grad,
+            })
+        });
+}
+
+/// [`max_unpool_relu`] for one image: every input written once (each belongs to one output),
+/// branch-free per channel.
+struct Unpool<'a> {
+    grad: &'a [f32],
+    winners: &'a [u8],
+    pooled: &'a [f32],
+    shape: Images,
+    input_grad: &'a mut [f32],
+}
+
+impl WithSimd for Unpool<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Unpool {
+            grad,
+            winners,
+            pooled,
+            shape,
+            input_grad,
+        } = self;
+        let (c, half) = (shape.channels, shape.side / 2);
+        let outputs = grad.chunks_exact(c).zip(winners.chunks_exact(c));
+        for (out, ((g, won), pooled)) in outputs.zip(pooled.chunks_exact(c)).enumerate() {
+            let (py, px) = (out / half, out % half);
+            for tap in 0..4u8 {
+                let (y, x) = (2 * py + usize::from(tap / 2), 2 * px + usize::from(tap % 2));
+                let dst = &mut input_grad[(y * shape.side + x) * c..][..c];
+                for (((d, &g), &w), &p) in dst.iter_mut().zip(g).zip(won).zip(pooled) {
+                    *d = if w == tap && p > 0.0 { g } else { 0.0 };
                 }
             }
-        });
+        }
+    }
 }
 
 #[cfg(test)]
