@@ -202,9 +202,9 @@ impl ModelSpec {
 
     /// The most examples pushed through the model at once where the chunking does not change
     /// the result (evaluation, exact gradients): 64 for the CNN, whose activations and their
-    /// gradients take about 0.3 MB per example; for dense models 1024, or fewer where a layer is so wide that
-    /// a chunk's activations would pass [`CHUNK_ACTIVATION_BYTES`] (fresh tens of megabytes
-    /// per layer cost more in page faults and copies than the products themselves). Such
+    /// gradients take about 0.3 MB per example; for dense models 1024, or fewer where a layer
+    /// is so wide that a chunk's activations would pass [`CHUNK_ACTIVATION_BYTES`] (fresh tens
+    /// of megabytes per layer cost more in page faults and copies than the products). Such
     /// wider models (a layer or an input over 1,024 wide) score as before but sum an exact
     /// gradient over other chunks, so its last bits differ from releases that used 1,024.
     pub fn max_chunk(&self) -> usize {

@@ -5,7 +5,6 @@ use burn::tensor::{Gradients, Tensor};
 use shoal_datasets::{Dataset, digits, train_test_split};
 
 use crate::device::tensor_values;
-
 use crate::spec::{ModelKind, ModelSpec};
 
 /// The digits dataset (1797 x 64, 10 classes).

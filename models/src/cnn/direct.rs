@@ -65,6 +65,13 @@ impl Images {
     }
 }
 
+/// The `ROWS` indices of the block starting at `first` among `count`: a last, short block
+/// repeats its last index (summed, not written back: callers write `count - first` rows at
+/// most).
+fn block(first: usize, count: usize) -> [usize; ROWS] {
+    std::array::from_fn(|i| (first + i).min(count - 1))
+}
+
 /// Runs `op` with the widest instruction set this machine has: AVX2 and FMA, or else scalar
 /// code (the same bits; on an x86 machine without FMA much slower, every fused multiply-add
 /// then being a library call).
@@ -149,6 +156,22 @@ impl Source {
         }
     }
 
+    /// Values of the scratch one image is read from.
+    pub(crate) fn scratch_len(self) -> usize {
+        match self {
+            Source::Padded(shape) => shape.padded_len(),
+            Source::Patches(shape) => shape.pixels() * TAPS,
+        }
+    }
+
+    /// Writes `image` (channels-last) into `scratch` as this source reads it.
+    pub(crate) fn fill(self, image: &[f32], scratch: &mut [f32]) {
+        match self {
+            Source::Padded(shape) => pad(image, shape, scratch),
+            Source::Patches(shape) => patches(image, shape.side, scratch),
+        }
+    }
+
     /// Reads a pixel takes.
     fn taps(self) -> usize {
         match self {
@@ -168,7 +191,7 @@ impl Source {
 
 /// The patch rows of a single-channel image of side `side` into `rows` (`[pixel][tap]`, zeros
 /// in the padding).
-pub(crate) fn patches(image: &[f32], side: usize, rows: &mut [f32]) {
+fn patches(image: &[f32], side: usize, rows: &mut [f32]) {
     for (pixel, row) in rows.chunks_exact_mut(TAPS).enumerate() {
         let (y, x) = (pixel / side, pixel % side);
         for (tap, value) in row.iter_mut().enumerate() {
@@ -226,9 +249,7 @@ impl WithSimd for Convolve<'_> {
         let (panels, _) = S::as_simd_f32s(panels);
         for (p, panel) in panels.chunks_exact(source.taps() * c * VECTORS).enumerate() {
             for first in (0..pixels).step_by(ROWS) {
-                // A last, short block repeats its last pixel (summed, not written).
-                let at: [usize; ROWS] =
-                    std::array::from_fn(|i| source.pixel_offset((first + i).min(pixels - 1)));
+                let at = block(first, pixels).map(|pixel| source.pixel_offset(pixel));
                 let mut acc = [simd.splat_f32s(0.0); ROWS * VECTORS];
                 let taps = panel.chunks_exact(c * VECTORS).zip(source.tap_offsets());
                 for (w, offset) in taps {
@@ -288,15 +309,14 @@ impl WithSimd for KernelGrad<'_> {
         let c = shape.channels;
         let width = S::F32_LANES * VECTORS;
         let rows = TAPS * c;
+        let row_len = (shape.side + 2 * PAD) * c;
         let (sums, _) = S::as_mut_simd_f32s(sums);
         for first in (0..rows).step_by(ROWS) {
-            // A last, short block repeats its last row (summed, not written).
-            let row: [usize; ROWS] = std::array::from_fn(|i| (first + i).min(rows - 1));
+            let row = block(first, rows);
             let offsets: [usize; ROWS] =
                 std::array::from_fn(|i| shape.tap_offset(row[i] / c) + row[i] % c);
             let mut acc: [S::f32s; ROWS * VECTORS] =
                 std::array::from_fn(|i| sums[row[i / VECTORS] * VECTORS + i % VECTORS]);
-            let row_len = (shape.side + 2 * PAD) * c;
             for (y, grad_row) in grad.chunks_exact(shape.side * outputs).enumerate() {
                 let padded_row = &padded[y * row_len..];
                 for (x, g) in grad_row.chunks_exact(outputs).enumerate() {
@@ -352,8 +372,7 @@ impl WithSimd for KernelGradWide<'_> {
             for first_input in (0..c).step_by(width) {
                 let column = (tap * c + first_input) / S::F32_LANES;
                 for first in (0..outputs).step_by(ROWS) {
-                    // A last, short block repeats its last output (summed, not written).
-                    let o: [usize; ROWS] = std::array::from_fn(|i| (first + i).min(outputs - 1));
+                    let o = block(first, outputs);
                     let mut acc: [S::f32s; ROWS * VECTORS] = std::array::from_fn(|i| {
                         sums[o[i / VECTORS] * per_output + column + i % VECTORS]
                     });
@@ -424,9 +443,7 @@ impl WithSimd for OuterSum<'_> {
         let width = S::F32_LANES * VECTORS;
         let count = out.len() / outputs;
         for first in (0..count).step_by(ROWS) {
-            // A last, short block repeats its last row (summed, not written).
-            let row: [usize; ROWS] =
-                std::array::from_fn(|i| first_row + (first + i).min(count - 1));
+            let row = block(first, count).map(|r| first_row + r);
             for panel in 0..outputs / width {
                 let mut acc = [simd.splat_f32s(0.0); ROWS * VECTORS];
                 for (x, g) in inputs.chunks_exact(rows).zip(grads.chunks_exact(outputs)) {

@@ -248,14 +248,15 @@ impl CnnModel {
     /// with the kernel flipped and its channels swapped, image by image.
     fn conv2_input_grad(&self, relu2_grad: &[f32], pooled1_grad: &mut [f32]) {
         let panels = direct::panels(&flipped_kernel(self.param(2)), C1);
+        let source = direct::Source::Padded(CONV2_OUT);
         pooled1_grad
             .par_chunks_mut(IMAGES1.image_len())
             .zip(relu2_grad.par_chunks(CONV2_OUT.image_len()))
             .for_each_init(
-                || vec![0.0f32; CONV2_OUT.padded_len()],
+                || vec![0.0f32; source.scratch_len()],
                 |padded, (out, grad)| {
-                    direct::pad(grad, CONV2_OUT, padded);
-                    direct::convolve(padded, direct::Source::Padded(CONV2_OUT), &panels, C1, out);
+                    source.fill(grad, padded);
+                    direct::convolve(padded, source, &panels, C1, out);
                 },
             );
     }
@@ -281,11 +282,10 @@ impl Conv<'_> {
     fn relu_pool(&self, images: &[f32], pooled: &mut [f32], winners: &mut [u8]) {
         let pooled_len = self.output.image_len() / 4;
         // One input channel: patch rows (25 values a pixel) rather than a padded image.
-        let (source, scratch_len) = if self.input.channels == 1 {
-            let source = direct::Source::Patches(self.input);
-            (source, self.input.pixels() * TAPS)
+        let source = if self.input.channels == 1 {
+            direct::Source::Patches(self.input)
         } else {
-            (direct::Source::Padded(self.input), self.input.padded_len())
+            direct::Source::Padded(self.input)
         };
         pooled
             .par_chunks_mut(pooled_len)
@@ -294,17 +294,12 @@ impl Conv<'_> {
             .for_each_init(
                 || {
                     (
-                        vec![0.0f32; scratch_len],
+                        vec![0.0f32; source.scratch_len()],
                         vec![0.0f32; self.output.image_len()],
                     )
                 },
                 |(scratch, conv), ((pooled, winners), image)| {
-                    match source {
-                        direct::Source::Patches(shape) => {
-                            direct::patches(image, shape.side, scratch)
-                        }
-                        direct::Source::Padded(shape) => direct::pad(image, shape, scratch),
-                    }
+                    source.fill(image, scratch);
                     let outputs = self.output.channels;
                     direct::convolve(scratch, source, self.panels, outputs, conv);
                     add_bias_relu(conv, self.bias);
